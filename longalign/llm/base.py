@@ -1,0 +1,52 @@
+"""The client protocol every LLM backend implements (OpenAI-compatible HTTP endpoint, local HF model).
+
+A request is a list of chat ``messages`` plus :class:`SamplingParams`; a response is a :class:`ChatResult`
+with the text and token usage. Backends are built with ``longalign.llm.make_client(spec, ...)`` where
+``spec`` is ``openai:<model>`` (with ``base_url`` and an API key read from an environment variable) or
+``local:<model spec>`` (see ``longalign.models``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; part of the request-cache key."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ChatResult:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    cached: bool = False
+    latency: float = 0.0
+    finish_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """``chat`` answers one request; ``chat_many`` answers many, several in flight where the backend can,
+    yielding ``(index, ChatResult | Exception)`` in completion order."""
+
+    model: str
+
+    def chat(self, messages: Messages, params: SamplingParams) -> ChatResult: ...
+
+    def chat_many(self, requests: Iterable[tuple[Messages, SamplingParams]], *,
+                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, ChatResult | Exception]]: ...

@@ -1,0 +1,184 @@
+"""The run directory: the one interface between the library, the CLI, the notebooks and the app.
+
+Layout (every path below is produced by exactly one stage; readers never trust a half-written file)::
+
+    runs/<name>/
+      run.json                        {"stages": {<stage>: {"config": ..., "started": ..., "finished": ...}},
+                                       "versions": {...}}
+      data/corpus.jsonl               {"id", "source", "lang", "n_tokens", "text"}
+      data/long.jsonl                 {"messages": [...], "doc_id", "source", "lang", "task_type", "questions", ...}
+      data/llm_calls.jsonl            append-only log: {"key", "model", "status", "usage", "latency", "cached"}
+      data/llm_cache/                 request cache (see longalign.llm.cache)
+      data/short.jsonl                {"messages": [...], "source"}
+      data/mixed.jsonl                {"messages": [...], "source", ...}
+      tokens/                         datasets.save_to_disk: input_ids, labels, length, n_target, source
+      batching/<method>.json          plan statistics;  batching/<method>.plan.json  {"batches": [[i, ...], ...]}
+      train/<method>/metrics.jsonl    one JSON object per optimizer step;  train/<method>/checkpoints/
+      eval/longbench_chat/{predictions,judgments}.jsonl + summary.json
+      eval/needle/results.jsonl + summary.json (+ heatmap.html)
+      eval/longbench/{predictions,judgments}.jsonl + summary.json
+
+Writers use :func:`append_jsonl` (one complete line per record, flushed and fsynced) or
+:func:`atomic_write_json` / :func:`atomic_write_text` (write to a temporary file, then rename), so a crash
+leaves either the old file or the new one. :func:`read_jsonl` ignores a torn final line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+BATCH_METHODS = ("naive", "sort", "pack")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        return default
+    with path.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict] | dict, *, fsync: bool = True) -> int:
+    """Append records as complete lines (one ``write`` each, flushed); returns how many were written.
+
+    If a previous writer died mid-line, the torn fragment is terminated first so the new record starts
+    on its own line (and :func:`read_jsonl` skips the fragment).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(records, dict):
+        records = [records]
+    n = 0
+    with path.open("a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        for rec in records:
+            fh.write((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+            n += 1
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    return n
+
+
+def iter_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; blank lines are skipped.
+
+    A line that is not valid JSON raises ``ValueError`` naming the file and line when ``strict``; otherwise
+    it is skipped (a torn line left by a crash).
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if strict:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line") from None
+                continue
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
+    """All records of a jsonl file ([] when it does not exist)."""
+    if not Path(path).is_file():
+        return []
+    return [rec for _, rec in iter_jsonl(path, strict=strict)]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("longalign", "torch", "transformers", "datasets", "deepspeed", "flash-attn", "accelerate", "openai"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory; nothing is created until a stage writes."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # data stage
+    @property
+    def data(self) -> Path: return self.root / "data"
+    @property
+    def corpus(self) -> Path: return self.data / "corpus.jsonl"
+    @property
+    def long(self) -> Path: return self.data / "long.jsonl"
+    @property
+    def llm_calls(self) -> Path: return self.data / "llm_calls.jsonl"
+    @property
+    def llm_cache(self) -> Path: return self.data / "llm_cache"
+    @property
+    def short(self) -> Path: return self.data / "short.jsonl"
+    @property
+    def mixed(self) -> Path: return self.data / "mixed.jsonl"
+    # tokenize
+    @property
+    def tokens(self) -> Path: return self.root / "tokens"
+    # batching
+    @property
+    def batching(self) -> Path: return self.root / "batching"
+    def batch_stats(self, method: str) -> Path: return self.batching / f"{method}.json"
+    def batch_plan(self, method: str) -> Path: return self.batching / f"{method}.plan.json"
+    # training
+    def train(self, method: str) -> Path: return self.root / "train" / method
+    def metrics(self, method: str) -> Path: return self.train(method) / "metrics.jsonl"
+    # evaluation
+    def eval(self, benchmark: str) -> Path: return self.root / "eval" / benchmark
+    @property
+    def run_json(self) -> Path: return self.root / "run.json"
+
+    def record_stage(self, stage: str, config: dict[str, Any], **extra: Any) -> None:
+        """Record a stage's config (and anything else, e.g. a summary) in run.json, atomically."""
+        info = read_json(self.run_json, default={}) or {}
+        info.setdefault("stages", {})
+        entry = info["stages"].get(stage, {})
+        entry.update({"config": config, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+        info["stages"][stage] = entry
+        info["versions"] = package_versions()
+        atomic_write_json(self.run_json, info)
