@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite: unit and integration tests, the app (AppTest and, where Debian's
+# chromium is installed, a real headless browser), and the notebooks executed top to bottom.
+#   bash scripts/test.sh                 # default suite (slow tests excluded)
+#   bash scripts/test.sh -m slow         # the slow tests (real model runs, multi-process training)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec .venv/bin/python -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q "$@"

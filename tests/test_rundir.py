@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_json, read_jsonl
+
+
+def test_append_jsonl_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "a.jsonl"
+    append_jsonl(path, [{"i": 0}, {"i": 1}])
+    with path.open("ab") as fh:  # a writer killed mid-line
+        fh.write(b'{"i": 2, "te')
+    assert read_jsonl(path) == [{"i": 0}, {"i": 1}]
+    append_jsonl(path, {"i": 3})
+    assert read_jsonl(path) == [{"i": 0}, {"i": 1}, {"i": 3}]
+    with pytest.raises(ValueError, match=r"a.jsonl:3: not valid JSON"):
+        list(iter_jsonl(path, strict=True))
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "s.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": 2})
+    assert read_json(target) == {"x": 2}
+    assert os.listdir(target.parent) == ["s.json"]
+
+
+def test_run_dir_paths_and_stage_record(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.metrics("pack") == tmp_path / "r" / "train" / "pack" / "metrics.jsonl"
+    assert run.batch_plan("sort").name == "sort.plan.json"
+    run.record_stage("tokenize", {"max_len": 8})
+    run.record_stage("batch", {"method": "pack"}, summary={"n": 3})
+    info = json.loads(run.run_json.read_text())
+    assert info["stages"]["tokenize"]["config"] == {"max_len": 8}
+    assert info["stages"]["batch"]["summary"] == {"n": 3}
+    assert "torch" in info["versions"]
