@@ -42,7 +42,8 @@ class ChatResult:
 @runtime_checkable
 class LLMClient(Protocol):
     """``chat`` answers one request; ``chat_many`` answers many, several in flight where the backend can,
-    yielding ``(index, ChatResult | Exception)`` in completion order."""
+    yielding ``(index, ChatResult | Exception)`` in completion order and calling ``progress(1)`` after each
+    finished request."""
 
     model: str
 
@@ -50,3 +51,35 @@ class LLMClient(Protocol):
 
     def chat_many(self, requests: Iterable[tuple[Messages, SamplingParams]], *,
                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, ChatResult | Exception]]: ...
+
+
+class LLMError(RuntimeError):
+    """Base of every error raised by an LLM client; ``http_status`` is set when a server answered."""
+
+    def __init__(self, message: str, *, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class LLMRequestError(LLMError):
+    """The request itself was refused (400, 401, 403, 404, 422, ...): retrying cannot help."""
+
+
+class LLMRetryableError(LLMError):
+    """One attempt failed in a way worth retrying (429, 5xx, timeout, connection error)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None):
+        super().__init__(message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class LLMUnavailableError(LLMError):
+    """Every attempt failed with a retryable error; ``attempts`` says how many were made."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, attempts: int = 0):
+        super().__init__(message, http_status=http_status)
+        self.attempts = attempts
+
+
+class LLMCancelledError(LLMError):
+    """The client was closed, or the ``chat_many`` generator closed, before the request could finish."""

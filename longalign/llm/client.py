@@ -1,0 +1,362 @@
+"""The caching, retrying, logging, accounting client shared by every backend, and ``make_client``.
+
+A backend (HTTP or local model) only knows how to make *one attempt* at a request. :class:`CachingClient`
+wraps it and adds, identically for every backend:
+
+* the request cache (:mod:`longalign.llm.cache`): a hit returns ``ChatResult(cached=True)`` and makes no
+  call; a success is written to disk before ``chat`` returns it;
+* retries with exponential backoff and jitter on retryable failures (429, 5xx, 408, timeouts,
+  connection errors): the wait before retry ``n`` (1-based) is ``uniform(0.5, 1) * min(backoff_max,
+  backoff_base * 2**(n-1))``, or the server's ``Retry-After`` when it sent one (capped at
+  ``retry_after_max``). With the defaults (1 s, 60 s cap, 6 retries) a request gives up after about
+  1+2+4+8+16+32 = 63 s of waiting at most, ~47 s on average: long enough to ride out a rate-limit
+  window, short enough that a dead server fails a job within minutes;
+* one line per attempt outcome in the calls log (``ok``, ``cached``, ``retry``, ``error``);
+* usage counters (:meth:`CachingClient.usage`) and an optional cost from per-million-token prices;
+* with a cache, identical requests in flight at the same time are sent once: the second waits for the
+  first and reads its answer from the cache;
+* ``chat_many``: up to ``max_in_flight`` requests at once on a thread pool (1 for a local model, run in
+  the calling thread), answers yielded in completion order. Closing the generator early or Ctrl-C
+  cancels queued requests; requests already in flight finish and are cached (the process waits for
+  them, at most ``timeout`` seconds, before it exits), but are no longer retried.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from longalign.llm.base import (ChatResult, LLMCancelledError, LLMError, LLMRequestError, LLMRetryableError,
+                                LLMUnavailableError, Messages, SamplingParams)
+from longalign.llm.cache import RequestCache, request_key
+from longalign.rundir import append_jsonl
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("openai", "local")
+
+
+class Backend(Protocol):
+    model: str
+    max_concurrency: int | None
+
+    def complete(self, messages: Messages, params: SamplingParams) -> ChatResult: ...
+    def describe(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class CallsLog:
+    """Append-only jsonl of attempt outcomes; one complete line per write, safe across threads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            append_jsonl(self.path, record)
+
+
+class CachingClient:
+    """Implements :class:`longalign.llm.base.LLMClient` on top of a single-attempt backend."""
+
+    def __init__(self, backend: Backend, *, spec: str, cache_dir: str | Path | None = None,
+                 calls_log: str | Path | None = None, max_retries: int = 6, max_in_flight: int = 8,
+                 backoff_base: float = 1.0, backoff_max: float = 60.0, retry_after_max: float = 120.0,
+                 price_in_per_mtok: float | None = None, price_out_per_mtok: float | None = None,
+                 rng_seed: int | None = None):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.backend = backend
+        self.spec = spec
+        self.model = backend.model
+        self.cache = RequestCache(cache_dir) if cache_dir else None
+        self.calls_log = CallsLog(calls_log) if calls_log else None
+        self.max_retries = int(max_retries)
+        self.max_in_flight = int(max_in_flight)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.retry_after_max = float(retry_after_max)
+        self.price_in = price_in_per_mtok
+        self.price_out = price_out_per_mtok
+        self._rng = random.Random(rng_seed)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self._stop = threading.Event()
+        self._counts = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
+                        "errors": 0, "attempts": 0}
+
+    # ---------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"CachingClient({self.spec!r}, cache={self.cache.root if self.cache else None})"
+
+    def __enter__(self) -> "CachingClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop retrying and release the backend (HTTP connections, model memory)."""
+        self._stop.set()
+        self.backend.close()
+
+    @property
+    def concurrency(self) -> int:
+        cap = self.backend.max_concurrency
+        return self.max_in_flight if cap is None else max(1, min(self.max_in_flight, cap))
+
+    def key(self, messages: Messages, params: SamplingParams) -> str:
+        """Cache key of a request for this client's model."""
+        return request_key(self.spec, messages, params)
+
+    def usage(self) -> dict[str, Any]:
+        """``requests`` answered by the backend, ``cached`` hits, token sums of the answered (paid) requests,
+        ``retries`` (failed attempts that were retried), ``errors`` (requests that finally failed),
+        ``attempts`` (backend calls made) and ``cost`` (None unless a price was given)."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+        if self.price_in is None and self.price_out is None:
+            out["cost"] = None
+        else:
+            out["cost"] = (out["prompt_tokens"] * (self.price_in or 0.0)
+                           + out["completion_tokens"] * (self.price_out or 0.0)) / 1e6
+        return out
+
+    def _count(self, **inc: int) -> None:
+        with self._lock:
+            for k, v in inc.items():
+                self._counts[k] += v
+
+    def _log(self, key: str, status: str, *, http_status: int | None = None, result: ChatResult | None = None,
+             attempt: int = 0, latency: float = 0.0, error: str | None = None) -> None:
+        if self.calls_log is None:
+            return
+        rec: dict[str, Any] = {"key": key, "model": self.model, "status": status, "http_status": http_status,
+                               "usage": ({"prompt_tokens": result.prompt_tokens,
+                                          "completion_tokens": result.completion_tokens} if result else None),
+                               "latency": round(latency, 4), "attempt": attempt, "time": time.time(),
+                               "cached": status == "cached"}
+        if error:
+            rec["error"] = error[:500]
+        try:
+            self.calls_log.write(rec)
+        except OSError as exc:  # the log is diagnostics: never lose an answer because of it
+            log.warning("cannot write the calls log %s: %s", self.calls_log.path, exc)
+
+    def backoff_delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based); see the module docstring."""
+        if retry_after is not None:
+            return min(max(0.0, retry_after), self.retry_after_max)
+        with self._lock:
+            u = self._rng.uniform(0.5, 1.0)
+        return u * min(self.backoff_max, self.backoff_base * 2 ** (retry - 1))
+
+    # ---------------------------------------------------------------------------------------------
+    def chat(self, messages: Messages, params: SamplingParams | None = None) -> ChatResult:
+        """Answer one request (from the cache when possible); raises :class:`LLMError` subclasses."""
+        return self._chat(messages, params or SamplingParams(), self._stop)
+
+    def _chat(self, messages: Messages, params: SamplingParams, stop: threading.Event) -> ChatResult:
+        _check_messages(messages)
+        key = self.key(messages, params)
+        if self.cache is None:
+            return self._attempts(key, messages, params, stop)
+        while True:
+            hit = self._from_cache(key)
+            if hit is not None:
+                return hit
+            with self._lock:
+                waiter = self._inflight.get(key)
+                if waiter is None:
+                    mine = threading.Event()
+                    self._inflight[key] = mine
+                    break
+            waiter.wait()  # the same request is in flight: wait, then read its answer from the cache
+            if stop.is_set() or self._stop.is_set():
+                raise LLMCancelledError("cancelled while waiting for an identical request in flight")
+        cache = self.cache
+        try:
+            return self._attempts(key, messages, params, stop,
+                                  persist=lambda res: cache.put(key, res, model=self.spec, messages=messages,
+                                                                params=params))
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            mine.set()
+
+    def _from_cache(self, key: str) -> ChatResult | None:
+        if self.cache is None:
+            return None
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._count(cached=1)
+            self._log(key, "cached", result=hit)
+        return hit
+
+    def _attempts(self, key: str, messages: Messages, params: SamplingParams, stop: threading.Event,
+                  persist: Callable[[ChatResult], None] | None = None) -> ChatResult:
+        """Call the backend until success, a non-retryable error, cancellation or ``max_retries`` retries.
+
+        ``persist`` stores a success (the cache) before it is counted and logged as ``ok``, so the calls
+        log never shows a paid answer that a crash could lose."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if stop.is_set() or self._stop.is_set():
+                raise LLMCancelledError(f"cancelled before attempt {attempt} of a request to {self.backend.describe()}")
+            start = time.monotonic()
+            self._count(attempts=1)
+            try:
+                result = self.backend.complete(messages, params)
+            except LLMRetryableError as exc:
+                latency = time.monotonic() - start
+                if attempt > self.max_retries:
+                    self._count(errors=1)
+                    self._log(key, "error", http_status=exc.http_status, attempt=attempt, latency=latency,
+                              error=str(exc))
+                    raise LLMUnavailableError(f"gave up after {attempt} attempts: {exc}",
+                                              http_status=exc.http_status, attempts=attempt) from exc
+                self._count(retries=1)
+                self._log(key, "retry", http_status=exc.http_status, attempt=attempt, latency=latency, error=str(exc))
+                delay = self.backoff_delay(attempt, exc.retry_after)
+                log.debug("attempt %d failed (%s); retrying in %.2f s", attempt, exc, delay)
+                if stop.wait(delay) or self._stop.is_set():
+                    raise LLMCancelledError(f"cancelled while waiting to retry: {exc}") from exc
+                continue
+            except LLMRequestError as exc:
+                self._count(errors=1)
+                self._log(key, "error", http_status=exc.http_status, attempt=attempt,
+                          latency=time.monotonic() - start, error=str(exc))
+                raise
+            except LLMError:
+                self._count(errors=1)
+                raise
+            except Exception as exc:  # e.g. out of memory on a long prompt: reported, not retried
+                self._count(errors=1)
+                msg = f"{type(exc).__name__}: {exc}"
+                self._log(key, "error", attempt=attempt, latency=time.monotonic() - start, error=msg)
+                raise LLMError(f"{self.backend.describe()} failed: {msg}") from exc
+            if persist is not None:
+                persist(result)
+            self._count(requests=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+            self._log(key, "ok", http_status=200 if self.spec.startswith("openai:") else None, result=result,
+                      attempt=attempt, latency=result.latency)
+            return result
+
+    # ---------------------------------------------------------------------------------------------
+    def chat_many(self, requests: Iterable[tuple[Messages, SamplingParams | None]], *,
+                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, ChatResult | Exception]]:
+        """Answer many requests; yields ``(index, ChatResult | LLMError)`` in completion order.
+
+        ``requests`` may be a lazy iterable: at most ``2 * concurrency`` are read ahead. ``progress(1)`` is
+        called after each finished request (answer or error), so a tqdm bar's ``update`` fits directly.
+        """
+        stop = threading.Event()
+        workers = self.concurrency
+
+        def finished() -> None:
+            if progress is not None:
+                progress(1)
+
+        if workers == 1:
+            for i, item in enumerate(requests):
+                messages, params = _unpack(item)
+                try:
+                    res: ChatResult | Exception = self._chat(messages, params, stop)
+                except LLMError as exc:
+                    res = exc
+                finished()
+                yield i, res
+            return
+
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
+        pending: dict[cf.Future, int] = {}
+        it = iter(enumerate(requests))
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < 2 * workers:
+                    try:
+                        i, item = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    messages, params = _unpack(item)
+                    pending[pool.submit(self._chat, messages, params, stop)] = i
+                if not pending:
+                    break
+                ready, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in ready:
+                    i = pending.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None and not isinstance(exc, LLMError):
+                        raise exc
+                    finished()
+                    yield i, (exc if exc is not None else fut.result())
+        finally:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _unpack(item: Any) -> tuple[Messages, SamplingParams]:
+    if isinstance(item, tuple) and len(item) == 2:
+        messages, params = item
+    else:
+        messages, params = item, None
+    return messages, params or SamplingParams()
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {j} must be a dict with 'role' and 'content', got {m!r:.80}")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``openai:<model>`` -> ("openai", model); ``local:<spec>`` or a bare spec -> ("local", spec)."""
+    spec = (spec or "").strip()
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in BACKENDS:
+        return prefix, rest.strip()
+    if sep and prefix == "random":  # local random-init spec "random:<config>"
+        return "local", spec
+    if sep and prefix.isidentifier() and not Path(spec).exists() and "/" not in prefix:
+        raise ValueError(f"unknown LLM backend {prefix!r} in {spec!r}; use one of "
+                         + ", ".join(f"{b}:<model>" for b in BACKENDS) + " (a bare spec means local)")
+    return "local", spec
+
+
+def make_client(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                cache_dir: str | Path | None = None, calls_log: str | Path | None = None, timeout: float = 120.0,
+                max_retries: int = 6, max_in_flight: int = 8, price_in_per_mtok: float | None = None,
+                price_out_per_mtok: float | None = None, backoff_base: float = 1.0, backoff_max: float = 60.0,
+                retry_after_max: float = 120.0, device: str | None = None, dtype: Any = None) -> CachingClient:
+    """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees."""
+    kind, name = parse_spec(spec)
+    if kind == "openai":
+        from longalign.llm.openai_backend import OpenAIBackend
+
+        backend: Backend = OpenAIBackend(name, base_url=base_url, api_key_env=api_key_env, timeout=timeout)
+        full = f"openai:{name}"
+    else:
+        from longalign.llm.local_backend import LocalBackend
+
+        if base_url:
+            log.warning("base_url %s is ignored for the local model %r; use openai:<model> to reach a server",
+                        base_url, spec)
+        backend = LocalBackend(name or None, device=device, dtype=dtype)
+        full = f"local:{name or 'smollm2'}"
+    return CachingClient(backend, spec=full, cache_dir=cache_dir, calls_log=calls_log, max_retries=max_retries,
+                         max_in_flight=max_in_flight, backoff_base=backoff_base, backoff_max=backoff_max,
+                         retry_after_max=retry_after_max, price_in_per_mtok=price_in_per_mtok,
+                         price_out_per_mtok=price_out_per_mtok)

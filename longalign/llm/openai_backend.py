@@ -1,0 +1,138 @@
+"""One attempt at an OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...).
+
+This layer makes exactly one HTTP request per call and classifies the outcome; retries, caching, logging
+and accounting live in :class:`longalign.llm.client.CachingClient`, so they behave the same for every
+backend. The ``openai`` package's own retry loop is switched off (``max_retries=0``): its retries would be
+invisible to our calls log and usage counters and would stack with ours (6 x 3 attempts instead of 7).
+
+Outcomes: a :class:`ChatResult`; :class:`LLMRetryableError` for 408, 429, 5xx, timeouts and connection
+errors (with the server's ``Retry-After`` when sent); :class:`LLMRequestError` for every other 4xx, with
+the server's message, since sending the same request again cannot succeed.
+
+The API key is read from the environment variable named by ``api_key_env`` when the backend is built; it
+is passed to the HTTP client only and is never logged, cached or written anywhere. Local servers (vLLM,
+llama.cpp) ignore it, so an unset variable gives the placeholder key ``EMPTY``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import time
+from typing import Any
+
+from longalign.llm.base import (ChatResult, LLMRequestError, LLMRetryableError, Messages, SamplingParams)
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+DUMMY_API_KEY = "EMPTY"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms`` value."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after_from_headers(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def _error_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error")
+        msg = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        if msg:
+            return str(msg)
+    return str(getattr(exc, "message", None) or exc)
+
+
+class OpenAIBackend:
+    """Single-attempt client for an OpenAI-compatible chat endpoint; thread-safe (one shared HTTP pool)."""
+
+    max_concurrency: int | None = None  # as many in flight as the caller allows
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 120.0):
+        import openai
+
+        if not model:
+            raise ValueError("an openai: spec needs a model name, e.g. openai:gpt-4o-mini")
+        self.model = model
+        self.base_url = base_url
+        self.timeout = float(timeout)
+        self._openai = openai
+        api_key = os.environ.get(api_key_env) or DUMMY_API_KEY
+        if api_key == DUMMY_API_KEY:
+            log.info("environment variable %s is not set: sending the placeholder key %r (fine for local "
+                     "servers; set %s for a hosted API)", api_key_env, DUMMY_API_KEY, api_key_env)
+        for name in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns a 2,000-request run
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0)
+
+    def describe(self) -> str:
+        return f"{self.model} at {self.base_url or 'api.openai.com'}"
+
+    def complete(self, messages: Messages, params: SamplingParams) -> ChatResult:
+        openai = self._openai
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": params.max_tokens,
+                                  "temperature": params.temperature, "top_p": params.top_p}
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        start = time.monotonic()
+        try:
+            resp = self._client.chat.completions.create(**kwargs)
+        except openai.APITimeoutError as exc:
+            raise LLMRetryableError(f"timed out after {self.timeout:g} s talking to {self.describe()}") from exc
+        except openai.APIConnectionError as exc:
+            raise LLMRetryableError(f"cannot connect to {self.describe()}: {exc}") from exc
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            msg = _error_message(exc)
+            if status in RETRYABLE_STATUSES or status >= 500:
+                raise LLMRetryableError(f"HTTP {status} from {self.describe()}: {msg}", http_status=status,
+                                        retry_after=_retry_after_from_headers(exc.response.headers)) from exc
+            hint = {401: "check the API key environment variable", 403: "check the API key's permissions",
+                    404: "check --base-url and the model name"}.get(status, "check the request parameters")
+            raise LLMRequestError(f"HTTP {status} from {self.describe()}: {msg} ({hint})", http_status=status) from exc
+        latency = time.monotonic() - start
+        if not getattr(resp, "choices", None):
+            raise LLMRetryableError(f"{self.describe()} answered without any choice", http_status=200)
+        choice = resp.choices[0]
+        text = (choice.message.content if choice.message is not None else None) or ""
+        usage = getattr(resp, "usage", None)
+        extra: dict[str, Any] = {}
+        if usage is None:  # some servers omit usage: the counts stay 0 and the result says so
+            extra["usage_missing"] = True
+        return ChatResult(text=text,
+                          prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                          completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                          model=getattr(resp, "model", None) or self.model, cached=False, latency=latency,
+                          finish_reason=choice.finish_reason, extra=extra)
+
+    def close(self) -> None:
+        self._client.close()

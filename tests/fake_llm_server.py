@@ -1,0 +1,373 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests (stdlib only, no model).
+
+Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``) and ``GET /v1/models``.
+
+* ``responder(request_json) -> str`` makes the reply text; built-ins: ``echo`` (the last user message),
+  ``questions`` (five numbered questions derived from the prompt), ``judge`` (a short review ending in
+  ``Rating: [[k]]`` with k in 1..10 from a hash of the prompt). Deterministic. Tests plug their own with
+  ``set_responder``; a separate process takes ``--responder name`` or ``--responder module:function`` /
+  ``--responder path/to/file.py:function``.
+* Failure injection per attempt, independent of history: a fraction ``fail_rate`` of requests (drawn
+  from ``random.Random(seed)``) is answered 429, 500 or delayed by ``delay_s`` (past the client timeout),
+  mixed by ``fail_kinds``; ``script([...])`` queues exact outcomes (``"429"``, ``"500"``, ``"400"``,
+  ``"timeout"``, ``"ok"``) for the next requests, consumed before random draws.
+* Usage: prompt tokens = words of all message contents + 4 per message; completion tokens = words of the
+  reply, which is cut to ``max_tokens`` words (``finish_reason: "length"``).
+* Request log: ``.requests`` (list) and optionally a jsonl file (one flushed line per request):
+  ``{"n", "time", "key" (SHA-256 of the canonical JSON of messages), "model", "status" (HTTP status sent,
+  or 0 when the reply was abandoned), "outcome" ("ok"|"429"|"500"|"400"|"timeout"|"bad_request"),
+  "in_flight", "seed", "temperature", "max_tokens"}``. ``max_in_flight`` is the peak concurrency seen.
+
+Asserting "nothing was paid twice" after killing a client: a request the server answered in the very
+instant of the kill may be sent again (its answer never reached the client's cache), so compare against
+the client's cache or calls log, or let the server go idle (``in_flight == 0``) before counting.
+
+Run it alone: ``python tests/fake_llm_server.py --port-file F [--fail-rate 0.3] [--log F.jsonl]
+[--responder echo|questions|judge|mod:fn] [--latency 0.05] [--delay 5] [--seed 0]``; it writes its
+port to ``F`` (atomically) once listening and stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+Responder = Callable[[dict], str]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def messages_key(messages: Any) -> str:
+    """Same hash as ``longalign.llm.cache.messages_hash``."""
+    return hashlib.sha256(_canonical(messages).encode("utf-8")).hexdigest()
+
+
+def _last_user(req: dict) -> str:
+    for m in reversed(req.get("messages") or []):
+        if m.get("role") == "user":
+            return str(m.get("content", ""))
+    return ""
+
+
+def echo_responder(req: dict) -> str:
+    return _last_user(req)
+
+
+def questions_responder(req: dict) -> str:
+    text = _last_user(req)
+    words = [w.strip(".,;:!?\"'()[]") for w in text.split()]
+    words = [w for w in words if len(w) > 3] or ["document"]
+    h = int(messages_key(req.get("messages")), 16)
+    out = []
+    for i in range(5):
+        w = words[(h >> (8 * i)) % len(words)]
+        out.append(f"{i + 1}: What does the document say about \"{w}\" (point {i + 1})?")
+    return "\n".join(out)
+
+
+def judge_responder(req: dict) -> str:
+    k = int(messages_key(req.get("messages"))[:8], 16) % 10 + 1
+    return f"The answer covers the main points with some gaps. Rating: [[{k}]]"
+
+
+BUILTIN_RESPONDERS: dict[str, Responder] = {"echo": echo_responder, "questions": questions_responder,
+                                            "judge": judge_responder}
+
+
+def load_responder(name: str) -> Responder:
+    """A built-in name, ``module:function`` or ``path/to/file.py:function``."""
+    if name in BUILTIN_RESPONDERS:
+        return BUILTIN_RESPONDERS[name]
+    target, sep, attr = name.rpartition(":")
+    if not sep:
+        raise ValueError(f"unknown responder {name!r}: use {', '.join(BUILTIN_RESPONDERS)} or module:function")
+    if target.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(target).stem, target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        module = importlib.import_module(target)
+    return getattr(module, attr)
+
+
+class FakeLLMServer:
+    """Threaded HTTP server; ``start()`` binds 127.0.0.1:port (0 = any free port) and serves in a thread."""
+
+    def __init__(self, *, responder: Responder | str = "echo", fail_rate: float = 0.0,
+                 fail_kinds: dict[str, float] | None = None, delay_s: float = 2.0, latency_s: float = 0.0,
+                 seed: int = 0, log_path: str | Path | None = None, model: str = "fake-model",
+                 retry_after: str | None = None, require_key: str | None = None, port: int = 0):
+        self.responder: Responder = load_responder(responder) if isinstance(responder, str) else responder
+        self.fail_rate = float(fail_rate)
+        self.fail_kinds = dict(fail_kinds or {"429": 1.0, "500": 1.0, "timeout": 1.0})
+        self.delay_s = float(delay_s)
+        self.latency_s = float(latency_s)
+        self.model = model
+        self.retry_after = retry_after
+        self.require_key = require_key
+        self.log_path = Path(log_path) if log_path else None
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._rng = random.Random(seed)
+        self._script: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # configuration -----------------------------------------------------------------------------------
+    def set_responder(self, fn: Responder | str) -> None:
+        self.responder = load_responder(fn) if isinstance(fn, str) else fn
+
+    def script(self, outcomes: list[str]) -> None:
+        """Queue exact outcomes for the next requests (before any random failure draw)."""
+        with self._lock:
+            self._script.extend(str(o) for o in outcomes)
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.max_in_flight = 0
+
+    # lifecycle ----------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "FakeLLMServer":
+        server = self
+
+        class Handler(_Handler):
+            fake = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # request handling ---------------------------------------------------------------------------------
+    def _draw_outcome(self) -> str:
+        with self._lock:
+            if self._script:
+                return self._script.popleft()
+            if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
+                kinds = sorted(self.fail_kinds)
+                return self._rng.choices(kinds, weights=[self.fail_kinds[k] for k in kinds])[0]
+            return "ok"
+
+    def _record(self, entry: dict) -> None:
+        with self._lock:
+            entry["n"] = len(self.requests)
+            self.requests.append(entry)
+            if self.log_path is not None:
+                with self.log_path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    fh.flush()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeLLMServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms delayed-ACK stalls
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> bool:
+        body = json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            return True
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            return False
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            self._send(200, {"object": "list", "data": [{"id": self.fake.model, "object": "model",
+                                                         "created": 0, "owned_by": "tests"}]})
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        with fake._lock:
+            fake.in_flight += 1
+            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            in_flight = fake.in_flight
+        try:
+            self._chat(fake, raw, in_flight)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
+
+    def _chat(self, fake: FakeLLMServer, raw: bytes, in_flight: int) -> None:
+        entry: dict[str, Any] = {"time": time.time(), "in_flight": in_flight}
+        try:
+            req = json.loads(raw or b"{}")
+            messages = req["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("messages must be a non-empty list")
+        except (ValueError, KeyError, TypeError) as exc:
+            entry.update(key=None, status=400, outcome="bad_request")
+            fake._record(entry)
+            self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+            return
+        entry.update(key=messages_key(messages), model=req.get("model"), seed=req.get("seed"),
+                     temperature=req.get("temperature"), max_tokens=req.get("max_tokens"))
+        if fake.require_key is not None and self.headers.get("Authorization") != f"Bearer {fake.require_key}":
+            entry.update(status=401, outcome="unauthorized")
+            fake._record(entry)
+            self._send(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
+            return
+        outcome = fake._draw_outcome()
+        if fake.latency_s > 0:
+            time.sleep(fake.latency_s)
+        if outcome == "timeout":
+            entry.update(status=0, outcome="timeout")
+            fake._record(entry)
+            time.sleep(fake.delay_s)
+            self._send(200, self._completion(fake, req, "late answer"))
+            return
+        if outcome in ("429", "500", "503", "400"):
+            status = int(outcome)
+            entry.update(status=status, outcome=outcome)
+            fake._record(entry)
+            headers = {"Retry-After": fake.retry_after} if status == 429 and fake.retry_after is not None else {}
+            kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
+            self._send(status, {"error": {"message": f"injected {status}", "type": kind}}, headers)
+            return
+        reply = fake.responder(req)
+        payload = self._completion(fake, req, reply)
+        entry.update(status=200, outcome="ok")
+        fake._record(entry)
+        self._send(200, payload)
+
+    @staticmethod
+    def _completion(fake: FakeLLMServer, req: dict, reply: str) -> dict:
+        words = reply.split()
+        max_tokens = req.get("max_tokens")
+        finish = "stop"
+        if isinstance(max_tokens, int) and len(words) > max_tokens:
+            words = words[:max_tokens]
+            reply = " ".join(words)
+            finish = "length"
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in req["messages"])
+        return {
+            "id": "chatcmpl-" + messages_key(req["messages"])[:12],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.get("model") or fake.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                      "total_tokens": prompt_tokens + len(words)},
+        }
+
+
+def start_server_process(workdir: str | Path, *, fail_rate: float = 0.0, responder: str = "echo",
+                         latency: float = 0.0, delay: float = 2.0, seed: int = 0,
+                         log_path: str | Path | None = None, timeout: float = 10.0,
+                         extra_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start this server in a child process; returns ``(process, base_url)`` once it listens."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / f"fake_llm_port.{os.getpid()}.{time.monotonic_ns()}"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--port-file", str(port_file), "--fail-rate",
+           str(fail_rate), "--responder", responder, "--latency", str(latency), "--delay", str(delay),
+           "--seed", str(seed)]
+    if log_path:
+        cmd += ["--log", str(log_path)]
+    cmd += list(extra_args or [])
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.is_file():
+            port = int(port_file.read_text().strip())
+            return proc, f"http://127.0.0.1:{port}/v1"
+        if proc.poll() is not None:
+            raise RuntimeError(f"fake LLM server exited with code {proc.returncode}")
+        time.sleep(0.02)
+    proc.kill()
+    raise TimeoutError(f"fake LLM server did not start within {timeout} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="OpenAI-compatible fake chat server for tests")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file", required=True, help="file that receives the port once listening")
+    ap.add_argument("--fail-rate", type=float, default=0.0)
+    ap.add_argument("--fail-kinds", default="429,500,timeout", help="comma list among 429,500,503,timeout")
+    ap.add_argument("--delay", type=float, default=2.0, help="seconds a 'timeout' failure holds the reply")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log", default=None, help="jsonl request log")
+    ap.add_argument("--responder", default="echo")
+    ap.add_argument("--model", default="fake-model")
+    ap.add_argument("--retry-after", default=None)
+    args = ap.parse_args(argv)
+    kinds = {k.strip(): 1.0 for k in args.fail_kinds.split(",") if k.strip()}
+    server = FakeLLMServer(responder=args.responder, fail_rate=args.fail_rate, fail_kinds=kinds,
+                           delay_s=args.delay, latency_s=args.latency, seed=args.seed, log_path=args.log,
+                           model=args.model, retry_after=args.retry_after, port=args.port).start()
+    port_file = Path(args.port_file)
+    tmp = port_file.with_name(port_file.name + ".tmp")
+    tmp.write_text(str(server.port))
+    os.replace(tmp, port_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.2):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""LLM access layer: retries, request cache, calls log, usage, concurrency, both backends.
+
+HTTP tests talk to the real fake server of ``tests/fake_llm_server.py`` on 127.0.0.1 (fixture ``fake_llm``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fake_llm_server import FakeLLMServer, messages_key, start_server_process
+from longalign.llm import (CachingClient, ChatResult, LLMCancelledError, LLMClient, LLMError, LLMRequestError,
+                           LLMUnavailableError, RequestCache, SamplingParams, make_client, messages_hash, parse_spec,
+                           request_key)
+from longalign.llm.openai_backend import parse_retry_after
+from longalign.rundir import read_jsonl
+
+P = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+def msg(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def http_client(server: FakeLLMServer, tmp_path: Path, **kw):
+    opts = dict(base_url=server.base_url, cache_dir=tmp_path / "cache", calls_log=tmp_path / "calls.jsonl",
+                timeout=5.0, backoff_base=0.01, backoff_max=0.05)
+    opts.update(kw)
+    return make_client("openai:fake-model", **opts)
+
+
+# --- specs and keys --------------------------------------------------------------------------------------
+
+class TestParseSpec:
+    def test_forms(self):
+        assert parse_spec("openai:gpt-4o-mini") == ("openai", "gpt-4o-mini")
+        assert parse_spec("local:smollm2") == ("local", "smollm2")
+        assert parse_spec("smollm2") == ("local", "smollm2")
+        assert parse_spec("HuggingFaceTB/SmolLM2-360M-Instruct") == ("local", "HuggingFaceTB/SmolLM2-360M-Instruct")
+        assert parse_spec("random:configs/tiny.json") == ("local", "random:configs/tiny.json")
+
+    def test_unknown_backend_names_choices(self):
+        with pytest.raises(ValueError, match="openai:<model>, local:<model>"):
+            parse_spec("anthropic:claude")
+
+    def test_empty_openai_model(self):
+        with pytest.raises(ValueError, match="model name"):
+            make_client("openai:")
+
+
+def test_request_key_canonical_and_sensitive():
+    m = [{"role": "user", "content": "héllo"}]
+    k = request_key("openai:m", m, P)
+    assert k == request_key("openai:m", [{"content": "héllo", "role": "user"}], P)  # dict order is irrelevant
+    assert len(k) == 64
+    assert k != request_key("openai:m2", m, P)
+    assert k != request_key("local:m", m, P)
+    assert k != request_key("openai:m", [{"role": "user", "content": "hello"}], P)
+    assert k != request_key("openai:m", m, SamplingParams(max_tokens=16, temperature=0.0, seed=1))
+    assert k != request_key("openai:m", m, SamplingParams(max_tokens=17, temperature=0.0))
+    assert messages_hash(m) == messages_key(m)  # the server logs the same hash
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_backoff_delay_bounds(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path, backoff_base=1.0, backoff_max=10.0, retry_after_max=30.0)
+    for n, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)]:
+        for _ in range(20):
+            assert 0.5 * cap <= c.backoff_delay(n) <= cap
+    assert c.backoff_delay(3, retry_after=7.0) == 7.0
+    assert c.backoff_delay(3, retry_after=100.0) == 30.0
+
+
+# --- HTTP backend ---------------------------------------------------------------------------------------
+
+def test_client_satisfies_protocol(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    assert isinstance(c, LLMClient)
+    assert c.model == "fake-model" and c.spec == "openai:fake-model"
+
+
+def test_chat_returns_text_and_usage(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    res = c.chat(msg("one two three"), P)
+    assert res.text == "one two three"
+    assert (res.prompt_tokens, res.completion_tokens) == (3 + 4, 3)
+    assert res.finish_reason == "stop" and res.cached is False and res.model == "fake-model"
+    assert [r["outcome"] for r in fake_llm.requests] == ["ok"]
+    assert fake_llm.requests[0]["max_tokens"] == 16 and fake_llm.requests[0]["temperature"] == 0.0
+    assert fake_llm.requests[0]["seed"] is None
+
+
+def test_max_tokens_and_seed_are_sent(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    res = c.chat(msg("a b c d e f"), SamplingParams(max_tokens=2, temperature=0.5, seed=7))
+    assert res.text == "a b" and res.finish_reason == "length" and res.completion_tokens == 2
+    assert fake_llm.requests[0]["seed"] == 7
+
+
+def test_retries_429_500_timeout_then_success(fake_llm, tmp_path):
+    fake_llm.delay_s = 1.0
+    fake_llm.script(["429", "500", "timeout"])
+    c = http_client(fake_llm, tmp_path, timeout=0.3)
+    res = c.chat(msg("persist"), P)
+    assert res.text == "persist"
+    assert [r["outcome"] for r in fake_llm.requests] == ["429", "500", "timeout", "ok"]
+    u = c.usage()
+    assert (u["requests"], u["retries"], u["errors"], u["attempts"], u["cached"]) == (1, 3, 0, 4, 0)
+    log = read_jsonl(tmp_path / "calls.jsonl")
+    assert [r["status"] for r in log] == ["retry", "retry", "retry", "ok"]
+    assert [r["http_status"] for r in log] == [429, 500, None, 200]
+    assert [r["attempt"] for r in log] == [1, 2, 3, 4]
+
+
+def test_no_retry_on_400(fake_llm, tmp_path):
+    fake_llm.script(["400"])
+    c = http_client(fake_llm, tmp_path)
+    with pytest.raises(LLMRequestError, match="HTTP 400") as info:
+        c.chat(msg("bad"), P)
+    assert info.value.http_status == 400
+    assert len(fake_llm.requests) == 1
+    u = c.usage()
+    assert (u["requests"], u["retries"], u["errors"]) == (0, 0, 1)
+    assert [(r["status"], r["http_status"]) for r in read_jsonl(tmp_path / "calls.jsonl")] == [("error", 400)]
+    assert not (tmp_path / "cache").exists() or len(RequestCache(tmp_path / "cache")) == 0
+
+
+def test_gives_up_after_max_retries(fake_llm, tmp_path):
+    fake_llm.script(["500", "500", "500", "ok"])
+    c = http_client(fake_llm, tmp_path, max_retries=2)
+    with pytest.raises(LLMUnavailableError, match="gave up after 3 attempts") as info:
+        c.chat(msg("x"), P)
+    assert info.value.attempts == 3 and info.value.http_status == 500
+    assert len(fake_llm.requests) == 3
+    assert [r["status"] for r in read_jsonl(tmp_path / "calls.jsonl")] == ["retry", "retry", "error"]
+    assert c.usage()["errors"] == 1
+
+
+def test_retry_after_is_honoured_and_capped(fake_llm, tmp_path):
+    fake_llm.retry_after = "0.4"
+    fake_llm.script(["429"])
+    c = http_client(fake_llm, tmp_path)
+    start = time.monotonic()
+    c.chat(msg("wait"), P)
+    assert time.monotonic() - start >= 0.4
+    fake_llm.retry_after = "30"
+    fake_llm.script(["429"])
+    c = http_client(fake_llm, tmp_path, retry_after_max=0.05)
+    start = time.monotonic()
+    c.chat(msg("capped"), P)
+    assert time.monotonic() - start < 5.0
+
+
+def test_connection_error_is_retried_then_fails(tmp_path):
+    server = FakeLLMServer().start()
+    url = server.base_url
+    server.stop()  # nothing listens on that port any more
+    c = make_client("openai:m", base_url=url, max_retries=1, backoff_base=0.01, timeout=2.0,
+                    calls_log=tmp_path / "calls.jsonl")
+    with pytest.raises(LLMUnavailableError, match="cannot connect"):
+        c.chat(msg("x"), P)
+    assert [r["status"] for r in read_jsonl(tmp_path / "calls.jsonl")] == ["retry", "error"]
+
+
+def test_api_key_read_from_named_env_var(fake_llm, tmp_path, monkeypatch):
+    fake_llm.require_key = "sk-test-123"
+    monkeypatch.delenv("LONGALIGN_TEST_KEY", raising=False)
+    c = http_client(fake_llm, tmp_path, api_key_env="LONGALIGN_TEST_KEY")
+    with pytest.raises(LLMRequestError, match="HTTP 401.*API key"):
+        c.chat(msg("x"), P)
+    monkeypatch.setenv("LONGALIGN_TEST_KEY", "sk-test-123")
+    c = http_client(fake_llm, tmp_path, api_key_env="LONGALIGN_TEST_KEY")
+    assert c.chat(msg("x"), P).text == "x"
+    for path in [tmp_path / "calls.jsonl", *(tmp_path / "cache").rglob("*.json")]:
+        assert "sk-test-123" not in path.read_text()
+
+
+# --- cache ----------------------------------------------------------------------------------------------
+
+def test_cache_hit_makes_no_http_request(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    first = c.chat(msg("cache me"), P)
+    assert len(fake_llm.requests) == 1
+    key = c.key(msg("cache me"), P)
+    assert (tmp_path / "cache" / key[:2] / f"{key}.json").is_file()  # on disk before chat returned
+    again = c.chat(msg("cache me"), P)
+    assert again.cached is True and again.text == first.text
+    assert (again.prompt_tokens, again.completion_tokens) == (first.prompt_tokens, first.completion_tokens)
+    # a new client (a re-run after a crash) reads the same cache
+    c2 = http_client(fake_llm, tmp_path)
+    assert c2.chat(msg("cache me"), P).cached is True
+    assert len(fake_llm.requests) == 1
+    assert c2.usage() == {"requests": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
+                          "errors": 0, "attempts": 0, "cost": None}
+    # other sampling settings are another request
+    c2.chat(msg("cache me"), SamplingParams(max_tokens=16, temperature=0.0, seed=3))
+    assert len(fake_llm.requests) == 2
+    statuses = [r["status"] for r in read_jsonl(tmp_path / "calls.jsonl")]
+    assert statuses == ["ok", "cached", "cached", "ok"]
+
+
+def test_corrupt_cache_entry_is_a_miss_and_rewritten(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    c.chat(msg("torn"), P)
+    path = RequestCache(tmp_path / "cache").path(c.key(msg("torn"), P))
+    path.write_text('{"key": "abc", "resu')  # torn write by some other tool
+    res = c.chat(msg("torn"), P)
+    assert res.cached is False and len(fake_llm.requests) == 2
+    assert json.loads(path.read_text())["result"]["text"] == "torn"
+
+
+def test_without_cache_every_call_is_sent(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path, cache_dir=None)
+    c.chat(msg("a"), P)
+    c.chat(msg("a"), P)
+    assert len(fake_llm.requests) == 2 and c.usage()["cached"] == 0
+
+
+def test_random_failures_never_repeat_a_success(fake_llm, tmp_path):
+    fake_llm.fail_rate = 0.4
+    fake_llm.fail_kinds = {"429": 1.0, "500": 1.0, "503": 1.0}
+    c = http_client(fake_llm, tmp_path, max_retries=20, max_in_flight=4)
+    reqs = [(msg(f"item {i}"), P) for i in range(30)]
+    out = dict(c.chat_many(reqs))
+    assert sorted(out) == list(range(30))
+    assert all(isinstance(r, ChatResult) and r.text == f"item {i}" for i, r in out.items())
+    oks: dict[str, int] = {}
+    for r in fake_llm.requests:
+        assert r["key"] not in oks, "a request was sent again after it had succeeded"
+        if r["outcome"] == "ok":
+            oks[r["key"]] = r["n"]
+    assert len(oks) == 30
+    n_fail = sum(r["outcome"] != "ok" for r in fake_llm.requests)
+    assert n_fail > 0 and c.usage()["retries"] == n_fail
+    # a second pass is served entirely from the cache
+    n = len(fake_llm.requests)
+    assert all(r.cached for _, r in c.chat_many(reqs))
+    assert len(fake_llm.requests) == n
+
+
+# --- concurrency ----------------------------------------------------------------------------------------
+
+def test_chat_many_respects_max_in_flight(fake_llm, tmp_path):
+    fake_llm.latency_s = 0.05
+    c = http_client(fake_llm, tmp_path, max_in_flight=3)
+    seen: list[int] = []
+    out = list(c.chat_many([(msg(f"q{i}"), P) for i in range(15)], progress=seen.append))
+    assert sorted(i for i, _ in out) == list(range(15))
+    assert all(r.text == f"q{i}" for i, r in out)
+    assert seen == [1] * 15
+    assert fake_llm.max_in_flight == 3
+    assert max(r["in_flight"] for r in fake_llm.requests) == 3
+
+
+def test_chat_many_is_concurrent_and_faster(fake_llm, tmp_path):
+    fake_llm.latency_s = 0.1
+    c = http_client(fake_llm, tmp_path, max_in_flight=8)
+    start = time.monotonic()
+    list(c.chat_many([(msg(f"p{i}"), P) for i in range(16)]))
+    assert time.monotonic() - start < 16 * 0.1 / 2  # serial would take 1.6 s
+
+
+def test_chat_many_yields_errors_per_item(fake_llm, tmp_path):
+    fake_llm.script(["400"])
+    c = http_client(fake_llm, tmp_path, max_in_flight=1)
+    out = dict(c.chat_many([(msg(f"e{i}"), P) for i in range(4)]))
+    assert isinstance(out[0], LLMRequestError)
+    assert [out[i].text for i in (1, 2, 3)] == ["e1", "e2", "e3"]
+
+
+def test_identical_requests_in_flight_are_sent_once(fake_llm, tmp_path):
+    fake_llm.latency_s = 0.1
+    c = http_client(fake_llm, tmp_path, max_in_flight=4)
+    out = dict(c.chat_many([(msg("same"), P)] * 6))
+    assert len(fake_llm.requests) == 1
+    assert sum(r.cached for r in out.values()) == 5
+    assert c.usage()["requests"] == 1 and c.usage()["cached"] == 5
+
+
+def test_chat_many_early_close_cancels_the_rest(fake_llm, tmp_path):
+    fake_llm.latency_s = 0.05
+    c = http_client(fake_llm, tmp_path, max_in_flight=2)
+    gen = c.chat_many((msg(f"c{i}"), P) for i in range(100))
+    next(gen)
+    gen.close()
+    time.sleep(0.3)
+    assert len(fake_llm.requests) < 10  # only the read-ahead window was started
+
+
+def test_chat_many_accepts_bare_messages(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    out = dict(c.chat_many([msg("bare")]))
+    assert out[0].text == "bare"
+
+
+def test_bad_messages_raise_value_error(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path)
+    with pytest.raises(ValueError, match="role"):
+        c.chat([{"content": "no role"}], P)
+    assert fake_llm.requests == []
+
+
+def test_close_stops_pending_retries(fake_llm, tmp_path):
+    fake_llm.script(["500"] * 5)
+    c = http_client(fake_llm, tmp_path, backoff_base=30.0, backoff_max=30.0)
+    errors: list[Exception] = []
+
+    def worker():
+        try:
+            c.chat(msg("x"), P)
+        except LLMError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    start = time.monotonic()
+    t.start()
+    while not fake_llm.requests:
+        time.sleep(0.01)
+    c.close()
+    t.join(timeout=5)
+    assert not t.is_alive() and time.monotonic() - start < 5
+    assert len(errors) == 1 and isinstance(errors[0], LLMCancelledError)
+    assert len(fake_llm.requests) == 1
+
+
+class _Exploding:
+    """A backend whose every attempt fails with an unexpected exception (like CUDA running out of memory)."""
+
+    model = "boom"
+    max_concurrency = None
+
+    def complete(self, messages, params):
+        raise MemoryError("no room for a 60k-token prompt")
+
+    def describe(self):
+        return "exploding backend"
+
+    def close(self):
+        pass
+
+
+def test_unexpected_backend_failure_is_wrapped_not_retried(tmp_path):
+    c = CachingClient(_Exploding(), spec="local:boom", calls_log=tmp_path / "calls.jsonl", max_in_flight=2)
+    out = dict(c.chat_many([(msg("a"), P), (msg("b"), P)]))
+    assert all(isinstance(e, LLMError) and "MemoryError" in str(e) for e in out.values())
+    assert c.usage()["attempts"] == 2 and c.usage()["errors"] == 2 and c.usage()["retries"] == 0
+    assert [r["status"] for r in read_jsonl(tmp_path / "calls.jsonl")] == ["error", "error"]
+
+
+# --- accounting -----------------------------------------------------------------------------------------
+
+def test_usage_and_cost_sums(fake_llm, tmp_path):
+    c = http_client(fake_llm, tmp_path, price_in_per_mtok=2.0, price_out_per_mtok=8.0)
+    texts = ["a", "b c", "d e f"]
+    results = [c.chat(msg(t), P) for t in texts]
+    c.chat(msg("a"), P)  # cached: free
+    u = c.usage()
+    assert u["requests"] == 3 and u["cached"] == 1
+    assert u["prompt_tokens"] == (1 + 4) + (2 + 4) + (3 + 4) == sum(r.prompt_tokens for r in results)
+    assert u["completion_tokens"] == 1 + 2 + 3
+    assert u["cost"] == pytest.approx((18 * 2.0 + 6 * 8.0) / 1e6)
+    only_in = http_client(fake_llm, tmp_path / "other", price_in_per_mtok=1.0)
+    only_in.chat(msg("x y"), P)
+    assert only_in.usage()["cost"] == pytest.approx(6 / 1e6)
+
+
+def test_calls_log_lines(fake_llm, tmp_path):
+    fake_llm.script(["500"])
+    c = http_client(fake_llm, tmp_path)
+    c.chat(msg("logged"), P)
+    c.chat(msg("logged"), P)
+    lines = read_jsonl(tmp_path / "calls.jsonl", strict=True)
+    assert [r["status"] for r in lines] == ["retry", "ok", "cached"]
+    key = c.key(msg("logged"), P)
+    for r in lines:
+        assert set(r) >= {"key", "model", "status", "http_status", "usage", "latency", "attempt", "time"}
+        assert r["key"] == key and r["model"] == "fake-model"
+    assert lines[0]["usage"] is None and "injected 500" in lines[0]["error"]
+    assert lines[1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 1}
+    assert lines[2]["cached"] is True and lines[2]["attempt"] == 0
+
+
+# --- the fake server itself -----------------------------------------------------------------------------
+
+def test_fake_server_models_endpoint_and_responders(fake_llm):
+    with urllib.request.urlopen(fake_llm.base_url + "/models") as resp:
+        assert json.load(resp)["data"][0]["id"] == "fake-model"
+    from fake_llm_server import judge_responder, questions_responder
+    req = {"messages": msg("Alpine glaciers retreat because summers warm faster than winters.")}
+    q = questions_responder(req)
+    assert q == questions_responder(req) and len(q.splitlines()) == 5 and q.startswith("1: ")
+    assert "Rating: [[" in judge_responder(req)
+
+
+def test_fake_server_custom_responder(fake_llm, tmp_path):
+    fake_llm.set_responder(lambda req: "model said " + req["model"])
+    assert http_client(fake_llm, tmp_path).chat(msg("x"), P).text == "model said fake-model"
+
+
+def test_fake_server_subprocess_and_log_file(tmp_path):
+    log = tmp_path / "server.jsonl"
+    proc, url = start_server_process(tmp_path, responder="questions", log_path=log)
+    try:
+        c = make_client("openai:m", base_url=url, cache_dir=tmp_path / "cache", backoff_base=0.01)
+        res = c.chat(msg("Reading documents about harbours and lighthouses"), P)
+        assert res.text.startswith("1: ")
+        lines = read_jsonl(log, strict=True)
+        assert [(r["status"], r["key"]) for r in lines] == [(200, messages_hash(msg(
+            "Reading documents about harbours and lighthouses")))]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- local backend --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_client(tmp_path_factory):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    root = tmp_path_factory.mktemp("local")
+    client = make_client("local:smollm2", cache_dir=root / "cache", calls_log=root / "calls.jsonl")
+    yield client, root
+    client.close()
+
+
+def test_local_backend_generates_counts_and_caches(local_client):
+    client, root = local_client
+    m = msg("Name one colour.")
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    res = client.chat(m, params)
+    assert res.cached is False and res.text.strip()
+    assert 1 <= res.completion_tokens <= 8 and res.prompt_tokens > 5
+    assert res.model == "SmolLM2-135M-Instruct" and res.finish_reason in ("stop", "length")
+    tok = client.backend.tokenizer
+    assert res.prompt_tokens == len(tok(client.backend.render_prompt(m), add_special_tokens=False)["input_ids"])
+    again = client.chat(m, params)
+    assert again.cached is True and again.text == res.text
+    assert client.usage()["requests"] == 1 and client.usage()["cached"] == 1
+    assert [r["status"] for r in read_jsonl(root / "calls.jsonl")] == ["ok", "cached"]
+
+
+def test_local_backend_seeded_sampling_reproduces(local_client):
+    client, _ = local_client
+    m = msg("Say something about rivers.")
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=11)
+    first = client.chat(m, params)
+    uncached = type(client)(client.backend, spec=client.spec)  # same loaded model, no cache
+    assert uncached.chat(m, params).text == first.text
+    assert uncached.concurrency == 1
+    out = dict(uncached.chat_many([(m, params), (msg("Hi"), SamplingParams(max_tokens=2, temperature=0.0))]))
+    assert out[0].text == first.text and out[1].completion_tokens <= 2
+
+
+# --- crash safety ---------------------------------------------------------------------------------------
+
+JOB = """
+import json, sys
+from longalign.llm import make_client, SamplingParams
+base_url, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = make_client("openai:fake-model", base_url=base_url, cache_dir=root + "/cache", calls_log=root + "/calls.jsonl",
+                max_in_flight=4, backoff_base=0.01)
+reqs = [([{"role": "user", "content": f"doc {i}"}], SamplingParams(max_tokens=8, temperature=0.0)) for i in range(n)]
+for i, res in c.chat_many(reqs):
+    assert not isinstance(res, Exception), res
+print(json.dumps(c.usage()))
+"""
+
+
+def test_sigkill_mid_run_never_pays_twice(fake_llm, tmp_path):
+    import subprocess
+    import sys
+
+    fake_llm.latency_s = 0.05
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    cmd = [sys.executable, str(job), fake_llm.base_url, str(tmp_path), "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while sum(r["outcome"] == "ok" for r in fake_llm.requests) < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no cleanup code runs
+    proc.wait()
+    assert proc.returncode != 0
+    while fake_llm.in_flight and time.monotonic() < deadline:  # let the server log what it had received
+        time.sleep(0.01)
+    first_run = len(fake_llm.requests)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    request_keys = {request_key("openai:fake-model", msg(f"doc {i}"), params): messages_hash(msg(f"doc {i}"))
+                    for i in range(60)}
+    cache = RequestCache(tmp_path / "cache")
+    logged = {r["key"] for r in read_jsonl(tmp_path / "calls.jsonl") if r["status"] == "ok"}
+    saved = {k for k in request_keys if k in cache}
+    assert logged <= saved  # stored before logged: every logged success is in the cache
+    assert 8 <= len(saved) < 60 and len(saved) - len(logged) <= 4
+
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True, timeout=60)
+    usage = json.loads(out.stdout.strip().splitlines()[-1])
+    assert usage["cached"] == len(saved) and usage["requests"] == 60 - len(saved)
+    resent = fake_llm.requests[first_run:]
+    # nothing the first run had stored was sent again; server-side a request answered in the instant of
+    # the kill may be sent twice (its answer never reached the cache)
+    saved_msg_hashes = {request_keys[k] for k in saved}
+    assert not saved_msg_hashes & {r["key"] for r in resent}
+    assert len(resent) == 60 - len(saved)
