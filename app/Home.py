@@ -1,0 +1,49 @@
+"""LongAlign Workbench dashboard: start page (runs folder overview and the chosen run's artifacts).
+
+    longalign app --runs runs          # or: streamlit run app/Home.py -- --runs runs
+"""
+
+import pandas as pd
+import streamlit as st
+
+import common
+from longalign import report
+
+common.page("LongAlign Workbench",
+            "Long-context SFT data, batching (naive, sorted, packed with loss weighting), training and evaluation — "
+            "read from run directories.")
+run = common.pick_run()
+
+st.subheader("Runs")
+overview = report.runs_overview(common.runs_root())
+st.dataframe(overview, hide_index=True, column_config={
+    c: st.column_config.CheckboxColumn(c) for c in overview.columns if overview[c].dtype == bool})
+
+st.subheader(f"Run `{run.root.name}`")
+st.dataframe(report.artifact_table(run), hide_index=True,
+             column_config={"present": st.column_config.CheckboxColumn("present")})
+left, right = st.columns([2, 3])
+with left:
+    st.markdown("**Tokenization** (tokens/longalign_meta.json)")
+    meta = report.load_token_meta(run)
+    if meta:
+        st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in meta.items()}}), width="stretch")
+    else:
+        st.info("No tokens/ yet: `longalign tokenize` writes them.")
+with right:
+    st.markdown("**Stages recorded in run.json**")
+    stages = report.run_stages(run)
+    if stages.empty:
+        st.info("run.json lists no stages yet: every stage command records its configuration there.")
+    else:
+        st.dataframe(stages, hide_index=True, column_config={"config": st.column_config.TextColumn(width="large")})
+
+st.markdown("""
+**Pages**
+1. **Lengths** — token-length distributions by source, language and task type; long vs short mix.
+2. **Packing** — padding, fill and attention cost per batching method; one pack's mask, tokens and loss weights.
+3. **Simulator** — predicted training time and device idle time per method on this run's lengths.
+4. **Training** — loss curves and throughput per method and loss normalisation.
+5. **LongBench-Chat** — judged answers per question, side by side for two runs.
+6. **Needle** — retrieval score by context length and depth, with the prompt around each needle.
+""")
