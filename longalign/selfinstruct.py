@@ -1,0 +1,732 @@
+"""Self-Instruct for long documents: ask an LLM for five questions about a document, validate them, pick one,
+ask for its answer, and write a training record ``{"messages": [user: doc + question, assistant: answer]}``.
+
+The recipe follows LongAlign (§3.3): four task types (general, summary/integration across parts, multi-hop
+reasoning, information extraction), five questions numbered ``1: `` … ``5: ``, one chosen at random and
+answered with the document in the prompt. The prompt wording here is our own, in English and Chinese
+(picked by the document's language).
+
+Why validation: a small generator does not follow the format reliably. With the embedded 135M model we
+have seen the template slot echoed back (``1: <question>``), one question repeated five times, the instruction itself returned
+as a question, and two questions followed by prose. :func:`parse_questions` accepts the numbering variants
+models actually write (``1:``, ``1.``, ``1)``, ``Q1:``, ``**1.**``, ``问题1：``) and records, rather than
+raises on, extra prose or a short list; :func:`validate_questions` rejects template echoes, duplicates,
+echoes of the instruction and implausible lengths. A rejected attempt is retried with a new sampling seed
+(and a note naming what was wrong, so the request differs), every second retry with another task type;
+everything rejected is stored in the record's ``rejected`` list. A document that still fails after
+``max_question_attempts`` goes to ``data/failed.jsonl`` and the job moves on (exit code 1).
+
+Long documents: the generator sees at most ``max_prompt_tokens`` tokens (head and tail of the document
+with a ``[...]`` marker in between) so a small-context generator can still be used; the stored training
+record always keeps the full document.
+
+The job (:func:`generate_long_data`) keeps up to ``window`` documents active and sends the next request of
+each through ``client.chat_many`` (``max_in_flight`` HTTP requests at once; one at a time for a local
+model), so a round costs about as long as its slowest request. Every record is appended as one complete
+line once its answer arrives; re-running skips the ``doc_id``s already in ``long.jsonl``, and the client's
+request cache (``data/llm_cache``) replays every answered request, so a crash costs no paid call twice.
+Per-document seeds are derived from ``seed`` and the ``doc_id``, which makes the replay deterministic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import random
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from longalign.config import check_choice, option
+from longalign.rundir import RunDir, append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("general", "summary", "reasoning", "extraction")
+N_QUESTIONS = 5
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+_TASK_EN = {
+    "general": "Ask the kind of questions a reader who wants to understand this text would ask: about its "
+               "purpose, its main ideas, and how its parts are meant to be used.",
+    "summary": "Ask questions whose answers require summarising or combining information from several "
+               "different parts of the text, not just one sentence of it.",
+    "reasoning": "Ask questions that need several steps of reasoning: a good answer has to connect two or more "
+                 "facts found in different places of the text and draw a conclusion from them.",
+    "extraction": "Ask questions that request specific information stated in the text, such as names, numbers, "
+                  "definitions, conditions, steps or settings.",
+}
+_TASK_ZH = {
+    "general": "请从一位想要读懂这篇文本的读者的角度提问：关于它的目的、主要内容，以及各部分的用途。",
+    "summary": "请提出需要概括或整合文本中多个不同部分的信息才能回答的问题，而不是只靠其中一句话就能回答的问题。",
+    "reasoning": "请提出需要多步推理的问题：好的回答必须把文本中不同位置的两个或更多事实联系起来，并由此得出结论。",
+    "extraction": "请提出要求找出文本中明确写出的具体信息的问题，例如名称、数字、定义、条件、步骤或设置。",
+}
+_FORMAT_EN = ("Now write five questions about the text above. Each question must be answerable from the text, "
+              "make sense on its own, and differ from the others. Put each question on its own line and start "
+              "the lines with 1: 2: 3: 4: 5: in order. Write only the five questions.")
+_FORMAT_ZH = ("现在请针对上面的文本写出五个问题。每个问题都必须能根据文本回答、单独读也能看懂，并且互不相同。"
+              "每个问题单独占一行，行首依次写 1: 2: 3: 4: 5:。只写这五个问题。")
+_RETRY_EN = "A previous attempt was not usable ({reasons}). Write five new, different, real questions about the text."
+_RETRY_ZH = "上一次的结果不可用（{reasons}）。请针对文本重新写出五个互不相同的真实问题。"
+_ANSWER_EN = ("Answer the question below using the text above. Be accurate and complete, and base the answer on "
+              "what the text says.\n\nQuestion: {question}")
+_ANSWER_ZH = "请根据上面的文本回答下面的问题。回答要准确、完整，并以文本内容为依据。\n\n问题：{question}"
+_LEAD_EN = "Read the following text carefully.\n\n"
+_LEAD_ZH = "请仔细阅读下面的文本。\n\n"
+_CUT_MARKER = "\n\n[...]\n\n"
+_SEPARATOR = "\n\n---\n"
+
+_REASON_WORDS_EN = {"template": "template slots instead of questions", "duplicate": "repeated questions",
+                    "near_duplicate": "repeated questions", "instruction_echo": "the instruction copied back",
+                    "too_short": "fragments too short to be questions", "too_long": "overlong text",
+                    "not_a_question": "statements instead of questions", "too_few": "fewer than five questions"}
+_REASON_WORDS_ZH = {"template": "输出了模板占位符", "duplicate": "问题重复", "near_duplicate": "问题重复",
+                    "instruction_echo": "照抄了指令", "too_short": "问题过短", "too_long": "内容过长",
+                    "not_a_question": "写的不是问题", "too_few": "问题不足五个"}
+
+
+def _is_zh(lang: str | None) -> bool:
+    return (lang or "").lower().startswith("zh")
+
+
+def task_instruction(task_type: str, lang: str | None = "en") -> str:
+    """The instruction that follows the document in a question-generation prompt."""
+    check_choice("task_type", task_type, TASK_TYPES)
+    if _is_zh(lang):
+        return _TASK_ZH[task_type] + "\n" + _FORMAT_ZH
+    return _TASK_EN[task_type] + "\n" + _FORMAT_EN
+
+
+def question_prompt(document: str, task_type: str, lang: str | None = "en",
+                    rejected_reasons: Iterable[str] = ()) -> str:
+    """User message asking for five numbered questions about ``document``."""
+    lead = _LEAD_ZH if _is_zh(lang) else _LEAD_EN
+    text = lead + document + _SEPARATOR + task_instruction(task_type, lang)
+    reasons = sorted(set(rejected_reasons))
+    if reasons:
+        words = _REASON_WORDS_ZH if _is_zh(lang) else _REASON_WORDS_EN
+        named = sorted({words.get(r, r) for r in reasons})
+        note = (_RETRY_ZH if _is_zh(lang) else _RETRY_EN).format(reasons=("、" if _is_zh(lang) else ", ").join(named))
+        text += "\n" + note
+    return text
+
+
+def answer_prompt(document: str, question: str, lang: str | None = "en") -> str:
+    """User message asking the generator to answer ``question`` from ``document``."""
+    lead = _LEAD_ZH if _is_zh(lang) else _LEAD_EN
+    return lead + document + _SEPARATOR + (_ANSWER_ZH if _is_zh(lang) else _ANSWER_EN).format(question=question)
+
+
+def training_prompt(document: str, question: str) -> str:
+    """User turn of the stored training example: the full document, a blank line, the question."""
+    return document + "\n\n" + question
+
+
+# ------------------------------------------------------------------------------------------------- parser
+
+_CN_NUM = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "十": 10}
+_ITEM_RE = re.compile(
+    r"""^\s*(?:\#{1,6}\s*)?(?:[-*•]\s+)?            # heading marks or a bullet
+        (?:\*\*|__)?\s*                              # bold open
+        (?:(?P<prefix>Q|Question|问题|问)\s*)?        # optional 'Q' / 'Question' prefix
+        [(（\[]?\s*(?P<num>\d{1,2}|[一二三四五六七八九十])\s*[)）\]]?   # the number, maybe in brackets
+        \s*(?:\*\*|__)?\s*                           # bold close before the separator
+        (?P<sep>[:：]|\.(?!\d)|．|、|\)|）|\s-\s|(?<=[)）\]])|(?<=\*\*)|(?<=__))   # separator
+        \s*(?:\*\*|__)?\s*                           # bold close after the separator
+        (?P<text>.*)$""", re.IGNORECASE | re.VERBOSE)
+_PREFIX_ONLY_RE = re.compile(r"^\s*(?:\*\*|__)?\s*(?:Q|Question|问题)\s*(?P<num>\d{1,2})\s*(?:\*\*|__)?\s+(?P<text>\S.*)$",
+                             re.IGNORECASE)
+_INLINE_RE = re.compile(r"(?:^|(?<=\s))(?:\*\*)?(?:Q)?(?P<num>\d)\s*(?:\*\*)?\s*[:：.)）]\s*(?:\*\*)?\s*", re.IGNORECASE)
+
+
+@dataclass
+class ParsedQuestions:
+    """Questions found in a reply, in order, plus what did not fit the requested format."""
+
+    questions: list[str]
+    numbers: list[int] = field(default_factory=list)
+    prose: list[str] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+
+
+def clean_question(text: str) -> str:
+    """Strip markdown emphasis, surrounding quotes, a leading 'Question:' label and extra spaces."""
+    t = text.strip()
+    for _ in range(3):
+        before = t
+        t = re.sub(r"^(?:\*\*|__|\*|_)(.*?)(?:\*\*|__|\*|_)$", r"\1", t).strip()
+        t = re.sub(r"^(?:question|q|问题)\s*[:：]\s*", "", t, flags=re.IGNORECASE).strip()
+        if len(t) >= 2 and t[0] in "\"'“‘「" and t[-1] in "\"'”’」":
+            t = t[1:-1].strip()
+        if t == before:
+            break
+    t = t.replace("**", "")
+    return re.sub(r"\s+", " ", t).strip()
+
+
+def _match_item(line: str) -> tuple[int, str] | None:
+    m = _ITEM_RE.match(line)
+    if m is None:
+        m = _PREFIX_ONLY_RE.match(line)
+        if m is None:
+            return None
+    num_txt = m.group("num")
+    num = int(num_txt) if num_txt.isdigit() else _CN_NUM[num_txt]
+    if not 1 <= num <= 20:
+        return None
+    return num, m.group("text")
+
+
+def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
+    """Numbered questions from a model reply.
+
+    A numbered line starts a question; an unnumbered line right after it (no blank line between) continues
+    it while it has not ended with a question mark; any other text is kept as ``prose``. When lines yield
+    fewer than two questions, inline numbering ("1: … 2: …" on one line) is tried. More than ``expected``
+    questions keep the first ``expected``; fewer are recorded in ``issues``.
+    """
+    items: list[list[Any]] = []  # [number, text]
+    prose: list[str] = []
+    last_blank = True
+    for raw in (reply or "").splitlines():
+        line = raw.strip()
+        if not line:
+            last_blank = True
+            continue
+        hit = _match_item(line)
+        if hit is not None and hit[1].strip():
+            items.append([hit[0], hit[1]])
+        elif hit is not None:  # "1:" alone on a line: the question follows on the next line
+            items.append([hit[0], ""])
+        elif items and not last_blank and (not items[-1][1] or not items[-1][1].rstrip().endswith(("?", "？"))):
+            items[-1][1] = (items[-1][1] + " " + line).strip()
+        else:
+            prose.append(line)
+        last_blank = False
+    issues: list[str] = []
+    if len(items) < 2:
+        inline = list(_INLINE_RE.finditer(reply or ""))
+        seq = []
+        want = 1
+        for m in inline:
+            if int(m.group("num")) == want:
+                seq.append(m)
+                want += 1
+        if len(seq) >= 2:
+            items = []
+            for j, m in enumerate(seq):
+                end = seq[j + 1].start() if j + 1 < len(seq) else len(reply)
+                items.append([int(m.group("num")), reply[m.end():end]])
+            prose = [p for p in (reply[:seq[0].start()].strip(),) if p]
+            issues.append("questions written on one line")
+    if not items:  # no numbering at all: lines that end with a question mark still count
+        asked = [p for p in prose if clean_question(p.strip("`")).endswith(("?", "？"))]
+        if asked:
+            items = [[k + 1, p.strip("`")] for k, p in enumerate(asked)]
+            prose = [p for p in prose if p not in asked]
+            issues.append("questions without numbers")
+    questions = [clean_question(t) for _, t in items]
+    numbers = [n for n, _ in items]
+    kept = [(n, q) for n, q in zip(numbers, questions) if q]
+    if len(kept) < len(questions):
+        issues.append(f"{len(questions) - len(kept)} empty numbered item(s)")
+    numbers = [n for n, _ in kept]
+    questions = [q for _, q in kept]
+    if numbers and numbers != list(range(1, len(numbers) + 1)):
+        issues.append(f"numbering {numbers} is not 1..{len(numbers)}")
+    if len(questions) > expected:
+        issues.append(f"{len(questions)} questions, kept the first {expected}")
+        questions, numbers = questions[:expected], numbers[:expected]
+    if len(questions) < expected:
+        issues.append(f"fewer than {expected} questions ({len(questions)})")
+    if prose:
+        issues.append(f"{len(prose)} line(s) of extra text")
+    return ParsedQuestions(questions=questions, numbers=numbers, prose=prose, issues=issues)
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+_TEMPLATE_RE = re.compile(
+    r"<\s*/?\s*(?:question|q|text|your[ _]question|问题)[^<>]{0,20}>|\{\s*question\s*\}|\[\s*question\s*\]"
+    r"|^\W*(?:your\s+)?(?:question|q|问题)\s*\d*\W*$|^\W*(?:\.\.\.|…|etc\.?)\W*$", re.IGNORECASE)
+_ECHO_PHRASES = ("five questions", "5 questions", "numbered questions", "one per line", "五个问题", "编号的问题",
+                 "output only", "question 1", "每行一个")
+_EN_STARTS = frozenset("""what why how when where which who whom whose is are was were do does did can could should
+would will may might must has have had explain describe list summarize summarise compare identify name give
+according in based outline discuss find state define provide tell considering if under for from by on after
+before during suppose assuming""".split())
+_ZH_MARKERS = ("？", "?", "什么", "为什么", "为何", "如何", "怎样", "怎么", "哪", "谁", "是否", "多少", "几", "吗", "呢",
+               "请", "说明", "解释", "描述", "列出", "概括", "总结", "比较")
+
+
+def _normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in text if ch.isalnum() or ("\u4e00" <= ch <= "\u9fff"))
+
+
+def _similar(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+@dataclass
+class ValidationLimits:
+    min_chars: int = 12
+    min_words: int = 3
+    min_chars_zh: int = 6
+    max_chars: int = 400
+    near_duplicate: float = 0.9
+    echo_similarity: float = 0.75
+    require_question_form: bool = True
+
+
+def question_problem(question: str, *, lang: str | None, instruction: str, accepted: list[str],
+                     limits: ValidationLimits | None = None) -> str | None:
+    """Why ``question`` is unusable (a reason code), or None when it is fine."""
+    lim = limits or ValidationLimits()
+    q = question.strip()
+    if _TEMPLATE_RE.search(q):
+        return "template"
+    zh = _is_zh(lang) or sum("\u4e00" <= ch <= "\u9fff" for ch in q) > len(q) / 4
+    if zh:
+        if len(re.sub(r"\s", "", q)) < lim.min_chars_zh:
+            return "too_short"
+    elif len(q) < lim.min_chars or len(q.split()) < lim.min_words:
+        return "too_short"
+    if len(q) > lim.max_chars:
+        return "too_long"
+    norm = _normalize(q)
+    if not norm:
+        return "template"
+    low = q.lower()
+    if any(p in low for p in _ECHO_PHRASES):
+        return "instruction_echo"
+    norm_instr = _normalize(instruction)
+    if len(norm) >= 8 and norm in norm_instr:
+        return "instruction_echo"
+    for sentence in re.split(r"(?<=[.!?。！？:：])\s*", instruction):
+        ns = _normalize(sentence)
+        if len(ns) >= 8 and _similar(norm, ns) >= lim.echo_similarity:
+            return "instruction_echo"
+    for prev in accepted:
+        pn = _normalize(prev)
+        if pn == norm:
+            return "duplicate"
+        if _similar(pn, norm) >= lim.near_duplicate:
+            return "near_duplicate"
+    if lim.require_question_form:
+        if zh:
+            if not any(m in q for m in _ZH_MARKERS):
+                return "not_a_question"
+        else:
+            first = re.sub(r"[^a-z']", "", low.split()[0]) if low.split() else ""
+            if not q.rstrip().endswith("?") and first not in _EN_STARTS:
+                return "not_a_question"
+    return None
+
+
+def validate_questions(questions: list[str], *, lang: str | None, instruction: str,
+                       limits: ValidationLimits | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """Split ``questions`` into accepted ones (in order) and rejected ``{"text", "reason"}`` entries."""
+    accepted: list[str] = []
+    rejected: list[dict[str, str]] = []
+    for q in questions:
+        reason = question_problem(q, lang=lang, instruction=instruction, accepted=accepted, limits=limits)
+        if reason is None:
+            accepted.append(q)
+        else:
+            rejected.append({"text": q, "reason": reason})
+    return accepted, rejected
+
+
+def answer_problem(answer: str, question: str, *, min_chars: int = 2) -> str | None:
+    """Why an answer is unusable ('empty', 'too_short', 'echo', 'template'), or None."""
+    a = answer.strip()
+    if not a:
+        return "empty"
+    if len(a) < min_chars:
+        return "too_short"
+    if re.fullmatch(r"\W*<\s*/?\s*answer[^<>]*>\W*", a, re.IGNORECASE):
+        return "template"
+    if _normalize(a) == _normalize(question):
+        return "echo"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+@dataclass
+class GenerateConfig:
+    """Options of ``longalign data generate``."""
+
+    llm: str = option("local:smollm2", help="question/answer generator: openai:<model> (any OpenAI-compatible "
+                                            "endpoint, see base_url) or local:<model spec> (default: the embedded "
+                                            "SmolLM2-135M-Instruct)")
+    base_url: str | None = option(None, help="base URL of the OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1; "
+                                             "default: api.openai.com)")
+    api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the API key (never stored)")
+    max_in_flight: int = option(8, help="requests in flight at once (a local model runs one at a time)")
+    max_retries: int = option(6, help="retries of a failed request (429, 5xx, timeout) before it counts as failed")
+    timeout: float = option(120.0, help="seconds to wait for one HTTP response")
+    backoff_base: float = option(1.0, help="first retry waits about this many seconds, doubling each retry")
+    backoff_max: float = option(60.0, help="longest wait between retries, in seconds")
+    price_in_per_mtok: float | None = option(None, help="price per million prompt tokens (for the cost summary)")
+    price_out_per_mtok: float | None = option(None, help="price per million completion tokens")
+    n_docs: int = option(0, help="documents to use from corpus.jsonl, in file order (0 = all)")
+    task_types: list[str] = option(default_factory=lambda: list(TASK_TYPES),
+                                   help="task types to draw from: " + ", ".join(TASK_TYPES))
+    question_max_tokens: int = option(320, help="max new tokens of the question-generation reply")
+    answer_max_tokens: int = option(1024, help="max new tokens of the answer")
+    temperature: float = option(0.7, help="sampling temperature for questions and answers")
+    top_p: float = option(0.95, help="nucleus sampling threshold")
+    max_prompt_tokens: int = option(6000, help="longest prompt the generator gets: longer documents are cut to "
+                                               "their head and tail for the generator (0 = never cut); the "
+                                               "training record keeps the full document")
+    prompt_tokenizer: str | None = option(None, help="model spec whose tokenizer measures max_prompt_tokens "
+                                                     "(default: the local model, or the embedded one for openai:)")
+    min_questions: int = option(3, help="an attempt is accepted when at least this many of its questions are valid")
+    max_question_attempts: int = option(4, help="question-generation attempts per document before it is failed")
+    max_answer_attempts: int = option(3, help="answer attempts per document (each may use another question)")
+    max_request_failures: int = option(2, help="times a request that finally failed (after retries) is sent again "
+                                               "before the document is failed")
+    max_question_chars: int = option(400, help="longer questions are rejected")
+    window: int = option(0, help="documents worked on at once (0 = 4 x max_in_flight)")
+    seed: int = option(42, help="base seed: task types, sampling seeds and the chosen question derive from it "
+                                "and the doc_id")
+
+
+# ------------------------------------------------------------------------------------------ per-document job
+
+def _doc_seed(seed: int, doc_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).hexdigest()[:8], 16) % (2 ** 31 - 10_000)
+
+
+class DocumentJob:
+    """State machine of one document: question attempts, then answer attempts.
+
+    ``next_request()`` gives the messages and sampling params to send; ``feed(result_or_error)`` advances.
+    ``status`` becomes 'done' (``record()`` is the training example) or 'failed' (``failure()``).
+    """
+
+    def __init__(self, doc: dict[str, Any], cfg: GenerateConfig, *, model: str, prompt_doc: str,
+                 prompt_truncated: bool):
+        from longalign.llm import SamplingParams
+
+        self._SamplingParams = SamplingParams
+        self.doc = doc
+        self.cfg = cfg
+        self.model = model
+        self.doc_id = str(doc["id"])
+        self.lang = doc.get("lang") or "en"
+        self.prompt_doc = prompt_doc
+        self.prompt_truncated = prompt_truncated
+        self.base_seed = _doc_seed(cfg.seed, self.doc_id)
+        self.rng = random.Random(self.base_seed)
+        types = list(cfg.task_types)
+        first = self.rng.randrange(len(types))
+        self.type_order = types[first:] + types[:first]
+        self.stage = "questions"
+        self.status = "active"
+        self.q_attempt = 0
+        self.a_attempt = 0
+        self.request_failures = 0
+        self.rejected: list[dict[str, Any]] = []
+        self.last_reasons: list[str] = []
+        self.questions: list[str] = []
+        self.raw_questions: list[str] = []
+        self.parse_issues: list[str] = []
+        self.task_type = self.type_order[0]
+        self.remaining: list[str] = []
+        self.question: str | None = None
+        self.answer: str | None = None
+        self.answer_finish: str | None = None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_responses": 0}
+        self.error: str | None = None
+        self._pending: tuple[list[dict[str, str]], Any] | None = None
+
+    # requests ----------------------------------------------------------------------------------------
+    def _task_for_attempt(self, attempt: int) -> str:
+        return self.type_order[(attempt // 2) % len(self.type_order)]
+
+    def next_request(self) -> tuple[list[dict[str, str]], Any]:
+        if self._pending is not None:  # the previous send failed: resend exactly the same request
+            return self._pending
+        cfg = self.cfg
+        if self.stage == "questions":
+            self.task_type = self._task_for_attempt(self.q_attempt)
+            content = question_prompt(self.prompt_doc, self.task_type, self.lang,
+                                      self.last_reasons if self.q_attempt else ())
+            params = self._SamplingParams(max_tokens=cfg.question_max_tokens, temperature=cfg.temperature,
+                                          top_p=cfg.top_p, seed=self.base_seed + self.q_attempt)
+        else:
+            if self.question is None:
+                self.question = self.remaining.pop(self.rng.randrange(len(self.remaining)))
+            content = answer_prompt(self.prompt_doc, self.question, self.lang)
+            params = self._SamplingParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
+                                          top_p=cfg.top_p, seed=self.base_seed + 1000 + self.a_attempt)
+        self._pending = ([{"role": "user", "content": content}], params)
+        return self._pending
+
+    # results -----------------------------------------------------------------------------------------
+    def feed(self, result: Any) -> None:
+        from longalign.llm import LLMRequestError
+
+        if isinstance(result, BaseException):
+            self.request_failures += 1
+            msg = f"{type(result).__name__}: {result}"
+            log.debug("%s: request failed (%s)", self.doc_id, msg)
+            if isinstance(result, LLMRequestError) or self.request_failures > self.cfg.max_request_failures:
+                self._fail(f"request failed: {msg}")
+            return  # keep self._pending: the same request is sent again
+        self._pending = None
+        self.usage["prompt_tokens"] += int(result.prompt_tokens or 0)
+        self.usage["completion_tokens"] += int(result.completion_tokens or 0)
+        self.usage["cached_responses"] += int(bool(result.cached))
+        if self.stage == "questions":
+            self._feed_questions(result.text)
+        else:
+            self._feed_answer(result.text, result.finish_reason)
+
+    def _feed_questions(self, text: str) -> None:
+        attempt = self.q_attempt
+        self.q_attempt += 1
+        parsed = parse_questions(text)
+        instruction = task_instruction(self.task_type, self.lang)
+        limits = ValidationLimits(max_chars=self.cfg.max_question_chars)
+        accepted, rejected = validate_questions(parsed.questions, lang=self.lang, instruction=instruction,
+                                                limits=limits)
+        for r in rejected:
+            self.rejected.append({"stage": "questions", "level": "question", "attempt": attempt,
+                                  "task_type": self.task_type, **r})
+        reasons = [r["reason"] for r in rejected]
+        if len(accepted) >= self.cfg.min_questions:
+            self.questions = accepted
+            self.raw_questions = parsed.questions
+            self.parse_issues = parsed.issues
+            self.remaining = list(accepted)
+            self.stage = "answer"
+            return
+        if len(parsed.questions) < N_QUESTIONS:
+            reasons.append("too_few")
+        self.rejected.append({"stage": "questions", "level": "attempt", "attempt": attempt,
+                              "task_type": self.task_type, "text": text[:2000], "reason": f"attempt rejected: {len(accepted)} valid question(s), "
+                                                             f"need {self.cfg.min_questions}",
+                              "issues": parsed.issues})
+        self.last_reasons = sorted(set(reasons)) or ["too_few"]
+        if self.q_attempt >= self.cfg.max_question_attempts:
+            self._fail(f"no usable questions after {self.q_attempt} attempts")
+
+    def _feed_answer(self, text: str, finish_reason: str | None) -> None:
+        attempt = self.a_attempt
+        self.a_attempt += 1
+        answer = text.strip()
+        problem = answer_problem(answer, self.question or "")
+        if problem is None:
+            self.answer = answer
+            self.answer_finish = finish_reason
+            self.status = "done"
+            return
+        self.rejected.append({"stage": "answer", "attempt": attempt, "question": self.question, "text": text[:2000],
+                              "reason": problem})
+        if self.a_attempt >= self.cfg.max_answer_attempts:
+            self._fail(f"no usable answer after {self.a_attempt} attempts")
+        elif self.remaining:
+            self.question = None  # try another of the accepted questions
+        # else: same question again, new seed (next_request derives it from a_attempt)
+
+    def _fail(self, reason: str) -> None:
+        self.status = "failed"
+        self.error = reason
+        self._pending = None
+
+    # outputs -----------------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        assert self.status == "done" and self.question is not None and self.answer is not None
+        return {
+            "messages": [{"role": "user", "content": training_prompt(self.doc["text"], self.question)},
+                         {"role": "assistant", "content": self.answer}],
+            "doc_id": self.doc_id,
+            "source": self.doc.get("source", ""),
+            "lang": self.lang,
+            "task_type": self.task_type,
+            "questions": self.questions,
+            "question": self.question,
+            "model": self.model,
+            "rejected": self.rejected,
+            "n_tokens_doc": self.doc.get("n_tokens"),
+            "generation": {"question_attempts": self.q_attempt, "answer_attempts": self.a_attempt,
+                           "parse_issues": self.parse_issues, "prompt_truncated": self.prompt_truncated,
+                           "answer_finish_reason": self.answer_finish, "seed": self.base_seed, **self.usage},
+        }
+
+    def failure(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "source": self.doc.get("source", ""), "lang": self.lang, "reason": self.error,
+                "stage": self.stage, "rejected": self.rejected, "model": self.model,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+# -------------------------------------------------------------------------------------------- document cut
+
+def fit_document(text: str, tokenizer: Any, max_tokens: int) -> tuple[str, bool]:
+    """``text`` unchanged when it has at most ``max_tokens`` tokens, else its head and tail (60/40) joined by
+    a ``[...]`` marker, within ``max_tokens``. Returns ``(text, was_cut)``."""
+    if max_tokens <= 0 or len(text.encode("utf-8")) <= max_tokens:  # a token covers at least one byte
+        return text, False
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    budget = max(2, max_tokens - 8)
+    head = int(budget * 0.6)
+    tail = budget - head
+    return (tokenizer.decode(ids[:head]).rstrip() + _CUT_MARKER + tokenizer.decode(ids[-tail:]).lstrip()), True
+
+
+def _instruction_overhead(tokenizer: Any) -> int:
+    longest = 0
+    for t in TASK_TYPES:
+        for lang in ("en", "zh"):
+            prompt = question_prompt("", t, lang, ["template", "duplicate", "instruction_echo", "too_few"])
+            longest = max(longest, len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+    return longest + 32  # chat-template tokens
+
+
+# ----------------------------------------------------------------------------------------------------- job
+
+@dataclass
+class GenerateSummary:
+    documents: int
+    already_done: int
+    written: int
+    failed: int
+    records_total: int
+    usage: dict[str, Any]
+    seconds: float
+    failed_ids: list[str]
+    rejected_questions: int
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def failed_path(run: RunDir) -> Path:
+    return run.data / "failed.jsonl"
+
+
+def make_generator_client(cfg: GenerateConfig, run: RunDir):
+    """The LLM client for ``cfg`` with its request cache and calls log inside ``run``."""
+    from longalign.llm import make_client
+
+    return make_client(cfg.llm, base_url=cfg.base_url, api_key_env=cfg.api_key_env, cache_dir=run.llm_cache,
+                       calls_log=run.llm_calls, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
+                       timeout=cfg.timeout, price_in_per_mtok=cfg.price_in_per_mtok,
+                       price_out_per_mtok=cfg.price_out_per_mtok, backoff_base=cfg.backoff_base,
+                       backoff_max=cfg.backoff_max)
+
+
+def check_generate_config(cfg: GenerateConfig) -> None:
+    if not cfg.task_types:
+        raise ValueError("task_types is empty; give at least one of " + ", ".join(TASK_TYPES))
+    for t in cfg.task_types:
+        check_choice("task_types", t, TASK_TYPES)
+    for name in ("max_in_flight", "max_question_attempts", "max_answer_attempts", "question_max_tokens",
+                 "answer_max_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not 1 <= cfg.min_questions <= N_QUESTIONS:
+        raise ValueError(f"min_questions must be between 1 and {N_QUESTIONS}, got {cfg.min_questions}")
+
+
+def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client: Any = None,
+                       docs: list[dict[str, Any]] | None = None, prompt_tokenizer: Any = None,
+                       progress: bool = True) -> GenerateSummary:
+    """Generate one long instruction example per document of ``run/data/corpus.jsonl`` into ``long.jsonl``.
+
+    Resumable: documents whose ``doc_id`` is already in ``long.jsonl`` are skipped. Documents that fail are
+    appended to ``data/failed.jsonl`` and retried on the next run.
+    """
+    from tqdm.auto import tqdm
+
+    from longalign.corpus import read_corpus
+
+    check_generate_config(cfg)
+    run = RunDir(run) if not isinstance(run, RunDir) else run
+    start = time.monotonic()
+    if docs is None:
+        docs = read_corpus(run.corpus)
+    if cfg.n_docs > 0:
+        docs = docs[:cfg.n_docs]
+    ids = [str(d["id"]) for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"document id {dup!r} appears more than once in the corpus; ids must be unique")
+    done_ids = {str(r.get("doc_id")) for r in read_jsonl(run.long)}
+    pending_docs = [d for d in docs if str(d["id"]) not in done_ids]
+    already = len(docs) - len(pending_docs)
+    log.info("%d documents, %d already in %s, %d to generate", len(docs), already, run.long, len(pending_docs))
+
+    own_client = client is None
+    if own_client:
+        client = make_generator_client(cfg, run)
+    model_name = getattr(client, "spec", None) or getattr(client, "model", "") or cfg.llm
+    written = failed = rejected_q = 0
+    failed_ids: list[str] = []
+    try:
+        if pending_docs and cfg.max_prompt_tokens > 0 and prompt_tokenizer is None:
+            from longalign.llm import parse_spec
+            from longalign.models import load_tokenizer
+
+            kind, name = parse_spec(cfg.llm)
+            prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or (name if kind == "local" else None))
+        doc_budget = cfg.max_prompt_tokens
+        if pending_docs and cfg.max_prompt_tokens > 0:
+            doc_budget = max(64, cfg.max_prompt_tokens - _instruction_overhead(prompt_tokenizer))
+
+        def new_job(doc: dict[str, Any]) -> DocumentJob:
+            text, cut = fit_document(doc["text"], prompt_tokenizer, doc_budget) if cfg.max_prompt_tokens > 0 \
+                else (doc["text"], False)
+            return DocumentJob(doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut)
+
+        window = cfg.window or 4 * cfg.max_in_flight
+        queue = list(reversed(pending_docs))
+        active: list[DocumentJob] = []
+        bar = tqdm(total=len(docs), initial=already, desc="long data", unit="doc", disable=not progress)
+        try:
+            while queue or active:
+                while queue and len(active) < window:
+                    active.append(new_job(queue.pop()))
+                requests = [job.next_request() for job in active]
+                for i, res in client.chat_many(requests):
+                    job = active[i]
+                    job.feed(res)
+                    if job.status == "done":
+                        rec = job.record()
+                        append_jsonl(run.long, rec)
+                        written += 1
+                        rejected_q += sum(1 for r in job.rejected if r.get("level") == "question")
+                        bar.update(1)
+                    elif job.status == "failed":
+                        append_jsonl(failed_path(run), job.failure())
+                        failed += 1
+                        failed_ids.append(job.doc_id)
+                        log.warning("document %s failed: %s", job.doc_id, job.error)
+                        bar.update(1)
+                active = [j for j in active if j.status == "active"]
+                bar.set_postfix(failed=failed)
+        finally:
+            bar.close()
+        usage = client.usage() if hasattr(client, "usage") else {}
+    finally:
+        if own_client:
+            client.close()
+    records_total = len({str(r.get("doc_id")) for r in read_jsonl(run.long)})
+    summary = GenerateSummary(documents=len(docs), already_done=already, written=written, failed=failed,
+                              records_total=records_total, usage=usage, seconds=round(time.monotonic() - start, 2),
+                              failed_ids=failed_ids, rejected_questions=rejected_q, model=model_name)
+    log.info("generated %d records (%d failed) in %.1f s", written, failed, summary.seconds)
+    return summary
