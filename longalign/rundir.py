@@ -14,8 +14,9 @@ Layout (every path below is produced by exactly one stage; readers never trust a
       tokens/                         datasets.save_to_disk: input_ids, labels, length, n_target, source
       batching/<method>.json          plan statistics;  batching/<method>.plan.json  {"batches": [[i, ...], ...]}
       train/<method>/metrics.jsonl    one JSON object per optimizer step;  train/<method>/checkpoints/
-      eval/longbench_chat/{predictions,judgments}.jsonl + summary.json
+      eval/longbench_chat/{predictions,judge_runs,judgments}.jsonl + summary.json
       eval/needle/results.jsonl + summary.json (+ heatmap.html)
+      eval/judge_agreement/ratings.jsonl + summary.json
       eval/longbench/{predictions,judgments}.jsonl + summary.json
 
 Writers use :func:`append_jsonl` (one complete line per record, flushed and fsynced) or

@@ -1,0 +1,385 @@
+"""LLM judges: ``[[rating]]`` parsing, prompt templates, and two judge kinds behind one interface.
+
+* :class:`EndpointJudge` (``openai:<model>`` + base URL): asks the model through ``longalign.llm`` (request
+  cache, retries on HTTP errors, calls log) and parses the number inside the LAST ``[[...]]`` of the reply.
+  When nothing parses it asks again, up to ``max_attempts`` (5) in all; a retry changes the seed (and, if
+  the judge runs at temperature 0, samples at ``retry_temperature``) so it is a new request and not the
+  cached reply again. Every reply is kept.
+* :class:`LocalJudge` (``local:<model spec>``): small local models do not follow the ``[[N]]`` format (the
+  embedded 135M model never wrote it in 13 tries), so the reply is forced to start with ``[[`` and the
+  rating is read from the model's probabilities: for every allowed rating r the probability of the token
+  sequence ``"r]]"`` after the prompt (a product over its tokens, so a two-token "10" is scored properly
+  and cannot steal mass from "1"), renormalised over the allowed ratings. The score is the expected value
+  (or the argmax, ``local_score="argmax"``); both are stored, together with the share of probability the
+  model put on valid ratings at all. It always yields a score, but a 135M judge is a weak one: the
+  agreement command measures how weak.
+
+Cost of the local scoring: one forward pass over the prompt (its KV cache kept) plus one short pass per
+rating (2-3 tokens each, the cache cropped back in between), about 1.1x a single forward of the prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from longalign.llm.base import SamplingParams
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+_BRACKETS = re.compile(r"\[\[(.*?)\]\]", re.S)
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | None:
+    """The number inside the LAST ``[[...]]`` of ``reply``, or None.
+
+    Full-width brackets and digits (``［［８］］``, common in Chinese replies) are normalised first (NFKC).
+    Decimals are accepted (``[[7.5]]``); the first number inside the brackets counts (``[[8/10]]`` -> 8);
+    a last bracket without a number (``[[rating]]``) or a number outside ``lo..hi`` gives None, so the caller
+    asks again rather than trusting an echo of the instructions.
+    """
+    if not reply:
+        return None
+    text = unicodedata.normalize("NFKC", reply)
+    found = _BRACKETS.findall(text)
+    if not found:
+        return None
+    m = _NUMBER.search(found[-1])
+    if not m:
+        return None
+    value = float(m.group(0))
+    if not (lo <= value <= hi) or math.isnan(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------- templates
+_SLOT = re.compile(r"\{\{|\}\}|\{([A-Za-z_0-9]*)\}")
+
+
+def fill_template(template: str, positional: Sequence[Any] = (), named: dict[str, Any] | None = None,
+                  *, source: str = "template") -> str:
+    """Substitute ``{}`` (in order) and ``{name}`` slots in one pass; ``{{``/``}}`` are literal braces.
+
+    Unlike ``str.format`` it never looks at braces inside the substituted values and names the template
+    file in its errors (too few values for the ``{}`` slots, unknown ``{name}``).
+    """
+    named = named or {}
+    pos = iter(positional)
+    counter = {"n": 0}
+
+    def sub(m: re.Match) -> str:
+        tok = m.group(0)
+        if tok == "{{":
+            return "{"
+        if tok == "}}":
+            return "}"
+        name = m.group(1)
+        if name == "":
+            counter["n"] += 1
+            try:
+                return str(next(pos))
+            except StopIteration:
+                raise ValueError(f"{source}: has more '{{}}' slots than the {len(positional)} values it is "
+                                 f"filled with; see the slot list in the docs") from None
+        if name.isdigit():
+            idx = int(name)
+            if idx >= len(positional):
+                raise ValueError(f"{source}: slot {{{name}}} but only {len(positional)} values")
+            return str(positional[idx])
+        if name not in named:
+            raise ValueError(f"{source}: unknown slot {{{name}}}; known: "
+                             + ", ".join("{" + k + "}" for k in named))
+        return str(named[name])
+
+    return _SLOT.sub(sub, template)
+
+
+def template_slots(template: str) -> tuple[int, set[str]]:
+    """Number of positional ``{}`` slots and the set of named slots in ``template``."""
+    n, names = 0, set()
+    for m in _SLOT.finditer(template):
+        if m.group(0) in ("{{", "}}"):
+            continue
+        if m.group(1) == "":
+            n += 1
+        else:
+            names.add(m.group(1))
+    return n, names
+
+
+def load_template(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"judge template {path} does not exist")
+    return path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------- outcomes
+@dataclass
+class JudgeOutcome:
+    """One rating: the final reply and score plus everything spent to get it."""
+
+    reply: str
+    score: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+    replies: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reply": self.reply, "score": self.score, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "attempts": self.attempts,
+                "replies": self.replies, **self.extra}
+
+
+@dataclass
+class JudgeRequest:
+    messages: Messages
+    lo: int = 1
+    hi: int = 10
+    seed: int = 0
+
+
+def is_local_judge(spec: str) -> bool:
+    return str(spec).startswith("local:")
+
+
+def check_judge_spec(spec: str) -> None:
+    if not spec or not (str(spec).startswith("openai:") or str(spec).startswith("local:")):
+        raise ValueError(f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
+                         "'local:<model spec>' (e.g. local:smollm2)")
+
+
+# --------------------------------------------------------------------------------------------- endpoint judge
+class EndpointJudge:
+    """A judge behind an OpenAI-compatible endpoint; free-text reply parsed with :func:`parse_rating`."""
+
+    kind = "endpoint"
+
+    def __init__(self, client: Any, *, name: str | None = None, max_tokens: int = 1024, temperature: float = 0.0,
+                 top_p: float = 1.0, max_attempts: int = 5, retry_temperature: float = 0.7):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts} must be at least 1")
+        self.client = client
+        self.name = name or getattr(client, "model", "judge")
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_attempts = max_attempts
+        self.retry_temperature = retry_temperature
+
+    def _params(self, seed: int, attempt: int) -> SamplingParams:
+        temp = self.temperature if attempt == 0 else max(self.temperature, self.retry_temperature)
+        return SamplingParams(max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p,
+                              seed=int(seed) + 1000 * attempt)
+
+    def rate(self, req: JudgeRequest) -> JudgeOutcome:
+        return next(iter(self.rate_many([req])))[1]
+
+    def rate_many(self, requests: Sequence[JudgeRequest], *,
+                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, JudgeOutcome]]:
+        """Rate every request; each finished rating is yielded as soon as it has a score or has used all its
+        attempts. Attempts run in rounds through ``client.chat_many`` (several requests in flight)."""
+        outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in range(len(requests))}
+        pending = list(range(len(requests)))
+        for attempt in range(self.max_attempts):
+            if not pending:
+                break
+            batch = [(requests[i].messages, self._params(requests[i].seed, attempt)) for i in pending]
+            still = []
+            for j, res in self.client.chat_many(batch):
+                i = pending[j]
+                out = outcomes[i]
+                out.attempts += 1
+                if isinstance(res, Exception):
+                    log.warning("judge request failed (attempt %d): %s", attempt + 1, res)
+                    out.replies.append(f"<error: {res}>")
+                    out.extra.setdefault("errors", []).append(str(res))
+                else:
+                    out.reply = res.text
+                    out.replies.append(res.text)
+                    out.prompt_tokens += int(res.prompt_tokens or 0)
+                    out.completion_tokens += int(res.completion_tokens or 0)
+                    out.score = parse_rating(res.text, requests[i].lo, requests[i].hi)
+                if out.score is None and attempt + 1 < self.max_attempts:
+                    still.append(i)
+                else:
+                    if progress:
+                        progress(1)
+                    yield i, out
+            pending = sorted(still)
+
+
+# --------------------------------------------------------------------------------------------- local judge
+class LocalJudge:
+    """Scores from next-token probabilities after a forced ``[[`` (see module docstring)."""
+
+    kind = "local"
+
+    def __init__(self, model_spec: str | None = None, *, score_mode: str = "expected", prefix: str = "[[",
+                 suffix: str = "]]", max_length: int | None = None, device: str | None = None,
+                 model: Any = None, tokenizer: Any = None):
+        import torch
+
+        from longalign.config import check_choice
+        from longalign.models import load_model, load_tokenizer, model_display_name
+
+        check_choice("local_score", score_mode, ("expected", "argmax"))
+        spec = model_spec[len("local:"):] if model_spec and model_spec.startswith("local:") else model_spec
+        self.spec = spec
+        self.name = "local:" + model_display_name(spec)
+        self.score_mode = score_mode
+        self.prefix = prefix
+        self.suffix = suffix
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec)
+        if model is None:
+            model = load_model(spec, dtype=torch.bfloat16 if self.device == "cuda" else torch.float32)
+        self.model = model.to(self.device).eval()
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 8192
+        self.max_length = min(max_length or limit, limit) - 8
+        import inspect
+
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def prompt_ids(self, messages: Messages) -> tuple[str, list[int], bool]:
+        """The templated prompt ending in the forced prefix; the user turn is middle-truncated to fit."""
+        from longalign.eval.generate import render_chat, truncate_text
+
+        text = render_chat(self.tokenizer, messages, self.prefix)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= self.max_length:
+            return text, ids, False
+        over = len(ids) - self.max_length
+        msgs = [dict(m) for m in messages]
+        user = msgs[-1]
+        n_user = len(self.tokenizer.encode(user["content"], add_special_tokens=False))
+        user["content"] = truncate_text(self.tokenizer, user["content"], max(16, n_user - over - 4)).text
+        text = render_chat(self.tokenizer, msgs, self.prefix)
+        return text, self.tokenizer.encode(text, add_special_tokens=False), True
+
+    def rating_distribution(self, messages: Messages, ratings: Sequence[int]) -> tuple[dict[int, float], float, int, bool]:
+        """Normalised probability of each rating, the unnormalised mass on valid ratings, prompt tokens, and
+        whether the prompt was truncated."""
+        import torch
+
+        text, prefix_ids, truncated = self.prompt_ids(messages)
+        conts: dict[int, list[int]] = {}
+        for r in ratings:
+            full = self.tokenizer.encode(text + f"{r}{self.suffix}", add_special_tokens=False)
+            if full[:len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids):
+                conts[r] = full[len(prefix_ids):]
+            else:  # the rating merged with the prefix's last token: score it on its own
+                conts[r] = self.tokenizer.encode(f"{r}{self.suffix}", add_special_tokens=False)
+        logp: dict[int, float] = {}
+        with torch.inference_mode():
+            ids = torch.tensor([prefix_ids], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True)
+            cache = _output_cache(out)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            n = len(prefix_ids)
+            croppable = cache is not None and hasattr(cache, "crop")
+            for r, cont in conts.items():
+                total = float(first[cont[0]])
+                if len(cont) > 1:
+                    if croppable:
+                        step = self.model(input_ids=torch.tensor([cont[:-1]], device=self.device),
+                                          use_cache=True, **{self._cache_kw: cache})
+                        cache.crop(-(len(cont) - 1))  # negative = drop that many tokens (every version)
+                        lp = torch.log_softmax(step.logits[0].float(), dim=-1)
+                    else:
+                        full_ids = torch.tensor([prefix_ids + cont[:-1]], device=self.device)
+                        lp = torch.log_softmax(self.model(input_ids=full_ids).logits[0, n:].float(), dim=-1)
+                    for k, tok in enumerate(cont[1:]):
+                        total += float(lp[k, tok])
+                logp[r] = total
+        top = max(logp.values())
+        weights = {r: math.exp(v - top) for r, v in logp.items()}
+        z = sum(weights.values())
+        mass = sum(math.exp(v) for v in logp.values())
+        return {r: w / z for r, w in weights.items()}, mass, len(prefix_ids), truncated
+
+    def rate(self, req: JudgeRequest) -> JudgeOutcome:
+        ratings = list(range(int(req.lo), int(req.hi) + 1))
+        dist, mass, n_prompt, truncated = self.rating_distribution(req.messages, ratings)
+        expected = sum(r * p for r, p in dist.items())
+        argmax = max(dist, key=lambda r: dist[r])
+        score = round(expected, 4) if self.score_mode == "expected" else float(argmax)
+        reply = f"{self.prefix}{argmax}{self.suffix}"
+        extra = {"distribution": {str(r): round(p, 6) for r, p in dist.items()}, "expected": round(expected, 4),
+                 "argmax": argmax, "valid_mass": mass, "score_mode": self.score_mode,
+                 "prompt_truncated": truncated}
+        return JudgeOutcome(reply=reply, score=score, prompt_tokens=n_prompt, completion_tokens=0, attempts=1,
+                            replies=[reply], extra=extra)
+
+    def rate_many(self, requests: Sequence[JudgeRequest], *,
+                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, JudgeOutcome]]:
+        for i, req in enumerate(requests):
+            out = self.rate(req)
+            if progress:
+                progress(1)
+            yield i, out
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache of a model output (``cache`` in recent transformers, ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+LOCAL_JUDGE_NOTE = ("scores come from a small local judge (next-token probabilities of the rating after a forced "
+                    "'[['); such a judge agrees only weakly with human ratings - treat the numbers as a smoke "
+                    "test, and use a GPT-4-class judge (openai:<model>) for figures comparable with the paper")
+
+
+@dataclass
+class JudgeSettings:
+    """How to build a judge (filled from the stage configs)."""
+
+    spec: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    max_attempts: int = 5
+    timeout: float = 120.0
+    max_in_flight: int = 4
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    local_score: str = "expected"
+
+
+def make_judge(settings: JudgeSettings, *, cache_dir: str | Path | None = None, calls_log: str | Path | None = None,
+               device: str | None = None) -> EndpointJudge | LocalJudge:
+    """``openai:<model>`` -> :class:`EndpointJudge` through ``longalign.llm.make_client``; ``local:<spec>`` ->
+    :class:`LocalJudge`."""
+    check_judge_spec(settings.spec)
+    if is_local_judge(settings.spec):
+        return LocalJudge(settings.spec, score_mode=settings.local_score, device=device)
+    from longalign.llm import make_client
+
+    client = make_client(settings.spec, base_url=settings.base_url, api_key_env=settings.api_key_env,
+                         cache_dir=cache_dir, calls_log=calls_log, timeout=settings.timeout,
+                         max_in_flight=settings.max_in_flight, price_in_per_mtok=settings.price_in_per_mtok or None,
+                         price_out_per_mtok=settings.price_out_per_mtok or None)
+    return EndpointJudge(client, name=settings.spec, max_tokens=settings.max_tokens,
+                         temperature=settings.temperature, max_attempts=settings.max_attempts)
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, price_in_per_mtok: float, price_out_per_mtok: float) -> float:
+    return round(prompt_tokens * price_in_per_mtok / 1e6 + completion_tokens * price_out_per_mtok / 1e6, 6)

@@ -1,0 +1,448 @@
+"""LongBench-Chat: answer 50 long-document questions, then have a judge rate each answer 1-10 against the
+expert reference with three human-scored example answers.
+
+Data is the user's own copy of the benchmark, read in its original layout (a folder or file path holding
+``test_cases.json`` = list of ``{"idx", "prompt", "query", "answer"}`` and ``few_shots.json`` = one list of
+three ``{"answer", "score"}`` per case, in ``idx`` order) or as jsonl with the same fields per line plus a
+``few_shots`` list. Nothing is bundled or downloaded.
+
+Judging follows the paper rather than the released harness: for each judge run the three scored examples
+are shown in a different order (the permutations of a case are shuffled with ``judge_seed`` and run r takes
+the r-th, so two runs never see the same order) and the runs' scores are averaged (2 runs by default; the
+released script does one run in a fixed order, ``judge_runs=1`` and ``shuffle_examples=false`` reproduce
+that). A judge run over all 50 cases costs about 32k prompt tokens per case for a GPT-4-class judge, so
+every finished run is appended to ``judge_runs.jsonl`` at once and a re-run never repeats it; requests also
+go through the llm request cache.
+
+The judge prompt is our own wording of the benchmark's criteria. ``judge_template=FILE`` uses the
+benchmark's prompt file verbatim instead. Substitution scheme (one pass; values are never re-scanned):
+
+* positional ``{}`` slots, filled in order with: question, reference answer, example answer 1, its score,
+  example answer 2, its score, example answer 3, its score, the answer to rate (9 slots, the order of the
+  benchmark's ``prompt_fs.txt``); ``{0}``..``{8}`` address the same list by number;
+* or named slots: ``{question}``, ``{reference}``, ``{answer_1}``, ``{score_1}``, ``{answer_2}``,
+  ``{score_2}``, ``{answer_3}``, ``{score_3}``, ``{prediction}`` and ``{examples}`` (all three examples
+  already laid out);
+* ``{{`` and ``}}`` stand for literal braces.
+The system message stays ours; the template file becomes the user message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from longalign.config import option, to_dict
+from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
+                                  fill_template, load_template, make_judge, template_slots)
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_NAME = "LongBench-Chat"
+JUDGE_SYSTEM = "You are a careful, impartial grader of answers written by AI assistants."
+
+JUDGE_INSTRUCTIONS = """[Task]
+Rate how well an AI assistant answered a user's question about a long document. Correctness matters most; \
+after it, helpfulness, accuracy and relevance. Proceed as follows:
+1. Compare the assistant's answer with the reference answer written by an expert.
+2. Find every mistake in the answer and weigh how much each one harms the answer to the question.
+3. Judge how directly the answer gives the user the information that was asked for.
+4. Check any extra material the answer adds; take points off when it is wrong or beside the question.
+Give one overall integer rating from 1 (worst) to 10 (best), written exactly as [[rating]], e.g. [[6]]."""
+
+NO_CONTEXT_NOTE = ("(The question and the reference answer are not available here: judge the answer on its own "
+                   "merits and by comparison with the rated examples.)")
+
+
+@dataclass
+class ChatCase:
+    idx: int
+    prompt: str
+    query: str
+    answer: str
+    lang: str
+    examples: list[dict[str, Any]] = field(default_factory=list)  # [{"answer", "score"}] x 3
+
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+
+
+def detect_lang(text: str) -> str:
+    """"zh" when at least 10% of the non-space characters are CJK, else "en"."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return "en"
+    return "zh" if sum(1 for c in chars if _CJK.match(c)) / len(chars) >= 0.1 else "en"
+
+
+def _check_examples(examples: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(examples, list) or not examples:
+        raise ValueError(f"{where}: expected a list of scored example answers [{{'answer': str, 'score': int}}, ...]")
+    out = []
+    for k, ex in enumerate(examples):
+        if not isinstance(ex, dict) or "answer" not in ex or "score" not in ex:
+            raise ValueError(f"{where}, example {k + 1}: needs 'answer' and 'score' fields")
+        out.append({"answer": str(ex["answer"]), "score": ex["score"]})
+    return out
+
+
+def load_few_shots(path: str | Path) -> list[list[dict[str, Any]]]:
+    """``few_shots.json``: one list of scored answers per case, in ``idx`` order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give the benchmark's few_shots.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list with one list of scored answers per question")
+    return [_check_examples(entry, f"{path}, entry {i + 1}") for i, entry in enumerate(data)]
+
+
+def _case_from(rec: dict[str, Any], where: str, few: list[list[dict]] | None) -> ChatCase:
+    missing = [k for k in ("idx", "prompt", "query", "answer") if k not in rec]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; each case needs idx, prompt, query, answer")
+    idx = int(rec["idx"])
+    if "few_shots" in rec:
+        examples = _check_examples(rec["few_shots"], where + " few_shots")
+    elif few is not None:
+        if not 1 <= idx <= len(few):
+            raise ValueError(f"{where}: idx {idx} has no entry in few_shots.json ({len(few)} entries)")
+        examples = few[idx - 1]
+    else:
+        raise ValueError(f"{where}: no scored examples; put few_shots.json next to the cases or add a "
+                         "'few_shots' list to each line")
+    lang = rec.get("lang") or rec.get("language") or detect_lang(rec["query"] + rec["answer"])
+    return ChatCase(idx, str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), str(lang), examples)
+
+
+def load_longbench_chat(path: str | Path, few_shots: str | Path | None = None) -> list[ChatCase]:
+    """Load the user's copy: a folder with ``test_cases.json`` (+ ``few_shots.json``), the json file itself,
+    or a ``.jsonl`` file with the same fields per line (and ``few_shots`` per line or the json next to it)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("test_cases.json", "test_cases.jsonl"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
+                                "(test_cases.json + few_shots.json)")
+    fs_path = Path(few_shots) if few_shots else path.parent / "few_shots.json"
+    few = load_few_shots(fs_path) if fs_path.is_file() else None
+    if few_shots and few is None:
+        raise FileNotFoundError(f"{fs_path} does not exist")
+    cases: list[ChatCase] = []
+    if path.suffix == ".jsonl":
+        from longalign.rundir import iter_jsonl
+
+        for lineno, rec in iter_jsonl(path, strict=True):
+            cases.append(_case_from(rec, f"{path}:{lineno}", few))
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of cases")
+        for i, rec in enumerate(data):
+            cases.append(_case_from(rec, f"{path}, case {i + 1}", few))
+    seen = set()
+    for c in cases:
+        if c.idx in seen:
+            raise ValueError(f"{path}: idx {c.idx} appears twice; every case needs its own idx")
+        seen.add(c.idx)
+    return cases
+
+
+# --------------------------------------------------------------------------------------------- prompts
+def example_orders(n_examples: int, n_runs: int, seed: int, idx: Any, shuffle: bool = True) -> list[list[int]]:
+    """The order of the scored examples for each judge run of case ``idx``.
+
+    All permutations are shuffled with a generator seeded by ``(seed, idx)``; run r takes the r-th (so runs
+    differ while there are permutations left: 6 for three examples). Without shuffling every run uses
+    the file order.
+    """
+    base = list(range(n_examples))
+    if not shuffle:
+        return [base for _ in range(n_runs)]
+    perms = [list(p) for p in itertools.permutations(base)]
+    random.Random(f"{seed}:{idx}").shuffle(perms)
+    return [perms[r % len(perms)] for r in range(n_runs)]
+
+
+def _format_score(score: Any) -> str:
+    if isinstance(score, float) and score.is_integer():
+        return str(int(score))
+    return str(score)
+
+
+def examples_block(examples: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for k, ex in enumerate(examples, 1):
+        parts.append(f"[Example answer {k}]\n{ex['answer']}\n[End of example answer {k}]\n"
+                     f"Rating: [[{_format_score(ex['score'])}]]")
+    return "\n\n".join(parts)
+
+
+def build_judge_user_prompt(query: str | None, reference: str | None, examples: Sequence[dict[str, Any]],
+                            prediction: str) -> str:
+    """Our judge prompt: instructions, question, reference, the scored examples (in the given order), then
+    the answer to rate. ``query``/``reference`` None means the judge sees neither (and is told so)."""
+    parts = [JUDGE_INSTRUCTIONS]
+    if query is None and reference is None:
+        parts.append(NO_CONTEXT_NOTE)
+    else:
+        parts.append(f"[Question]\n{query}")
+        parts.append(f"[Reference answer]\n{reference}\n[End of reference answer]")
+    if examples:
+        parts.append(f"Here are {len(examples)} other answers to the same question with the ratings that experts "
+                     f"gave them:\n\n" + examples_block(examples))
+    parts.append(f"Now rate this answer by the same principles and examples:\n\n[Answer to rate]\n{prediction}\n"
+                 f"[End of answer to rate]\n\nYour rating, as [[rating]]:")
+    return "\n\n".join(parts)
+
+
+def build_from_template(template: str, query: str, reference: str, examples: Sequence[dict[str, Any]],
+                        prediction: str, *, source: str = "judge template") -> str:
+    """Fill a user-supplied judge prompt (see the module docstring for the slots)."""
+    n_pos, names = template_slots(template)
+    flat: list[Any] = [query, reference]
+    named: dict[str, Any] = {"question": query, "reference": reference, "prediction": prediction,
+                             "examples": examples_block(examples)}
+    for k, ex in enumerate(examples, 1):
+        flat += [ex["answer"], _format_score(ex["score"])]
+        named[f"answer_{k}"] = ex["answer"]
+        named[f"score_{k}"] = _format_score(ex["score"])
+    flat.append(prediction)
+    if n_pos and n_pos != len(flat):
+        raise ValueError(f"{source}: has {n_pos} '{{}}' slots; expected {len(flat)} (question, reference, "
+                         f"{len(examples)} x (answer, score), answer to rate)")
+    return fill_template(template, flat, named, source=source)
+
+
+def judge_messages(case: ChatCase, prediction: str, order: Sequence[int], template: str | None = None,
+                   template_source: str = "judge template") -> list[dict[str, str]]:
+    examples = [case.examples[i] for i in order]
+    if template is not None:
+        user = build_from_template(template, case.query, case.answer, examples, prediction, source=template_source)
+    else:
+        user = build_judge_user_prompt(case.query, case.answer, examples, prediction)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass
+class LongBenchChatConfig:
+    """``longalign eval longbench-chat``: generate answers, judge them, summarise."""
+
+    data: str = option("", help="LongBench-Chat copy: folder or test_cases.json (+ few_shots.json beside it), or jsonl "
+                                "with idx/prompt/query/answer/few_shots")
+    few_shots: str = option("", help="few_shots.json when it is not next to the cases")
+    out: str = option("runs/eval", help="run directory; results go to <out>/eval/longbench_chat/")
+    model: str = option("smollm2", help="model to evaluate: smollm2 (embedded), HF id, train output folder, or "
+                                        "openai:<model> with --model-base-url")
+    model_base_url: str = option("", help="base URL of the OpenAI-compatible endpoint serving --model")
+    model_api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
+    tokenizer: str = option("", help="tokenizer for truncating prompts of an endpoint model (default: embedded)")
+    max_length: int = option(64000, help="middle-truncate prompts to this many tokens before the chat template")
+    max_new_tokens: int = option(1024, help="tokens to generate per answer")
+    temperature: float = option(0.0, help="sampling temperature for answers (0 = greedy)")
+    top_p: float = option(1.0, help="nucleus sampling for answers")
+    seed: int = option(42, help="seed per case (per batch when batch_size > 1)")
+    batch_size: int = option(1, help="prompts generated together (local models)")
+    limit: int = option(0, help="only the first N cases (0 = all)")
+    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = predict only")
+    judge_base_url: str = option("", help="base URL of the judge's OpenAI-compatible endpoint")
+    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the judge's API key")
+    judge_runs: int = option(2, help="judge runs per answer, averaged (paper: 2)")
+    judge_seed: int = option(0, help="seed of the example order shuffle and of judge requests")
+    shuffle_examples: bool = option(True, help="show the scored examples in a different order per run")
+    judge_template: str = option("", help="judge prompt file used verbatim (slots: see docs)")
+    judge_temperature: float = option(0.0, help="judge temperature")
+    judge_max_tokens: int = option(1024, help="judge reply budget")
+    judge_max_attempts: int = option(5, help="requests per rating when no [[rating]] parses")
+    judge_max_in_flight: int = option(4, help="concurrent judge requests")
+    local_score: str = option("expected", help="local judge score: expected value or argmax of the rating "
+                                               "distribution", choices=("expected", "argmax"))
+    price_in_per_mtok: float = option(0.0, help="judge price per million prompt tokens (for the cost figure)")
+    price_out_per_mtok: float = option(0.0, help="judge price per million completion tokens")
+    dataset_label: str = option("", help="name shown in the summary (default: LongBench-Chat for test_cases.json)")
+    progress: bool = option(True, help="show progress bars")
+
+    def judge_settings(self) -> JudgeSettings:
+        return JudgeSettings(spec=self.judge, base_url=self.judge_base_url or None,
+                             api_key_env=self.judge_api_key_env, temperature=self.judge_temperature,
+                             max_tokens=self.judge_max_tokens, max_attempts=self.judge_max_attempts,
+                             max_in_flight=self.judge_max_in_flight, price_in_per_mtok=self.price_in_per_mtok,
+                             price_out_per_mtok=self.price_out_per_mtok, local_score=self.local_score)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="case")
+
+
+def eval_dir(cfg: LongBenchChatConfig) -> Path:
+    return RunDir(cfg.out).eval("longbench_chat")
+
+
+def predict(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], generator: Any = None) -> dict[str, int]:
+    """Generate missing predictions into ``predictions.jsonl``."""
+    from longalign.eval.generate import PredictionTask, make_generator, run_predictions
+    from longalign.llm.base import SamplingParams
+
+    out = eval_dir(cfg) / "predictions.jsonl"
+    done = {r.get("idx") for r in read_jsonl(out)}
+    tasks = [PredictionTask(c.idx, c.prompt, None, {"query": c.query, "lang": c.lang}) for c in cases
+             if c.idx not in done]
+    if not tasks:
+        return {"done_before": len(done), "generated": 0}
+    if generator is None:
+        run = RunDir(cfg.out)
+        generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
+            base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
+            calls_log=run.llm_calls))
+    params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    with _bar(len(tasks), "answers", cfg.progress) as bar:
+        return run_predictions(tasks, generator, out, max_length=cfg.max_length, params=params,
+                               batch_size=cfg.batch_size, progress=bar.update)
+
+
+def judge_all(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, int]:
+    """Judge every prediction ``judge_runs`` times; finished runs are never repeated."""
+    check_judge_spec(cfg.judge)
+    if cfg.judge_runs < 1:
+        raise ValueError(f"judge_runs={cfg.judge_runs} must be at least 1")
+    edir = eval_dir(cfg)
+    preds = {r["idx"]: r for r in read_jsonl(edir / "predictions.jsonl")}
+    runs_path, judged_path = edir / "judge_runs.jsonl", edir / "judgments.jsonl"
+    template = load_template(cfg.judge_template) if cfg.judge_template else None
+    done_runs: dict[Any, dict[int, dict]] = {}
+    for rec in read_jsonl(runs_path):
+        if rec.get("judge") == cfg.judge:
+            done_runs.setdefault(rec["idx"], {})[int(rec["run"])] = rec
+    judged = {r["idx"] for r in read_jsonl(judged_path) if r.get("judge") == cfg.judge}
+    by_idx = {c.idx: c for c in cases}
+    jobs: list[tuple[ChatCase, int, list[int]]] = []
+    for c in cases:
+        if c.idx not in preds:
+            continue
+        orders = example_orders(len(c.examples), cfg.judge_runs, cfg.judge_seed, c.idx, cfg.shuffle_examples)
+        for r in range(cfg.judge_runs):
+            if r not in done_runs.get(c.idx, {}):
+                jobs.append((c, r, orders[r]))
+    stats = {"runs_before": sum(len(v) for v in done_runs.values()), "runs_judged": 0, "cases_finished": 0}
+
+    def finish_ready(idx: Any) -> None:
+        have = done_runs.get(idx, {})
+        if idx in judged or any(r not in have for r in range(cfg.judge_runs)):
+            return
+        c, p = by_idx[idx], preds[idx]
+        runs = [have[r] for r in range(cfg.judge_runs)]
+        scores = [x["score"] for x in runs if x["score"] is not None]
+        rec = {"idx": idx, "query": c.query, "reference": c.answer, "prediction": p["prediction"], "lang": c.lang,
+               "runs": [{k: x[k] for k in ("run", "order", "reply", "score", "prompt_tokens", "completion_tokens",
+                                           "attempts", "replies") if k in x}
+                        | ({"distribution": x["distribution"]} if "distribution" in x else {})
+                        | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
+                        for x in runs],
+               "score": round(statistics.fmean(scores), 4) if scores else None,
+               "judge": cfg.judge, "model": p.get("model")}
+        append_jsonl(judged_path, rec)
+        judged.add(idx)
+        stats["cases_finished"] += 1
+
+    for idx in list(done_runs):  # runs finished before a crash whose case record was not yet written
+        if idx in by_idx and idx in preds:
+            finish_ready(idx)
+    if not jobs:
+        return stats
+    if judge is None:
+        run = RunDir(cfg.out)
+        judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+    requests = [JudgeRequest(judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
+                             1, 10, seed=cfg.judge_seed * 1000 + r) for c, r, order in jobs]
+    with _bar(len(jobs), "judge runs", cfg.progress) as bar:
+        for j, outcome in judge.rate_many(requests, progress=bar.update):
+            c, r, order = jobs[j]
+            rec = {"idx": c.idx, "run": r, "order": order, "judge": cfg.judge, **outcome.to_dict()}
+            append_jsonl(runs_path, rec)
+            done_runs.setdefault(c.idx, {})[r] = rec
+            stats["runs_judged"] += 1
+            finish_ready(c.idx)
+    return stats
+
+
+def summarize(cfg: LongBenchChatConfig, cases: Sequence[ChatCase] | None = None) -> dict[str, Any]:
+    """Write and return ``summary.json`` from ``judgments.jsonl``."""
+    edir = eval_dir(cfg)
+    recs = [r for r in read_jsonl(edir / "judgments.jsonl") if r.get("judge") == cfg.judge]
+    preds = read_jsonl(edir / "predictions.jsonl")
+    scored = [r["score"] for r in recs if r.get("score") is not None]
+    by_lang: dict[str, float | None] = {}
+    for lang in sorted({r.get("lang", "en") for r in recs} | {"en", "zh"}):
+        vals = [r["score"] for r in recs if r.get("lang") == lang and r.get("score") is not None]
+        by_lang[lang] = round(statistics.fmean(vals), 4) if vals else None
+    p_tok = sum(x.get("prompt_tokens", 0) for r in recs for x in r["runs"])
+    c_tok = sum(x.get("completion_tokens", 0) for r in recs for x in r["runs"])
+    unparsed_runs = sum(1 for r in recs for x in r["runs"] if x.get("score") is None)
+    notes = []
+    if cfg.judge.startswith("local:"):
+        notes.append(LOCAL_JUDGE_NOTE)
+    if cfg.judge_template:
+        notes.append(f"judge prompt from {cfg.judge_template}")
+    if cfg.judge_runs != 2 or not cfg.shuffle_examples:
+        notes.append(f"{cfg.judge_runs} judge run(s), examples {'shuffled' if cfg.shuffle_examples else 'in file order'} "
+                     "(paper: 2 runs, shuffled)")
+    n_trunc = sum(1 for p in preds if p.get("truncated"))
+    if n_trunc:
+        notes.append(f"{n_trunc} of {len(preds)} prompts middle-truncated to {cfg.max_length} tokens")
+    capped = sorted({p["max_length"] for p in preds if p.get("max_length", cfg.max_length) < cfg.max_length})
+    if capped:
+        notes.append(f"prompts cut to {capped[0]} tokens (not {cfg.max_length}) to fit the model's context window")
+    n_cases = len(cases) if cases is not None else None
+    if n_cases is not None and len(recs) < n_cases:
+        notes.append(f"only {len(recs)} of {n_cases} cases judged so far")
+    label = cfg.dataset_label or (BENCHMARK_NAME if (n_cases == 50 and not str(cfg.data).endswith(".jsonl"))
+                                  else Path(cfg.data).stem or BENCHMARK_NAME)
+    summary = {"mean": round(statistics.fmean(scored), 4) if scored else None, "by_lang": by_lang,
+               "n": len(recs), "n_scored": len(scored), "unparsed": len(recs) - len(scored),
+               "unparsed_runs": unparsed_runs, "judge": cfg.judge, "judge_runs": cfg.judge_runs,
+               "model": preds[0].get("model") if preds else cfg.model,
+               "tokens": {"prompt": p_tok, "completion": c_tok},
+               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok),
+               "notes": notes, "dataset": label, "scale": "1-10"}
+    atomic_write_json(edir / "summary.json", summary)
+    return summary
+
+
+def run_longbench_chat(cfg: LongBenchChatConfig, *, generator: Any = None, judge: Any = None) -> dict[str, Any]:
+    """The whole stage: load, predict, judge (when ``cfg.judge``), summarise; records the config in run.json."""
+    if not cfg.data:
+        raise ValueError("data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)")
+    if cfg.judge:
+        check_judge_spec(cfg.judge)
+    cases = load_longbench_chat(cfg.data, cfg.few_shots or None)
+    if cfg.limit:
+        cases = cases[:cfg.limit]
+    pred_stats = predict(cfg, cases, generator)
+    result: dict[str, Any] = {"predictions": pred_stats}
+    if cfg.judge:
+        result["judging"] = judge_all(cfg, cases, judge)
+        result["summary"] = summarize(cfg, cases)
+    RunDir(cfg.out).record_stage("eval_longbench_chat", to_dict(cfg), summary=result.get("summary"))
+    return result

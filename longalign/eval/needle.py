@@ -1,0 +1,365 @@
+"""Needle-in-a-Haystack: hide one sentence in a long filler text and ask the model for it, over a grid of
+context lengths x needle depths.
+
+Context construction, per (length L, depth d), in the evaluated model's own tokens:
+
+1. the haystack (files of a folder, or the built-in ``pydoc`` help topics) is tokenized once, without
+   special tokens, and repeated until it covers the longest context;
+2. the context keeps the first ``L - buffer - len(needle)`` haystack tokens (``buffer`` = 200 leaves room
+   for the chat template, the question and the answer, as in the original harness);
+3. the target position is ``int(len(context) * d / 100)``; the needle goes in at the last sentence
+   boundary at or before it: walking back until the token before the cut ends a sentence (its decoded
+   text, trailing spaces removed, ends with ``. ! ?`` or a CJK full stop). Sentence-final tokens are found
+   by decoding, never by hard-coded token ids, so any tokenizer works; a depth of 100 appends the needle.
+
+The needle is wrapped in newlines. The records keep its token position, the prompt length and a window of
+text around it (``window_tokens`` either side) for the dashboard.
+
+Scoring keeps two numbers per cell: a judge's 1-10 rating with the original harness's rubric (1 unrelated,
+3 minor relevance, 5 moderate relevance with inaccuracies, 7 aligned with minor omissions, 10 fully
+correct; the judge is optional) and a deterministic key-phrase recall in 0..1 (the share of key phrases,
+by default the needle's content words that the question does not already contain, found in the answer).
+Recall costs nothing and never varies; the judge sees paraphrases that recall misses. Results are appended
+per cell, so an interrupted grid resumes at the next missing cell. Cost: the paper's 10 x 10 grid at
+1k-60k tokens is ~3M prompt tokens; on 2 CPU cores the 135M model answers a 1k-token cell in a few
+seconds, which is why tests use 3 x 3 cells of 500-1500 tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from longalign.config import option, to_dict
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, make_judge
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+PAPER_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
+PAPER_QUESTION = "What is the best thing to do in San Francisco?"
+SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's question briefly and directly."
+SENTENCE_END = (".", "!", "?", "\u3002", "\uff01", "\uff1f")
+STOPWORDS = frozenset("""a an the and or but of in on at to for from by with without is are was were be been being it
+its this that these those as into onto over under about than then there their they them he she his her we our you
+your i me my do does did so such not no yes can could would should will shall may might must very just also""".split())
+
+NEEDLE_JUDGE_TEMPLATE = """[Instruction]
+You are an impartial judge. Rate how well the AI assistant's response below answers the user's question, \
+using the ground truth as the correct answer. Score by this rubric:
+Score 1: the response has nothing to do with the ground truth.
+Score 3: the response is slightly relevant but does not match the ground truth.
+Score 5: the response is fairly relevant but contains inaccuracies.
+Score 7: the response matches the ground truth with minor omissions.
+Score 10: the response is fully accurate and matches the ground truth.
+Reply with the rating only, written exactly as [[rating]], e.g. [[7]].
+
+[Ground truth]
+{reference}
+
+[Question]
+{question}
+
+[Assistant's response]
+{response}
+[End of response]"""
+
+
+@dataclass
+class NeedleConfig:
+    """``longalign eval needle``: needle-in-a-haystack grid."""
+
+    out: str = option("runs/eval", help="run directory; results go to <out>/eval/needle/")
+    model: str = option("smollm2", help="model to evaluate: smollm2, HF id, train output folder, or openai:<model>")
+    model_base_url: str = option("", help="base URL when --model is openai:<model>")
+    model_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the model endpoint's key")
+    tokenizer: str = option("", help="tokenizer used to build contexts for an endpoint model (default: embedded)")
+    haystack: str = option("builtin", help="'builtin' (pydoc help topics), a folder of .txt/.md/.py files, or a "
+                                           "corpus .jsonl")
+    needle: str = option(PAPER_NEEDLE, help="the sentence hidden in the haystack")
+    question: str = option(PAPER_QUESTION, help="the question whose answer is the needle")
+    key_phrases: list[str] = option(default_factory=list, help="phrases the answer must contain for recall (default: "
+                                                               "the needle's content words absent from the question)")
+    lengths: list[int] = option(default_factory=list, help="explicit context lengths in tokens (overrides min/max/num)")
+    length_min: int = option(1000, help="shortest context (tokens)")
+    length_max: int = option(60000, help="longest context (tokens)")
+    length_num: int = option(10, help="number of lengths, linearly spaced")
+    depths: list[float] = option(default_factory=list, help="explicit needle depths in percent (overrides min/max/num)")
+    depth_min: float = option(10, help="smallest depth percent")
+    depth_max: float = option(90, help="largest depth percent")
+    depth_num: int = option(10, help="number of depths, linearly spaced")
+    buffer: int = option(200, help="tokens left free for the template, question and answer")
+    window_tokens: int = option(80, help="tokens of haystack kept either side of the needle in results")
+    max_new_tokens: int = option(64, help="tokens to generate per answer")
+    temperature: float = option(0.0, help="sampling temperature (0 = greedy)")
+    seed: int = option(42, help="generation seed per cell")
+    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = recall only")
+    judge_base_url: str = option("", help="base URL of the judge endpoint")
+    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the judge's API key")
+    judge_max_attempts: int = option(5, help="judge requests per rating when no [[rating]] parses")
+    local_score: str = option("expected", help="local judge score", choices=("expected", "argmax"))
+    progress: bool = option(True, help="show progress bars")
+
+
+# --------------------------------------------------------------------------------------------- grid
+def linear_grid(lo: float, hi: float, num: int, *, integer: bool = True) -> list:
+    """``num`` linearly spaced values from lo to hi inclusive, rounded to integers when ``integer``."""
+    if num < 1:
+        raise ValueError(f"num={num} must be at least 1")
+    if num == 1:
+        vals = [float(lo)]
+    else:
+        vals = [lo + (hi - lo) * i / (num - 1) for i in range(num)]
+    return [int(round(v)) for v in vals] if integer else [round(v, 3) for v in vals]
+
+
+def grid_of(cfg: NeedleConfig) -> tuple[list[int], list[float]]:
+    lengths = [int(x) for x in cfg.lengths] or linear_grid(cfg.length_min, cfg.length_max, cfg.length_num)
+    depths = [float(x) for x in cfg.depths] or [float(x) for x in linear_grid(cfg.depth_min, cfg.depth_max, cfg.depth_num)]
+    for d in depths:
+        if not 0 <= d <= 100:
+            raise ValueError(f"depth {d} is outside 0..100 percent")
+    for L in lengths:
+        if L <= cfg.buffer:
+            raise ValueError(f"context length {L} must exceed the buffer of {cfg.buffer} tokens")
+    return lengths, depths
+
+
+# --------------------------------------------------------------------------------------------- haystack
+def load_haystack_texts(spec: str) -> list[str]:
+    """Texts of the haystack, in a fixed order (sorted file paths / topic names)."""
+    from longalign import corpus
+
+    if spec in ("", "builtin"):
+        docs = corpus.builtin_documents(["pydoc"])
+        if not docs:
+            raise FileNotFoundError("this Python has no pydoc_data topics; pass --haystack FOLDER of text files")
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            docs = corpus.read_folder_documents(path, (".txt", ".md", ".py", ".rst"))
+        elif path.is_file() and path.suffix == ".jsonl":
+            docs = corpus.read_jsonl_documents(path)
+        else:
+            raise FileNotFoundError(f"haystack {spec!r} is neither 'builtin', a folder of text files nor a .jsonl file")
+    return [d["text"] for d in docs if d["text"].strip()]
+
+
+class Haystack:
+    """Token ids of the haystack (repeated to ``min_tokens``) and sentence-boundary detection by decoding."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], min_tokens: int):
+        self.tokenizer = tokenizer
+        ids: list[int] = []
+        pieces = [tokenizer.encode(t.strip() + "\n\n", add_special_tokens=False) for t in texts]
+        if not any(pieces):
+            raise ValueError("the haystack is empty")
+        while len(ids) < min_tokens:
+            for p in pieces:
+                ids.extend(p)
+                if len(ids) >= min_tokens:
+                    break
+        self.ids = ids
+        self._ends: dict[int, bool] = {}
+
+    def ends_sentence(self, token_id: int) -> bool:
+        hit = self._ends.get(token_id)
+        if hit is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=True).rstrip()
+            hit = text.endswith(SENTENCE_END)
+            self._ends[token_id] = hit
+        return hit
+
+
+@dataclass
+class NeedleContext:
+    context_length: int
+    depth_percent: float
+    ids: list[int]            # context tokens with the needle inside
+    needle_token_pos: int     # index in ids where the needle's tokens start
+    needle_len: int
+    target_pos: int           # int(len(haystack part) * depth / 100), before moving to a boundary
+    text: str = ""
+
+
+def insert_needle(hay: Haystack, needle_ids: Sequence[int], context_length: int, depth_percent: float,
+                  buffer: int = 200) -> NeedleContext:
+    """Build the token ids of one cell (see the module docstring for the rule)."""
+    budget = context_length - buffer - len(needle_ids)
+    if budget <= 0:
+        raise ValueError(f"context length {context_length} leaves no room for the haystack after the "
+                         f"{buffer}-token buffer and the {len(needle_ids)}-token needle")
+    base = hay.ids[:budget]
+    if depth_percent >= 100:
+        pos = target = len(base)
+    else:
+        target = pos = int(len(base) * (depth_percent / 100))
+        while pos > 0 and not hay.ends_sentence(base[pos - 1]):
+            pos -= 1
+    ids = base[:pos] + list(needle_ids) + base[pos:]
+    return NeedleContext(context_length, depth_percent, ids, pos, len(needle_ids), target)
+
+
+def needle_ids_for(tokenizer: Any, needle: str) -> list[int]:
+    return tokenizer.encode("\n" + needle.strip() + "\n", add_special_tokens=False)
+
+
+def build_user_prompt(context_text: str, question: str) -> str:
+    return f"{context_text}\n\nUsing only the document above, answer this question: {question}"
+
+
+# --------------------------------------------------------------------------------------------- scoring
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+
+
+def _norm_words(text: str) -> list[str]:
+    return [w.lower().strip("'") for w in _WORD.findall(text)]
+
+
+def default_key_phrases(needle: str, question: str) -> list[str]:
+    """Content words of the needle that the question does not contain (stopwords dropped), in order."""
+    qwords = set(_norm_words(question))
+    out: list[str] = []
+    for w in _norm_words(needle):
+        if w and w not in qwords and w not in STOPWORDS and w not in out:
+            out.append(w)
+    return out
+
+
+def key_phrase_recall(response: str, phrases: Sequence[str]) -> float:
+    """Share of ``phrases`` found in ``response`` (case-insensitive, as whole words; a multi-word phrase must
+    appear as consecutive words)."""
+    if not phrases:
+        return 0.0
+    words = _norm_words(response)
+    joined = " " + " ".join(words) + " "
+    hits = 0
+    for p in phrases:
+        pw = _norm_words(p)
+        if pw and (" " + " ".join(pw) + " ") in joined:
+            hits += 1
+    return round(hits / len(phrases), 4)
+
+
+def needle_judge_messages(question: str, reference: str, response: str) -> list[dict[str, str]]:
+    user = NEEDLE_JUDGE_TEMPLATE.format(reference=reference, question=question, response=response)
+    return [{"role": "system", "content": "You are a careful, impartial grader."}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------------------------- heatmap
+def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Plotly heatmap(s) by context length (x) and depth (y): the judge score (1-10) when present and the
+    key-phrase recall (0-1). A self-contained html file (plotly.js inline, works offline)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    lengths = sorted({int(r["context_length"]) for r in results})
+    depths = sorted({float(r["depth_percent"]) for r in results})
+    cell = {(int(r["context_length"]), float(r["depth_percent"])): r for r in results}
+    panels = []
+    if any(r.get("judge_score") is not None for r in results):
+        panels.append(("judge_score", "judge score (1-10)", 1, 10))
+    panels.append(("recall", "key-phrase recall (0-1)", 0, 1))
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[p[1] for p in panels], vertical_spacing=0.12)
+    for row, (key, label, zmin, zmax) in enumerate(panels, 1):
+        z, text = [], []
+        for d in depths:
+            zr, tr = [], []
+            for L in lengths:
+                r = cell.get((L, d))
+                v = r.get(key) if r else None
+                zr.append(v)
+                tr.append("" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
+            z.append(zr)
+            text.append(tr)
+        fig.add_trace(go.Heatmap(z=z, x=[str(L) for L in lengths], y=[f"{d:g}%" for d in depths], zmin=zmin,
+                                 zmax=zmax, colorscale="RdYlGn", text=text, texttemplate="%{text}",
+                                 colorbar=dict(title=key, len=1 / len(panels), y=1 - (row - 0.5) / len(panels)),
+                                 hovertemplate="length %{x}<br>depth %{y}<br>" + key + " %{z}<extra></extra>"),
+                      row=row, col=1)
+        fig.update_xaxes(title_text="context length (tokens)", row=row, col=1)
+        fig.update_yaxes(title_text="needle depth", autorange="reversed", row=row, col=1)
+    fig.update_layout(title=title or "Needle in a haystack", height=420 * len(panels))
+    return atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+# --------------------------------------------------------------------------------------------- runner
+def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -> dict[str, Any]:
+    """Run (or resume) the grid; writes results.jsonl, summary.json and heatmap.html; returns the summary."""
+    from tqdm.auto import tqdm
+
+    from longalign.eval.generate import build_messages, make_generator
+    from longalign.llm.base import SamplingParams
+
+    lengths, depths = grid_of(cfg)
+    if cfg.judge:
+        check_judge_spec(cfg.judge)
+    run = RunDir(cfg.out)
+    edir = run.eval("needle")
+    res_path = edir / "results.jsonl"
+    done = {(int(r["context_length"]), float(r["depth_percent"])) for r in read_jsonl(res_path)
+            if (r.get("judge") or "") == cfg.judge}
+    cells = [(L, d) for L in lengths for d in depths if (L, float(d)) not in done]
+    phrases = list(cfg.key_phrases) or default_key_phrases(cfg.needle, cfg.question)
+    if cells:
+        if generator is None:
+            generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
+                base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
+                calls_log=run.llm_calls))
+        if judge is None and cfg.judge:
+            judge = make_judge(JudgeSettings(spec=cfg.judge, base_url=cfg.judge_base_url or None,
+                                             api_key_env=cfg.judge_api_key_env, max_tokens=64,
+                                             max_attempts=cfg.judge_max_attempts, local_score=cfg.local_score),
+                               cache_dir=run.llm_cache, calls_log=run.llm_calls)
+        tok = generator.tokenizer
+        limit = getattr(generator, "max_positions", None)
+        if limit and max(lengths) > limit:
+            log.warning("context lengths up to %d exceed the model's %d positions", max(lengths), limit)
+        hay = Haystack(tok, load_haystack_texts(cfg.haystack), max(lengths))
+        needle_ids = needle_ids_for(tok, cfg.needle)
+        params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        for L, d in tqdm(cells, desc="needle cells", disable=not cfg.progress):
+            ctx = insert_needle(hay, needle_ids, L, d, cfg.buffer)
+            text = tok.decode(ctx.ids, skip_special_tokens=True)
+            w0 = max(0, ctx.needle_token_pos - cfg.window_tokens)
+            w1 = ctx.needle_token_pos + ctx.needle_len + cfg.window_tokens
+            window = tok.decode(ctx.ids[w0:w1], skip_special_tokens=True)
+            msgs = build_messages(build_user_prompt(text, cfg.question), SYSTEM_PROMPT)
+            gen = generator.generate([msgs], params)[0]
+            rec: dict[str, Any] = {
+                "context_length": L, "depth_percent": float(d), "needle_token_pos": ctx.needle_token_pos,
+                "target_token_pos": ctx.target_pos, "needle_tokens": ctx.needle_len, "context_tokens": len(ctx.ids),
+                "prompt_tokens": gen.prompt_tokens, "response": gen.text,
+                "recall": key_phrase_recall(gen.text, phrases), "judge_score": None, "window": window,
+                "model": generator.name, "judge": cfg.judge or "",
+            }
+            if judge is not None:
+                out = judge.rate(JudgeRequest(needle_judge_messages(cfg.question, cfg.needle, gen.text), 1, 10,
+                                              seed=cfg.seed))
+                rec["judge_score"] = out.score
+                rec["judge_reply"] = out.reply
+                rec["judge_detail"] = {k: v for k, v in out.to_dict().items() if k not in ("reply", "score")}
+            append_jsonl(res_path, rec)
+    results = [r for r in read_jsonl(res_path) if (r.get("judge") or "") == cfg.judge
+               and int(r["context_length"]) in lengths and float(r["depth_percent"]) in depths]
+    judged = [r["judge_score"] for r in results if r.get("judge_score") is not None]
+    notes = []
+    if cfg.judge.startswith("local:"):
+        notes.append(LOCAL_JUDGE_NOTE)
+    if not cfg.judge:
+        notes.append("no judge: only the key-phrase recall was computed")
+    summary = {"lengths": lengths, "depths": depths, "n": len(results),
+               "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
+               "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
+               "model": results[0]["model"] if results else cfg.model, "judge": cfg.judge or None,
+               "key_phrases": phrases, "needle": cfg.needle, "question": cfg.question, "haystack": cfg.haystack,
+               "buffer": cfg.buffer, "notes": notes}
+    if results:
+        write_heatmap(results, edir / "heatmap.html", title=f"Needle in a haystack: {summary['model']}")
+    atomic_write_json(edir / "summary.json", summary)
+    run.record_stage("eval_needle", to_dict(cfg), summary=summary)
+    return summary
