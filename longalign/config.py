@@ -101,6 +101,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
         origin = typing.get_origin(tp)
         if tp is bool:
             kwargs["type"] = _parse_bool
+            kwargs["nargs"] = "?"
+            kwargs["const"] = True  # a bare --flag means true; --flag false turns it off
             kwargs["metavar"] = "BOOL"
         elif origin in (list, tuple):
             args = typing.get_args(tp)

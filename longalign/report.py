@@ -807,6 +807,17 @@ def load_metrics(run: RunDir) -> pd.DataFrame:
     return df
 
 
+def step_seconds(g: pd.DataFrame) -> pd.Series:
+    """Seconds of each optimizer step of one (step-sorted) run: ``step_s``, or the differences of the
+    cumulative ``wall_s`` clock when an older file has no ``step_s``."""
+    if "step_s" in g:
+        return g["step_s"].astype(float)
+    if "wall_s" in g:
+        wall = g["wall_s"].astype(float)
+        return wall.diff().fillna(wall.iloc[0])
+    return pd.Series(np.nan, index=g.index)
+
+
 def train_summary(run: RunDir, metrics: pd.DataFrame) -> pd.DataFrame:
     """Per training folder: method, loss normalisation, attention backend, steps, final/min loss, mean
     tokens/s, total wall time, padding share."""
@@ -816,7 +827,7 @@ def train_summary(run: RunDir, metrics: pd.DataFrame) -> pd.DataFrame:
         g = g.sort_values("step")
         real = g["real_tokens"].sum() if "real_tokens" in g else np.nan
         padded = g["padded_tokens"].sum() if "padded_tokens" in g else np.nan
-        wall = g["wall_s"].sum() if "wall_s" in g else np.nan
+        wall = float(step_seconds(g).sum())
         rows.append({
             "train": name, "method": meta.get("method", g["method"].iloc[0] if "method" in g else ""),
             "loss norm": meta.get("loss_norm", g["loss_norm"].iloc[0]),
@@ -862,8 +873,8 @@ def fig_throughput(metrics: pd.DataFrame, window: int = 1) -> go.Figure:
         if "tokens_per_s" in g:
             fig.add_trace(go.Scatter(x=g["step"], y=smooth(g["tokens_per_s"], window), mode="lines", name=name,
                                      legendgroup=name, line=dict(color=colors[name])), 1, 1)
-        if "wall_s" in g:
-            fig.add_trace(go.Scatter(x=g["step"], y=g["wall_s"].cumsum(), mode="lines", name=name, legendgroup=name,
+        if "wall_s" in g or "step_s" in g:
+            fig.add_trace(go.Scatter(x=g["step"], y=step_seconds(g).cumsum(), mode="lines", name=name, legendgroup=name,
                                      showlegend="tokens_per_s" not in g, line=dict(color=colors[name])), 1, 2)
     fig.update_xaxes(title_text="step")
     fig.update_layout(template=TEMPLATE, height=340, margin=dict(l=50, r=20, t=50, b=40))

@@ -30,6 +30,8 @@ def test_defaults_yaml_and_flags_precedence(tmp_path):
     cfg = build_config(Demo, _parse(["--config", str(cfg_file), "--lr", "0.5", "--bf16", "yes", "--depths", "1,2,3"]))
     assert (cfg.method, cfg.max_len, cfg.lr, cfg.bf16, cfg.depths, cfg.note) == ("sort", 4096, 0.5, True, [1, 2, 3], None)
     assert build_config(Demo, _parse([])) == Demo()
+    assert build_config(Demo, _parse(["--bf16"])).bf16 is True
+    assert build_config(Demo, _parse(["--bf16", "false"])).bf16 is False
 
 
 def test_unknown_yaml_key_names_the_file_and_known_options(tmp_path):
