@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,15 @@ def fake_llm():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def make_fixture_run():
+    """``make_run(root, name, seed, **kw)`` from tests/fixtures/make_run.py: a realistic fixture run directory."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "fixtures" / "make_run.py"
+    spec = importlib.util.spec_from_file_location("longalign_fixture_make_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_run

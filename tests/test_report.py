@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -17,17 +16,10 @@ from longalign.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _make_run():
-    spec = importlib.util.spec_from_file_location("make_run", ROOT / "tests" / "fixtures" / "make_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_run
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
+def runs(tmp_path_factory, make_fixture_run) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    make_run = _make_run()
+    make_run = make_fixture_run
     make_run(root, "fixture", 0)
     make_run(root, "fixture-b", 1, model="other-model", skill=5.0)
     (root / "blank").mkdir()
