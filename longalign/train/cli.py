@@ -1,0 +1,57 @@
+"""``longalign train``: fine-tune a model on a tokens folder with naive, sorted or packed batching.
+
+Multi-process runs use the usual launchers; each process reads its rank from the environment:
+
+    torchrun --nproc_per_node 8 -m longalign.cli train --config configs/train/paper_64k_8gpu.yaml
+    deepspeed --no_local_rank --num_gpus 8 --module longalign.cli train --config configs/train/paper_64k_8gpu.yaml
+    accelerate launch --multi_gpu --num_processes 8 -m longalign.cli train --config ...
+
+On a CPU-only machine (gloo) ``torchrun --nproc_per_node 2`` and ``accelerate launch --multi_gpu
+--num_processes 2`` both run two processes; ``accelerate launch --cpu --num_processes 2`` silently runs a
+single one (accelerate ignores --num_processes with --cpu unless it is given an MPI host file), so the
+run trains with world size 1. ``run_meta.json`` records the world size that actually ran.
+The ``deepspeed`` launcher needs ``--no_local_rank`` (the rank comes from the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import add_config_args, build_config
+from .config import TrainConfig
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a model (naive / sort / pack batching, exact loss weighting)",
+        description="Full-parameter SFT on transformers' Trainer. Data order comes from a batch plan "
+                    "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
+                    "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
+                    "per optimizer step), run_meta.json, checkpoints/ and final/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(parser, TrainConfig)
+    # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
+                        help=argparse.SUPPRESS)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    cfg = build_config(TrainConfig, args)
+    result = train(cfg)
+    if result.run_meta.get("world_size", 1) == 1 or _is_rank_zero():
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+        print(f"trained {result.steps} steps ({cfg.method}, loss_norm={cfg.loss_norm}, attention="
+              f"{result.attention_backend}); last loss {loss}")
+        print(f"metrics: {result.metrics_path}")
+        if result.final_dir is not None:
+            print(f"model:   {result.final_dir}")
+    return 0
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
