@@ -130,16 +130,11 @@ def part_equality(rep: Report, a) -> dict:
 
 # ------------------------------------------------------------------------------------------------ part 2
 def long_tail(n: int, max_len: int, seed: int) -> list[int]:
-    import numpy as np
+    """The long-tail length mix of benchmarks/train_methods.py (same generator, same seed semantics)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_methods import make_lengths
 
-    s = max_len / 8192.0
-    rng = np.random.default_rng(seed)
-    n_long = int(round(0.1 * n))
-    short = np.clip(np.round(np.exp(rng.normal(np.log(300 * s), 0.9, size=n - n_long))), 32, int(2048 * s))
-    long_ = rng.integers(int(2048 * s), int(8192 * s) + 1, size=n_long)
-    lengths = np.concatenate([short.astype(int), long_])
-    rng.shuffle(lengths)
-    return [int(x) for x in lengths]
+    return make_lengths(n, max_len, seed)
 
 
 def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> dict:
