@@ -11,7 +11,7 @@ the server's message, since sending the same request again cannot succeed.
 
 The API key is read from the environment variable named by ``api_key_env`` when the backend is built; it
 is passed to the HTTP client only and is never logged, cached or written anywhere. Local servers (vLLM,
-llama.cpp) ignore it, so an unset variable gives the placeholder key ``EMPTY``.
+llama.cpp) ignore it, so an unset variable sends the dummy key ``EMPTY``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class OpenAIBackend:
         self._openai = openai
         api_key = os.environ.get(api_key_env) or DUMMY_API_KEY
         if api_key == DUMMY_API_KEY:
-            log.info("environment variable %s is not set: sending the placeholder key %r (fine for local "
+            log.info("environment variable %s is not set: sending the dummy key %r (fine for local "
                      "servers; set %s for a hosted API)", api_key_env, DUMMY_API_KEY, api_key_env)
         for name in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns a 2,000-request run
             if logging.getLogger(name).level == logging.NOTSET:
