@@ -110,14 +110,14 @@ def test_every_page_renders_its_charts(server):
             for path, name, n_charts in PAGES:
                 sep = "&" if "?" in path else "?"
                 page.goto(f"{server}/{path}{sep}run=fixture", wait_until="domcontentloaded")
-                page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+                page.wait_for_selector('[data-testid="stApp"]', timeout=180_000)
                 if n_charts:
                     page.wait_for_function(
-                        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}", timeout=60_000)
+                        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}", timeout=180_000)
                 else:
-                    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+                    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=180_000)
                 page.wait_for_function(  # the script run has finished (no running indicator)
-                    "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+                    "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
                 page.wait_for_timeout(800)  # let plotly finish its transitions before the screenshot
                 assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: exception shown"
                 plots = page.locator(".js-plotly-plot")
