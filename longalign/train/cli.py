@@ -40,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     from .trainer import train
 
     cfg = build_config(TrainConfig, args)
-    result = train(cfg)
+    result = train(cfg)  # on an error the rank exits at once and the launcher stops the others
+    _close_process_group()
     if result.run_meta.get("world_size", 1) == 1 or _is_rank_zero():
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         print(f"trained {result.steps} steps ({cfg.method}, loss_norm={cfg.loss_norm}, attention="
@@ -49,6 +50,18 @@ def _run(args: argparse.Namespace) -> int:
         if result.final_dir is not None:
             print(f"model:   {result.final_dir}")
     return 0
+
+
+def _close_process_group() -> None:
+    """Wait for every rank (rank 0 may still be writing the model), then tear the process group down, so no
+    rank exits while gloo/NCCL threads are still attached to it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _is_rank_zero() -> bool:
