@@ -33,7 +33,6 @@ import itertools
 import json
 import logging
 import random
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, Sequence
 from longalign.config import option, to_dict
 from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
                                   fill_template, load_template, make_judge, template_slots)
+from longalign.corpus import detect_lang as corpus_detect_lang
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,10 @@ class ChatCase:
     examples: list[dict[str, Any]] = field(default_factory=list)  # [{"answer", "score"}] x 3
 
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
-
-
 def detect_lang(text: str) -> str:
-    """"zh" when at least 10% of the non-space characters are CJK, else "en"."""
-    chars = [c for c in text if not c.isspace()]
-    if not chars:
-        return "en"
-    return "zh" if sum(1 for c in chars if _CJK.match(c)) / len(chars) >= 0.1 else "en"
+    """The benchmark's language of a case: "zh" or "en" (scripts other than Chinese count as "en" here;
+    see :func:`longalign.corpus.detect_lang` for the general detector)."""
+    return "zh" if corpus_detect_lang(text) == "zh" else "en"
 
 
 def _check_examples(examples: Any, where: str) -> list[dict[str, Any]]:
