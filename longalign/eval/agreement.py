@@ -115,10 +115,7 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
     pending = [it for it in items if (it.qid, it.k) not in have]
     if pending:
         if judge is None:
-            judge = make_judge(JudgeSettings(spec=cfg.judge, base_url=cfg.judge_base_url or None,
-                                             api_key_env=cfg.judge_api_key_env, max_tokens=cfg.judge_max_tokens,
-                                             max_attempts=cfg.judge_max_attempts, local_score=cfg.local_score),
-                               cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(JudgeSettings.from_config(cfg), cache_dir=run.llm_cache, calls_log=run.llm_calls)
         requests = []
         for it in pending:
             user = build_judge_user_prompt(it.query, it.reference, it.examples, it.answer)

@@ -363,6 +363,20 @@ class JudgeSettings:
     price_out_per_mtok: float = 0.0
     local_score: str = "expected"
 
+    @classmethod
+    def from_config(cls, cfg: Any, **overrides: Any) -> "JudgeSettings":
+        """Settings from a stage config's ``judge``, ``judge_*``, ``price_*`` and ``local_score`` fields (those a
+        config lacks keep their defaults); keyword ``overrides`` win."""
+        fields = {"spec": "judge", "base_url": "judge_base_url", "api_key_env": "judge_api_key_env",
+                  "temperature": "judge_temperature", "max_tokens": "judge_max_tokens",
+                  "max_attempts": "judge_max_attempts", "max_in_flight": "judge_max_in_flight",
+                  "price_in_per_mtok": "price_in_per_mtok", "price_out_per_mtok": "price_out_per_mtok",
+                  "local_score": "local_score"}
+        values = {name: getattr(cfg, attr) for name, attr in fields.items() if hasattr(cfg, attr)}
+        values["base_url"] = values.get("base_url") or None
+        values.update(overrides)
+        return cls(**values)
+
 
 def make_judge(settings: JudgeSettings, *, cache_dir: str | Path | None = None, calls_log: str | Path | None = None,
                device: str | None = None) -> EndpointJudge | LocalJudge:

@@ -275,12 +275,8 @@ def run_longbench(cfg: LongBenchConfig, *, generator: Any = None, judge: Any = N
     pending = [s for s in samples if s.key in preds and s.key not in judged]
     if pending:
         if judge is None:
-            judge = make_judge(JudgeSettings(spec=cfg.judge, base_url=cfg.judge_base_url or None,
-                                             api_key_env=cfg.judge_api_key_env, max_tokens=64,
-                                             max_attempts=cfg.judge_max_attempts, max_in_flight=cfg.judge_max_in_flight,
-                                             price_in_per_mtok=cfg.price_in_per_mtok,
-                                             price_out_per_mtok=cfg.price_out_per_mtok, local_score=cfg.local_score),
-                               cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(JudgeSettings.from_config(cfg, max_tokens=64), cache_dir=run.llm_cache,
+                               calls_log=run.llm_calls)
         reqs = [JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
                 for s in pending]
         with tqdm(total=len(pending), desc="judge", disable=not cfg.progress) as bar:

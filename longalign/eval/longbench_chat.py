@@ -278,11 +278,7 @@ class LongBenchChatConfig:
     progress: bool = option(True, help="show progress bars")
 
     def judge_settings(self) -> JudgeSettings:
-        return JudgeSettings(spec=self.judge, base_url=self.judge_base_url or None,
-                             api_key_env=self.judge_api_key_env, temperature=self.judge_temperature,
-                             max_tokens=self.judge_max_tokens, max_attempts=self.judge_max_attempts,
-                             max_in_flight=self.judge_max_in_flight, price_in_per_mtok=self.price_in_per_mtok,
-                             price_out_per_mtok=self.price_out_per_mtok, local_score=self.local_score)
+        return JudgeSettings.from_config(self)
 
 
 def _bar(total: int, desc: str, enabled: bool):

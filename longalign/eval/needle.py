@@ -311,10 +311,8 @@ def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -
                 base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
                 calls_log=run.llm_calls))
         if judge is None and cfg.judge:
-            judge = make_judge(JudgeSettings(spec=cfg.judge, base_url=cfg.judge_base_url or None,
-                                             api_key_env=cfg.judge_api_key_env, max_tokens=64,
-                                             max_attempts=cfg.judge_max_attempts, local_score=cfg.local_score),
-                               cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(JudgeSettings.from_config(cfg, max_tokens=64), cache_dir=run.llm_cache,
+                               calls_log=run.llm_calls)
         tok = generator.tokenizer
         limit = getattr(generator, "max_positions", None)
         if limit and max(lengths) > limit:
