@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from longalign.tokenization import TokenizeConfig, load_tokens, tokenize_file  # noqa: E402
+from longalign.tokenize import TokenizeConfig, load_tokens, tokenize_file  # noqa: E402
 
 
 def stdlib_sources(limit_bytes: int = 400_000) -> list[tuple[str, str, list[tuple[str, str]]]]:

@@ -9,8 +9,8 @@ import logging
 import sys
 
 STAGE_MODULES = (
-    "longalign.data_cli",        # longalign data corpus|generate|short|mix
-    "longalign.tokenization",    # longalign tokenize
+    "longalign.data.cli",        # longalign data corpus|generate|short|mix
+    "longalign.tokenize.cli",    # longalign tokenize
     "longalign.batching.cli",    # longalign batch plan|simulate
     "longalign.train.cli",       # longalign train
     "longalign.eval.cli",        # longalign eval longbench-chat|needle|longbench|judge-agreement

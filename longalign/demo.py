@@ -92,7 +92,7 @@ def profile_for(cfg: DemoConfig) -> Profile:
 # --------------------------------------------------------------------------------------------------- stages
 
 def stage_corpus(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.corpus import CorpusConfig, build_corpus, read_corpus
+    from longalign.data.corpus import CorpusConfig, build_corpus, read_corpus
 
     if run.corpus.is_file():
         docs = read_corpus(run.corpus)
@@ -111,7 +111,7 @@ def stage_corpus(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
 def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dict]]:
     """(train, held out): the last ``n_eval_docs`` generated records in corpus order are held out for the
     mini evaluation set; at least one record always stays for training."""
-    from longalign.corpus import read_corpus
+    from longalign.data.corpus import read_corpus
 
     order = {d["id"]: k for k, d in enumerate(read_corpus(run.corpus))}
     records = sorted(read_jsonl(run.long), key=lambda r: order.get(r.get("doc_id"), len(order)))
@@ -120,7 +120,7 @@ def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dic
 
 
 def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.selfinstruct import GenerateConfig, generate_long_data
+    from longalign.data.selfinstruct import GenerateConfig, generate_long_data
 
     gcfg = GenerateConfig(llm=f"local:{cfg.model}", question_max_tokens=prof.question_max_tokens,
                           answer_max_tokens=prof.answer_max_tokens, max_prompt_tokens=prof.max_prompt_tokens,
@@ -132,7 +132,8 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
 
 
 def stage_mix(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.shortdata import ShortConfig, load_short_data, mix, write_jsonl
+    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
+    from longalign.data.mix import mix
 
     scfg = ShortConfig(inputs=[str(SHORT_SAMPLE)], source="short-sample")
     short, report = load_short_data(scfg)
@@ -175,7 +176,7 @@ def write_mini_set(run: RunDir, eval_long: list[dict], train_long: list[dict]) -
 
 
 def stage_tokenize(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.tokenization import TokenizeConfig, load_tokens, tokenize_file
+    from longalign.tokenize import TokenizeConfig, load_tokens, tokenize_file
 
     meta_path = run.tokens / "longalign_meta.json"
     if meta_path.is_file() and meta_path.stat().st_mtime >= run.mixed.stat().st_mtime:

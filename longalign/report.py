@@ -154,7 +154,7 @@ def run_stages(run: RunDir) -> pd.DataFrame:
 def _load_dataset(run: RunDir):
     require(run, "tokens")
     try:
-        from longalign.tokenization import load_tokens  # the tokenize stage's own reader, when present
+        from longalign.tokenize import load_tokens  # the tokenize stage's own reader, when present
         ds, _ = load_tokens(run.tokens)
         return ds
     except ImportError:

@@ -74,12 +74,12 @@ NB01 = [
     about long documents and then for the answer to one of them (Self-Instruct over a document), and
     **short chat data** (ShareGPT conversations). This notebook walks the data stage on a toy scale:
 
-    1. a corpus of long documents, measured in the target model's tokens (`longalign.corpus`);
-    2. the four task types and the prompts that ask for five numbered questions (`longalign.selfinstruct`);
+    1. a corpus of long documents, measured in the target model's tokens (`longalign.data.corpus`);
+    2. the four task types and the prompts that ask for five numbered questions (`longalign.data.selfinstruct`);
     3. how replies are parsed and checked, on example replies of the kinds small models write;
     4. one real Self-Instruct round trip on one short document (the embedded SmolLM2-135M-Instruct, or an
        OpenAI-compatible endpoint when `OPENAI_BASE_URL` is set);
-    5. importing short chat data with counts of everything dropped (`longalign.shortdata`);
+    5. importing short chat data with counts of everything dropped (`longalign.data.short`);
     6. the mix written to `data/mixed.jsonl`, which the tokenize stage reads.
 
     Everything lands in one run directory (`runs/notebooks/01_data_construction/` by default). The CLI does
@@ -103,7 +103,7 @@ NB01 = [
     seed = 42
     """),
     setup('''
-    from longalign.corpus import CorpusConfig, build_corpus, detect_lang
+    from longalign.data.corpus import CorpusConfig, build_corpus, detect_lang
     from longalign.rundir import RunDir, read_jsonl
     from longalign.config import to_dict
 
@@ -165,7 +165,7 @@ NB01 = [
     numbered `1:` … `5:`. Our wording, in English and Chinese:
     """),
     code('''
-    from longalign.selfinstruct import TASK_TYPES, answer_prompt, question_prompt, task_instruction
+    from longalign.data.selfinstruct import TASK_TYPES, answer_prompt, question_prompt, task_instruction
 
     for t in TASK_TYPES:
         print(f"--- {t} (en)\\n{task_instruction(t, 'en')}\\n")
@@ -192,7 +192,7 @@ NB01 = [
     fragments and statements. The replies below are written to show each case:
     """),
     code('''
-    from longalign.selfinstruct import parse_questions, validate_questions
+    from longalign.data.selfinstruct import parse_questions, validate_questions
 
     replies = {
         "well formed": "1: What problem does the with statement solve?\\n2: Which two methods must a context "
@@ -232,7 +232,7 @@ NB01 = [
     in `data/llm_cache/` and logged in `data/llm_calls.jsonl`, so re-running this cell costs nothing.
     """),
     code('''
-    from longalign.selfinstruct import GenerateConfig, failed_path, generate_long_data
+    from longalign.data.selfinstruct import GenerateConfig, failed_path, generate_long_data
 
     spec, base_url = generator, None
     if not spec:
@@ -282,7 +282,8 @@ NB01 = [
     duplicates — and counts each change. The package ships a small ShareGPT-format sample:
     """),
     code('''
-    from longalign.shortdata import ShortConfig, load_short_data, mix_files, write_jsonl
+    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
+    from longalign.data.mix import mix_files
 
     sample = ROOT / "longalign" / "resources" / "short_chat_sample.json"
     short_cfg = ShortConfig(inputs=[str(p) for p in short_inputs] or [str(sample)], seed=seed)
@@ -327,7 +328,7 @@ NB02 = [
     tokens. How those sequences are put into batches decides how much of the compute is spent on padding,
     and how long the other GPUs wait for the one holding the longest sequence. This notebook:
 
-    1. tokenizes a small mix with the embedded tokenizer, loss on assistant tokens only (`longalign.tokenization`);
+    1. tokenizes a small mix with the embedded tokenizer, loss on assistant tokens only (`longalign.tokenize`);
     2. shows the label mask of one example and the length distribution;
     3. plans naive, sorted and packed batches (`longalign.batching.make_plan`) and compares them;
     4. opens one pack: its fill, its block-diagonal attention mask and per-token loss weights;
@@ -362,7 +363,8 @@ NB02 = [
         shutil.copyfile(source.mixed, run.mixed)
         print("mix from", source.mixed)
     else:  # no notebook-1 run yet: the packaged short sample alone
-        from longalign.shortdata import ShortConfig, load_short_data, mix, write_jsonl
+        from longalign.data.short import ShortConfig, load_short_data, write_jsonl
+        from longalign.data.mix import mix
 
         shorts, _ = load_short_data(ShortConfig(inputs=[str(ROOT / "longalign/resources/short_chat_sample.json")]))
         write_jsonl(run.short, shorts)
@@ -381,7 +383,7 @@ NB02 = [
     padding on disk.
     """),
     code('''
-    from longalign.tokenization import TokenizeConfig, load_tokens, tokenize_file
+    from longalign.tokenize import TokenizeConfig, load_tokens, tokenize_file
     from longalign.config import to_dict
 
     tok_cfg = TokenizeConfig(model="smollm2", max_len=max_len, truncation="right")
@@ -801,7 +803,7 @@ NB04 = [
 
     from longalign import report
     from longalign.rundir import RunDir, read_jsonl
-    from longalign.tokenization import TokenizeConfig, tokenize_file
+    from longalign.tokenize import TokenizeConfig, tokenize_file
     from longalign.train import TrainConfig, train
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -811,7 +813,8 @@ NB04 = [
     if source.mixed.is_file():
         shutil.copyfile(source.mixed, run.mixed)
     else:
-        from longalign.shortdata import ShortConfig, load_short_data, mix, write_jsonl
+        from longalign.data.short import ShortConfig, load_short_data, write_jsonl
+        from longalign.data.mix import mix
 
         shorts, _ = load_short_data(ShortConfig(inputs=[str(ROOT / "longalign/resources/short_chat_sample.json")]))
         write_jsonl(run.mixed, mix([], shorts, n_long=0, seed=seed)[0])

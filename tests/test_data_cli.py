@@ -10,10 +10,11 @@ import pytest
 
 from longalign.cli import build_parser, main
 from longalign.config import build_config, load_yaml
-from longalign.corpus import CorpusConfig
+from longalign.data.corpus import CorpusConfig
 from longalign.rundir import RunDir, read_json, read_jsonl
-from longalign.selfinstruct import GenerateConfig
-from longalign.shortdata import MixConfig, ShortConfig
+from longalign.data.selfinstruct import GenerateConfig
+from longalign.data.short import ShortConfig
+from longalign.data.mix import MixConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))

@@ -345,7 +345,7 @@ CONVERSATIONS = [
 def test_short_sft_of_the_embedded_model_saves_a_model_that_reloads_and_generates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from longalign.tokenization import TokenizeConfig, tokenize_file
+    from longalign.tokenize import TokenizeConfig, tokenize_file
 
     rows = []
     for k in range(3):  # 18 conversations, each with a short context paragraph in front of the question

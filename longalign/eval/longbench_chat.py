@@ -41,7 +41,7 @@ from typing import Any, Sequence
 from longalign.config import option, to_dict
 from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
                                   fill_template, load_template, make_judge, template_slots)
-from longalign.corpus import detect_lang as corpus_detect_lang
+from longalign.data.corpus import detect_lang as corpus_detect_lang
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class ChatCase:
 
 def detect_lang(text: str) -> str:
     """The benchmark's language of a case: "zh" or "en" (scripts other than Chinese count as "en" here;
-    see :func:`longalign.corpus.detect_lang` for the general detector)."""
+    see :func:`longalign.data.corpus.detect_lang` for the general detector)."""
     return "zh" if corpus_detect_lang(text) == "zh" else "en"
 
 

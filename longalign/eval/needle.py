@@ -132,7 +132,7 @@ def grid_of(cfg: NeedleConfig) -> tuple[list[int], list[float]]:
 # --------------------------------------------------------------------------------------------- haystack
 def load_haystack_texts(spec: str) -> list[str]:
     """Texts of the haystack, in a fixed order (sorted file paths / topic names)."""
-    from longalign import corpus
+    from longalign.data import corpus
 
     if spec in ("", "builtin"):
         docs = corpus.builtin_documents(["pydoc"])

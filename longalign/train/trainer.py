@@ -88,7 +88,7 @@ def load_tokens_dir(path: str | Path):
         raise FileNotFoundError(f"{path} has no longalign_meta.json, so it was not made by `longalign tokenize`; "
                                 "re-create it with `longalign tokenize`")
     try:
-        from ..tokenization import load_tokens
+        from ..tokenize import load_tokens
     except ImportError:  # the tokenize stage is optional for training: read the folder directly
         load_tokens = None
     if load_tokens is not None:

@@ -1,4 +1,4 @@
-"""Tests of longalign.tokenization / longalign.chat_formats: exact label positions for every chat format,
+"""Tests of longalign.tokenize / longalign.tokenize.formats: exact label positions for every chat format,
 truncation policies, bad rows (file:line), skip mode, atomic output, multiprocessing and the CLI."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from longalign import IGNORE_INDEX
-from longalign.chat_formats import Rendered, RowError, render_chatglm3, render_llama2, validate_messages
-from longalign.tokenization import (META_FILE, TokenizeConfig, load_tokens, tokenize_conversation,
+from longalign.tokenize.formats import Rendered, RowError, render_chatglm3, render_llama2, validate_messages
+from longalign.tokenize.encode import (META_FILE, TokenizeConfig, load_tokens, tokenize_conversation,
                                     tokenize_file, truncate)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,8 +111,8 @@ class TestTemplate:
         assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.labels, b.labels)
 
     def test_tokenizer_without_offsets_uses_pieces(self, smol_tok):
-        from longalign.chat_formats import validate_messages
-        from longalign.tokenization import _Encoder
+        from longalign.tokenize.formats import validate_messages
+        from longalign.tokenize.encode import _Encoder
 
         enc = _Encoder(smol_tok, "template", verify=True)
         enc.backend = None  # the path taken by tokenizers without a Rust backend (no offsets)

@@ -1,6 +1,6 @@
 """Tokenize stage: ``data/mixed.jsonl`` -> ``tokens/`` (Arrow, ragged), loss on assistant tokens only.
 
-Each conversation is rendered to one text by a chat format (:mod:`longalign.chat_formats`: the
+Each conversation is rendered to one text by a chat format (:mod:`longalign.tokenize.formats`: the
 tokenizer's own chat template, Llama-2-chat or ChatGLM3), tokenized as a whole, and labelled: tokens of
 the assistant replies and of the token that closes each reply keep their id in ``labels``; everything
 else is ``-100``. Labels are aligned with ``input_ids`` (the loss shifts them).
@@ -54,8 +54,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from longalign import IGNORE_INDEX
-from longalign.chat_formats import (CHAT_FORMATS, Rendered, RowError, format_markers, render,
-                                    special_token_strings, validate_messages)
+from longalign.tokenize.formats import (CHAT_FORMATS, Rendered, RowError, format_markers, render,
+                                        special_token_strings, validate_messages)
 from longalign.config import add_config_args, build_config, check_choice, option, to_dict
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,8 @@ def tokenize_conversation(messages: Sequence[dict[str, Any]], tokenizer: Any, *,
                           verify: bool = True) -> TokenizedRow:
     """Tokenize one conversation: ``input_ids`` and ``labels`` (``-100`` outside assistant replies).
 
-    ``messages`` is validated first (:func:`longalign.chat_formats.validate_messages`, raising
-    :class:`~longalign.chat_formats.RowError`); ``max_len=None`` keeps every token.
+    ``messages`` is validated first (:func:`longalign.tokenize.formats.validate_messages`, raising
+    :class:`~longalign.tokenize.formats.RowError`); ``max_len=None`` keeps every token.
     """
     check_choice("chat_format", chat_format, CHAT_FORMATS)
     check_choice("truncation", truncation, TRUNCATION_POLICIES)
@@ -714,41 +714,3 @@ def load_tokens(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if missing:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; re-run `longalign tokenize`")
     return ds, meta
-
-
-# ---------------------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------------------
-
-def register(subparsers: Any) -> None:
-    """Add ``longalign tokenize``."""
-    parser = subparsers.add_parser(
-        "tokenize", help="tokenize a messages jsonl into tokens/ (loss on assistant replies only)",
-        description="Render each conversation in a chat format, tokenize it, keep loss on assistant replies, "
-                    "truncate to --max-len and save a ragged Arrow dataset (tokens/ with longalign_meta.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(parser, TokenizeConfig)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=_cmd_tokenize)
-
-
-def _cmd_tokenize(args: argparse.Namespace) -> int:
-    from longalign.rundir import RunDir
-
-    cfg = build_config(TokenizeConfig, args).validate()
-    input_path, out = resolve_paths(cfg)
-    res = tokenize_file(input_path, out, cfg, show_progress=not getattr(args, "no_progress", False))
-    if cfg.run:
-        RunDir(cfg.run).record_stage("tokenize", to_dict(cfg), summary={
-            k: v for k, v in asdict(res).items() if k != "meta"})
-    print(f"tokenized {input_path} -> {out}")
-    print(f"  rows       {res.n_rows} written of {res.n_input_rows} read")
-    print(f"  tokens     {res.n_tokens} ({res.n_target_tokens} target), longest row {res.max_length}")
-    print(f"  truncated  {res.n_truncated} kept rows cut to {cfg.max_len} ({cfg.truncation})")
-    print(f"  dropped    {res.n_dropped} without target tokens ({res.n_no_target} had none, "
-          f"{res.n_no_target_after_truncation} lost them to truncation)")
-    print(f"  skipped    {res.n_skipped} bad rows" + (f" -> {res.skipped_path}" if res.skipped_path else ""))
-    if cfg.verify:
-        print(f"  boundary   {res.n_boundary_mismatch} rows where reply pieces tokenize differently")
-    print(f"  seconds    {res.seconds:.2f} ({res.rows_per_s:.1f} rows/s, {res.tokens_per_s:.0f} tokens/s)")
-    return 0

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from longalign.shortdata import (MixConfig, ShortConfig, load_short_data, mix, mix_files, normalize_conversation,
-                                 parse_n_long, raw_turns)
+from longalign.data.short import ShortConfig, load_short_data, normalize_conversation, raw_turns
+from longalign.data.mix import MixConfig, mix, mix_files, parse_n_long
 
 
 def U(text):

@@ -16,7 +16,7 @@ import pytest
 
 from longalign.llm import ChatResult, LLMUnavailableError
 from longalign.rundir import RunDir, read_jsonl
-from longalign.selfinstruct import (TASK_TYPES, DocumentJob, GenerateConfig, answer_problem, answer_prompt,
+from longalign.data.selfinstruct import (TASK_TYPES, DocumentJob, GenerateConfig, answer_problem, answer_prompt,
                                     fit_document, generate_long_data, parse_questions,
                                     question_problem, question_prompt, task_instruction, training_prompt,
                                     validate_questions)

@@ -1,7 +1,7 @@
 """Chat formats: turn a validated conversation into one text plus the character spans that carry loss.
 
 Every format renders a conversation to a single string and a list of ``(start, end)`` character spans;
-:mod:`longalign.tokenization` then tokenizes the string and marks the tokens of those spans as targets.
+:mod:`longalign.tokenize` then tokenizes the string and marks the tokens of those spans as targets.
 Rendering to text (instead of assembling token ids by hand) keeps one tokenization path for all formats
 and makes the result equal to what the model's own chat template produces for the same conversation.
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from longalign.corpus import (BUILTIN_SOURCES, CorpusConfig, build_corpus, builtin_documents, count_tokens,
+from longalign.data.corpus import (BUILTIN_SOURCES, CorpusConfig, build_corpus, builtin_documents, count_tokens,
                               detect_lang, length_bucket, read_corpus, read_folder_documents, read_jsonl_documents,
                               sample_by_length)
 

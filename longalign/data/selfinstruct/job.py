@@ -30,333 +30,29 @@ Per-document seeds are derived from ``seed`` and the ``doc_id``, which makes the
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 import random
-import re
 import time
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from longalign.config import check_choice, option
+from longalign.data.selfinstruct.parse import ValidationLimits, answer_problem, parse_questions, validate_questions
+from longalign.data.selfinstruct.prompts import (
+    N_QUESTIONS,
+    TASK_TYPES,
+    answer_prompt,
+    fit_document,
+    instruction_overhead,
+    question_prompt,
+    task_instruction,
+    training_prompt,
+)
 from longalign.rundir import RunDir, append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
-
-TASK_TYPES = ("general", "summary", "reasoning", "extraction")
-N_QUESTIONS = 5
-
-# ------------------------------------------------------------------------------------------------ prompts
-
-_TASK_EN = {
-    "general": "Ask the kind of questions a reader who wants to understand this text would ask: about its "
-               "purpose, its main ideas, and how its parts are meant to be used.",
-    "summary": "Ask questions whose answers require summarising or combining information from several "
-               "different parts of the text, not just one sentence of it.",
-    "reasoning": "Ask questions that need several steps of reasoning: a good answer has to connect two or more "
-                 "facts found in different places of the text and draw a conclusion from them.",
-    "extraction": "Ask questions that request specific information stated in the text, such as names, numbers, "
-                  "definitions, conditions, steps or settings.",
-}
-_TASK_ZH = {
-    "general": "请从一位想要读懂这篇文本的读者的角度提问：关于它的目的、主要内容，以及各部分的用途。",
-    "summary": "请提出需要概括或整合文本中多个不同部分的信息才能回答的问题，而不是只靠其中一句话就能回答的问题。",
-    "reasoning": "请提出需要多步推理的问题：好的回答必须把文本中不同位置的两个或更多事实联系起来，并由此得出结论。",
-    "extraction": "请提出要求找出文本中明确写出的具体信息的问题，例如名称、数字、定义、条件、步骤或设置。",
-}
-_FORMAT_EN = ("Now write five questions about the text above. Each question must be answerable from the text, "
-              "make sense on its own, and differ from the others. Put each question on its own line and start "
-              "the lines with 1: 2: 3: 4: 5: in order. Write only the five questions.")
-_FORMAT_ZH = ("现在请针对上面的文本写出五个问题。每个问题都必须能根据文本回答、单独读也能看懂，并且互不相同。"
-              "每个问题单独占一行，行首依次写 1: 2: 3: 4: 5:。只写这五个问题。")
-_RETRY_EN = "A previous attempt was not usable ({reasons}). Write five new, different, real questions about the text."
-_RETRY_ZH = "上一次的结果不可用（{reasons}）。请针对文本重新写出五个互不相同的真实问题。"
-_ANSWER_EN = ("Answer the question below using the text above. Be accurate and complete, and base the answer on "
-              "what the text says.\n\nQuestion: {question}")
-_ANSWER_ZH = "请根据上面的文本回答下面的问题。回答要准确、完整，并以文本内容为依据。\n\n问题：{question}"
-_LEAD_EN = "Read the following text carefully.\n\n"
-_LEAD_ZH = "请仔细阅读下面的文本。\n\n"
-_CUT_MARKER = "\n\n[...]\n\n"
-_SEPARATOR = "\n\n---\n"
-
-_REASON_WORDS_EN = {"template": "template slots instead of questions", "duplicate": "repeated questions",
-                    "near_duplicate": "repeated questions", "instruction_echo": "the instruction copied back",
-                    "too_short": "fragments too short to be questions", "too_long": "overlong text",
-                    "not_a_question": "statements instead of questions", "too_few": "fewer than five questions"}
-_REASON_WORDS_ZH = {"template": "输出了模板占位符", "duplicate": "问题重复", "near_duplicate": "问题重复",
-                    "instruction_echo": "照抄了指令", "too_short": "问题过短", "too_long": "内容过长",
-                    "not_a_question": "写的不是问题", "too_few": "问题不足五个"}
-
-
-def _is_zh(lang: str | None) -> bool:
-    return (lang or "").lower().startswith("zh")
-
-
-def task_instruction(task_type: str, lang: str | None = "en") -> str:
-    """The instruction that follows the document in a question-generation prompt."""
-    check_choice("task_type", task_type, TASK_TYPES)
-    if _is_zh(lang):
-        return _TASK_ZH[task_type] + "\n" + _FORMAT_ZH
-    return _TASK_EN[task_type] + "\n" + _FORMAT_EN
-
-
-def question_prompt(document: str, task_type: str, lang: str | None = "en",
-                    rejected_reasons: Iterable[str] = ()) -> str:
-    """User message asking for five numbered questions about ``document``."""
-    lead = _LEAD_ZH if _is_zh(lang) else _LEAD_EN
-    text = lead + document + _SEPARATOR + task_instruction(task_type, lang)
-    reasons = sorted(set(rejected_reasons))
-    if reasons:
-        words = _REASON_WORDS_ZH if _is_zh(lang) else _REASON_WORDS_EN
-        named = sorted({words.get(r, r) for r in reasons})
-        note = (_RETRY_ZH if _is_zh(lang) else _RETRY_EN).format(reasons=("、" if _is_zh(lang) else ", ").join(named))
-        text += "\n" + note
-    return text
-
-
-def answer_prompt(document: str, question: str, lang: str | None = "en") -> str:
-    """User message asking the generator to answer ``question`` from ``document``."""
-    lead = _LEAD_ZH if _is_zh(lang) else _LEAD_EN
-    return lead + document + _SEPARATOR + (_ANSWER_ZH if _is_zh(lang) else _ANSWER_EN).format(question=question)
-
-
-def training_prompt(document: str, question: str) -> str:
-    """User turn of the stored training example: the full document, a blank line, the question."""
-    return document + "\n\n" + question
-
-
-# ------------------------------------------------------------------------------------------------- parser
-
-_CN_NUM = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "十": 10}
-_ITEM_RE = re.compile(
-    r"""^\s*(?:\#{1,6}\s*)?(?:[-*•]\s+)?            # heading marks or a bullet
-        (?:\*\*|__)?\s*                              # bold open
-        (?:(?P<prefix>Q|Question|问题|问)\s*)?        # optional 'Q' / 'Question' prefix
-        [(（\[]?\s*(?P<num>\d{1,2}|[一二三四五六七八九十])\s*[)）\]]?   # the number, maybe in brackets
-        \s*(?:\*\*|__)?\s*                           # bold close before the separator
-        (?P<sep>[:：]|\.(?!\d)|．|、|\)|）|\s-\s|(?<=[)）\]])|(?<=\*\*)|(?<=__))   # separator
-        \s*(?:\*\*|__)?\s*                           # bold close after the separator
-        (?P<text>.*)$""", re.IGNORECASE | re.VERBOSE)
-_PREFIX_ONLY_RE = re.compile(r"^\s*(?:\*\*|__)?\s*(?:Q|Question|问题)\s*(?P<num>\d{1,2})\s*(?:\*\*|__)?\s+(?P<text>\S.*)$",
-                             re.IGNORECASE)
-_INLINE_RE = re.compile(r"(?:^|(?<=\s))(?:\*\*)?(?:Q)?(?P<num>\d)\s*(?:\*\*)?\s*[:：.)）]\s*(?:\*\*)?\s*", re.IGNORECASE)
-
-
-@dataclass
-class ParsedQuestions:
-    """Questions found in a reply, in order, plus what did not fit the requested format."""
-
-    questions: list[str]
-    numbers: list[int] = field(default_factory=list)
-    prose: list[str] = field(default_factory=list)
-    issues: list[str] = field(default_factory=list)
-
-
-def clean_question(text: str) -> str:
-    """Strip markdown emphasis, surrounding quotes, a leading 'Question:' label and extra spaces."""
-    t = text.strip()
-    for _ in range(3):
-        before = t
-        t = re.sub(r"^(?:\*\*|__|\*|_)(.*?)(?:\*\*|__|\*|_)$", r"\1", t).strip()
-        t = re.sub(r"^(?:question|q|问题)\s*[:：]\s*", "", t, flags=re.IGNORECASE).strip()
-        if len(t) >= 2 and t[0] in "\"'“‘「" and t[-1] in "\"'”’」":
-            t = t[1:-1].strip()
-        if t == before:
-            break
-    t = t.replace("**", "")
-    return re.sub(r"\s+", " ", t).strip()
-
-
-def _match_item(line: str) -> tuple[int, str] | None:
-    m = _ITEM_RE.match(line)
-    if m is None:
-        m = _PREFIX_ONLY_RE.match(line)
-        if m is None:
-            return None
-    num_txt = m.group("num")
-    num = int(num_txt) if num_txt.isdigit() else _CN_NUM[num_txt]
-    if not 1 <= num <= 20:
-        return None
-    return num, m.group("text")
-
-
-def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
-    """Numbered questions from a model reply.
-
-    A numbered line starts a question; an unnumbered line right after it (no blank line between) continues
-    it while it has not ended with a question mark; any other text is kept as ``prose``. When lines yield
-    fewer than two questions, inline numbering ("1: … 2: …" on one line) is tried. More than ``expected``
-    questions keep the first ``expected``; fewer are recorded in ``issues``.
-    """
-    items: list[list[Any]] = []  # [number, text]
-    prose: list[str] = []
-    last_blank = True
-    for raw in (reply or "").splitlines():
-        line = raw.strip()
-        if not line:
-            last_blank = True
-            continue
-        hit = _match_item(line)
-        if hit is not None and hit[1].strip():
-            items.append([hit[0], hit[1]])
-        elif hit is not None:  # "1:" alone on a line: the question follows on the next line
-            items.append([hit[0], ""])
-        elif items and not last_blank and (not items[-1][1] or not items[-1][1].rstrip().endswith(("?", "？"))):
-            items[-1][1] = (items[-1][1] + " " + line).strip()
-        else:
-            prose.append(line)
-        last_blank = False
-    issues: list[str] = []
-    if len(items) < 2:
-        inline = list(_INLINE_RE.finditer(reply or ""))
-        seq = []
-        want = 1
-        for m in inline:
-            if int(m.group("num")) == want:
-                seq.append(m)
-                want += 1
-        if len(seq) >= 2:
-            items = []
-            for j, m in enumerate(seq):
-                end = seq[j + 1].start() if j + 1 < len(seq) else len(reply)
-                items.append([int(m.group("num")), reply[m.end():end]])
-            prose = [p for p in (reply[:seq[0].start()].strip(),) if p]
-            issues.append("questions written on one line")
-    if not items:  # no numbering at all: lines that end with a question mark still count
-        asked = [p for p in prose if clean_question(p.strip("`")).endswith(("?", "？"))]
-        if asked:
-            items = [[k + 1, p.strip("`")] for k, p in enumerate(asked)]
-            prose = [p for p in prose if p not in asked]
-            issues.append("questions without numbers")
-    questions = [clean_question(t) for _, t in items]
-    numbers = [n for n, _ in items]
-    kept = [(n, q) for n, q in zip(numbers, questions) if q]
-    if len(kept) < len(questions):
-        issues.append(f"{len(questions) - len(kept)} empty numbered item(s)")
-    numbers = [n for n, _ in kept]
-    questions = [q for _, q in kept]
-    if numbers and numbers != list(range(1, len(numbers) + 1)):
-        issues.append(f"numbering {numbers} is not 1..{len(numbers)}")
-    if len(questions) > expected:
-        issues.append(f"{len(questions)} questions, kept the first {expected}")
-        questions, numbers = questions[:expected], numbers[:expected]
-    if len(questions) < expected:
-        issues.append(f"fewer than {expected} questions ({len(questions)})")
-    if prose:
-        issues.append(f"{len(prose)} line(s) of extra text")
-    return ParsedQuestions(questions=questions, numbers=numbers, prose=prose, issues=issues)
-
-
-# --------------------------------------------------------------------------------------------- validation
-
-_TEMPLATE_RE = re.compile(
-    r"<\s*/?\s*(?:question|q|text|your[ _]question|问题)[^<>]{0,20}>|\{\s*question\s*\}|\[\s*question\s*\]"
-    r"|^\W*(?:your\s+)?(?:question|q|问题)\s*\d*\W*$|^\W*(?:\.\.\.|…|etc\.?)\W*$", re.IGNORECASE)
-_ECHO_PHRASES = ("five questions", "5 questions", "numbered questions", "one per line", "五个问题", "编号的问题",
-                 "output only", "question 1", "每行一个")
-_EN_STARTS = frozenset("""what why how when where which who whom whose is are was were do does did can could should
-would will may might must has have had explain describe list summarize summarise compare identify name give
-according in based outline discuss find state define provide tell considering if under for from by on after
-before during suppose assuming""".split())
-_ZH_MARKERS = ("？", "?", "什么", "为什么", "为何", "如何", "怎样", "怎么", "哪", "谁", "是否", "多少", "几", "吗", "呢",
-               "请", "说明", "解释", "描述", "列出", "概括", "总结", "比较")
-
-
-def _normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(ch for ch in text if ch.isalnum() or ("\u4e00" <= ch <= "\u9fff"))
-
-
-def _similar(a: str, b: str) -> float:
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
-
-
-@dataclass
-class ValidationLimits:
-    min_chars: int = 12
-    min_words: int = 3
-    min_chars_zh: int = 6
-    max_chars: int = 400
-    near_duplicate: float = 0.9
-    echo_similarity: float = 0.75
-    require_question_form: bool = True
-
-
-def question_problem(question: str, *, lang: str | None, instruction: str, accepted: list[str],
-                     limits: ValidationLimits | None = None) -> str | None:
-    """Why ``question`` is unusable (a reason code), or None when it is fine."""
-    lim = limits or ValidationLimits()
-    q = question.strip()
-    if _TEMPLATE_RE.search(q):
-        return "template"
-    zh = _is_zh(lang) or sum("\u4e00" <= ch <= "\u9fff" for ch in q) > len(q) / 4
-    if zh:
-        if len(re.sub(r"\s", "", q)) < lim.min_chars_zh:
-            return "too_short"
-    elif len(q) < lim.min_chars or len(q.split()) < lim.min_words:
-        return "too_short"
-    if len(q) > lim.max_chars:
-        return "too_long"
-    norm = _normalize(q)
-    if not norm:
-        return "template"
-    low = q.lower()
-    if any(p in low for p in _ECHO_PHRASES):
-        return "instruction_echo"
-    norm_instr = _normalize(instruction)
-    if len(norm) >= 8 and norm in norm_instr:
-        return "instruction_echo"
-    for sentence in re.split(r"(?<=[.!?。！？:：])\s*", instruction):
-        ns = _normalize(sentence)
-        if len(ns) >= 8 and _similar(norm, ns) >= lim.echo_similarity:
-            return "instruction_echo"
-    for prev in accepted:
-        pn = _normalize(prev)
-        if pn == norm:
-            return "duplicate"
-        if _similar(pn, norm) >= lim.near_duplicate:
-            return "near_duplicate"
-    if lim.require_question_form:
-        if zh:
-            if not any(m in q for m in _ZH_MARKERS):
-                return "not_a_question"
-        else:
-            first = re.sub(r"[^a-z']", "", low.split()[0]) if low.split() else ""
-            if not q.rstrip().endswith("?") and first not in _EN_STARTS:
-                return "not_a_question"
-    return None
-
-
-def validate_questions(questions: list[str], *, lang: str | None, instruction: str,
-                       limits: ValidationLimits | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    """Split ``questions`` into accepted ones (in order) and rejected ``{"text", "reason"}`` entries."""
-    accepted: list[str] = []
-    rejected: list[dict[str, str]] = []
-    for q in questions:
-        reason = question_problem(q, lang=lang, instruction=instruction, accepted=accepted, limits=limits)
-        if reason is None:
-            accepted.append(q)
-        else:
-            rejected.append({"text": q, "reason": reason})
-    return accepted, rejected
-
-
-def answer_problem(answer: str, question: str, *, min_chars: int = 2) -> str | None:
-    """Why an answer is unusable ('empty', 'too_short', 'echo', 'template'), or None."""
-    a = answer.strip()
-    if not a:
-        return "empty"
-    if len(a) < min_chars:
-        return "too_short"
-    if re.fullmatch(r"\W*<\s*/?\s*answer[^<>]*>\W*", a, re.IGNORECASE):
-        return "template"
-    if _normalize(a) == _normalize(question):
-        return "echo"
-    return None
-
 
 # --------------------------------------------------------------------------------------------------- config
 
@@ -570,31 +266,6 @@ class DocumentJob:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-# -------------------------------------------------------------------------------------------- document cut
-
-def fit_document(text: str, tokenizer: Any, max_tokens: int) -> tuple[str, bool]:
-    """``text`` unchanged when it has at most ``max_tokens`` tokens, else its head and tail (60/40) joined by
-    a ``[...]`` marker, within ``max_tokens``. Returns ``(text, was_cut)``."""
-    if max_tokens <= 0 or len(text.encode("utf-8")) <= max_tokens:  # a token covers at least one byte
-        return text, False
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text, False
-    budget = max(2, max_tokens - 8)
-    head = int(budget * 0.6)
-    tail = budget - head
-    return (tokenizer.decode(ids[:head]).rstrip() + _CUT_MARKER + tokenizer.decode(ids[-tail:]).lstrip()), True
-
-
-def _instruction_overhead(tokenizer: Any) -> int:
-    longest = 0
-    for t in TASK_TYPES:
-        for lang in ("en", "zh"):
-            prompt = question_prompt("", t, lang, ["template", "duplicate", "instruction_echo", "too_few"])
-            longest = max(longest, len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
-    return longest + 32  # chat-template tokens
-
-
 # ----------------------------------------------------------------------------------------------------- job
 
 @dataclass
@@ -652,7 +323,7 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
     """
     from tqdm.auto import tqdm
 
-    from longalign.corpus import read_corpus
+    from longalign.data.corpus import read_corpus
 
     check_generate_config(cfg)
     run = RunDir(run) if not isinstance(run, RunDir) else run
@@ -685,7 +356,7 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
             prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or (name if kind == "local" else None))
         doc_budget = cfg.max_prompt_tokens
         if pending_docs and cfg.max_prompt_tokens > 0:
-            doc_budget = max(64, cfg.max_prompt_tokens - _instruction_overhead(prompt_tokenizer))
+            doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))
 
         def new_job(doc: dict[str, Any]) -> DocumentJob:
             text, cut = fit_document(doc["text"], prompt_tokenizer, doc_budget) if cfg.max_prompt_tokens > 0 \

@@ -2,7 +2,7 @@
 
 Each subcommand takes ``--run DIR`` (the run directory), ``--config FILE`` (YAML whose keys are the option
 names) and one flag per option; flags typed on the command line override the file. The handlers only parse,
-call the library (:mod:`longalign.corpus`, :mod:`longalign.selfinstruct`, :mod:`longalign.shortdata`),
+call the library (:mod:`longalign.data.corpus`, :mod:`longalign.data.selfinstruct`, :mod:`longalign.data.short`),
 record the stage in ``run.json`` and print a summary.
 """
 
@@ -28,9 +28,10 @@ def _print(title: str, obj: Any) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from longalign.corpus import CorpusConfig
-    from longalign.selfinstruct import GenerateConfig
-    from longalign.shortdata import MixConfig, ShortConfig
+    from longalign.data.corpus import CorpusConfig
+    from longalign.data.selfinstruct import GenerateConfig
+    from longalign.data.short import ShortConfig
+    from longalign.data.mix import MixConfig
 
     data = subparsers.add_parser(
         "data", help="build training data: corpus, long instruction data, short chat data, mix",
@@ -78,7 +79,7 @@ def register(subparsers: Any) -> None:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from longalign.corpus import CorpusConfig, build_corpus
+    from longalign.data.corpus import CorpusConfig, build_corpus
     from longalign.rundir import RunDir
 
     cfg = build_config(CorpusConfig, args)
@@ -91,7 +92,7 @@ def _corpus(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from longalign.rundir import RunDir
-    from longalign.selfinstruct import GenerateConfig, failed_path, generate_long_data
+    from longalign.data.selfinstruct import GenerateConfig, failed_path, generate_long_data
 
     cfg = build_config(GenerateConfig, args)
     run = RunDir(args.run)
@@ -114,7 +115,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _short(args: argparse.Namespace) -> int:
     from longalign.rundir import RunDir
-    from longalign.shortdata import ShortConfig, load_short_data, write_jsonl
+    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
 
     cfg = build_config(ShortConfig, args)
     run = RunDir(args.run)
@@ -127,7 +128,7 @@ def _short(args: argparse.Namespace) -> int:
 
 def _mix(args: argparse.Namespace) -> int:
     from longalign.rundir import RunDir
-    from longalign.shortdata import MixConfig, mix_files
+    from longalign.data.mix import MixConfig, mix_files
 
     cfg = build_config(MixConfig, args)
     run = RunDir(args.run)

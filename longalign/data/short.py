@@ -1,4 +1,4 @@
-"""Short chat data (ShareGPT and ``messages`` files) and the long/short mix.
+"""Short chat data: ShareGPT and ``messages`` files, normalised with stated policies.
 
 LongAlign trains on its long examples mixed with ShareGPT conversations, "empty assistant replies removed";
 the data suites differ only in how many long examples join (0k / 5k / 10k). Real ShareGPT dumps are messy,
@@ -19,8 +19,7 @@ so every conversation goes through one normalisation with a stated policy, and e
 * a conversation with no user→assistant exchange left is dropped; exact duplicates are dropped
   (``dedupe``).
 
-:func:`mix` writes every short conversation plus K long examples (K = ``all``, a number, or ``5k``-style),
-shuffled with a seed.
+The mix with long examples is :mod:`longalign.data.mix`.
 """
 
 from __future__ import annotations
@@ -65,16 +64,6 @@ class ShortConfig:
     max_conversations: int = option(0, help="keep at most this many conversations, sampled with seed (0 = all)")
     source: str | None = option(None, help="value of the 'source' field (default: 'sharegpt' or the file name)")
     seed: int = option(42, help="sampling seed for max_conversations")
-
-
-@dataclass
-class MixConfig:
-    """Options of ``longalign data mix``."""
-
-    n_long: str = option("all", help="long examples to mix in: 'all', a number, or a paper suite such as 0k, 5k, 10k")
-    seed: int = option(42, help="seed for choosing long examples and shuffling")
-    long_path: str | None = option(None, help="long examples (default: <run>/data/long.jsonl)")
-    short_path: str | None = option(None, help="short conversations (default: <run>/data/short.jsonl)")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -216,7 +205,7 @@ class ShortReport:
 def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport]:
     """Read, normalise, dedupe and (optionally) sample short conversations; records carry the
     ``{"messages", "source", "lang", "task_type": "chat"}`` schema."""
-    from longalign.corpus import detect_lang
+    from longalign.data.corpus import detect_lang
 
     if not cfg.inputs:
         raise ValueError("no short-data inputs given; pass --inputs FILE[,FILE...] (ShareGPT .json/.jsonl or "
@@ -273,76 +262,3 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write all records at once through a temporary file and a rename."""
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-# ------------------------------------------------------------------------------------------------------ mix
-
-def parse_n_long(value: str | int | None) -> int | None:
-    """'all' → None (every long example); '5k' → 5000; '250' → 250."""
-    if value is None:
-        return None
-    if isinstance(value, int):
-        n = value
-    else:
-        text = str(value).strip().lower()
-        if text in ("all", ""):
-            return None
-        try:
-            n = int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
-        except ValueError:
-            raise ValueError(f"n_long={value!r} is not accepted; use 'all', a number such as 500, or 0k/5k/10k") \
-                from None
-    if n < 0:
-        raise ValueError(f"n_long must not be negative, got {value!r}")
-    return n
-
-
-def mix(long_records: list[dict[str, Any]], short_records: list[dict[str, Any]], *, n_long: str | int | None = "all",
-        seed: int = 42) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All short records plus ``n_long`` long ones (seeded choice), shuffled with ``seed``."""
-    k = parse_n_long(n_long)
-    available = len(long_records)
-    if k is None:
-        k = available
-    if k > available:
-        raise ValueError(f"n_long={n_long!r} asks for {k} long examples but only {available} exist; "
-                         f"use --n-long all or a number up to {available} (generate more with longalign data generate)")
-    rng = random.Random(seed)
-    chosen = [long_records[i] for i in sorted(rng.sample(range(available), k))] if k < available else list(long_records)
-    out: list[dict[str, Any]] = []
-    for r in chosen:
-        rec = {"messages": r["messages"], "source": r.get("source", "long"), "lang": r.get("lang"),
-               "task_type": r.get("task_type", ""), "kind": "long"}
-        if r.get("doc_id") is not None:
-            rec["doc_id"] = r["doc_id"]
-        out.append(rec)
-    for r in short_records:
-        out.append({**r, "task_type": r.get("task_type") or "chat", "kind": "short"})
-    rng.shuffle(out)
-    counts = {"long": len(chosen), "short": len(short_records), "total": len(out), "long_available": available,
-              "by_source": dict(sorted(Counter(r["source"] for r in out).items())),
-              "by_task_type": dict(sorted(Counter(r["task_type"] for r in out).items())),
-              "seed": seed, "n_long": str(n_long)}
-    return out, counts
-
-
-def mix_files(long_path: str | Path, short_path: str | Path | None, out_path: str | Path, *,
-              n_long: str | int | None = "all", seed: int = 42) -> dict[str, Any]:
-    """:func:`mix` on files; a missing short file is an error unless ``short_path`` is None."""
-    long_path = Path(long_path)
-    if not long_path.is_file() and parse_n_long(n_long) != 0:
-        raise FileNotFoundError(f"{long_path} does not exist; generate long data first (longalign data generate) "
-                                "or mix with --n-long 0")
-    long_records = read_jsonl(long_path, strict=True)
-    for i, r in enumerate(long_records):
-        if not isinstance(r.get("messages"), list):
-            raise ValueError(f"{long_path}: record {i + 1} has no 'messages' list")
-    short_records: list[dict[str, Any]] = []
-    if short_path is not None:
-        short_path = Path(short_path)
-        if not short_path.is_file():
-            raise FileNotFoundError(f"{short_path} does not exist; import short data first (longalign data short)")
-        short_records = read_jsonl(short_path, strict=True)
-    records, counts = mix(long_records, short_records, n_long=n_long, seed=seed)
-    write_jsonl(out_path, records)
-    return counts
