@@ -7,17 +7,24 @@ Layout (every path below is produced by exactly one stage; readers never trust a
                                        "versions": {...}}
       data/corpus.jsonl               {"id", "source", "lang", "n_tokens", "text"}
       data/long.jsonl                 {"messages": [...], "doc_id", "source", "lang", "task_type", "questions", ...}
+      data/failed.jsonl               documents Self-Instruct could not turn into a record (retried on re-run)
+      data/quality.json               counts of generated questions/answers rejected, by reason
       data/llm_calls.jsonl            append-only log: {"key", "model", "status", "usage", "latency", "cached"}
       data/llm_cache/                 request cache (see longalign.llm.cache)
       data/short.jsonl                {"messages": [...], "source"}
       data/mixed.jsonl                {"messages": [...], "source", ...}
+      data/mini_longbench_chat.jsonl  the demo's LongBench-Chat-format set from held-out documents
       tokens/                         datasets.save_to_disk: input_ids, labels, length, n_target, source
+      tokens/longalign_meta.json      tokenizer, chat format, max_len and counts of the tokenize run
       batching/<method>.json          plan statistics;  batching/<method>.plan.json  {"batches": [[i, ...], ...]}
+      batching/simulate.json          simulated step times per method
       train/<method>/metrics.jsonl    one JSON object per optimizer step;  train/<method>/checkpoints/
+      train/<method>/run_meta.json    what the run used (attention backend, world size, plan, versions); final/
       eval/longbench_chat/{predictions,judge_runs,judgments}.jsonl + summary.json
       eval/needle/results.jsonl + summary.json (+ heatmap.html)
       eval/judge_agreement/ratings.jsonl + summary.json
       eval/longbench/{predictions,judgments}.jsonl + summary.json
+      demo_summary.json               what `longalign demo` measured, stage by stage
 
 Writers use :func:`append_jsonl` (one complete line per record, flushed and fsynced) or
 :func:`atomic_write_json` / :func:`atomic_write_text` (write to a temporary file, then rename), so a crash
@@ -37,6 +44,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 BATCH_METHODS = ("naive", "sort", "pack")
+TOKENS_META = "longalign_meta.json"
+METRICS_FILE = "metrics.jsonl"
+TRAIN_META_FILE = "run_meta.json"
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -154,6 +164,10 @@ class RunDir:
     @property
     def long(self) -> Path: return self.data / "long.jsonl"
     @property
+    def failed(self) -> Path: return self.data / "failed.jsonl"
+    @property
+    def quality(self) -> Path: return self.data / "quality.json"
+    @property
     def llm_calls(self) -> Path: return self.data / "llm_calls.jsonl"
     @property
     def llm_cache(self) -> Path: return self.data / "llm_cache"
@@ -161,21 +175,40 @@ class RunDir:
     def short(self) -> Path: return self.data / "short.jsonl"
     @property
     def mixed(self) -> Path: return self.data / "mixed.jsonl"
+    @property
+    def mini_longbench_chat(self) -> Path: return self.data / "mini_longbench_chat.jsonl"
     # tokenize
     @property
     def tokens(self) -> Path: return self.root / "tokens"
+    @property
+    def tokens_meta(self) -> Path: return self.tokens / TOKENS_META
     # batching
     @property
     def batching(self) -> Path: return self.root / "batching"
     def batch_stats(self, method: str) -> Path: return self.batching / f"{method}.json"
     def batch_plan(self, method: str) -> Path: return self.batching / f"{method}.plan.json"
+    @property
+    def simulation(self) -> Path: return self.batching / "simulate.json"
     # training
     def train(self, method: str) -> Path: return self.root / "train" / method
-    def metrics(self, method: str) -> Path: return self.train(method) / "metrics.jsonl"
+    def metrics(self, method: str) -> Path: return self.train(method) / METRICS_FILE
+    def train_meta(self, method: str) -> Path: return self.train(method) / TRAIN_META_FILE
+    def final_model(self, method: str) -> Path: return self.train(method) / "final"
+    def checkpoints(self, method: str) -> Path: return self.train(method) / "checkpoints"
     # evaluation
     def eval(self, benchmark: str) -> Path: return self.root / "eval" / benchmark
+    def predictions(self, benchmark: str) -> Path: return self.eval(benchmark) / "predictions.jsonl"
+    def judgments(self, benchmark: str) -> Path: return self.eval(benchmark) / "judgments.jsonl"
+    def judge_runs(self, benchmark: str) -> Path: return self.eval(benchmark) / "judge_runs.jsonl"
+    def eval_summary(self, benchmark: str) -> Path: return self.eval(benchmark) / "summary.json"
+    def needle_results(self) -> Path: return self.eval("needle") / "results.jsonl"
+    def needle_heatmap(self) -> Path: return self.eval("needle") / "heatmap.html"
+    def agreement_ratings(self) -> Path: return self.eval("judge_agreement") / "ratings.jsonl"
+    # the run as a whole
     @property
     def run_json(self) -> Path: return self.root / "run.json"
+    @property
+    def demo_summary(self) -> Path: return self.root / "demo_summary.json"
 
     def record_stage(self, stage: str, config: dict[str, Any], **extra: Any) -> None:
         """Record a stage's config (and anything else, e.g. a summary) in run.json, atomically."""

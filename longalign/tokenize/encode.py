@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_POLICIES = ("right", "left", "middle")
 ON_ERROR = ("raise", "skip")
-META_FILE = "longalign_meta.json"
+from longalign.rundir import TOKENS_META as META_FILE  # noqa: E402
 TOKEN_COLUMNS = ("input_ids", "labels", "length", "n_target", "source", "lang", "task_type")
 CARRIED_FIELDS = ("source", "lang", "task_type")
 
