@@ -183,3 +183,37 @@ class TestLiteral:
         del plan._arrays
         assert {k: v for k, v in compute_stats(plan).items()} == \
             {k: v for k, v in plan.stats.items() if k not in ("seconds", "truncated_tokens", "dropped_tokens")}
+
+
+class TestPlanFromBatches:
+    @pytest.mark.parametrize("method,overlong", [("naive", "truncate"), ("sort", "drop"), ("pack", "truncate"),
+                                                 ("pack", "drop")])
+    def test_round_trip_of_a_saved_plan(self, tmp_path, method, overlong):
+        lengths = np.random.default_rng(4).integers(1, 700, size=200)
+        plan = make_plan(lengths, method, max_len=500, batch_size=3, world_size=2, grad_accum=2, overlong=overlong,
+                         seed=1)
+        plan.save(plan_path=tmp_path / "p.json")
+        back = Plan.from_batches(load_plan_batches(tmp_path / "p.json"), lengths, method, max_len=500,
+                                 batch_size=plan.batch_size, world_size=2, grad_accum=2, algo=plan.algo, seed=1)
+        assert back.batches == plan.batches and (back.world_size, back.grad_accum) == (2, 2)
+        assert {k: v for k, v in back.stats.items() if k != "seconds"} == \
+            {k: v for k, v in plan.stats.items() if k != "seconds"}
+        np.testing.assert_array_equal(back.lengths, plan.lengths)
+        np.testing.assert_array_equal(back.truncated, plan.truncated)
+        np.testing.assert_array_equal(back.dropped, plan.dropped)
+
+    def test_defaults_and_unplanned_sequences(self):
+        plan = Plan.from_batches([[0, 2], [3]], [5, 9, 7, 4], "naive")
+        assert plan.max_len == 7 and plan.batch_size == 2 and plan.dropped.tolist() == [1]
+        assert plan.lengths.tolist() == [5, 0, 7, 4] and plan.stats["n_sequences"] == 3
+        assert Plan.from_batches([[1, 0]], [3, 4], "pack").batch_size == 1
+
+    @pytest.mark.parametrize("batches,match", [([[0, 5]], "micro-batch 0 holds index 5"),
+                                               ([[0], [1, 0]], "sequence 0 is planned 2 times")])
+    def test_rejects_plans_of_other_tokens(self, batches, match):
+        with pytest.raises(ValueError, match=match):
+            Plan.from_batches(batches, [3, 4, 5], "sort")
+
+    def test_rejects_unknown_method(self):
+        with pytest.raises(ValueError, match="'naive', 'sort', 'pack'"):
+            Plan.from_batches([[0]], [3], "shuffle")
