@@ -135,3 +135,22 @@ def test_embedded_model_3x3_grid(tmp_path):
     print(json.dumps({"mean_recall": s["mean_recall"], "mean_judge": s["mean_judge"],
                       "cells": [(r["context_length"], r["depth_percent"], r["recall"], r["judge_score"],
                                  r["response"][:60]) for r in recs]}, indent=1))
+
+
+def test_heatmap_grid_and_figure():
+    from longalign.eval.needle import heatmap_figure, heatmap_grid
+
+    recs = [{"context_length": 2000, "depth_percent": 50, "judge_score": 4, "recall": 0.5},
+            {"context_length": 1000, "depth_percent": 50, "judge_score": None, "recall": 1.0},
+            {"context_length": 2000, "depth_percent": 50, "judge_score": 8, "recall": 0.0},  # a resumed repeat
+            {"context_length": 1000, "depth_percent": 10, "judge_score": 10, "recall": 1.0}]
+    assert heatmap_grid(recs, "judge_score") == ([1000, 2000], [10.0, 50.0], [[10.0, None], [None, 6.0]])
+    lengths, depths, z = heatmap_grid(recs, "recall")
+    fig = heatmap_figure(lengths, depths, {"judge_score": heatmap_grid(recs)[2], "recall": z}, title="t")
+    assert [a.text for a in fig.layout.annotations] == ["judge score (1-10)", "key-phrase recall (0-1)"]
+    assert (fig.data[0].zmin, fig.data[0].zmax, fig.data[1].zmin, fig.data[1].zmax) == (1, 10, 0, 1)
+    assert [list(r) for r in fig.data[1].text] == [["1.00", ""], ["1.00", "0.25"]]
+    one = heatmap_figure(lengths, depths, {"recall": z}, selectable=True)
+    assert len(one.data) == 2 and one.data[0].hoverinfo == "skip" and list(one.data[1].x) == ["1,000", "2,000"] * 2
+    with pytest.raises(ValueError, match="'judge_score', 'recall'"):
+        heatmap_figure(lengths, depths, {"score": z})

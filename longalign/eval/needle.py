@@ -251,39 +251,90 @@ def needle_judge_messages(question: str, reference: str, response: str) -> list[
 
 
 # --------------------------------------------------------------------------------------------- heatmap
-def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Plotly heatmap(s) by context length (x) and depth (y): the judge score (1-10) when present and the
-    key-phrase recall (0-1). A self-contained html file (plotly.js inline, works offline)."""
+HEATMAP_VALUES = {  # result field -> (panel title, colour bar title, zmin, zmax, cell text format)
+    "judge_score": ("judge score (1-10)", "judge", 1, 10, ".0f"),
+    "recall": ("key-phrase recall (0-1)", "recall", 0, 1, ".2f"),
+}
+HEATMAP_COLORSCALE = [[0, "#D7191C"], [0.5, "#FDD835"], [1, "#1A9641"]]  # missed -> found
+
+
+def heatmap_grid(results: Sequence[dict[str, Any]], value: str = "judge_score"
+                 ) -> tuple[list[int], list[float], list[list[float | None]]]:
+    """(lengths, depths, z) of ``value``: z[depth][length] is the mean over the probes of that cell (a resumed
+    grid can hold repeats), None where no probe has a value; lengths and depths ascending."""
+    if value not in HEATMAP_VALUES:
+        raise ValueError(f"value={value!r} is not a needle score; use one of {', '.join(map(repr, HEATMAP_VALUES))}")
+    cells: dict[tuple[int, float], list[float]] = {}
+    for r in results:
+        v = r.get(value)
+        key = (int(r["context_length"]), float(r["depth_percent"]))
+        bucket = cells.setdefault(key, [])
+        if v is not None and v == v:  # None and NaN are missing
+            bucket.append(float(v))
+    lengths = sorted({k[0] for k in cells})
+    depths = sorted({k[1] for k in cells})
+    z = [[statistics.fmean(cells[(L, d)]) if cells.get((L, d)) else None for L in lengths] for d in depths]
+    return lengths, depths, z
+
+
+def heatmap_figure(lengths: Sequence[int], depths: Sequence[float], panels: dict[str, Any], *, title: str = "",
+                   selectable: bool = False, template: str = "plotly_white"):
+    """The needle heatmap as a plotly figure: one panel per entry of ``panels`` (result field -> z rows by depth,
+    columns by length, None/NaN = no probe), context length on x, depth on y (shallow on top), red (missed) to
+    green (found) on the field's fixed range (judge 1-10, recall 0-1), each cell labelled with its value.
+
+    ``selectable`` lays one invisible marker over every cell that carries the hover text, so a click selects
+    the cell (Streamlit reads point selections from scatter traces; a heatmap emits none). :func:`write_heatmap`
+    saves this figure as heatmap.html; the dashboard shows it with ``selectable=True``.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    lengths = sorted({int(r["context_length"]) for r in results})
-    depths = sorted({float(r["depth_percent"]) for r in results})
-    cell = {(int(r["context_length"]), float(r["depth_percent"])): r for r in results}
-    panels = []
-    if any(r.get("judge_score") is not None for r in results):
-        panels.append(("judge_score", "judge score (1-10)", 1, 10))
-    panels.append(("recall", "key-phrase recall (0-1)", 0, 1))
-    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[p[1] for p in panels], vertical_spacing=0.12)
-    for row, (key, label, zmin, zmax) in enumerate(panels, 1):
-        z, text = [], []
-        for d in depths:
-            zr, tr = [], []
-            for L in lengths:
-                r = cell.get((L, d))
-                v = r.get(key) if r else None
-                zr.append(v)
-                tr.append("" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
-            z.append(zr)
-            text.append(tr)
-        fig.add_trace(go.Heatmap(z=z, x=[str(L) for L in lengths], y=[f"{d:g}%" for d in depths], zmin=zmin,
-                                 zmax=zmax, colorscale="RdYlGn", text=text, texttemplate="%{text}",
-                                 colorbar=dict(title=key, len=1 / len(panels), y=1 - (row - 0.5) / len(panels)),
-                                 hovertemplate="length %{x}<br>depth %{y}<br>" + key + " %{z}<extra></extra>"),
-                      row=row, col=1)
+    unknown = [k for k in panels if k not in HEATMAP_VALUES]
+    if unknown or not panels:
+        raise ValueError(f"heatmap panels {unknown or '(none)'}: use one or more of "
+                         f"{', '.join(map(repr, HEATMAP_VALUES))}")
+    xs = [f"{int(L):,}" for L in lengths]
+    ys = [f"{float(d):g}%" for d in depths]
+    n = len(panels)
+    fig = make_subplots(rows=n, cols=1, vertical_spacing=0.12,
+                        subplot_titles=[HEATMAP_VALUES[k][0] for k in panels] if n > 1 else None)
+    for row, (key, z) in enumerate(panels.items(), 1):
+        _, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
+        z = [[None if v is None or v != v else float(v) for v in zr] for zr in z]
+        text = [["" if v is None else format(v, fmt) for v in zr] for zr in z]
+        bar_pos = dict(len=1 / n, y=1 - (row - 0.5) / n) if n > 1 else {}
+        hover = "length %{x} tokens<br>depth %{y}<br>" + key + " %{z}<extra></extra>"
+        fig.add_trace(go.Heatmap(z=z, x=xs, y=ys, colorscale=HEATMAP_COLORSCALE, zmin=zmin, zmax=zmax, text=text,
+                                 texttemplate="%{text}", xgap=2, ygap=2, colorbar=dict(title=bar, thickness=12,
+                                                                                       **bar_pos),
+                                 hoverinfo="skip" if selectable else None, hovertemplate=hover), row=row, col=1)
+        if selectable:
+            gx = [x for _ in ys for x in xs]
+            gy = [y for y in ys for _ in xs]
+            fig.add_trace(go.Scatter(x=gx, y=gy, mode="markers", showlegend=False,
+                                     customdata=[t for tr in text for t in tr],
+                                     hovertemplate="length %{x} tokens<br>depth %{y}<br>" + key + " %{customdata}"
+                                                   "<br>click to open<extra></extra>",
+                                     marker=dict(size=30, opacity=0.01, color="#000000"),
+                                     selected=dict(marker=dict(opacity=0.01)),
+                                     unselected=dict(marker=dict(opacity=0.01))), row=row, col=1)
         fig.update_xaxes(title_text="context length (tokens)", row=row, col=1)
         fig.update_yaxes(title_text="needle depth", autorange="reversed", row=row, col=1)
-    fig.update_layout(title=title or "Needle in a haystack", height=420 * len(panels))
+    fig.update_layout(template=template, height=400 * n + (40 if title else 0),
+                      margin=dict(l=60, r=20, t=30 + (50 if title or n > 1 else 0), b=50))
+    if title:
+        fig.update_layout(title=title)
+    return fig
+
+
+def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """:func:`heatmap_figure` of the judge score (when any probe was judged) and the key-phrase recall, as a
+    self-contained html file (plotly.js inline, works offline)."""
+    keys = [k for k in HEATMAP_VALUES if k != "judge_score" or any(r.get(k) is not None for r in results)]
+    grids = {k: heatmap_grid(results, k) for k in keys}
+    lengths, depths, _ = grids[keys[0]]
+    fig = heatmap_figure(lengths, depths, {k: g[2] for k, g in grids.items()}, title=title or "Needle in a haystack")
     return atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
