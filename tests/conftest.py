@@ -47,3 +47,14 @@ def _restore_main_module():
     yield
     if main is not None and sys.modules.get("__main__") is not main:
         sys.modules["__main__"] = main
+
+
+@pytest.fixture(scope="session")
+def fixture_runs(tmp_path_factory, make_fixture_run) -> Path:
+    """A runs folder for the view tests: fixture and fixture-b (a weaker model), an empty run and a hidden folder."""
+    root = tmp_path_factory.mktemp("view_runs")
+    make_fixture_run(root, "fixture", 0)
+    make_fixture_run(root, "fixture-b", 1, model="other-model", skill=5.0)
+    (root / "blank").mkdir()
+    (root / ".hidden").mkdir()
+    return root

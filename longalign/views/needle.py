@@ -1,0 +1,80 @@
+"""The Needle page: retrieval score by context length and needle depth, and the prompt around each needle.
+
+The heatmap is the eval stage's own figure, :func:`longalign.eval.needle.heatmap_figure` (the one it saves as
+heatmap.html), over the stage's cell aggregation :func:`longalign.eval.needle.heatmap_grid`; this module adds
+only the dashboard's single-panel, clickable form of it and the reading of a clicked cell. A cell opens the
+probe's window of haystack text around the needle (``window_tokens`` either side, stored by the stage, so no
+prompt of up to 60k tokens is rebuilt here).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from longalign.eval.needle import HEATMAP_VALUES, heatmap_figure, heatmap_grid
+from longalign.views.style import TEMPLATE
+
+VALUE_LABELS = {"judge_score": "judge score (1–10)", "recall": "recall (0–1)"}
+
+
+def values_in(df: pd.DataFrame) -> list[str]:
+    """The score columns the results hold, judge score first."""
+    return [c for c in HEATMAP_VALUES if c in df]
+
+
+def needle_grid(df: pd.DataFrame, value: str = "judge_score") -> pd.DataFrame:
+    """Mean ``value`` per (depth_percent row, context_length column), both sorted ascending."""
+    if value not in df:
+        raise ValueError(f"value={value!r} is not a needle column; use one of {', '.join(map(repr, values_in(df)))}")
+    lengths, depths, z = heatmap_grid(df.to_dict("records"), value)
+    grid = pd.DataFrame(np.array(z, dtype=np.float64).reshape(len(depths), len(lengths)), index=depths,
+                        columns=lengths)
+    grid.index.name, grid.columns.name = "depth_percent", "context_length"
+    return grid
+
+
+def fig_needle_heatmap(grid: pd.DataFrame, value: str = "judge_score") -> go.Figure:
+    """The stage's heatmap of ``grid`` (from :func:`needle_grid`), one panel, each cell clickable."""
+    return heatmap_figure([int(c) for c in grid.columns], [float(d) for d in grid.index], {value: grid.to_numpy()},
+                          selectable=True, template=TEMPLATE)
+
+
+def clicked_cell(points: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
+    """(context length, depth percent) of the first selected point of the heatmap ("1,000", "10%" labels),
+    None when nothing is selected or the point is not a cell."""
+    if not points:
+        return None
+    try:
+        return int(str(points[0]["x"]).replace(",", "")), float(str(points[0]["y"]).rstrip("%"))
+    except (KeyError, ValueError):
+        return None
+
+
+def needle_cell(df: pd.DataFrame, context_length: int, depth_percent: float) -> dict:
+    """The probe at one (length, depth) cell (the first when repeated)."""
+    hit = df[(df["context_length"] == context_length)
+             & (np.isclose(df["depth_percent"].astype(float), float(depth_percent)))]
+    if hit.empty:
+        raise ValueError(f"no needle probe at context_length={context_length}, depth_percent={depth_percent}")
+    return hit.iloc[0].to_dict()
+
+
+def highlight(text: str, needle: str | None) -> str:
+    """HTML of ``text`` with ``needle`` marked (escaped; no mark when absent or not found)."""
+    text = text or ""
+    if needle and needle in text:
+        a, b = text.split(needle, 1)
+        return f"{html.escape(a)}<mark><b>{html.escape(needle)}</b></mark>{html.escape(b)}"
+    return html.escape(text)
+
+
+def headline(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, value) of the page's key figures: mean judge score, mean recall, probes."""
+    return [("mean judge score", f"{df['judge_score'].mean():.2f}" if "judge_score" in df else "—"),
+            ("mean recall", f"{df['recall'].mean():.2f}" if "recall" in df else "—"),
+            ("probes", f"{len(df)}")]
