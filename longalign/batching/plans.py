@@ -330,7 +330,8 @@ class Plan:
         and are listed in ``dropped``. ``max_len`` defaults to the longest planned sequence, ``batch_size`` to
         the largest micro-batch (1 for packs). Statistics are recomputed with :func:`compute_stats` (O(n),
         25-85 ms for 10^5 sequences on 2 busy cores) and, given the same settings, equal those of the
-        :func:`make_plan` call that made the batches (except ``seconds``). An index outside the lengths or planned twice is an error.
+        :func:`make_plan` call that made the batches (except ``seconds``). An index outside the lengths, or
+        planned twice, is an error.
         """
         check_choice("method", method, METHODS)
         raw = np.asarray(lengths, dtype=np.int64)
