@@ -3,11 +3,10 @@
     longalign app --runs runs          # or: streamlit run app/Home.py -- --runs runs
 """
 
-import pandas as pd
 import streamlit as st
 
 import common
-from longalign import report
+from longalign.views import home
 
 common.page("LongAlign Workbench",
             "Long-context SFT data, batching (naive, sorted, packed with loss weighting), training and evaluation — "
@@ -15,24 +14,24 @@ common.page("LongAlign Workbench",
 run = common.pick_run()
 
 st.subheader("Runs")
-overview = report.runs_overview(common.runs_root())
+overview = home.runs_overview(common.runs_root())
 st.dataframe(overview, hide_index=True, column_config={
     c: st.column_config.CheckboxColumn(c) for c in overview.columns if overview[c].dtype == bool})
 
 st.subheader(f"Run `{run.root.name}`")
-st.dataframe(report.artifact_table(run), hide_index=True,
+st.dataframe(home.artifact_table(run), hide_index=True,
              column_config={"present": st.column_config.CheckboxColumn("present")})
 left, right = st.columns([2, 3])
 with left:
     st.markdown("**Tokenization** (tokens/longalign_meta.json)")
-    meta = report.load_token_meta(run)
-    if meta:
-        st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in meta.items()}}), width="stretch")
+    meta = home.token_meta_table(run)
+    if len(meta):
+        st.dataframe(meta, width="stretch")
     else:
         st.info("No tokens/ yet: `longalign tokenize` writes them.")
 with right:
     st.markdown("**Stages recorded in run.json**")
-    stages = report.run_stages(run)
+    stages = home.run_stages(run)
     if stages.empty:
         st.info("run.json lists no stages yet: every stage command records its configuration there.")
     else:

@@ -1,5 +1,5 @@
 """Shared page furniture: the runs folder, the run picker in the sidebar, cached loaders and the guard that
-turns a missing artifact into a message. All computing lives in ``longalign.report``."""
+turns a missing artifact into a message. All computing lives in ``longalign.views``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from longalign import report
 from longalign.rundir import RunDir
+from longalign.views import packing, readers, simulator
 
 RUNS_ENV = "LONGALIGN_RUNS"
 
@@ -41,7 +42,7 @@ def pick_run(label: str = "Run", state_key: str = "run_name", exclude: str | Non
     """Run picker in the sidebar; the choice survives page changes. Stops the page with a message when the
     runs folder holds no run."""
     root = runs_root()
-    names = [n for n in report.list_runs(root) if n != exclude]
+    names = [n for n in readers.list_runs(root) if n != exclude]
     if not names and not allow_none:
         st.info(f"No run directories under `{root.resolve()}`. Create one with the pipeline "
                 f"(`longalign demo` or the stage commands), or start the app with `longalign app --runs DIR`.")
@@ -63,7 +64,7 @@ def guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; on a missing artifact or bad input show the message and stop the page."""
     try:
         return fn(*args, **kwargs)
-    except report.MissingArtifact as exc:
+    except readers.MissingArtifact as exc:
         st.info(str(exc))
         st.stop()
     except ValueError as exc:
@@ -80,23 +81,22 @@ def _mtime(path: Path) -> float:
 
 @st.cache_data(show_spinner="Reading tokens/ …", max_entries=8)
 def _token_table(root: str, stamp: float) -> pd.DataFrame:
-    return report.load_token_table(RunDir(root))
+    return readers.load_token_table(RunDir(root))
 
 
 def token_table(run: RunDir) -> pd.DataFrame:
     """The run's token table (cached until tokens/ changes); stops the page when tokens/ is missing."""
-    guard(report.require, run, "tokens")
+    guard(readers.require, run, "tokens")
     return guard(_token_table, str(run.root), _mtime(run.tokens))
 
 
 @st.cache_data(show_spinner="Comparing batching plans …", max_entries=8)
 def _comparison(root: str, stamp: float, lengths: tuple) -> pd.DataFrame:
-    import numpy as np
-    return report.method_comparison(RunDir(root), np.asarray(lengths))
+    return packing.method_comparison(RunDir(root), np.asarray(lengths))
 
 
 def method_comparison(run: RunDir, table: pd.DataFrame) -> pd.DataFrame:
-    guard(report.require, run, "batching")
+    guard(readers.require, run, "batching")
     return guard(_comparison, str(run.root), _mtime(run.batching), tuple(table["length"].tolist()))
 
 
@@ -106,5 +106,4 @@ def chart(fig, key: str | None = None, **kwargs: Any):
 
 @st.cache_data(show_spinner="Simulating …", max_entries=32)
 def simulation(lengths: tuple, **settings: Any):
-    import numpy as np
-    return report.run_simulation(np.asarray(lengths), **settings)
+    return simulator.run_simulation(np.asarray(lengths), **settings)

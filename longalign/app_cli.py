@@ -1,7 +1,7 @@
 """``longalign app``: open the Streamlit dashboard on a folder of run directories.
 
 The dashboard (``app/Home.py`` and ``app/pages/``) only reads run directories through
-:mod:`longalign.report`; this command starts ``streamlit run`` with the runs folder passed after ``--`` (and
+:mod:`longalign.views`; this command starts ``streamlit run`` with the runs folder passed after ``--`` (and
 in ``$LONGALIGN_RUNS``, which the pages read when no ``--runs`` is given).
 """
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from longalign import report
 from longalign.rundir import RunDir
+from longalign.views import needle, readers, simulator, style, training
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = str(ROOT / "app" / "Home.py")
@@ -74,7 +74,7 @@ def test_lengths(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[0])
     m = metrics(at)
     assert m["sequences"] == "300" and m["long / short"] == "200 / 100"
-    assert m["tokens"] == report.format_count(report.load_token_table(RunDir(runs / "fixture"))["length"].sum())
+    assert m["tokens"] == style.format_count(readers.load_token_table(RunDir(runs / "fixture"))["length"].sum())
     assert len(charts(at)) == 2
     assert at.dataframe[0].value["kind"].tolist() == ["long", "short"]
     at.radio[0].set_value("lang").run()
@@ -100,24 +100,21 @@ def test_packing(monkeypatch, runs):
 
 def test_simulator(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[2])
-    recorded = report.load_simulation(RunDir(runs / "fixture"))[1]
+    recorded = simulator.load_simulation(RunDir(runs / "fixture"))[1]
     assert at.dataframe[-1].value["total_seconds"].tolist() == recorded["total_seconds"].tolist()
-    if report.simulate_api() is not None:
-        labels = set(metrics(at))
-        assert {"naive", "sort", "pack"} <= labels
-        assert len(charts(at)) == 2
-        at.number_input[0].set_value(2)
-        at.button[0].click().run()
-        assert not at.exception
-    else:
-        assert len(charts(at)) == 1
+    labels = set(metrics(at))
+    assert {"naive", "sort", "pack"} <= labels
+    assert len(charts(at)) == 2
+    at.number_input[0].set_value(2)
+    at.button[0].click().run()
+    assert not at.exception
 
 
 def test_training(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[3])
     m = metrics(at)
     assert list(m) == ["naive", "sort", "pack", "pack-loss-pack"]
-    summary = report.train_summary(RunDir(runs / "fixture"), report.load_metrics(RunDir(runs / "fixture")))
+    summary = training.train_summary(RunDir(runs / "fixture"), readers.load_metrics(RunDir(runs / "fixture")))
     assert m["pack"] == f"{summary.set_index('train').loc['pack', 'tokens/s']:,.0f} tok/s"
     assert len(charts(at)) == 2
     at.multiselect[0].set_value(["pack", "pack-loss-pack"]).run()
@@ -129,7 +126,7 @@ def test_training(monkeypatch, runs):
 
 def test_longbench_chat(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[4])
-    df = report.load_longbench_chat(RunDir(runs / "fixture"))
+    df = readers.load_longbench_chat(RunDir(runs / "fixture"))
     assert metrics(at)["mean score"] == f"{df['score'].mean():.2f}"
     assert metrics(at)["questions"] == "12"
     table = at.dataframe[1].value
@@ -149,13 +146,13 @@ def test_longbench_chat(monkeypatch, runs):
 
 def test_needle(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[5])
-    df = report.load_needle(RunDir(runs / "fixture"))
+    df = readers.load_needle(RunDir(runs / "fixture"))
     assert metrics(at)["probes"] == "30"
     assert metrics(at)["mean judge score"] == f"{df['judge_score'].mean():.2f}"
     assert len(charts(at)) == 1
     at.selectbox(key="needle_len").set_value(16000).run()
     at.selectbox(key="needle_depth").set_value(70.0).run()
-    cell = report.needle_cell(df, 16000, 70.0)
+    cell = needle.needle_cell(df, 16000, 70.0)
     assert not at.exception
     assert f"Judge score {cell['judge_score']}" in text_of(at)
     assert "<mark>" in text_of(at)

@@ -3,63 +3,56 @@
 import streamlit as st
 
 import common
-from longalign import report
+from longalign.views import readers, simulator
 
 common.page("Simulator", "Data-parallel devices wait for the slowest one: a long sequence on one device keeps the "
             "others idle. The simulator replays each method's plan over this run's token lengths with a cost model "
             "(linear in tokens computed, quadratic in attention).")
 run = common.pick_run()
-has_tokens = report.present(run, "tokens")
-has_recorded = report.present(run, "simulate")
+has_tokens = readers.present(run, "tokens")
+has_recorded = readers.present(run, "simulate")
 if not has_tokens and not has_recorded:
-    common.guard(report.require, run, "tokens")
+    common.guard(readers.require, run, "tokens")
 
 recorded_config = {}
 if has_recorded:
-    recorded_config, recorded = report.load_simulation(run)
+    recorded_config, recorded = common.guard(simulator.load_simulation, run)
 
-if has_tokens and report.simulate_api() is not None:
+if has_tokens:
     table = common.token_table(run)
-    meta = report.load_token_meta(run)
-    cfg = recorded_config
+    d = simulator.form_defaults(recorded_config, readers.load_token_meta(run), int(table["length"].max()))
     st.subheader("Try a configuration")
     with st.form("simulate"):
         c = st.columns(4)
-        devices = c[0].number_input("devices", 1, 4096, int(cfg.get("devices") or cfg.get("world_size") or 8))
-        batch_size = c[1].number_input("batch size (naive, sort)", 1, 512, int(cfg.get("batch_size") or 1))
-        grad_accum = c[2].number_input("grad accumulation (naive, sort)", 1, 512, int(cfg.get("grad_accum") or 12))
-        max_len = c[3].number_input("max length (tokens)", 128, 1 << 20,
-                                    int(cfg.get("max_len") or meta.get("max_len") or table["length"].max()), step=1024)
+        devices = c[0].number_input("devices", 1, 4096, d["devices"])
+        batch_size = c[1].number_input("batch size (naive, sort)", 1, 512, d["batch_size"])
+        grad_accum = c[2].number_input("grad accumulation (naive, sort)", 1, 512, d["grad_accum"])
+        max_len = c[3].number_input("max length (tokens)", 128, 1 << 20, d["max_len"], step=1024)
         c = st.columns(4)
-        pack_accum = c[0].number_input("packs per device per step", 1, 512, int(cfg.get("pack_grad_accum") or 1))
-        algo = c[1].selectbox("packing algorithm", ["ffd", "bfd", "nextfit"])
-        sync = c[2].selectbox("devices wait", ["micro", "step"],
-                              format_func={"micro": "every micro-batch (ZeRO-3)", "step": "once per step"}.get)
+        pack_accum = c[0].number_input("packs per device per step", 1, 512, d["pack_grad_accum"])
+        algo = c[1].selectbox("packing algorithm", d["algos"])
+        sync = c[2].selectbox("devices wait", d["syncs"], format_func=simulator.SYNC_LABELS.get)
         c[3].form_submit_button("Simulate", type="primary", width="stretch")
     config, live = common.guard(common.simulation, tuple(int(x) for x in table["length"]), devices=int(devices),
                                 batch_size=int(batch_size), max_len=int(max_len), grad_accum=int(grad_accum),
                                 pack_grad_accum=int(pack_accum), algo=algo, sync=sync)
-    cols = st.columns(len(live))
-    slowest = live["total_seconds"].max()
-    for col, (_, r) in zip(cols, live.iterrows()):
+    for col, (_, r) in zip(st.columns(len(live)), live.iterrows()):
         col.metric(f"{r['method']}", f"{r['total_seconds']:,.0f} s",
-                   delta=f"{slowest / r['total_seconds']:.2f}× · idle {r['idle_fraction']:.0%}",
+                   delta=f"{r['speed-up vs slowest']:.2f}× · idle {r['idle_fraction']:.0%}",
                    help="speed-up over the slowest method · share of device time spent waiting",
                    delta_color="off")
-    common.chart(report.fig_simulation(live), key="sim_live")
+    common.chart(simulator.fig_simulation(live), key="sim_live")
     with st.expander("Numbers"):
         st.dataframe(live, hide_index=True)
-elif has_tokens:
-    st.info("The interactive simulator needs `longalign.batching.simulate`; showing the recorded simulation.")
 
 st.subheader("Recorded simulation (batching/simulate.json)")
 if not has_recorded:
-    st.info(str(report.MissingArtifact(run, "simulate")))
+    st.info(str(readers.MissingArtifact(run, "simulate")))
     st.stop()
 if recorded.empty:
     st.info("batching/simulate.json lists no methods; run `longalign batch simulate` for this run.")
     st.stop()
-common.chart(report.fig_simulation(recorded), key="sim")
+common.chart(simulator.fig_simulation(recorded), key="sim")
 st.dataframe(recorded, hide_index=True, column_config={
     "idle_fraction": st.column_config.NumberColumn("idle fraction", format="percent"),
     "speed-up vs slowest": st.column_config.NumberColumn(format="%.2f ×")})
