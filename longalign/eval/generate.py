@@ -110,8 +110,8 @@ class LocalGenerator:
     def __init__(self, model_spec: str | None = None, *, device: str | None = None, dtype: str | None = None,
                  model: Any = None, tokenizer: Any = None):
         from longalign.llm.client import local_model_spec
-        from longalign.llm.local_model import LocalModel, get_local_model
-        from longalign.models import load_tokenizer, model_display_name
+        from longalign.llm.local_model import local_model_for
+        from longalign.models import model_display_name
 
         spec = local_model_spec(model_spec)
         if spec is None:
@@ -119,13 +119,7 @@ class LocalGenerator:
                              "builds an EndpointGenerator for openai:<model>")
         self.spec = spec
         self.name = model_display_name(spec)
-        if model is None:
-            self.lm = get_local_model(spec, device=device, dtype=dtype)
-            if tokenizer is not None:
-                self.lm = LocalModel.wrap(self.lm.model, tokenizer, spec=spec, device=self.lm.device)
-        else:
-            self.lm = LocalModel.wrap(model, tokenizer if tokenizer is not None else load_tokenizer(spec), spec=spec,
-                                      device=device)
+        self.lm = local_model_for(spec, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
         self.model = self.lm.model
         self.tokenizer = self.lm.tokenizer
         self.device = self.lm.device

@@ -236,8 +236,8 @@ class LocalJudge:
                  suffix: str = "]]", max_length: int | None = None, device: str | None = None,
                  model: Any = None, tokenizer: Any = None):
         from longalign.config import check_choice
-        from longalign.llm.local_model import LocalModel, get_local_model
-        from longalign.models import load_tokenizer, model_display_name
+        from longalign.llm.local_model import local_model_for
+        from longalign.models import model_display_name
 
         check_choice("local_score", score_mode, ("expected", "argmax"))
         spec = local_model_spec(model_spec)
@@ -249,13 +249,7 @@ class LocalJudge:
         self.score_mode = score_mode
         self.prefix = prefix
         self.suffix = suffix
-        if model is None:
-            self.lm = get_local_model(spec, device=device)
-            if tokenizer is not None:
-                self.lm = LocalModel.wrap(self.lm.model, tokenizer, spec=spec, device=self.lm.device)
-        else:
-            self.lm = LocalModel.wrap(model, tokenizer if tokenizer is not None else load_tokenizer(spec), spec=spec,
-                                      device=device)
+        self.lm = local_model_for(spec, device=device, model=model, tokenizer=tokenizer)
         self.model = self.lm.model
         self.tokenizer = self.lm.tokenizer
         self.device = self.lm.device

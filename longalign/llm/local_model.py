@@ -325,6 +325,20 @@ def get_local_model(spec: str | None = None, *, device: str | None = None, dtype
         return lm
 
 
+def local_model_for(spec: str | None = None, *, device: str | None = None, dtype: Any = None, model: Any = None,
+                    tokenizer: Any = None) -> LocalModel:
+    """The :class:`LocalModel` a user should run: the cached one for ``spec``, or one around an already loaded
+    ``model`` and/or ``tokenizer`` (the missing half is the cached model, or the spec's tokenizer)."""
+    if model is None:
+        lm = get_local_model(spec, device=device, dtype=dtype)
+        return lm if tokenizer is None else LocalModel.wrap(lm.model, tokenizer, spec=spec, device=lm.device)
+    if tokenizer is None:
+        from longalign.models import load_tokenizer
+
+        tokenizer = load_tokenizer(spec)
+    return LocalModel.wrap(model, tokenizer, spec=spec, device=device)
+
+
 def loaded_local_models() -> list[LocalModel]:
     """The models currently held by the process-wide cache."""
     return list(_models.values())
