@@ -46,7 +46,8 @@ class TestMiddleTruncate:
         assert len(tok.encode(cut.text, add_special_tokens=False)) == 20
 
     def test_chat_template_is_applied_after_truncation(self, tok):
-        from longalign.eval.generate import build_messages, render_chat
+        from longalign.eval.generate import build_messages
+        from longalign.llm.local_model import render_chat
 
         cut = truncate_text(tok, PROMPT, 20)
         templ = render_chat(tok, build_messages(cut.text))
@@ -92,3 +93,32 @@ def test_run_predictions_resumes_and_records(tmp_path):
     assert r4["sampling"]["seed"] == 42 and r4["sampling"]["temperature"] == 0.0 and r4["lang"] == "en"
     r0 = next(r for r in recs if r["idx"] == 0)
     assert r0["truncated"] is False and r0["prompt_tokens"] == r0["prompt_tokens_raw"]
+
+
+TINY = "random:configs/models/tiny-llama"
+
+
+class TestLocalGenerator:
+    def test_shares_the_loaded_model_and_counts_tokens(self):
+        from longalign.eval.generate import LocalGenerator, build_messages, make_generator
+        from longalign.llm.local_model import get_local_model
+
+        gen = LocalGenerator(f"local:{TINY}", device="cpu")
+        lm = get_local_model(TINY, device="cpu")
+        assert gen.lm is lm and gen.model is lm.model and gen.tokenizer is lm.tokenizer and gen.max_positions == 4096
+        assert make_generator(TINY, device="cpu").lm is lm                   # a bare spec is local too
+        batch = [build_messages("Name one colour."), build_messages("Tell me about rivers and hills.", "Be brief.")]
+        params = SamplingParams(max_tokens=6, temperature=0.0, seed=42)
+        out = gen.generate(batch, params)
+        assert [g.prompt_tokens for g in out] == [len(lm.encode(lm.render(m))) for m in batch]
+        assert all(1 <= g.completion_tokens <= 6 and g.finish_reason in ("stop", "length") for g in out)
+        assert [g.text for g in gen.generate(batch, params)] == [g.text for g in out]   # greedy repeats
+        sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=5)
+        assert gen.generate(batch[:1], sampled)[0].text == gen.generate(batch[:1], sampled)[0].text
+
+    def test_endpoint_spec_is_refused(self):
+        from longalign.eval.generate import LocalGenerator, is_endpoint_spec
+
+        assert is_endpoint_spec("openai:m") and not is_endpoint_spec(TINY) and not is_endpoint_spec(None)
+        with pytest.raises(ValueError, match="make_generator"):
+            LocalGenerator("openai:gpt-4o")

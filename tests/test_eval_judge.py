@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from longalign.eval.judge import (EndpointJudge, JudgeRequest, check_judge_spec, fill_template, parse_rating,
-                                  template_slots)
+from longalign.eval.judge import (EndpointJudge, JudgeRequest, JudgeSettings, LocalJudge, check_judge_spec,
+                                  fill_template, is_local_judge, make_judge, parse_rating, template_slots)
 from longalign.eval.longbench_chat import (ChatCase, build_from_template, example_orders, judge_messages)
 from longalign.llm import make_client
 
@@ -64,6 +64,17 @@ def test_check_judge_spec():
     check_judge_spec("local:smollm2")
     with pytest.raises(ValueError, match="openai:<model>"):
         check_judge_spec("gpt-4o")
+
+
+def test_judge_spec_edge_cases():
+    check_judge_spec("local:")                                               # the embedded default
+    check_judge_spec("local:random:configs/models/tiny-llama")
+    for bad, why in (("smollm2", "names no LLM backend"), ("random:configs/models/tiny-llama", "names no LLM backend"),
+                     ("", "names no LLM backend"), ("anthropic:claude", "unknown LLM backend"),
+                     ("openai:", "needs a model name")):
+        with pytest.raises(ValueError, match=why):
+            check_judge_spec(bad)
+    assert is_local_judge("local:smollm2") and not is_local_judge("openai:gpt-4o") and not is_local_judge("")
 
 
 CASE = ChatCase(idx=3, prompt="LONG DOC ... Q?", query="What did the memo decide?", answer="It approved the budget.",
@@ -134,3 +145,59 @@ class TestEndpointJudge:
         assert out.score is None and out.attempts == 5 and len(out.replies) == 5
         assert len(fake_llm.requests) == 5
         assert out.prompt_tokens == 5 * (1 + 4)                              # usage summed over attempts
+
+
+TINY = "random:configs/models/tiny-llama"
+
+
+class TestLocalJudge:
+    def test_three_users_share_one_loaded_model(self, tmp_path):
+        from longalign.eval.generate import make_generator
+        from longalign.llm.local_model import get_local_model
+
+        lm = get_local_model(TINY, device="cpu")
+        judge = make_judge(JudgeSettings(spec=f"local:{TINY}"), device="cpu")
+        gen = make_generator(f"local:{TINY}", device="cpu")
+        client = make_client(f"local:{TINY}", device="cpu", cache_dir=tmp_path)
+        assert isinstance(judge, LocalJudge) and judge.lm is gen.lm is client.backend.local_model is lm
+        assert judge.name == f"local:{TINY}" and judge.max_length == 4096 - 8
+        given = LocalJudge(None, model=gen.model, tokenizer=gen.tokenizer, device="cpu")  # objects already loaded
+        assert given.lm is lm
+
+    def test_distribution_matches_full_forward_passes(self):
+        import math
+
+        import torch
+
+        judge = LocalJudge(f"local:{TINY}", device="cpu")
+        msgs = [{"role": "user", "content": "Rate this answer: blue."}]
+        dist, mass, n_prompt, truncated = judge.rating_distribution(msgs, range(1, 11))
+        text, prefix, _ = judge.prompt_ids(msgs)
+        assert text.endswith("[[") and n_prompt == len(prefix) and truncated is False
+        naive = {}
+        with torch.no_grad():
+            for r in range(1, 11):
+                full = judge.lm.encode(text + f"{r}]]")
+                cont = full[len(prefix):]
+                logits = judge.model(input_ids=torch.tensor([full])).logits[0].float()
+                lp = torch.log_softmax(logits, dim=-1)
+                naive[r] = sum(float(lp[len(prefix) - 1 + k, t]) for k, t in enumerate(cont))
+        z = sum(math.exp(v) for v in naive.values())
+        assert math.isclose(mass, z, rel_tol=1e-3)
+        for r, p in dist.items():
+            assert math.isclose(p, math.exp(naive[r]) / z, rel_tol=1e-3, abs_tol=1e-7)
+        out = judge.rate(JudgeRequest(msgs, 1, 10))
+        assert out.reply == f"[[{out.extra['argmax']}]]" and 1 <= out.score <= 10
+
+    def test_continuation_logprobs_checks_its_input(self):
+        from longalign.llm.local_model import get_local_model
+
+        lm = get_local_model(TINY, device="cpu")
+        with pytest.raises(ValueError, match="at least one token"):
+            lm.continuation_logprobs([1, 2, 3], [[4], []])
+        with pytest.raises(ValueError, match="non-empty prefix"):
+            lm.continuation_logprobs([], [[4]])
+
+    def test_endpoint_spec_is_refused(self):
+        with pytest.raises(ValueError, match="make_judge"):
+            LocalJudge("openai:gpt-4o")

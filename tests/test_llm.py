@@ -16,8 +16,8 @@ import pytest
 
 from fake_llm_server import FakeLLMServer, messages_key, start_server_process
 from longalign.llm import (CachingClient, ChatResult, LLMCancelledError, LLMClient, LLMError, LLMRequestError,
-                           LLMUnavailableError, RequestCache, SamplingParams, make_client, messages_hash, parse_spec,
-                           request_key)
+                           LLMUnavailableError, RequestCache, SamplingParams, local_model_spec, make_client,
+                           messages_hash, parse_spec, request_key)
 from longalign.llm.openai_backend import parse_retry_after
 from longalign.rundir import read_jsonl
 
@@ -48,6 +48,37 @@ class TestParseSpec:
     def test_unknown_backend_names_choices(self):
         with pytest.raises(ValueError, match="openai:<model>, local:<model>"):
             parse_spec("anthropic:claude")
+
+    def test_edge_cases(self):
+        assert parse_spec("local:") == ("local", "")                         # the embedded default
+        assert parse_spec(" local: smollm2 ") == ("local", "smollm2")
+        assert parse_spec("local:random:configs/models/tiny-llama") == ("local", "random:configs/models/tiny-llama")
+        assert parse_spec("openai:gpt-4o") == ("openai", "gpt-4o")
+        assert parse_spec("") == parse_spec(None) == ("local", "")
+        with pytest.raises(ValueError, match="needs a model name"):
+            parse_spec("openai:")
+        with pytest.raises(ValueError, match="unknown LLM backend 'Local'"):
+            parse_spec("Local:smollm2")                                       # prefixes are case-sensitive
+
+    def test_require_prefix(self):
+        assert parse_spec("local:smollm2", require_prefix=True) == ("local", "smollm2")
+        assert parse_spec("openai:gpt-4o", require_prefix=True) == ("openai", "gpt-4o")
+        for bare in ("smollm2", "random:configs/models/tiny-llama", ""):
+            with pytest.raises(ValueError, match="names no LLM backend; use one of openai:<model>, local:<model>"):
+                parse_spec(bare, require_prefix=True)
+
+    def test_local_model_spec(self):
+        assert local_model_spec("local:") == local_model_spec("") == local_model_spec(None) == "smollm2"
+        assert local_model_spec("local:smollm2") == local_model_spec("smollm2") == "smollm2"
+        assert local_model_spec("local:random:configs/models/tiny-llama") == "random:configs/models/tiny-llama"
+        assert local_model_spec("openai:gpt-4o") is None
+        with pytest.raises(ValueError, match="unknown LLM backend"):
+            local_model_spec("anthropic:claude")
+
+    def test_client_spec_is_normalised(self, tmp_path):
+        c = make_client("local:", cache_dir=tmp_path)                          # no model is loaded yet
+        assert c.spec == "local:smollm2" and c.model == "SmolLM2-135M-Instruct"
+        assert make_client("random:configs/models/tiny-llama").spec == "local:random:configs/models/tiny-llama"
 
     def test_empty_openai_model(self):
         with pytest.raises(ValueError, match="model name"):
@@ -462,6 +493,113 @@ def test_local_backend_seeded_sampling_reproduces(local_client):
     assert uncached.concurrency == 1
     out = dict(uncached.chat_many([(m, params), (msg("Hi"), SamplingParams(max_tokens=2, temperature=0.0))]))
     assert out[0].text == first.text and out[1].completion_tokens <= 2
+
+
+# --- the shared local-model loader (tiny random model) ---------------------------------------------------
+
+TINY = "random:configs/models/tiny-llama"
+
+
+def test_loader_returns_one_object_per_model():
+    import torch
+
+    from longalign.llm.local_model import LocalModel, get_local_model, loaded_local_models, release_local_models
+
+    release_local_models(TINY)
+    lm = get_local_model(TINY, device="cpu")
+    assert isinstance(lm, LocalModel) and lm.device == "cpu" and lm.model.training is False
+    assert get_local_model(TINY, device="cpu") is lm
+    assert get_local_model(f"random:{Path('configs/models/tiny-llama').resolve()}", device="cpu") is lm
+    assert get_local_model(TINY, device="cpu", dtype="float32") is lm        # the CPU default, spelled out
+    half = get_local_model(TINY, device="cpu", dtype=torch.bfloat16)
+    assert half is not lm and next(half.model.parameters()).dtype == torch.bfloat16
+    assert LocalModel.wrap(lm.model, lm.tokenizer, device="cpu") is lm    # already loaded objects: the cached entry
+    assert release_local_models(TINY) == 2 and lm not in loaded_local_models()
+    again = get_local_model(TINY, device="cpu")
+    assert again is not lm and again in loaded_local_models()
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        get_local_model(TINY, device="cpu", dtype="float33")
+
+
+def test_loader_concurrent_first_calls_load_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from longalign.llm.local_model import get_local_model, release_local_models
+
+    release_local_models(TINY)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: get_local_model(TINY, device="cpu"), range(4)))
+    assert all(g is got[0] for g in got)
+
+
+class _ScriptedLM:
+    """A stand-in causal LM whose ``generate`` appends fixed rows (records its inputs)."""
+
+    def __init__(self, new_rows, eos):
+        import types
+
+        self.new_rows = new_rows
+        self.generation_config = types.SimpleNamespace(eos_token_id=eos)
+        self.config = types.SimpleNamespace(max_position_embeddings=64)
+        self.calls = []
+        self.training = True
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        import torch
+
+        self.calls.append((input_ids.tolist(), attention_mask.tolist(), kwargs))
+        return torch.cat([input_ids, torch.tensor(self.new_rows, dtype=torch.long)], dim=1)
+
+
+def test_generate_left_pads_and_cuts_at_the_first_end_of_turn():
+    from longalign.llm.local_model import LocalModel, eos_ids_of
+    from longalign.models import load_tokenizer
+
+    tok = load_tokenizer(None)                                              # <|im_end|> = 2 = eos, <|endoftext|> = 0
+    assert eos_ids_of(tok) == (2,)
+    hi, there = tok.encode("Hi", add_special_tokens=False), tok.encode(" there", add_special_tokens=False)
+    fake = _ScriptedLM([hi + [2, 2, 2], hi + there + [0, 0]], eos=[0, 2])     # row 0 stops, row 1 hits eos 0 late
+    lm = LocalModel(fake, tok, spec="fake", device="cpu")
+    assert lm.eos_ids == (0, 2) and fake.training is False
+    out = lm.generate([[5, 6, 7], [8]], max_new_tokens=4, temperature=0.0, seed=1)
+    ids, mask, kwargs = fake.calls[0]
+    assert ids == [[5, 6, 7], [2, 2, 8]] and mask == [[1, 1, 1], [0, 0, 1]]  # left-padded with the pad id
+    assert kwargs["eos_token_id"] == [0, 2] and kwargs["do_sample"] is False and kwargs["max_new_tokens"] == 4
+    assert out[0].tokens == hi + [2] and out[0].finish_reason == "stop" and out[0].content_tokens == len(hi)
+    assert out[0].text == "Hi" and out[0].prompt_tokens == 3 and out[1].prompt_tokens == 1
+    assert out[1].tokens == hi + there + [0] and out[1].text == "Hi there" and out[1].finish_reason == "stop"
+    fake.new_rows = [[7, 8]]
+    long = lm.generate([[5]], max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=0)[0]
+    assert long.finish_reason == "length" and long.tokens == [7, 8] and long.content_tokens == 2
+    assert {k: fake.calls[1][2][k] for k in ("do_sample", "temperature", "top_p", "top_k")} == \
+        {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
+    lm.generate([[5]], max_new_tokens=2, temperature=0.7)
+    assert "top_k" not in fake.calls[2][2]                                 # None keeps the model's own default
+
+
+def test_local_backend_on_the_shared_model(tmp_path):
+    from longalign.llm.local_model import get_local_model
+
+    client = make_client(f"local:{TINY}", device="cpu", cache_dir=tmp_path / "cache")
+    m = msg("Name one colour.")
+    res = client.chat(m, SamplingParams(max_tokens=5, temperature=0.0))
+    lm = get_local_model(TINY, device="cpu")
+    assert client.backend.local_model is lm and client.backend.tokenizer is lm.tokenizer
+    assert res.prompt_tokens == len(lm.encode(client.backend.render_prompt(m)))
+    assert 1 <= res.completion_tokens <= 5 and res.model == TINY and res.extra["device"] == "cpu"
+    sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=3)
+    first = client.chat(m, sampled)
+    uncached = type(client)(client.backend, spec=client.spec)
+    assert uncached.chat(m, sampled).text == first.text                    # seeded sampling reproduces
+    client.close()
+    assert get_local_model(TINY, device="cpu") is lm                       # closing a client keeps the shared model
 
 
 # --- crash safety ---------------------------------------------------------------------------------------

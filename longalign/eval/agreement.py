@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from longalign.config import option, to_dict
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, make_judge
+from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, is_local_judge,
+                                  make_judge)
 from longalign.eval.longbench_chat import (JUDGE_SYSTEM, build_judge_user_prompt, detect_lang, load_few_shots,
                                            load_longbench_chat)
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
@@ -135,7 +136,7 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
     pairs = [(r["score"], r["human"]) for r in recs if r.get("score") is not None]
     summary: dict[str, Any] = {
         "judge": cfg.judge, "n": len(recs), "n_scored": len(pairs), "unparsed": len(recs) - len(pairs),
-        "saw_question_and_reference": bool(cases), "score": cfg.local_score if cfg.judge.startswith("local:") else "parsed",
+        "saw_question_and_reference": bool(cases), "score": cfg.local_score if is_local_judge(cfg.judge) else "parsed",
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
         "paper": PAPER_AGREEMENT,
         "mean_judge": round(statistics.fmean(p[0] for p in pairs), 4) if pairs else None,
@@ -152,7 +153,7 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
         sub = [(r["score"], r["human"]) for r in recs if r["lang"] == lang and r.get("score") is not None]
         c = correlations([p[0] for p in sub], [p[1] for p in sub])
         summary["by_lang"][lang] = {"n": len(sub), "spearman": c["spearman"], "kendall": c["kendall"]}
-    if cfg.judge.startswith("local:"):
+    if is_local_judge(cfg.judge):
         for variant in ("expected", "argmax"):
             sub = [(float(r[variant]), r["human"]) for r in recs if r.get(variant) is not None]
             c = correlations([p[0] for p in sub], [p[1] for p in sub])

@@ -82,19 +82,6 @@ def build_messages(user_text: str, system: str | None = None) -> Messages:
     return msgs
 
 
-def render_chat(tokenizer: Any, messages: Messages, assistant_prefix: str = "") -> str:
-    """The model's chat template applied to ``messages`` with the generation prompt (plus an optional forced
-    start of the assistant reply). Tokenizers without a template get a plain ``User:/Assistant:`` layout."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        text = "\n\n".join(parts) + "\n\nAssistant:"
-        if assistant_prefix:
-            text += " "
-    return text + assistant_prefix
-
-
 # --------------------------------------------------------------------------------------------- generators
 @dataclass
 class Generation:
@@ -106,85 +93,47 @@ class Generation:
 
 
 def is_endpoint_spec(spec: str | None) -> bool:
-    return bool(spec) and str(spec).startswith("openai:")
+    """True for ``openai:<model>``; False for ``local:<spec>``, a bare model spec or nothing."""
+    from longalign.llm.client import parse_spec
+
+    return bool(spec) and parse_spec(spec)[0] == "openai"
 
 
 class LocalGenerator:
-    """Generate with a local causal LM through transformers (``generate`` with the chat template)."""
+    """Generate with a local causal LM through transformers (``generate`` with the chat template).
+
+    The model is the process-wide one of :func:`longalign.llm.local_model.get_local_model` (shared with a local
+    judge or ``local:`` LLM client of the same spec); ``model=``/``tokenizer=`` use objects already loaded."""
 
     kind = "local"
 
     def __init__(self, model_spec: str | None = None, *, device: str | None = None, dtype: str | None = None,
                  model: Any = None, tokenizer: Any = None):
-        import torch
+        from longalign.llm.client import local_model_spec
+        from longalign.llm.local_model import local_model_for
+        from longalign.models import model_display_name
 
-        from longalign.models import load_model, load_tokenizer, model_display_name
-
-        spec = model_spec[len("local:"):] if model_spec and model_spec.startswith("local:") else model_spec
+        spec = local_model_spec(model_spec)
+        if spec is None:
+            raise ValueError(f"model={model_spec!r} is an endpoint, not a local model; use make_generator, which "
+                             "builds an EndpointGenerator for openai:<model>")
         self.spec = spec
         self.name = model_display_name(spec)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if model is None:
-            torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
-            model = load_model(spec, dtype=torch_dtype)
-        self.model = model.to(self.device).eval()
+        self.lm = local_model_for(spec, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
+        self.model = self.lm.model
+        self.tokenizer = self.lm.tokenizer
+        self.device = self.lm.device
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return self.lm.max_positions
 
     def generate(self, batch: Sequence[Messages], params: SamplingParams) -> list[Generation]:
         """Answer a batch of chat requests (left-padded together); seeded with ``params.seed``."""
-        import torch
-
-        tok = self.tokenizer
-        texts = [render_chat(tok, m) for m in batch]
-        enc = [tok.encode(t, add_special_tokens=False) for t in texts]
-        width = max(len(e) for e in enc)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        input_ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(enc), width), dtype=torch.long)
-        for i, e in enumerate(enc):
-            input_ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
-            mask[i, width - len(e):] = 1
-        if params.seed is not None:
-            torch.manual_seed(int(params.seed))
-        sample = params.temperature is not None and params.temperature > 0
-        gen_kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens, "do_sample": sample,
-                                      "pad_token_id": pad_id}
-        if sample:
-            gen_kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p))
-        else:
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        eos = [i for i in {tok.eos_token_id, *(_im_end_ids(tok))} if i is not None]
-        if eos:
-            gen_kwargs["eos_token_id"] = eos
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                      **gen_kwargs)
-        results = []
-        for i, e in enumerate(enc):
-            new = out[i, width:].tolist()
-            n_new = len(new)
-            finish = "length"
-            for j, t in enumerate(new):
-                if t in eos:
-                    n_new, finish = j, "stop"
-                    break
-            text = tok.decode(new[:n_new], skip_special_tokens=True).strip()
-            results.append(Generation(text, len(e), n_new, finish))
-        return results
-
-
-def _im_end_ids(tok: Any) -> list[int]:
-    """End-of-turn tokens that chat templates use besides eos (looked up by text, never hard-coded ids)."""
-    out = []
-    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        tid = tok.convert_tokens_to_ids(name) if name in tok.get_vocab() else None
-        if tid is not None:
-            out.append(tid)
-    return out
+        prompts = [self.lm.encode(self.lm.render(m)) for m in batch]
+        outs = self.lm.generate(prompts, max_new_tokens=params.max_tokens, temperature=params.temperature,
+                                top_p=params.top_p, seed=params.seed)
+        return [Generation(o.text.strip(), o.prompt_tokens, o.content_tokens, o.finish_reason) for o in outs]
 
 
 class CountingTokenizer:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from longalign.llm.base import SamplingParams
+from longalign.llm.client import local_model_spec, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,18 @@ class JudgeRequest:
     seed: int = 0
 
 
-def is_local_judge(spec: str) -> bool:
-    return str(spec).startswith("local:")
+def is_local_judge(spec: str | None) -> bool:
+    """True for ``local:<model spec>``; False for ``openai:<model>`` and for no judge (empty)."""
+    return bool(spec) and parse_spec(spec, require_prefix=True)[0] == "local"
 
 
-def check_judge_spec(spec: str) -> None:
-    if not spec or not (str(spec).startswith("openai:") or str(spec).startswith("local:")):
+def check_judge_spec(spec: str | None) -> None:
+    """A judge must name its backend: ``openai:<model>`` or ``local:<model spec>`` (a bare spec is refused)."""
+    try:
+        parse_spec(spec, require_prefix=True)
+    except ValueError as exc:
         raise ValueError(f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
-                         "'local:<model spec>' (e.g. local:smollm2)")
+                         f"'local:<model spec>' (e.g. local:smollm2): {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- endpoint judge
@@ -230,81 +235,55 @@ class LocalJudge:
     def __init__(self, model_spec: str | None = None, *, score_mode: str = "expected", prefix: str = "[[",
                  suffix: str = "]]", max_length: int | None = None, device: str | None = None,
                  model: Any = None, tokenizer: Any = None):
-        import torch
-
         from longalign.config import check_choice
-        from longalign.models import load_model, load_tokenizer, model_display_name
+        from longalign.llm.local_model import local_model_for
+        from longalign.models import model_display_name
 
         check_choice("local_score", score_mode, ("expected", "argmax"))
-        spec = model_spec[len("local:"):] if model_spec and model_spec.startswith("local:") else model_spec
+        spec = local_model_spec(model_spec)
+        if spec is None:
+            raise ValueError(f"judge={model_spec!r} is an endpoint, not a local model; use make_judge, which builds "
+                             "an EndpointJudge for openai:<model>")
         self.spec = spec
         self.name = "local:" + model_display_name(spec)
         self.score_mode = score_mode
         self.prefix = prefix
         self.suffix = suffix
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec)
-        if model is None:
-            model = load_model(spec, dtype=torch.bfloat16 if self.device == "cuda" else torch.float32)
-        self.model = model.to(self.device).eval()
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 8192
+        self.lm = local_model_for(spec, device=device, model=model, tokenizer=tokenizer)
+        self.model = self.lm.model
+        self.tokenizer = self.lm.tokenizer
+        self.device = self.lm.device
+        limit = self.lm.max_positions or 8192
         self.max_length = min(max_length or limit, limit) - 8
-        import inspect
-
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def prompt_ids(self, messages: Messages) -> tuple[str, list[int], bool]:
         """The templated prompt ending in the forced prefix; the user turn is middle-truncated to fit."""
-        from longalign.eval.generate import render_chat, truncate_text
+        from longalign.eval.generate import truncate_text
 
-        text = render_chat(self.tokenizer, messages, self.prefix)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        text = self.lm.render(messages, self.prefix)
+        ids = self.lm.encode(text)
         if len(ids) <= self.max_length:
             return text, ids, False
         over = len(ids) - self.max_length
         msgs = [dict(m) for m in messages]
         user = msgs[-1]
-        n_user = len(self.tokenizer.encode(user["content"], add_special_tokens=False))
+        n_user = len(self.lm.encode(user["content"]))
         user["content"] = truncate_text(self.tokenizer, user["content"], max(16, n_user - over - 4)).text
-        text = render_chat(self.tokenizer, msgs, self.prefix)
-        return text, self.tokenizer.encode(text, add_special_tokens=False), True
+        text = self.lm.render(msgs, self.prefix)
+        return text, self.lm.encode(text), True
 
     def rating_distribution(self, messages: Messages, ratings: Sequence[int]) -> tuple[dict[int, float], float, int, bool]:
         """Normalised probability of each rating, the unnormalised mass on valid ratings, prompt tokens, and
         whether the prompt was truncated."""
-        import torch
-
         text, prefix_ids, truncated = self.prompt_ids(messages)
         conts: dict[int, list[int]] = {}
         for r in ratings:
-            full = self.tokenizer.encode(text + f"{r}{self.suffix}", add_special_tokens=False)
+            full = self.lm.encode(text + f"{r}{self.suffix}")
             if full[:len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids):
                 conts[r] = full[len(prefix_ids):]
             else:  # the rating merged with the prefix's last token: score it on its own
-                conts[r] = self.tokenizer.encode(f"{r}{self.suffix}", add_special_tokens=False)
-        logp: dict[int, float] = {}
-        with torch.inference_mode():
-            ids = torch.tensor([prefix_ids], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True)
-            cache = _output_cache(out)
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            n = len(prefix_ids)
-            croppable = cache is not None and hasattr(cache, "crop")
-            for r, cont in conts.items():
-                total = float(first[cont[0]])
-                if len(cont) > 1:
-                    if croppable:
-                        step = self.model(input_ids=torch.tensor([cont[:-1]], device=self.device),
-                                          use_cache=True, **{self._cache_kw: cache})
-                        cache.crop(-(len(cont) - 1))  # negative = drop that many tokens (every version)
-                        lp = torch.log_softmax(step.logits[0].float(), dim=-1)
-                    else:
-                        full_ids = torch.tensor([prefix_ids + cont[:-1]], device=self.device)
-                        lp = torch.log_softmax(self.model(input_ids=full_ids).logits[0, n:].float(), dim=-1)
-                    for k, tok in enumerate(cont[1:]):
-                        total += float(lp[k, tok])
-                logp[r] = total
+                conts[r] = self.lm.encode(f"{r}{self.suffix}")
+        logp = dict(zip(conts, self.lm.continuation_logprobs(prefix_ids, list(conts.values()))))
         top = max(logp.values())
         weights = {r: math.exp(v - top) for r, v in logp.items()}
         z = sum(weights.values())
@@ -331,15 +310,6 @@ class LocalJudge:
             if progress:
                 progress(1)
             yield i, out
-
-
-def _output_cache(out: Any) -> Any:
-    """The KV cache of a model output (``cache`` in recent transformers, ``past_key_values`` before)."""
-    for name in ("cache", "past_key_values"):
-        value = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
-        if value is not None:
-            return value
-    return None
 
 
 LOCAL_JUDGE_NOTE = ("scores come from a small local judge (next-token probabilities of the rating after a forced "

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from longalign.config import check_choice, option, to_dict
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of, make_judge
+from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
+                                  is_local_judge, make_judge)
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def summarize_longbench(cfg: LongBenchConfig, samples: Sequence[LBSample]) -> di
     c_tok = sum(int(r.get("completion_tokens") or 0) for r in recs)
     notes = ["scores: mean judge rating mapped linearly to 0-100 per task ((r-1)/(top-1)*100); categories average "
              "their tasks"]
-    if cfg.judge.startswith("local:"):
+    if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
     summary = {"tasks": tasks, "categories": cats,
                "overall": round(statistics.fmean(c["score_0_100"] for c in cats.values()), 2) if cats else None,

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 from longalign.config import option, to_dict
 from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
-                                  fill_template, load_template, make_judge, template_slots)
+                                  fill_template, is_local_judge, load_template, make_judge, template_slots)
 from longalign.data.corpus import detect_lang as corpus_detect_lang
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 
@@ -392,7 +392,7 @@ def summarize(cfg: LongBenchChatConfig, cases: Sequence[ChatCase] | None = None)
     c_tok = sum(x.get("completion_tokens", 0) for r in recs for x in r["runs"])
     unparsed_runs = sum(1 for r in recs for x in r["runs"] if x.get("score") is None)
     notes = []
-    if cfg.judge.startswith("local:"):
+    if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
     if cfg.judge_template:
         notes.append(f"judge prompt from {cfg.judge_template}")

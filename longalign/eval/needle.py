@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from longalign.config import option, to_dict
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, make_judge
+from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, is_local_judge,
+                                  make_judge)
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,7 @@ def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -
                and int(r["context_length"]) in lengths and float(r["depth_percent"]) in depths]
     judged = [r["judge_score"] for r in results if r.get("judge_score") is not None]
     notes = []
-    if cfg.judge.startswith("local:"):
+    if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
     if not cfg.judge:
         notes.append("no judge: only the key-phrase recall was computed")

@@ -23,7 +23,7 @@ Build a client::
 
 Specs: ``openai:<model>`` talks to any OpenAI-compatible ``/v1/chat/completions`` (OpenAI, vLLM,
 llama.cpp, ...); ``local:<model spec>`` (or a bare spec such as ``smollm2``, an HF id, a trained folder)
-runs a transformers model in-process, one request at a time (see :mod:`longalign.models`).
+runs a transformers model in-process, one request at a time (see :mod:`longalign.models` for model specs).
 
 Guarantees, the same for both backends (:mod:`longalign.llm.client`):
 
@@ -41,15 +41,17 @@ Guarantees, the same for both backends (:mod:`longalign.llm.client`):
 * ``chat_many`` yields ``(index, ChatResult | LLMError)`` in completion order, at most ``max_in_flight``
   requests in flight (1 for a local model); ``progress(1)`` is called after each finished request.
 
-Other helpers: :func:`request_key` (the cache key), :class:`RequestCache`, :func:`parse_spec`.
+Other helpers: :func:`request_key` (the cache key), :class:`RequestCache`, :func:`parse_spec` (the one parser
+of the ``openai:``/``local:`` prefix) and :func:`local_model_spec`. A ``local:`` client, a local evaluation
+generator and a local judge of the same model share one loaded copy (:mod:`longalign.llm.local_model`).
 """
 
 from longalign.llm.base import (ChatResult, LLMCancelledError, LLMClient, LLMError,  # noqa: F401
                                 LLMRequestError, LLMRetryableError, LLMUnavailableError, Messages,
                                 SamplingParams)
 from longalign.llm.cache import RequestCache, messages_hash, request_key  # noqa: F401
-from longalign.llm.client import CachingClient, make_client, parse_spec  # noqa: F401
+from longalign.llm.client import CachingClient, local_model_spec, make_client, parse_spec  # noqa: F401
 
 __all__ = ["ChatResult", "LLMCancelledError", "LLMClient", "LLMError", "LLMRequestError", "LLMRetryableError",
            "LLMUnavailableError", "Messages", "SamplingParams", "RequestCache", "messages_hash", "request_key",
-           "CachingClient", "make_client", "parse_spec"]
+           "CachingClient", "local_model_spec", "make_client", "parse_spec"]

@@ -76,6 +76,7 @@ class CachingClient:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.backend = backend
         self.spec = spec
+        self._http = parse_spec(spec)[0] == "openai"  # calls-log lines of an endpoint carry HTTP statuses
         self.model = backend.model
         self.cache = RequestCache(cache_dir) if cache_dir else None
         self.calls_log = CallsLog(calls_log) if calls_log else None
@@ -104,7 +105,8 @@ class CachingClient:
         self.close()
 
     def close(self) -> None:
-        """Stop retrying and release the backend (HTTP connections, model memory)."""
+        """Stop retrying and release the backend (HTTP connections; a local model stays loaded in the process-wide
+        cache of :mod:`longalign.llm.local_model` for its other users until ``release_local_models``)."""
         self._stop.set()
         self.backend.close()
 
@@ -247,7 +249,7 @@ class CachingClient:
             if persist is not None:
                 persist(result)
             self._count(requests=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-            self._log(key, "ok", http_status=200 if self.spec.startswith("openai:") else None, result=result,
+            self._log(key, "ok", http_status=200 if self._http else None, result=result,
                       attempt=attempt, latency=result.latency)
             return result
 
@@ -322,18 +324,37 @@ def _check_messages(messages: Any) -> None:
             raise ValueError(f"message {j} must be a dict with 'role' and 'content', got {m!r:.80}")
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """``openai:<model>`` -> ("openai", model); ``local:<spec>`` or a bare spec -> ("local", spec)."""
+def parse_spec(spec: str | None, *, require_prefix: bool = False) -> tuple[str, str]:
+    """Split an LLM spec into ``(backend, name)``; the one place that reads the ``openai:``/``local:`` prefix.
+
+    * ``openai:<model>`` -> ``("openai", model)``; an empty model is an error;
+    * ``local:<model spec>`` -> ``("local", model spec)``, where the model spec may itself hold a colon
+      (``local:random:configs/models/tiny-llama``) and an empty one (``local:``) means the embedded default;
+    * a bare model spec (``smollm2``, an HF id, a folder, ``random:<config>``) -> ``("local", spec)``, unless
+      ``require_prefix`` (judges must say which backend they use): then it is an error.
+
+    Raises ValueError naming the accepted forms for an unknown prefix (``anthropic:claude``).
+    """
     spec = (spec or "").strip()
+    forms = ", ".join(f"{b}:<model>" for b in BACKENDS)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BACKENDS:
+        if prefix == "openai" and not rest.strip():
+            raise ValueError(f"{spec!r}: an openai: spec needs a model name, e.g. openai:gpt-4o-mini")
         return prefix, rest.strip()
-    if sep and prefix == "random":  # local random-init spec "random:<config>"
-        return "local", spec
-    if sep and prefix.isidentifier() and not Path(spec).exists() and "/" not in prefix:
-        raise ValueError(f"unknown LLM backend {prefix!r} in {spec!r}; use one of "
-                         + ", ".join(f"{b}:<model>" for b in BACKENDS) + " (a bare spec means local)")
+    if sep and prefix != "random" and prefix.isidentifier() and not Path(spec).exists():
+        raise ValueError(f"unknown LLM backend {prefix!r} in {spec!r}; use one of {forms}"
+                         + ("" if require_prefix else " (a bare spec means local)"))
+    if require_prefix:
+        raise ValueError(f"{spec!r} names no LLM backend; use one of {forms} (e.g. local:smollm2)")
     return "local", spec
+
+
+def local_model_spec(spec: str | None) -> str | None:
+    """The model spec of a local LLM spec (``local:x`` or bare ``x`` -> ``x``; empty -> ``smollm2``, the
+    embedded default), None for an ``openai:`` spec."""
+    kind, name = parse_spec(spec)
+    return (name or "smollm2") if kind == "local" else None
 
 
 def make_client(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -354,8 +375,9 @@ def make_client(spec: str, *, base_url: str | None = None, api_key_env: str = "O
         if base_url:
             log.warning("base_url %s is ignored for the local model %r; use openai:<model> to reach a server",
                         base_url, spec)
-        backend = LocalBackend(name or None, device=device, dtype=dtype)
-        full = f"local:{name or 'smollm2'}"
+        model_spec = local_model_spec(spec)
+        backend = LocalBackend(model_spec, device=device, dtype=dtype)
+        full = f"local:{model_spec}"
     return CachingClient(backend, spec=full, cache_dir=cache_dir, calls_log=calls_log, max_retries=max_retries,
                          max_in_flight=max_in_flight, backoff_base=backoff_base, backoff_max=backoff_max,
                          retry_after_max=retry_after_max, price_in_per_mtok=price_in_per_mtok,

@@ -349,11 +349,10 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
     failed_ids: list[str] = []
     try:
         if pending_docs and cfg.max_prompt_tokens > 0 and prompt_tokenizer is None:
-            from longalign.llm import parse_spec
+            from longalign.llm import local_model_spec
             from longalign.models import load_tokenizer
 
-            kind, name = parse_spec(cfg.llm)
-            prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or (name if kind == "local" else None))
+            prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or local_model_spec(cfg.llm))
         doc_budget = cfg.max_prompt_tokens
         if pending_docs and cfg.max_prompt_tokens > 0:
             doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))

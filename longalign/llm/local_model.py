@@ -1,0 +1,363 @@
+"""One loaded local causal LM per process and spec, shared by every in-process user of a local model.
+
+Three users run a transformers model in-process: the ``local:`` LLM backend (Self-Instruct questions and
+answers, :mod:`longalign.llm.local_backend`), the evaluation answerer (:class:`longalign.eval.generate.
+LocalGenerator`) and the local judge (:class:`longalign.eval.judge.LocalJudge`). They all get their model
+from :func:`get_local_model`, which loads ``(model, tokenizer)`` once per ``(spec, device, dtype)`` and keeps
+it for the life of the process: the demo generates data with SmolLM2-135M and later judges with it, and
+pays one load (~1 s from the safetensors cache, 0.54 GB of float32 weights) instead of three. The price is
+that the weights stay in memory until :func:`release_local_models` drops them (a closed client only drops
+its own reference); a model for training is never taken from here (``longalign.models.load_model``
+returns a fresh copy whose weights the trainer may change).
+
+Specs are model specs (:mod:`longalign.models`): ``smollm2`` (or empty), an HF id, a folder, or
+``random:<config>``. Spellings of the same model share one entry (``""``/``smollm2``/``embedded``; a
+relative and an absolute path of one folder). Device defaults to CUDA when available, else CPU; dtype to
+bfloat16 on CUDA (half the memory of float32, the precision the released chat models are tuned in) and
+float32 on CPU (bfloat16 matmuls on CPU are several times slower).
+
+:class:`LocalModel` exposes what the users need: the chat prompt (:meth:`~LocalModel.render`), the ids
+that end a turn (:attr:`~LocalModel.eos_ids`), batched generation (:meth:`~LocalModel.generate`) and the
+log-probability of continuations after a prefix (:meth:`~LocalModel.continuation_logprobs`, the local
+judge's rating probabilities). Model calls run one at a time under the model's lock: one call already uses
+every core (CPU) or the whole device (GPU), and ``torch.manual_seed`` is process-global, so a seeded
+request is only reproducible if nothing else samples between the seed and its ``generate``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+DEFAULT_SPEC = "smollm2"
+# end-of-turn markers chat templates use besides the tokenizer's eos (looked up by text, never by id)
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+_load_lock = threading.Lock()
+_models: dict[tuple[str, str, str], "LocalModel"] = {}
+
+
+# --------------------------------------------------------------------------------------------- settings
+def resolve_device(device: str | None = None) -> str:
+    """``device`` as given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
+    """A ``torch.dtype`` from a dtype or its name (``bfloat16``); default bfloat16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+    return value
+
+
+def _spec_key(spec: str | None) -> str:
+    """One spelling per model: the embedded aliases collapse to ``smollm2``, existing paths become absolute."""
+    from longalign.models import is_embedded
+
+    if is_embedded(spec):
+        return DEFAULT_SPEC
+    text = str(spec).strip()
+    head, body = ("random:", text[len("random:"):]) if text.startswith("random:") else ("", text)
+    path = Path(body).expanduser()
+    return head + (str(path.resolve()) if path.exists() else body)
+
+
+# --------------------------------------------------------------------------------------------- prompts
+def render_chat(tokenizer: Any, messages: Messages, assistant_prefix: str = "") -> str:
+    """The model's chat template applied to ``messages`` with the generation prompt (plus an optional forced
+    start of the assistant reply). Tokenizers without a template get a plain ``User:/Assistant:`` layout."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        text = "\n\n".join(parts) + "\n\nAssistant:"
+        if assistant_prefix:
+            text += " "
+    return text + assistant_prefix
+
+
+def eos_ids_of(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
+    """Every id that ends a reply: the generation config's eos (one id or a list), the tokenizer's eos, and
+    the end-of-turn markers of :data:`END_OF_TURN_TOKENS` present in the vocabulary. Sorted, no repeats."""
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), tokenizer):
+        val = getattr(src, "eos_token_id", None)
+        if val is None:
+            continue
+        if isinstance(val, (list, tuple)):
+            ids.update(int(v) for v in val)
+        else:
+            ids.add(int(val))
+    vocab = tokenizer.get_vocab()
+    for name in END_OF_TURN_TOKENS:
+        if name in vocab:
+            ids.add(int(vocab[name]))
+    return tuple(sorted(ids))
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class Completion:
+    """One generated reply: ``tokens`` are the new ids up to and including the first end-of-turn id (so
+    ``len(tokens)`` counts the EOS when there is one), ``text`` their decoding without the end-of-turn id
+    and special tokens, ``prompt_tokens`` the ids fed to the model (padding excluded)."""
+
+    tokens: list[int]
+    text: str
+    prompt_tokens: int
+    finish_reason: str  # "stop" (an end-of-turn id came) or "length" (max_new_tokens reached)
+
+    @property
+    def content_tokens(self) -> int:
+        """New tokens without the final end-of-turn id."""
+        return len(self.tokens) - (self.finish_reason == "stop")
+
+
+class LocalModel:
+    """A loaded causal LM and its tokenizer in eval mode on ``device``; thread-safe (model calls are serialised
+    by :attr:`lock`, a re-entrant lock a caller may hold around several calls)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, spec: str | None = DEFAULT_SPEC, device: str | None = None):
+        from longalign.models import model_display_name
+
+        self.spec = spec or DEFAULT_SPEC
+        self.name = model_display_name(self.spec)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids_of(tokenizer, self.model)
+        self.lock = threading.RLock()
+        self._warned_template = False
+        self._cache_kw: str | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalModel({self.name!r}, device={self.device!r})"
+
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, *, spec: str | None = None, device: str | None = None) -> "LocalModel":
+        """A :class:`LocalModel` around an already loaded ``model`` and ``tokenizer``: the cached entry holding
+        these very objects on that device when there is one (so its lock is shared), else a new, uncached one."""
+        want = resolve_device(device)
+        for lm in list(_models.values()):
+            if lm.model is model and lm.tokenizer is tokenizer and lm.device == want:
+                return lm
+        return cls(model, tokenizer, spec=spec, device=want)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's context window (``max_position_embeddings``), None when its config does not say."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    # prompts ---------------------------------------------------------------------------------------
+    def render(self, messages: Messages, assistant_prefix: str = "") -> str:
+        """The exact prompt text for ``messages``: :func:`render_chat` (the fallback layout is logged once)."""
+        if not getattr(self.tokenizer, "chat_template", None) and not self._warned_template:
+            log.warning("tokenizer of %s has no chat template: using a plain 'User:/Assistant:' layout", self.name)
+            self._warned_template = True
+        return render_chat(self.tokenizer, messages, assistant_prefix)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without added special tokens (a rendered prompt already has its own)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # generation ------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float | None = 0.0,
+                 top_p: float = 1.0, top_k: int | None = None, seed: int | None = None) -> list[Completion]:
+        """Continue each prompt (token ids); a batch is left-padded together and stops at any :attr:`eos_ids`.
+
+        ``temperature > 0`` samples with ``top_p`` and ``top_k`` (0 disables top-k, None keeps the model's
+        generation-config default); otherwise decoding is greedy. With a ``seed``, ``torch.manual_seed(seed)``
+        runs right before generating, under the lock, so a request reproduces exactly on the same machine.
+        A CUDA out-of-memory error frees the failed attempt's activations before it propagates, so a later,
+        shorter prompt can still run.
+        """
+        import torch
+
+        if not prompts:
+            return []
+        width = max(len(p) for p in prompts)
+        pad_id = self.pad_id
+        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if p:
+                input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+                mask[i, width - len(p):] = 1
+        kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "pad_token_id": pad_id}
+        if self.eos_ids:
+            kwargs["eos_token_id"] = list(self.eos_ids)
+        if temperature is not None and temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+            if top_k is not None:
+                kwargs["top_k"] = int(top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self.lock:
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            try:
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                              **kwargs)
+            except torch.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise
+        eos = set(self.eos_ids)
+        results = []
+        for i, p in enumerate(prompts):
+            new = out[i, width:].tolist()
+            finish = "length"
+            for j, t in enumerate(new):  # a finished row is padded after its EOS: cut at the first one
+                if t in eos:
+                    new, finish = new[:j + 1], "stop"
+                    break
+            content = new[:-1] if finish == "stop" else new
+            results.append(Completion(new, self.tokenizer.decode(content, skip_special_tokens=True), len(p), finish))
+        return results
+
+    # scoring ---------------------------------------------------------------------------------------
+    def continuation_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+        """Natural-log probability of each continuation (token ids, at least one each) right after ``prefix_ids``:
+        the sum over its tokens of the next-token log-softmax.
+
+        One forward pass over the prefix keeps its KV cache; each continuation of ``k`` tokens then costs one
+        pass over its first ``k - 1`` tokens, after which the cache is cropped back to the prefix. A model whose
+        cache cannot be cropped re-reads prefix + continuation instead (``len(continuations)`` full passes).
+        """
+        import torch
+
+        prefix = list(prefix_ids)
+        if not prefix:
+            raise ValueError("continuation_logprobs needs a non-empty prefix")
+        if any(len(c) == 0 for c in continuations):
+            raise ValueError("every continuation needs at least one token")
+        out_lp: list[float] = []
+        with self.lock, torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            cache = _output_cache(out)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            croppable = cache is not None and hasattr(cache, "crop")
+            for cont in continuations:
+                cont = list(cont)
+                total = float(first[cont[0]])
+                if len(cont) > 1:
+                    if croppable:
+                        step = self.model(input_ids=torch.tensor([cont[:-1]], device=self.device), use_cache=True,
+                                          **{self._cache_keyword(): cache})
+                        cache.crop(-(len(cont) - 1))  # negative = drop that many tokens (every version)
+                        lp = torch.log_softmax(step.logits[0].float(), dim=-1)
+                    else:
+                        full = torch.tensor([prefix + cont[:-1]], device=self.device)
+                        lp = torch.log_softmax(self.model(input_ids=full).logits[0, len(prefix):].float(), dim=-1)
+                    for k, tok in enumerate(cont[1:]):
+                        total += float(lp[k, tok])
+                out_lp.append(total)
+        return out_lp
+
+    def _cache_keyword(self) -> str:
+        """``cache`` in recent transformers' ``forward``, ``past_key_values`` before."""
+        if self._cache_kw is None:
+            params = inspect.signature(self.model.forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        return self._cache_kw
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache of a model output (``cache`` in recent transformers, ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(out, name, None) if not isinstance(out, dict) else out.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------------- cache
+def get_local_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LocalModel:
+    """The process-wide :class:`LocalModel` for a model spec, loaded on first use (see module docstring).
+
+    Thread-safe: concurrent first calls load once (loads are serialised; a cached model is returned without
+    waiting for another model's load).
+    """
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    key = (_spec_key(spec), device, str(torch_dtype))
+    hit = _models.get(key)
+    if hit is not None:
+        return hit
+    with _load_lock:
+        hit = _models.get(key)
+        if hit is not None:
+            return hit
+        from longalign.models import load_model, load_tokenizer
+
+        start = time.monotonic()
+        tokenizer = load_tokenizer(spec)
+        model = load_model(spec, dtype=torch_dtype)
+        lm = LocalModel(model, tokenizer, spec=spec, device=device)
+        _models[key] = lm
+        log.info("loaded %s on %s (%s) in %.1f s", lm.name, device, str(torch_dtype).removeprefix("torch."),
+                 time.monotonic() - start)
+        return lm
+
+
+def local_model_for(spec: str | None = None, *, device: str | None = None, dtype: Any = None, model: Any = None,
+                    tokenizer: Any = None) -> LocalModel:
+    """The :class:`LocalModel` a user should run: the cached one for ``spec``, or one around an already loaded
+    ``model`` and/or ``tokenizer`` (the missing half is the cached model, or the spec's tokenizer)."""
+    if model is None:
+        lm = get_local_model(spec, device=device, dtype=dtype)
+        return lm if tokenizer is None else LocalModel.wrap(lm.model, tokenizer, spec=spec, device=lm.device)
+    if tokenizer is None:
+        from longalign.models import load_tokenizer
+
+        tokenizer = load_tokenizer(spec)
+    return LocalModel.wrap(model, tokenizer, spec=spec, device=device)
+
+
+def loaded_local_models() -> list[LocalModel]:
+    """The models currently held by the process-wide cache."""
+    return list(_models.values())
+
+
+def release_local_models(spec: str | None = None) -> int:
+    """Drop cached models (every one when ``spec`` is None, else every device/dtype of that spec, e.g.
+    ``"smollm2"``) so their memory is freed once their users let go of them too; returns how many entries
+    were dropped."""
+    with _load_lock:
+        keys = [k for k in _models if spec is None or k[0] == _spec_key(spec)]
+        for k in keys:
+            del _models[k]
+    if keys:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+    return len(keys)
