@@ -189,23 +189,17 @@ pd.DataFrame(rows).set_index("reply")
 # Now the real thing on one short corpus document: a question request, validation, one question chosen
 # at random, and the answer request. With no endpoint configured the embedded SmolLM2-135M-Instruct
 # generates on the CPU (expect a sample of its quality, and a minute or so; with other documents it often
-# writes statements instead of questions, which validation rejects — the failure then shows up below). Set `OPENAI_BASE_URL`
-# (and `OPENAI_MODEL`, `OPENAI_API_KEY`) to use any OpenAI-compatible server instead. Requests are cached
+# writes statements instead of questions, which validation rejects — the failure then shows up below).
+# Set `OPENAI_BASE_URL` (and `OPENAI_MODEL`, `OPENAI_API_KEY`) to use any OpenAI-compatible server instead.
+# Requests are cached
 # in `data/llm_cache/` and logged in `data/llm_calls.jsonl`, so re-running this cell costs nothing.
 
 # %%
-from longalign.data.selfinstruct import GenerateConfig, failed_path, generate_long_data
+from longalign.data.corpus import select_documents
+from longalign.data.selfinstruct import GenerateConfig, failed_path, generate_long_data, generator_from_env
 
-spec, base_url = generator, None
-if not spec:
-    if os.environ.get("OPENAI_BASE_URL"):
-        spec = "openai:" + os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
-        base_url = os.environ["OPENAI_BASE_URL"]
-    else:
-        spec = "local:smollm2"
-by_id = {d["id"]: d for d in docs}
-shortest = [d for d in sorted(docs, key=lambda d: d["n_tokens"]) if d["id"] not in generate_doc_ids]
-gen_docs = [by_id[i] if i in by_id else shortest.pop(0) for i in generate_doc_ids]
+spec, base_url = (generator, None) if generator else generator_from_env()
+gen_docs = select_documents(docs, generate_doc_ids)  # a missing id: the shortest document not asked for
 gen_cfg = GenerateConfig(llm=spec, base_url=base_url, task_types=list(task_types),
                          question_max_tokens=question_max_tokens,
                          answer_max_tokens=answer_max_tokens, max_question_attempts=max_question_attempts,
@@ -244,11 +238,10 @@ calls[[c for c in ("model", "status", "usage", "latency", "cached") if c in call
 # duplicates — and counts each change. The package ships a small ShareGPT-format sample:
 
 # %%
-from longalign.data.short import ShortConfig, load_short_data, write_jsonl
+from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, write_jsonl
 from longalign.data.mix import mix_files
 
-sample = ROOT / "longalign" / "resources" / "short_chat_sample.json"
-short_cfg = ShortConfig(inputs=[str(p) for p in short_inputs] or [str(sample)], seed=seed)
+short_cfg = ShortConfig(inputs=[str(p) for p in short_inputs] or [str(SHORT_SAMPLE)], seed=seed)
 short_records, short_report = load_short_data(short_cfg)
 write_jsonl(run.short, short_records)
 run.record_stage("data.short", to_dict(short_cfg), summary=short_report.to_dict())

@@ -57,29 +57,16 @@ ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml
 pd.set_option("display.max_colwidth", 120)
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 
-import shutil
-
 import numpy as np
 
 from longalign import report
+from longalign.data.mix import provide_mix
 from longalign.rundir import RunDir, read_jsonl
 
 run = RunDir(ROOT / run_dir)
 source = RunDir(ROOT / data_run)
-run.data.mkdir(parents=True, exist_ok=True)
-if source.mixed.is_file():
-    shutil.copyfile(source.mixed, run.mixed)
-    print("mix from", source.mixed)
-else:  # no notebook-1 run yet: the packaged short sample alone
-    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
-    from longalign.data.mix import mix
-
-    shorts, _ = load_short_data(ShortConfig(inputs=[str(ROOT / "longalign/resources/short_chat_sample.json")]))
-    write_jsonl(run.short, shorts)
-    write_jsonl(run.mixed, mix([], shorts, n_long=0, seed=seed)[0])
-    print("no mixed.jsonl in", source.root, "- using the packaged short chat sample")
-if source.short.is_file():
-    shutil.copyfile(source.short, run.short)
+origin = provide_mix(run, source, seed=seed)  # notebook 1's mix, or (no run of it yet) the packaged short sample
+print("mix from", origin)
 print(len(read_jsonl(run.mixed)), "examples in", run.mixed)
 
 # %% [markdown]
@@ -110,24 +97,15 @@ pd.Series(meta).to_frame("tokens/longalign_meta.json")
 
 # %%
 from longalign.models import load_tokenizer
+from longalign.tokenize.display import label_strip_html
 
 tokenizer = load_tokenizer("smollm2")
 table = report.load_token_table(run)
 multi = [i for i, r in enumerate(read_jsonl(run.mixed)) if len(r["messages"]) > 2]
 row = multi[0] if multi else int(table.sort_values("length").idx.iloc[len(table) // 2])
 ids, labels = ds[row]["input_ids"], ds[row]["labels"]
-
-def strip_html(ids, labels, limit=400):
-    spans = []
-    for t, l in list(zip(ids, labels))[:limit]:
-        piece = tokenizer.decode([t]).replace("&", "&amp;").replace("<", "&lt;").replace("\n", "⏎")
-        colour = "#C7E9C0" if l != -100 else "#EEEEEE"
-        spans.append(f'<span style="background:{colour};border:1px solid #fff;font-family:monospace;'
-                     f'font-size:12px">{piece}</span>')
-    return "<div style='line-height:1.9'>" + "".join(spans) + "</div>"
-
 print(f"row {row}: {len(ids)} tokens, {sum(l != -100 for l in labels)} targets")
-display(HTML(strip_html(ids, labels)))
+display(HTML(label_strip_html(tokenizer, ids, labels, limit=400)))
 
 # %% [markdown]
 # **Lengths.** The paper's figure splits the range in two panels; here, short chats and long examples

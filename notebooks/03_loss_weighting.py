@@ -59,13 +59,14 @@ ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml
 pd.set_option("display.max_colwidth", 120)
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 
+from functools import partial
+
 import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from longalign import IGNORE_INDEX
-from longalign.batching import (PackedCollator, PaddedCollator, count_targets, make_plan, plan_features,
-                                token_weights, weighted_causal_lm_loss)
+from longalign.batching import count_targets, make_plan, reference, token_weights
+
 _ = torch.manual_seed(seed)
 
 # %% [markdown]
@@ -78,15 +79,8 @@ _ = torch.manual_seed(seed)
 # %%
 targets = np.array([long_targets, 100, 100, 100, 100, 100])
 lengths = targets + prompt_tokens
-
-def make_sequence(i, n_tokens):
-    """Token ids and labels of a toy sequence: prompt_tokens of context, then targets."""
-    g = torch.Generator().manual_seed(seed * 1000 + i)
-    ids = torch.randint(0, vocab, (int(n_tokens),), generator=g).tolist()
-    labels = [IGNORE_INDEX] * prompt_tokens + ids[prompt_tokens:]
-    return {"input_ids": ids, "labels": labels}
-
-data = [make_sequence(i, n) for i, n in enumerate(lengths)]
+data = [reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + i)
+        for i, n in enumerate(lengths)]
 n_target = np.array([count_targets(d["labels"]) for d in data])  # targets the shifted loss sees
 plan = make_plan(lengths, "pack", max_len=1024, grad_accum=2)
 print("packs:", plan.batches, "| targets per sequence:", n_target.tolist())
@@ -102,7 +96,7 @@ norms = ("sequence", "token", "pack")
 w = {norm: token_weights(plan, n_target, norm) for norm in norms}
 effective = pd.DataFrame({norm: w[norm] * n_target for norm in norms})
 effective.insert(0, "targets", n_target)
-effective.insert(0, "in pack", [next(k for k, b in enumerate(plan.batches) if i in b) for i in range(len(data))])
+effective.insert(0, "in pack", reference.batch_index(plan.batches, len(data)))
 display(effective.round(4))
 fig = go.Figure([go.Bar(name=norm, x=[f"seq {i} ({n} targets)" for i, n in enumerate(n_target)],
                         y=effective[norm]) for norm in norms])
@@ -137,41 +131,12 @@ print("all weight formulas hold")
 
 # %%
 g = torch.Generator().manual_seed(seed)
-logits_of = [torch.randn(n, vocab, generator=g, dtype=torch.float64) for n in lengths]
-nxt = torch.tensor(data[0]["labels"][1:])
-at = torch.nonzero(nxt != IGNORE_INDEX).squeeze(1)
-logits_of[0][at, nxt[at]] += long_boost  # the long sequence is already predicted well
+logits_of = reference.random_logits(lengths, vocab, g)
+reference.boost_targets(logits_of[0], data[0]["labels"], long_boost)  # the long sequence is already predicted well
 
-def sequence_loss(i):
-    """L_i: summed next-token cross-entropy over sequence i's targets, computed on the sequence alone."""
-    lab = torch.tensor(data[i]["labels"])
-    return float(torch.nn.functional.cross_entropy(logits_of[i][:-1], lab[1:], ignore_index=IGNORE_INDEX,
-                                                   reduction="sum"))
-
-L = np.array([sequence_loss(i) for i in range(len(data))])
-direct = {
-    "sequence": (L / n_target).sum() / M,                                              # eq. 2
-    "pack": np.mean([L[b].sum() / n_target[b].sum() for b in plan.batches]),            # eq. 3
-    "token": L.sum() / T,
-}
-
-def step_loss(batches, weights, packed=True):
-    """Sum of the weighted loss over the given micro-batches."""
-    collate = PackedCollator(4096, weights_dtype=torch.float64) if packed else \
-        PaddedCollator(0, weights_dtype=torch.float64)
-    total = 0.0
-    for b in batches:
-        batch = collate(plan_features(data, b, weights))
-        if packed:
-            logits = torch.cat([logits_of[i] for i in b])[None]
-        else:
-            width = batch["labels"].shape[1]
-            logits = torch.stack([torch.nn.functional.pad(logits_of[i], (0, 0, 0, width - len(logits_of[i])))
-                                  for i in b])
-        total += float(weighted_causal_lm_loss(logits, batch["labels"], batch["loss_weights"]))
-    return total
-
-library = {norm: step_loss(plan.batches, w[norm]) for norm in norms}
+L = reference.sequence_losses(data, logits_of)  # L_i, each on its sequence alone
+direct = reference.formula_step_losses(L, n_target, plan.batches)  # eq. 2, eq. 3 and the token mean
+library = {norm: reference.weighted_step_loss(data, logits_of, plan.batches, w[norm]) for norm in norms}
 for norm in norms:
     assert np.isclose(library[norm], direct[norm], rtol=1e-12), (norm, library[norm], direct[norm])
 pd.DataFrame({"direct formula": direct, "token_weights + weighted_causal_lm_loss": library})
@@ -211,20 +176,15 @@ fig.show()
 # %%
 rng = np.random.default_rng(seed)
 lengths = rng.integers(20, 400, size=16) + prompt_tokens
-data = [make_sequence(100 + i, n) for i, n in enumerate(lengths)]
+data = [reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + 100 + i)
+        for i, n in enumerate(lengths)]
 n_target = np.array([count_targets(d["labels"]) for d in data])
-logits_of = [torch.randn(n, vocab, generator=g, dtype=torch.float64) for n in lengths]
-L = np.array([sequence_loss(i) for i in range(len(data))])
-eq2 = (L / n_target).sum() / len(data)
+logits_of = reference.random_logits(lengths, vocab, g)
+L = reference.sequence_losses(data, logits_of)
+formulas = reference.formula_step_losses(L, n_target, [list(range(len(data)))])  # the 16 sequences, one step
+eq2, token_mean = formulas["sequence"], formulas["token"]
 # the smallest pack capacity (in steps of 8 tokens) at which first-fit decreasing makes exactly 4 packs
-pack_len = next(m for m in range(int(lengths.max()), int(lengths.sum()) + 8, 8)
-                if len(make_plan(lengths, "pack", max_len=m).batches) == 4)
-
-def step_on_ranks(plan, weights, packed):
-    """DDP view of one step: each rank sums weight x CE over its micro-batches; the trainer scales the
-    per-rank sum by world_size and DDP averages over ranks."""
-    per_rank = [step_loss(plan.rank_batches(r), weights, packed) for r in range(plan.world_size)]
-    return float(np.mean([plan.world_size * s for s in per_rank]))
+pack_len = reference.capacity_for_packs(lengths, 4, step=8)
 
 rows = []
 for method, max_len in (("pack", pack_len), ("sort", int(lengths.max()))):
@@ -232,23 +192,20 @@ for method, max_len in (("pack", pack_len), ("sort", int(lengths.max()))):
         plan = make_plan(lengths, method, max_len=max_len, batch_size=4, world_size=world, grad_accum=accum,
                          seed=seed)
         assert len(plan.batches) == world * accum  # one optimizer step
-        packed = method == "pack"
-        in_batch_mean = np.zeros(len(data))
-        for b in plan.batches:
-            in_batch_mean[b] = 1.0 / (n_target[b] * len(b) * accum)
+        step = partial(reference.ddp_step_loss, plan, data, logits_of, packed=method == "pack")
         rows.append({
             "layout": f"{method}: {world} rank(s) × {accum} accumulation",
             "sequences per micro-batch": [len(b) for b in plan.batches],
-            "sequence norm (eq. 2/4)": step_on_ranks(plan, token_weights(plan, n_target, "sequence"), packed),
-            "token norm": step_on_ranks(plan, token_weights(plan, n_target, "token"), packed),
-            "per-batch token mean (eq. 3)": step_on_ranks(plan, token_weights(plan, n_target, "pack"), packed),
-            "per-batch sequence mean": float(np.mean([step_loss(plan.rank_batches(r), in_batch_mean, packed)
-                                                      for r in range(world)])),
+            "sequence norm (eq. 2/4)": step(token_weights(plan, n_target, "sequence")),
+            "token norm": step(token_weights(plan, n_target, "token")),
+            "per-batch token mean (eq. 3)": step(token_weights(plan, n_target, "pack")),
+            "per-batch sequence mean": step(reference.micro_batch_sequence_weights(plan, n_target),
+                                            scale_by_world_size=False),
         })
 split = pd.DataFrame(rows).set_index("layout")
 assert np.allclose(split["sequence norm (eq. 2/4)"], eq2, rtol=1e-12)
-assert np.allclose(split["token norm"], L.sum() / n_target.sum(), rtol=1e-12)
-print(f"eq. 2 computed directly: {eq2:.6f}   token mean: {L.sum() / n_target.sum():.6f}")
+assert np.allclose(split["token norm"], token_mean, rtol=1e-12)
+print(f"eq. 2 computed directly: {eq2:.6f}   token mean: {token_mean:.6f}")
 split.round(6)
 
 # %% [markdown]

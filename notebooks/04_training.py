@@ -58,22 +58,14 @@ import shutil
 import torch
 
 from longalign import report
+from longalign.data.mix import provide_mix
 from longalign.rundir import RunDir, read_jsonl
 from longalign.tokenize import TokenizeConfig, tokenize_file
 from longalign.train import TrainConfig, train
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 run = RunDir(ROOT / run_dir)
-source = RunDir(ROOT / data_run)
-run.data.mkdir(parents=True, exist_ok=True)
-if source.mixed.is_file():
-    shutil.copyfile(source.mixed, run.mixed)
-else:
-    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
-    from longalign.data.mix import mix
-
-    shorts, _ = load_short_data(ShortConfig(inputs=[str(ROOT / "longalign/resources/short_chat_sample.json")]))
-    write_jsonl(run.mixed, mix([], shorts, n_long=0, seed=seed)[0])
+print("mix from", provide_mix(run, RunDir(ROOT / data_run), seed=seed))  # or the packaged short sample
 result = tokenize_file(run.mixed, run.tokens, TokenizeConfig(model="smollm2", max_len=max_len), show_progress=False)
 print(f"{result.n_rows} rows, {result.n_tokens} tokens, {result.n_target_tokens} target tokens; "
       f"{result.n_truncated} truncated, {result.n_dropped} dropped (no target token left after truncation)")
