@@ -2,8 +2,9 @@
 
 Each token is decoded on its own, so a multi-byte character split over two tokens shows as two partial
 pieces (the tokenizer's replacement character), which is what the model sees. The strip is plain inline
-HTML (no scripts, no stylesheet), so it renders in Jupyter, Streamlit's ``st.html`` and a saved page alike;
-about 200 bytes per token, hence the ``limit`` (400 tokens, ~80 kB) by default.
+HTML (no scripts, no stylesheet), so it renders in Jupyter, Streamlit's ``st.html`` and a saved page alike.
+Each token costs about 105 bytes of markup, hence the default ``limit`` of 400 tokens (~42 kB); a whole 64k-token
+row would be ~7 MB, more than a notebook output or a browser tab handles comfortably.
 """
 
 from __future__ import annotations
