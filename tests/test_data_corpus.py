@@ -9,7 +9,7 @@ import pytest
 
 from longalign.data.corpus import (BUILTIN_SOURCES, CorpusConfig, build_corpus, builtin_documents, count_tokens,
                               detect_lang, length_bucket, read_corpus, read_folder_documents, read_jsonl_documents,
-                              sample_by_length)
+                              sample_by_length, select_documents)
 
 
 class WordTokenizer:
@@ -161,3 +161,13 @@ def test_builtin_corpus_with_real_tokenizer(tmp_path):
         assert d["n_tokens"] == len(tok(d["text"], add_special_tokens=False)["input_ids"])
         assert d["source"] in ("pydoc", "license")
     assert count_tokens(["a b c", ""], tok) == [len(tok("a b c", add_special_tokens=False)["input_ids"]), 0]
+
+
+def test_select_documents_keeps_the_order_and_fills_missing_ids_with_the_shortest():
+    docs = [{"id": "a", "n_tokens": 900}, {"id": "b", "n_tokens": 300}, {"id": "c", "n_tokens": 100},
+            {"id": "d", "n_tokens": 200}]
+    assert [d["id"] for d in select_documents(docs, ["b", "a"])] == ["b", "a"]
+    # missing ids take the shortest documents not asked for, in length order
+    assert [d["id"] for d in select_documents(docs, ["gone", "c", "also-gone"])] == ["d", "c", "b"]
+    with pytest.raises(ValueError, match="ask for fewer ids"):
+        select_documents(docs[:1], ["x", "y"])

@@ -17,7 +17,7 @@ import pytest
 from longalign.llm import ChatResult, LLMUnavailableError
 from longalign.rundir import RunDir, read_jsonl
 from longalign.data.selfinstruct import (TASK_TYPES, DocumentJob, GenerateConfig, answer_problem, answer_prompt,
-                                    fit_document, generate_long_data, parse_questions,
+                                    fit_document, generate_long_data, generator_from_env, parse_questions,
                                     question_problem, question_prompt, task_instruction, training_prompt,
                                     validate_questions)
 
@@ -446,3 +446,11 @@ def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
         instr = task_instruction(r["task_type"], r["lang"])
         for k, q in enumerate(r["questions"]):
             assert question_problem(q, lang=r["lang"], instruction=instr, accepted=r["questions"][:k]) is None
+
+
+def test_generator_from_env():
+    assert generator_from_env({}) == ("local:smollm2", None)
+    assert generator_from_env({"OPENAI_MODEL": "m"}) == ("local:smollm2", None)  # no endpoint: stay local
+    url = "http://127.0.0.1:8000/v1"
+    assert generator_from_env({"OPENAI_BASE_URL": url}) == ("openai:gpt-4o-mini", url)
+    assert generator_from_env({"OPENAI_BASE_URL": url, "OPENAI_MODEL": "qwen"}) == ("openai:qwen", url)

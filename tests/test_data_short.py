@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
-from longalign.data.short import ShortConfig, load_short_data, normalize_conversation, raw_turns
-from longalign.data.mix import MixConfig, mix, mix_files, parse_n_long
+from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, normalize_conversation, raw_turns
+from longalign.data.mix import MixConfig, mix, mix_files, parse_n_long, provide_mix
+from longalign.rundir import RunDir, read_jsonl
 
 
 def U(text):
@@ -169,3 +170,17 @@ class TestMix:
         lines = [json.loads(x) for x in out.read_text().splitlines()]
         assert counts["total"] == len(lines) == 6
         assert MixConfig().n_long == "all"
+
+
+def test_provide_mix_copies_a_source_mix_or_falls_back_to_the_sample(tmp_path):
+    empty, run = RunDir(tmp_path / "none"), RunDir(tmp_path / "a")
+    assert provide_mix(run, empty, seed=0) == SHORT_SAMPLE
+    mixed, shorts = read_jsonl(run.mixed), read_jsonl(run.short)
+    assert mixed and {r["kind"] for r in mixed} == {"short"} and len(mixed) == len(shorts)
+    assert len(shorts) == len(load_short_data(ShortConfig(inputs=[str(SHORT_SAMPLE)]))[0])
+    source = RunDir(tmp_path / "src")
+    source.data.mkdir(parents=True)
+    source.mixed.write_text(json.dumps({"messages": [], "kind": "long"}) + "\n")
+    later = RunDir(tmp_path / "b")
+    assert provide_mix(later, source) == source.mixed
+    assert later.mixed.read_text() == source.mixed.read_text() and not later.short.exists()

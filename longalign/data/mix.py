@@ -6,14 +6,16 @@ The paper's data suites differ only in how many long examples join ShareGPT: 0k,
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from longalign.config import option
-from longalign.data.short import write_jsonl
-from longalign.rundir import read_jsonl
+from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, write_jsonl
+from longalign.rundir import RunDir, read_jsonl
+
 
 @dataclass
 class MixConfig:
@@ -94,3 +96,23 @@ def mix_files(long_path: str | Path, short_path: str | Path | None, out_path: st
     records, counts = mix(long_records, short_records, n_long=n_long, seed=seed)
     write_jsonl(out_path, records)
     return counts
+
+
+def provide_mix(run: RunDir, source: RunDir | None = None, *, seed: int = 42) -> Path:
+    """Give ``run`` a ``data/mixed.jsonl`` (and ``data/short.jsonl``) for the stages after the data stage.
+
+    When ``source`` has a mix, both files are copied from it (a later stage then works on exactly what the
+    data stage wrote); otherwise the packaged ShareGPT sample (:data:`~longalign.data.short.SHORT_SAMPLE`)
+    is imported with the default policies and mixed with no long examples, which needs no generator and
+    takes well under a second. Returns the file the mix came from.
+    """
+    run.data.mkdir(parents=True, exist_ok=True)
+    if source is not None and source.mixed.is_file():
+        shutil.copyfile(source.mixed, run.mixed)
+        if source.short.is_file():
+            shutil.copyfile(source.short, run.short)
+        return source.mixed
+    shorts, _ = load_short_data(ShortConfig(inputs=[str(SHORT_SAMPLE)]))
+    write_jsonl(run.short, shorts)
+    write_jsonl(run.mixed, mix([], shorts, n_long=0, seed=seed)[0])
+    return SHORT_SAMPLE

@@ -46,6 +46,7 @@ ROLE_MAP = {
 }
 SYSTEM_POLICIES = ("drop", "keep-leading")
 UNKNOWN_ROLE_POLICIES = ("drop-conversation", "drop-turn")
+SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_sample.json"  # ShareGPT format
 
 
 @dataclass

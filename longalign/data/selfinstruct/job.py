@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from longalign.config import check_choice, option
 from longalign.data.selfinstruct.parse import ValidationLimits, answer_problem, parse_questions, validate_questions
@@ -287,6 +288,17 @@ class GenerateSummary:
 
 def failed_path(run: RunDir) -> Path:
     return run.data / "failed.jsonl"
+
+
+def generator_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(llm spec, base_url) of the generator to use when none is named: ``openai:$OPENAI_MODEL`` (default
+    model ``gpt-4o-mini``) at ``$OPENAI_BASE_URL`` when that variable is set, else the embedded
+    ``local:smollm2`` (no base URL). ``environ`` defaults to ``os.environ``."""
+    env = os.environ if environ is None else environ
+    base_url = env.get("OPENAI_BASE_URL")
+    if base_url:
+        return "openai:" + (env.get("OPENAI_MODEL") or "gpt-4o-mini"), base_url
+    return "local:smollm2", None
 
 
 def make_generator_client(cfg: GenerateConfig, run: RunDir):
