@@ -52,7 +52,8 @@ def select_attention(device, packed: bool, dtype=None) -> str:
 
 __all__ = [
     "run", "BatchPlanConfig", "SimulateConfig", "PlanSummary", "SimulationSummary", "read_lengths_file",
-    "read_token_lengths", "METHODS", "PACK_ALGOS", "OVERLONG", "LOSS_NORMS", "Plan", "make_plan", "pack_lengths", "compute_stats",
+    "read_token_lengths", "METHODS", "PACK_ALGOS", "OVERLONG", "LOSS_NORMS", "Plan", "make_plan", "pack_lengths",
+    "compute_stats",
     "load_plan_batches", "token_weights", "count_targets", "StepTotals", "step_totals_allreduce",
     "weights_from_totals", "weighted_causal_lm_loss", "PaddedCollator", "PackedCollator", "plan_features",
     "select_attention", "CostModel", "simulate", "simulate_plan", "fit_cost_model",

@@ -62,7 +62,8 @@ class ShortConfig(Options):
     unknown_role_policy: str = option("drop-conversation", choices=UNKNOWN_ROLE_POLICIES,
                                       help="what to do with turns whose role is neither user, assistant nor system")
     dedupe: bool = option(True, help="drop conversations identical to an earlier one")
-    max_conversations: int = option(0, minimum=0, help="keep at most this many conversations, sampled with seed (0 = all)")
+    max_conversations: int = option(0, minimum=0, help="keep at most this many conversations, sampled with seed "
+                                                       "(0 = all)")
     source: str | None = option(None, help="value of the 'source' field (default: 'sharegpt' or the file name)")
     seed: int = option(42, help="sampling seed for max_conversations")
 
