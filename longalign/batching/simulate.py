@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from longalign.batching.lengths import lengths_for
+from longalign.batching.plans import METHODS, make_plan
 from longalign.config import check_choice, deprecated
 from longalign.rundir import RunDir, atomic_write_json
 from longalign.stage import Summary, as_run_dir, record
@@ -120,7 +121,7 @@ def simulate_plan(plan: Any, cost: CostModel | None = None, *, attention: str = 
     return out
 
 
-def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = ("naive", "sort", "pack"), *,
+def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = METHODS, *,
              max_len: int, world_size: int = 8, batch_size: int = 1, grad_accum: int = 12, algo: str = "ffd",
              pack_grad_accum: int | None = 1, seed: int = 0, overlong: str = "truncate",
              cost: CostModel | None = None, sync: str = "micro", dense_pack: bool = True,
@@ -133,8 +134,6 @@ def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = ("nai
     total time when naive is among the methods. ``devices`` is the deprecated name of ``world_size``
     (``config`` still carries a ``devices`` entry for readers of older results).
     """
-    from longalign.batching.plans import make_plan
-
     if devices is not None:
         deprecated("simulate(devices=...) is deprecated; use world_size=...")
         world_size = devices

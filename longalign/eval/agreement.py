@@ -27,7 +27,7 @@ from longalign.config import option, redefault
 from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, check_judge_spec, make_judge
 from longalign.eval.longbench_chat import (JUDGE_SYSTEM, build_judge_user_prompt, detect_lang, load_few_shots,
                                            load_longbench_chat)
-from longalign.eval.options import SeededJudgeOptions
+from longalign.eval.options import LOCAL_SCORES, SeededJudgeOptions
 from longalign.eval.summary import AgreementSummary
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 from longalign.stage import as_run_dir, record
@@ -155,7 +155,7 @@ def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None
         c = correlations([p[0] for p in sub], [p[1] for p in sub])
         summary["by_lang"][lang] = {"n": len(sub), "spearman": c["spearman"], "kendall": c["kendall"]}
     if cfg.judge.startswith("local:"):
-        for variant in ("expected", "argmax"):
+        for variant in LOCAL_SCORES:
             sub = [(float(r[variant]), r["human"]) for r in recs if r.get(variant) is not None]
             c = correlations([p[0] for p in sub], [p[1] for p in sub])
             summary[f"local_{variant}"] = {"spearman": c["spearman"], "kendall": c["kendall"], "n": len(sub)}
