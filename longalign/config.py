@@ -211,20 +211,26 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
                             help="YAML file with option values (keys are the option names with underscores); "
                                  "flags given on the command line override it")
     hints = _resolved_hints(cls)
-    groups: dict[type, Any] = {}
+    mro = cls.__mro__
     owners = {f.name: _owner(cls, f.name) for f in dataclasses.fields(cls)}
-    # the stage's own options first, then each group's, nearest base first
-    for f in sorted(dataclasses.fields(cls), key=lambda f: cls.__mro__.index(owners[f.name])):
+    titles = {o: (o.__doc__.strip().splitlines()[0].rstrip(".") if o is not cls and o.__doc__ else None)
+              for o in owners.values()}
+    rank = {t: min(mro.index(o) for o in titles if titles[o] == t) for t in titles.values()}
+    groups: dict[str, Any] = {}
+    # the stage's own options first, then one heading per group title (nearest base first; inside a heading,
+    # the base group's options before its extensions')
+    for f in sorted(dataclasses.fields(cls), key=lambda f: (rank[titles[owners[f.name]]] if titles[owners[f.name]]
+                                                             else 0, -mro.index(owners[f.name]))):
         meta = field_meta(cls, f.name)
         if not meta.get("cli", True):
             continue
-        owner = owners[f.name]
-        if owner is cls or not owner.__doc__:
+        title = titles[owners[f.name]]
+        if title is None:
             target: Any = parser
         else:
-            if owner not in groups:
-                groups[owner] = parser.add_argument_group(owner.__doc__.strip().splitlines()[0].rstrip("."))
-            target = groups[owner]
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            target = groups[title]
         tp = _base_type(hints.get(f.name, str))
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
