@@ -108,7 +108,7 @@ def test_grid_with_fake_server_resumes(fake_llm, tmp_path):
     models = [r["model"] for r in fake_llm.requests]
     assert models.count("m") == 4 and models.count("judge") == 1              # identical judge prompts: cached
     cfg.lengths = [400, 700, 1000]
-    s2 = needle.run(cfg, tmp_path / "run").scores                                                      # only the new cells are asked
+    s2 = needle.run(cfg, tmp_path / "run").scores                            # only the new cells are asked
     models = [r["model"] for r in fake_llm.requests]
     assert models.count("m") == 6 and models.count("judge") == 1 and s2["n"] == 6
 

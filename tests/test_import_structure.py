@@ -1,5 +1,6 @@
-"""Import structure, read from the source with ``ast``: no import cycles among longalign modules, and the app,
-the command line and the notebooks use only the stage faces; ``longalign --help`` loads no heavy library."""
+"""Import structure, read from the source with ``ast``: no import cycles among longalign modules (counting the
+imports that run at import time; lazy imports inside functions are left out), and the app, the command line and
+the notebooks use only the stage faces; ``longalign --help`` loads no heavy library."""
 
 from __future__ import annotations
 
