@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longalign.batching import make_plan, pack_lengths
+from longalign.batching import PACK_ALGOS, make_plan, pack_lengths
 
 
 def long_tail(n: int, seed: int = 0) -> np.ndarray:
@@ -44,14 +44,14 @@ def main() -> None:
     n_tokens = int(lengths.sum())
     lower = -(-n_tokens // args.max_len)
     t = time.perf_counter()
-    for algo in ("nextfit", "ffd", "bfd"):
+    for algo in PACK_ALGOS:
         pack_lengths(lengths[:1000], args.max_len, algo)
     warmup = time.perf_counter() - t
     print(f"{args.n:,} lengths, {n_tokens:,} tokens, max_len {args.max_len:,}: lower bound {lower:,} packs "
           f"(kernel load/compile {warmup:.2f}s)")
 
     results = {}
-    for algo in ("nextfit", "ffd", "bfd"):
+    for algo in PACK_ALGOS:
         pack_s = min(_timed(lambda: pack_lengths(lengths, args.max_len, algo)) for _ in range(args.repeats))
         plan_s = min(_timed(lambda: make_plan(lengths, "pack", max_len=args.max_len, algo=algo,
                                               world_size=args.world_size)) for _ in range(args.repeats))

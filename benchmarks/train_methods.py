@@ -153,7 +153,7 @@ def predictions(inputs: dict, runs: dict, a) -> dict:
     """Simulator speed-ups for one device: FLOP-based coefficients and coefficients fitted to the runs."""
     import numpy as np
 
-    from longalign.batching import simulate
+    from longalign.batching import METHODS as BATCH_METHODS, simulate
     from longalign.batching.simulate import CostModel, fit_cost_model, measurement
 
     lengths = np.asarray(inputs["lengths"])
@@ -173,7 +173,7 @@ def predictions(inputs: dict, runs: dict, a) -> dict:
     if len(records) >= 3:
         models["fitted_to_runs"] = fit_cost_model(records)
     for label, cost in models.items():
-        sim = simulate(lengths, ("naive", "sort", "pack"), max_len=a.max_len, devices=1, batch_size=4,
+        sim = simulate(lengths, BATCH_METHODS, max_len=a.max_len, world_size=1, batch_size=4,
                        grad_accum=1, pack_grad_accum=1, seed=a.seed, cost=cost, dense_pack=True)
         out[label] = {"cost": cost.to_dict(),
                       "speedup_vs_naive": {m: round(v["speedup_vs_naive"], 3) for m, v in sim["methods"].items()},

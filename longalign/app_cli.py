@@ -11,9 +11,22 @@ import argparse
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from longalign.config import Options, add_config_args, build_config, option
+
 RUNS_ENV = "LONGALIGN_RUNS"
+
+
+@dataclass
+class AppConfig(Options):
+    """Options of ``longalign app``."""
+
+    runs: str = option("runs", help="folder holding run directories")
+    port: int = option(8501, minimum=1, maximum=65535, help="port to serve on")
+    address: str | None = option(None, help="address to bind (unset: Streamlit's, all interfaces)")
+    headless: bool = option(False, help="do not open a browser window")
 
 
 def app_script() -> Path:
@@ -33,17 +46,18 @@ def build_command(runs: str | Path, port: int, headless: bool = False, address: 
 
 
 def _handler(args: argparse.Namespace) -> int:
+    cfg = build_config(AppConfig, args)
     script = app_script()
     if not script.is_file():
         raise FileNotFoundError(f"{script} not found: the dashboard ships with the source tree; run "
                                 f"`longalign app` from a clone of the project (pip install -e .)")
-    runs = Path(args.runs)
+    runs = Path(cfg.runs)
     if not runs.is_dir():
         print(f"note: {runs} does not exist yet; the dashboard will say so until a stage writes a run there",
               file=sys.stderr)
     env = dict(os.environ, **{RUNS_ENV: str(runs)})
-    cmd = build_command(runs, args.port, headless=args.headless, address=args.address)
-    print(f"LongAlign Workbench dashboard on http://{args.address or 'localhost'}:{args.port} (runs folder {runs})")
+    cmd = build_command(runs, cfg.port, headless=cfg.headless, address=cfg.address)
+    print(f"LongAlign Workbench dashboard on http://{cfg.address or 'localhost'}:{cfg.port} (runs folder {runs})")
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
@@ -51,12 +65,10 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    """Add ``longalign app``."""
     p = subparsers.add_parser(
         "app", help="open the dashboard (Streamlit) on a folder of runs",
         description="Start the Streamlit dashboard: lengths, packing, simulator, training curves, LongBench-Chat "
                     "and needle results, all read from run directories.")
-    p.add_argument("--runs", default="runs", help="folder holding run directories (default: runs)")
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
-    p.add_argument("--address", default=None, help="address to bind (default: Streamlit's, all interfaces)")
-    p.add_argument("--headless", action="store_true", help="do not open a browser window")
+    add_config_args(p, AppConfig, with_config_file=False)
     p.set_defaults(func=_handler)

@@ -1,21 +1,35 @@
-"""``longalign`` command line: one subcommand per stage. Each stage module exposes ``register(subparsers)``,
-which adds its parser and sets ``func``; heavy imports happen inside the handlers so ``--help`` is fast."""
+"""``longalign`` command line: one subcommand per stage.
+
+Each command module is imported here by name and adds its parser with ``register(subparsers)``; a module's
+config classes are imported at its top, and none of them imports torch, transformers or datasets, so
+``longalign --help`` stays fast (heavy libraries load when a stage runs). A handler parses the flags into the
+stage's config, calls the stage's ``run`` and prints ``summary.lines()``; the exit code is the summary's.
+Deprecated spellings of options print one ``deprecated: ...`` line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+import warnings
 
-STAGE_MODULES = (
-    "longalign.data.cli",        # longalign data corpus|generate|short|mix
-    "longalign.tokenize.cli",    # longalign tokenize
-    "longalign.batching.cli",    # longalign batch plan|simulate
-    "longalign.train.cli",       # longalign train
-    "longalign.eval.cli",        # longalign eval longbench-chat|needle|longbench|judge-agreement
-    "longalign.demo",            # longalign demo
-    "longalign.app_cli",         # longalign app
+from longalign import app_cli, demo_cli
+from longalign.batching import cli as batching_cli
+from longalign.config import DeprecatedOption
+from longalign.data import cli as data_cli
+from longalign.eval import cli as eval_cli
+from longalign.tokenize import cli as tokenize_cli
+from longalign.train import cli as train_cli
+
+COMMANDS = (
+    data_cli,        # longalign data corpus|generate|short|mix
+    tokenize_cli,    # longalign tokenize
+    batching_cli,    # longalign batch plan|simulate
+    train_cli,       # longalign train
+    eval_cli,        # longalign eval longbench-chat|needle|longbench|judge-agreement
+    demo_cli,        # longalign demo
+    app_cli,         # longalign app
 )
 
 
@@ -26,18 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "plus loss weighting, and evaluate long-context ability (LongBench-Chat, needle, LongBench).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMANDS:
         module.register(sub)
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, DeprecatedOption):
+        print(f"deprecated: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DeprecatedOption)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

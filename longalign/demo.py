@@ -1,6 +1,7 @@
 """``longalign demo``: the whole LongAlign recipe at small scale, on a CPU, offline, with the embedded model.
 
-Stages, each calling the library exactly as the per-stage commands do, all writing into one run directory::
+Stages, each calling the stage's ``run(cfg, run_dir)`` as the per-stage commands do, all writing into one run
+directory (and recording themselves in its run.json)::
 
     built-in corpus ─► Self-Instruct (embedded SmolLM2) ─► + short chat sample ─► mix ─► tokenize
       ─► plans naive | sort | pack (+ simulator) ─► a short SFT run per method (sequence loss weighting)
@@ -15,31 +16,41 @@ takes two to three minutes.
 The numbers it prints are real but small-sample: the demo shows the pipeline, not the paper's results.
 
 Re-running resumes: finished stages are skipped, generation and judging reuse the request cache, training
-continues from its last checkpoint.
+continues from its last checkpoint. The command is :mod:`longalign.demo_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from longalign.config import add_config_args, build_config, option, to_dict
+from longalign import batching, tokenize, train
+from longalign.batching import METHODS, BatchPlanConfig, SimulateConfig, read_token_lengths
+from longalign.config import Options, option, to_dict
+from longalign.data import corpus, mix, selfinstruct, short
+from longalign.data.corpus import CorpusConfig, read_corpus
+from longalign.data.mix import MixConfig
+from longalign.data.selfinstruct import GenerateConfig
+from longalign.data.short import ShortConfig
+from longalign.eval import longbench_chat, needle
+from longalign.eval.longbench_chat import LongBenchChatConfig
+from longalign.eval.needle import NeedleConfig
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
+from longalign.stage import record
+from longalign.tokenize import TokenizeConfig, load_tokens
+from longalign.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-METHODS = ("naive", "sort", "pack")
 SHORT_SAMPLE = Path(__file__).parent / "resources" / "short_chat_sample.json"
 MINI_SET_LABEL = "LongBench-Chat-format mini set (held-out built-in documents, generated references)"
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Options):
     """Options of ``longalign demo``."""
 
     run: str = option("runs/demo", help="run directory for every artifact of the demo")
@@ -92,27 +103,22 @@ def profile_for(cfg: DemoConfig) -> Profile:
 # --------------------------------------------------------------------------------------------------- stages
 
 def stage_corpus(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.data.corpus import CorpusConfig, build_corpus, read_corpus
-
     if run.corpus.is_file():
         docs = read_corpus(run.corpus)
         return {"documents": len(docs), "resumed": True}
     ccfg = CorpusConfig(input="builtin", tokenizer=cfg.model, min_tokens=prof.min_tokens,
                         max_tokens=prof.max_tokens, n_docs=prof.n_docs + prof.n_eval_docs, seed=cfg.seed,
                         langs=["en"])
-    docs, summary = build_corpus(ccfg, run.corpus)
-    run.record_stage("data.corpus", to_dict(ccfg), summary=summary)
-    if len(docs) < prof.n_docs + prof.n_eval_docs:
-        raise ValueError(f"the built-in corpus gave {len(docs)} documents of {prof.min_tokens}-{prof.max_tokens} "
-                         f"tokens; the demo needs {prof.n_docs + prof.n_eval_docs}")
-    return {"documents": len(docs), "tokens": sum(d["n_tokens"] for d in docs)}
+    summary = corpus.run(ccfg, run)
+    if summary.written < prof.n_docs + prof.n_eval_docs:
+        raise ValueError(f"the built-in corpus gave {summary.written} documents of {prof.min_tokens}-"
+                         f"{prof.max_tokens} tokens; the demo needs {prof.n_docs + prof.n_eval_docs}")
+    return {"documents": summary.written, "tokens": summary.tokens}
 
 
 def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dict]]:
     """(train, held out): the last ``n_eval_docs`` generated records in corpus order are held out for the
     mini evaluation set; at least one record always stays for training."""
-    from longalign.data.corpus import read_corpus
-
     order = {d["id"]: k for k, d in enumerate(read_corpus(run.corpus))}
     records = sorted(read_jsonl(run.long), key=lambda r: order.get(r.get("doc_id"), len(order)))
     n_eval = min(prof.n_eval_docs, max(0, len(records) - 1))
@@ -120,39 +126,29 @@ def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dic
 
 
 def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.data.selfinstruct import GenerateConfig, generate_long_data
-
     gcfg = GenerateConfig(llm=f"local:{cfg.model}", question_max_tokens=prof.question_max_tokens,
                           answer_max_tokens=prof.answer_max_tokens, max_prompt_tokens=prof.max_prompt_tokens,
                           seed=cfg.seed, max_in_flight=1)
-    summary = generate_long_data(gcfg, run)
-    run.record_stage("data.generate", to_dict(gcfg), summary=summary.to_dict())
+    summary = selfinstruct.run(gcfg, run)
     return {"records": summary.records_total, "written_now": summary.written, "failed": summary.failed,
             "rejected_questions": summary.rejected_questions, "seconds": round(summary.seconds, 1)}
 
 
 def stage_mix(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.data.short import ShortConfig, load_short_data, write_jsonl
-    from longalign.data.mix import mix
-
-    scfg = ShortConfig(inputs=[str(SHORT_SAMPLE)], source="short-sample")
-    short, report = load_short_data(scfg)
-    write_jsonl(run.short, short)
+    report = short.run(ShortConfig(inputs=[str(SHORT_SAMPLE)], source="short-sample"), run)
     train_long, eval_long = split_long_records(run, prof)
     if not train_long:
-        raise ValueError(f"no long example was generated (see {run.data / 'failed.jsonl'}); re-run the demo to "
-                         "retry the failed documents")
-    mixed, counts = mix(train_long, short, n_long="all", seed=cfg.seed)
-    write_jsonl(run.mixed, mixed)
+        raise ValueError(f"no long example was generated (see {run.failed}); re-run the demo to retry the failed "
+                         "documents")
+    mixed = mix.run(MixConfig(n_long="all", seed=cfg.seed,
+                              exclude_doc_ids=[str(r.get("doc_id")) for r in eval_long]), run)
     write_mini_set(run, eval_long, train_long)
-    run.record_stage("data.mix", {"short": to_dict(scfg), "n_long": "all", "seed": cfg.seed},
-                     summary={"short": report.to_dict(), "mix": counts, "held_out": len(eval_long)})
     return {"short_kept": report.kept, "short_dropped": report.read - report.kept,
-            "long_train": len(train_long), "long_held_out": len(eval_long), "mixed": len(mixed)}
+            "long_train": mixed.long, "long_held_out": len(eval_long), "mixed": mixed.total}
 
 
 def mini_set_path(run: RunDir) -> Path:
-    return run.data / "mini_longbench_chat.jsonl"
+    return run.mini_longbench_chat
 
 
 def write_mini_set(run: RunDir, eval_long: list[dict], train_long: list[dict]) -> None:
@@ -176,54 +172,39 @@ def write_mini_set(run: RunDir, eval_long: list[dict], train_long: list[dict]) -
 
 
 def stage_tokenize(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.tokenize import TokenizeConfig, load_tokens, tokenize_file
-
-    meta_path = run.tokens / "longalign_meta.json"
-    if meta_path.is_file() and meta_path.stat().st_mtime >= run.mixed.stat().st_mtime:
+    if run.tokens_meta.is_file() and run.tokens_meta.stat().st_mtime >= run.mixed.stat().st_mtime:
         _, meta = load_tokens(run.tokens)
         return {"rows": meta.get("n_rows"), "resumed": True}
-    tcfg = TokenizeConfig(model=cfg.model, max_len=prof.max_len, truncation=prof.truncation)
-    result = tokenize_file(run.mixed, run.tokens, tcfg)
-    run.record_stage("tokenize", to_dict(tcfg))
+    result = tokenize.run(TokenizeConfig(model=cfg.model, max_len=prof.max_len, truncation=prof.truncation), run)
     return {"rows": result.n_rows, "tokens": result.n_tokens, "target_tokens": result.n_target_tokens,
             "truncated": result.n_truncated, "dropped": result.n_dropped}
 
 
 def stage_batching(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.batching import make_plan, simulate
-    from longalign.batching.cli import read_token_lengths
-
     lengths = read_token_lengths(run.tokens)
     out: dict[str, Any] = {}
     for method in METHODS:
-        plan = make_plan(lengths, method, max_len=prof.max_len, batch_size=prof.batch_size, seed=cfg.seed,
-                         algo="ffd")
-        plan.save(run.batch_stats(method), run.batch_plan(method))
-        record = plan.stats_record()
-        run.record_stage(f"batching.{method}", {"method": method, "max_len": prof.max_len,
-                                                 "batch_size": prof.batch_size, "seed": cfg.seed}, stats=record)
-        out[method] = {"batches": record["n_batches"], "efficiency": round(record["efficiency"], 3)}
-    sim = simulate(lengths, METHODS, max_len=prof.max_len, devices=8, batch_size=prof.batch_size, grad_accum=1,
-                   pack_grad_accum=1, seed=cfg.seed)
-    atomic_write_json(run.batching / "simulate.json", sim)
-    out["simulated_speedup_pack_vs_naive"] = round(sim["methods"]["pack"].get("speedup_vs_naive", 0.0), 2)
+        stats = batching.run(BatchPlanConfig(method=method, max_len=prof.max_len, batch_size=prof.batch_size,
+                                             seed=cfg.seed, algo="ffd"), run, lengths=lengths).stats
+        out[method] = {"batches": stats["n_batches"], "efficiency": round(stats["efficiency"], 3)}
+    sim = batching.run(SimulateConfig(methods=list(METHODS), max_len=prof.max_len, world_size=8,
+                                      batch_size=prof.batch_size, grad_accum=1, pack_grad_accum=1, seed=cfg.seed),
+                       run, lengths=lengths)
+    out["simulated_speedup_pack_vs_naive"] = round(sim.methods["pack"].get("speedup_vs_naive", 0.0), 2)
     return out
 
 
 def stage_train(run: RunDir, cfg: DemoConfig, prof: Profile, method: str) -> dict[str, Any]:
-    from longalign.train import TrainConfig, train
-
-    out = run.train(method)
-    final = out / "final"
-    if (final / "config.json").is_file():
-        meta = read_json(out / "run_meta.json", {}) or {}
+    if (run.final_model(method) / "config.json").is_file():
+        meta = read_json(run.train_meta(method), {}) or {}
         return {"steps": meta.get("steps"), "resumed": True, **_train_numbers(run, method)}
-    resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("checkpoint-*"))
-    tcfg = TrainConfig(run=str(run.root), model=cfg.model, method=method, algo="ffd", loss_norm="sequence",
+    ckpts = run.checkpoints(method)
+    resume = ckpts.is_dir() and any(ckpts.glob("checkpoint-*"))
+    tcfg = TrainConfig(model=cfg.model, method=method, algo="ffd", loss_norm="sequence",
                        max_len=prof.max_len, per_device_batch_size=prof.batch_size, grad_accum=1,
                        max_steps=prof.max_steps, epochs=1.0, warmup_ratio=0.0, learning_rate=2e-5,
                        precision="fp32", save_steps=1, save_total_limit=1, seed=cfg.seed, resume=resume)
-    result = train(tcfg)
+    result = train.run(tcfg, run)
     return {"steps": result.steps, "final_loss": result.final_loss, "attention": result.attention_backend,
             **_train_numbers(run, method)}
 
@@ -239,33 +220,27 @@ def _train_numbers(run: RunDir, method: str) -> dict[str, Any]:
 
 
 def trained_model(run: RunDir) -> str:
-    final = run.train("pack") / "final"
+    final = run.final_model("pack")
     return str(final) if (final / "config.json").is_file() else "smollm2"
 
 
 def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.eval.needle import NeedleConfig, run_needle
-
-    ncfg = NeedleConfig(out=str(run.root), model=trained_model(run), lengths=list(prof.needle_lengths),
-                        depths=list(prof.needle_depths), max_new_tokens=32, judge=f"local:{cfg.model}",
-                        seed=cfg.seed)
-    summary = run_needle(ncfg)
+    ncfg = NeedleConfig(model=trained_model(run), lengths=list(prof.needle_lengths), depths=list(prof.needle_depths),
+                        max_new_tokens=32, judge=f"local:{cfg.model}", seed=cfg.seed)
+    scores = needle.run(ncfg, run).scores or {}
     return {"cells": len(prof.needle_lengths) * len(prof.needle_depths),
-            "mean_recall": summary.get("mean_recall"), "mean_judge": summary.get("mean_judge")}
+            "mean_recall": scores.get("mean_recall"), "mean_judge": scores.get("mean_judge")}
 
 
 def stage_longbench_chat(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    from longalign.eval.longbench_chat import LongBenchChatConfig, run_longbench_chat
-
     if not read_jsonl(mini_set_path(run)):
         return {"cases": 0, "skipped": "no held-out document produced a record (too few generated examples)"}
-
-    lcfg = LongBenchChatConfig(data=str(mini_set_path(run)), out=str(run.root), model=trained_model(run),
-                               max_length=prof.max_len - prof.eval_max_new_tokens - 64,
+    lcfg = LongBenchChatConfig(data=str(mini_set_path(run)), model=trained_model(run),
+                               max_len=prof.max_len - prof.eval_max_new_tokens - 64,
                                max_new_tokens=prof.eval_max_new_tokens, judge=f"local:{cfg.model}",
                                judge_runs=2, seed=cfg.seed, dataset_label=MINI_SET_LABEL)
-    summary = run_longbench_chat(lcfg).get("summary", {})
-    return {"cases": summary.get("n"), "mean_score": summary.get("mean"), "dataset": MINI_SET_LABEL}
+    scores = longbench_chat.run(lcfg, run).scores or {}
+    return {"cases": scores.get("n"), "mean_score": scores.get("mean"), "dataset": MINI_SET_LABEL}
 
 
 # ------------------------------------------------------------------------------------------------ orchestration
@@ -289,7 +264,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str, str, dict | None], Non
     run = RunDir(cfg.run)
     run.root.mkdir(parents=True, exist_ok=True)
     prof = profile_for(cfg)
-    run.record_stage("demo", {**to_dict(cfg), "profile": prof.__dict__})
+    record(run, "demo", {**to_dict(cfg), "profile": prof.__dict__})
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for name, fn in stages(cfg, prof):
@@ -303,45 +278,5 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str, str, dict | None], Non
             on_stage(name, "done", numbers)
     summary = {"run": str(run.root), "profile": "quick" if cfg.quick else "full",
                "seconds": round(time.perf_counter() - t0, 1), "stages": results}
-    atomic_write_json(run.root / "demo_summary.json", summary)
+    atomic_write_json(run.demo_summary, summary)
     return summary
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="run the whole recipe at small scale on the embedded model (CPU, offline)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p, DemoConfig)
-    p.set_defaults(func=_cmd_demo)
-
-
-def _fmt(numbers: dict[str, Any]) -> str:
-    skip = {"stage_seconds"}
-    parts = []
-    for k, v in numbers.items():
-        if k in skip or isinstance(v, (dict, list)):
-            continue
-        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    cfg = build_config(DemoConfig, args)
-    started: dict[str, float] = {}
-
-    def on_stage(name: str, event: str, numbers: dict | None) -> None:
-        if event == "start":
-            started[name] = time.perf_counter()
-            print(f"==> {name}", flush=True)
-        else:
-            print(f"    done in {numbers['stage_seconds']:.0f}s: {_fmt(numbers)}", flush=True)
-
-    summary = run_demo(cfg, on_stage=on_stage)
-    print()
-    print(f"{'stage':<22}{'seconds':>9}  numbers")
-    for name, numbers in summary["stages"].items():
-        print(f"{name:<22}{numbers['stage_seconds']:>9.0f}  {_fmt(numbers)}")
-    print(f"\nfinished in {summary['seconds']:.0f}s; everything is in {summary['run']}")
-    print(f"open the dashboard:  longalign app --runs {Path(summary['run']).parent}")
-    return 0

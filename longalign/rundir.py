@@ -43,10 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-BATCH_METHODS = ("naive", "sort", "pack")
 TOKENS_META = "longalign_meta.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_META_FILE = "run_meta.json"
+
+
+def __getattr__(name: str) -> Any:
+    """``BATCH_METHODS``: the batching methods, owned by :mod:`longalign.batching.plans` (``METHODS``)."""
+    if name == "BATCH_METHODS":
+        from longalign.batching.plans import METHODS
+
+        return METHODS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -30,7 +30,7 @@ def test_simulate_story():
     lengths = np.concatenate([np.clip(rng.lognormal(np.log(500), 1, 1800), 16, 8192),
                               rng.integers(8192, 65537, 200)]).astype(int)
     rng.shuffle(lengths)
-    res = simulate(lengths, max_len=65536, devices=8, batch_size=1, grad_accum=12)
+    res = simulate(lengths, max_len=65536, world_size=8, batch_size=1, grad_accum=12)
     m = res["methods"]
     assert set(m) == {"naive", "sort", "pack", "pack_dense"}
     assert m["naive"]["idle_fraction"] > 0.5

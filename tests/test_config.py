@@ -49,3 +49,75 @@ def test_bad_choice_names_accepted_values(tmp_path):
     with pytest.raises(SystemExit):
         _parse(["--method", "packed"])
     check_choice("method", "pack", ("pack",))
+
+
+# ------------------------------------------------------------------------------ option groups, ranges, aliases
+
+from longalign.config import (DeprecatedOption, Options, add_run_arg, field_meta, option_of,  # noqa: E402
+                              redefault, run_dir_of, validate)
+
+
+@dataclass
+class Sampling(Options):
+    """Sampling."""
+
+    temperature: float = option(0.7, help="sampling temperature", minimum=0)
+    max_len: int = option(512, help="prompt budget", minimum=1, aliases=("max_length",))
+
+
+@dataclass
+class Stage(Sampling):
+    """A stage."""
+
+    kinds: list[str] = option(default_factory=lambda: ["a"], help="kinds", choices=("a", "b"))
+    judge_temperature: float = option_of(Sampling, "temperature", default=0.0, subject="judge")
+    max_len: int = redefault(64, note="stage default")
+
+
+def test_groups_redefault_and_option_of():
+    assert Stage().max_len == 64 and Sampling().max_len == 512
+    assert field_meta(Stage, "max_len")["help"] == "prompt budget (stage default)"
+    assert field_meta(Stage, "max_len")["minimum"] == 1 and field_meta(Stage, "max_len")["aliases"] == ("max_length",)
+    assert field_meta(Stage, "judge_temperature")["help"] == "judge: sampling temperature"
+    p = argparse.ArgumentParser()
+    add_config_args(p, Stage)
+    text = p.format_help()
+    assert "Sampling:" in text
+    assert text.index("\n  --kinds") < text.index("\nSampling:") < text.index("\n  --temperature")
+    assert "--max-length" not in text                                        # deprecated spellings stay hidden
+
+
+def test_ranges_and_list_choices_fail_when_built():
+    with pytest.raises(ValueError, match="temperature=-1 is not accepted; use a value >= 0"):
+        Stage(temperature=-1)
+    with pytest.raises(ValueError, match="kinds='c' is not accepted; use one of 'a', 'b'"):
+        Stage(kinds=["a", "c"])
+    cfg = Stage()
+    cfg.max_len = 0                                                           # changed after it was built
+    with pytest.raises(ValueError, match="max_len=0"):
+        validate(cfg)
+
+
+def test_alias_flag_and_key_are_deprecated_spellings(tmp_path):
+    p = argparse.ArgumentParser()
+    add_config_args(p, Stage)
+    with pytest.warns(DeprecatedOption, match="--max-length is deprecated; use --max-len"):
+        assert build_config(Stage, p.parse_args(["--max-length", "9"])).max_len == 9
+    cfg_file = tmp_path / "s.yaml"
+    cfg_file.write_text("max_length: 7\n")
+    with pytest.warns(DeprecatedOption, match="'max_length' is deprecated; use 'max_len'"):
+        assert build_config(Stage, p.parse_args(["--config", str(cfg_file)])).max_len == 7
+
+
+def test_run_dir_precedence(tmp_path):
+    p = argparse.ArgumentParser()
+    add_run_arg(p, default="runs/x", aliases=("out",))
+    add_config_args(p, Stage)
+    cfg_file = tmp_path / "s.yaml"
+    cfg_file.write_text("run: from-file\ntemperature: 0.5\n")
+    assert run_dir_of(p.parse_args([])) == "runs/x"
+    assert run_dir_of(p.parse_args(["--config", str(cfg_file)])) == "from-file"
+    assert run_dir_of(p.parse_args(["--config", str(cfg_file), "--run", "flag"])) == "flag"
+    assert build_config(Stage, p.parse_args(["--config", str(cfg_file)])).temperature == 0.5  # run: is no option
+    with pytest.warns(DeprecatedOption, match="--out is deprecated; use --run"):
+        assert run_dir_of(p.parse_args(["--out", "old"])) == "old"

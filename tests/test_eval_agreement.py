@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from longalign.eval.agreement import AgreementConfig, agreement_items, correlations, run_agreement
+from longalign.eval import agreement
+from longalign.eval.agreement import AgreementConfig, agreement_items, correlations
 from longalign.rundir import read_jsonl
 
 REAL_FEW_SHOTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "longbench_chat" / "few_shots.json"
@@ -48,15 +49,15 @@ def test_agreement_with_fake_judge(fake_llm, tmp_path):
     fake_llm.set_responder(responder)
     path = tmp_path / "few_shots.json"
     path.write_text(json.dumps(SHOTS), encoding="utf-8")
-    cfg = AgreementConfig(few_shots=str(path), out=str(tmp_path / "run"), judge="openai:judge",
+    cfg = AgreementConfig(few_shots=str(path), judge="openai:judge",
                           judge_base_url=fake_llm.base_url, progress=False)
-    s = run_agreement(cfg)
+    s = agreement.run(cfg, tmp_path / "run").scores
     assert s["n"] == 6 and s["unparsed"] == 0
     assert s["spearman"] == pytest.approx(0.9856, abs=1e-4)                    # ties at 1 (human 1 and 2)
     assert s["paper"]["gpt4_few_shot"] == {"spearman": 0.844, "kendall": 0.716}
     assert s["saw_question_and_reference"] is False and any("no question" in n for n in s["notes"])
     assert len(fake_llm.requests) == 6
-    run_agreement(cfg)
+    agreement.run(cfg, tmp_path / "run")
     assert len(fake_llm.requests) == 6                                         # resumed: nothing re-asked
 
 
@@ -65,9 +66,8 @@ def test_agreement_with_fake_judge(fake_llm, tmp_path):
 def test_local_judge_on_real_few_shots(tmp_path):
     """The embedded model as a local judge on the first 4 questions (12 answers) of the real file; the full
     150-answer run is the CLI command ``longalign eval judge-agreement --few-shots ...``."""
-    cfg = AgreementConfig(few_shots=str(REAL_FEW_SHOTS), out=str(tmp_path / "run"), judge="local:smollm2", limit=4,
-                          progress=False)
-    s = run_agreement(cfg)
+    cfg = AgreementConfig(few_shots=str(REAL_FEW_SHOTS), judge="local:smollm2", limit=4, progress=False)
+    s = agreement.run(cfg, tmp_path / "run").scores
     assert s["n"] == 12 and s["n_scored"] == 12 and s["unparsed"] == 0        # a local judge always scores
     recs = read_jsonl(tmp_path / "run" / "eval" / "judge_agreement" / "ratings.jsonl")
     for r in recs:

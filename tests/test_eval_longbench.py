@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from longalign.eval.longbench import (LongBenchConfig, build_prompt, judge_messages, load_longbench, run_longbench,
+from longalign.eval import longbench
+from longalign.eval.longbench import (LongBenchConfig, build_prompt, judge_messages, load_longbench,
                                       to_0_100)
 from longalign.rundir import read_jsonl
 
@@ -68,10 +69,10 @@ def test_judged_run(fake_llm, tmp_path):
 
     fake_llm.set_responder(responder)
     folder = write_fixture(tmp_path / "lb")
-    cfg = LongBenchConfig(data=str(folder), tasks=["hotpotqa", "qasper", "gov_report"], out=str(tmp_path / "run"),
+    cfg = LongBenchConfig(data=str(folder), tasks=["hotpotqa", "qasper", "gov_report"],
                           model="openai:m", model_base_url=fake_llm.base_url, judge="openai:judge",
                           judge_base_url=fake_llm.base_url, progress=False)
-    s = run_longbench(cfg)["summary"]
+    s = longbench.run(cfg, tmp_path / "run").scores
     assert s["tasks"]["hotpotqa"] == {"score_0_100": 100.0, "n": 3, "unparsed": 0, "category": "multi_doc_qa",
                                       "mean_rating": 3.0, "scale": "1-3"}
     assert s["tasks"]["qasper"]["score_0_100"] == 50.0 and s["tasks"]["gov_report"]["score_0_100"] == 75.0
@@ -83,5 +84,5 @@ def test_judged_run(fake_llm, tmp_path):
     budgets = {p["dataset"]: p["sampling"]["max_tokens"] for p in preds}
     assert budgets == {"hotpotqa": 32, "qasper": 128, "gov_report": 512}      # LongBench's per-task budgets
     n = len(fake_llm.requests)
-    run_longbench(cfg)                                                        # resumes: nothing new
+    longbench.run(cfg, tmp_path / "run")                                                  # resumes: nothing new
     assert len(fake_llm.requests) == n

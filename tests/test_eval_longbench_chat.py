@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from longalign.eval.longbench_chat import (LongBenchChatConfig, detect_lang, judge_messages, load_longbench_chat,
-                                           run_longbench_chat)
+from longalign.eval import longbench_chat
+from longalign.eval.longbench_chat import LongBenchChatConfig, detect_lang, judge_messages, load_longbench_chat
 from longalign.rundir import read_jsonl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -84,16 +84,16 @@ def test_load_formats_and_errors(tmp_path):
         load_longbench_chat(tmp_path / "nothing.json")
 
 
-def _cfg(folder: Path, out: Path, url: str, **kw) -> LongBenchChatConfig:
-    return LongBenchChatConfig(data=str(folder), out=str(out), model="openai:model-under-test", model_base_url=url,
+def _cfg(folder: Path, url: str, **kw) -> LongBenchChatConfig:
+    return LongBenchChatConfig(data=str(folder), model="openai:model-under-test", model_base_url=url,
                                judge="openai:judge-x", judge_base_url=url, max_new_tokens=64, progress=False, **kw)
 
 
 def test_two_runs_averaged_with_shuffled_examples(fake_llm, tmp_path):
     fake_llm.set_responder(chat_responder)
     folder = make_fixture(tmp_path / "lbc")
-    cfg = _cfg(folder, tmp_path / "run", fake_llm.base_url, price_in_per_mtok=2.0, price_out_per_mtok=4.0)
-    result = run_longbench_chat(cfg)
+    cfg = _cfg(folder, fake_llm.base_url, price_in_per_mtok=2.0, price_out_per_mtok=4.0)
+    result = longbench_chat.run(cfg, tmp_path / "run")
     edir = tmp_path / "run" / "eval" / "longbench_chat"
     preds = read_jsonl(edir / "predictions.jsonl")
     assert sorted(p["idx"] for p in preds) == [1, 2, 3, 4]
@@ -121,20 +121,20 @@ def test_two_runs_averaged_with_shuffled_examples(fake_llm, tmp_path):
     tok = s["tokens"]
     assert tok["prompt"] == sum(r["prompt_tokens"] for rec in judged.values() for r in rec["runs"])
     assert s["cost"] == pytest.approx(tok["prompt"] * 2e-6 + tok["completion"] * 4e-6)
-    assert result["judging"]["runs_judged"] == 8
+    assert result.judging["runs_judged"] == 8
     n_requests = len(fake_llm.requests)
     assert n_requests == 4 + 8
     # a second run does nothing new
-    again = run_longbench_chat(cfg)
-    assert again["predictions"]["generated"] == 0 and again["judging"]["runs_judged"] == 0
+    again = longbench_chat.run(cfg, tmp_path / "run")
+    assert again.predictions["generated"] == 0 and again.judging["runs_judged"] == 0
     assert len(fake_llm.requests) == n_requests
 
 
 def test_unparsed_judge_counted(fake_llm, tmp_path):
     fake_llm.set_responder(lambda req: "I cannot rate this." if req["model"].startswith("judge") else "An answer")
     folder = make_fixture(tmp_path / "lbc")
-    cfg = _cfg(folder, tmp_path / "run", fake_llm.base_url, limit=1, judge_runs=1, judge_max_attempts=2)
-    s = run_longbench_chat(cfg)["summary"]
+    cfg = _cfg(folder, fake_llm.base_url, limit=1, judge_runs=1, judge_max_attempts=2)
+    s = longbench_chat.run(cfg, tmp_path / "run").scores
     assert s["mean"] is None and s["unparsed"] == 1 and s["n"] == 1
     rec = read_jsonl(tmp_path / "run" / "eval" / "longbench_chat" / "judgments.jsonl")[0]
     assert rec["runs"][0]["attempts"] == 2 and rec["runs"][0]["replies"] == ["I cannot rate this."] * 2
@@ -154,8 +154,8 @@ def test_benchmark_template_file(fake_llm, tmp_path):
     tpl = tmp_path / "prompt_fs.txt"
     tpl.write_text("[Question]\n{}\n[Ref]\n{}\n" + "[Ans]\n{}\nRating: [[{}]]\n" * 3 + "[Rate]\n{}\nRating: ",
                    encoding="utf-8")
-    cfg = _cfg(folder, tmp_path / "run", fake_llm.base_url, limit=1, judge_runs=1, judge_template=str(tpl))
-    s = run_longbench_chat(cfg)["summary"]
+    cfg = _cfg(folder, fake_llm.base_url, limit=1, judge_runs=1, judge_template=str(tpl))
+    s = longbench_chat.run(cfg, tmp_path / "run").scores
     assert s["mean"] == 5.0 and any("prompt_fs.txt" in n for n in s["notes"])
     assert seen[0].startswith("[Question]\nWhat did the committee approve?\n[Ref]\nThe bridge repair.\n[Ans]\n")
     assert seen[0].endswith("[Rate]\nAn answer\nRating: ")
@@ -163,7 +163,7 @@ def test_benchmark_template_file(fake_llm, tmp_path):
 
 
 def _cli(folder: Path, out: Path, url: str) -> list[str]:
-    return [sys.executable, "-m", "longalign.cli", "eval", "longbench-chat", "--data", str(folder), "--out", str(out),
+    return [sys.executable, "-m", "longalign.cli", "eval", "longbench-chat", "--data", str(folder), "--run", str(out),
             "--model", "openai:model-under-test", "--model-base-url", url, "--judge", "openai:judge-x",
             "--judge-base-url", url, "--judge-max-in-flight", "1", "--max-new-tokens", "64", "--progress", "false"]
 

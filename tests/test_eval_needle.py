@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from longalign.eval import needle
 from longalign.eval.generate import load_counting_tokenizer
 from longalign.eval.needle import (PAPER_NEEDLE, PAPER_QUESTION, Haystack, NeedleConfig, default_key_phrases,
-                                   grid_of, insert_needle, key_phrase_recall, linear_grid, needle_ids_for, run_needle)
+                                   grid_of, insert_needle, key_phrase_recall, linear_grid, needle_ids_for)
 from longalign.rundir import read_jsonl
 
 # "Sentence number k is about topic k." -> 11 tokens for k=1 ('Sent','ence',...), 10 for k=2..9, 12 for
@@ -88,10 +89,10 @@ def test_grid_with_fake_server_resumes(fake_llm, tmp_path):
         return "Eat a sandwich and sit in Dolores Park." if "Dolores Park" in user else "I do not know."
 
     fake_llm.set_responder(responder)
-    cfg = NeedleConfig(out=str(tmp_path / "run"), model="openai:m", model_base_url=fake_llm.base_url,
+    cfg = NeedleConfig(model="openai:m", model_base_url=fake_llm.base_url,
                        judge="openai:judge", judge_base_url=fake_llm.base_url, lengths=[400, 700], depths=[20, 80],
                        progress=False)
-    s = run_needle(cfg)
+    s = needle.run(cfg, tmp_path / "run").scores
     edir = tmp_path / "run" / "eval" / "needle"
     recs = read_jsonl(edir / "results.jsonl")
     assert sorted((r["context_length"], r["depth_percent"]) for r in recs) == [(400, 20.0), (400, 80.0),
@@ -107,7 +108,7 @@ def test_grid_with_fake_server_resumes(fake_llm, tmp_path):
     models = [r["model"] for r in fake_llm.requests]
     assert models.count("m") == 4 and models.count("judge") == 1              # identical judge prompts: cached
     cfg.lengths = [400, 700, 1000]
-    s2 = run_needle(cfg)                                                      # only the new cells are asked
+    s2 = needle.run(cfg, tmp_path / "run").scores                            # only the new cells are asked
     models = [r["model"] for r in fake_llm.requests]
     assert models.count("m") == 6 and models.count("judge") == 1 and s2["n"] == 6
 
@@ -123,9 +124,9 @@ def test_embedded_model_3x3_grid(tmp_path):
 
     gen = LocalGenerator(None, device="cpu")
     judge = LocalJudge(None, model=gen.model, tokenizer=gen.tokenizer, device="cpu")
-    cfg = NeedleConfig(out=str(tmp_path / "run"), lengths=[500, 1000, 1500], depths=[10, 50, 90], max_new_tokens=32,
+    cfg = NeedleConfig(lengths=[500, 1000, 1500], depths=[10, 50, 90], max_new_tokens=32,
                        judge="local:smollm2", progress=False)
-    s = run_needle(cfg, generator=gen, judge=judge)
+    s = needle.run(cfg, tmp_path / "run", generator=gen, judge=judge).scores
     recs = read_jsonl(tmp_path / "run" / "eval" / "needle" / "results.jsonl")
     assert len(recs) == 9 and s["n"] == 9
     for r in recs:

@@ -10,17 +10,37 @@ Public API::
     PaddedCollator(pad_token_id), PackedCollator(max_len)      (longalign.batching.collate)
     select_attention(device, packed) -> attn_implementation    (longalign.batching.attention)
     simulate(lengths, ...), fit_cost_model(measurements)       (longalign.batching.simulate)
+    run(BatchPlanConfig | SimulateConfig, run_dir) -> PlanSummary | SimulationSummary   (the stage)
 
 Only numpy is imported here; torch and transformers load when a collator, loss or attention function is
 used, so planning stays cheap.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from longalign import stage
+from longalign.batching import plans as _plans
+from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
+from longalign.batching.config import BatchPlanConfig, SimulateConfig
+from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (LOSS_NORMS, StepTotals, count_targets, step_totals_allreduce, token_weights,
                                      weighted_causal_lm_loss, weights_from_totals)
-from longalign.batching.plans import (METHODS, OVERLONG, PACK_ALGOS, Plan, compute_stats, load_plan_batches,
-                                      make_plan, pack_lengths)
-from longalign.batching.simulate import CostModel, fit_cost_model, simulate, simulate_plan
+from longalign.batching.plans import (METHODS, OVERLONG, PACK_ALGOS, Plan, PlanSummary, compute_stats,
+                                      load_plan_batches, make_plan, pack_lengths)
+from longalign.batching.simulate import CostModel, SimulationSummary, fit_cost_model, simulate, simulate_plan
+from longalign.rundir import RunDir
+
+STEPS = {BatchPlanConfig: _plans.run, SimulateConfig: _simulate_module.run}
+
+
+def run(cfg: BatchPlanConfig | SimulateConfig, run_dir: str | Path | RunDir, **kwargs: Any) -> stage.Summary:
+    """The batching stage: a plan (``batching/<method>.json`` + ``.plan.json``) or a simulation
+    (``batching/simulate.json``) of the run's token lengths, recorded in run.json."""
+    return stage.dispatch(STEPS, "longalign.batching", cfg, run_dir, **kwargs)
 
 
 def select_attention(device, packed: bool, dtype=None) -> str:
@@ -31,7 +51,9 @@ def select_attention(device, packed: bool, dtype=None) -> str:
 
 
 __all__ = [
-    "METHODS", "PACK_ALGOS", "OVERLONG", "LOSS_NORMS", "Plan", "make_plan", "pack_lengths", "compute_stats",
+    "run", "BatchPlanConfig", "SimulateConfig", "PlanSummary", "SimulationSummary", "read_lengths_file",
+    "read_token_lengths", "METHODS", "PACK_ALGOS", "OVERLONG", "LOSS_NORMS", "Plan", "make_plan", "pack_lengths",
+    "compute_stats",
     "load_plan_batches", "token_weights", "count_targets", "StepTotals", "step_totals_allreduce",
     "weights_from_totals", "weighted_causal_lm_loss", "PaddedCollator", "PackedCollator", "plan_features",
     "select_attention", "CostModel", "simulate", "simulate_plan", "fit_cost_model",

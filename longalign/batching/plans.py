@@ -42,11 +42,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from longalign.batching.lengths import lengths_for
 from longalign.config import check_choice
+from longalign.rundir import RunDir
+from longalign.stage import Summary, as_run_dir, record
+
+if TYPE_CHECKING:  # pragma: no cover
+    from longalign.batching.config import BatchPlanConfig
 
 log = logging.getLogger(__name__)
 
@@ -584,3 +590,66 @@ def compute_stats(plan: Plan, *, flat: np.ndarray | None = None, sizes: np.ndarr
         stats["length"] = {"min": int(flat_len.min()), "mean": float(flat_len.mean()),
                            "median": float(np.median(flat_len)), "max": int(flat_len.max())}
     return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The batching.<method> step
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PlanSummary(Summary):
+    """A plan's statistics (``Plan.stats_record()``) and where the plan was written."""
+
+    stats: dict[str, Any]
+    stats_path: Path | None = None
+    plan_path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The statistics at the top level (as in ``batching/<method>.json``), plus the two paths."""
+        out = super().to_dict()
+        return {**out.pop("stats"), **out}
+
+    def lines(self) -> list[str]:
+        r = self.stats
+        algo = f"/{r['algo']}" if r.get("algo") else ""
+        out = [f"{r['method']}{algo}: {r['n_sequences']} sequences, {r['n_tokens']} tokens -> {r['n_batches']} "
+               f"micro-batches (lower bound {r['lower_bound']}), {r['n_steps']} steps",
+               f"  efficiency {r['efficiency']:.4f}  padding {r['padding_fraction']:.4f}  "
+               f"attention cost ratio {r['attention_cost_ratio']:.4f}"
+               + (f" (dense mask {r['attention_cost_ratio_dense']:.4f})" if "attention_cost_ratio_dense" in r else ""),
+               f"  truncated {r['truncated']}  dropped {r['dropped']}  planned in {r['seconds']:.3f}s"]
+        written = [str(p) for p in (self.stats_path, self.plan_path) if p is not None]
+        if written:
+            out.append("  wrote " + ", ".join(written))
+        return out
+
+
+def plan_for(cfg: "BatchPlanConfig", lengths: Sequence[int] | np.ndarray | None = None) -> Plan:
+    """:func:`make_plan` with the settings of ``cfg`` over ``lengths`` (default: ``cfg.lengths``/``cfg.tokens``)."""
+    if lengths is None:
+        lengths = lengths_for(cfg)
+    return make_plan(lengths, cfg.method, max_len=cfg.max_len, batch_size=cfg.batch_size, world_size=cfg.world_size,
+                     grad_accum=cfg.grad_accum, algo=cfg.algo, seed=cfg.seed, overlong=cfg.overlong)
+
+
+def plan_lengths(cfg: "BatchPlanConfig", lengths: Sequence[int] | np.ndarray | None = None) -> PlanSummary:
+    """Plan without a run directory: the statistics, and the plan in ``cfg.plan_out`` when that is set."""
+    plan = plan_for(cfg, lengths)
+    if cfg.plan_out:
+        plan.save(plan_path=cfg.plan_out)
+    return PlanSummary(plan.stats_record(), plan_path=Path(cfg.plan_out) if cfg.plan_out else None)
+
+
+def run(cfg: "BatchPlanConfig", run_dir: str | Path | RunDir,
+        lengths: Sequence[int] | np.ndarray | None = None) -> PlanSummary:
+    """The ``batching.<method>`` step: plan the run's token lengths (or ``cfg.lengths``/``cfg.tokens``, or
+    ``lengths``) into ``batching/<method>.json`` + ``.plan.json`` (and ``cfg.plan_out``), recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    plan = plan_for(cfg, lengths if lengths is not None else lengths_for(cfg, run_))
+    stats_path, plan_path = run_.batch_stats(cfg.method), run_.batch_plan(cfg.method)
+    plan.save(stats_path, plan_path)
+    if cfg.plan_out:
+        plan.save(plan_path=cfg.plan_out)
+    summary = PlanSummary(plan.stats_record(), stats_path=stats_path, plan_path=plan_path)
+    record(run_, f"batching.{cfg.method}", cfg, summary)
+    return summary

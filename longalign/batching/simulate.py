@@ -25,11 +25,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from longalign.config import check_choice
+from longalign.batching.lengths import lengths_for
+from longalign.batching.plans import METHODS, make_plan
+from longalign.config import check_choice, deprecated
+from longalign.rundir import RunDir, atomic_write_json
+from longalign.stage import Summary, as_run_dir, record
+
+if TYPE_CHECKING:  # pragma: no cover
+    from longalign.batching.config import SimulateConfig
 
 ATTENTION_MODES = ("varlen", "dense")
 SYNC_MODES = ("micro", "step")
@@ -113,24 +121,27 @@ def simulate_plan(plan: Any, cost: CostModel | None = None, *, attention: str = 
     return out
 
 
-def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = ("naive", "sort", "pack"), *,
-             max_len: int, devices: int = 8, batch_size: int = 1, grad_accum: int = 12, algo: str = "ffd",
+def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = METHODS, *,
+             max_len: int, world_size: int = 8, batch_size: int = 1, grad_accum: int = 12, algo: str = "ffd",
              pack_grad_accum: int | None = 1, seed: int = 0, overlong: str = "truncate",
-             cost: CostModel | None = None, sync: str = "micro", dense_pack: bool = True) -> dict[str, Any]:
+             cost: CostModel | None = None, sync: str = "micro", dense_pack: bool = True,
+             devices: int | None = None) -> dict[str, Any]:
     """Simulate each method over the same lengths; returns ``{"config": ..., "methods": {name: {...}}}``.
 
     Padded methods use ``batch_size`` sequences per device and ``grad_accum`` accumulation steps; packing
     uses one pack per micro-batch and ``pack_grad_accum`` (default ``grad_accum``). With ``dense_pack`` a
     second pack entry (``pack_dense``) prices the dense block-diagonal mask. ``speedup_vs_naive`` compares
-    total time when naive is among the methods.
+    total time when naive is among the methods. ``devices`` is the deprecated name of ``world_size``
+    (``config`` still carries a ``devices`` entry for readers of older results).
     """
-    from longalign.batching.plans import make_plan
-
+    if devices is not None:
+        deprecated("simulate(devices=...) is deprecated; use world_size=...")
+        world_size = devices
     cost = cost or CostModel()
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     for method in methods:
-        plan = make_plan(lengths, method, max_len=max_len, batch_size=batch_size, world_size=devices,
+        plan = make_plan(lengths, method, max_len=max_len, batch_size=batch_size, world_size=world_size,
                          grad_accum=(pack_grad_accum or grad_accum) if method == "pack" else grad_accum,
                          algo=algo, seed=seed, overlong=overlong)
         results[method] = simulate_plan(plan, cost, attention="varlen", sync=sync)
@@ -140,7 +151,8 @@ def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = ("nai
         base = results["naive"]["total_seconds"]
         for r in results.values():
             r["speedup_vs_naive"] = base / r["total_seconds"] if r["total_seconds"] else 0.0
-    config = {"n_sequences": int(np.asarray(lengths).size), "max_len": int(max_len), "devices": int(devices),
+    config = {"n_sequences": int(np.asarray(lengths).size), "max_len": int(max_len), "world_size": int(world_size),
+              "devices": int(world_size),
               "batch_size": int(batch_size), "grad_accum": int(grad_accum),
               "pack_grad_accum": int(pack_grad_accum or grad_accum), "algo": algo, "seed": int(seed),
               "overlong": overlong, "sync": sync, "cost": cost.to_dict(),
@@ -182,3 +194,52 @@ def fit_cost_model(measurements: Sequence[Mapping[str, float]], *, fit_per_batch
     coef = coef / scale
     return CostModel(per_token=float(coef[0]), per_token_sq=float(coef[1]),
                      per_batch=float(coef[2]) if fit_per_batch else 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The batching.simulate step
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SimulationSummary(Summary):
+    """Simulated time per method (the content of ``batching/simulate.json``) and where it was written."""
+
+    config: dict[str, Any]
+    methods: dict[str, Any]
+    path: Path | None = None
+
+    def lines(self) -> list[str]:
+        c = self.config
+        out = [f"{c['n_sequences']} sequences, {c['world_size']} devices, max_len {c['max_len']}, sync={c['sync']}",
+               f"{'method':<12}{'hours':>10}{'idle':>8}{'steps':>8}{'vs naive':>10}"]
+        for name, r in self.methods.items():
+            speed = r.get("speedup_vs_naive")
+            out.append(f"{name:<12}{r['total_seconds'] / 3600:>10.2f}{r['idle_fraction']:>8.1%}{r['n_steps']:>8}"
+                       + (f"{speed:>9.2f}x" if speed is not None else ""))
+        if self.path is not None:
+            out.append(f"wrote {self.path}")
+        return out
+
+
+def simulate_config(cfg: "SimulateConfig", lengths: Sequence[int] | np.ndarray | None = None) -> SimulationSummary:
+    """:func:`simulate` with the settings of ``cfg`` over ``lengths`` (default: ``cfg.lengths``/``cfg.tokens``),
+    without a run directory."""
+    if lengths is None:
+        lengths = lengths_for(cfg)
+    result = simulate(lengths, cfg.methods, max_len=cfg.max_len, world_size=cfg.world_size,
+                      batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, pack_grad_accum=cfg.pack_grad_accum,
+                      algo=cfg.algo, seed=cfg.seed, overlong=cfg.overlong,
+                      cost=CostModel(cfg.per_token, cfg.per_token_sq, cfg.per_batch), sync=cfg.sync)
+    return SimulationSummary(config=result["config"], methods=result["methods"])
+
+
+def run(cfg: "SimulateConfig", run_dir: str | Path | RunDir,
+        lengths: Sequence[int] | np.ndarray | None = None) -> SimulationSummary:
+    """The ``batching.simulate`` step: simulate the run's token lengths (or ``cfg.lengths``/``cfg.tokens``, or
+    ``lengths``) into ``batching/simulate.json``, recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    summary = simulate_config(cfg, lengths if lengths is not None else lengths_for(cfg, run_))
+    atomic_write_json(run_.simulation, {"config": summary.config, "methods": summary.methods})
+    summary.path = run_.simulation
+    record(run_, "batching.simulate", cfg, summary)
+    return summary

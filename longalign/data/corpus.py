@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from longalign.config import check_choice, option
-from longalign.rundir import atomic_write_text, iter_jsonl
+from longalign.config import Options, check_choice, option
+from longalign.rundir import RunDir, atomic_write_text, iter_jsonl
+from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,13 @@ FOLDER_SUFFIXES = (".txt", ".md")
 
 
 @dataclass
-class CorpusConfig:
+class CorpusConfig(Options):
     """Options of ``longalign data corpus``."""
 
     input: str = option("builtin", help="where documents come from: 'builtin' (texts installed on this machine), "
                                          "a .jsonl file (text, optional id/source/lang), a folder of .txt/.md "
                                          "files, or hf:<dataset name>")
-    builtin_sources: list[str] = option(default_factory=lambda: list(BUILTIN_SOURCES),
+    builtin_sources: list[str] = option(default_factory=lambda: list(BUILTIN_SOURCES), choices=BUILTIN_SOURCES,
                                         help="which built-in sources to use: " + ", ".join(BUILTIN_SOURCES))
     hf_split: str = option("train", help="split of the HF dataset (input=hf:<name>)")
     hf_config: str | None = option(None, help="configuration name of the HF dataset, if it has several")
@@ -71,9 +72,10 @@ class CorpusConfig:
     id_column: str = option("id", help="column holding a document id (HF dataset); row number if absent")
     tokenizer: str | None = option(None, help="model spec whose tokenizer measures lengths "
                                               "(default: the embedded SmolLM2-135M-Instruct)")
-    min_tokens: int = option(1024, help="drop documents shorter than this many tokens")
-    max_tokens: int = option(8192, help="drop documents longer than this many tokens")
-    n_docs: int = option(200, help="how many documents to sample (0 = every document that passes the filters)")
+    min_tokens: int = option(1024, minimum=0, help="drop documents shorter than this many tokens")
+    max_tokens: int = option(8192, minimum=1, help="drop documents longer than this many tokens")
+    n_docs: int = option(200, minimum=0, help="how many documents to sample (0 = every document that passes the "
+                                              "filters)")
     bucket_edges: list[int] = option(default_factory=lambda: [2048, 4096, 8192, 16384, 32768],
                                      help="token-length bucket boundaries (ascending)")
     bucket_weights: list[float] = option(default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
@@ -81,10 +83,41 @@ class CorpusConfig:
                                               "larger weights for longer buckets upsample long documents")
     langs: list[str] = option(default_factory=list, help="keep only these languages (e.g. en,zh; empty = all)")
     seed: int = option(42, help="sampling seed")
-    max_chars_per_token: float = option(10.0, help="texts longer than max_tokens * this many characters are "
-                                                   "skipped without tokenising (speed bound)")
-    batch_size: int = option(64, help="documents per tokenizer call")
+    max_chars_per_token: float = option(10.0, minimum=1, help="texts longer than max_tokens * this many characters "
+                                                              "are skipped without tokenising (speed bound)")
+    batch_size: int = option(64, minimum=1, help="documents per tokenizer call")
     dedupe: bool = option(True, help="drop documents whose text is identical to an earlier one")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_buckets(self.bucket_edges, self.bucket_weights)
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
+
+
+@dataclass
+class CorpusSummary(Summary):
+    """What ``data corpus`` did: counts read / kept / dropped by reason, histograms of the kept documents."""
+
+    input: str
+    read: int
+    candidates: int
+    written: int
+    dropped: dict[str, int]
+    tokenized: int
+    by_source: dict[str, int]
+    by_lang: dict[str, int]
+    by_bucket: dict[str, int]
+    tokens: int
+    seconds: dict[str, float]
+    path: Path | None = None
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.written} documents to {self.path}", *super().lines()]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.written else 1
 
 
 # ----------------------------------------------------------------------------------------------- language
@@ -420,9 +453,6 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, token
     """
     import json
 
-    check_buckets(cfg.bucket_edges, cfg.bucket_weights)
-    if cfg.min_tokens > cfg.max_tokens:
-        raise ValueError(f"min_tokens ({cfg.min_tokens}) is larger than max_tokens ({cfg.max_tokens})")
     t0 = time.perf_counter()
     raw = docs if docs is not None else read_documents(cfg)
     t_read = time.perf_counter() - t0
@@ -527,6 +557,15 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, token
     log.info("corpus: %d read, %d tokenized, %d written in %.1f s", len(raw), n_tokenized, len(chosen),
              summary["seconds"]["total"])
     return chosen, summary
+
+
+def run(cfg: CorpusConfig, run_dir: str | Path | RunDir, *, tokenizer: Any = None) -> CorpusSummary:
+    """The ``data.corpus`` step: :func:`build_corpus` into ``<run>/data/corpus.jsonl``, recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    _, counts = build_corpus(cfg, run_.corpus, tokenizer=tokenizer)
+    summary = CorpusSummary(**counts, path=run_.corpus)
+    record(run_, "data.corpus", cfg, summary)
+    return summary
 
 
 def read_corpus(path: str | Path) -> list[dict[str, Any]]:

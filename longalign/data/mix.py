@@ -10,21 +10,49 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from longalign.config import option
+from longalign.config import Options, option
 from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, write_jsonl
 from longalign.rundir import RunDir, read_jsonl
+from longalign.stage import Summary, as_run_dir, record
 
 
 @dataclass
-class MixConfig:
+class MixConfig(Options):
     """Options of ``longalign data mix``."""
 
     n_long: str = option("all", help="long examples to mix in: 'all', a number, or a paper suite such as 0k, 5k, 10k")
     seed: int = option(42, help="seed for choosing long examples and shuffling")
     long_path: str | None = option(None, help="long examples (default: <run>/data/long.jsonl)")
-    short_path: str | None = option(None, help="short conversations (default: <run>/data/short.jsonl)")
+    short_path: str | None = option(None, help="short conversations (default: <run>/data/short.jsonl when it "
+                                               "exists)")
+    exclude_doc_ids: list[str] = option(default_factory=list, help="long examples of these documents are left out "
+                                                                   "(held out for evaluation, say)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_n_long(self.n_long)
+
+
+@dataclass
+class MixSummary(Summary):
+    """What ``data mix`` wrote: long and short examples, by source and task type."""
+
+    long: int
+    short: int
+    total: int
+    long_available: int
+    by_source: dict[str, int]
+    by_task_type: dict[str, int]
+    seed: int
+    n_long: str
+    excluded: int = 0
+    path: Path | None = None
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.total} examples ({self.long} long, {self.short} short) to {self.path}",
+                *super().lines()]
 
 
 def parse_n_long(value: str | int | None) -> int | None:
@@ -77,8 +105,10 @@ def mix(long_records: list[dict[str, Any]], short_records: list[dict[str, Any]],
 
 
 def mix_files(long_path: str | Path, short_path: str | Path | None, out_path: str | Path, *,
-              n_long: str | int | None = "all", seed: int = 42) -> dict[str, Any]:
-    """:func:`mix` on files; a missing short file is an error unless ``short_path`` is None."""
+              n_long: str | int | None = "all", seed: int = 42,
+              exclude_doc_ids: Iterable[str] = ()) -> dict[str, Any]:
+    """:func:`mix` on files; a missing short file is an error unless ``short_path`` is None. Long records whose
+    ``doc_id`` is in ``exclude_doc_ids`` are left out (``excluded`` in the counts)."""
     long_path = Path(long_path)
     if not long_path.is_file() and parse_n_long(n_long) != 0:
         raise FileNotFoundError(f"{long_path} does not exist; generate long data first (longalign data generate) "
@@ -87,6 +117,10 @@ def mix_files(long_path: str | Path, short_path: str | Path | None, out_path: st
     for i, r in enumerate(long_records):
         if not isinstance(r.get("messages"), list):
             raise ValueError(f"{long_path}: record {i + 1} has no 'messages' list")
+    excluded = {str(i) for i in exclude_doc_ids}
+    n_before = len(long_records)
+    if excluded:
+        long_records = [r for r in long_records if str(r.get("doc_id")) not in excluded]
     short_records: list[dict[str, Any]] = []
     if short_path is not None:
         short_path = Path(short_path)
@@ -95,7 +129,19 @@ def mix_files(long_path: str | Path, short_path: str | Path | None, out_path: st
         short_records = read_jsonl(short_path, strict=True)
     records, counts = mix(long_records, short_records, n_long=n_long, seed=seed)
     write_jsonl(out_path, records)
-    return counts
+    return {**counts, "excluded": n_before - len(long_records)}
+
+
+def run(cfg: MixConfig, run_dir: str | Path | RunDir) -> MixSummary:
+    """The ``data.mix`` step: ``long_path`` (default ``<run>/data/long.jsonl``) and ``short_path`` (default
+    ``<run>/data/short.jsonl`` when it exists) into ``<run>/data/mixed.jsonl``, recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    short = cfg.short_path or (run_.short if run_.short.is_file() else None)
+    counts = mix_files(cfg.long_path or run_.long, short, run_.mixed, n_long=cfg.n_long, seed=cfg.seed,
+                       exclude_doc_ids=cfg.exclude_doc_ids)
+    summary = MixSummary(**counts, path=run_.mixed)
+    record(run_, "data.mix", cfg, summary)
+    return summary
 
 
 def provide_mix(run: RunDir, source: RunDir | None = None, *, seed: int = 42) -> Path:

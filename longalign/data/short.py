@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from longalign.config import check_choice, option
-from longalign.rundir import atomic_write_text, iter_jsonl, read_jsonl
+from longalign.config import Options, check_choice, option
+from longalign.rundir import RunDir, atomic_write_text, iter_jsonl, read_jsonl
+from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_s
 
 
 @dataclass
-class ShortConfig:
+class ShortConfig(Options):
     """Options of ``longalign data short``."""
 
     inputs: list[str] = option(default_factory=list, help="ShareGPT (.json list or .jsonl with 'conversations') "
@@ -62,7 +63,8 @@ class ShortConfig:
     unknown_role_policy: str = option("drop-conversation", choices=UNKNOWN_ROLE_POLICIES,
                                       help="what to do with turns whose role is neither user, assistant nor system")
     dedupe: bool = option(True, help="drop conversations identical to an earlier one")
-    max_conversations: int = option(0, help="keep at most this many conversations, sampled with seed (0 = all)")
+    max_conversations: int = option(0, minimum=0, help="keep at most this many conversations, sampled with seed "
+                                                       "(0 = all)")
     source: str | None = option(None, help="value of the 'source' field (default: 'sharegpt' or the file name)")
     seed: int = option(42, help="sampling seed for max_conversations")
 
@@ -192,15 +194,18 @@ def normalize_conversation(turns: list[tuple[str, str]], *, system_policy: str =
 
 
 @dataclass
-class ShortReport:
+class ShortReport(Summary):
+    """What ``data short`` did: conversations read and kept, what was dropped and why, kept per input."""
+
     read: int
     kept: int
     dropped_conversations: dict[str, int]
     dropped_turns: dict[str, int]
     by_input: dict[str, int]
+    path: Path | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def lines(self) -> list[str]:
+        return [f"wrote {self.kept} of {self.read} conversations to {self.path}", *super().lines()]
 
 
 def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport]:
@@ -263,3 +268,13 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write all records at once through a temporary file and a rename."""
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def run(cfg: ShortConfig, run_dir: str | Path | RunDir) -> ShortReport:
+    """The ``data.short`` step: :func:`load_short_data` into ``<run>/data/short.jsonl``, recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    records, report = load_short_data(cfg)
+    write_jsonl(run_.short, records)
+    report.path = run_.short
+    record(run_, "data.short", cfg, report)
+    return report

@@ -20,14 +20,17 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
-from longalign.config import option, to_dict
-from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, is_local_judge,
-                                  make_judge)
+from longalign.config import option, redefault
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, check_judge_spec, is_local_judge, make_judge
 from longalign.eval.longbench_chat import (JUDGE_SYSTEM, build_judge_user_prompt, detect_lang, load_few_shots,
                                            load_longbench_chat)
+from longalign.eval.options import LOCAL_SCORES, SeededJudgeOptions
+from longalign.eval.summary import AgreementSummary
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +42,18 @@ PAPER_AGREEMENT = {
 
 
 @dataclass
-class AgreementConfig:
+class AgreementConfig(SeededJudgeOptions):
     """``longalign eval judge-agreement``: correlate a judge with the human scores of few_shots.json."""
 
     few_shots: str = option("", help="the benchmark's few_shots.json (human-scored answers, 3 per question)")
     test_cases: str = option("", help="test_cases.json, so the judge also sees each question and reference answer")
-    out: str = option("runs/eval", help="run directory; results go to <out>/eval/judge_agreement/")
-    judge: str = option("local:smollm2", help="openai:<model> (with --judge-base-url) or local:<model spec>")
-    judge_base_url: str = option("", help="base URL of the judge endpoint")
-    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the judge's API key")
-    judge_seed: int = option(0, help="seed of the judge requests")
-    judge_max_attempts: int = option(5, help="requests per rating when no [[rating]] parses")
-    judge_max_tokens: int = option(1024, help="judge reply budget")
-    local_score: str = option("expected", help="local judge score used for the headline figures",
-                              choices=("expected", "argmax"))
-    limit: int = option(0, help="only the first N questions (0 = all)")
+    limit: int = option(0, minimum=0, help="only the first N questions (0 = all)")
     progress: bool = option(True, help="show a progress bar")
+    judge: str = redefault("local:smollm2", note="a judge is required here")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_judge_spec(self.judge)
 
 
 @dataclass
@@ -95,11 +94,14 @@ def correlations(judge: Sequence[float], human: Sequence[float]) -> dict[str, fl
             "kendall": round(float(tau.statistic), 4), "kendall_p": float(tau.pvalue)}
 
 
-def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
-    """Rate every leave-one-out item (resuming), then write ``summary.json`` with the correlations."""
+BENCHMARK = "judge_agreement"
+
+
+def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None) -> AgreementSummary:
+    """Rate every leave-one-out item (resuming) into ``<run>/eval/judge_agreement/ratings.jsonl``, then write
+    ``summary.json`` with the correlations; recorded in run.json as ``eval_judge_agreement``."""
     from tqdm.auto import tqdm
 
-    check_judge_spec(cfg.judge)
     if not cfg.few_shots:
         raise ValueError("few_shots is required: give the benchmark's few_shots.json")
     few = load_few_shots(cfg.few_shots)
@@ -109,14 +111,13 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
     if cfg.limit:
         few = few[:cfg.limit]
     items = agreement_items(few, cases)
-    run = RunDir(cfg.out)
-    edir = run.eval("judge_agreement")
-    path = edir / "ratings.jsonl"
+    run = as_run_dir(run_dir)
+    path = run.agreement_ratings()
     have = {(r["qid"], r["k"]) for r in read_jsonl(path) if r.get("judge") == cfg.judge}
     pending = [it for it in items if (it.qid, it.k) not in have]
     if pending:
         if judge is None:
-            judge = make_judge(JudgeSettings.from_config(cfg), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
         requests = []
         for it in pending:
             user = build_judge_user_prompt(it.query, it.reference, it.examples, it.answer)
@@ -154,7 +155,7 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
         c = correlations([p[0] for p in sub], [p[1] for p in sub])
         summary["by_lang"][lang] = {"n": len(sub), "spearman": c["spearman"], "kendall": c["kendall"]}
     if is_local_judge(cfg.judge):
-        for variant in ("expected", "argmax"):
+        for variant in LOCAL_SCORES:
             sub = [(float(r[variant]), r["human"]) for r in recs if r.get(variant) is not None]
             c = correlations([p[0] for p in sub], [p[1] for p in sub])
             summary[f"local_{variant}"] = {"spearman": c["spearman"], "kendall": c["kendall"], "n": len(sub)}
@@ -164,7 +165,7 @@ def run_agreement(cfg: AgreementConfig, *, judge: Any = None) -> dict[str, Any]:
                                 "only the two other scored answers of each question; the paper's judge saw both")
     summary["notes"].append("each answer rated with the other two answers of its question as examples "
                             "(leave-one-out); the paper's figures come from GPT-4 on the benchmark's own setup")
-    atomic_write_json(edir / "summary.json", summary)
-    run.record_stage("eval_judge_agreement", to_dict(cfg), summary={k: summary.get(k) for k in
-                                                                     ("judge", "n", "spearman", "kendall")})
-    return summary
+    atomic_write_json(run.eval_summary(BENCHMARK), summary)
+    result = AgreementSummary(BENCHMARK, run.eval(BENCHMARK), summary, summary_path=run.eval_summary(BENCHMARK))
+    record(run, "eval_judge_agreement", cfg, result)
+    return result

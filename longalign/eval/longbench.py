@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from longalign.config import check_choice, option, to_dict
-from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
-                                  is_local_judge, make_judge)
+from longalign.config import check_choice, option, redefault
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, make_judge
+from longalign.eval.options import GenerationOptions, JudgeOptions, ModelOptions
+from longalign.eval.summary import LongBenchSummary
+from longalign.options import PriceOptions
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
+from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ ALL_TASKS = tuple(TASK_CATEGORY)
 TASK_MAX_NEW_TOKENS = {"narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "multifieldqa_zh": 64,
                        "hotpotqa": 32, "2wikimqa": 32, "musique": 32, "dureader": 128, "gov_report": 512,
                        "qmsum": 512, "multi_news": 512, "vcsum": 512}
+BENCHMARK = "longbench"
 RATING_TOP = {"single_doc_qa": 3, "multi_doc_qa": 3, "summarization": 5}
 
 PROMPTS = {
@@ -96,33 +100,19 @@ Reply with the rating only, written exactly as [[rating]], e.g. [[4]].
 
 
 @dataclass
-class LongBenchConfig:
+class LongBenchConfig(ModelOptions, GenerationOptions, JudgeOptions, PriceOptions):
     """``longalign eval longbench``: judged single-doc QA, multi-doc QA and summarization."""
 
     data: str = option("", help="folder of <task>.jsonl files in LongBench's format, one jsonl file, or 'hf' "
                                 "(datasets: THUDM/LongBench, needs the network or a cache)")
-    tasks: list[str] = option(default_factory=lambda: list(ALL_TASKS), help="tasks to run: " + ", ".join(ALL_TASKS))
-    limit_per_task: int = option(0, help="only the first N samples of each task (0 = all)")
-    out: str = option("runs/eval", help="run directory; results go to <out>/eval/longbench/")
-    model: str = option("smollm2", help="model: smollm2, HF id, train output folder, or openai:<model>")
-    model_base_url: str = option("", help="base URL when --model is openai:<model>")
-    model_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the model endpoint's key")
-    tokenizer: str = option("", help="tokenizer for truncating prompts of an endpoint model (default: embedded)")
+    tasks: list[str] = option(default_factory=lambda: list(ALL_TASKS), choices=ALL_TASKS,
+                              help="tasks to run: " + ", ".join(ALL_TASKS))
+    limit_per_task: int = option(0, minimum=0, help="only the first N samples of each task (0 = all)")
     prompts: str = option("", help="JSON file task -> prompt template with {context} and {input}")
-    max_length: int = option(31500, help="middle-truncate prompts to this many tokens")
-    max_new_tokens: int = option(0, help="answer budget (0 = LongBench's per-task budget)")
-    temperature: float = option(0.0, help="sampling temperature (0 = greedy)")
-    seed: int = option(42, help="generation seed")
-    batch_size: int = option(1, help="prompts generated together (local models)")
-    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = predict only")
-    judge_base_url: str = option("", help="base URL of the judge endpoint")
-    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the judge's API key")
-    judge_max_attempts: int = option(5, help="judge requests per rating when no [[rating]] parses")
-    judge_max_in_flight: int = option(4, help="concurrent judge requests")
-    local_score: str = option("expected", help="local judge score", choices=("expected", "argmax"))
-    price_in_per_mtok: float = option(0.0, help="judge price per million prompt tokens")
-    price_out_per_mtok: float = option(0.0, help="judge price per million completion tokens")
     progress: bool = option(True, help="show progress bars")
+    max_len: int = redefault(31500)
+    max_new_tokens: int = redefault(0, note="0 = LongBench's per-task budget")
+    judge_max_tokens: int = redefault(64)
 
 
 @dataclass
@@ -233,8 +223,10 @@ def to_0_100(rating: float, top: int) -> float:
     return (rating - 1) / (top - 1) * 100
 
 
-def run_longbench(cfg: LongBenchConfig, *, generator: Any = None, judge: Any = None) -> dict[str, Any]:
-    """Predict, judge and summarise (each step resumes); returns the summary (or prediction counts)."""
+def run(cfg: LongBenchConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
+        judge: Any = None) -> LongBenchSummary:
+    """Predict, judge and summarise (each step resumes) into ``<run>/eval/longbench/``; recorded in run.json as
+    ``eval_longbench``."""
     from tqdm.auto import tqdm
 
     from longalign.eval.generate import PredictionTask, make_generator, run_predictions
@@ -242,13 +234,10 @@ def run_longbench(cfg: LongBenchConfig, *, generator: Any = None, judge: Any = N
 
     if not cfg.data:
         raise ValueError("data is required: a folder of LongBench <task>.jsonl files, a jsonl file, or 'hf'")
-    if cfg.judge:
-        check_judge_spec(cfg.judge)
     samples = load_longbench(cfg.data, cfg.tasks, cfg.limit_per_task)
     templates = json.loads(Path(cfg.prompts).read_text(encoding="utf-8")) if cfg.prompts else None
-    run = RunDir(cfg.out)
-    edir = run.eval("longbench")
-    pred_path = edir / "predictions.jsonl"
+    run = as_run_dir(run_dir)
+    pred_path = run.predictions(BENCHMARK)
     done = {r["idx"] for r in read_jsonl(pred_path)}
     by_budget: dict[int, list[PredictionTask]] = {}
     for s in samples:
@@ -264,20 +253,22 @@ def run_longbench(cfg: LongBenchConfig, *, generator: Any = None, judge: Any = N
                 calls_log=run.llm_calls))
         with tqdm(total=sum(len(v) for v in by_budget.values()), desc="answers", disable=not cfg.progress) as bar:
             for budget, tasks in sorted(by_budget.items()):
-                params = SamplingParams(max_tokens=budget, temperature=cfg.temperature, seed=cfg.seed)
-                run_predictions(tasks, generator, pred_path, max_length=cfg.max_length, params=params,
+                params = SamplingParams(max_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        seed=cfg.seed)
+                run_predictions(tasks, generator, pred_path, max_length=cfg.max_len, params=params,
                                 batch_size=cfg.batch_size, progress=bar.update)
-    result: dict[str, Any] = {"predictions": len(read_jsonl(pred_path))}
+    n_pred = len(read_jsonl(pred_path))
+    summary = LongBenchSummary(BENCHMARK, run.eval(BENCHMARK), None, predictions=n_pred, predictions_path=pred_path)
     if not cfg.judge:
-        return result
+        record(run, "eval_longbench", cfg, summary)
+        return summary
     preds = {r["idx"]: r for r in read_jsonl(pred_path)}
-    jpath = edir / "judgments.jsonl"
+    jpath = run.judgments(BENCHMARK)
     judged = {r["idx"] for r in read_jsonl(jpath) if r.get("judge") == cfg.judge}
     pending = [s for s in samples if s.key in preds and s.key not in judged]
     if pending:
         if judge is None:
-            judge = make_judge(JudgeSettings.from_config(cfg, max_tokens=64), cache_dir=run.llm_cache,
-                               calls_log=run.llm_calls)
+            judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
         reqs = [JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
                 for s in pending]
         with tqdm(total=len(pending), desc="judge", disable=not cfg.progress) as bar:
@@ -290,15 +281,16 @@ def run_longbench(cfg: LongBenchConfig, *, generator: Any = None, judge: Any = N
                        "score_0_100": round(to_0_100(out.score, top), 4) if out.score is not None else None,
                        "judge": cfg.judge, "model": preds[s.key].get("model"), **out.to_dict()}
                 append_jsonl(jpath, rec)
-    result["summary"] = summarize_longbench(cfg, samples)
-    run.record_stage("eval_longbench", to_dict(cfg), summary=result["summary"])
-    return result
+    summary.scores = summarize_longbench(cfg, run, samples)
+    summary.summary_path = run.eval_summary(BENCHMARK)
+    record(run, "eval_longbench", cfg, summary)
+    return summary
 
 
-def summarize_longbench(cfg: LongBenchConfig, samples: Sequence[LBSample]) -> dict[str, Any]:
-    edir = RunDir(cfg.out).eval("longbench")
+def summarize_longbench(cfg: LongBenchConfig, run: RunDir, samples: Sequence[LBSample]) -> dict[str, Any]:
+    """Write and return ``summary.json`` from ``judgments.jsonl``."""
     keys = {s.key for s in samples}
-    recs = [r for r in read_jsonl(edir / "judgments.jsonl") if r.get("judge") == cfg.judge and r["idx"] in keys]
+    recs = [r for r in read_jsonl(run.judgments(BENCHMARK)) if r.get("judge") == cfg.judge and r["idx"] in keys]
     tasks: dict[str, Any] = {}
     for t in sorted({r["dataset"] for r in recs}, key=ALL_TASKS.index):
         rs = [r for r in recs if r["dataset"] == t]
@@ -323,6 +315,7 @@ def summarize_longbench(cfg: LongBenchConfig, samples: Sequence[LBSample]) -> di
                "overall": round(statistics.fmean(c["score_0_100"] for c in cats.values()), 2) if cats else None,
                "n": len(recs), "judge": cfg.judge, "model": recs[0].get("model") if recs and recs[0].get("model")
                else cfg.model, "tokens": {"prompt": p_tok, "completion": c_tok},
-               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok), "notes": notes}
-    atomic_write_json(edir / "summary.json", summary)
+               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+               "notes": notes}
+    atomic_write_json(run.eval_summary(BENCHMARK), summary)
     return summary

@@ -38,11 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from longalign.config import option, to_dict
-from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, cost_of,
-                                  fill_template, is_local_judge, load_template, make_judge, template_slots)
+from longalign.config import option
 from longalign.data.corpus import detect_lang as corpus_detect_lang
+from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, check_judge_spec, cost_of, fill_template,
+                                  is_local_judge,
+                                  load_template, make_judge, template_slots)
+from longalign.eval.options import GenerationOptions, ModelOptions, SeededJudgeOptions
+from longalign.eval.summary import LongBenchChatSummary
+from longalign.options import PriceOptions
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -240,45 +245,18 @@ def judge_messages(case: ChatCase, prediction: str, order: Sequence[int], templa
 
 # --------------------------------------------------------------------------------------------- config
 @dataclass
-class LongBenchChatConfig:
+class LongBenchChatConfig(ModelOptions, GenerationOptions, SeededJudgeOptions, PriceOptions):
     """``longalign eval longbench-chat``: generate answers, judge them, summarise."""
 
     data: str = option("", help="LongBench-Chat copy: folder or test_cases.json (+ few_shots.json beside it), or jsonl "
                                 "with idx/prompt/query/answer/few_shots")
     few_shots: str = option("", help="few_shots.json when it is not next to the cases")
-    out: str = option("runs/eval", help="run directory; results go to <out>/eval/longbench_chat/")
-    model: str = option("smollm2", help="model to evaluate: smollm2 (embedded), HF id, train output folder, or "
-                                        "openai:<model> with --model-base-url")
-    model_base_url: str = option("", help="base URL of the OpenAI-compatible endpoint serving --model")
-    model_api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
-    tokenizer: str = option("", help="tokenizer for truncating prompts of an endpoint model (default: embedded)")
-    max_length: int = option(64000, help="middle-truncate prompts to this many tokens before the chat template")
-    max_new_tokens: int = option(1024, help="tokens to generate per answer")
-    temperature: float = option(0.0, help="sampling temperature for answers (0 = greedy)")
-    top_p: float = option(1.0, help="nucleus sampling for answers")
-    seed: int = option(42, help="seed per case (per batch when batch_size > 1)")
-    batch_size: int = option(1, help="prompts generated together (local models)")
-    limit: int = option(0, help="only the first N cases (0 = all)")
-    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = predict only")
-    judge_base_url: str = option("", help="base URL of the judge's OpenAI-compatible endpoint")
-    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the judge's API key")
-    judge_runs: int = option(2, help="judge runs per answer, averaged (paper: 2)")
-    judge_seed: int = option(0, help="seed of the example order shuffle and of judge requests")
+    limit: int = option(0, minimum=0, help="only the first N cases (0 = all)")
+    judge_runs: int = option(2, minimum=1, help="judge runs per answer, averaged (paper: 2)")
     shuffle_examples: bool = option(True, help="show the scored examples in a different order per run")
     judge_template: str = option("", help="judge prompt file used verbatim (slots: see docs)")
-    judge_temperature: float = option(0.0, help="judge temperature")
-    judge_max_tokens: int = option(1024, help="judge reply budget")
-    judge_max_attempts: int = option(5, help="requests per rating when no [[rating]] parses")
-    judge_max_in_flight: int = option(4, help="concurrent judge requests")
-    local_score: str = option("expected", help="local judge score: expected value or argmax of the rating "
-                                               "distribution", choices=("expected", "argmax"))
-    price_in_per_mtok: float = option(0.0, help="judge price per million prompt tokens (for the cost figure)")
-    price_out_per_mtok: float = option(0.0, help="judge price per million completion tokens")
     dataset_label: str = option("", help="name shown in the summary (default: LongBench-Chat for test_cases.json)")
     progress: bool = option(True, help="show progress bars")
-
-    def judge_settings(self) -> JudgeSettings:
-        return JudgeSettings.from_config(self)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -287,40 +265,35 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="case")
 
 
-def eval_dir(cfg: LongBenchChatConfig) -> Path:
-    return RunDir(cfg.out).eval("longbench_chat")
+BENCHMARK = "longbench_chat"
 
 
-def predict(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], generator: Any = None) -> dict[str, int]:
+def predict(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], generator: Any = None) -> dict[str, int]:
     """Generate missing predictions into ``predictions.jsonl``."""
     from longalign.eval.generate import PredictionTask, make_generator, run_predictions
     from longalign.llm.base import SamplingParams
 
-    out = eval_dir(cfg) / "predictions.jsonl"
+    out = run.predictions(BENCHMARK)
     done = {r.get("idx") for r in read_jsonl(out)}
     tasks = [PredictionTask(c.idx, c.prompt, None, {"query": c.query, "lang": c.lang}) for c in cases
              if c.idx not in done]
     if not tasks:
         return {"done_before": len(done), "generated": 0}
     if generator is None:
-        run = RunDir(cfg.out)
         generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
             base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
             calls_log=run.llm_calls))
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     with _bar(len(tasks), "answers", cfg.progress) as bar:
-        return run_predictions(tasks, generator, out, max_length=cfg.max_length, params=params,
+        return run_predictions(tasks, generator, out, max_length=cfg.max_len, params=params,
                                batch_size=cfg.batch_size, progress=bar.update)
 
 
-def judge_all(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, int]:
+def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, int]:
     """Judge every prediction ``judge_runs`` times; finished runs are never repeated."""
     check_judge_spec(cfg.judge)
-    if cfg.judge_runs < 1:
-        raise ValueError(f"judge_runs={cfg.judge_runs} must be at least 1")
-    edir = eval_dir(cfg)
-    preds = {r["idx"]: r for r in read_jsonl(edir / "predictions.jsonl")}
-    runs_path, judged_path = edir / "judge_runs.jsonl", edir / "judgments.jsonl"
+    preds = {r["idx"]: r for r in read_jsonl(run.predictions(BENCHMARK))}
+    runs_path, judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
     template = load_template(cfg.judge_template) if cfg.judge_template else None
     done_runs: dict[Any, dict[int, dict]] = {}
     for rec in read_jsonl(runs_path):
@@ -363,7 +336,6 @@ def judge_all(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], judge: Any = 
     if not jobs:
         return stats
     if judge is None:
-        run = RunDir(cfg.out)
         judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
     requests = [JudgeRequest(judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
                              1, 10, seed=cfg.judge_seed * 1000 + r) for c, r, order in jobs]
@@ -378,11 +350,10 @@ def judge_all(cfg: LongBenchChatConfig, cases: Sequence[ChatCase], judge: Any = 
     return stats
 
 
-def summarize(cfg: LongBenchChatConfig, cases: Sequence[ChatCase] | None = None) -> dict[str, Any]:
+def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] | None = None) -> dict[str, Any]:
     """Write and return ``summary.json`` from ``judgments.jsonl``."""
-    edir = eval_dir(cfg)
-    recs = [r for r in read_jsonl(edir / "judgments.jsonl") if r.get("judge") == cfg.judge]
-    preds = read_jsonl(edir / "predictions.jsonl")
+    recs = [r for r in read_jsonl(run.judgments(BENCHMARK)) if r.get("judge") == cfg.judge]
+    preds = read_jsonl(run.predictions(BENCHMARK))
     scored = [r["score"] for r in recs if r.get("score") is not None]
     by_lang: dict[str, float | None] = {}
     for lang in sorted({r.get("lang", "en") for r in recs} | {"en", "zh"}):
@@ -401,10 +372,10 @@ def summarize(cfg: LongBenchChatConfig, cases: Sequence[ChatCase] | None = None)
                      "(paper: 2 runs, shuffled)")
     n_trunc = sum(1 for p in preds if p.get("truncated"))
     if n_trunc:
-        notes.append(f"{n_trunc} of {len(preds)} prompts middle-truncated to {cfg.max_length} tokens")
-    capped = sorted({p["max_length"] for p in preds if p.get("max_length", cfg.max_length) < cfg.max_length})
+        notes.append(f"{n_trunc} of {len(preds)} prompts middle-truncated to {cfg.max_len} tokens")
+    capped = sorted({p["max_length"] for p in preds if p.get("max_length", cfg.max_len) < cfg.max_len})
     if capped:
-        notes.append(f"prompts cut to {capped[0]} tokens (not {cfg.max_length}) to fit the model's context window")
+        notes.append(f"prompts cut to {capped[0]} tokens (not {cfg.max_len}) to fit the model's context window")
     n_cases = len(cases) if cases is not None else None
     if n_cases is not None and len(recs) < n_cases:
         notes.append(f"only {len(recs)} of {n_cases} cases judged so far")
@@ -415,25 +386,30 @@ def summarize(cfg: LongBenchChatConfig, cases: Sequence[ChatCase] | None = None)
                "unparsed_runs": unparsed_runs, "judge": cfg.judge, "judge_runs": cfg.judge_runs,
                "model": preds[0].get("model") if preds else cfg.model,
                "tokens": {"prompt": p_tok, "completion": c_tok},
-               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok),
+               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
                "notes": notes, "dataset": label, "scale": "1-10"}
-    atomic_write_json(edir / "summary.json", summary)
+    atomic_write_json(run.eval_summary(BENCHMARK), summary)
     return summary
 
 
-def run_longbench_chat(cfg: LongBenchChatConfig, *, generator: Any = None, judge: Any = None) -> dict[str, Any]:
-    """The whole stage: load, predict, judge (when ``cfg.judge``), summarise; records the config in run.json."""
+def run(cfg: LongBenchChatConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
+        judge: Any = None) -> LongBenchChatSummary:
+    """The whole benchmark into ``<run>/eval/longbench_chat/``: load, predict, judge (when ``cfg.judge``),
+    summarise; recorded in run.json as ``eval_longbench_chat``."""
     if not cfg.data:
         raise ValueError("data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)")
-    if cfg.judge:
-        check_judge_spec(cfg.judge)
+    run_ = as_run_dir(run_dir)
     cases = load_longbench_chat(cfg.data, cfg.few_shots or None)
     if cfg.limit:
         cases = cases[:cfg.limit]
-    pred_stats = predict(cfg, cases, generator)
-    result: dict[str, Any] = {"predictions": pred_stats}
+    pred_stats = predict(cfg, run_, cases, generator)
+    judging = scores = None
     if cfg.judge:
-        result["judging"] = judge_all(cfg, cases, judge)
-        result["summary"] = summarize(cfg, cases)
-    RunDir(cfg.out).record_stage("eval_longbench_chat", to_dict(cfg), summary=result.get("summary"))
-    return result
+        judging = judge_all(cfg, run_, cases, judge)
+        scores = summarize(cfg, run_, cases)
+    summary = LongBenchChatSummary(BENCHMARK, run_.eval(BENCHMARK), scores,
+                                   summary_path=run_.eval_summary(BENCHMARK) if scores is not None else None,
+                                   predictions=pred_stats, judging=judging,
+                                   predictions_path=run_.predictions(BENCHMARK))
+    record(run_, "eval_longbench_chat", cfg, summary)
+    return summary

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from longalign.config import option, to_dict
-from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, JudgeSettings, check_judge_spec, is_local_judge,
-                                  make_judge)
+from longalign.config import option, redefault
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, is_local_judge, make_judge
+from longalign.eval.options import JudgeOptions, ModelOptions, SamplingOptions
+from longalign.eval.summary import NeedleSummary
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,9 @@ Reply with the rating only, written exactly as [[rating]], e.g. [[7]].
 
 
 @dataclass
-class NeedleConfig:
+class NeedleConfig(ModelOptions, SamplingOptions, JudgeOptions):
     """``longalign eval needle``: needle-in-a-haystack grid."""
 
-    out: str = option("runs/eval", help="run directory; results go to <out>/eval/needle/")
-    model: str = option("smollm2", help="model to evaluate: smollm2, HF id, train output folder, or openai:<model>")
-    model_base_url: str = option("", help="base URL when --model is openai:<model>")
-    model_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the model endpoint's key")
-    tokenizer: str = option("", help="tokenizer used to build contexts for an endpoint model (default: embedded)")
     haystack: str = option("builtin", help="'builtin' (pydoc help topics), a folder of .txt/.md/.py files, or a "
                                            "corpus .jsonl")
     needle: str = option(PAPER_NEEDLE, help="the sentence hidden in the haystack")
@@ -86,24 +83,22 @@ class NeedleConfig:
     key_phrases: list[str] = option(default_factory=list, help="phrases the answer must contain for recall (default: "
                                                                "the needle's content words absent from the question)")
     lengths: list[int] = option(default_factory=list, help="explicit context lengths in tokens (overrides min/max/num)")
-    length_min: int = option(1000, help="shortest context (tokens)")
-    length_max: int = option(60000, help="longest context (tokens)")
-    length_num: int = option(10, help="number of lengths, linearly spaced")
+    length_min: int = option(1000, minimum=1, help="shortest context (tokens)")
+    length_max: int = option(60000, minimum=1, help="longest context (tokens)")
+    length_num: int = option(10, minimum=1, help="number of lengths, linearly spaced")
     depths: list[float] = option(default_factory=list, help="explicit needle depths in percent (overrides min/max/num)")
-    depth_min: float = option(10, help="smallest depth percent")
-    depth_max: float = option(90, help="largest depth percent")
-    depth_num: int = option(10, help="number of depths, linearly spaced")
-    buffer: int = option(200, help="tokens left free for the template, question and answer")
-    window_tokens: int = option(80, help="tokens of haystack kept either side of the needle in results")
-    max_new_tokens: int = option(64, help="tokens to generate per answer")
-    temperature: float = option(0.0, help="sampling temperature (0 = greedy)")
-    seed: int = option(42, help="generation seed per cell")
-    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = recall only")
-    judge_base_url: str = option("", help="base URL of the judge endpoint")
-    judge_api_key_env: str = option("OPENAI_API_KEY", help="environment variable with the judge's API key")
-    judge_max_attempts: int = option(5, help="judge requests per rating when no [[rating]] parses")
-    local_score: str = option("expected", help="local judge score", choices=("expected", "argmax"))
+    depth_min: float = option(10, minimum=0, maximum=100, help="smallest depth percent")
+    depth_max: float = option(90, minimum=0, maximum=100, help="largest depth percent")
+    depth_num: int = option(10, minimum=1, help="number of depths, linearly spaced")
+    buffer: int = option(200, minimum=0, help="tokens left free for the template, question and answer")
+    window_tokens: int = option(80, minimum=0, help="tokens of haystack kept either side of the needle in results")
     progress: bool = option(True, help="show progress bars")
+    max_new_tokens: int = redefault(64)
+    judge_max_tokens: int = redefault(64)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        grid_of(self)
 
 
 # --------------------------------------------------------------------------------------------- grid
@@ -340,19 +335,18 @@ def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title:
 
 
 # --------------------------------------------------------------------------------------------- runner
-def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -> dict[str, Any]:
-    """Run (or resume) the grid; writes results.jsonl, summary.json and heatmap.html; returns the summary."""
+def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
+        judge: Any = None) -> NeedleSummary:
+    """Run (or resume) the grid into ``<run>/eval/needle/`` (results.jsonl, summary.json, heatmap.html),
+    recorded in run.json as ``eval_needle``."""
     from tqdm.auto import tqdm
 
     from longalign.eval.generate import build_messages, make_generator
     from longalign.llm.base import SamplingParams
 
     lengths, depths = grid_of(cfg)
-    if cfg.judge:
-        check_judge_spec(cfg.judge)
-    run = RunDir(cfg.out)
-    edir = run.eval("needle")
-    res_path = edir / "results.jsonl"
+    run_ = as_run_dir(run_dir)
+    res_path = run_.needle_results()
     done = {(int(r["context_length"]), float(r["depth_percent"])) for r in read_jsonl(res_path)
             if (r.get("judge") or "") == cfg.judge}
     cells = [(L, d) for L in lengths for d in depths if (L, float(d)) not in done]
@@ -360,18 +354,18 @@ def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -
     if cells:
         if generator is None:
             generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
-                base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
-                calls_log=run.llm_calls))
+                base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run_.llm_cache,
+                calls_log=run_.llm_calls))
         if judge is None and cfg.judge:
-            judge = make_judge(JudgeSettings.from_config(cfg, max_tokens=64), cache_dir=run.llm_cache,
-                               calls_log=run.llm_calls)
+            judge = make_judge(cfg.judge_settings(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
         tok = generator.tokenizer
         limit = getattr(generator, "max_positions", None)
         if limit and max(lengths) > limit:
             log.warning("context lengths up to %d exceed the model's %d positions", max(lengths), limit)
         hay = Haystack(tok, load_haystack_texts(cfg.haystack), max(lengths))
         needle_ids = needle_ids_for(tok, cfg.needle)
-        params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=cfg.seed)
         for L, d in tqdm(cells, desc="needle cells", disable=not cfg.progress):
             ctx = insert_needle(hay, needle_ids, L, d, cfg.buffer)
             text = tok.decode(ctx.ids, skip_special_tokens=True)
@@ -402,14 +396,16 @@ def run_needle(cfg: NeedleConfig, *, generator: Any = None, judge: Any = None) -
         notes.append(LOCAL_JUDGE_NOTE)
     if not cfg.judge:
         notes.append("no judge: only the key-phrase recall was computed")
-    summary = {"lengths": lengths, "depths": depths, "n": len(results),
-               "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
-               "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
-               "model": results[0]["model"] if results else cfg.model, "judge": cfg.judge or None,
-               "key_phrases": phrases, "needle": cfg.needle, "question": cfg.question, "haystack": cfg.haystack,
-               "buffer": cfg.buffer, "notes": notes}
+    scores = {"lengths": lengths, "depths": depths, "n": len(results),
+              "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
+              "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
+              "model": results[0]["model"] if results else cfg.model, "judge": cfg.judge or None,
+              "key_phrases": phrases, "needle": cfg.needle, "question": cfg.question, "haystack": cfg.haystack,
+              "buffer": cfg.buffer, "notes": notes}
     if results:
-        write_heatmap(results, edir / "heatmap.html", title=f"Needle in a haystack: {summary['model']}")
-    atomic_write_json(edir / "summary.json", summary)
-    run.record_stage("eval_needle", to_dict(cfg), summary=summary)
+        write_heatmap(results, run_.needle_heatmap(), title=f"Needle in a haystack: {scores['model']}")
+    atomic_write_json(run_.eval_summary("needle"), scores)
+    summary = NeedleSummary("needle", run_.eval("needle"), scores, summary_path=run_.eval_summary("needle"),
+                            results=res_path, heatmap=run_.needle_heatmap() if results else None)
+    record(run_, "eval_needle", cfg, summary)
     return summary

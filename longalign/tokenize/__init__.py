@@ -1,5 +1,10 @@
-"""The tokenize stage: chat formats (:mod:`.formats`) and the encoder that writes ``tokens/`` (:mod:`.encode`)."""
+"""The tokenize stage: chat formats (:mod:`.formats`) and the encoder that writes ``tokens/`` (:mod:`.encode`).
 
-from longalign.tokenize.encode import TokenizeConfig, TokenizeResult, load_tokens, tokenize_conversation, tokenize_file
+``run(cfg, run_dir)`` tokenizes ``<run>/data/mixed.jsonl`` into ``<run>/tokens`` and records the stage;
+:func:`tokenize_file` does the same between any two paths without a run directory.
+"""
 
-__all__ = ["TokenizeConfig", "TokenizeResult", "load_tokens", "tokenize_conversation", "tokenize_file"]
+from longalign.tokenize.encode import (TokenizeConfig, TokenizeResult, load_tokens, run, tokenize_conversation,
+                                       tokenize_file)
+
+__all__ = ["TokenizeConfig", "TokenizeResult", "load_tokens", "run", "tokenize_conversation", "tokenize_file"]

@@ -40,14 +40,13 @@ process used 3% of the CPU of a 2-process run, so throughput scales with the num
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -56,7 +55,9 @@ import numpy as np
 from longalign import IGNORE_INDEX
 from longalign.tokenize.formats import (CHAT_FORMATS, Rendered, RowError, format_markers, render,
                                         special_token_strings, validate_messages)
-from longalign.config import add_config_args, build_config, check_choice, option, to_dict
+from longalign.config import Options, check_choice, option, to_dict
+from longalign.rundir import RunDir
+from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
 
@@ -68,42 +69,33 @@ CARRIED_FIELDS = ("source", "lang", "task_type")
 
 
 @dataclass
-class TokenizeConfig:
+class TokenizeConfig(Options):
     """Options of ``longalign tokenize`` (YAML keys are the field names)."""
 
-    run: str | None = option(None, help="run directory: reads RUN/data/mixed.jsonl and writes RUN/tokens "
-                                        "(--input/--out override either path)")
     input: str | None = option(None, help="jsonl file of {\"messages\": [...], \"source\", \"lang\", "
-                                          "\"task_type\"} records")
-    out: str | None = option(None, help="output folder of the tokenized dataset")
+                                          "\"task_type\"} records (default: <run>/data/mixed.jsonl)")
+    out: str | None = option(None, help="output folder of the tokenized dataset (default: <run>/tokens)")
     model: str = option("smollm2", help="tokenizer: 'smollm2' (embedded default), an HF id or a local folder")
     format: str = option("template", choices=CHAT_FORMATS,
                          help="chat format: the tokenizer's chat template, Llama-2-chat or ChatGLM3")
-    max_len: int = option(8192, help="maximum tokens per row; longer rows are truncated")
+    max_len: int = option(8192, minimum=2, help="maximum tokens per row; longer rows are truncated")
     truncation: str = option("right", choices=TRUNCATION_POLICIES,
                              help="which tokens a too-long row keeps: right = head, left = tail, "
                                   "middle = head and tail")
     drop_no_target: bool = option(True, help="drop (and count) rows that have no target token, e.g. after "
                                              "truncation or when every reply is empty")
-    num_proc: int = option(1, help="worker processes that tokenize")
+    num_proc: int = option(1, minimum=1, help="worker processes that tokenize")
     on_error: str = option("raise", choices=ON_ERROR,
                            help="bad input rows: raise an error naming file:line, or skip, count and "
                                 "copy them to <out>_skipped.jsonl")
     verify: bool = option(True, help="tokenize reply boundaries separately as well and count rows whose "
                                      "pieces do not give the ids of the whole conversation")
-    chunk_size: int = option(32, help="rows per task sent to a worker process")
+    chunk_size: int = option(32, minimum=1, help="rows per task sent to a worker process")
     trust_remote_code: bool = option(False, help="allow tokenizers with custom code (ChatGLM3's own tokenizer)")
 
     def validate(self) -> "TokenizeConfig":
-        check_choice("format", self.format, CHAT_FORMATS)
-        check_choice("truncation", self.truncation, TRUNCATION_POLICIES)
-        check_choice("on_error", self.on_error, ON_ERROR)
-        if int(self.max_len) < 2:
-            raise ValueError(f"max_len={self.max_len} is too small; use at least 2 tokens")
-        if int(self.num_proc) < 1:
-            raise ValueError(f"num_proc={self.num_proc}; use 1 or more processes")
-        if int(self.chunk_size) < 1:
-            raise ValueError(f"chunk_size={self.chunk_size}; use 1 or more rows")
+        """Check choices and ranges again (they are checked when the config is built); returns ``self``."""
+        self.__post_init__()
         return self
 
 
@@ -123,7 +115,7 @@ class TokenizedRow:
 
 
 @dataclass
-class TokenizeResult:
+class TokenizeResult(Summary):
     """Summary of one tokenize run (also stored, with the config, in ``longalign_meta.json``)."""
 
     out: str
@@ -151,6 +143,26 @@ class TokenizeResult:
     @property
     def tokens_per_s(self) -> float:
         return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts (``meta`` stays in ``longalign_meta.json``)."""
+        out = super().to_dict()
+        out.pop("meta", None)
+        return out
+
+    def lines(self) -> list[str]:
+        m = self.meta
+        out = [f"tokenized {self.input} -> {self.out}",
+               f"  rows       {self.n_rows} written of {self.n_input_rows} read",
+               f"  tokens     {self.n_tokens} ({self.n_target_tokens} target), longest row {self.max_length}",
+               f"  truncated  {self.n_truncated} kept rows cut to {m.get('max_len')} ({m.get('truncation')})",
+               f"  dropped    {self.n_dropped} without target tokens ({self.n_no_target} had none, "
+               f"{self.n_no_target_after_truncation} lost them to truncation)",
+               f"  skipped    {self.n_skipped} bad rows" + (f" -> {self.skipped_path}" if self.skipped_path else "")]
+        if m.get("verify"):
+            out.append(f"  boundary   {self.n_boundary_mismatch} rows where reply pieces tokenize differently")
+        out.append(f"  seconds    {self.seconds:.2f} ({self.rows_per_s:.1f} rows/s, {self.tokens_per_s:.0f} tokens/s)")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,11 +439,9 @@ def _check_markers(chat_format: str, tokenizer: Any) -> None:
 # the stage
 # ---------------------------------------------------------------------------------------------------------
 
-def resolve_paths(cfg: TokenizeConfig) -> tuple[Path, Path]:
-    """``(input, out)`` from ``run``/``input``/``out``; a ValueError says what is missing."""
-    from longalign.rundir import RunDir
-
-    run = RunDir(cfg.run) if cfg.run else None
+def resolve_paths(cfg: TokenizeConfig, run_dir: str | Path | RunDir | None = None) -> tuple[Path, Path]:
+    """``(input, out)`` from the run directory and ``cfg.input``/``cfg.out``; a ValueError says what is missing."""
+    run = as_run_dir(run_dir) if run_dir else None
     input_path = Path(cfg.input) if cfg.input else (run.mixed if run else None)
     out = Path(cfg.out) if cfg.out else (run.tokens if run else None)
     if input_path is None or out is None:
@@ -685,6 +695,17 @@ def _finish(arrow_path: Path, tmp_out: Path, out: Path, cfg: TokenizeConfig, tok
     os.replace(tmp_out, out)
     shutil.rmtree(old, ignore_errors=True)
     return meta
+
+
+def run(cfg: TokenizeConfig, run_dir: str | Path | RunDir, *, tokenizer: Any = None,
+        show_progress: bool = True) -> TokenizeResult:
+    """The tokenize stage: ``<run>/data/mixed.jsonl`` (or ``cfg.input``) into ``<run>/tokens`` (or ``cfg.out``),
+    recorded in run.json."""
+    run_ = as_run_dir(run_dir)
+    input_path, out = resolve_paths(cfg, run_)
+    result = tokenize_file(input_path, out, cfg, tokenizer=tokenizer, show_progress=show_progress)
+    record(run_, "tokenize", cfg, result)
+    return result
 
 
 def load_tokens(path: str | Path) -> tuple[Any, dict[str, Any]]:

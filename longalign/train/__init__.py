@@ -1,17 +1,36 @@
 """Training stage: full-parameter SFT with naive, sorted or packed batching and exact loss weighting.
 
-Public API: :class:`TrainConfig`, :func:`train` (returns :class:`TrainResult`), :func:`apply_context_extension`,
-:func:`rope_base`. Heavy imports (torch, transformers) happen when :func:`train` runs.
+Public API: :class:`TrainConfig`, :func:`run` (the stage: ``run(cfg, run_dir) -> TrainResult``, recorded in
+run.json), :func:`train` (the same on the paths of ``cfg``), :class:`TrainResult`,
+:func:`apply_context_extension`, :func:`rope_base`. Heavy imports (torch, transformers) happen when training
+starts; importing this package costs only the config.
 """
 
-from .config import LOSS_NORMS, METHODS, TrainConfig
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "TrainResult", "train", "apply_context_extension", "rope_base", "METHODS", "LOSS_NORMS"]
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from longalign.rundir import RunDir
+from longalign.train.config import LOSS_NORMS, METHODS, TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from longalign.train.trainer import TrainResult
+
+__all__ = ["TrainConfig", "TrainResult", "run", "train", "apply_context_extension", "rope_base", "METHODS",
+           "LOSS_NORMS"]
+
+
+def run(cfg: TrainConfig, run_dir: str | Path | RunDir, *, callbacks: Sequence[Any] = ()) -> "TrainResult":
+    """Train on ``<run>/tokens`` into ``<run>/train/<method>``; see :func:`longalign.train.trainer.run`."""
+    from longalign.train import trainer
+
+    return trainer.run(cfg, run_dir, callbacks=callbacks)
 
 
 def __getattr__(name):
     if name in ("train", "TrainResult", "apply_context_extension", "rope_base"):
-        from . import trainer
+        from longalign.train import trainer
 
         return getattr(trainer, name)
     raise AttributeError(name)

@@ -16,19 +16,21 @@ The ``deepspeed`` launcher needs ``--no_local_rank`` (the rank comes from the en
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from ..config import add_config_args, build_config
-from .config import TrainConfig
+from longalign import train
+from longalign.config import add_config_args, build_config
+from longalign.train.config import TrainConfig
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
+    """Add ``longalign train``."""
     parser = subparsers.add_parser(
         "train", help="fine-tune a model (naive / sort / pack batching, exact loss weighting)",
         description="Full-parameter SFT on transformers' Trainer. Data order comes from a batch plan "
                     "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
                     "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
-                    "per optimizer step), run_meta.json, checkpoints/ and final/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "per optimizer step), run_meta.json, checkpoints/ and final/.")
     add_config_args(parser, TrainConfig)
     # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
@@ -37,19 +39,14 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .trainer import train
-
     cfg = build_config(TrainConfig, args)
-    result = train(cfg)  # on an error the rank exits at once and the launcher stops the others
+    # on an error the rank exits at once and the launcher stops the others
+    result = train.run(cfg, cfg.run) if cfg.run else train.train(cfg)
     _close_process_group()
-    if result.run_meta.get("world_size", 1) == 1 or _is_rank_zero():
-        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
-        print(f"trained {result.steps} steps ({cfg.method}, loss_norm={cfg.loss_norm}, attention="
-              f"{result.attention_backend}); last loss {loss}")
-        print(f"metrics: {result.metrics_path}")
-        if result.final_dir is not None:
-            print(f"model:   {result.final_dir}")
-    return 0
+    if result.rank == 0:
+        for line in result.lines():
+            print(line)
+    return result.exit_code
 
 
 def _close_process_group() -> None:
@@ -62,9 +59,3 @@ def _close_process_group() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
-
-
-def _is_rank_zero() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"

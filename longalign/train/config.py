@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import option
+from ..batching.loss import LOSS_NORMS
+from ..batching.plans import METHODS, OVERLONG, PACK_ALGOS
+from ..config import Options, option
 
-METHODS = ("naive", "sort", "pack")
-LOSS_NORMS = ("token", "sequence", "pack")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial")
-OVERLONG = ("truncate", "drop", "error")
+
+__all__ = ["TrainConfig", "METHODS", "LOSS_NORMS", "OVERLONG", "PACK_ALGOS", "PRECISIONS", "SCHEDULERS"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
+    """Options of ``longalign train``."""
+
     # ---------------------------------------------------------------- where things are
     run: str | None = option(None, help="run directory: reads RUN/tokens and writes RUN/train/<method>/ "
                                         "(overridden by --tokens / --output-dir when those are given)")
@@ -39,29 +42,30 @@ class TrainConfig:
     method: str = option("pack", help="batching: naive (random batches padded to the longest), sort (batches "
                                       "of similar lengths, shuffled), pack (sequences packed up to max_len, "
                                       "one pack per micro-batch)", choices=METHODS)
-    algo: str = option("ffd", help="packing algorithm passed to longalign.batching.make_plan (e.g. ffd, bfd, "
-                                   "nextfit); ignored by naive and sort")
+    algo: str = option("ffd", choices=PACK_ALGOS, help="packing algorithm passed to longalign.batching.make_plan; "
+                                                       "ignored by naive and sort")
     loss_norm: str = option("sequence", help="loss normalisation of one optimizer step: sequence (every "
                                              "sequence weighs the same, the LongAlign loss weighting), token "
                                              "(mean over all target tokens of the step), pack (mean per "
                                              "micro-batch, then over micro-batches: the biased baseline)",
                             choices=LOSS_NORMS)
-    max_len: int = option(0, help="longest sequence and pack capacity in tokens (0 = the max_len the tokens "
-                                  "folder was made with)")
+    max_len: int = option(0, minimum=0, help="longest sequence and pack capacity in tokens (0 = the max_len the "
+                                             "tokens folder was made with)")
     plan: str | None = option(None, help="use this batch plan ({\"batches\": [[row, ...], ...]}, e.g. "
                                          "RUN/batching/pack.plan.json from `longalign batch plan`) instead of "
                                          "planning here; it must have been made for the same world size x "
                                          "grad_accum grouping")
     overlong: str = option("truncate", help="what to do with a sequence longer than max_len",
                            choices=OVERLONG)
-    per_device_batch_size: int = option(1, help="sequences per micro-batch for naive/sort (pack always "
+    per_device_batch_size: int = option(1, minimum=1, help="sequences per micro-batch for naive/sort (pack always "
                                                 "feeds one pack per micro-batch)")
-    grad_accum: int = option(1, help="micro-batches accumulated per rank before each optimizer step")
-    limit: int = option(0, help="train on the first N rows of the tokens folder only (0 = all)")
+    grad_accum: int = option(1, minimum=1, help="micro-batches accumulated per rank before each optimizer step")
+    limit: int = option(0, minimum=0, help="train on the first N rows of the tokens folder only (0 = all)")
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5)")
     lr_scheduler: str = option("cosine", help="learning-rate schedule after warm-up", choices=SCHEDULERS)
-    warmup_ratio: float = option(0.03, help="fraction of the optimizer steps spent warming up (paper: 0.03)")
+    warmup_ratio: float = option(0.03, minimum=0, maximum=1, help="fraction of the optimizer steps spent warming up "
+                                                                  "(paper: 0.03)")
     adam_beta1: float = option(0.9, help="AdamW beta1 (paper: 0.9)")
     adam_beta2: float = option(0.95, help="AdamW beta2 (paper: 0.95)")
     weight_decay: float = option(0.0, help="AdamW weight decay (paper: 0)")
@@ -81,9 +85,9 @@ class TrainConfig:
                                                    "segment-aware CPU kernel (see longalign.batching.attention)")
     check_packing: bool = option(True, help="before a packed run, check on a two-sequence probe that the chosen "
                                             "attention backend gives packed logits equal to separate ones")
-    dataloader_num_workers: int = option(0, help="worker processes that collate micro-batches")
+    dataloader_num_workers: int = option(0, minimum=0, help="worker processes that collate micro-batches")
     # ---------------------------------------------------------------- context extension
-    rope_scale: float = option(1.0, help="multiply the RoPE base by this before training (paper: 200, "
+    rope_scale: float = option(1.0, minimum=0, help="multiply the RoPE base by this before training (paper: 200, "
                                          "10,000 -> 2,000,000); 1 leaves the model unchanged")
     max_position_embeddings: int = option(0, help="raise the model's max_position_embeddings to this (0 = to "
                                                   "max_len when rope_scale != 1)")

@@ -44,9 +44,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import IGNORE_INDEX
-from ..config import check_choice, to_dict
+from ..config import to_dict
 from ..rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from .config import LOSS_NORMS, METHODS, TrainConfig
+from ..stage import Summary, as_run_dir, record
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ STAT_FIELDS = ("loss", "loss_token_sum", "target_tokens", "sequences", "packs", 
 # ------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainResult:
-    """What :func:`train` returns (on every rank; files are written by rank 0)."""
+class TrainResult(Summary):
+    """What :func:`train` returns (on every rank; files are written by rank 0): the train stage's summary."""
 
     output_dir: Path
     metrics_path: Path
@@ -72,6 +73,26 @@ class TrainResult:
     final_loss: float | None
     attention_backend: str
     run_meta: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+    SUMMARY_META = ("method", "loss_norm", "world_size", "max_len", "precision", "total_steps", "device")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result with a few settings of ``run_meta`` (all of it is in ``run_meta.json``)."""
+        out = super().to_dict()
+        meta = out.pop("run_meta") or {}
+        out.update({k: meta.get(k) for k in self.SUMMARY_META})
+        return out
+
+    def lines(self) -> list[str]:
+        m = self.run_meta
+        loss = f"{self.final_loss:.4f}" if self.final_loss is not None else "n/a"
+        out = [f"trained {self.steps} steps ({m.get('method')}, loss_norm={m.get('loss_norm')}, attention="
+               f"{self.attention_backend}); last loss {loss}",
+               f"metrics: {self.metrics_path}"]
+        if self.final_dir is not None:
+            out.append(f"model:   {self.final_dir}")
+        return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -645,11 +666,7 @@ def _training_args(cfg: TrainConfig, out: Path, total_steps: int, precision: str
 
 
 def _validate(cfg: TrainConfig) -> None:
-    check_choice("method", cfg.method, METHODS)
-    check_choice("loss_norm", cfg.loss_norm, LOSS_NORMS)
-    for name in ("per_device_batch_size", "grad_accum"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    cfg.__post_init__()  # choices and ranges again, for a config changed after it was built
     if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
         raise FileNotFoundError(f"DeepSpeed config {cfg.deepspeed} does not exist; use one of configs/deepspeed/"
                                 "zero2.json, zero3.json, zero3_offload.json")
@@ -817,10 +834,17 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     steps = int(trainer.state.global_step)
     last = callback.last or {}
     run_meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), steps=steps, packing_check=probe_result or None)
+    result = TrainResult(output_dir=out, metrics_path=metrics_path, final_dir=final_dir, steps=steps,
+                         final_loss=last.get("loss"), attention_backend=backend, run_meta=run_meta,
+                         rank=int(rank))
     if trainer.is_world_process_zero():
         atomic_write_json(meta_path, run_meta)
         if run is not None:
-            run.record_stage(f"train.{cfg.method}", to_dict(cfg), output=str(out), steps=steps,
-                             final_loss=last.get("loss"), attention_backend=backend)
-    return TrainResult(output_dir=out, metrics_path=metrics_path, final_dir=final_dir, steps=steps,
-                       final_loss=last.get("loss"), attention_backend=backend, run_meta=run_meta)
+            record(run, f"train.{cfg.method}", cfg, result)
+    return result
+
+
+def run(cfg: TrainConfig, run_dir: str | Path | RunDir, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """The train stage: :func:`train` on ``<run>/tokens`` (unless ``cfg.tokens``) into ``<run>/train/<method>``
+    (unless ``cfg.output_dir``), recorded in run.json as ``train.<method>`` by rank 0."""
+    return train(dataclasses.replace(cfg, run=str(as_run_dir(run_dir).root)), callbacks=callbacks)

@@ -10,6 +10,7 @@ from longalign.data.selfinstruct.job import (
     generate_long_data,
     generator_from_env,
     make_generator_client,
+    run,
 )
 from longalign.data.selfinstruct.parse import (
     ParsedQuestions,
@@ -32,8 +33,8 @@ from longalign.data.selfinstruct.prompts import (
 
 __all__ = [
     "DocumentJob", "GenerateConfig", "GenerateSummary", "check_generate_config", "failed_path",
-    "generate_long_data", "generator_from_env",
-    "make_generator_client", "ParsedQuestions", "ValidationLimits", "answer_problem",
+    "generate_long_data", "generator_from_env", "make_generator_client", "run", "ParsedQuestions",
+    "ValidationLimits", "answer_problem",
     "clean_question", "parse_questions", "question_problem", "validate_questions", "N_QUESTIONS", "TASK_TYPES",
     "answer_prompt", "fit_document", "question_prompt", "task_instruction", "training_prompt",
 ]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from longalign.config import check_choice, option
+from longalign.config import option
 from longalign.data.selfinstruct.parse import ValidationLimits, answer_problem, parse_questions, validate_questions
 from longalign.data.selfinstruct.prompts import (
     N_QUESTIONS,
@@ -51,50 +51,50 @@ from longalign.data.selfinstruct.prompts import (
     task_instruction,
     training_prompt,
 )
+from longalign.options import EndpointOptions
 from longalign.rundir import RunDir, append_jsonl, read_jsonl
+from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------- config
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(EndpointOptions):
     """Options of ``longalign data generate``."""
 
     llm: str = option("local:smollm2", help="question/answer generator: openai:<model> (any OpenAI-compatible "
                                             "endpoint, see base_url) or local:<model spec> (default: the embedded "
                                             "SmolLM2-135M-Instruct)")
-    base_url: str | None = option(None, help="base URL of the OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1; "
-                                             "default: api.openai.com)")
-    api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the API key (never stored)")
-    max_in_flight: int = option(8, help="requests in flight at once (a local model runs one at a time)")
-    max_retries: int = option(6, help="retries of a failed request (429, 5xx, timeout) before it counts as failed")
-    timeout: float = option(120.0, help="seconds to wait for one HTTP response")
-    backoff_base: float = option(1.0, help="first retry waits about this many seconds, doubling each retry")
-    backoff_max: float = option(60.0, help="longest wait between retries, in seconds")
-    price_in_per_mtok: float | None = option(None, help="price per million prompt tokens (for the cost summary)")
-    price_out_per_mtok: float | None = option(None, help="price per million completion tokens")
-    n_docs: int = option(0, help="documents to use from corpus.jsonl, in file order (0 = all)")
-    task_types: list[str] = option(default_factory=lambda: list(TASK_TYPES),
+    n_docs: int = option(0, minimum=0, help="documents to use from corpus.jsonl, in file order (0 = all)")
+    task_types: list[str] = option(default_factory=lambda: list(TASK_TYPES), choices=TASK_TYPES,
                                    help="task types to draw from: " + ", ".join(TASK_TYPES))
-    question_max_tokens: int = option(320, help="max new tokens of the question-generation reply")
-    answer_max_tokens: int = option(1024, help="max new tokens of the answer")
-    temperature: float = option(0.7, help="sampling temperature for questions and answers")
-    top_p: float = option(0.95, help="nucleus sampling threshold")
-    max_prompt_tokens: int = option(6000, help="longest prompt the generator gets: longer documents are cut to "
-                                               "their head and tail for the generator (0 = never cut); the "
-                                               "training record keeps the full document")
+    question_max_tokens: int = option(320, minimum=1, help="max new tokens of the question-generation reply")
+    answer_max_tokens: int = option(1024, minimum=1, help="max new tokens of the answer")
+    temperature: float = option(0.7, minimum=0, help="sampling temperature for questions and answers")
+    top_p: float = option(0.95, minimum=0, maximum=1, help="nucleus sampling threshold")
+    max_prompt_tokens: int = option(6000, minimum=0, help="longest prompt the generator gets: longer documents are "
+                                                          "cut to their head and tail for the generator (0 = never "
+                                                          "cut); the training record keeps the full document")
     prompt_tokenizer: str | None = option(None, help="model spec whose tokenizer measures max_prompt_tokens "
                                                      "(default: the local model, or the embedded one for openai:)")
-    min_questions: int = option(3, help="an attempt is accepted when at least this many of its questions are valid")
-    max_question_attempts: int = option(4, help="question-generation attempts per document before it is failed")
-    max_answer_attempts: int = option(3, help="answer attempts per document (each may use another question)")
-    max_request_failures: int = option(2, help="times a request that finally failed (after retries) is sent again "
-                                               "before the document is failed")
-    max_question_chars: int = option(400, help="longer questions are rejected")
-    window: int = option(0, help="documents worked on at once (0 = 4 x max_in_flight)")
+    min_questions: int = option(3, minimum=1, maximum=N_QUESTIONS,
+                                help="an attempt is accepted when at least this many of its questions are valid")
+    max_question_attempts: int = option(4, minimum=1, help="question-generation attempts per document before it "
+                                                           "is failed")
+    max_answer_attempts: int = option(3, minimum=1, help="answer attempts per document (each may use another "
+                                                         "question)")
+    max_request_failures: int = option(2, minimum=0, help="times a request that finally failed (after retries) is "
+                                                          "sent again before the document is failed")
+    max_question_chars: int = option(400, minimum=1, help="longer questions are rejected")
+    window: int = option(0, minimum=0, help="documents worked on at once (0 = 4 x max_in_flight)")
     seed: int = option(42, help="base seed: task types, sampling seeds and the chosen question derive from it "
                                 "and the doc_id")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.task_types:
+            raise ValueError("task_types is empty; give at least one of " + ", ".join(TASK_TYPES))
 
 
 # ------------------------------------------------------------------------------------------ per-document job
@@ -270,7 +270,9 @@ class DocumentJob:
 # ----------------------------------------------------------------------------------------------------- job
 
 @dataclass
-class GenerateSummary:
+class GenerateSummary(Summary):
+    """What ``data generate`` did: documents done now / before / failed, tokens, cost and time."""
+
     documents: int
     already_done: int
     written: int
@@ -281,13 +283,31 @@ class GenerateSummary:
     failed_ids: list[str]
     rejected_questions: int
     model: str
+    records_file: Path | None = None
+    failed_file: Path | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def lines(self) -> list[str]:
+        usage = self.usage or {}
+        cost = usage.get("cost")
+        out = [f"{self.records_total} records in {self.records_file} ({self.written} new, {self.already_done} "
+               f"already there, {self.failed} failed) in {self.seconds:.1f} s",
+               f"tokens: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
+               f"in {usage.get('requests', 0)} paid requests, {usage.get('cached', 0)} from cache, "
+               f"{usage.get('retries', 0)} retries; cost: " + (f"${cost:.4f}" if cost is not None
+                                                               else "n/a (no prices given)")]
+        if self.failed:
+            out.append(f"{self.failed} document(s) failed, listed in {self.failed_file}; re-run the same command "
+                       "to retry them")
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        """1 when documents failed (a re-run retries them)."""
+        return 1 if self.failed else 0
 
 
 def failed_path(run: RunDir) -> Path:
-    return run.data / "failed.jsonl"
+    return run.failed
 
 
 def generator_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
@@ -313,16 +333,8 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
 
 
 def check_generate_config(cfg: GenerateConfig) -> None:
-    if not cfg.task_types:
-        raise ValueError("task_types is empty; give at least one of " + ", ".join(TASK_TYPES))
-    for t in cfg.task_types:
-        check_choice("task_types", t, TASK_TYPES)
-    for name in ("max_in_flight", "max_question_attempts", "max_answer_attempts", "question_max_tokens",
-                 "answer_max_tokens"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if not 1 <= cfg.min_questions <= N_QUESTIONS:
-        raise ValueError(f"min_questions must be between 1 and {N_QUESTIONS}, got {cfg.min_questions}")
+    """The checks :class:`GenerateConfig` runs when built, again (for a config changed after it was built)."""
+    cfg.__post_init__()
 
 
 def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client: Any = None,
@@ -409,6 +421,20 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
     records_total = len({str(r.get("doc_id")) for r in read_jsonl(run.long)})
     summary = GenerateSummary(documents=len(docs), already_done=already, written=written, failed=failed,
                               records_total=records_total, usage=usage, seconds=round(time.monotonic() - start, 2),
-                              failed_ids=failed_ids, rejected_questions=rejected_q, model=model_name)
+                              failed_ids=failed_ids, rejected_questions=rejected_q, model=model_name,
+                              records_file=run.long, failed_file=failed_path(run))
     log.info("generated %d records (%d failed) in %.1f s", written, failed, summary.seconds)
+    return summary
+
+
+def run(cfg: GenerateConfig, run_dir: str | Path | RunDir, *, client: Any = None,
+        progress: bool = True) -> GenerateSummary:
+    """The ``data.generate`` step: :func:`generate_long_data` over ``<run>/data/corpus.jsonl``, recorded in run.json.
+
+    The summary's ``exit_code`` is 1 when some documents failed (listed in ``data/failed.jsonl``; a re-run
+    retries them).
+    """
+    run_ = as_run_dir(run_dir)
+    summary = generate_long_data(cfg, run_, client=client, progress=progress)
+    record(run_, "data.generate", cfg, summary)
     return summary

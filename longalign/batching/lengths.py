@@ -1,0 +1,60 @@
+"""Token lengths for planning: a tokens/ folder's ``length`` column or a plain lengths file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longalign.rundir import RunDir
+
+
+def read_lengths_file(path: str | Path) -> np.ndarray:
+    """One integer per line (blank lines and #-comments skipped) or a .npy array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lengths file {path} does not exist")
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{path}: expected a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+        return arr.astype(np.int64)
+    values = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: {text!r} is not an integer; write one token count per "
+                                 "line") from None
+    return np.asarray(values, dtype=np.int64)
+
+
+def read_token_lengths(tokens_dir: str | Path) -> np.ndarray:
+    """The ``length`` column of a tokens/ dataset (datasets.save_to_disk); reads that column only."""
+    from datasets import load_from_disk
+
+    tokens_dir = Path(tokens_dir)
+    if not tokens_dir.is_dir():
+        raise FileNotFoundError(f"tokens folder {tokens_dir} does not exist; run `longalign tokenize` first")
+    ds = load_from_disk(str(tokens_dir))
+    if "length" not in ds.column_names:
+        raise ValueError(f"{tokens_dir}: no 'length' column (columns: {ds.column_names}); re-run tokenize")
+    return np.asarray(ds.data.column("length").to_numpy(), dtype=np.int64)
+
+
+def lengths_for(cfg: Any, run: RunDir | None = None) -> np.ndarray:
+    """Lengths named by ``cfg.lengths`` (file) or ``cfg.tokens`` (folder), else ``run``'s tokens/."""
+    if cfg.lengths and cfg.tokens:
+        raise ValueError("give either --tokens DIR or --lengths FILE, not both")
+    if cfg.lengths:
+        return read_lengths_file(cfg.lengths)
+    if cfg.tokens:
+        return read_token_lengths(cfg.tokens)
+    if run is not None:
+        return read_token_lengths(run.tokens)
+    raise ValueError("no lengths: give --tokens DIR, --lengths FILE or --run DIR")

@@ -1,0 +1,77 @@
+"""Option groups of the eval configs, each option declared once: the model under test, answer generation and
+the judge. The benchmark configs compose them by inheritance (flags and YAML keys stay flat) and override
+defaults with :func:`longalign.config.redefault`; ``--help`` lists each group under its own heading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from longalign.config import Options, option, option_of
+from longalign.eval.judge import JudgeSettings, check_judge_spec
+from longalign.options import EndpointOptions
+
+LOCAL_SCORES = ("expected", "argmax")
+
+
+@dataclass
+class ModelOptions(Options):
+    """Model under test."""
+
+    model: str = option("smollm2", help="model to evaluate: smollm2 (embedded), HF id, train output folder, or "
+                                        "openai:<model> with --model-base-url")
+    model_base_url: str | None = option_of(EndpointOptions, "base_url", subject="endpoint serving --model")
+    model_api_key_env: str = option_of(EndpointOptions, "api_key_env", subject="endpoint serving --model")
+    tokenizer: str = option("", help="tokenizer that builds and truncates prompts of an endpoint model "
+                                     "(default: embedded)")
+
+
+@dataclass
+class SamplingOptions(Options):
+    """Answer generation."""
+
+    max_new_tokens: int = option(1024, minimum=0, help="tokens to generate per answer")
+    temperature: float = option(0.0, minimum=0, help="sampling temperature for answers (0 = greedy)")
+    top_p: float = option(1.0, minimum=0, maximum=1, help="nucleus sampling for answers")
+    seed: int = option(42, help="generation seed (per case; per batch when batch_size > 1)")
+
+
+@dataclass
+class GenerationOptions(SamplingOptions):
+    """Answer generation."""
+
+    batch_size: int = option(1, minimum=1, help="prompts generated together (local models)")
+    max_len: int = option(64000, minimum=1, aliases=("max_length",),
+                          help="middle-truncate prompts to this many tokens before the chat template")
+
+
+@dataclass
+class JudgeOptions(Options):
+    """Judge."""
+
+    judge: str = option("", help="openai:<model> (with --judge-base-url) or local:<model spec>; empty = no judge")
+    judge_base_url: str | None = option_of(EndpointOptions, "base_url", subject="judge endpoint")
+    judge_api_key_env: str = option_of(EndpointOptions, "api_key_env", subject="judge endpoint")
+    judge_max_in_flight: int = option_of(EndpointOptions, "max_in_flight", default=4, subject="judge endpoint")
+    judge_temperature: float = option(0.0, minimum=0, help="judge temperature")
+    judge_max_tokens: int = option(1024, minimum=1, help="judge reply budget")
+    judge_max_attempts: int = option(5, minimum=1, help="judge requests per rating when no [[rating]] parses")
+    local_score: str = option("expected", choices=LOCAL_SCORES, help="local judge score: expected value or argmax "
+                                                                     "of the rating distribution")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.judge:
+            check_judge_spec(self.judge)
+
+    def judge_settings(self, **overrides: Any) -> JudgeSettings:
+        """How to build this config's judge (:func:`longalign.eval.judge.make_judge`)."""
+        return JudgeSettings.from_config(self, **overrides)
+
+
+@dataclass
+class SeededJudgeOptions(JudgeOptions):
+    """Judge."""
+
+    judge_seed: int = option(0, help="seed of the judge requests (and of the example order, where examples are "
+                                     "shuffled)")
