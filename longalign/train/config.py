@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
+from .head_loss import LOSS_IMPLS
 
 METHODS = ("naive", "sort", "pack")
 LOSS_NORMS = ("token", "sequence", "pack")
@@ -46,6 +47,13 @@ class TrainConfig:
                                              "(mean over all target tokens of the step), pack (mean per "
                                              "micro-batch, then over micro-batches: the biased baseline)",
                             choices=LOSS_NORMS)
+    loss_impl: str = option("chunked", help="how the loss is computed: chunked (from the decoder's hidden states, "
+                                            "the output layer and cross-entropy over chunks of target rows with "
+                                            "the logits recomputed in the backward: extra memory O(chunk x vocab), "
+                                            "independent of max_len) or full (the model's [L, vocab] logits, kept "
+                                            "for comparison)", choices=LOSS_IMPLS)
+    loss_chunk_rows: int = option(0, help="target rows per chunk of the chunked loss (0 = 2**25 / vocab, i.e. "
+                                          "128 MB of float32 logits per chunk)")
     max_len: int = option(0, help="longest sequence and pack capacity in tokens (0 = the max_len the tokens "
                                   "folder was made with)")
     plan: str | None = option(None, help="use this batch plan ({\"batches\": [[row, ...], ...]}, e.g. "
