@@ -66,6 +66,16 @@ def compare(single: Path, multi: Path) -> None:
     assert moved > 1e-4  # the runs did train
 
 
+def saved_initial_model(folder: Path) -> Path:
+    """The tiny model's seed-0 initial weights (what ``random:`` builds) saved as a model folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ROOT / "configs" / "models" / "tiny-llama")) \
+        .save_pretrained(folder)
+    return folder
+
+
 def weights_at_init() -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -99,7 +109,8 @@ def test_ddp_two_ranks_equal_one_rank_with_accumulation(tmp_path, launcher):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
                     reason="deepspeed is not installed")
-def test_deepspeed_zero2_two_ranks_equal_one_rank_with_accumulation(tmp_path):
+@pytest.mark.parametrize("zero,loss_impl", [("zero2", "chunked"), ("zero3", "chunked"), ("zero3", "full")])
+def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, loss_impl):
     from longalign.batching import make_plan
 
     tokens = make_tokens(tmp_path / "tokens")
@@ -107,11 +118,13 @@ def test_deepspeed_zero2_two_ranks_equal_one_rank_with_accumulation(tmp_path):
     # pairs packs of similar cost, so both runs read that one plan file (same packs in each step)
     plan = make_plan(LENGTHS, "pack", max_len=40, world_size=2, grad_accum=1)
     plan.save(plan_path=tmp_path / "pack.plan.json")
-    train(cfg_for(tmp_path, "single", method="pack", max_len=40, grad_accum=2, max_grad_norm=0.0, save_final=True,
-                  plan=str(tmp_path / "pack.plan.json")))
+    # ZeRO-3 initialises a random model shard by shard (other random numbers): both runs start from saved weights
+    init = saved_initial_model(tmp_path / "init")
+    train(cfg_for(tmp_path, "single", model=str(init), tokenizer="smollm2", method="pack", max_len=40, grad_accum=2, max_grad_norm=0.0,
+                  save_final=True, plan=str(tmp_path / "pack.plan.json"), loss_impl="full"))
     cmd = ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-           "longalign.cli", "train", "--tokens", str(tokens), "--output-dir", str(tmp_path / "zero2"),
+           "longalign.cli", "train", "--tokens", str(tokens), "--output-dir", str(tmp_path / zero),
            "--method", "pack", "--max-len", "40", "--grad-accum", "1", "--plan", str(tmp_path / "pack.plan.json"),
-           "--deepspeed", "configs/deepspeed/zero2.json", *COMMON]
+           "--deepspeed", f"configs/deepspeed/{zero}.json", "--loss-impl", loss_impl, *COMMON, "--model", str(init), "--tokenizer", "smollm2"]
     launch(cmd)
-    compare(tmp_path / "single", tmp_path / "zero2")
+    compare(tmp_path / "single", tmp_path / zero)

@@ -156,6 +156,13 @@ def weighted_causal_lm_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss
     so a bf16 [L, V] logits tensor is never copied to float32 whole. In a pack the label at each sequence
     start is -100 (the packed collator ensures it), so no prediction crosses a sequence boundary.
     """
+    return weighted_and_plain_ce(logits, labels, loss_weights, chunk_tokens)[0]
+
+
+def weighted_and_plain_ce(logits: "torch.Tensor", labels: "torch.Tensor", loss_weights: "torch.Tensor",
+                          chunk_tokens: int = 8192) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``(sum w * CE, sum CE)`` over the target tokens from one pass over the logits (the second, detached, is
+    the token-sum statistic; see :func:`weighted_causal_lm_loss` for the layout)."""
     import torch
     import torch.nn.functional as F
 
@@ -168,6 +175,7 @@ def weighted_causal_lm_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss
     flat_w = loss_weights[:, 1:].reshape(-1).to(flat_logits.device)
     acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     total = flat_logits[:0].sum().to(acc_dtype)  # zero that stays attached to the graph
+    plain = torch.zeros((), dtype=acc_dtype, device=flat_logits.device)
     for start in range(0, flat_labels.numel(), chunk_tokens):
         lab = flat_labels[start:start + chunk_tokens]
         keep = lab != IGNORE_INDEX
@@ -176,4 +184,5 @@ def weighted_causal_lm_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss
         ce = F.cross_entropy(flat_logits[start:start + chunk_tokens][keep].to(acc_dtype), lab[keep].long(),
                              reduction="none")
         total = total + (ce * flat_w[start:start + chunk_tokens][keep].to(acc_dtype)).sum()
-    return total
+        plain += ce.detach().sum()
+    return total, plain

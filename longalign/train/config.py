@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..batching.loss import LOSS_NORMS
 from ..batching.plans import METHODS, OVERLONG, PACK_ALGOS
 from ..config import Options, option
+from .head_loss import LOSS_IMPLS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial")
@@ -49,6 +50,13 @@ class TrainConfig(Options):
                                              "(mean over all target tokens of the step), pack (mean per "
                                              "micro-batch, then over micro-batches: the biased baseline)",
                             choices=LOSS_NORMS)
+    loss_impl: str = option("chunked", help="how the loss is computed: chunked (from the decoder's hidden states, "
+                                            "the output layer and cross-entropy over chunks of target rows with "
+                                            "the logits recomputed in the backward: extra memory O(chunk x vocab), "
+                                            "independent of max_len) or full (the model's [L, vocab] logits, kept "
+                                            "for comparison)", choices=LOSS_IMPLS)
+    loss_chunk_rows: int = option(0, minimum=0, help="target rows per chunk of the chunked loss (0 = 2**25 / vocab, i.e. "
+                                          "128 MB of float32 logits per chunk)")
     max_len: int = option(0, minimum=0, help="longest sequence and pack capacity in tokens (0 = the max_len the "
                                              "tokens folder was made with)")
     plan: str | None = option(None, help="use this batch plan ({\"batches\": [[row, ...], ...]}, e.g. "

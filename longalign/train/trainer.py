@@ -400,7 +400,8 @@ def _trainer_class():
     import torch
     from transformers import Trainer
 
-    from ..batching import weighted_causal_lm_loss
+    from ..batching.loss import weighted_and_plain_ce
+    from .head_loss import loss_request, read_loss_output
 
     class PlanTrainer(Trainer):
         """Trainer whose data order comes from a plan and whose loss is the exact weighted sum."""
@@ -409,8 +410,10 @@ def _trainer_class():
         loss_is_scaled_for_ga = True
 
         def __init__(self, *args: Any, plan_loader: Any, packed: bool, attention_backend: str,
-                     data_world_size: int, **kwargs: Any):
+                     data_world_size: int, loss_head: Any = None, loss_chunk_rows: int = 0, **kwargs: Any):
             super().__init__(*args, **kwargs)
+            self.loss_head = loss_head
+            self.loss_chunk_rows = int(loss_chunk_rows)
             self.plan_loader = plan_loader
             self.packed = packed
             self.attention_backend = attention_backend
@@ -431,13 +434,17 @@ def _trainer_class():
             filler = bool(inputs.pop("filler", torch.tensor(False)))
             labels = inputs["labels"]
             weights = inputs["loss_weights"]
-            outputs = model(**model_inputs(inputs, self.packed, self.attention_backend))
-            logits = outputs.logits
-            loss = weighted_causal_lm_loss(logits, labels, weights.to(logits.device))
+            kwargs = model_inputs(inputs, self.packed, self.attention_backend)
+            if self.loss_head is not None:  # chunked: the head returns the two sums instead of logits
+                with loss_request(self.loss_head, labels, weights, self.loss_chunk_rows):
+                    outputs = model(**kwargs)
+                loss, token_sum = read_loss_output(outputs.logits)
+            else:
+                outputs = model(**kwargs)
+                loss, token_sum = weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device))
             with torch.no_grad():
                 target = (labels != IGNORE_INDEX)
                 target[:, 0] = False
-                token_sum = weighted_causal_lm_loss(logits.detach(), labels, target.to(logits.dtype))
                 if not filler:
                     if self.packed:
                         seq_lens = inputs.get("seq_lens")
@@ -448,7 +455,7 @@ def _trainer_class():
                         mask = inputs.get("attention_mask")
                         real = int(mask.sum()) if mask is not None else labels.numel()
                     n_target = int(target.sum())
-                    stats = [float(loss.detach()), float(token_sum), n_target, n_seq, 1.0 if self.packed else 0.0,
+                    stats = [float(loss.detach()), float(token_sum.detach()), n_target, n_seq, 1.0 if self.packed else 0.0,
                              real, labels.numel(), 1.0]
                     self.step_stats += torch.tensor(stats, dtype=torch.float64)
             # DDP and ZeRO average gradients over ranks; the step loss is the *sum* over ranks
@@ -602,6 +609,42 @@ def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int
     return result
 
 
+def loss_probe(model: Any, head: Any, device: Any, dtype: Any, vocab: int) -> dict[str, float]:
+    """Check on the real model that the chunked loss equals the loss read from its logits.
+
+    A model whose forward transforms the head's output (soft-capping, a logit scale) would train on a wrong
+    loss under ``loss_impl='chunked'``: this raises ValueError naming the fix when the two disagree by more than
+    float rounding (1e-4 relative in float32, 2e-2 under bf16/fp16 autocast).
+    """
+    import torch
+
+    from ..batching.loss import weighted_and_plain_ce
+    from .head_loss import loss_request, read_loss_output
+
+    gen = torch.Generator().manual_seed(4321)
+    ids = torch.randint(10, max(11, vocab - 1), (2, 9), generator=gen).to(device)
+    labels = ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    weights = torch.rand(ids.shape, generator=gen, dtype=torch.float64).to(device)
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+                if dtype is not None and dtype != torch.float32 else torch.autocast("cpu", enabled=False))
+    try:
+        with torch.no_grad(), autocast:
+            full, _ = weighted_and_plain_ce(model(input_ids=ids, use_cache=False).logits, labels, weights)
+            with loss_request(head, labels, weights):
+                chunked, _ = read_loss_output(model(input_ids=ids, use_cache=False).logits)
+    finally:
+        model.train(was_training)
+    rel = float((full.double() - chunked.double()).abs() / full.double().abs().clamp_min(1e-12))
+    tol = 1e-4 if dtype is None or dtype == torch.float32 else 2e-2
+    if not rel <= tol:
+        raise ValueError(f"the chunked loss differs from the loss of the model's logits by {rel:.3g} (relative): "
+                         f"this model transforms its logits after the output layer; use --loss-impl full")
+    return {"loss_rel_err": rel}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
@@ -684,6 +727,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from ..batching import PackedCollator, PaddedCollator, make_plan, select_attention, token_weights
     from ..models import model_display_name
+    from .head_loss import install_loss_head
 
     _validate(cfg)
     tokens_dir, out, run = resolve_paths(cfg)
@@ -767,6 +811,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
                          "with torchrun, deepspeed or accelerate launch")
     rank = args.process_index
     device = args.device
+    if cfg.deepspeed:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            import deepspeed
+
+            # ZeRO-3 builds the model partitioned (zero.Init), and its config reads the world size through
+            # deepspeed.comm: bind that to the process group the launcher set up, or it counts one rank
+            deepspeed.init_distributed(dist_backend=dist.get_backend())
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     auto_backend = select_attention(device, packed, half)  # also registers the custom kernels
     backend = auto_backend if cfg.attn_implementation == "auto" else cfg.attn_implementation
@@ -775,6 +828,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
                          f"{', '.join(PACKING_SAFE_BACKENDS)} (or --attn-implementation auto) or --method sort")
     model = build_model(cfg.model, model_config, backend, cfg.seed)
     model.config.use_cache = False
+    loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -790,6 +844,9 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     probe_result: dict[str, float] = {}
 
     def probe(m: Any) -> None:
+        if loss_head is not None:
+            probe_result.update(loss_probe(m, loss_head, device, half, len(tokenizer)))
+            log.info("chunked loss check: relative difference to the full loss %.2e", probe_result["loss_rel_err"])
         if packed and cfg.check_packing:
             probe_result.update(packing_probe(m, collator, device, half, len(tokenizer), backend))
             log.info("packing check (%s): packed vs separate %.2e, without boundaries %.2e", backend,
@@ -798,13 +855,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     callback = _callback_class()(metrics_path, cfg.method, cfg.loss_norm, wall_offset, cfg.progress, probe)
     trainer = _trainer_class()(model=model, args=args, processing_class=tokenizer, data_collator=collator,
                                callbacks=[callback, *callbacks], plan_loader=loader, packed=packed,
-                               attention_backend=backend, data_world_size=world_size)
+                               attention_backend=backend, data_world_size=world_size, loss_head=loss_head,
+                               loss_chunk_rows=cfg.loss_chunk_rows)
     callback.trainer = trainer
     for cls in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cls)
 
     rope = rope_base(model.config)
-    run_meta = {"method": cfg.method, "algo": plan.algo, "loss_norm": cfg.loss_norm, "attention_backend": backend,
+    run_meta = {"method": cfg.method, "algo": plan.algo, "loss_norm": cfg.loss_norm, "loss_impl": cfg.loss_impl,
+                "attention_backend": backend,
                 "model": model_display_name(cfg.model), "world_size": world_size, "grad_accum": cfg.grad_accum,
                 "max_len": max_len, "rope_theta": rope, "rope_scale": cfg.rope_scale,
                 "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 0) or 0),
