@@ -165,3 +165,16 @@ def test_plan_lines_and_dict_are_complete():
         assert key in text
     d = plan.to_dict()
     assert json.loads(json.dumps(d))["total_gib"] == pytest.approx(plan.total / GIB, abs=1e-3)
+
+
+def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
+    from longalign.cli import main
+
+    tiny = f"random:{ROOT / 'configs' / 'models' / 'tiny-llama'}"
+    rc = main(["train", "--model", tiny, "--max-len", "8192", "--run", str(tmp_path / "r"), "--memory-plan",
+               "--device-memory", "24GB", "--plan-device", "cpu", "--loss-impl", "full"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out
+    assert "the model has 4,096 positions" in out
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing written

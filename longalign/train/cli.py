@@ -35,11 +35,25 @@ def register(subparsers: Any) -> None:
     # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                         help=argparse.SUPPRESS)
+    plan = parser.add_argument_group("memory plan (prints the predicted peak per device and trains nothing)")
+    plan.add_argument("--memory-plan", action="store_true",
+                      help="print the predicted peak memory per device by component for this configuration, and "
+                           "the longest max_len that fits --device-memory; no training")
+    plan.add_argument("--device-memory", default=None, metavar="SIZE",
+                      help="memory of one device, e.g. 80GB (H100), 24GB; with --memory-plan")
+    plan.add_argument("--gpus", type=int, default=0,
+                      help="devices of the job for the plan (default: WORLD_SIZE, else 1)")
+    plan.add_argument("--plan-device", choices=("cuda", "cpu"), default="cuda",
+                      help="plan for GPUs (default) or for this CPU")
+    plan.add_argument("--target-fraction", type=float, default=None,
+                      help="share of tokens with a loss target (default: measured from the tokens folder, else 1)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(TrainConfig, args)
+    if args.memory_plan:
+        return _memory_plan(cfg, args)
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, cfg.run) if cfg.run else train.train(cfg)
     _close_process_group()
@@ -59,3 +73,38 @@ def _close_process_group() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    import os
+
+    from longalign.train.memory import largest_max_len, parse_memory, plan_for_config
+
+    gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    memory = parse_memory(args.device_memory) if args.device_memory else None
+    plan = plan_for_config(cfg, gpus=gpus, device=args.plan_device, device_memory=memory,
+                           target_fraction=args.target_fraction)
+    for line in plan.lines():
+        print(line)
+    if memory is not None:
+        s = plan.settings
+        longest = largest_max_len(cfg.model, memory, **{k: s[k] for k in (
+            "precision", "zero_stage", "offload", "gpus", "sp_size", "gradient_checkpointing", "loss_impl",
+            "target_fraction", "device")}, chunk_rows=cfg.loss_chunk_rows)
+        print(f"longest max_len that fits {args.device_memory} per device: {longest:,} tokens"
+              + ("" if cfg.method == "pack" else " per micro-batch (batch x padded length)"))
+        positions = model_positions(cfg.model)
+        if positions and longest > positions:
+            print(f"note: the model has {positions:,} positions; training longer needs context extension "
+                  "(--rope-scale, --max-position-embeddings)")
+    return 0
+
+
+def model_positions(spec: str) -> int:
+    """``max_position_embeddings`` of a model spec's config (0 when it cannot be read)."""
+    from longalign.train.trainer import load_model_config
+
+    try:
+        return int(getattr(load_model_config(spec), "max_position_embeddings", 0) or 0)
+    except (OSError, ValueError):
+        return 0

@@ -327,3 +327,45 @@ def deepspeed_settings(path: str | Path | None) -> tuple[int | None, str]:
     opt = (zero.get("offload_optimizer") or {}).get("device", "none") not in (None, "none")
     par = (zero.get("offload_param") or {}).get("device", "none") not in (None, "none")
     return stage, ("optimizer+params" if opt and par else "optimizer" if opt else "none")
+
+
+def target_fraction_of(tokens_dir: str | Path) -> float | None:
+    """Share of tokens with a loss target in a tokens folder (from its ``n_target``/``length`` columns), or None
+    when the folder or the columns are missing."""
+    path = Path(tokens_dir)
+    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+        return None
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(path))
+    if "n_target" not in ds.column_names or "length" not in ds.column_names:
+        return None
+    total = sum(ds["length"])
+    return min(1.0, sum(ds["n_target"]) / total) if total else None
+
+
+def plan_for_config(cfg: Any, *, gpus: int = 1, device: str = "cuda", device_memory: float | None = None,
+                    target_fraction: float | None = None, max_len: int | None = None) -> MemoryPlan:
+    """:func:`plan_memory` for a :class:`~longalign.train.TrainConfig`: its model, max_len (or the tokens
+    folder's), precision (``auto`` is bf16 on a GPU, fp32 on a CPU), DeepSpeed JSON (stage and offload),
+    gradient checkpointing and loss_impl; the target fraction is measured from the tokens folder when it exists
+    (else 1.0, the worst case)."""
+    from longalign.rundir import RunDir
+
+    tokens = Path(cfg.tokens) if getattr(cfg, "tokens", None) else (RunDir(cfg.run).tokens if cfg.run else None)
+    n = int(max_len or cfg.max_len or 0)
+    if not n and tokens is not None and (tokens / "longalign_meta.json").is_file():
+        n = int(json.loads((tokens / "longalign_meta.json").read_text()).get("max_len") or 0)
+    if n < 2:
+        raise ValueError("the memory plan needs the tokens per micro-batch: pass --max-len (no tokens folder "
+                         "records one)")
+    if target_fraction is None and tokens is not None:
+        target_fraction = target_fraction_of(tokens)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    stage, offload = deepspeed_settings(cfg.deepspeed)
+    tokens_per_micro = n if cfg.method == "pack" else n * max(1, int(cfg.per_device_batch_size))
+    return plan_memory(cfg.model, tokens_per_micro, precision=precision, zero_stage=stage, offload=offload,
+                       gpus=gpus, sp_size=int(getattr(cfg, "sp_size", 1) or 1),
+                       gradient_checkpointing=cfg.gradient_checkpointing, loss_impl=cfg.loss_impl,
+                       target_fraction=1.0 if target_fraction is None else float(target_fraction),
+                       device=device, chunk_rows=cfg.loss_chunk_rows, device_memory=device_memory)
