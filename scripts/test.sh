@@ -7,4 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# lint and format check first (seconds): a style slip fails here, before the long test run
+.venv/bin/ruff check . && .venv/bin/ruff format --check . >/dev/null || { echo "ruff: run .venv/bin/ruff check --fix . && .venv/bin/ruff format ."; exit 1; }
 exec .venv/bin/python -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q "$@"
