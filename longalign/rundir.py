@@ -39,22 +39,14 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 TOKENS_META = "longalign_meta.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_META_FILE = "run_meta.json"
-
-
-def __getattr__(name: str) -> Any:
-    """``BATCH_METHODS``: the batching methods, owned by :mod:`longalign.batching.plans` (``METHODS``)."""
-    if name == "BATCH_METHODS":
-        from longalign.batching.plans import METHODS
-
-        return METHODS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -166,57 +158,118 @@ class RunDir:
 
     # data stage
     @property
-    def data(self) -> Path: return self.root / "data"
+    def data(self) -> Path:
+        return self.root / "data"
+
     @property
-    def corpus(self) -> Path: return self.data / "corpus.jsonl"
+    def corpus(self) -> Path:
+        return self.data / "corpus.jsonl"
+
     @property
-    def long(self) -> Path: return self.data / "long.jsonl"
+    def long(self) -> Path:
+        return self.data / "long.jsonl"
+
     @property
-    def failed(self) -> Path: return self.data / "failed.jsonl"
+    def failed(self) -> Path:
+        return self.data / "failed.jsonl"
+
     @property
-    def quality(self) -> Path: return self.data / "quality.json"
+    def quality(self) -> Path:
+        return self.data / "quality.json"
+
     @property
-    def llm_calls(self) -> Path: return self.data / "llm_calls.jsonl"
+    def llm_calls(self) -> Path:
+        return self.data / "llm_calls.jsonl"
+
     @property
-    def llm_cache(self) -> Path: return self.data / "llm_cache"
+    def llm_cache(self) -> Path:
+        return self.data / "llm_cache"
+
     @property
-    def short(self) -> Path: return self.data / "short.jsonl"
+    def short(self) -> Path:
+        return self.data / "short.jsonl"
+
     @property
-    def mixed(self) -> Path: return self.data / "mixed.jsonl"
+    def mixed(self) -> Path:
+        return self.data / "mixed.jsonl"
+
     @property
-    def mini_longbench_chat(self) -> Path: return self.data / "mini_longbench_chat.jsonl"
+    def mini_longbench_chat(self) -> Path:
+        return self.data / "mini_longbench_chat.jsonl"
+
     # tokenize
     @property
-    def tokens(self) -> Path: return self.root / "tokens"
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
     @property
-    def tokens_meta(self) -> Path: return self.tokens / TOKENS_META
+    def tokens_meta(self) -> Path:
+        return self.tokens / TOKENS_META
+
     # batching
     @property
-    def batching(self) -> Path: return self.root / "batching"
-    def batch_stats(self, method: str) -> Path: return self.batching / f"{method}.json"
-    def batch_plan(self, method: str) -> Path: return self.batching / f"{method}.plan.json"
+    def batching(self) -> Path:
+        return self.root / "batching"
+
+    def batch_stats(self, method: str) -> Path:
+        return self.batching / f"{method}.json"
+
+    def batch_plan(self, method: str) -> Path:
+        return self.batching / f"{method}.plan.json"
+
     @property
-    def simulation(self) -> Path: return self.batching / "simulate.json"
+    def simulation(self) -> Path:
+        return self.batching / "simulate.json"
+
     # training
-    def train(self, method: str) -> Path: return self.root / "train" / method
-    def metrics(self, method: str) -> Path: return self.train(method) / METRICS_FILE
-    def train_meta(self, method: str) -> Path: return self.train(method) / TRAIN_META_FILE
-    def final_model(self, method: str) -> Path: return self.train(method) / "final"
-    def checkpoints(self, method: str) -> Path: return self.train(method) / "checkpoints"
+    def train(self, method: str) -> Path:
+        return self.root / "train" / method
+
+    def metrics(self, method: str) -> Path:
+        return self.train(method) / METRICS_FILE
+
+    def train_meta(self, method: str) -> Path:
+        return self.train(method) / TRAIN_META_FILE
+
+    def final_model(self, method: str) -> Path:
+        return self.train(method) / "final"
+
+    def checkpoints(self, method: str) -> Path:
+        return self.train(method) / "checkpoints"
+
     # evaluation
-    def eval(self, benchmark: str) -> Path: return self.root / "eval" / benchmark
-    def predictions(self, benchmark: str) -> Path: return self.eval(benchmark) / "predictions.jsonl"
-    def judgments(self, benchmark: str) -> Path: return self.eval(benchmark) / "judgments.jsonl"
-    def judge_runs(self, benchmark: str) -> Path: return self.eval(benchmark) / "judge_runs.jsonl"
-    def eval_summary(self, benchmark: str) -> Path: return self.eval(benchmark) / "summary.json"
-    def needle_results(self) -> Path: return self.eval("needle") / "results.jsonl"
-    def needle_heatmap(self) -> Path: return self.eval("needle") / "heatmap.html"
-    def agreement_ratings(self) -> Path: return self.eval("judge_agreement") / "ratings.jsonl"
+    def eval(self, benchmark: str) -> Path:
+        return self.root / "eval" / benchmark
+
+    def predictions(self, benchmark: str) -> Path:
+        return self.eval(benchmark) / "predictions.jsonl"
+
+    def judgments(self, benchmark: str) -> Path:
+        return self.eval(benchmark) / "judgments.jsonl"
+
+    def judge_runs(self, benchmark: str) -> Path:
+        return self.eval(benchmark) / "judge_runs.jsonl"
+
+    def eval_summary(self, benchmark: str) -> Path:
+        return self.eval(benchmark) / "summary.json"
+
+    def needle_results(self) -> Path:
+        return self.eval("needle") / "results.jsonl"
+
+    def needle_heatmap(self) -> Path:
+        return self.eval("needle") / "heatmap.html"
+
+    def agreement_ratings(self) -> Path:
+        return self.eval("judge_agreement") / "ratings.jsonl"
+
     # the run as a whole
     @property
-    def run_json(self) -> Path: return self.root / "run.json"
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
     @property
-    def demo_summary(self) -> Path: return self.root / "demo_summary.json"
+    def demo_summary(self) -> Path:
+        return self.root / "demo_summary.json"
 
     def record_stage(self, stage: str, config: dict[str, Any], **extra: Any) -> None:
         """Record a stage's config (and anything else, e.g. a summary) in run.json, atomically."""

@@ -33,19 +33,19 @@
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/01_data_construction"  # relative to the repository root
-builtin_sources = ["pydoc", "stdlib-code"]        # texts installed on this machine
-min_tokens = 300                                  # corpus length filter (target-model tokens)
+builtin_sources = ["pydoc", "stdlib-code"]  # texts installed on this machine
+min_tokens = 300  # corpus length filter (target-model tokens)
 max_tokens = 4000
-n_docs = 8                                        # documents sampled (longer ones upsampled)
-generator = ""             # "" = openai:$OPENAI_MODEL when OPENAI_BASE_URL is set, else local:smollm2
+n_docs = 8  # documents sampled (longer ones upsampled)
+generator = ""  # "" = openai:$OPENAI_MODEL when OPENAI_BASE_URL is set, else local:smollm2
 generate_doc_ids = ["pydoc:dict"]  # corpus documents sent to the generator (missing ids: the shortest)
 task_types = ["extraction", "general"]  # the kinds a 135M generator manages best; all four for a large model
 question_max_tokens = 160  # reply budget of the question request
-answer_max_tokens = 96     # reply budget of the answer request
+answer_max_tokens = 96  # reply budget of the answer request
 max_question_attempts = 2
-max_prompt_tokens = 1024   # the generator sees at most this many tokens of a document
-short_inputs = []          # ShareGPT / messages files; [] = the sample shipped with the package
-n_long = "all"             # long examples in the mix: all, a number, or 0k/5k/10k
+max_prompt_tokens = 1024  # the generator sees at most this many tokens of a document
+short_inputs = []  # ShareGPT / messages files; [] = the sample shipped with the package
+n_long = "all"  # long examples in the mix: all, a number, or 0k/5k/10k
 seed = 42
 
 # %%
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from IPython.display import HTML, Markdown, display
+from IPython.display import display
 
 pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
 logging.basicConfig(level=logging.WARNING)
@@ -65,9 +65,9 @@ ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml
 pd.set_option("display.max_colwidth", 120)
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 
-from longalign.data.corpus import CorpusConfig, build_corpus, detect_lang
+from longalign import data
+from longalign.data.corpus import CorpusConfig, detect_lang, read_corpus
 from longalign.rundir import RunDir, read_jsonl
-from longalign.config import to_dict
 
 run = RunDir(ROOT / run_dir)
 print("run directory:", run.root)
@@ -82,24 +82,49 @@ print("run directory:", run.root)
 # file, a folder of `.txt`/`.md` files or `hf:<dataset>` work the same way.
 
 # %%
-corpus_cfg = CorpusConfig(input="builtin", builtin_sources=list(builtin_sources), min_tokens=min_tokens,
-                          max_tokens=max_tokens, n_docs=n_docs, seed=seed)
-docs, corpus_summary = build_corpus(corpus_cfg, run.corpus)
-run.record_stage("data.corpus", to_dict(corpus_cfg), summary=corpus_summary)
-display(pd.DataFrame([{"id": d["id"], "source": d["source"], "lang": d["lang"], "n_tokens": d["n_tokens"],
-                       "characters": len(d["text"]), "chars/token": round(len(d["text"]) / d["n_tokens"], 2)}
-                      for d in docs]))
-pd.Series({k: v for k, v in corpus_summary.items() if not isinstance(v, dict)}, name="corpus").to_frame()
+corpus_cfg = CorpusConfig(
+    input="builtin",
+    builtin_sources=list(builtin_sources),
+    min_tokens=min_tokens,
+    max_tokens=max_tokens,
+    n_docs=n_docs,
+    seed=seed,
+)
+corpus_summary = data.run(corpus_cfg, run)  # writes data/corpus.jsonl and records the step in run.json
+docs = read_corpus(run.corpus)
+display(
+    pd.DataFrame(
+        [
+            {
+                "id": d["id"],
+                "source": d["source"],
+                "lang": d["lang"],
+                "n_tokens": d["n_tokens"],
+                "characters": len(d["text"]),
+                "chars/token": round(len(d["text"]) / d["n_tokens"], 2),
+            }
+            for d in docs
+        ]
+    )
+)
+pd.Series({k: v for k, v in corpus_summary.to_dict().items() if not isinstance(v, dict)}, name="corpus").to_frame()
 
 # %% [markdown]
 # What was dropped, and why (every filter is counted — nothing disappears silently):
 
 # %%
-display(pd.DataFrame({"dropped": corpus_summary["dropped"]}))
+display(pd.DataFrame({"dropped": corpus_summary.dropped}))
 import plotly.express as px
 
-fig = px.bar(pd.DataFrame(docs), x="id", y="n_tokens", color="source", title="Sampled documents (tokens)",
-             template="plotly_white", height=330)
+fig = px.bar(
+    pd.DataFrame(docs),
+    x="id",
+    y="n_tokens",
+    color="source",
+    title="Sampled documents (tokens)",
+    template="plotly_white",
+    height=330,
+)
 fig.update_layout(xaxis_title="", margin=dict(b=120))
 fig.show()
 
@@ -158,15 +183,15 @@ from longalign.data.selfinstruct import parse_questions, validate_questions
 
 replies = {
     "well formed": "1: What problem does the with statement solve?\n2: Which two methods must a context "
-                   "manager define?\n3: When is __exit__ called if the body raises?\n4: How can __exit__ "
-                   "suppress an exception?\n5: What does the as clause bind?",
+    "manager define?\n3: When is __exit__ called if the body raises?\n4: How can __exit__ "
+    "suppress an exception?\n5: What does the as clause bind?",
     "placeholder echo": "1: <question>\n2: <question>\n3: <question>\n4: <question>\n5: <question>",
     "repeated": "1. What is a context manager?\n2. What is a context manager?\n3. What is a context "
-                "manager ?\n4. Why use with?\n5. What does __enter__ return?",
+    "manager ?\n4. Why use with?\n5. What does __enter__ return?",
     "instruction echo": "1: Write five questions about the text above.\n2: Put each question on its own "
-                        "line.\n3: What does __enter__ return?",
+    "line.\n3: What does __enter__ return?",
     "two then prose": "**1.** How is __exit__ called?\n**2)** What happens on an exception?\nThese "
-                      "questions cover the main ideas of the text.",
+    "questions cover the main ideas of the text.",
     "inline, Chinese": "1：上下文管理器需要定义哪些方法？ 2：异常发生时会调用什么？ 3：as 子句绑定的是什么？",
 }
 rows = []
@@ -174,9 +199,15 @@ for name, reply in replies.items():
     lang = "zh" if "Chinese" in name else "en"
     parsed = parse_questions(reply)
     ok, bad = validate_questions(parsed.questions, lang=lang, instruction=task_instruction("general", lang))
-    rows.append({"reply": name, "parsed": len(parsed.questions), "accepted": len(ok),
-                 "rejected": ", ".join(f"{r['reason']}" for r in bad) or "—",
-                 "parse issues": "; ".join(parsed.issues) or "—"})
+    rows.append(
+        {
+            "reply": name,
+            "parsed": len(parsed.questions),
+            "accepted": len(ok),
+            "rejected": ", ".join(f"{r['reason']}" for r in bad) or "—",
+            "parse issues": "; ".join(parsed.issues) or "—",
+        }
+    )
 pd.DataFrame(rows).set_index("reply")
 
 # %% [markdown]
@@ -196,17 +227,22 @@ pd.DataFrame(rows).set_index("reply")
 
 # %%
 from longalign.data.corpus import select_documents
-from longalign.data.selfinstruct import GenerateConfig, failed_path, generate_long_data, generator_from_env
+from longalign.data.selfinstruct import GenerateConfig, failed_path, generator_from_env
 
 spec, base_url = (generator, None) if generator else generator_from_env()
 gen_docs = select_documents(docs, generate_doc_ids)  # a missing id: the shortest document not asked for
-gen_cfg = GenerateConfig(llm=spec, base_url=base_url, task_types=list(task_types),
-                         question_max_tokens=question_max_tokens,
-                         answer_max_tokens=answer_max_tokens, max_question_attempts=max_question_attempts,
-                         max_prompt_tokens=max_prompt_tokens, seed=seed)
+gen_cfg = GenerateConfig(
+    llm=spec,
+    base_url=base_url,
+    task_types=list(task_types),
+    question_max_tokens=question_max_tokens,
+    answer_max_tokens=answer_max_tokens,
+    max_question_attempts=max_question_attempts,
+    max_prompt_tokens=max_prompt_tokens,
+    seed=seed,
+)
 print(f"generator: {spec}; documents: {[d['id'] for d in gen_docs]}")
-gen_summary = generate_long_data(gen_cfg, run, docs=gen_docs, progress=False)
-run.record_stage("data.generate", to_dict(gen_cfg), summary=gen_summary.to_dict())
+gen_summary = data.run(gen_cfg, run, docs=gen_docs, progress=False)
 pd.Series(gen_summary.to_dict(), name="generate").to_frame()
 
 # %% [markdown]
@@ -223,8 +259,11 @@ for rec in (r for r in long_records if r["doc_id"] in ids):
     print("answer:", rec["messages"][1]["content"][:600])
     print("rejected on the way:", [(r["stage"], r["reason"]) for r in rec["rejected"]] or "nothing")
     print("user turn = document + question:", len(rec["messages"][0]["content"]), "characters\n")
-for rec in (r for r in read_jsonl(failed_path(run)) if r["doc_id"] in ids and r["doc_id"] not in
-            {x["doc_id"] for x in long_records}):
+for rec in (
+    r
+    for r in read_jsonl(failed_path(run))
+    if r["doc_id"] in ids and r["doc_id"] not in {x["doc_id"] for x in long_records}
+):
     print("FAILED:", rec["doc_id"], rec["reason"], [(r.get("reason")) for r in rec["rejected"]])
 calls = pd.DataFrame(read_jsonl(run.llm_calls))
 calls[[c for c in ("model", "status", "usage", "latency", "cached") if c in calls]]
@@ -238,13 +277,11 @@ calls[[c for c in ("model", "status", "usage", "latency", "cached") if c in call
 # duplicates — and counts each change. The package ships a small ShareGPT-format sample:
 
 # %%
-from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, write_jsonl
-from longalign.data.mix import mix_files
+from longalign.data.mix import MixConfig
+from longalign.data.short import SHORT_SAMPLE, ShortConfig
 
 short_cfg = ShortConfig(inputs=[str(p) for p in short_inputs] or [str(SHORT_SAMPLE)], seed=seed)
-short_records, short_report = load_short_data(short_cfg)
-write_jsonl(run.short, short_records)
-run.record_stage("data.short", to_dict(short_cfg), summary=short_report.to_dict())
+short_report = data.run(short_cfg, run)  # writes data/short.jsonl
 print(f"read {short_report.read} conversations, kept {short_report.kept}")
 display(pd.DataFrame({"conversations dropped": short_report.dropped_conversations}))
 display(pd.DataFrame({"turns dropped or merged": short_report.dropped_turns}))
@@ -256,13 +293,19 @@ display(pd.DataFrame({"turns dropped or merged": short_report.dropped_turns}))
 # shuffled with a seed, into `data/mixed.jsonl` — the input of notebook 2.
 
 # %%
-mix_counts = mix_files(run.long, run.short, run.mixed, n_long=n_long if long_records else 0, seed=seed)
-run.record_stage("data.mix", {"n_long": n_long, "seed": seed}, summary=mix_counts)
-display(pd.Series({k: v for k, v in mix_counts.items() if not isinstance(v, dict)}, name="mix").to_frame())
+mix_summary = data.run(MixConfig(n_long=str(n_long) if long_records else "0", seed=seed), run)
+print("\n".join(mix_summary.lines()))
 mixed = pd.DataFrame(read_jsonl(run.mixed))
 mixed["characters"] = [sum(len(m["content"]) for m in ms) for ms in mixed["messages"]]
-fig = px.strip(mixed, x="characters", color="kind", log_x=True, template="plotly_white", height=260,
-               title="Mixed data: long examples vs short chats (characters per example)")
+fig = px.strip(
+    mixed,
+    x="characters",
+    color="kind",
+    log_x=True,
+    template="plotly_white",
+    height=260,
+    title="Mixed data: long examples vs short chats (characters per example)",
+)
 fig.show()
 
 # %% [markdown]

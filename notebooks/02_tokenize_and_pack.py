@@ -31,13 +31,13 @@
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/02_tokenize_and_pack"
-data_run = "runs/notebooks/01_data_construction"   # where mixed.jsonl comes from, if present
-max_len = 1024          # truncation length of a row and capacity of a pack
-batch_size = 4          # sequences per padded micro-batch (naive, sort)
-algo = "ffd"            # packing algorithm: nextfit | ffd | bfd
-sim_sequences = 5000    # simulator: dataset size, resampled from the lengths above
-sim_devices = 8         # simulator: data-parallel GPUs
-sim_grad_accum = 2      # simulator: micro-batches per GPU per step (naive, sort)
+data_run = "runs/notebooks/01_data_construction"  # where mixed.jsonl comes from, if present
+max_len = 1024  # truncation length of a row and capacity of a pack
+batch_size = 4  # sequences per padded micro-batch (naive, sort)
+algo = "ffd"  # packing algorithm: nextfit | ffd | bfd
+sim_sequences = 5000  # simulator: dataset size, resampled from the lengths above
+sim_devices = 8  # simulator: data-parallel GPUs
+sim_grad_accum = 2  # simulator: micro-batches per GPU per step (naive, sort)
 seed = 0
 
 # %%
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
 pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
 logging.basicConfig(level=logging.WARNING)
@@ -59,9 +59,10 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without
 
 import numpy as np
 
-from longalign import report
 from longalign.data.mix import provide_mix
 from longalign.rundir import RunDir, read_jsonl
+from longalign.views import lengths as lengths_view
+from longalign.views import packing, readers, simulator
 
 run = RunDir(ROOT / run_dir)
 source = RunDir(ROOT / data_run)
@@ -78,16 +79,17 @@ print(len(read_jsonl(run.mixed)), "examples in", run.mixed)
 # padding on disk.
 
 # %%
-from longalign.tokenize import TokenizeConfig, load_tokens, tokenize_file
-from longalign.config import to_dict
+from longalign import tokenize
+from longalign.tokenize import TokenizeConfig, load_tokens
 
 tok_cfg = TokenizeConfig(model="smollm2", max_len=max_len, truncation="right")
-result = tokenize_file(run.mixed, run.tokens, tok_cfg, show_progress=False)
-run.record_stage("tokenize", to_dict(tok_cfg), summary={"n_rows": result.n_rows, "n_tokens": result.n_tokens})
+result = tokenize.run(tok_cfg, run, show_progress=False)  # data/mixed.jsonl -> tokens/, recorded in run.json
 ds, meta = load_tokens(run.tokens)
-print(f"{result.n_rows} rows, {result.n_tokens} tokens ({result.n_target_tokens} targets), "
-      f"{result.n_truncated} truncated, {result.n_boundary_mismatch} boundary mismatches, "
-      f"{result.seconds:.2f} s")
+print(
+    f"{result.n_rows} rows, {result.n_tokens} tokens ({result.n_target_tokens} targets), "
+    f"{result.n_truncated} truncated, {result.n_boundary_mismatch} boundary mismatches, "
+    f"{result.seconds:.2f} s"
+)
 pd.Series(meta).to_frame("tokens/longalign_meta.json")
 
 # %% [markdown]
@@ -100,11 +102,11 @@ from longalign.models import load_tokenizer
 from longalign.tokenize.display import label_strip_html
 
 tokenizer = load_tokenizer("smollm2")
-table = report.load_token_table(run)
+table = readers.load_token_table(run)
 multi = [i for i, r in enumerate(read_jsonl(run.mixed)) if len(r["messages"]) > 2]
 row = multi[0] if multi else int(table.sort_values("length").idx.iloc[len(table) // 2])
 ids, labels = ds[row]["input_ids"], ds[row]["labels"]
-print(f"row {row}: {len(ids)} tokens, {sum(l != -100 for l in labels)} targets")
+print(f"row {row}: {len(ids)} tokens, {sum(t != -100 for t in labels)} targets")
 display(HTML(label_strip_html(tokenizer, ids, labels, limit=400)))
 
 # %% [markdown]
@@ -112,8 +114,8 @@ display(HTML(label_strip_html(tokenizer, ids, labels, limit=400)))
 # (by `kind`), in tokens of the embedded tokenizer:
 
 # %%
-display(report.mix_summary(table))
-report.fig_length_distribution(table, by="kind", split=max(64, max_len // 4), upper=max_len).show()
+display(lengths_view.mix_summary(table))
+lengths_view.fig_length_distribution(table, by="kind", split=max(64, max_len // 4), upper=max_len).show()
 
 # %% [markdown]
 # ## 2. Three batching plans
@@ -126,15 +128,25 @@ report.fig_length_distribution(table, by="kind", split=max(64, max_len // 4), up
 # A plan is only lists of row indices, made from the `length` column; the tokens are not touched.
 
 # %%
-from longalign.batching import make_plan
+from longalign import batching
+from longalign.batching import BatchPlanConfig
 
 lengths = table["length"].to_numpy()
 plans = {}
 for method in ("naive", "sort", "pack"):
-    plans[method] = make_plan(lengths, method, max_len=max_len, batch_size=batch_size, algo=algo, seed=seed)
-    plans[method].save(run.batch_stats(method), run.batch_plan(method))
-keys = ["n_sequences", "n_tokens", "n_batches", "lower_bound", "computed_tokens", "efficiency",
-        "padding_fraction", "attention_cost_ratio"]
+    plan_cfg = BatchPlanConfig(method=method, max_len=max_len, batch_size=batch_size, algo=algo, seed=seed)
+    batching.run(plan_cfg, run)  # batching/<method>.json + .plan.json, recorded in run.json
+    plans[method] = readers.load_plan(run, method, lengths)
+keys = [
+    "n_sequences",
+    "n_tokens",
+    "n_batches",
+    "lower_bound",
+    "computed_tokens",
+    "efficiency",
+    "padding_fraction",
+    "attention_cost_ratio",
+]
 pd.DataFrame({m: {k: p.stats.get(k) for k in keys} for m, p in plans.items()})
 
 # %% [markdown]
@@ -143,17 +155,28 @@ pd.DataFrame({m: {k: p.stats.get(k) for k in keys} for m, p in plans.items()})
 # long ranks would sit idle if each micro-batch cost its computed tokens.
 
 # %%
-comparison = report.method_comparison(run, lengths)
-display(comparison.set_index("method")[["micro-batches", "mean seqs/batch", "real tokens", "tokens computed",
-                                        "padding fraction", "fill", "attention cost ×"]])
-report.fig_method_comparison(comparison).show()
+comparison = packing.method_comparison(run, lengths)
+display(
+    comparison.set_index("method")[
+        [
+            "micro-batches",
+            "mean seqs/batch",
+            "real tokens",
+            "tokens computed",
+            "padding fraction",
+            "fill",
+            "attention cost ×",
+        ]
+    ]
+)
+packing.fig_method_comparison(comparison).show()
 
 # %% [markdown]
 # **Per-pack fill.** Packing with first-fit decreasing leaves only the last few packs partly empty:
 
 # %%
-pack_table = report.batch_table(plans["pack"].batches, np.minimum(lengths, max_len), True, max_len)
-report.fig_batch_fill(pack_table, packed=True, sort=True).show()
+pack_table = packing.batch_table(plans["pack"].batches, np.minimum(lengths, max_len), True, max_len)
+packing.fig_batch_fill(pack_table, packed=True, sort=True).show()
 
 # %% [markdown]
 # ## 3. Inside one pack
@@ -165,19 +188,19 @@ report.fig_batch_fill(pack_table, packed=True, sort=True).show()
 # the LongAlign *sequence* normalisation (short sequences get larger per-token weights; notebook 3 explains why).
 
 # %%
-k = report.default_batch(plans["pack"].batches, lengths)
-view = report.batch_view(run, "pack", k, loss_norm="sequence", token_table=table)
+k = packing.default_batch(plans["pack"].batches, lengths)
+view = packing.batch_view(run, "pack", k, loss_norm="sequence", token_table=table)
 display(view.table)
-report.fig_attention_mask(view).show()
-report.fig_token_strip(view).show()
+packing.fig_attention_mask(view).show()
+packing.fig_token_strip(view).show()
 
 # %% [markdown]
 # For contrast, a naive padded batch of the same data: rows padded to the longest member (grey), and a
 # causal mask per row whose padded part is still computed by the kernel.
 
 # %%
-nv = report.batch_view(run, "naive", report.default_batch(plans["naive"].batches, lengths), token_table=table)
-report.fig_attention_mask(nv).show()
+nv = packing.batch_view(run, "naive", packing.default_batch(plans["naive"].batches, lengths), token_table=table)
+packing.fig_attention_mask(nv).show()
 
 # %% [markdown]
 # The collator turns a pack into model inputs; this is what the trainer feeds the model:
@@ -189,8 +212,10 @@ weights = token_weights(plans["pack"], table["n_target"].to_numpy(), "sequence")
 batch = PackedCollator(max_len)(plan_features(ds, plans["pack"].batches[k], weights))
 print({key: (tuple(v.shape) if hasattr(v, "shape") else v) for key, v in batch.items()})
 print("cu_seqlens:", batch["cu_seqlens"].tolist())
-print("position_ids around the first boundary:",
-      batch["position_ids"][0, max(0, int(batch["cu_seqlens"][1]) - 3): int(batch["cu_seqlens"][1]) + 3].tolist())
+print(
+    "position_ids around the first boundary:",
+    batch["position_ids"][0, max(0, int(batch["cu_seqlens"][1]) - 3) : int(batch["cu_seqlens"][1]) + 3].tolist(),
+)
 
 # %% [markdown]
 # ## 4. The simulator: why this matters on 8 GPUs
@@ -203,17 +228,24 @@ print("position_ids around the first boundary:",
 # toy lengths the absolute seconds are tiny — the ratios are the point.
 
 # %%
-from longalign.batching import simulate
-from longalign.rundir import atomic_write_json
+from longalign.batching import SimulateConfig
 
 sim_lengths = np.random.default_rng(seed).choice(lengths, size=sim_sequences, replace=True)
-sim = simulate(sim_lengths, ("naive", "sort", "pack"), max_len=max_len, devices=sim_devices, batch_size=batch_size,
-               grad_accum=sim_grad_accum, algo=algo, seed=seed)
-atomic_write_json(run.batching / "simulate.json", sim)
-sim_config, sim_table = report.load_simulation(run)
-display(sim_table.set_index("method")[["total_seconds", "idle_fraction", "n_steps", "efficiency",
-                                       "speed-up vs slowest"]])
-report.fig_simulation(sim_table).show()
+sim_cfg = SimulateConfig(
+    methods=["naive", "sort", "pack"],
+    max_len=max_len,
+    world_size=sim_devices,
+    batch_size=batch_size,
+    grad_accum=sim_grad_accum,
+    algo=algo,
+    seed=seed,
+)
+batching.run(sim_cfg, run, lengths=sim_lengths)  # batching/simulate.json
+sim_config, sim_table = simulator.load_simulation(run)
+display(
+    sim_table.set_index("method")[["total_seconds", "idle_fraction", "n_steps", "efficiency", "speed-up vs slowest"]]
+)
+simulator.fig_simulation(sim_table).show()
 
 # %% [markdown]
 # The dashboard (`longalign app`) shows the same figures for any run directory, and the CLI writes the same

@@ -36,10 +36,10 @@
 # `weighted_causal_lm_loss` sums `weight × cross-entropy`. This notebook checks all of that numerically.
 
 # %% tags=["parameters"]
-vocab = 50            # toy vocabulary of the random logits
-prompt_tokens = 8     # context tokens (no loss) at the start of every sequence
-long_targets = 950    # target tokens of the long sequence of section 1
-long_boost = 4.0      # section 2: how much better the model already predicts the long sequence
+vocab = 50  # toy vocabulary of the random logits
+prompt_tokens = 8  # context tokens (no loss) at the start of every sequence
+long_targets = 950  # target tokens of the long sequence of section 1
+long_boost = 4.0  # section 2: how much better the model already predicts the long sequence
 seed = 0
 
 # %%
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from IPython.display import HTML, Markdown, display
+from IPython.display import display
 
 pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
 logging.basicConfig(level=logging.WARNING)
@@ -79,8 +79,10 @@ _ = torch.manual_seed(seed)
 # %%
 targets = np.array([long_targets, 100, 100, 100, 100, 100])
 lengths = targets + prompt_tokens
-data = [reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + i)
-        for i, n in enumerate(lengths)]
+data = [
+    reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + i)
+    for i, n in enumerate(lengths)
+]
 n_target = np.array([count_targets(d["labels"]) for d in data])  # targets the shifted loss sees
 plan = make_plan(lengths, "pack", max_len=1024, grad_accum=2)
 print("packs:", plan.batches, "| targets per sequence:", n_target.tolist())
@@ -98,10 +100,19 @@ effective = pd.DataFrame({norm: w[norm] * n_target for norm in norms})
 effective.insert(0, "targets", n_target)
 effective.insert(0, "in pack", reference.batch_index(plan.batches, len(data)))
 display(effective.round(4))
-fig = go.Figure([go.Bar(name=norm, x=[f"seq {i} ({n} targets)" for i, n in enumerate(n_target)],
-                        y=effective[norm]) for norm in norms])
-fig.update_layout(barmode="group", template="plotly_white", height=340, yaxis_title="share of the step loss",
-                  title="Effective weight per sequence under each normalisation")
+fig = go.Figure(
+    [
+        go.Bar(name=norm, x=[f"seq {i} ({n} targets)" for i, n in enumerate(n_target)], y=effective[norm])
+        for norm in norms
+    ]
+)
+fig.update_layout(
+    barmode="group",
+    template="plotly_white",
+    height=340,
+    yaxis_title="share of the step loss",
+    title="Effective weight per sequence under each normalisation",
+)
 fig.show()
 
 # %% [markdown]
@@ -151,11 +162,18 @@ pd.DataFrame({"direct formula": direct, "token_weights + weighted_causal_lm_loss
 per_seq = pd.DataFrame({"L_i / N_i": L / n_target, "targets": n_target})
 display(per_seq.T.round(4))
 names = {"sequence": "sequence (eq. 2)", "token": "token mean", "pack": "pack mean (eq. 3)"}
-fig = go.Figure(go.Bar(x=[names[k] for k in norms], y=[direct[k] for k in norms],
-                       marker_color=["#4C78A8", "#F58518", "#E45756"], text=[f"{direct[k]:.3f}" for k in norms],
-                       textposition="outside"))
-fig.update_layout(template="plotly_white", height=300, yaxis_title="step loss",
-                  title="The same step under three normalisations")
+fig = go.Figure(
+    go.Bar(
+        x=[names[k] for k in norms],
+        y=[direct[k] for k in norms],
+        marker_color=["#4C78A8", "#F58518", "#E45756"],
+        text=[f"{direct[k]:.3f}" for k in norms],
+        textposition="outside",
+    )
+)
+fig.update_layout(
+    template="plotly_white", height=300, yaxis_title="step loss", title="The same step under three normalisations"
+)
 fig.show()
 
 # %% [markdown]
@@ -176,8 +194,10 @@ fig.show()
 # %%
 rng = np.random.default_rng(seed)
 lengths = rng.integers(20, 400, size=16) + prompt_tokens
-data = [reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + 100 + i)
-        for i, n in enumerate(lengths)]
+data = [
+    reference.toy_sequence(n, prompt_tokens=prompt_tokens, vocab=vocab, seed=seed * 1000 + 100 + i)
+    for i, n in enumerate(lengths)
+]
 n_target = np.array([count_targets(d["labels"]) for d in data])
 logits_of = reference.random_logits(lengths, vocab, g)
 L = reference.sequence_losses(data, logits_of)
@@ -189,19 +209,21 @@ pack_len = reference.capacity_for_packs(lengths, 4, step=8)
 rows = []
 for method, max_len in (("pack", pack_len), ("sort", int(lengths.max()))):
     for world, accum in ((1, 4), (2, 2), (4, 1)):
-        plan = make_plan(lengths, method, max_len=max_len, batch_size=4, world_size=world, grad_accum=accum,
-                         seed=seed)
+        plan = make_plan(lengths, method, max_len=max_len, batch_size=4, world_size=world, grad_accum=accum, seed=seed)
         assert len(plan.batches) == world * accum  # one optimizer step
         step = partial(reference.ddp_step_loss, plan, data, logits_of, packed=method == "pack")
-        rows.append({
-            "layout": f"{method}: {world} rank(s) × {accum} accumulation",
-            "sequences per micro-batch": [len(b) for b in plan.batches],
-            "sequence norm (eq. 2/4)": step(token_weights(plan, n_target, "sequence")),
-            "token norm": step(token_weights(plan, n_target, "token")),
-            "per-batch token mean (eq. 3)": step(token_weights(plan, n_target, "pack")),
-            "per-batch sequence mean": step(reference.micro_batch_sequence_weights(plan, n_target),
-                                            scale_by_world_size=False),
-        })
+        rows.append(
+            {
+                "layout": f"{method}: {world} rank(s) × {accum} accumulation",
+                "sequences per micro-batch": [len(b) for b in plan.batches],
+                "sequence norm (eq. 2/4)": step(token_weights(plan, n_target, "sequence")),
+                "token norm": step(token_weights(plan, n_target, "token")),
+                "per-batch token mean (eq. 3)": step(token_weights(plan, n_target, "pack")),
+                "per-batch sequence mean": step(
+                    reference.micro_batch_sequence_weights(plan, n_target), scale_by_world_size=False
+                ),
+            }
+        )
 split = pd.DataFrame(rows).set_index("layout")
 assert np.allclose(split["sequence norm (eq. 2/4)"], eq2, rtol=1e-12)
 assert np.allclose(split["token norm"], token_mean, rtol=1e-12)

@@ -27,13 +27,13 @@
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/04_training"
-data_run = "runs/notebooks/01_data_construction"   # mixed.jsonl from notebook 1, if present
-model = "random:configs/models/tiny-llama"          # relative to the repository root
-max_len = 1024          # long enough to keep the answer of notebook 1's long example
-batch_size = 2          # sequences per padded micro-batch (naive, sort)
+data_run = "runs/notebooks/01_data_construction"  # mixed.jsonl from notebook 1, if present
+model = "random:configs/models/tiny-llama"  # relative to the repository root
+max_len = 1024  # long enough to keep the answer of notebook 1's long example
+batch_size = 2  # sequences per padded micro-batch (naive, sort)
 grad_accum = 2
 max_steps = 6
-learning_rate = 2e-3    # large: a random tiny model learns visibly in a few steps
+learning_rate = 2e-3  # large: a random tiny model learns visibly in a few steps
 seed = 0
 
 # %%
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from IPython.display import HTML, Markdown, display
+from IPython.display import display
 
 pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
 logging.basicConfig(level=logging.WARNING)
@@ -57,21 +57,25 @@ import shutil
 
 import torch
 
-from longalign import report
+from longalign import tokenize, train
 from longalign.data.mix import provide_mix
-from longalign.rundir import RunDir, read_jsonl
-from longalign.tokenize import TokenizeConfig, tokenize_file
-from longalign.train import TrainConfig, train
+from longalign.rundir import RunDir
+from longalign.tokenize import TokenizeConfig
+from longalign.train import TrainConfig
+from longalign.views import readers, training
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 run = RunDir(ROOT / run_dir)
 print("mix from", provide_mix(run, RunDir(ROOT / data_run), seed=seed))  # or the packaged short sample
-result = tokenize_file(run.mixed, run.tokens, TokenizeConfig(model="smollm2", max_len=max_len), show_progress=False)
-print(f"{result.n_rows} rows, {result.n_tokens} tokens, {result.n_target_tokens} target tokens; "
-      f"{result.n_truncated} truncated, {result.n_dropped} dropped (no target token left after truncation)")
+result = tokenize.run(TokenizeConfig(model="smollm2", max_len=max_len), run, show_progress=False)
+print(
+    f"{result.n_rows} rows, {result.n_tokens} tokens, {result.n_target_tokens} target tokens; "
+    f"{result.n_truncated} truncated, {result.n_dropped} dropped (no target token left after truncation)"
+)
 # a random: spec with a relative config path is resolved against the repository root
-model_spec = f"random:{ROOT / model[7:]}" if model.startswith("random:") and not Path(model[7:]).is_absolute() \
-    else model
+model_spec = (
+    f"random:{ROOT / model[7:]}" if model.startswith("random:") and not Path(model[7:]).is_absolute() else model
+)
 
 # %% [markdown]
 # ## 1. One run per batching method
@@ -93,38 +97,59 @@ for name, (method, loss_norm) in runs.items():
     out = run.train(name)
     if out.exists():
         shutil.rmtree(out)  # a fresh run each time the notebook executes
-    cfg = TrainConfig(run=str(run.root), output_dir=str(out), model=model_spec, tokenizer="smollm2",
-                      method=method, loss_norm=loss_norm, max_len=max_len, per_device_batch_size=batch_size,
-                      grad_accum=grad_accum, max_steps=max_steps, learning_rate=learning_rate,
-                      lr_scheduler="constant", warmup_ratio=0.0, precision="fp32", save_steps=0,
-                      save_final=False, progress=False, seed=seed)
-    results[name] = train(cfg)
-    print(f"{name:16s} {results[name].steps} steps, final loss {results[name].final_loss:.4f}, "
-          f"attention: {results[name].attention_backend}")
+    cfg = TrainConfig(
+        output_dir=str(out),
+        model=model_spec,
+        tokenizer="smollm2",
+        method=method,
+        loss_norm=loss_norm,
+        max_len=max_len,
+        per_device_batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        precision="fp32",
+        save_steps=0,
+        save_final=False,
+        progress=False,
+        seed=seed,
+    )
+    results[name] = train.run(cfg, run)  # writes train/<name>/, recorded in run.json
+    print(
+        f"{name:16s} {results[name].steps} steps, final loss {results[name].final_loss:.4f}, "
+        f"attention: {results[name].attention_backend}"
+    )
 
 # %% [markdown]
 # ## 2. What the runs recorded
 #
-# The summary table and the curves come from `longalign.report`, the same functions the dashboard uses.
+# The summary table and the curves come from `longalign.views`, the same functions the dashboard uses.
 # `loss` is each run's own normalisation; `loss_token_mean` is the token mean of the same step for every
 # run, so runs with different normalisations can be compared on one scale.
 
 # %%
-metrics = report.load_metrics(run)
-display(report.train_summary(run, metrics))
-report.fig_loss(metrics, y="loss").show()
-report.fig_loss(metrics, y="loss_token_mean").show()
+metrics = readers.load_metrics(run)
+display(training.train_summary(run, metrics))
+training.fig_loss(metrics, y="loss").show()
+training.fig_loss(metrics, y="loss_token_mean").show()
 
 # %% [markdown]
 # Throughput: real (non-padding) tokens per second of each step, and the cumulative wall time. Packing
 # computes no padding at all; naive batches spend part of every step on it.
 
 # %%
-report.fig_throughput(metrics).show()
+training.fig_throughput(metrics).show()
 totals = metrics.groupby("train", sort=False).agg(
-    steps=("step", "max"), sequences=("sequences", "sum"), micro_batches=("packs", "sum"),
-    real_tokens=("real_tokens", "sum"), computed_tokens=("padded_tokens", "sum"),
-    target_tokens=("target_tokens", "sum"), mean_tokens_per_s=("tokens_per_s", "mean"))
+    steps=("step", "max"),
+    sequences=("sequences", "sum"),
+    micro_batches=("packs", "sum"),
+    real_tokens=("real_tokens", "sum"),
+    computed_tokens=("padded_tokens", "sum"),
+    target_tokens=("target_tokens", "sum"),
+    mean_tokens_per_s=("tokens_per_s", "mean"),
+)
 totals["padding share"] = 1 - totals["real_tokens"] / totals["computed_tokens"]
 totals.round(3)
 
@@ -134,8 +159,24 @@ totals.round(3)
 
 # %%
 meta = {name: r.run_meta for name, r in results.items()}
-pd.DataFrame({n: {k: m.get(k) for k in ("method", "loss_norm", "attention_backend", "rope_theta", "max_len",
-                                         "grad_accum", "steps", "packing_check")} for n, m in meta.items()})
+pd.DataFrame(
+    {
+        n: {
+            k: m.get(k)
+            for k in (
+                "method",
+                "loss_norm",
+                "attention_backend",
+                "rope_theta",
+                "max_len",
+                "grad_accum",
+                "steps",
+                "packing_check",
+            )
+        }
+        for n, m in meta.items()
+    }
+)
 
 # %% [markdown]
 # On the command line: `longalign train --config configs/train/tiny_test.yaml --run DIR` (this model), or

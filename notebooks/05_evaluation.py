@@ -27,11 +27,11 @@
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/05_evaluation"
-model = "smollm2"              # model under test: smollm2, an HF id, or a folder written by longalign train
-lengths = [600, 1000]          # needle grid: context lengths (tokens)
-depths = [40.0, 80.0]          # needle grid: depths (percent)
+model = "smollm2"  # model under test: smollm2, an HF id, or a folder written by longalign train
+lengths = [600, 1000]  # needle grid: context lengths (tokens)
+depths = [40.0, 80.0]  # needle grid: depths (percent)
 max_new_tokens = 24
-judge = "local:smollm2"        # needle judge: "" = key-phrase recall only, or openai:<model>
+judge = "local:smollm2"  # needle judge: "" = key-phrase recall only, or openai:<model>
 seed = 42
 
 # %%
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
 pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
 logging.basicConfig(level=logging.WARNING)
@@ -53,18 +53,18 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without
 
 import shutil
 
-import numpy as np
 import plotly.graph_objects as go
 
-from longalign import report
 from longalign.eval import needle
 from longalign.eval.generate import LocalGenerator
 from longalign.rundir import RunDir
+from longalign.views import needle as needle_view
+from longalign.views import readers
 
 run = RunDir(ROOT / run_dir)
 if run.eval("needle").exists():
     shutil.rmtree(run.eval("needle"))  # recompute the grid on every execution
-generator = LocalGenerator(model)      # loaded once, shared by the needle grid and the local judge
+generator = LocalGenerator(model)  # loaded once, shared by the needle grid and the local judge
 tokenizer = generator.tokenizer
 print("model under test:", generator.name)
 
@@ -83,15 +83,27 @@ rows = []
 for L in lengths:
     for d in depths:
         ctx = needle.insert_needle(hay, needle_ids, L, d, buffer=200)
-        rows.append({"context_length": L, "depth %": d, "target position": ctx.target_pos,
-                     "needle position": ctx.needle_token_pos, "moved back (tokens)": ctx.target_pos -
-                     ctx.needle_token_pos, "context tokens": len(ctx.ids)})
+        rows.append(
+            {
+                "context_length": L,
+                "depth %": d,
+                "target position": ctx.target_pos,
+                "needle position": ctx.needle_token_pos,
+                "moved back (tokens)": ctx.target_pos - ctx.needle_token_pos,
+                "context tokens": len(ctx.ids),
+            }
+        )
 display(pd.DataFrame(rows))
 ctx = needle.insert_needle(hay, needle_ids, lengths[0], depths[0], buffer=200)
 a, b = max(0, ctx.needle_token_pos - 60), ctx.needle_token_pos + ctx.needle_len + 40
 window = tokenizer.decode(ctx.ids[a:b])
-display(HTML("<div style='font-family:monospace;white-space:pre-wrap;border:1px solid #ddd;padding:6px'>"
-             + report.highlight(window, needle.PAPER_NEEDLE) + "</div>"))
+display(
+    HTML(
+        "<div style='font-family:monospace;white-space:pre-wrap;border:1px solid #ddd;padding:6px'>"
+        + needle_view.highlight(window, needle.PAPER_NEEDLE)
+        + "</div>"
+    )
+)
 
 # %% [markdown]
 # A strip of the whole context: each cell is a block of tokens, the needle's block in red.
@@ -101,13 +113,32 @@ fig = go.Figure()
 for L in lengths:
     for d in depths:
         c = needle.insert_needle(hay, needle_ids, L, d, buffer=200)
-        fig.add_trace(go.Scatter(x=[0, len(c.ids)], y=[f"{L} tok, {d:g}%"] * 2, mode="lines",
-                                 line=dict(color="#DDDDDD", width=14), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=[c.needle_token_pos, c.needle_token_pos + c.needle_len],
-                                 y=[f"{L} tok, {d:g}%"] * 2, mode="lines", line=dict(color="#D62728", width=14),
-                                 showlegend=False, hovertemplate="needle at token %{x}<extra></extra>"))
-fig.update_layout(template="plotly_white", height=80 + 40 * len(lengths) * len(depths),
-                  xaxis_title="token position in the context", margin=dict(l=110, r=20, t=20, b=40))
+        fig.add_trace(
+            go.Scatter(
+                x=[0, len(c.ids)],
+                y=[f"{L} tok, {d:g}%"] * 2,
+                mode="lines",
+                line=dict(color="#DDDDDD", width=14),
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[c.needle_token_pos, c.needle_token_pos + c.needle_len],
+                y=[f"{L} tok, {d:g}%"] * 2,
+                mode="lines",
+                line=dict(color="#D62728", width=14),
+                showlegend=False,
+                hovertemplate="needle at token %{x}<extra></extra>",
+            )
+        )
+fig.update_layout(
+    template="plotly_white",
+    height=80 + 40 * len(lengths) * len(depths),
+    xaxis_title="token position in the context",
+    margin=dict(l=110, r=20, t=20, b=40),
+)
 fig.show()
 
 # %% [markdown]
@@ -119,22 +150,29 @@ fig.show()
 # are appended per cell to `eval/needle/results.jsonl`, so an interrupted grid resumes.
 
 # %%
-cfg = needle.NeedleConfig(out=str(run.root), model=model, lengths=list(lengths), depths=list(depths),
-                          max_new_tokens=max_new_tokens, judge=judge, seed=seed, progress=False)
+cfg = needle.NeedleConfig(
+    model=model,
+    lengths=list(lengths),
+    depths=list(depths),
+    max_new_tokens=max_new_tokens,
+    judge=judge,
+    seed=seed,
+    progress=False,
+)
 judge_obj = None
 if judge.startswith("local:"):
     from longalign.eval.judge import LocalJudge
 
     judge_obj = LocalJudge(judge, model=generator.model, tokenizer=tokenizer)  # reuse the loaded weights
-summary = needle.run_needle(cfg, generator=generator, judge=judge_obj)
-results = report.load_needle(run)
+summary = needle.run(cfg, run, generator=generator, judge=judge_obj)
+print("\n".join(summary.lines()))
+results = readers.load_needle(run)
 display(results[["context_length", "depth_percent", "prompt_tokens", "response", "recall", "judge_score"]])
-pd.Series({k: summary[k] for k in ("n", "mean_recall", "mean_judge", "model", "judge")}).to_frame("summary")
 
 # %%
 value = "judge_score" if results["judge_score"].notna().any() else "recall"
-report.fig_needle_heatmap(report.needle_grid(results, value), value).show()
-print("self-contained heatmap written to", run.eval("needle") / "heatmap.html")
+needle_view.fig_needle_heatmap(needle_view.needle_grid(results, value), value).show()
+print("self-contained heatmap written to", summary.heatmap)
 
 # %% [markdown]
 # ## 3. The LongBench-Chat judge prompt
@@ -149,12 +187,17 @@ from longalign.eval.judge import JudgeRequest, LocalJudge, parse_rating
 from longalign.eval.longbench_chat import ChatCase, example_orders, judge_messages
 
 case = ChatCase(
-    idx=1, prompt="(the long document and the question)", lang="en",
+    idx=1,
+    prompt="(the long document and the question)",
+    lang="en",
     query="According to the report, why did the bridge close in 2019, and for how long?",
     answer="It closed for seven months because inspectors found corrosion in two main cables.",
-    examples=[{"answer": "Corrosion was found in two main cables, so it closed for seven months.", "score": 10},
-              {"answer": "It closed because of a storm.", "score": 2},
-              {"answer": "It was closed for repairs to its cables, for several months.", "score": 6}])
+    examples=[
+        {"answer": "Corrosion was found in two main cables, so it closed for seven months.", "score": 10},
+        {"answer": "It closed because of a storm.", "score": 2},
+        {"answer": "It was closed for repairs to its cables, for several months.", "score": 6},
+    ],
+)
 prediction = "The bridge was shut for about seven months after corrosion was discovered in its cables."
 orders = example_orders(len(case.examples), n_runs=2, seed=seed, idx=case.idx)
 print("example order per judge run:", orders)
@@ -168,13 +211,15 @@ for m in messages:
 # "no rating" and the endpoint judge asks again (up to 5 times).
 
 # %%
-replies = ["The answer matches the reference closely. Rating: [[9]]",
-           "Format: [[rating]]. My verdict: [[7.5]]",
-           "评分：［［８］］",
-           "Rating: [[8/10]]",
-           "I would give it [[rating]]",
-           "Score: 11 -> [[11]]",
-           "Rating: **6**"]
+replies = [
+    "The answer matches the reference closely. Rating: [[9]]",
+    "Format: [[rating]]. My verdict: [[7.5]]",
+    "评分：［［８］］",
+    "Rating: [[8/10]]",
+    "I would give it [[rating]]",
+    "Score: 11 -> [[11]]",
+    "Rating: **6**",
+]
 pd.DataFrame({"reply": replies, "parsed": [parse_rating(r) for r in replies]})
 
 # %% [markdown]
@@ -187,15 +232,25 @@ pd.DataFrame({"reply": replies, "parsed": [parse_rating(r) for r in replies]})
 # its numbers as a smoke test and use a GPT-4-class endpoint for figures comparable with the paper.
 
 # %%
-local = judge_obj if isinstance(judge_obj, LocalJudge) else LocalJudge("local:smollm2", model=generator.model,
-                                                                      tokenizer=tokenizer)
+local = (
+    judge_obj
+    if isinstance(judge_obj, LocalJudge)
+    else LocalJudge("local:smollm2", model=generator.model, tokenizer=tokenizer)
+)
 outcome = local.rate(JudgeRequest(messages, 1, 10, seed=seed))
 dist = outcome.extra["distribution"]
-print(f"expected score {outcome.extra['expected']}, argmax {outcome.extra['argmax']}, "
-      f"mass on valid ratings {outcome.extra['valid_mass']:.3f}, prompt tokens {outcome.prompt_tokens}")
+print(
+    f"expected score {outcome.extra['expected']}, argmax {outcome.extra['argmax']}, "
+    f"mass on valid ratings {outcome.extra['valid_mass']:.3f}, prompt tokens {outcome.prompt_tokens}"
+)
 fig = go.Figure(go.Bar(x=list(dist), y=list(dist.values()), marker_color="#4C78A8"))
-fig.update_layout(template="plotly_white", height=280, xaxis_title="rating", yaxis_title="probability",
-                  title="Local judge: rating distribution after a forced '[['")
+fig.update_layout(
+    template="plotly_white",
+    height=280,
+    xaxis_title="rating",
+    yaxis_title="probability",
+    title="Local judge: rating distribution after a forced '[['",
+)
 fig.show()
 
 # %% [markdown]

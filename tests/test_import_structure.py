@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "longalign"
 STAGES = ("data", "tokenize", "batching", "train", "eval")
-SHARED_FACES = ("longalign", "longalign.rundir", "longalign.config", "longalign.models", "longalign.report")
+SHARED_FACES = ("longalign", "longalign.rundir", "longalign.config", "longalign.models", "longalign.views")
 COMMAND_MODULES = ("longalign.demo", "longalign.demo_cli", "longalign.app_cli")  # commands beside the stages
 
 
@@ -26,8 +26,9 @@ MODULES = {module_name(p): p for p in PKG.rglob("*.py")}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _is_main_guard(test: ast.expr) -> bool:
@@ -55,6 +56,7 @@ def _import_nodes(tree: ast.Module, *, top_level: bool) -> list[ast.Import | ast
                     visit(handler.body)
                 visit(getattr(node, "orelse", []))
                 visit(getattr(node, "finalbody", []))
+
     visit(tree.body)
     return out
 
@@ -74,7 +76,7 @@ def imported_modules(path: Path, *, top_level: bool, package: str | None = None)
             continue
         if node.level:
             base = package.split(".")
-            base = base[:len(base) - node.level + 1]
+            base = base[: len(base) - node.level + 1]
             mod = ".".join(base + ([node.module] if node.module else []))
         else:
             mod = node.module or ""
@@ -87,8 +89,10 @@ def imported_modules(path: Path, *, top_level: bool, package: str | None = None)
 
 
 def test_no_import_cycles_among_longalign_modules():
-    graph = {name: {m for m in imported_modules(path, top_level=True) if m in MODULES and m != name}
-             for name, path in MODULES.items()}
+    graph = {
+        name: {m for m in imported_modules(path, top_level=True) if m in MODULES and m != name}
+        for name, path in MODULES.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -137,8 +141,11 @@ def test_app_cli_and_notebooks_import_only_stage_faces():
     bad = {}
     for path in face_clients():
         allowed_extra = COMMAND_MODULES if path.is_relative_to(PKG) else ()
-        wrong = sorted(m for m in imported_modules(path, top_level=False, package="")
-                       if not is_stage_face(m) and m not in allowed_extra)
+        wrong = sorted(
+            m
+            for m in imported_modules(path, top_level=False, package="")
+            if not is_stage_face(m) and m not in allowed_extra
+        )
         if wrong:
             bad[str(path.relative_to(ROOT))] = wrong
     assert not bad, f"modules reaching past the stage faces: {bad}"
@@ -152,7 +159,9 @@ def test_face_rule_rejects_internals():
 
 
 def test_cli_help_imports_no_heavy_library():
-    code = ("import sys, longalign.cli as c; c.build_parser().format_help(); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets'}))")
+    code = (
+        "import sys, longalign.cli as c; c.build_parser().format_help(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

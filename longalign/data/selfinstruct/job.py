@@ -7,7 +7,8 @@ answered with the document in the prompt. The prompt wording here is our own, in
 (picked by the document's language).
 
 Why validation: a small generator does not follow the format reliably. With the embedded 135M model we
-have seen the template slot echoed back (``1: <question>``), one question repeated five times, the instruction itself returned
+have seen the template slot echoed back (``1: <question>``), one question repeated five times, the instruction
+itself returned
 as a question, and two questions followed by prose. :func:`parse_questions` accepts the numbering variants
 models actually write (``1:``, ``1.``, ``1)``, ``Q1:``, ``**1.**``, ``问题1：``) and records, rather than
 raises on, extra prose or a short list; :func:`validate_questions` rejects template echoes, duplicates,
@@ -35,9 +36,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from longalign.config import option
 from longalign.data.selfinstruct.parse import ValidationLimits, answer_problem, parse_questions, validate_questions
@@ -59,37 +61,59 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------- config
 
+
 @dataclass
 class GenerateConfig(EndpointOptions):
     """Options of ``longalign data generate``."""
 
-    llm: str = option("local:smollm2", help="question/answer generator: openai:<model> (any OpenAI-compatible "
-                                            "endpoint, see base_url) or local:<model spec> (default: the embedded "
-                                            "SmolLM2-135M-Instruct)")
+    llm: str = option(
+        "local:smollm2",
+        help="question/answer generator: openai:<model> (any OpenAI-compatible "
+        "endpoint, see base_url) or local:<model spec> (default: the embedded "
+        "SmolLM2-135M-Instruct)",
+    )
     n_docs: int = option(0, minimum=0, help="documents to use from corpus.jsonl, in file order (0 = all)")
-    task_types: list[str] = option(default_factory=lambda: list(TASK_TYPES), choices=TASK_TYPES,
-                                   help="task types to draw from: " + ", ".join(TASK_TYPES))
+    task_types: list[str] = option(
+        default_factory=lambda: list(TASK_TYPES),
+        choices=TASK_TYPES,
+        help="task types to draw from: " + ", ".join(TASK_TYPES),
+    )
     question_max_tokens: int = option(320, minimum=1, help="max new tokens of the question-generation reply")
     answer_max_tokens: int = option(1024, minimum=1, help="max new tokens of the answer")
     temperature: float = option(0.7, minimum=0, help="sampling temperature for questions and answers")
     top_p: float = option(0.95, minimum=0, maximum=1, help="nucleus sampling threshold")
-    max_prompt_tokens: int = option(6000, minimum=0, help="longest prompt the generator gets: longer documents are "
-                                                          "cut to their head and tail for the generator (0 = never "
-                                                          "cut); the training record keeps the full document")
-    prompt_tokenizer: str | None = option(None, help="model spec whose tokenizer measures max_prompt_tokens "
-                                                     "(default: the local model, or the embedded one for openai:)")
-    min_questions: int = option(3, minimum=1, maximum=N_QUESTIONS,
-                                help="an attempt is accepted when at least this many of its questions are valid")
-    max_question_attempts: int = option(4, minimum=1, help="question-generation attempts per document before it "
-                                                           "is failed")
-    max_answer_attempts: int = option(3, minimum=1, help="answer attempts per document (each may use another "
-                                                         "question)")
-    max_request_failures: int = option(2, minimum=0, help="times a request that finally failed (after retries) is "
-                                                          "sent again before the document is failed")
+    max_prompt_tokens: int = option(
+        6000,
+        minimum=0,
+        help="longest prompt the generator gets: longer documents are "
+        "cut to their head and tail for the generator (0 = never "
+        "cut); the training record keeps the full document",
+    )
+    prompt_tokenizer: str | None = option(
+        None,
+        help="model spec whose tokenizer measures max_prompt_tokens "
+        "(default: the local model, or the embedded one for openai:)",
+    )
+    min_questions: int = option(
+        3,
+        minimum=1,
+        maximum=N_QUESTIONS,
+        help="an attempt is accepted when at least this many of its questions are valid",
+    )
+    max_question_attempts: int = option(
+        4, minimum=1, help="question-generation attempts per document before it is failed"
+    )
+    max_answer_attempts: int = option(3, minimum=1, help="answer attempts per document (each may use another question)")
+    max_request_failures: int = option(
+        2,
+        minimum=0,
+        help="times a request that finally failed (after retries) is sent again before the document is failed",
+    )
     max_question_chars: int = option(400, minimum=1, help="longer questions are rejected")
     window: int = option(0, minimum=0, help="documents worked on at once (0 = 4 x max_in_flight)")
-    seed: int = option(42, help="base seed: task types, sampling seeds and the chosen question derive from it "
-                                "and the doc_id")
+    seed: int = option(
+        42, help="base seed: task types, sampling seeds and the chosen question derive from it and the doc_id"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,8 +123,9 @@ class GenerateConfig(EndpointOptions):
 
 # ------------------------------------------------------------------------------------------ per-document job
 
+
 def _doc_seed(seed: int, doc_id: str) -> int:
-    return int(hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).hexdigest()[:8], 16) % (2 ** 31 - 10_000)
+    return int(hashlib.sha256(f"{seed}:{doc_id}".encode()).hexdigest()[:8], 16) % (2**31 - 10_000)
 
 
 class DocumentJob:
@@ -110,8 +135,9 @@ class DocumentJob:
     ``status`` becomes 'done' (``record()`` is the training example) or 'failed' (``failure()``).
     """
 
-    def __init__(self, doc: dict[str, Any], cfg: GenerateConfig, *, model: str, prompt_doc: str,
-                 prompt_truncated: bool):
+    def __init__(
+        self, doc: dict[str, Any], cfg: GenerateConfig, *, model: str, prompt_doc: str, prompt_truncated: bool
+    ):
         from longalign.llm import SamplingParams
 
         self._SamplingParams = SamplingParams
@@ -156,16 +182,25 @@ class DocumentJob:
         cfg = self.cfg
         if self.stage == "questions":
             self.task_type = self._task_for_attempt(self.q_attempt)
-            content = question_prompt(self.prompt_doc, self.task_type, self.lang,
-                                      self.last_reasons if self.q_attempt else ())
-            params = self._SamplingParams(max_tokens=cfg.question_max_tokens, temperature=cfg.temperature,
-                                          top_p=cfg.top_p, seed=self.base_seed + self.q_attempt)
+            content = question_prompt(
+                self.prompt_doc, self.task_type, self.lang, self.last_reasons if self.q_attempt else ()
+            )
+            params = self._SamplingParams(
+                max_tokens=cfg.question_max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=self.base_seed + self.q_attempt,
+            )
         else:
             if self.question is None:
                 self.question = self.remaining.pop(self.rng.randrange(len(self.remaining)))
             content = answer_prompt(self.prompt_doc, self.question, self.lang)
-            params = self._SamplingParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
-                                          top_p=cfg.top_p, seed=self.base_seed + 1000 + self.a_attempt)
+            params = self._SamplingParams(
+                max_tokens=cfg.answer_max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=self.base_seed + 1000 + self.a_attempt,
+            )
         self._pending = ([{"role": "user", "content": content}], params)
         return self._pending
 
@@ -195,11 +230,13 @@ class DocumentJob:
         parsed = parse_questions(text)
         instruction = task_instruction(self.task_type, self.lang)
         limits = ValidationLimits(max_chars=self.cfg.max_question_chars)
-        accepted, rejected = validate_questions(parsed.questions, lang=self.lang, instruction=instruction,
-                                                limits=limits)
+        accepted, rejected = validate_questions(
+            parsed.questions, lang=self.lang, instruction=instruction, limits=limits
+        )
         for r in rejected:
-            self.rejected.append({"stage": "questions", "level": "question", "attempt": attempt,
-                                  "task_type": self.task_type, **r})
+            self.rejected.append(
+                {"stage": "questions", "level": "question", "attempt": attempt, "task_type": self.task_type, **r}
+            )
         reasons = [r["reason"] for r in rejected]
         if len(accepted) >= self.cfg.min_questions:
             self.questions = accepted
@@ -210,10 +247,17 @@ class DocumentJob:
             return
         if len(parsed.questions) < N_QUESTIONS:
             reasons.append("too_few")
-        self.rejected.append({"stage": "questions", "level": "attempt", "attempt": attempt,
-                              "task_type": self.task_type, "text": text[:2000], "reason": f"attempt rejected: {len(accepted)} valid question(s), "
-                                                             f"need {self.cfg.min_questions}",
-                              "issues": parsed.issues})
+        self.rejected.append(
+            {
+                "stage": "questions",
+                "level": "attempt",
+                "attempt": attempt,
+                "task_type": self.task_type,
+                "text": text[:2000],
+                "reason": f"attempt rejected: {len(accepted)} valid question(s), need {self.cfg.min_questions}",
+                "issues": parsed.issues,
+            }
+        )
         self.last_reasons = sorted(set(reasons)) or ["too_few"]
         if self.q_attempt >= self.cfg.max_question_attempts:
             self._fail(f"no usable questions after {self.q_attempt} attempts")
@@ -228,8 +272,9 @@ class DocumentJob:
             self.answer_finish = finish_reason
             self.status = "done"
             return
-        self.rejected.append({"stage": "answer", "attempt": attempt, "question": self.question, "text": text[:2000],
-                              "reason": problem})
+        self.rejected.append(
+            {"stage": "answer", "attempt": attempt, "question": self.question, "text": text[:2000], "reason": problem}
+        )
         if self.a_attempt >= self.cfg.max_answer_attempts:
             self._fail(f"no usable answer after {self.a_attempt} attempts")
         elif self.remaining:
@@ -245,8 +290,10 @@ class DocumentJob:
     def record(self) -> dict[str, Any]:
         assert self.status == "done" and self.question is not None and self.answer is not None
         return {
-            "messages": [{"role": "user", "content": training_prompt(self.doc["text"], self.question)},
-                         {"role": "assistant", "content": self.answer}],
+            "messages": [
+                {"role": "user", "content": training_prompt(self.doc["text"], self.question)},
+                {"role": "assistant", "content": self.answer},
+            ],
             "doc_id": self.doc_id,
             "source": self.doc.get("source", ""),
             "lang": self.lang,
@@ -256,18 +303,32 @@ class DocumentJob:
             "model": self.model,
             "rejected": self.rejected,
             "n_tokens_doc": self.doc.get("n_tokens"),
-            "generation": {"question_attempts": self.q_attempt, "answer_attempts": self.a_attempt,
-                           "parse_issues": self.parse_issues, "prompt_truncated": self.prompt_truncated,
-                           "answer_finish_reason": self.answer_finish, "seed": self.base_seed, **self.usage},
+            "generation": {
+                "question_attempts": self.q_attempt,
+                "answer_attempts": self.a_attempt,
+                "parse_issues": self.parse_issues,
+                "prompt_truncated": self.prompt_truncated,
+                "answer_finish_reason": self.answer_finish,
+                "seed": self.base_seed,
+                **self.usage,
+            },
         }
 
     def failure(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "source": self.doc.get("source", ""), "lang": self.lang, "reason": self.error,
-                "stage": self.stage, "rejected": self.rejected, "model": self.model,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return {
+            "doc_id": self.doc_id,
+            "source": self.doc.get("source", ""),
+            "lang": self.lang,
+            "reason": self.error,
+            "stage": self.stage,
+            "rejected": self.rejected,
+            "model": self.model,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
 
 
 # ----------------------------------------------------------------------------------------------------- job
+
 
 @dataclass
 class GenerateSummary(Summary):
@@ -289,15 +350,18 @@ class GenerateSummary(Summary):
     def lines(self) -> list[str]:
         usage = self.usage or {}
         cost = usage.get("cost")
-        out = [f"{self.records_total} records in {self.records_file} ({self.written} new, {self.already_done} "
-               f"already there, {self.failed} failed) in {self.seconds:.1f} s",
-               f"tokens: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
-               f"in {usage.get('requests', 0)} paid requests, {usage.get('cached', 0)} from cache, "
-               f"{usage.get('retries', 0)} retries; cost: " + (f"${cost:.4f}" if cost is not None
-                                                               else "n/a (no prices given)")]
+        out = [
+            f"{self.records_total} records in {self.records_file} ({self.written} new, {self.already_done} "
+            f"already there, {self.failed} failed) in {self.seconds:.1f} s",
+            f"tokens: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
+            f"in {usage.get('requests', 0)} paid requests, {usage.get('cached', 0)} from cache, "
+            f"{usage.get('retries', 0)} retries; cost: "
+            + (f"${cost:.4f}" if cost is not None else "n/a (no prices given)"),
+        ]
         if self.failed:
-            out.append(f"{self.failed} document(s) failed, listed in {self.failed_file}; re-run the same command "
-                       "to retry them")
+            out.append(
+                f"{self.failed} document(s) failed, listed in {self.failed_file}; re-run the same command to retry them"
+            )
         return out
 
     @property
@@ -325,11 +389,20 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
     """The LLM client for ``cfg`` with its request cache and calls log inside ``run``."""
     from longalign.llm import make_client
 
-    return make_client(cfg.llm, base_url=cfg.base_url, api_key_env=cfg.api_key_env, cache_dir=run.llm_cache,
-                       calls_log=run.llm_calls, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
-                       timeout=cfg.timeout, price_in_per_mtok=cfg.price_in_per_mtok,
-                       price_out_per_mtok=cfg.price_out_per_mtok, backoff_base=cfg.backoff_base,
-                       backoff_max=cfg.backoff_max)
+    return make_client(
+        cfg.llm,
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        cache_dir=run.llm_cache,
+        calls_log=run.llm_calls,
+        max_in_flight=cfg.max_in_flight,
+        max_retries=cfg.max_retries,
+        timeout=cfg.timeout,
+        price_in_per_mtok=cfg.price_in_per_mtok,
+        price_out_per_mtok=cfg.price_out_per_mtok,
+        backoff_base=cfg.backoff_base,
+        backoff_max=cfg.backoff_max,
+    )
 
 
 def check_generate_config(cfg: GenerateConfig) -> None:
@@ -337,9 +410,15 @@ def check_generate_config(cfg: GenerateConfig) -> None:
     cfg.__post_init__()
 
 
-def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client: Any = None,
-                       docs: list[dict[str, Any]] | None = None, prompt_tokenizer: Any = None,
-                       progress: bool = True) -> GenerateSummary:
+def generate_long_data(
+    cfg: GenerateConfig,
+    run: RunDir | str | Path,
+    *,
+    client: Any = None,
+    docs: list[dict[str, Any]] | None = None,
+    prompt_tokenizer: Any = None,
+    progress: bool = True,
+) -> GenerateSummary:
     """Generate one long instruction example per document of ``run/data/corpus.jsonl`` into ``long.jsonl``.
 
     Resumable: documents whose ``doc_id`` is already in ``long.jsonl`` are skipped. Documents that fail are
@@ -355,7 +434,7 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
     if docs is None:
         docs = read_corpus(run.corpus)
     if cfg.n_docs > 0:
-        docs = docs[:cfg.n_docs]
+        docs = docs[: cfg.n_docs]
     ids = [str(d["id"]) for d in docs]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -382,8 +461,11 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
             doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))
 
         def new_job(doc: dict[str, Any]) -> DocumentJob:
-            text, cut = fit_document(doc["text"], prompt_tokenizer, doc_budget) if cfg.max_prompt_tokens > 0 \
+            text, cut = (
+                fit_document(doc["text"], prompt_tokenizer, doc_budget)
+                if cfg.max_prompt_tokens > 0
                 else (doc["text"], False)
+            )
             return DocumentJob(doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut)
 
         window = cfg.window or 4 * cfg.max_in_flight
@@ -419,22 +501,39 @@ def generate_long_data(cfg: GenerateConfig, run: RunDir | str | Path, *, client:
         if own_client:
             client.close()
     records_total = len({str(r.get("doc_id")) for r in read_jsonl(run.long)})
-    summary = GenerateSummary(documents=len(docs), already_done=already, written=written, failed=failed,
-                              records_total=records_total, usage=usage, seconds=round(time.monotonic() - start, 2),
-                              failed_ids=failed_ids, rejected_questions=rejected_q, model=model_name,
-                              records_file=run.long, failed_file=failed_path(run))
+    summary = GenerateSummary(
+        documents=len(docs),
+        already_done=already,
+        written=written,
+        failed=failed,
+        records_total=records_total,
+        usage=usage,
+        seconds=round(time.monotonic() - start, 2),
+        failed_ids=failed_ids,
+        rejected_questions=rejected_q,
+        model=model_name,
+        records_file=run.long,
+        failed_file=failed_path(run),
+    )
     log.info("generated %d records (%d failed) in %.1f s", written, failed, summary.seconds)
     return summary
 
 
-def run(cfg: GenerateConfig, run_dir: str | Path | RunDir, *, client: Any = None,
-        progress: bool = True) -> GenerateSummary:
-    """The ``data.generate`` step: :func:`generate_long_data` over ``<run>/data/corpus.jsonl``, recorded in run.json.
+def run(
+    cfg: GenerateConfig,
+    run_dir: str | Path | RunDir,
+    *,
+    client: Any = None,
+    docs: list[dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> GenerateSummary:
+    """The ``data.generate`` step: :func:`generate_long_data` over ``<run>/data/corpus.jsonl`` (or over ``docs``,
+    a selection of its documents), recorded in run.json.
 
     The summary's ``exit_code`` is 1 when some documents failed (listed in ``data/failed.jsonl``; a re-run
     retries them).
     """
     run_ = as_run_dir(run_dir)
-    summary = generate_long_data(cfg, run_, client=client, progress=progress)
+    summary = generate_long_data(cfg, run_, client=client, docs=docs, progress=progress)
     record(run_, "data.generate", cfg, summary)
     return summary
