@@ -20,8 +20,9 @@ def test_simulation(run):
     assert config["world_size"] == 8 and table["method"].tolist() == ["naive", "sort", "pack"]
     assert table["speed-up vs slowest"].min() == 1.0
     tokens = readers.load_token_table(run)
-    cfg, live = simulator.run_simulation(tokens["length"].to_numpy(), devices=4, batch_size=2, max_len=16384,
-                                         grad_accum=2)
+    cfg, live = simulator.run_simulation(
+        tokens["length"].to_numpy(), devices=4, batch_size=2, max_len=16384, grad_accum=2
+    )
     live = live.set_index("method")
     assert {"naive", "sort", "pack"} <= set(live.index)
     assert live.loc["pack", "total_seconds"] < live.loc["naive", "total_seconds"]
@@ -32,10 +33,20 @@ def test_simulation(run):
 def test_live_table_is_the_stage_result(run):
     lengths = readers.load_token_table(run)["length"].to_numpy()
     _, live = simulator.run_simulation(lengths, devices=2, batch_size=1, max_len=16384, grad_accum=3, sync="step")
-    out = simulate(lengths, ("naive", "sort", "pack"), max_len=16384, devices=2, batch_size=1, grad_accum=3,
-                   pack_grad_accum=1, algo="ffd", sync="step")
-    assert live.set_index("method")["total_seconds"].to_dict() == {m: r["total_seconds"]
-                                                                    for m, r in out["methods"].items()}
+    out = simulate(
+        lengths,
+        ("naive", "sort", "pack"),
+        max_len=16384,
+        world_size=2,
+        batch_size=1,
+        grad_accum=3,
+        pack_grad_accum=1,
+        algo="ffd",
+        sync="step",
+    )
+    assert live.set_index("method")["total_seconds"].to_dict() == {
+        m: r["total_seconds"] for m, r in out["methods"].items()
+    }
 
 
 def test_simulation_table_and_defaults():
