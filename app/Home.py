@@ -1,26 +1,32 @@
 """LongAlign Workbench dashboard: start page (runs folder overview and the chosen run's artifacts).
 
-    longalign app --runs runs          # or: streamlit run app/Home.py -- --runs runs
+longalign app --runs runs          # or: streamlit run app/Home.py -- --runs runs
 """
 
+import common
 import streamlit as st
 
-import common
 from longalign.views import home
 
-common.page("LongAlign Workbench",
-            "Long-context SFT data, batching (naive, sorted, packed with loss weighting), training and evaluation — "
-            "read from run directories.")
+common.page(
+    "LongAlign Workbench",
+    "Long-context SFT data, batching (naive, sorted, packed with loss weighting), training and evaluation — "
+    "read from run directories.",
+)
 run = common.pick_run()
 
 st.subheader("Runs")
 overview = home.runs_overview(common.runs_root())
-st.dataframe(overview, hide_index=True, column_config={
-    c: st.column_config.CheckboxColumn(c) for c in overview.columns if overview[c].dtype == bool})
+st.dataframe(
+    overview,
+    hide_index=True,
+    column_config={c: st.column_config.CheckboxColumn(c) for c in overview.columns if overview[c].dtype == bool},
+)
 
 st.subheader(f"Run `{run.root.name}`")
-st.dataframe(home.artifact_table(run), hide_index=True,
-             column_config={"present": st.column_config.CheckboxColumn("present")})
+st.dataframe(
+    home.artifact_table(run), hide_index=True, column_config={"present": st.column_config.CheckboxColumn("present")}
+)
 left, right = st.columns([2, 3])
 with left:
     st.markdown("**Tokenization** (tokens/longalign_meta.json)")

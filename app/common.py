@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,15 +38,18 @@ def _remember(src: str, dst: str) -> None:
     st.session_state[dst] = st.session_state[src]
 
 
-def pick_run(label: str = "Run", state_key: str = "run_name", exclude: str | None = None,
-             allow_none: bool = False) -> RunDir | None:
+def pick_run(
+    label: str = "Run", state_key: str = "run_name", exclude: str | None = None, allow_none: bool = False
+) -> RunDir | None:
     """Run picker in the sidebar; the choice survives page changes. Stops the page with a message when the
     runs folder holds no run."""
     root = runs_root()
     names = [n for n in readers.list_runs(root) if n != exclude]
     if not names and not allow_none:
-        st.info(f"No run directories under `{root.resolve()}`. Create one with the pipeline "
-                f"(`longalign demo` or the stage commands), or start the app with `longalign app --runs DIR`.")
+        st.info(
+            f"No run directories under `{root.resolve()}`. Create one with the pipeline "
+            f"(`longalign demo` or the stage commands), or start the app with `longalign app --runs DIR`."
+        )
         st.stop()
     options = (["—"] if allow_none else []) + names
     query_run = st.query_params.get("run" if state_key == "run_name" else state_key.replace("_run", ""))

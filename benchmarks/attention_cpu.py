@@ -58,20 +58,31 @@ def attention_only(n_seq: int, seq_len: int, heads: int, dim: int, repeats: int)
         segment_attention_forward(M(), qq, kk, vv, None, cu_seq_lens_q=cu)[0].sum().backward()
 
     def separate():
-        qq, kk, vv = (t.reshape(heads, n_seq, seq_len, dim).transpose(0, 1).contiguous().requires_grad_()
-                      for t in (q, k, v))
+        qq, kk, vv = (
+            t.reshape(heads, n_seq, seq_len, dim).transpose(0, 1).contiguous().requires_grad_() for t in (q, k, v)
+        )
         F.scaled_dot_product_attention(qq, kk, vv, is_causal=True).sum().backward()
 
-    return {"packed_dense": timed(dense, repeats), "packed_segment": timed(segment, repeats),
-            "separate": timed(separate, repeats)}
+    return {
+        "packed_dense": timed(dense, repeats),
+        "packed_segment": timed(segment, repeats),
+        "separate": timed(separate, repeats),
+    }
 
 
 def whole_model(n_seq: int, seq_len: int, repeats: int, vocab: int) -> dict[str, float]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     register_attention()
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=8192,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).train()
     g = torch.Generator().manual_seed(1)
@@ -87,9 +98,11 @@ def whole_model(n_seq: int, seq_len: int, repeats: int, vocab: int) -> dict[str,
             out = model(input_ids=seqs, use_cache=False)
         out.logits.float().logsumexp(-1).mean().backward()
 
-    return {"packed_dense": timed(lambda: run("sdpa", True), repeats),
-            "packed_segment": timed(lambda: run(SEGMENT, True), repeats),
-            "separate": timed(lambda: run("sdpa", False), repeats)}
+    return {
+        "packed_dense": timed(lambda: run("sdpa", True), repeats),
+        "packed_segment": timed(lambda: run(SEGMENT, True), repeats),
+        "separate": timed(lambda: run("sdpa", False), repeats),
+    }
 
 
 def main() -> None:
@@ -112,9 +125,12 @@ def main() -> None:
         parts.append(("model", lambda: whole_model(args.seqs, args.seq_len, args.model_repeats, args.vocab)))
     for part, fn in parts:
         res[part] = r = fn()
-        print(f"{part:9s} dense-mask pack {r['packed_dense']:.3f}s | segment pack {r['packed_segment']:.3f}s | "
-              f"separate {r['separate']:.3f}s | dense/segment {r['packed_dense'] / r['packed_segment']:.2f}x | "
-              f"segment/separate {r['packed_segment'] / r['separate']:.2f}x", flush=True)
+        print(
+            f"{part:9s} dense-mask pack {r['packed_dense']:.3f}s | segment pack {r['packed_segment']:.3f}s | "
+            f"separate {r['separate']:.3f}s | dense/segment {r['packed_dense'] / r['packed_segment']:.2f}x | "
+            f"segment/separate {r['packed_segment'] / r['separate']:.2f}x",
+            flush=True,
+        )
         r["dense_over_segment"] = r["packed_dense"] / r["packed_segment"]
         r["segment_over_separate"] = r["packed_segment"] / r["separate"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -58,8 +57,11 @@ class Report:
         try:
             self.data["parts"][name] = {"ok": True, **fn(self, *args)}
         except Exception as exc:  # recorded, the next part still runs
-            self.data["parts"][name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000],
-                                        "traceback": traceback.format_exc()[-4000:]}
+            self.data["parts"][name] = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
             print(f"   failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         self.data["parts"][name]["seconds"] = round(time.perf_counter() - t, 1)
         self.write()
@@ -69,9 +71,20 @@ def llama(hidden: int, layers: int, heads: int, kv: int, inter: int, backend: st
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=max_pos,
-                      tie_word_embeddings=False, use_cache=False, pad_token_id=2, eos_token_id=2, bos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=False,
+        use_cache=False,
+        pad_token_id=2,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM._from_config(cfg, attn_implementation=backend, dtype=torch.float32)
 
@@ -97,8 +110,11 @@ def part_equality(rep: Report, a) -> dict:
     from longalign.train.trainer import model_inputs
 
     dev = torch.device("cuda")
-    out = {"auto_backend_bf16": select_attention(dev, True, torch.bfloat16),
-           "auto_backend_fp32": select_attention(dev, True, torch.float32), "results": {}}
+    out = {
+        "auto_backend_bf16": select_attention(dev, True, torch.bfloat16),
+        "auto_backend_fp32": select_attention(dev, True, torch.float32),
+        "results": {},
+    }
     gen = torch.Generator().manual_seed(0)
     lens = [37, 128, 300, 75]
     seqs = [torch.randint(3, VOCAB, (n,), generator=gen).tolist() for n in lens]
@@ -111,12 +127,20 @@ def part_equality(rep: Report, a) -> dict:
                 batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in pack.items()}
                 with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
                     packed = model(**model_inputs(batch, True, backend)).logits[0].float()
-                    sep = torch.cat([model(input_ids=torch.tensor([s], device=dev), use_cache=False).logits[0].float()
-                                     for s in seqs])
+                    sep = torch.cat(
+                        [
+                            model(input_ids=torch.tensor([s], device=dev), use_cache=False).logits[0].float()
+                            for s in seqs
+                        ]
+                    )
                     leak = model(input_ids=batch["input_ids"], use_cache=False).logits[0].float()
                 err, leak_err = float((packed - sep).abs().max()), float((leak - sep).abs().max())
-                out["results"][key] = {"max_abs_diff": err, "leak_control": leak_err,
-                                       "scale": float(sep.abs().max()), "pass": err <= max(1e-5, 0.1 * leak_err)}
+                out["results"][key] = {
+                    "max_abs_diff": err,
+                    "leak_control": leak_err,
+                    "scale": float(sep.abs().max()),
+                    "pass": err <= max(1e-5, 0.1 * leak_err),
+                }
                 del model
             except Exception as exc:
                 out["results"][key] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
@@ -141,8 +165,14 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
     import numpy as np
     import torch
 
-    from longalign.batching import (PackedCollator, PaddedCollator, count_targets, make_plan, token_weights,
-                                    weighted_causal_lm_loss)
+    from longalign.batching import (
+        PackedCollator,
+        PaddedCollator,
+        count_targets,
+        make_plan,
+        token_weights,
+        weighted_causal_lm_loss,
+    )
     from longalign.train.trainer import model_inputs
 
     dev = torch.device("cuda")
@@ -151,7 +181,7 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
     plan = make_plan(lengths, method, max_len=max_len, batch_size=1 if packed else a.batch_size, seed=a.seed)
     gen = np.random.default_rng(a.seed)
     data = [gen.integers(3, VOCAB, size=min(n, max_len)).tolist() for n in lengths]
-    n_target = np.array([count_targets([-100] * (len(d) // 2) + d[len(d) // 2:]) for d in data])
+    n_target = np.array([count_targets([-100] * (len(d) // 2) + d[len(d) // 2 :]) for d in data])
     weights = token_weights(plan, n_target, "sequence")
     collator = PackedCollator(max_len) if packed else PaddedCollator(2)
     torch.cuda.empty_cache()
@@ -163,11 +193,17 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
     n_params = sum(p.numel() for p in model.parameters())
     times, reals, computed = [], [], []
     deadline = T0 + a.deadline_s - 60
-    for k, batch_ids in enumerate(plan.batches[: a.steps]):
+    for batch_ids in plan.batches[: a.steps]:
         if time.perf_counter() > deadline:
             break
-        feats = [{"input_ids": data[i], "labels": [-100] * (len(data[i]) // 2) + data[i][len(data[i]) // 2:],
-                  "token_weight": float(weights[i])} for i in batch_ids]
+        feats = [
+            {
+                "input_ids": data[i],
+                "labels": [-100] * (len(data[i]) // 2) + data[i][len(data[i]) // 2 :],
+                "token_weight": float(weights[i]),
+            }
+            for i in batch_ids
+        ]
         batch = {kk: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for kk, v in collator(feats).items()}
         torch.cuda.synchronize()
         t = time.perf_counter()
@@ -187,11 +223,17 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
     torch.cuda.empty_cache()
     steady = slice(1, None) if len(times) > 1 else slice(0, None)
     secs = sum(times[steady])
-    return {"method": method, "backend": backend, "params_m": round(n_params / 1e6, 1), "steps": len(times),
-            "first_step_s": round(times[0], 2) if times else None,
-            "real_tokens_per_s": round(sum(reals[steady]) / secs, 1) if secs else None,
-            "padding_fraction": round(1 - sum(reals) / sum(computed), 4) if computed else None,
-            "peak_mem_gib": round(peak, 2), "mean_step_s": round(secs / max(1, len(times[steady])), 3)}
+    return {
+        "method": method,
+        "backend": backend,
+        "params_m": round(n_params / 1e6, 1),
+        "steps": len(times),
+        "first_step_s": round(times[0], 2) if times else None,
+        "real_tokens_per_s": round(sum(reals[steady]) / secs, 1) if secs else None,
+        "padding_fraction": round(1 - sum(reals) / sum(computed), 4) if computed else None,
+        "peak_mem_gib": round(peak, 2),
+        "mean_step_s": round(secs / max(1, len(times[steady])), 3),
+    }
 
 
 def part_throughput(rep: Report, a) -> dict:
@@ -201,11 +243,27 @@ def part_throughput(rep: Report, a) -> dict:
 
     auto = select_attention(torch.device("cuda"), True, torch.bfloat16)
     lengths = long_tail(a.n_seqs, a.pack_tokens, a.seed)
-    out = {"pack_tokens": a.pack_tokens, "n_seqs": len(lengths), "real_tokens": sum(min(n, a.pack_tokens) for n in lengths),
-           "model": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads, "kv_heads": a.kv_heads,
-                     "intermediate": a.intermediate, "vocab": VOCAB},
-           "batch_size_padded": a.batch_size, "methods": {}}
-    runs = [("pack", "pack", auto), ("naive", "naive", "sdpa"), ("sort", "sort", "sdpa"), ("pack_dense", "pack", "sdpa")]
+    out = {
+        "pack_tokens": a.pack_tokens,
+        "n_seqs": len(lengths),
+        "real_tokens": sum(min(n, a.pack_tokens) for n in lengths),
+        "model": {
+            "hidden": a.hidden,
+            "layers": a.layers,
+            "heads": a.heads,
+            "kv_heads": a.kv_heads,
+            "intermediate": a.intermediate,
+            "vocab": VOCAB,
+        },
+        "batch_size_padded": a.batch_size,
+        "methods": {},
+    }
+    runs = [
+        ("pack", "pack", auto),
+        ("naive", "naive", "sdpa"),
+        ("sort", "sort", "sdpa"),
+        ("pack_dense", "pack", "sdpa"),
+    ]
     for name, method, backend in runs:
         if elapsed() > a.deadline_s - 90:
             out["methods"][name] = {"skipped": "deadline"}
@@ -242,26 +300,67 @@ def part_trainer(rep: Report, a) -> dict:
     lengths = long_tail(64, 4096, a.seed)
     rng = np.random.default_rng(1)
     ids = [rng.integers(3, VOCAB, size=n).tolist() for n in lengths]
-    labels = [[-100] * (len(s) // 2) + s[len(s) // 2:] for s in ids]
-    datasets.Dataset.from_dict({"input_ids": ids, "labels": labels, "length": lengths,
-                                "n_target": [n - n // 2 for n in lengths], "source": ["x"] * len(ids),
-                                "lang": [""] * len(ids), "task_type": [""] * len(ids)}).save_to_disk(str(tmp / "tokens"))
-    (tmp / "tokens" / "longalign_meta.json").write_text(json.dumps({"tokenizer": "random", "vocab_size": VOCAB,
-                                                                     "max_len": 4096, "eos_token_id": 2}))
+    labels = [[-100] * (len(s) // 2) + s[len(s) // 2 :] for s in ids]
+    datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "labels": labels,
+            "length": lengths,
+            "n_target": [n - n // 2 for n in lengths],
+            "source": ["x"] * len(ids),
+            "lang": [""] * len(ids),
+            "task_type": [""] * len(ids),
+        }
+    ).save_to_disk(str(tmp / "tokens"))
+    (tmp / "tokens" / "longalign_meta.json").write_text(
+        json.dumps({"tokenizer": "random", "vocab_size": VOCAB, "max_len": 4096, "eos_token_id": 2})
+    )
     (tmp / "model").mkdir()
-    (tmp / "model" / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB, "hidden_size": 512,
-        "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
-        "max_position_embeddings": 8192, "rope_theta": 10000.0, "eos_token_id": 2, "pad_token_id": 2}))
+    (tmp / "model" / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": VOCAB,
+                "hidden_size": 512,
+                "intermediate_size": 1024,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "max_position_embeddings": 8192,
+                "rope_theta": 10000.0,
+                "eos_token_id": 2,
+                "pad_token_id": 2,
+            }
+        )
+    )
     tokenizer = make_tokenizer(tmp / "tokenizer")
-    res = train(TrainConfig(tokens=str(tmp / "tokens"), output_dir=str(tmp / "out"), model=f"random:{tmp / 'model'}",
-                            tokenizer=str(tokenizer), method="pack", max_len=4096, grad_accum=2, max_steps=3,
-                            learning_rate=1e-4, save_steps=0, save_final=False, progress=False,
-                            gradient_checkpointing=True))
+    res = train(
+        TrainConfig(
+            tokens=str(tmp / "tokens"),
+            output_dir=str(tmp / "out"),
+            model=f"random:{tmp / 'model'}",
+            tokenizer=str(tokenizer),
+            method="pack",
+            max_len=4096,
+            grad_accum=2,
+            max_steps=3,
+            learning_rate=1e-4,
+            save_steps=0,
+            save_final=False,
+            progress=False,
+            gradient_checkpointing=True,
+        )
+    )
     recs = read_jsonl(res.metrics_path)
-    return {"backend": res.attention_backend, "precision": res.run_meta.get("precision"),
-            "packing_check": res.run_meta.get("packing_check"), "steps": len(recs),
-            "loss": [r["loss"] for r in recs], "tokens_per_s": [round(r["tokens_per_s"], 1) for r in recs]}
+    return {
+        "backend": res.attention_backend,
+        "precision": res.run_meta.get("precision"),
+        "packing_check": res.run_meta.get("packing_check"),
+        "steps": len(recs),
+        "loss": [r["loss"] for r in recs],
+        "tokens_per_s": [round(r["tokens_per_s"], 1) for r in recs],
+    }
 
 
 def make_tokenizer(folder: Path) -> Path:
@@ -303,10 +402,14 @@ def main() -> int:
         import torch
         import transformers
 
-        rep.data["env"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0)
-                           if torch.cuda.is_available() else None,
-                           "flash_attn": importlib_has("flash_attn"), "datasets": importlib_has("datasets")}
+        rep.data["env"] = {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "flash_attn": importlib_has("flash_attn"),
+            "datasets": importlib_has("datasets"),
+        }
     except Exception as exc:
         rep.data["env"] = {"error": repr(exc)}
     rep.write()

@@ -47,14 +47,22 @@ def main() -> None:
     for algo in PACK_ALGOS:
         pack_lengths(lengths[:1000], args.max_len, algo)
     warmup = time.perf_counter() - t
-    print(f"{args.n:,} lengths, {n_tokens:,} tokens, max_len {args.max_len:,}: lower bound {lower:,} packs "
-          f"(kernel load/compile {warmup:.2f}s)")
+    print(
+        f"{args.n:,} lengths, {n_tokens:,} tokens, max_len {args.max_len:,}: lower bound {lower:,} packs "
+        f"(kernel load/compile {warmup:.2f}s)"
+    )
 
     results = {}
     for algo in PACK_ALGOS:
-        pack_s = min(_timed(lambda: pack_lengths(lengths, args.max_len, algo)) for _ in range(args.repeats))
-        plan_s = min(_timed(lambda: make_plan(lengths, "pack", max_len=args.max_len, algo=algo,
-                                              world_size=args.world_size)) for _ in range(args.repeats))
+        pack_s = min(_timed(lambda algo=algo: pack_lengths(lengths, args.max_len, algo)) for _ in range(args.repeats))
+        plan_s = min(
+            _timed(
+                lambda algo=algo: make_plan(
+                    lengths, "pack", max_len=args.max_len, algo=algo, world_size=args.world_size
+                )
+            )
+            for _ in range(args.repeats)
+        )
         tracemalloc.start()
         plan = make_plan(lengths, "pack", max_len=args.max_len, algo=algo, world_size=args.world_size)
         _, peak = tracemalloc.get_traced_memory()
@@ -64,32 +72,50 @@ def main() -> None:
         _, peak_pack = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         s = plan.stats
-        results[algo] = {"packs": s["n_batches"], "lower_bound": s["lower_bound"],
-                         "packs_over_lower_bound": s["n_batches"] / s["lower_bound"],
-                         "efficiency": s["efficiency"], "pack_seconds": pack_s, "make_plan_seconds": plan_s,
-                         "peak_mb_pack": peak_pack / 2**20, "peak_mb_make_plan": peak / 2**20,
-                         "sequences_per_pack": s["sequences_per_pack"]["mean"],
-                         "attention_cost_ratio_dense": s["attention_cost_ratio_dense"]}
+        results[algo] = {
+            "packs": s["n_batches"],
+            "lower_bound": s["lower_bound"],
+            "packs_over_lower_bound": s["n_batches"] / s["lower_bound"],
+            "efficiency": s["efficiency"],
+            "pack_seconds": pack_s,
+            "make_plan_seconds": plan_s,
+            "peak_mb_pack": peak_pack / 2**20,
+            "peak_mb_make_plan": peak / 2**20,
+            "sequences_per_pack": s["sequences_per_pack"]["mean"],
+            "attention_cost_ratio_dense": s["attention_cost_ratio_dense"],
+        }
         del plan
         r = results[algo]
-        print(f"{algo:8s} packs {r['packs']:>7,}  x{r['packs_over_lower_bound']:.5f} of bound  efficiency "
-              f"{r['efficiency']:.5f}  pack {r['pack_seconds']:.3f}s  make_plan {r['make_plan_seconds']:.3f}s  "
-              f"peak {r['peak_mb_pack']:.0f} MB (pack) / {r['peak_mb_make_plan']:.0f} MB (plan)")
+        print(
+            f"{algo:8s} packs {r['packs']:>7,}  x{r['packs_over_lower_bound']:.5f} of bound  efficiency "
+            f"{r['efficiency']:.5f}  pack {r['pack_seconds']:.3f}s  make_plan {r['make_plan_seconds']:.3f}s  "
+            f"peak {r['peak_mb_pack']:.0f} MB (pack) / {r['peak_mb_make_plan']:.0f} MB (plan)"
+        )
 
     sample = lengths[:100_000]
     py = {}
     for algo in ("ffd", "bfd"):
-        py_s = _timed(lambda: pack_lengths(sample, args.max_len, algo, compiled=False))
-        jit_s = min(_timed(lambda: pack_lengths(sample, args.max_len, algo)) for _ in range(args.repeats))
+        py_s = _timed(lambda algo=algo: pack_lengths(sample, args.max_len, algo, compiled=False))
+        jit_s = min(_timed(lambda algo=algo: pack_lengths(sample, args.max_len, algo)) for _ in range(args.repeats))
         py[algo] = {"python_seconds_100k": py_s, "compiled_seconds_100k": jit_s, "speedup": py_s / jit_s}
-        print(f"{algo} on 100,000 lengths: plain Python {py_s:.2f}s vs compiled {jit_s:.3f}s "
-              f"({py_s / jit_s:.0f}x)")
+        print(f"{algo} on 100,000 lengths: plain Python {py_s:.2f}s vs compiled {jit_s:.3f}s ({py_s / jit_s:.0f}x)")
     ratio = results["ffd"]["efficiency"] / results["nextfit"]["efficiency"]
-    print(f"ffd vs nextfit: {ratio:.3f}x efficiency, {results['nextfit']['packs'] / results['ffd']['packs']:.3f}x "
-          "fewer packs")
-    out = {"config": {"n": args.n, "max_len": args.max_len, "world_size": args.world_size, "n_tokens": n_tokens,
-                      "lower_bound": lower, "kernel_warmup_seconds": warmup},
-           "algorithms": results, "python_vs_compiled": py}
+    print(
+        f"ffd vs nextfit: {ratio:.3f}x efficiency, {results['nextfit']['packs'] / results['ffd']['packs']:.3f}x "
+        "fewer packs"
+    )
+    out = {
+        "config": {
+            "n": args.n,
+            "max_len": args.max_len,
+            "world_size": args.world_size,
+            "n_tokens": n_tokens,
+            "lower_bound": lower,
+            "kernel_warmup_seconds": warmup,
+        },
+        "algorithms": results,
+        "python_vs_compiled": py,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

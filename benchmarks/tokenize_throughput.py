@@ -84,7 +84,7 @@ def build_conversations(n: int, long_frac: float, seed: int, min_chars: int, max
     rng = random.Random(seed)
     sources = stdlib_sources()
     rows = []
-    for i in range(n):
+    for _ in range(n):
         module, text, funcs = rng.choice(sources)
         name, doc = rng.choice(funcs)
         if rng.random() < long_frac:
@@ -94,12 +94,22 @@ def build_conversations(n: int, long_frac: float, seed: int, min_chars: int, max
                 doc_text += "\n\n# ---- next file ----\n\n" + rng.choice(sources)[1]
             doc_text = doc_text[:target]
             question = rng.choice(QUESTIONS).format(name=name)
-            rows.append({"messages": [{"role": "user", "content": f"{doc_text}\n\n{question}"},
-                                      {"role": "assistant", "content": doc}],
-                         "source": f"stdlib:{module}", "lang": "en", "task_type": "general"})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"{doc_text}\n\n{question}"},
+                        {"role": "assistant", "content": doc},
+                    ],
+                    "source": f"stdlib:{module}",
+                    "lang": "en",
+                    "task_type": "general",
+                }
+            )
         else:
-            msgs = [{"role": "user", "content": rng.choice(SHORT).format(module=module, name=name)},
-                    {"role": "assistant", "content": doc if rng.random() > 0.01 else ""}]
+            msgs = [
+                {"role": "user", "content": rng.choice(SHORT).format(module=module, name=name)},
+                {"role": "assistant", "content": doc if rng.random() > 0.01 else ""},
+            ]
             if rng.random() < 0.2:
                 name2, doc2 = rng.choice(funcs)
                 msgs += [{"role": "user", "content": f"And `{name2}`?"}, {"role": "assistant", "content": doc2}]
@@ -154,18 +164,29 @@ def main(argv: list[str] | None = None) -> int:
             main1, kids1 = cpu_split()
             cpu_main, cpu_workers = main1 - main0, kids1 - kids0
             cpu = cpu_main + cpu_workers
-            results[label] = {"num_proc": opts["num_proc"], "verify": opts.get("verify", True),
-                              "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3),
-                              "cpu_main_seconds": round(cpu_main, 3), "cpu_worker_seconds": round(cpu_workers, 3),
-                              "docs_per_s": round(res.n_input_rows / wall, 1),
-                              "tokens_per_cpu_s": round(res.n_tokens / cpu) if cpu > 0 else None,
-                              "tokens_per_s": round(res.n_tokens / wall), "n_rows": res.n_rows,
-                              "n_tokens": res.n_tokens, "n_target_tokens": res.n_target_tokens,
-                              "n_truncated": res.n_truncated, "n_dropped": res.n_dropped,
-                              "n_boundary_mismatch": res.n_boundary_mismatch,
-                              "tokens_dir_bytes": folder_bytes(out)}
-            print(f"{label:24s} {wall:7.2f} s  {results[label]['docs_per_s']:8.1f} docs/s  "
-                  f"{results[label]['tokens_per_s']:9d} tokens/s  (cpu {cpu:6.2f} s, all processes)", flush=True)
+            results[label] = {
+                "num_proc": opts["num_proc"],
+                "verify": opts.get("verify", True),
+                "seconds": round(wall, 3),
+                "cpu_seconds": round(cpu, 3),
+                "cpu_main_seconds": round(cpu_main, 3),
+                "cpu_worker_seconds": round(cpu_workers, 3),
+                "docs_per_s": round(res.n_input_rows / wall, 1),
+                "tokens_per_cpu_s": round(res.n_tokens / cpu) if cpu > 0 else None,
+                "tokens_per_s": round(res.n_tokens / wall),
+                "n_rows": res.n_rows,
+                "n_tokens": res.n_tokens,
+                "n_target_tokens": res.n_target_tokens,
+                "n_truncated": res.n_truncated,
+                "n_dropped": res.n_dropped,
+                "n_boundary_mismatch": res.n_boundary_mismatch,
+                "tokens_dir_bytes": folder_bytes(out),
+            }
+            print(
+                f"{label:24s} {wall:7.2f} s  {results[label]['docs_per_s']:8.1f} docs/s  "
+                f"{results[label]['tokens_per_s']:9d} tokens/s  (cpu {cpu:6.2f} s, all processes)",
+                flush=True,
+            )
         ds, meta = load_tokens(Path(tmp) / "tokens-0")
         lengths = ds["length"]
     one, two = results["1 process"], results["2 processes"]
@@ -174,34 +195,53 @@ def main(argv: list[str] | None = None) -> int:
     ragged = one["tokens_dir_bytes"]
     dense = {f"padded_to_max_len_{bits}": n_rows * args.max_len * 2 * (bits // 8) for bits in (32, 64)}
     dense.update({f"padded_to_longest_{bits}": n_rows * longest * 2 * (bits // 8) for bits in (32, 64)})
-    storage = {"tokens_dir_bytes": ragged, **{k: v for k, v in dense.items()},
-               **{f"ratio_{k}": round(v / ragged, 2) for k, v in dense.items()}}
+    storage = {
+        "tokens_dir_bytes": ragged,
+        **{k: v for k, v in dense.items()},
+        **{f"ratio_{k}": round(v / ragged, 2) for k, v in dense.items()},
+    }
     # On a busy machine the wall-clock ratio mostly measures the neighbours. The CPU split of the 2-process
     # run bounds what two idle cores can give: the main process (read, validate, write) overlaps with the
     # workers (render, tokenize), so the run takes at least max(main CPU, worker CPU / 2, all CPU / 2).
     floor2 = max(two["cpu_main_seconds"], two["cpu_worker_seconds"] / 2, two["cpu_seconds"] / 2)
-    speed = {"speedup_2_vs_1_proc": round(one["seconds"] / two["seconds"], 2),
-             "cpu_ratio_2_vs_1_proc": round(two["cpu_seconds"] / one["cpu_seconds"], 2),
-             "main_process_cpu_share_2_proc": round(two["cpu_main_seconds"] / two["cpu_seconds"], 3),
-             "idle_2_core_speedup_bound": round(two["cpu_seconds"] / floor2, 2)}
+    speed = {
+        "speedup_2_vs_1_proc": round(one["seconds"] / two["seconds"], 2),
+        "cpu_ratio_2_vs_1_proc": round(two["cpu_seconds"] / one["cpu_seconds"], 2),
+        "main_process_cpu_share_2_proc": round(two["cpu_main_seconds"] / two["cpu_seconds"], 3),
+        "idle_2_core_speedup_bound": round(two["cpu_seconds"] / floor2, 2),
+    }
     if "1 process, verify off" in results:
         speed["speedup_verify_off"] = round(one["seconds"] / results["1 process, verify off"]["seconds"], 2)
-    print(f"\nspeed-up with 2 processes: {speed['speedup_2_vs_1_proc']:.2f}x wall clock (load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); CPU used 2 vs 1: "
-          f"{speed['cpu_ratio_2_vs_1_proc']:.2f}x; main process share of the CPU: "
-          f"{100 * speed['main_process_cpu_share_2_proc']:.1f}%, so two idle cores allow up to "
-          f"{speed['idle_2_core_speedup_bound']:.2f}x")
+    print(
+        f"\nspeed-up with 2 processes: {speed['speedup_2_vs_1_proc']:.2f}x wall clock (load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); CPU used 2 vs 1: "
+        f"{speed['cpu_ratio_2_vs_1_proc']:.2f}x; main process share of the CPU: "
+        f"{100 * speed['main_process_cpu_share_2_proc']:.1f}%, so two idle cores allow up to "
+        f"{speed['idle_2_core_speedup_bound']:.2f}x"
+    )
     if "speedup_verify_off" in speed:
         print(f"verification off (one tokenization pass): {speed['speedup_verify_off']:.2f}x faster")
     print(f"rows {n_rows}, tokens {one['n_tokens']}, longest {longest}, mean {one['n_tokens'] / max(n_rows, 1):.0f}")
     print(f"tokens/ folder: {ragged / 1e6:.2f} MB (input jsonl {input_mb:.2f} MB)")
     for k, v in dense.items():
         print(f"  dense {k:24s} {v / 1e6:9.2f} MB  = {v / ragged:6.2f}x the tokens/ folder")
-    record = {"benchmark": "tokenize_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-              "params": vars(args), "tokenizer": meta["tokenizer"], "input_mb": round(input_mb, 2),
-              "n_rows": n_rows, "longest": longest, "runs": results, "speed": speed, "storage": storage}
+    record = {
+        "benchmark": "tokenize_throughput",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "params": vars(args),
+        "tokenizer": meta["tokenizer"],
+        "input_mb": round(input_mb, 2),
+        "n_rows": n_rows,
+        "longest": longest,
+        "runs": results,
+        "speed": speed,
+        "storage": storage,
+    }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -36,8 +36,17 @@ def app_script() -> Path:
 
 def build_command(runs: str | Path, port: int, headless: bool = False, address: str | None = None) -> list[str]:
     """The ``streamlit run`` command line for the dashboard."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_script()), "--server.port", str(int(port)),
-           "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_script()),
+        "--server.port",
+        str(int(port)),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     if headless:
         cmd += ["--server.headless", "true"]
     if address:
@@ -49,12 +58,16 @@ def _handler(args: argparse.Namespace) -> int:
     cfg = build_config(AppConfig, args)
     script = app_script()
     if not script.is_file():
-        raise FileNotFoundError(f"{script} not found: the dashboard ships with the source tree; run "
-                                f"`longalign app` from a clone of the project (pip install -e .)")
+        raise FileNotFoundError(
+            f"{script} not found: the dashboard ships with the source tree; run "
+            f"`longalign app` from a clone of the project (pip install -e .)"
+        )
     runs = Path(cfg.runs)
     if not runs.is_dir():
-        print(f"note: {runs} does not exist yet; the dashboard will say so until a stage writes a run there",
-              file=sys.stderr)
+        print(
+            f"note: {runs} does not exist yet; the dashboard will say so until a stage writes a run there",
+            file=sys.stderr,
+        )
     env = dict(os.environ, **{RUNS_ENV: str(runs)})
     cmd = build_command(runs, cfg.port, headless=cfg.headless, address=cfg.address)
     print(f"LongAlign Workbench dashboard on http://{cfg.address or 'localhost'}:{cfg.port} (runs folder {runs})")
@@ -67,8 +80,10 @@ def _handler(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``longalign app``."""
     p = subparsers.add_parser(
-        "app", help="open the dashboard (Streamlit) on a folder of runs",
+        "app",
+        help="open the dashboard (Streamlit) on a folder of runs",
         description="Start the Streamlit dashboard: lengths, packing, simulator, training curves, LongBench-Chat "
-                    "and needle results, all read from run directories.")
+        "and needle results, all read from run directories.",
+    )
     add_config_args(p, AppConfig, with_config_file=False)
     p.set_defaults(func=_handler)

@@ -23,13 +23,13 @@ from longalign.tokenize import cli as tokenize_cli
 from longalign.train import cli as train_cli
 
 COMMANDS = (
-    data_cli,        # longalign data corpus|generate|short|mix
-    tokenize_cli,    # longalign tokenize
-    batching_cli,    # longalign batch plan|simulate
-    train_cli,       # longalign train
-    eval_cli,        # longalign eval longbench-chat|needle|longbench|judge-agreement
-    demo_cli,        # longalign demo
-    app_cli,         # longalign app
+    data_cli,  # longalign data corpus|generate|short|mix
+    tokenize_cli,  # longalign tokenize
+    batching_cli,  # longalign batch plan|simulate
+    train_cli,  # longalign train
+    eval_cli,  # longalign eval longbench-chat|needle|longbench|judge-agreement
+    demo_cli,  # longalign demo
+    app_cli,  # longalign app
 )
 
 
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longalign",
         description="LongAlign Workbench: build long instruction data, train with sorted batching or packing "
-                    "plus loss weighting, and evaluate long-context ability (LongBench-Chat, needle, LongBench).")
+        "plus loss weighting, and evaluate long-context ability (LongBench-Chat, needle, LongBench).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -27,15 +27,16 @@ import dataclasses
 import types
 import typing
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
 RUN_KEY = "run"
-_RUN_DEFAULT = "_run_default"   # argparse namespace attributes set by add_run_arg
+_RUN_DEFAULT = "_run_default"  # argparse namespace attributes set by add_run_arg
 _RUN_ALIASES = "_run_aliases"
 
 
@@ -50,13 +51,28 @@ def deprecated(message: str, *, stacklevel: int = 3) -> None:
 
 # ---------------------------------------------------------------------------------------------- declaring
 
-def option(default: Any = dataclasses.MISSING, help: str = "", choices: Sequence[Any] | None = None,
-           default_factory: Any = dataclasses.MISSING, cli: bool = True, *, aliases: Sequence[str] = (),
-           minimum: float | None = None, maximum: float | None = None):
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    choices: Sequence[Any] | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    cli: bool = True,
+    *,
+    aliases: Sequence[str] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+):
     """A dataclass field with help text (shown by ``--help``), optional accepted values (for a list field: of
     each item), an inclusive range, and deprecated alias names."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "aliases": tuple(aliases),
-            "minimum": minimum, "maximum": maximum}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "cli": cli,
+        "aliases": tuple(aliases),
+        "minimum": minimum,
+        "maximum": maximum,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -115,6 +131,7 @@ def _owner(cls: type, name: str) -> type:
 
 # --------------------------------------------------------------------------------------------- validating
 
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise a ValueError naming the accepted values when ``value`` is not one of ``choices``."""
     if value not in choices:
@@ -139,7 +156,7 @@ def validate(cfg: Any) -> Any:
         value = getattr(cfg, f.name)
         choices = meta.get("choices")
         if choices:
-            for item in (value if isinstance(value, (list, tuple)) else [value]):
+            for item in value if isinstance(value, (list, tuple)) else [value]:
                 check_choice(f.name, item, choices)
         check_range(f.name, value, meta.get("minimum"), meta.get("maximum"))
     return cfg
@@ -156,6 +173,7 @@ class Options:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
+
 
 def _base_type(tp: Any) -> Any:
     """Strip Optional[...] / X | None to the underlying type."""
@@ -178,6 +196,7 @@ def _parse_bool(text: str) -> bool:
 def _parse_list(item_type):
     def parse(text: str):
         return [item_type(x) for x in str(text).replace(",", " ").split()]
+
     return parse
 
 
@@ -207,20 +226,28 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
     Flags default to ``argparse.SUPPRESS`` so that only flags the user typed override the YAML file.
     """
     if with_config_file:
-        parser.add_argument("--config", metavar="FILE", default=None,
-                            help="YAML file with option values (keys are the option names with underscores); "
-                                 "flags given on the command line override it")
+        parser.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="YAML file with option values (keys are the option names with underscores); "
+            "flags given on the command line override it",
+        )
     hints = _resolved_hints(cls)
     mro = cls.__mro__
     owners = {f.name: _owner(cls, f.name) for f in dataclasses.fields(cls)}
-    titles = {o: (o.__doc__.strip().splitlines()[0].rstrip(".") if o is not cls and o.__doc__ else None)
-              for o in owners.values()}
+    titles = {
+        o: (o.__doc__.strip().splitlines()[0].rstrip(".") if o is not cls and o.__doc__ else None)
+        for o in owners.values()
+    }
     rank = {t: min(mro.index(o) for o in titles if titles[o] == t) for t in titles.values()}
     groups: dict[str, Any] = {}
     # the stage's own options first, then one heading per group title (nearest base first; inside a heading,
     # the base group's options before its extensions')
-    for f in sorted(dataclasses.fields(cls), key=lambda f: (rank[titles[owners[f.name]]] if titles[owners[f.name]]
-                                                             else 0, -mro.index(owners[f.name]))):
+    for f in sorted(
+        dataclasses.fields(cls),
+        key=lambda f: (rank[titles[owners[f.name]]] if titles[owners[f.name]] else 0, -mro.index(owners[f.name])),
+    ):
         meta = field_meta(cls, f.name)
         if not meta.get("cli", True):
             continue
@@ -232,8 +259,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
                 groups[title] = parser.add_argument_group(title)
             target = groups[title]
         tp = _base_type(hints.get(f.name, str))
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         help_text = meta.get("help", "")
         help_text = f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
@@ -258,20 +288,32 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
         target.add_argument(flag, **kwargs)
         for alias in meta.get("aliases", ()):
             alias_kwargs = {k: v for k, v in kwargs.items() if k != "help"}
-            target.add_argument("--" + alias.replace("_", "-"), action=_DeprecatedFlag, new=flag,
-                                help=argparse.SUPPRESS, **alias_kwargs)
+            target.add_argument(
+                "--" + alias.replace("_", "-"), action=_DeprecatedFlag, new=flag, help=argparse.SUPPRESS, **alias_kwargs
+            )
 
 
-def add_run_arg(parser: argparse.ArgumentParser, *, default: str | None = None, help: str = "",
-                aliases: Sequence[str] = ()) -> None:
+def add_run_arg(
+    parser: argparse.ArgumentParser, *, default: str | None = None, help: str = "", aliases: Sequence[str] = ()
+) -> None:
     """Add ``--run DIR`` (plus deprecated ``aliases`` such as ``out``); read it back with :func:`run_dir_of`."""
     text = help or "run directory the command reads and writes"
-    text += f" (default: {default}; a config file may set it with 'run:')" if default else \
-        " (a config file may set it with 'run:')"
+    text += (
+        f" (default: {default}; a config file may set it with 'run:')"
+        if default
+        else " (a config file may set it with 'run:')"
+    )
     parser.add_argument("--run", metavar="DIR", dest=RUN_KEY, default=argparse.SUPPRESS, help=text)
     for alias in aliases:
-        parser.add_argument("--" + alias.replace("_", "-"), metavar="DIR", dest=RUN_KEY, action=_DeprecatedFlag,
-                            new="--run", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--" + alias.replace("_", "-"),
+            metavar="DIR",
+            dest=RUN_KEY,
+            action=_DeprecatedFlag,
+            new="--run",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
     parser.set_defaults(**{_RUN_DEFAULT: default, _RUN_ALIASES: tuple(aliases)})
 
 
@@ -298,6 +340,7 @@ def run_dir_of(args: argparse.Namespace | Mapping[str, Any] | None) -> str | Non
 
 # ---------------------------------------------------------------------------------------------- building
 
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a clear error names the file when it is not one."""
     path = Path(path)
@@ -318,8 +361,10 @@ def _rename_aliases(cls: type, values: dict[str, Any], source: str) -> dict[str,
             if alias not in out:
                 continue
             if f.name in out:
-                raise ValueError(f"{source}: both {alias} and {f.name} are given; keep only {f.name} "
-                                 f"({alias} is its deprecated name)")
+                raise ValueError(
+                    f"{source}: both {alias} and {f.name} are given; keep only {f.name} "
+                    f"({alias} is its deprecated name)"
+                )
             deprecated(f"{source}: the option '{alias}' is deprecated; use '{f.name}'", stacklevel=4)
             out[f.name] = out.pop(alias)
     return out
@@ -335,8 +380,12 @@ def from_dict(cls: type[T], values: Mapping[str, Any], *, source: str = "config"
     return validate(cls(**values))
 
 
-def build_config(cls: type[T], args: argparse.Namespace | Mapping[str, Any] | None = None,
-                 config_file: str | Path | None = None, **overrides: Any) -> T:
+def build_config(
+    cls: type[T],
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    **overrides: Any,
+) -> T:
     """Defaults < YAML file < explicit flags in ``args`` < keyword ``overrides``.
 
     A config file's ``run:`` key (and the command's deprecated aliases of it) names the run directory

@@ -14,8 +14,12 @@ from longalign.demo import DemoConfig
 
 def register(subparsers: Any) -> None:
     """Add ``longalign demo``."""
-    p = subparsers.add_parser("demo", help="run the whole recipe at small scale on the embedded model (CPU, offline)",
-                              description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole recipe at small scale on the embedded model (CPU, offline)",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p, DemoConfig)
     p.set_defaults(func=_cmd_demo)
 

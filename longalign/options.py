@@ -13,8 +13,9 @@ from longalign.config import Options, option
 class PriceOptions(Options):
     """LLM prices (for the cost figures)."""
 
-    price_in_per_mtok: float | None = option(None, minimum=0, help="price per million prompt tokens (for the cost "
-                                                                   "figures; unset = no cost)")
+    price_in_per_mtok: float | None = option(
+        None, minimum=0, help="price per million prompt tokens (for the cost figures; unset = no cost)"
+    )
     price_out_per_mtok: float | None = option(None, minimum=0, help="price per million completion tokens")
 
 
@@ -22,13 +23,14 @@ class PriceOptions(Options):
 class EndpointOptions(PriceOptions):
     """LLM endpoint (OpenAI-compatible API)."""
 
-    base_url: str | None = option(None, help="base URL of the OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1; "
-                                             "default: api.openai.com)")
+    base_url: str | None = option(
+        None, help="base URL of the OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1; default: api.openai.com)"
+    )
     api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the API key (never stored)")
     max_in_flight: int = option(8, minimum=1, help="requests in flight at once (a local model runs one at a time)")
-    max_retries: int = option(6, minimum=0, help="retries of a failed request (429, 5xx, timeout) before it counts "
-                                                 "as failed")
+    max_retries: int = option(
+        6, minimum=0, help="retries of a failed request (429, 5xx, timeout) before it counts as failed"
+    )
     timeout: float = option(120.0, minimum=0, help="seconds to wait for one HTTP response")
-    backoff_base: float = option(1.0, minimum=0, help="first retry waits about this many seconds, doubling each "
-                                                      "retry")
+    backoff_base: float = option(1.0, minimum=0, help="first retry waits about this many seconds, doubling each retry")
     backoff_max: float = option(60.0, minimum=0, help="longest wait between retries, in seconds")

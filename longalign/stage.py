@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from longalign.config import to_dict
 from longalign.rundir import RunDir
@@ -70,8 +71,7 @@ def as_run_dir(run_dir: str | Path | RunDir) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
-def record(run: RunDir, stage: str, cfg: Any, summary: Summary | Mapping[str, Any] | None = None,
-           **extra: Any) -> None:
+def record(run: RunDir, stage: str, cfg: Any, summary: Summary | Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Record ``stage`` in ``run.json``: its config and its summary (the one place stages do this)."""
     payload = dict(extra)
     if summary is not None:
@@ -80,8 +80,9 @@ def record(run: RunDir, stage: str, cfg: Any, summary: Summary | Mapping[str, An
     run.record_stage(stage, config, **payload)
 
 
-def dispatch(steps: Mapping[type, Callable[..., Summary]], stage: str, cfg: Any, run_dir: str | Path | RunDir,
-             **kwargs: Any) -> Summary:
+def dispatch(
+    steps: Mapping[type, Callable[..., Summary]], stage: str, cfg: Any, run_dir: str | Path | RunDir, **kwargs: Any
+) -> Summary:
     """Call the step whose config class ``cfg`` is (a stage package's ``run``)."""
     for cls, fn in steps.items():
         if isinstance(cfg, cls):

@@ -42,9 +42,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Responder = Callable[[dict], str]
 
@@ -77,7 +78,7 @@ def questions_responder(req: dict) -> str:
     out = []
     for i in range(5):
         w = words[(h >> (8 * i)) % len(words)]
-        out.append(f"{i + 1}: What does the document say about \"{w}\" (point {i + 1})?")
+        out.append(f'{i + 1}: What does the document say about "{w}" (point {i + 1})?')
     return "\n".join(out)
 
 
@@ -86,8 +87,11 @@ def judge_responder(req: dict) -> str:
     return f"The answer covers the main points with some gaps. Rating: [[{k}]]"
 
 
-BUILTIN_RESPONDERS: dict[str, Responder] = {"echo": echo_responder, "questions": questions_responder,
-                                            "judge": judge_responder}
+BUILTIN_RESPONDERS: dict[str, Responder] = {
+    "echo": echo_responder,
+    "questions": questions_responder,
+    "judge": judge_responder,
+}
 
 
 def load_responder(name: str) -> Responder:
@@ -109,10 +113,21 @@ def load_responder(name: str) -> Responder:
 class FakeLLMServer:
     """Threaded HTTP server; ``start()`` binds 127.0.0.1:port (0 = any free port) and serves in a thread."""
 
-    def __init__(self, *, responder: Responder | str = "echo", fail_rate: float = 0.0,
-                 fail_kinds: dict[str, float] | None = None, delay_s: float = 2.0, latency_s: float = 0.0,
-                 seed: int = 0, log_path: str | Path | None = None, model: str = "fake-model",
-                 retry_after: str | None = None, require_key: str | None = None, port: int = 0):
+    def __init__(
+        self,
+        *,
+        responder: Responder | str = "echo",
+        fail_rate: float = 0.0,
+        fail_kinds: dict[str, float] | None = None,
+        delay_s: float = 2.0,
+        latency_s: float = 0.0,
+        seed: int = 0,
+        log_path: str | Path | None = None,
+        model: str = "fake-model",
+        retry_after: str | None = None,
+        require_key: str | None = None,
+        port: int = 0,
+    ):
         self.responder: Responder = load_responder(responder) if isinstance(responder, str) else responder
         self.fail_rate = float(fail_rate)
         self.fail_kinds = dict(fail_kinds or {"429": 1.0, "500": 1.0, "timeout": 1.0})
@@ -156,7 +171,7 @@ class FakeLLMServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         server = self
 
         class Handler(_Handler):
@@ -164,8 +179,9 @@ class FakeLLMServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -175,7 +191,7 @@ class FakeLLMServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -226,8 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [{"id": self.fake.model, "object": "model",
-                                                         "created": 0, "owned_by": "tests"}]})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": self.fake.model, "object": "model", "created": 0, "owned_by": "tests"}],
+                },
+            )
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -260,8 +281,13 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record(entry)
             self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
             return
-        entry.update(key=messages_key(messages), model=req.get("model"), seed=req.get("seed"),
-                     temperature=req.get("temperature"), max_tokens=req.get("max_tokens"))
+        entry.update(
+            key=messages_key(messages),
+            model=req.get("model"),
+            seed=req.get("seed"),
+            temperature=req.get("temperature"),
+            max_tokens=req.get("max_tokens"),
+        )
         if fake.require_key is not None and self.headers.get("Authorization") != f"Bearer {fake.require_key}":
             entry.update(status=401, outcome="unauthorized")
             fake._record(entry)
@@ -306,22 +332,46 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": req.get("model") or fake.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                      "total_tokens": prompt_tokens + len(words)},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": prompt_tokens + len(words),
+            },
         }
 
 
-def start_server_process(workdir: str | Path, *, fail_rate: float = 0.0, responder: str = "echo",
-                         latency: float = 0.0, delay: float = 2.0, seed: int = 0,
-                         log_path: str | Path | None = None, timeout: float = 10.0,
-                         extra_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_server_process(
+    workdir: str | Path,
+    *,
+    fail_rate: float = 0.0,
+    responder: str = "echo",
+    latency: float = 0.0,
+    delay: float = 2.0,
+    seed: int = 0,
+    log_path: str | Path | None = None,
+    timeout: float = 10.0,
+    extra_args: list[str] | None = None,
+) -> tuple[subprocess.Popen, str]:
     """Start this server in a child process; returns ``(process, base_url)`` once it listens."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"fake_llm_port.{os.getpid()}.{time.monotonic_ns()}"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--port-file", str(port_file), "--fail-rate",
-           str(fail_rate), "--responder", responder, "--latency", str(latency), "--delay", str(delay),
-           "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--port-file",
+        str(port_file),
+        "--fail-rate",
+        str(fail_rate),
+        "--responder",
+        responder,
+        "--latency",
+        str(latency),
+        "--delay",
+        str(delay),
+        "--seed",
+        str(seed),
+    ]
     if log_path:
         cmd += ["--log", str(log_path)]
     cmd += list(extra_args or [])
@@ -353,9 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retry-after", default=None)
     args = ap.parse_args(argv)
     kinds = {k.strip(): 1.0 for k in args.fail_kinds.split(",") if k.strip()}
-    server = FakeLLMServer(responder=args.responder, fail_rate=args.fail_rate, fail_kinds=kinds,
-                           delay_s=args.delay, latency_s=args.latency, seed=args.seed, log_path=args.log,
-                           model=args.model, retry_after=args.retry_after, port=args.port).start()
+    server = FakeLLMServer(
+        responder=args.responder,
+        fail_rate=args.fail_rate,
+        fail_kinds=kinds,
+        delay_s=args.delay,
+        latency_s=args.latency,
+        seed=args.seed,
+        log_path=args.log,
+        model=args.model,
+        retry_after=args.retry_after,
+        port=args.port,
+    ).start()
     port_file = Path(args.port_file)
     tmp = port_file.with_name(port_file.name + ".tmp")
     tmp.write_text(str(server.port))

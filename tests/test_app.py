@@ -14,8 +14,14 @@ from longalign.views import needle, readers, simulator, style, training
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = str(ROOT / "app" / "Home.py")
-PAGES = ["pages/1_Lengths.py", "pages/2_Packing.py", "pages/3_Simulator.py", "pages/4_Training.py",
-         "pages/5_LongBench_Chat.py", "pages/6_Needle.py"]
+PAGES = [
+    "pages/1_Lengths.py",
+    "pages/2_Packing.py",
+    "pages/3_Simulator.py",
+    "pages/4_Training.py",
+    "pages/5_LongBench_Chat.py",
+    "pages/6_Needle.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +189,9 @@ def test_partial_run_training_in_progress(monkeypatch, tmp_path):
     """A metrics file with a torn last line (a writer mid-append) and nothing else: the page still renders."""
     run = RunDir(tmp_path / "live")
     run.metrics("pack").parent.mkdir(parents=True)
-    run.metrics("pack").write_text('{"step": 1, "loss": 2.0, "loss_norm": "sequence", "tokens_per_s": 10, '
-                                   '"wall_s": 1.0}\n{"step": 2, "lo')
+    run.metrics("pack").write_text(
+        '{"step": 1, "loss": 2.0, "loss_norm": "sequence", "tokens_per_s": 10, "wall_s": 1.0}\n{"step": 2, "lo'
+    )
     at = open_page(monkeypatch, tmp_path, PAGES[3])
     assert list(metrics(at)) == ["pack"] and len(charts(at)) == 2
     assert math.isclose(float(metrics(at)["pack"].split()[0]), 10.0)

@@ -1,16 +1,16 @@
 """The dashboard in a real browser: ``streamlit run`` (headless, free port) on a fixture runs folder, every page
 opened in headless Chromium through playwright, plotly charts checked as drawn, screenshots saved to
-$LONGALIGN_SCREENSHOT_DIR (the README's pictures: LONGALIGN_SCREENSHOT_DIR=docs/screenshots). Skips when Debian's chromium or playwright is missing."""
+$LONGALIGN_SCREENSHOT_DIR (the README's pictures: LONGALIGN_SCREENSHOT_DIR=docs/screenshots).
+Skips when Debian's chromium or playwright is missing."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import shutil
 import socket
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,10 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 SHOTS = Path(os.environ.get("LONGALIGN_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "longalign-screenshots")
 # url path, screenshot name, plotly charts expected at least
-PAGES = [("", "home", 0), ("Lengths", "lengths", 2), ("Packing", "packing", 8), ("Simulator", "simulator", 1),
-         ("Training", "training", 2), ("LongBench_Chat?compare=fixture-b", "longbench_chat", 1), ("Needle", "needle", 1)]
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+PAGES = [
+    ("", "home", 0),
+    ("Lengths", "lengths", 2),
+    ("Packing", "packing", 8),
+    ("Simulator", "simulator", 1),
+    ("Training", "training", 2),
+    ("LongBench_Chat?compare=fixture-b", "longbench_chat", 1),
+    ("Needle", "needle", 1),
+]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def _load_make_run():
@@ -56,8 +70,13 @@ def server(tmp_path_factory):
 
     port = _free_port()
     log = open(work / "streamlit.log", "w")
-    proc = subprocess.Popen(build_command("runs", port, headless=True, address="127.0.0.1"), cwd=work,
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LONGALIGN_RUNS="runs"))
+    proc = subprocess.Popen(
+        build_command("runs", port, headless=True, address="127.0.0.1"),
+        cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, LONGALIGN_RUNS="runs"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -84,8 +103,10 @@ def server(tmp_path_factory):
 def _screenshot(page, path: Path, width: int = 1300, max_height: int = 4200) -> None:
     """Streamlit scrolls inside its main block, so grow the viewport to the content before the shot; then
     reduce the PNG to a 256-colour palette when Pillow is present (about 3x smaller)."""
-    height = page.evaluate("(() => { const m = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
-                           " return m ? m.scrollHeight + 40 : document.body.scrollHeight; })()")
+    height = page.evaluate(
+        "(() => { const m = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
+        " return m ? m.scrollHeight + 40 : document.body.scrollHeight; })()"
+    )
     page.set_viewport_size({"width": width, "height": int(min(max(height, 600), max_height))})
     page.wait_for_timeout(700)
     page.screenshot(path=str(path))
@@ -113,18 +134,23 @@ def test_every_page_renders_its_charts(server):
                 page.wait_for_selector('[data-testid="stApp"]', timeout=180_000)
                 if n_charts:
                     page.wait_for_function(
-                        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}", timeout=180_000)
+                        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}", timeout=180_000
+                    )
                 else:
                     page.wait_for_selector('[data-testid="stDataFrame"]', timeout=180_000)
                 page.wait_for_function(  # the script run has finished (no running indicator)
-                    "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+                    "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000
+                )
                 page.wait_for_timeout(800)  # let plotly finish its transitions before the screenshot
                 assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: exception shown"
                 plots = page.locator(".js-plotly-plot")
                 assert plots.count() >= n_charts, name
                 for i in range(plots.count()):  # each chart has drawn its traces
                     assert plots.nth(i).locator(".main-svg").count() >= 1
-                assert "fixture" in page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.inner_html()
+                assert (
+                    "fixture"
+                    in page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.inner_html()
+                )
                 _screenshot(page, SHOTS / f"{name}.png")
         finally:
             browser.close()

@@ -4,9 +4,17 @@ import pytest
 import torch
 
 from longalign.batching import PackedCollator
-from longalign.batching.attention import (FLEX, SEGMENT, check_packed_batch, install_packed_guard,
-                                          is_packed_positions, packed_forward, register_attention,
-                                          segments_from_positions, select_attention)
+from longalign.batching.attention import (
+    FLEX,
+    SEGMENT,
+    check_packed_batch,
+    install_packed_guard,
+    is_packed_positions,
+    packed_forward,
+    register_attention,
+    segments_from_positions,
+    select_attention,
+)
 
 LENS = [5, 9, 3, 12, 1]
 
@@ -16,8 +24,15 @@ def tiny_llama(impl: str):
 
     register_attention()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = LlamaForCausalLM(cfg).float()
     model.set_attn_implementation(impl)
     return model.eval()
@@ -67,8 +82,12 @@ def test_transformers_mixes_sequences_without_the_precautions(impl):
     with torch.no_grad():
         ref = torch.cat([model(input_ids=s[None], use_cache=False).logits[0] for s in seqs])
         cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits[0]
-        masked = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                       attention_mask=torch.ones_like(batch["input_ids"])).logits[0]
+        masked = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            attention_mask=torch.ones_like(batch["input_ids"]),
+        ).logits[0]
     assert (cached - ref).abs().max().item() > 1e-3
     assert (masked - ref).abs().max().item() > 1e-3
 

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from longalign import IGNORE_INDEX
-from longalign.batching import (PackedCollator, PaddedCollator, StepTotals, count_targets, make_plan,
-                                token_weights, weighted_causal_lm_loss, weights_from_totals)
+from longalign.batching import (
+    PackedCollator,
+    PaddedCollator,
+    StepTotals,
+    count_targets,
+    make_plan,
+    token_weights,
+    weighted_causal_lm_loss,
+    weights_from_totals,
+)
 
 VOCAB, WORLD, ACCUM = 11, 2, 3
 
@@ -57,18 +65,18 @@ def reference_step_losses(model, data, plan, loss_norm):
     for step in plan.steps():
         if loss_norm == "sequence":
             terms = [seq_loss(model, data[i]) for b in step for i in b]
-            terms = [(l, n) for l, n in terms if n > 0]
-            out.append(sum(l / n for l, n in terms) / len(terms))
+            terms = [(loss, n) for loss, n in terms if n > 0]
+            out.append(sum(loss / n for loss, n in terms) / len(terms))
         elif loss_norm == "token":
             terms = [seq_loss(model, data[i]) for b in step for i in b]
-            out.append(sum(l for l, _ in terms) / sum(n for _, n in terms))
+            out.append(sum(loss for loss, _ in terms) / sum(n for _, n in terms))
         else:
             per_pack = []
             for b in step:
                 terms = [seq_loss(model, data[i]) for i in b]
                 n_k = sum(n for _, n in terms)
                 if n_k:
-                    per_pack.append(sum(l for l, _ in terms) / n_k)
+                    per_pack.append(sum(loss for loss, _ in terms) / n_k)
             out.append(sum(per_pack) / len(per_pack))
     return out
 
@@ -78,7 +86,7 @@ def run_rank(model, data, plan, weights, rank, collate):
     losses = []
     for step in plan.steps():
         total = torch.zeros((), dtype=torch.float64)
-        for b in step[rank::plan.world_size]:
+        for b in step[rank :: plan.world_size]:
             feats = [{**data[i], "token_weight": float(weights[i])} for i in b]
             batch = collate(feats)
             logits = model(batch["input_ids"])
@@ -92,12 +100,22 @@ def run_rank(model, data, plan, weights, rank, collate):
 def test_in_process_ranks_match_reference(loss_norm, method):
     data = make_data()
     n_target = [count_targets(s["labels"]) for s in data]
-    plan = make_plan([len(s["input_ids"]) for s in data], method, max_len=40, batch_size=2, world_size=WORLD,
-                     grad_accum=ACCUM, seed=3)
+    plan = make_plan(
+        [len(s["input_ids"]) for s in data],
+        method,
+        max_len=40,
+        batch_size=2,
+        world_size=WORLD,
+        grad_accum=ACCUM,
+        seed=3,
+    )
     assert len(list(plan.steps())) >= 2
     weights = token_weights(plan, n_target, loss_norm, WORLD, ACCUM)
-    collate = PackedCollator(40, weights_dtype=torch.float64) if method == "pack" else \
-        PaddedCollator(pad_token_id=0, weights_dtype=torch.float64)
+    collate = (
+        PackedCollator(40, weights_dtype=torch.float64)
+        if method == "pack"
+        else PaddedCollator(pad_token_id=0, weights_dtype=torch.float64)
+    )
     model = TinyLM()
     ranks = [run_rank(model, data, plan, weights, r, collate) for r in range(WORLD)]
     ref_model = TinyLM()
@@ -128,8 +146,15 @@ def test_weights_literal():
     # one step, 2 ranks x 1: micro-batch 0 = {0, 1}, micro-batch 1 = {2}
     from longalign.batching.plans import Plan
 
-    plan = Plan(batches=[[0, 1], [2]], stats={}, lengths=np.array([5, 5, 5]), method="pack", max_len=10,
-                world_size=2, grad_accum=1)
+    plan = Plan(
+        batches=[[0, 1], [2]],
+        stats={},
+        lengths=np.array([5, 5, 5]),
+        method="pack",
+        max_len=10,
+        world_size=2,
+        grad_accum=1,
+    )
     n = [2, 4, 0]
     assert token_weights(plan, n, "sequence").tolist() == [1 / (2 * 2), 1 / (4 * 2), 0.0]
     assert token_weights(plan, n, "token").tolist() == [1 / 6, 1 / 6, 0.0]
@@ -154,8 +179,10 @@ def test_totals_from_local_counts_match_plan():
 
 class TestCollators:
     def test_packed_literal(self):
-        feats = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "token_weight": 0.5},
-                 {"input_ids": [4, 5], "labels": [-100, 5], "token_weight": 0.25}]
+        feats = [
+            {"input_ids": [1, 2, 3], "labels": [1, 2, 3], "token_weight": 0.5},
+            {"input_ids": [4, 5], "labels": [-100, 5], "token_weight": 0.25},
+        ]
         b = PackedCollator(8)(feats)
         assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
         assert b["labels"].tolist() == [[-100, 2, 3, -100, 5]]
@@ -167,8 +194,10 @@ class TestCollators:
             PackedCollator(4)(feats)
 
     def test_padded_literal(self):
-        feats = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "token_weight": 0.5},
-                 {"input_ids": [4], "labels": [4], "token_weight": 2.0}]
+        feats = [
+            {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "token_weight": 0.5},
+            {"input_ids": [4], "labels": [4], "token_weight": 2.0},
+        ]
         b = PaddedCollator(pad_token_id=9)(feats)
         assert b["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
         assert b["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
@@ -189,13 +218,15 @@ class TestCollators:
         labels = torch.randint(0, VOCAB, (2, 9))
         labels[0, :3] = -100
         w = torch.rand(2, 9, dtype=torch.float64)
-        assert torch.allclose(weighted_causal_lm_loss(logits, labels, w, chunk_tokens=3),
-                              weighted_causal_lm_loss(logits, labels, w))
+        assert torch.allclose(
+            weighted_causal_lm_loss(logits, labels, w, chunk_tokens=3), weighted_causal_lm_loss(logits, labels, w)
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
 # two real processes on gloo
 # ------------------------------------------------------------------------------------------------------
+
 
 def _free_port():
     with socket.socket() as s:
@@ -211,8 +242,9 @@ def _worker(rank, port, queue):
     try:
         data = make_data()
         n_target = np.array([count_targets(s["labels"]) for s in data])
-        plan = make_plan([len(s["input_ids"]) for s in data], "pack", max_len=40, world_size=WORLD,
-                         grad_accum=ACCUM, seed=3)
+        plan = make_plan(
+            [len(s["input_ids"]) for s in data], "pack", max_len=40, world_size=WORLD, grad_accum=ACCUM, seed=3
+        )
         model = TinyLM()
         collate = PackedCollator(40, weights_dtype=torch.float64)
         results = {}
@@ -244,8 +276,9 @@ def _rank_steps(rank, plan, data, n_target, model, collate, loss_norm):
                 ws = w_plan[b] if variant == "plan" else w_local[k]
                 feats = [{**data[i], "token_weight": float(w)} for i, w in zip(b, ws)]
                 batch = collate(feats)
-                total = total + weighted_causal_lm_loss(model(batch["input_ids"]), batch["labels"],
-                                                        batch["loss_weights"].double())
+                total = total + weighted_causal_lm_loss(
+                    model(batch["input_ids"]), batch["labels"], batch["loss_weights"].double()
+                )
             # DDP averages gradients; the trainer scales the per-rank sum by world_size
             (total * WORLD).backward()
             loss = total.detach().clone()
@@ -282,8 +315,9 @@ def test_two_processes_gloo():
         else:
             os.environ["OMP_NUM_THREADS"] = env_threads
     data = make_data()
-    plan = make_plan([len(s["input_ids"]) for s in data], "pack", max_len=40, world_size=WORLD,
-                     grad_accum=ACCUM, seed=3)
+    plan = make_plan(
+        [len(s["input_ids"]) for s in data], "pack", max_len=40, world_size=WORLD, grad_accum=ACCUM, seed=3
+    )
     model = TinyLM()
     for loss_norm in ("sequence", "token", "pack"):
         refs = reference_step_losses(model, data, plan, loss_norm)

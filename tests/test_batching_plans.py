@@ -20,12 +20,29 @@ def _flat(plan: Plan) -> list[int]:
 
 class TestPlanProperties:
     @settings(max_examples=80, deadline=None)
-    @given(lengths=lengths_st, method=methods_st, algo=algos_st, max_len=st.integers(1, 256),
-           batch_size=st.integers(1, 5), world_size=st.integers(1, 3), grad_accum=st.integers(1, 3),
-           seed=st.integers(0, 5), overlong=st.sampled_from(["truncate", "drop"]))
+    @given(
+        lengths=lengths_st,
+        method=methods_st,
+        algo=algos_st,
+        max_len=st.integers(1, 256),
+        batch_size=st.integers(1, 5),
+        world_size=st.integers(1, 3),
+        grad_accum=st.integers(1, 3),
+        seed=st.integers(0, 5),
+        overlong=st.sampled_from(["truncate", "drop"]),
+    )
     def test_invariants(self, lengths, method, algo, max_len, batch_size, world_size, grad_accum, seed, overlong):
-        plan = make_plan(lengths, method, max_len=max_len, batch_size=batch_size, world_size=world_size,
-                         grad_accum=grad_accum, algo=algo, seed=seed, overlong=overlong)
+        plan = make_plan(
+            lengths,
+            method,
+            max_len=max_len,
+            batch_size=batch_size,
+            world_size=world_size,
+            grad_accum=grad_accum,
+            algo=algo,
+            seed=seed,
+            overlong=overlong,
+        )
         raw = np.asarray(lengths, dtype=np.int64)
         over = raw > max_len
         kept = sorted(np.flatnonzero(~over).tolist()) if overlong == "drop" else list(range(len(lengths)))
@@ -62,8 +79,7 @@ class TestPlanProperties:
         assert s["n_steps"] == math.ceil(len(plan.batches) / (world_size * grad_accum))
 
     @settings(max_examples=60, deadline=None)
-    @given(lengths=st.lists(st.integers(1, 64), min_size=0, max_size=150), algo=algos_st,
-           cap=st.integers(64, 200))
+    @given(lengths=st.lists(st.integers(1, 64), min_size=0, max_size=150), algo=algos_st, cap=st.integers(64, 200))
     def test_compiled_kernels_match_python(self, lengths, algo, cap):
         a = pack_lengths(lengths, cap, algo)
         b = pack_lengths(lengths, cap, algo, compiled=False)
@@ -91,8 +107,7 @@ class TestPlanProperties:
                 assert [p.tolist() for p in got] == packs
             else:  # ties between packs of equal room may go either way; the pack count is fixed
                 assert len(got) == len(packs)
-                assert sorted(sorted(cap - sum(lengths[i] for i in p) for p in got)) == \
-                    sorted(rooms)
+                assert sorted(sorted(cap - sum(lengths[i] for i in p) for p in got)) == sorted(rooms)
 
 
 class TestLiteral:
@@ -164,7 +179,7 @@ class TestLiteral:
         lengths = np.concatenate([rng.integers(10, 200, 500), rng.integers(500, 1000, 50)])
         plan = make_plan(lengths, "pack", max_len=1000, world_size=4)
         cost = [float((plan.lengths[b].astype(float) ** 2).sum()) for b in plan.batches]
-        slots = [cost[i:i + 4] for i in range(0, len(cost) - len(cost) % 4, 4)]
+        slots = [cost[i : i + 4] for i in range(0, len(cost) - len(cost) % 4, 4)]
         spread = np.mean([max(s) - min(s) for s in slots])
         assert spread < 0.2 * np.mean(cost)
 
@@ -181,23 +196,36 @@ class TestLiteral:
     def test_stats_recomputed_from_batches(self):
         plan = make_plan(list(range(1, 40)), "sort", max_len=30, batch_size=3)
         del plan._arrays
-        assert {k: v for k, v in compute_stats(plan).items()} == \
-            {k: v for k, v in plan.stats.items() if k not in ("seconds", "truncated_tokens", "dropped_tokens")}
+        assert {k: v for k, v in compute_stats(plan).items()} == {
+            k: v for k, v in plan.stats.items() if k not in ("seconds", "truncated_tokens", "dropped_tokens")
+        }
 
 
 class TestPlanFromBatches:
-    @pytest.mark.parametrize("method,overlong", [("naive", "truncate"), ("sort", "drop"), ("pack", "truncate"),
-                                                 ("pack", "drop")])
+    @pytest.mark.parametrize(
+        "method,overlong", [("naive", "truncate"), ("sort", "drop"), ("pack", "truncate"), ("pack", "drop")]
+    )
     def test_round_trip_of_a_saved_plan(self, tmp_path, method, overlong):
         lengths = np.random.default_rng(4).integers(1, 700, size=200)
-        plan = make_plan(lengths, method, max_len=500, batch_size=3, world_size=2, grad_accum=2, overlong=overlong,
-                         seed=1)
+        plan = make_plan(
+            lengths, method, max_len=500, batch_size=3, world_size=2, grad_accum=2, overlong=overlong, seed=1
+        )
         plan.save(plan_path=tmp_path / "p.json")
-        back = Plan.from_batches(load_plan_batches(tmp_path / "p.json"), lengths, method, max_len=500,
-                                 batch_size=plan.batch_size, world_size=2, grad_accum=2, algo=plan.algo, seed=1)
+        back = Plan.from_batches(
+            load_plan_batches(tmp_path / "p.json"),
+            lengths,
+            method,
+            max_len=500,
+            batch_size=plan.batch_size,
+            world_size=2,
+            grad_accum=2,
+            algo=plan.algo,
+            seed=1,
+        )
         assert back.batches == plan.batches and (back.world_size, back.grad_accum) == (2, 2)
-        assert {k: v for k, v in back.stats.items() if k != "seconds"} == \
-            {k: v for k, v in plan.stats.items() if k != "seconds"}
+        assert {k: v for k, v in back.stats.items() if k != "seconds"} == {
+            k: v for k, v in plan.stats.items() if k != "seconds"
+        }
         np.testing.assert_array_equal(back.lengths, plan.lengths)
         np.testing.assert_array_equal(back.truncated, plan.truncated)
         np.testing.assert_array_equal(back.dropped, plan.dropped)
@@ -208,8 +236,9 @@ class TestPlanFromBatches:
         assert plan.lengths.tolist() == [5, 0, 7, 4] and plan.stats["n_sequences"] == 3
         assert Plan.from_batches([[1, 0]], [3, 4], "pack").batch_size == 1
 
-    @pytest.mark.parametrize("batches,match", [([[0, 5]], "micro-batch 0 holds index 5"),
-                                               ([[0], [1, 0]], "sequence 0 is planned 2 times")])
+    @pytest.mark.parametrize(
+        "batches,match", [([[0, 5]], "micro-batch 0 holds index 5"), ([[0], [1, 0]], "sequence 0 is planned 2 times")]
+    )
     def test_rejects_plans_of_other_tokens(self, batches, match):
         with pytest.raises(ValueError, match=match):
             Plan.from_batches(batches, [3, 4, 5], "sort")

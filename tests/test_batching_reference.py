@@ -14,8 +14,10 @@ VOCAB = 13
 
 
 def _data(lengths, prompt=3, seed=0):
-    data = [reference.toy_sequence(int(n), prompt_tokens=min(prompt, int(n)), vocab=VOCAB, seed=seed * 1000 + i)
-            for i, n in enumerate(lengths)]
+    data = [
+        reference.toy_sequence(int(n), prompt_tokens=min(prompt, int(n)), vocab=VOCAB, seed=seed * 1000 + i)
+        for i, n in enumerate(lengths)
+    ]
     logits = reference.random_logits(lengths, VOCAB, torch.Generator().manual_seed(seed))
     n_target = np.array([count_targets(d["labels"]) for d in data])
     return data, logits, n_target
@@ -36,8 +38,9 @@ def test_sequence_losses_match_a_log_softmax_by_hand():
     L = reference.sequence_losses(data, logits)
     for i, (d, lg) in enumerate(zip(data, logits)):
         logp = torch.log_softmax(lg, dim=-1).numpy()
-        expected = -sum(logp[t - 1, d["labels"][t]] for t in range(1, len(d["labels"]))
-                        if d["labels"][t] != IGNORE_INDEX)
+        expected = -sum(
+            logp[t - 1, d["labels"][t]] for t in range(1, len(d["labels"])) if d["labels"][t] != IGNORE_INDEX
+        )
         assert L[i] == pytest.approx(expected, rel=1e-12)
     assert L[2] == 0.0 and n_target[2] == 0  # length 2, prompt 2: nothing to predict
 
@@ -73,8 +76,9 @@ def test_weighted_path_equals_formulas_for_every_normalisation(packed):
         got = reference.weighted_step_loss(data, logits, plan.batches, w, packed=packed)
         assert got == pytest.approx(formulas[norm], rel=1e-12), norm
     # a wrong weighting is caught: the token weights do not give the sequence mean here
-    wrong = reference.weighted_step_loss(data, logits, plan.batches, token_weights(plan, n_target, "token"),
-                                         packed=packed)
+    wrong = reference.weighted_step_loss(
+        data, logits, plan.batches, token_weights(plan, n_target, "token"), packed=packed
+    )
     assert abs(wrong - formulas["sequence"]) > 1e-3
 
 
@@ -91,13 +95,15 @@ def test_ddp_step_loss_is_the_same_in_every_layout_and_the_in_batch_mean_is_not(
             plan = make_plan(lengths, method, max_len=max_len, batch_size=3, world_size=world, grad_accum=accum)
             assert len(plan.batches) == 4
             packed = method == "pack"
-            seq_losses.append(reference.ddp_step_loss(plan, data, logits, token_weights(plan, n_target, "sequence"),
-                                                      packed=packed))
+            seq_losses.append(
+                reference.ddp_step_loss(plan, data, logits, token_weights(plan, n_target, "sequence"), packed=packed)
+            )
             mb = reference.micro_batch_sequence_weights(plan, n_target)
             ranks = reference.rank_step_losses(plan, data, logits, mb, packed=packed)
             assert len(ranks) == world
-            by_hand = np.mean([np.mean([(L[b] / n_target[b]).mean() for b in plan.rank_batches(r)])
-                               for r in range(world)])
+            by_hand = np.mean(
+                [np.mean([(L[b] / n_target[b]).mean() for b in plan.rank_batches(r)]) for r in range(world)]
+            )
             got = reference.ddp_step_loss(plan, data, logits, mb, packed=packed, scale_by_world_size=False)
             assert got == pytest.approx(by_hand, rel=1e-12)
             in_batch.append(got)

@@ -9,9 +9,9 @@ def test_micro_batch_work_literal():
     lengths = np.array([3, 5, 2, 4])
     flat, sizes = np.array([0, 1, 2, 3]), np.array([2, 2])
     tok, att = micro_batch_work(lengths, flat, sizes, packed=False)
-    assert tok.tolist() == [10, 8] and att.tolist() == [50, 32]          # B*L, B*L^2
+    assert tok.tolist() == [10, 8] and att.tolist() == [50, 32]  # B*L, B*L^2
     tok, att = micro_batch_work(lengths, flat, sizes, packed=True)
-    assert tok.tolist() == [8, 6] and att.tolist() == [34, 20]            # sum n, sum n^2
+    assert tok.tolist() == [8, 6] and att.tolist() == [34, 20]  # sum n, sum n^2
     _, att = micro_batch_work(lengths, flat, sizes, packed=True, attention="dense")
     assert att.tolist() == [64, 36]
 
@@ -27,8 +27,9 @@ def test_timeline_slowest_device_sets_the_pace():
 
 def test_simulate_story():
     rng = np.random.default_rng(0)
-    lengths = np.concatenate([np.clip(rng.lognormal(np.log(500), 1, 1800), 16, 8192),
-                              rng.integers(8192, 65537, 200)]).astype(int)
+    lengths = np.concatenate(
+        [np.clip(rng.lognormal(np.log(500), 1, 1800), 16, 8192), rng.integers(8192, 65537, 200)]
+    ).astype(int)
     rng.shuffle(lengths)
     res = simulate(lengths, max_len=65536, world_size=8, batch_size=1, grad_accum=12)
     m = res["methods"]

@@ -28,7 +28,14 @@ def test_defaults_yaml_and_flags_precedence(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("max_len: 4096\nlr: 0.001\nmethod: sort\n")
     cfg = build_config(Demo, _parse(["--config", str(cfg_file), "--lr", "0.5", "--bf16", "yes", "--depths", "1,2,3"]))
-    assert (cfg.method, cfg.max_len, cfg.lr, cfg.bf16, cfg.depths, cfg.note) == ("sort", 4096, 0.5, True, [1, 2, 3], None)
+    assert (cfg.method, cfg.max_len, cfg.lr, cfg.bf16, cfg.depths, cfg.note) == (
+        "sort",
+        4096,
+        0.5,
+        True,
+        [1, 2, 3],
+        None,
+    )
     assert build_config(Demo, _parse([])) == Demo()
     assert build_config(Demo, _parse(["--bf16"])).bf16 is True
     assert build_config(Demo, _parse(["--bf16", "false"])).bf16 is False
@@ -53,8 +60,16 @@ def test_bad_choice_names_accepted_values(tmp_path):
 
 # ------------------------------------------------------------------------------ option groups, ranges, aliases
 
-from longalign.config import (DeprecatedOption, Options, add_run_arg, field_meta, option_of,  # noqa: E402
-                              redefault, run_dir_of, validate)
+from longalign.config import (  # noqa: E402
+    DeprecatedOption,
+    Options,
+    add_run_arg,
+    field_meta,
+    option_of,
+    redefault,
+    run_dir_of,
+    validate,
+)
 
 
 @dataclass
@@ -84,7 +99,7 @@ def test_groups_redefault_and_option_of():
     text = p.format_help()
     assert "Sampling:" in text
     assert text.index("\n  --kinds") < text.index("\nSampling:") < text.index("\n  --temperature")
-    assert "--max-length" not in text                                        # deprecated spellings stay hidden
+    assert "--max-length" not in text  # deprecated spellings stay hidden
 
 
 def test_ranges_and_list_choices_fail_when_built():
@@ -93,7 +108,7 @@ def test_ranges_and_list_choices_fail_when_built():
     with pytest.raises(ValueError, match="kinds='c' is not accepted; use one of 'a', 'b'"):
         Stage(kinds=["a", "c"])
     cfg = Stage()
-    cfg.max_len = 0                                                           # changed after it was built
+    cfg.max_len = 0  # changed after it was built
     with pytest.raises(ValueError, match="max_len=0"):
         validate(cfg)
 

@@ -11,10 +11,10 @@ import pytest
 from longalign.cli import build_parser, main
 from longalign.config import build_config, load_yaml
 from longalign.data.corpus import CorpusConfig
-from longalign.rundir import RunDir, read_json, read_jsonl
+from longalign.data.mix import MixConfig
 from longalign.data.selfinstruct import GenerateConfig
 from longalign.data.short import ShortConfig
-from longalign.data.mix import MixConfig
+from longalign.rundir import RunDir, read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
@@ -91,8 +91,22 @@ def test_corpus_from_jsonl_end_to_end(tmp_path, capsys):
     lines.append({"id": "zh", "text": "长文本对齐的数据构造方法。" * 10})
     docs.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     run = RunDir(tmp_path / "r")
-    rc = main(["data", "corpus", "--run", str(run.root), "--input", str(docs), "--min-tokens", "100",
-               "--max-tokens", "250", "--n-docs", "0"])
+    rc = main(
+        [
+            "data",
+            "corpus",
+            "--run",
+            str(run.root),
+            "--input",
+            str(docs),
+            "--min-tokens",
+            "100",
+            "--max-tokens",
+            "250",
+            "--n-docs",
+            "0",
+        ]
+    )
     assert rc == 0
     out = read_jsonl(run.corpus)
     assert sorted(d["id"] for d in out) == ["d1", "d2", "d3", "d4", "zh"]
@@ -106,16 +120,33 @@ def test_corpus_from_jsonl_end_to_end(tmp_path, capsys):
 def test_short_and_mix_end_to_end(tmp_path, capsys):
     run = RunDir(tmp_path / "r")
     sg = tmp_path / "sharegpt.json"
-    sg.write_text(json.dumps([
-        {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}" if i else ""}]}
-        for i in range(5)]), encoding="utf-8")
+    sg.write_text(
+        json.dumps(
+            [
+                {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}" if i else ""}]}
+                for i in range(5)
+            ]
+        ),
+        encoding="utf-8",
+    )
     assert main(["data", "short", "--run", str(run.root), "--inputs", str(sg)]) == 0
     assert len(read_jsonl(run.short)) == 4
     assert '"no_exchange_left": 1' in capsys.readouterr().out
-    run.long.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"doc {i}\n\nq"},
-                                                         {"role": "assistant", "content": "a"}],
-                                            "doc_id": f"d{i}", "source": "pydoc", "lang": "en",
-                                            "task_type": "summary"}) + "\n" for i in range(3)))
+    run.long.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": f"doc {i}\n\nq"}, {"role": "assistant", "content": "a"}],
+                    "doc_id": f"d{i}",
+                    "source": "pydoc",
+                    "lang": "en",
+                    "task_type": "summary",
+                }
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
     assert main(["data", "mix", "--run", str(run.root), "--n-long", "2", "--seed", "1"]) == 0
     mixed = read_jsonl(run.mixed)
     assert len(mixed) == 6 and sum(r["kind"] == "long" for r in mixed) == 2

@@ -7,9 +7,20 @@ from collections import Counter
 
 import pytest
 
-from longalign.data.corpus import (BUILTIN_SOURCES, CorpusConfig, build_corpus, builtin_documents, count_tokens,
-                              detect_lang, length_bucket, read_corpus, read_folder_documents, read_jsonl_documents,
-                              sample_by_length, select_documents)
+from longalign.data.corpus import (
+    BUILTIN_SOURCES,
+    CorpusConfig,
+    build_corpus,
+    builtin_documents,
+    count_tokens,
+    detect_lang,
+    length_bucket,
+    read_corpus,
+    read_folder_documents,
+    read_jsonl_documents,
+    sample_by_length,
+    select_documents,
+)
 
 
 class WordTokenizer:
@@ -24,16 +35,19 @@ def words(n: int, word: str = "lorem") -> str:
 
 
 class TestDetectLang:
-    @pytest.mark.parametrize("text,lang", [
-        ("The quick brown fox jumps over the lazy dog.", "en"),
-        ("长文本对齐需要高质量的指令数据，以及高效的训练方法。", "zh"),
-        ("这个函数 load_tokenizer() 返回 tokenizer 对象，用来计算长度。", "zh"),
-        ("これは日本語の文章です。ひらがなとカタカナ。", "ja"),
-        ("한국어 문장입니다", "ko"),
-        ("Привет, как дела? Это русский текст.", "ru"),
-        ("12345 67890 !!! ???", "unknown"),
-        ("", "unknown"),
-    ])
+    @pytest.mark.parametrize(
+        "text,lang",
+        [
+            ("The quick brown fox jumps over the lazy dog.", "en"),
+            ("长文本对齐需要高质量的指令数据，以及高效的训练方法。", "zh"),
+            ("这个函数 load_tokenizer() 返回 tokenizer 对象，用来计算长度。", "zh"),
+            ("これは日本語の文章です。ひらがなとカタカナ。", "ja"),
+            ("한국어 문장입니다", "ko"),
+            ("Привет, как дела? Это русский текст.", "ru"),
+            ("12345 67890 !!! ???", "unknown"),
+            ("", "unknown"),
+        ],
+    )
     def test_scripts(self, text, lang):
         assert detect_lang(text) == lang
 
@@ -41,8 +55,13 @@ class TestDetectLang:
 class TestReaders:
     def test_jsonl_fields_and_default_ids(self, tmp_path):
         f = tmp_path / "docs.jsonl"
-        f.write_text(json.dumps({"text": "a b", "id": 7, "source": "web", "lang": "en", "url": "u"}) + "\n\n"
-                     + json.dumps({"text": "c"}) + "\n", encoding="utf-8")
+        f.write_text(
+            json.dumps({"text": "a b", "id": 7, "source": "web", "lang": "en", "url": "u"})
+            + "\n\n"
+            + json.dumps({"text": "c"})
+            + "\n",
+            encoding="utf-8",
+        )
         docs = read_jsonl_documents(f)
         assert [(d["id"], d["source"], d["lang"]) for d in docs] == [("7", "web", "en"), ("docs:3", "docs", None)]
         assert docs[0]["url"] == "u"
@@ -104,9 +123,10 @@ class TestSampling:
 class TestBuildCorpus:
     def make_docs(self):
         lens = [3, 8, 12, 20, 30, 45, 60, 80, 100, 150]
-        return [{"id": f"d{n}", "source": "s", "lang": None, "text": words(n)} for n in lens] + \
-               [{"id": "dup", "source": "s", "lang": None, "text": words(30)},
-                {"id": "zh", "source": "s", "lang": None, "text": " ".join(["长文本"] * 12)}]
+        return [{"id": f"d{n}", "source": "s", "lang": None, "text": words(n)} for n in lens] + [
+            {"id": "dup", "source": "s", "lang": None, "text": words(30)},
+            {"id": "zh", "source": "s", "lang": None, "text": " ".join(["长文本"] * 12)},
+        ]
 
     def test_filter_by_tokens_dedupe_and_write(self, tmp_path):
         out = tmp_path / "corpus.jsonl"
@@ -121,8 +141,9 @@ class TestBuildCorpus:
         assert read_corpus(out) == lines
 
     def test_sampled_subset_is_seeded_and_filtered(self):
-        cfg = CorpusConfig(min_tokens=10, max_tokens=100, n_docs=3, bucket_edges=[50], bucket_weights=[1, 2],
-                           batch_size=2, seed=3)
+        cfg = CorpusConfig(
+            min_tokens=10, max_tokens=100, n_docs=3, bucket_edges=[50], bucket_weights=[1, 2], batch_size=2, seed=3
+        )
         a, summary = build_corpus(cfg, tokenizer=WordTokenizer(), docs=self.make_docs())
         b, _ = build_corpus(cfg, tokenizer=WordTokenizer(), docs=self.make_docs())
         assert [d["id"] for d in a] == [d["id"] for d in b] and len(a) == 3
@@ -164,8 +185,12 @@ def test_builtin_corpus_with_real_tokenizer(tmp_path):
 
 
 def test_select_documents_keeps_the_order_and_fills_missing_ids_with_the_shortest():
-    docs = [{"id": "a", "n_tokens": 900}, {"id": "b", "n_tokens": 300}, {"id": "c", "n_tokens": 100},
-            {"id": "d", "n_tokens": 200}]
+    docs = [
+        {"id": "a", "n_tokens": 900},
+        {"id": "b", "n_tokens": 300},
+        {"id": "c", "n_tokens": 100},
+        {"id": "d", "n_tokens": 200},
+    ]
     assert [d["id"] for d in select_documents(docs, ["b", "a"])] == ["b", "a"]
     # missing ids take the shortest documents not asked for, in length order
     assert [d["id"] for d in select_documents(docs, ["gone", "c", "also-gone"])] == ["d", "c", "b"]

@@ -14,12 +14,24 @@ from pathlib import Path
 
 import pytest
 
+from longalign.data.selfinstruct import (
+    TASK_TYPES,
+    DocumentJob,
+    GenerateConfig,
+    answer_problem,
+    answer_prompt,
+    fit_document,
+    generate_long_data,
+    generator_from_env,
+    parse_questions,
+    question_problem,
+    question_prompt,
+    task_instruction,
+    training_prompt,
+    validate_questions,
+)
 from longalign.llm import ChatResult, LLMUnavailableError
 from longalign.rundir import RunDir, read_jsonl
-from longalign.data.selfinstruct import (TASK_TYPES, DocumentJob, GenerateConfig, answer_problem, answer_prompt,
-                                    fit_document, generate_long_data, generator_from_env, parse_questions,
-                                    question_problem, question_prompt, task_instruction, training_prompt,
-                                    validate_questions)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -28,6 +40,7 @@ QUESTION_MARK_ZH = "现在请针对上面的文本写出五个问题"
 
 
 # ------------------------------------------------------------------------------------------- parser
+
 
 class TestParseQuestions:
     def test_colon_numbering(self):
@@ -40,7 +53,7 @@ class TestParseQuestions:
         assert parse_questions(reply).questions == ["What is A?", "Why B?", "How C?", "When D?", "Who E?"]
 
     def test_question_prefix_and_bold_text(self):
-        reply = "Question 1: What is A?\n**Q2:** **Why B?**\n3 - How C?\n### 4. \"When D?\"\n- 5. Who E?"
+        reply = 'Question 1: What is A?\n**Q2:** **Why B?**\n3 - How C?\n### 4. "When D?"\n- 5. Who E?'
         assert parse_questions(reply).questions == ["What is A?", "Why B?", "How C?", "When D?", "Who E?"]
 
     def test_extra_prose_and_fewer_than_five_are_recorded(self):
@@ -84,24 +97,36 @@ class TestParseQuestions:
 
 # --------------------------------------------------------------------------------------- validation
 
+
 class TestValidation:
     INSTR = task_instruction("general", "en")
 
     def reason(self, q, accepted=(), lang="en", instr=None):
         return question_problem(q, lang=lang, instruction=instr or self.INSTR, accepted=list(accepted))
 
-    @pytest.mark.parametrize("q", ["<question>", "1: <question>", "<Your question here>", "{question}", "Question",
-                                   "[question]", "...", "问题"])
+    @pytest.mark.parametrize(
+        "q",
+        ["<question>", "1: <question>", "<Your question here>", "{question}", "Question", "[question]", "...", "问题"],
+    )
     def test_template_echoes(self, q):
         assert self.reason(q) in ("template", "too_short")
 
     def test_instruction_echo(self):
         assert self.reason("Now write five questions about the text above.") == "instruction_echo"
         assert self.reason("Put each question on its own line?") == "instruction_echo"
-        assert self.reason("Each question must be answerable from the text, make sense on its own, and differ "
-                           "from the others.") == "instruction_echo"
-        assert self.reason("Ask questions that request specific information stated in the text?",
-                           instr=task_instruction("extraction", "en")) == "instruction_echo"
+        assert (
+            self.reason(
+                "Each question must be answerable from the text, make sense on its own, and differ from the others."
+            )
+            == "instruction_echo"
+        )
+        assert (
+            self.reason(
+                "Ask questions that request specific information stated in the text?",
+                instr=task_instruction("extraction", "en"),
+            )
+            == "instruction_echo"
+        )
 
     def test_duplicates(self):
         assert self.reason("What does the cache store?", ["What does the cache store?"]) == "duplicate"
@@ -120,11 +145,16 @@ class TestValidation:
         assert self.reason("Explain how the cache class evicts entries.") is None
 
     def test_validate_keeps_order_and_records_reasons(self):
-        acc, rej = validate_questions(["What is A about?", "<question>", "What is A about?", "How does B work?"],
-                                      lang="en", instruction=self.INSTR)
+        acc, rej = validate_questions(
+            ["What is A about?", "<question>", "What is A about?", "How does B work?"],
+            lang="en",
+            instruction=self.INSTR,
+        )
         assert acc == ["What is A about?", "How does B work?"]
-        assert rej == [{"text": "<question>", "reason": "template"},
-                       {"text": "What is A about?", "reason": "duplicate"}]
+        assert rej == [
+            {"text": "<question>", "reason": "template"},
+            {"text": "What is A about?", "reason": "duplicate"},
+        ]
 
     def test_answer_problems(self):
         assert answer_problem("", "q") == "empty"
@@ -167,12 +197,15 @@ class TestPrompts:
 
 # ----------------------------------------------------------------------------------- state machine
 
+
 def _result(text, finish="stop"):
     return ChatResult(text=text, prompt_tokens=10, completion_tokens=5, model="m", finish_reason=finish)
 
 
-GOOD = "1: What is the cache for?\n2: How are entries evicted?\n3: Which options exist?\n" \
-       "4: Why is locking needed?\n5: When is the file written?"
+GOOD = (
+    "1: What is the cache for?\n2: How are entries evicted?\n3: Which options exist?\n"
+    "4: Why is locking needed?\n5: When is the file written?"
+)
 
 
 class TestDocumentJob:
@@ -259,8 +292,13 @@ class TestDocumentJob:
         assert j.question != q1 and j.status == "active"
         j.feed(_result("An answer.", finish="length"))
         rec = j.record()
-        assert rec["rejected"][-1] == {"stage": "answer", "attempt": 0, "question": q1, "text": "   ",
-                                       "reason": "empty"}
+        assert rec["rejected"][-1] == {
+            "stage": "answer",
+            "attempt": 0,
+            "question": q1,
+            "text": "   ",
+            "reason": "empty",
+        }
         assert rec["generation"]["answer_finish_reason"] == "length"
 
 
@@ -280,9 +318,11 @@ def si_responder(req: dict) -> str:
     text = next(m["content"] for m in reversed(req["messages"]) if m["role"] == "user")
     topic = text.split("Document about ", 1)[-1].split(".", 1)[0] if "Document about " in text else "the text"
     if QUESTION_MARK_EN in text:
-        return (f"Here are the questions.\n1: What is the main purpose of {topic}?\n"
-                f"2: How does the text describe the history of {topic}?\n3: Which examples of {topic} are given?\n"
-                f"4: Why does the author consider {topic} important?\n5: What limitations of {topic} are mentioned?")
+        return (
+            f"Here are the questions.\n1: What is the main purpose of {topic}?\n"
+            f"2: How does the text describe the history of {topic}?\n3: Which examples of {topic} are given?\n"
+            f"4: Why does the author consider {topic} important?\n5: What limitations of {topic} are mentioned?"
+        )
     return f"The text explains {topic} with several examples and notes its limits."
 
 
@@ -290,18 +330,29 @@ def _write_corpus(run: RunDir, n: int) -> list[str]:
     docs = []
     for i in range(n):
         topic = f"{TOPICS[i % len(TOPICS)]} {i}"
-        body = f"Document about {topic}. " + " ".join(f"Sentence {k} discusses {topic} in some detail."
-                                                      for k in range(20))
-        docs.append({"id": f"doc-{i:03d}", "source": "test", "lang": "en", "n_tokens": len(body.split()),
-                     "text": body})
+        body = f"Document about {topic}. " + " ".join(
+            f"Sentence {k} discusses {topic} in some detail." for k in range(20)
+        )
+        docs.append({"id": f"doc-{i:03d}", "source": "test", "lang": "en", "n_tokens": len(body.split()), "text": body})
     run.data.mkdir(parents=True, exist_ok=True)
     run.corpus.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     return [d["id"] for d in docs]
 
 
-FAST = dict(llm="openai:fake-model", max_in_flight=8, timeout=2.0, max_retries=8, backoff_base=0.02,
-            backoff_max=0.2, max_prompt_tokens=0, question_max_tokens=200, answer_max_tokens=100,
-            price_in_per_mtok=1.0, price_out_per_mtok=2.0, window=64)
+FAST = dict(
+    llm="openai:fake-model",
+    max_in_flight=8,
+    timeout=2.0,
+    max_retries=8,
+    backoff_base=0.02,
+    backoff_max=0.2,
+    max_prompt_tokens=0,
+    question_max_tokens=200,
+    answer_max_tokens=100,
+    price_in_per_mtok=1.0,
+    price_out_per_mtok=2.0,
+    window=64,
+)
 
 
 def _check_records(run: RunDir, ids: list[str]) -> list[dict]:
@@ -330,8 +381,9 @@ def test_generate_with_30_percent_failures(fake_llm, tmp_path):
     assert outcomes["ok"] >= 100 and outcomes["429"] + outcomes["500"] + outcomes["timeout"] > 10
     assert 1 < fake_llm.max_in_flight <= 8
     assert summary.usage["requests"] == 100 and summary.usage["retries"] > 10
-    assert summary.usage["cost"] == pytest.approx((summary.usage["prompt_tokens"] * 1.0
-                                                   + summary.usage["completion_tokens"] * 2.0) / 1e6)
+    assert summary.usage["cost"] == pytest.approx(
+        (summary.usage["prompt_tokens"] * 1.0 + summary.usage["completion_tokens"] * 2.0) / 1e6
+    )
     assert time.monotonic() - start < 45
     # a second run finds everything done and sends nothing
     n_requests = len(fake_llm.requests)
@@ -372,17 +424,50 @@ def test_generate_cli_sigkill_and_resume(tmp_path):
     old_env = os.environ.get("SI_GATE_FILE")
     os.environ["SI_GATE_FILE"] = str(gate)  # inherited by the server process
     try:
-        server, base_url = start_server_process(tmp_path, fail_rate=0.3, responder=f"{__file__}:si_responder",
-                                                latency=0.05, delay=2.5, seed=3, log_path=server_log)
+        server, base_url = start_server_process(
+            tmp_path,
+            fail_rate=0.3,
+            responder=f"{__file__}:si_responder",
+            latency=0.05,
+            delay=2.5,
+            seed=3,
+            log_path=server_log,
+        )
     finally:
         if old_env is None:
             os.environ.pop("SI_GATE_FILE", None)
         else:
             os.environ["SI_GATE_FILE"] = old_env
-    cmd = [sys.executable, "-m", "longalign.cli", "data", "generate", "--run", str(run.root), "--llm",
-           "openai:fake-model", "--base-url", base_url, "--max-in-flight", "4", "--timeout", "2",
-           "--max-retries", "8", "--backoff-base", "0.02", "--backoff-max", "0.2", "--max-prompt-tokens", "0",
-           "--answer-max-tokens", "100", "--window", "64", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "longalign.cli",
+        "data",
+        "generate",
+        "--run",
+        str(run.root),
+        "--llm",
+        "openai:fake-model",
+        "--base-url",
+        base_url,
+        "--max-in-flight",
+        "4",
+        "--timeout",
+        "2",
+        "--max-retries",
+        "8",
+        "--backoff-base",
+        "0.02",
+        "--backoff-max",
+        "0.2",
+        "--max-prompt-tokens",
+        "0",
+        "--answer-max-tokens",
+        "100",
+        "--window",
+        "64",
+        "--no-progress",
+    ]
     try:
         start = time.monotonic()
         job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -421,18 +506,58 @@ def test_generate_cli_sigkill_and_resume(tmp_path):
 
 # --------------------------------------------------------------------------------------- embedded model
 
+
 @pytest.mark.slow
 def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
     run = tmp_path / "run"
     # one thread: on a shared, oversubscribed machine two OpenMP threads were ~10x slower than one
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    corpus = subprocess.run([sys.executable, "-m", "longalign.cli", "data", "corpus", "--run", str(run), "--n-docs",
-                             "3", "--min-tokens", "900", "--max-tokens", "1600", "--builtin-sources",
-                             "pydoc,package-docs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    corpus = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "longalign.cli",
+            "data",
+            "corpus",
+            "--run",
+            str(run),
+            "--n-docs",
+            "3",
+            "--min-tokens",
+            "900",
+            "--max-tokens",
+            "1600",
+            "--builtin-sources",
+            "pydoc,package-docs",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert corpus.returncode == 0, corpus.stderr
-    gen = subprocess.run([sys.executable, "-m", "longalign.cli", "data", "generate", "--run", str(run),
-                          "--question-max-tokens", "200", "--answer-max-tokens", "160", "--no-progress"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "longalign.cli",
+            "data",
+            "generate",
+            "--run",
+            str(run),
+            "--question-max-tokens",
+            "200",
+            "--answer-max-tokens",
+            "160",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert gen.returncode == 0, gen.stdout + gen.stderr
     docs = {d["id"]: d for d in read_jsonl(RunDir(run).corpus)}
     recs = read_jsonl(RunDir(run).long, strict=True)

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, normalize_conversation, raw_turns
 from longalign.data.mix import MixConfig, mix, mix_files, parse_n_long, provide_mix
+from longalign.data.short import SHORT_SAMPLE, ShortConfig, load_short_data, normalize_conversation, raw_turns
 from longalign.rundir import RunDir, read_jsonl
 
 
@@ -90,12 +90,17 @@ def _sharegpt(*pairs):
 class TestLoadShortData:
     def test_json_list_and_jsonl_with_counts(self, tmp_path):
         sg = tmp_path / "sharegpt_part.json"
-        sg.write_text(json.dumps([
-            _sharegpt(("human", "Hi"), ("gpt", "Hello")),
-            _sharegpt(("human", "Hi"), ("gpt", "Hello")),            # duplicate
-            _sharegpt(("human", "Q"), ("gpt", "")),                  # nothing left
-            _sharegpt(("human", "你好，请介绍一下长文本模型"), ("gpt", "好的")),
-        ]), encoding="utf-8")
+        sg.write_text(
+            json.dumps(
+                [
+                    _sharegpt(("human", "Hi"), ("gpt", "Hello")),
+                    _sharegpt(("human", "Hi"), ("gpt", "Hello")),  # duplicate
+                    _sharegpt(("human", "Q"), ("gpt", "")),  # nothing left
+                    _sharegpt(("human", "你好，请介绍一下长文本模型"), ("gpt", "好的")),
+                ]
+            ),
+            encoding="utf-8",
+        )
         msgs = tmp_path / "chats.jsonl"
         msgs.write_text(json.dumps({"messages": [U("x?"), A("y"), U("dangling")]}) + "\n", encoding="utf-8")
         records, report = load_short_data(ShortConfig(inputs=[str(sg), str(msgs)]))
@@ -132,8 +137,16 @@ class TestLoadShortData:
 
 
 class TestMix:
-    LONG = [{"messages": [U(f"doc{i}\n\nq"), A("a")], "doc_id": f"d{i}", "source": "pydoc", "lang": "en",
-             "task_type": "general"} for i in range(6)]
+    LONG = [
+        {
+            "messages": [U(f"doc{i}\n\nq"), A("a")],
+            "doc_id": f"d{i}",
+            "source": "pydoc",
+            "lang": "en",
+            "task_type": "general",
+        }
+        for i in range(6)
+    ]
     SHORT = [{"messages": [U(f"s{i}"), A("r")], "source": "sharegpt", "task_type": "chat"} for i in range(4)]
 
     def test_parse_n_long(self):

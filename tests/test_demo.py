@@ -12,16 +12,24 @@ from longalign.rundir import RunDir, append_jsonl, read_jsonl
 
 
 def _record(doc_id: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": f"document {doc_id}\n\nWhat is it?"},
-                         {"role": "assistant", "content": answer}],
-            "doc_id": doc_id, "question": "What is it?", "lang": "en", "source": "pydoc"}
+    return {
+        "messages": [
+            {"role": "user", "content": f"document {doc_id}\n\nWhat is it?"},
+            {"role": "assistant", "content": answer},
+        ],
+        "doc_id": doc_id,
+        "question": "What is it?",
+        "lang": "en",
+        "source": "pydoc",
+    }
 
 
 @pytest.fixture
 def run(tmp_path):
     run = RunDir(tmp_path / "demo")
-    append_jsonl(run.corpus, [{"id": f"d{i}", "source": "pydoc", "lang": "en", "n_tokens": 10, "text": "x"}
-                              for i in range(4)])
+    append_jsonl(
+        run.corpus, [{"id": f"d{i}", "source": "pydoc", "lang": "en", "n_tokens": 10, "text": "x"} for i in range(4)]
+    )
     return run
 
 
@@ -40,8 +48,7 @@ def test_one_generated_record_is_kept_for_training(run):
 
 
 def test_mini_set_is_loadable_as_longbench_chat_with_labelled_anchor_examples(run):
-    demo.write_mini_set(run, [_record("d3", "The answer is a long and careful explanation.")],
-                        [_record("d0", "zero")])
+    demo.write_mini_set(run, [_record("d3", "The answer is a long and careful explanation.")], [_record("d0", "zero")])
     cases = load_longbench_chat(demo.mini_set_path(run))
     assert len(cases) == 1
     case = cases[0]

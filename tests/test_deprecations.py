@@ -15,8 +15,10 @@ from longalign.cli import build_parser, main
 from longalign.config import DeprecatedOption, build_config, from_dict
 from longalign.eval.longbench_chat import LongBenchChatConfig
 
-SHOTS = [[{"answer": f"first {k}", "score": k + 1} for k in range(3)],
-         [{"answer": f"second {k}", "score": k + 5} for k in range(3)]]
+SHOTS = [
+    [{"answer": f"first {k}", "score": k + 1} for k in range(3)],
+    [{"answer": f"second {k}", "score": k + 5} for k in range(3)],
+]
 
 
 def _deprecation_lines(err: str) -> list[str]:
@@ -27,8 +29,22 @@ def test_out_flag_is_run(fake_llm, tmp_path, capsys):
     fake_llm.set_responder(lambda req: "[[6]]" if "first" in req["messages"][-1]["content"] else "[[3]]")
     path = tmp_path / "few_shots.json"
     path.write_text(json.dumps(SHOTS))
-    rc = main(["eval", "judge-agreement", "--few-shots", str(path), "--judge", "openai:j", "--judge-base-url",
-               fake_llm.base_url, "--out", str(tmp_path / "run"), "--progress", "false"])
+    rc = main(
+        [
+            "eval",
+            "judge-agreement",
+            "--few-shots",
+            str(path),
+            "--judge",
+            "openai:j",
+            "--judge-base-url",
+            fake_llm.base_url,
+            "--out",
+            str(tmp_path / "run"),
+            "--progress",
+            "false",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0 and "Spearman" in captured.out
     assert (tmp_path / "run" / "eval" / "judge_agreement" / "summary.json").is_file()
@@ -51,7 +67,7 @@ def test_max_length_flag_is_max_len(capsys):
     with pytest.warns(DeprecatedOption, match="--max-length is deprecated; use --max-len"):
         args = build_parser().parse_args(["eval", "longbench-chat", "--max-length", "7000"])
     assert build_config(LongBenchChatConfig, args).max_len == 7000
-    assert main(["eval", "longbench-chat", "--max-length", "7000"]) == 2            # --data is missing
+    assert main(["eval", "longbench-chat", "--max-length", "7000"]) == 2  # --data is missing
     err = capsys.readouterr().err
     assert _deprecation_lines(err) == ["deprecated: --max-length is deprecated; use --max-len"]
     assert "data is required" in err
@@ -63,7 +79,7 @@ def test_max_length_key_in_yaml_is_max_len(tmp_path):
     with pytest.warns(DeprecatedOption, match="the option 'max_length' is deprecated; use 'max_len'"):
         cfg = build_config(LongBenchChatConfig, {}, config_file=cfg_file)
     assert (cfg.max_len, cfg.max_new_tokens) == (7000, 32)
-    with pytest.warns(DeprecatedOption):                                     # a flag still beats the file
+    with pytest.warns(DeprecatedOption):  # a flag still beats the file
         args = build_parser().parse_args(["eval", "longbench-chat", "--config", str(cfg_file), "--max-len", "5000"])
         assert build_config(LongBenchChatConfig, args).max_len == 5000
     with pytest.warns(DeprecatedOption):
@@ -78,5 +94,6 @@ def test_simulate_devices_keyword_is_world_size():
         old = simulate(lengths, max_len=32, devices=2, grad_accum=1)
     new = simulate(lengths, max_len=32, world_size=2, grad_accum=1)
     assert old["config"]["world_size"] == new["config"]["world_size"] == 2 == old["config"]["devices"]
-    assert {k: v["total_seconds"] for k, v in old["methods"].items()} == \
-        {k: v["total_seconds"] for k, v in new["methods"].items()}
+    assert {k: v["total_seconds"] for k, v in old["methods"].items()} == {
+        k: v["total_seconds"] for k, v in new["methods"].items()
+    }

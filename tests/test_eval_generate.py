@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from longalign.eval.generate import (Generation, PredictionTask, load_counting_tokenizer, middle_truncate,
-                                     run_predictions, truncate_text)
+from longalign.eval.generate import (
+    Generation,
+    PredictionTask,
+    load_counting_tokenizer,
+    middle_truncate,
+    run_predictions,
+    truncate_text,
+)
 from longalign.llm.base import SamplingParams
 from longalign.rundir import read_jsonl
 
@@ -25,7 +31,7 @@ class TestMiddleTruncate:
         ids = list(range(10))
         assert middle_truncate(ids, 10) == (ids, False)
         assert middle_truncate(ids, 11) == (ids, False)
-        assert middle_truncate(ids, 9) == ([0, 1, 2, 3, 6, 7, 8, 9], True)       # odd: two halves of 4
+        assert middle_truncate(ids, 9) == ([0, 1, 2, 3, 6, 7, 8, 9], True)  # odd: two halves of 4
         assert middle_truncate(ids, 8) == ([0, 1, 2, 3, 6, 7, 8, 9], True)
         assert middle_truncate(ids, 4) == ([0, 1, 8, 9], True)
         with pytest.raises(ValueError):
@@ -33,16 +39,18 @@ class TestMiddleTruncate:
 
     def test_known_prompt_token_counts(self, tok):
         ids = tok.encode(PROMPT, add_special_tokens=False)
-        assert len(ids) == 98                                    # start + 24 x 4 words + finish
-        at = truncate_text(tok, PROMPT, 98)                      # exactly at the limit: untouched
+        assert len(ids) == 98  # start + 24 x 4 words + finish
+        at = truncate_text(tok, PROMPT, 98)  # exactly at the limit: untouched
         assert (at.truncated, at.n_tokens, at.text) == (False, 98, PROMPT)
-        over = truncate_text(tok, PROMPT, 97)                    # one over: halves of 48
+        over = truncate_text(tok, PROMPT, 97)  # one over: halves of 48
         assert (over.truncated, over.n_tokens_raw, over.n_tokens) == (True, 98, 96)
         assert tok.encode(over.text, add_special_tokens=False) == ids[:48] + ids[-48:]
         cut = truncate_text(tok, PROMPT, 20)
         assert cut.n_tokens == 20
-        assert cut.text == ("start alpha beta gamma delta alpha beta gamma delta alpha"       # first 10
-                            " delta alpha beta gamma delta alpha beta gamma delta finish")  # last 10
+        assert cut.text == (
+            "start alpha beta gamma delta alpha beta gamma delta alpha"  # first 10
+            " delta alpha beta gamma delta alpha beta gamma delta finish"
+        )  # last 10
         assert len(tok.encode(cut.text, add_special_tokens=False)) == 20
 
     def test_chat_template_is_applied_after_truncation(self, tok):
@@ -79,7 +87,9 @@ class _EchoGen:
 def test_run_predictions_resumes_and_records(tmp_path):
     tok = load_counting_tokenizer(None)
     gen = _EchoGen(tok)
-    tasks = [PredictionTask(i, f"question {i} " + "alpha beta gamma delta " * i, None, {"lang": "en"}) for i in range(5)]
+    tasks = [
+        PredictionTask(i, f"question {i} " + "alpha beta gamma delta " * i, None, {"lang": "en"}) for i in range(5)
+    ]
     out = tmp_path / "p.jsonl"
     params = SamplingParams(max_tokens=16, temperature=0.0, seed=42)
     stats = run_predictions(tasks[:3], gen, out, max_length=12, params=params, batch_size=2)
@@ -106,13 +116,13 @@ class TestLocalGenerator:
         gen = LocalGenerator(f"local:{TINY}", device="cpu")
         lm = get_local_model(TINY, device="cpu")
         assert gen.lm is lm and gen.model is lm.model and gen.tokenizer is lm.tokenizer and gen.max_positions == 4096
-        assert make_generator(TINY, device="cpu").lm is lm                   # a bare spec is local too
+        assert make_generator(TINY, device="cpu").lm is lm  # a bare spec is local too
         batch = [build_messages("Name one colour."), build_messages("Tell me about rivers and hills.", "Be brief.")]
         params = SamplingParams(max_tokens=6, temperature=0.0, seed=42)
         out = gen.generate(batch, params)
         assert [g.prompt_tokens for g in out] == [len(lm.encode(lm.render(m))) for m in batch]
         assert all(1 <= g.completion_tokens <= 6 and g.finish_reason in ("stop", "length") for g in out)
-        assert [g.text for g in gen.generate(batch, params)] == [g.text for g in out]   # greedy repeats
+        assert [g.text for g in gen.generate(batch, params)] == [g.text for g in out]  # greedy repeats
         sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=5)
         assert gen.generate(batch[:1], sampled)[0].text == gen.generate(batch[:1], sampled)[0].text
 

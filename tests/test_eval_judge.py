@@ -7,31 +7,53 @@ import re
 
 import pytest
 
-from longalign.eval.judge import (EndpointJudge, JudgeRequest, JudgeSettings, LocalJudge, check_judge_spec,
-                                  fill_template, is_local_judge, make_judge, parse_rating, template_slots)
-from longalign.eval.longbench_chat import (ChatCase, build_from_template, example_orders, judge_messages)
+from longalign.eval.judge import (
+    EndpointJudge,
+    JudgeRequest,
+    JudgeSettings,
+    LocalJudge,
+    check_judge_spec,
+    fill_template,
+    is_local_judge,
+    make_judge,
+    parse_rating,
+    template_slots,
+)
+from longalign.eval.longbench_chat import ChatCase, build_from_template, example_orders, judge_messages
 from longalign.llm import make_client
 
 
 class TestParseRating:
-    @pytest.mark.parametrize("reply, expected", [
-        ("Rating: [[7]]", 7.0),
-        ("[[3]] at first, but on reflection [[8]]", 8.0),           # the LAST bracket counts
-        ("Solid answer. [[7.5]]", 7.5),                             # decimals
-        ("[[ 9 ]]", 9.0),
-        ("[[8/10]]", 8.0),                                          # first number inside the last bracket
-        ("评分：[[6]]。回答基本正确。", 6.0),                          # Chinese text around it
-        ("评分：［［９］］", 9.0),                                    # full-width brackets and digits
-        ("Rating: [[10]]", 10.0),
-    ])
+    @pytest.mark.parametrize(
+        "reply, expected",
+        [
+            ("Rating: [[7]]", 7.0),
+            ("[[3]] at first, but on reflection [[8]]", 8.0),  # the LAST bracket counts
+            ("Solid answer. [[7.5]]", 7.5),  # decimals
+            ("[[ 9 ]]", 9.0),
+            ("[[8/10]]", 8.0),  # first number inside the last bracket
+            ("评分：[[6]]。回答基本正确。", 6.0),  # Chinese text around it
+            ("评分：［［９］］", 9.0),  # full-width brackets and digits
+            ("Rating: [[10]]", 10.0),
+        ],
+    )
     def test_parses(self, reply, expected):
         assert parse_rating(reply) == expected
 
-    @pytest.mark.parametrize("reply", [
-        "", None, "I would give it a 7.", "Rating: [9]", "Rating: **8**",
-        "[[7]] ... following the required \"[[rating]]\" format",   # last bracket has no number
-        "[[11]]", "[[0]]", "[[-3]]",
-    ])
+    @pytest.mark.parametrize(
+        "reply",
+        [
+            "",
+            None,
+            "I would give it a 7.",
+            "Rating: [9]",
+            "Rating: **8**",
+            '[[7]] ... following the required "[[rating]]" format',  # last bracket has no number
+            "[[11]]",
+            "[[0]]",
+            "[[-3]]",
+        ],
+    )
     def test_none(self, reply):
         assert parse_rating(reply) is None
 
@@ -67,19 +89,32 @@ def test_check_judge_spec():
 
 
 def test_judge_spec_edge_cases():
-    check_judge_spec("local:")                                               # the embedded default
+    check_judge_spec("local:")  # the embedded default
     check_judge_spec("local:random:configs/models/tiny-llama")
-    for bad, why in (("smollm2", "names no LLM backend"), ("random:configs/models/tiny-llama", "names no LLM backend"),
-                     ("", "names no LLM backend"), ("anthropic:claude", "unknown LLM backend"),
-                     ("openai:", "needs a model name")):
+    for bad, why in (
+        ("smollm2", "names no LLM backend"),
+        ("random:configs/models/tiny-llama", "names no LLM backend"),
+        ("", "names no LLM backend"),
+        ("anthropic:claude", "unknown LLM backend"),
+        ("openai:", "needs a model name"),
+    ):
         with pytest.raises(ValueError, match=why):
             check_judge_spec(bad)
     assert is_local_judge("local:smollm2") and not is_local_judge("openai:gpt-4o") and not is_local_judge("")
 
 
-CASE = ChatCase(idx=3, prompt="LONG DOC ... Q?", query="What did the memo decide?", answer="It approved the budget.",
-                lang="en", examples=[{"answer": "ANSWER-A approves", "score": 2}, {"answer": "ANSWER-B budget", "score": 6},
-                                     {"answer": "ANSWER-C approved budget", "score": 9}])
+CASE = ChatCase(
+    idx=3,
+    prompt="LONG DOC ... Q?",
+    query="What did the memo decide?",
+    answer="It approved the budget.",
+    lang="en",
+    examples=[
+        {"answer": "ANSWER-A approves", "score": 2},
+        {"answer": "ANSWER-B budget", "score": 6},
+        {"answer": "ANSWER-C approved budget", "score": 9},
+    ],
+)
 
 
 class TestPromptAssembly:
@@ -87,29 +122,40 @@ class TestPromptAssembly:
         runs = example_orders(3, 2, seed=0, idx=3)
         assert runs[0] != runs[1]
         assert sorted(runs[0]) == sorted(runs[1]) == [0, 1, 2]
-        assert example_orders(3, 2, seed=0, idx=3) == runs                  # same seed, same orders
+        assert example_orders(3, 2, seed=0, idx=3) == runs  # same seed, same orders
         six = example_orders(3, 6, seed=0, idx=3)
-        assert len({tuple(o) for o in six}) == 6                             # all permutations before repeating
+        assert len({tuple(o) for o in six}) == 6  # all permutations before repeating
         many = {tuple(tuple(o) for o in example_orders(3, 2, seed=s, idx=3)) for s in range(20)}
-        assert len(many) > 5                                                 # the seed changes the shuffle
+        assert len(many) > 5  # the seed changes the shuffle
         assert example_orders(3, 2, 0, 3, shuffle=False) == [[0, 1, 2], [0, 1, 2]]
 
     def test_three_examples_in_the_given_order(self):
         msgs = judge_messages(CASE, "PREDICTION-X", [2, 0, 1])
         assert [m["role"] for m in msgs] == ["system", "user"]
         user = msgs[1]["content"]
-        pos = [user.index(s) for s in ("What did the memo decide?", "It approved the budget.", "ANSWER-C",
-                                       "ANSWER-A", "ANSWER-B", "PREDICTION-X")]
-        assert pos == sorted(pos)                                            # question, reference, C, A, B, answer
+        pos = [
+            user.index(s)
+            for s in (
+                "What did the memo decide?",
+                "It approved the budget.",
+                "ANSWER-C",
+                "ANSWER-A",
+                "ANSWER-B",
+                "PREDICTION-X",
+            )
+        ]
+        assert pos == sorted(pos)  # question, reference, C, A, B, answer
         assert re.findall(r"Rating: \[\[(\d+)\]\]", user) == ["9", "2", "6"]  # scores travel with their answers
         assert "[[rating]]" in user
 
     def test_benchmark_template_positional(self):
-        tpl = ("Q: {}\nRef: {}\n" + "A: {}\nRating: [[{}]]\n" * 3 + "Rate: {}\nRating: ")
+        tpl = "Q: {}\nRef: {}\n" + "A: {}\nRating: [[{}]]\n" * 3 + "Rate: {}\nRating: "
         text = build_from_template(tpl, CASE.query, CASE.answer, [CASE.examples[i] for i in (1, 2, 0)], "PRED")
-        assert text == ("Q: What did the memo decide?\nRef: It approved the budget.\n"
-                        "A: ANSWER-B budget\nRating: [[6]]\nA: ANSWER-C approved budget\nRating: [[9]]\n"
-                        "A: ANSWER-A approves\nRating: [[2]]\nRate: PRED\nRating: ")
+        assert text == (
+            "Q: What did the memo decide?\nRef: It approved the budget.\n"
+            "A: ANSWER-B budget\nRating: [[6]]\nA: ANSWER-C approved budget\nRating: [[9]]\n"
+            "A: ANSWER-A approves\nRating: [[2]]\nRate: PRED\nRating: "
+        )
 
     def test_benchmark_template_named_and_wrong_slot_count(self):
         text = build_from_template("{question}|{prediction}|{score_2}|{answer_1}", "q", "r", CASE.examples, "p")
@@ -135,7 +181,7 @@ class TestEndpointJudge:
         assert out.replies == ["Looks fine overall.", "Looks fine overall.", "Good. Rating: [[8]]"]
         assert len(fake_llm.requests) == 3
         seeds = [r["seed"] for r in fake_llm.requests]
-        assert len(set(seeds)) == 3                                          # each retry is a new request
+        assert len(set(seeds)) == 3  # each retry is a new request
         assert fake_llm.requests[0]["temperature"] == 0.0 and fake_llm.requests[1]["temperature"] > 0
 
     def test_gives_up_after_five(self, fake_llm):
@@ -144,7 +190,7 @@ class TestEndpointJudge:
         out = EndpointJudge(client).rate(JudgeRequest([{"role": "user", "content": "rate"}]))
         assert out.score is None and out.attempts == 5 and len(out.replies) == 5
         assert len(fake_llm.requests) == 5
-        assert out.prompt_tokens == 5 * (1 + 4)                              # usage summed over attempts
+        assert out.prompt_tokens == 5 * (1 + 4)  # usage summed over attempts
 
 
 TINY = "random:configs/models/tiny-llama"
@@ -178,7 +224,7 @@ class TestLocalJudge:
         with torch.no_grad():
             for r in range(1, 11):
                 full = judge.lm.encode(text + f"{r}]]")
-                cont = full[len(prefix):]
+                cont = full[len(prefix) :]
                 logits = judge.model(input_ids=torch.tensor([full])).logits[0].float()
                 lp = torch.log_softmax(logits, dim=-1)
                 naive[r] = sum(float(lp[len(prefix) - 1 + k, t]) for k, t in enumerate(cont))

@@ -7,23 +7,47 @@ import json
 import pytest
 
 from longalign.eval import longbench
-from longalign.eval.longbench import (LongBenchConfig, build_prompt, judge_messages, load_longbench,
-                                      to_0_100)
+from longalign.eval.longbench import LongBenchConfig, build_prompt, judge_messages, load_longbench, to_0_100
 from longalign.rundir import read_jsonl
 
 
 def write_fixture(folder):
     folder.mkdir(parents=True, exist_ok=True)
     rows = {
-        "hotpotqa": [{"input": f"Which city hosts landmark {i}?", "context": f"Passage: landmark {i} is in Lyon.",
-                      "answers": ["Lyon"], "length": 9, "dataset": "hotpotqa", "language": "en", "_id": f"h{i}"}
-                     for i in range(3)],
-        "qasper": [{"input": "What corpus was used?", "context": "We train on the XYZ corpus.",
-                    "answers": ["XYZ", "the XYZ corpus"], "length": 6, "dataset": "qasper", "language": "en",
-                    "_id": "q0"}],
-        "gov_report": [{"input": "", "context": "The agency reviewed spending in 2020 and found waste.",
-                        "answers": ["The agency found waste in 2020 spending."], "length": 10,
-                        "dataset": "gov_report", "language": "en", "_id": "g0"}],
+        "hotpotqa": [
+            {
+                "input": f"Which city hosts landmark {i}?",
+                "context": f"Passage: landmark {i} is in Lyon.",
+                "answers": ["Lyon"],
+                "length": 9,
+                "dataset": "hotpotqa",
+                "language": "en",
+                "_id": f"h{i}",
+            }
+            for i in range(3)
+        ],
+        "qasper": [
+            {
+                "input": "What corpus was used?",
+                "context": "We train on the XYZ corpus.",
+                "answers": ["XYZ", "the XYZ corpus"],
+                "length": 6,
+                "dataset": "qasper",
+                "language": "en",
+                "_id": "q0",
+            }
+        ],
+        "gov_report": [
+            {
+                "input": "",
+                "context": "The agency reviewed spending in 2020 and found waste.",
+                "answers": ["The agency found waste in 2020 spending."],
+                "length": 10,
+                "dataset": "gov_report",
+                "language": "en",
+                "_id": "g0",
+            }
+        ],
     }
     for task, recs in rows.items():
         (folder / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
@@ -37,8 +61,10 @@ def test_load_and_prompts(tmp_path):
     assert samples[0].category == "multi_doc_qa" and samples[2].category == "single_doc_qa"
     p = build_prompt(samples[0])
     assert "landmark 0 is in Lyon" in p and p.rstrip().endswith("Answer:") and "Which city hosts landmark 0?" in p
-    assert build_prompt(samples[0], {"hotpotqa": "C={context} Q={input}"}) == \
-        "C=Passage: landmark 0 is in Lyon. Q=Which city hosts landmark 0?"
+    assert (
+        build_prompt(samples[0], {"hotpotqa": "C={context} Q={input}"})
+        == "C=Passage: landmark 0 is in Lyon. Q=Which city hosts landmark 0?"
+    )
     qa = judge_messages(samples[2], "XYZ")[1]["content"]
     assert "- XYZ\n- the XYZ corpus" in qa and "[[rating]]" in qa and "3:" in qa and "4:" not in qa
     summ = judge_messages(samples[3], "Waste was found.")[1]["content"]
@@ -69,20 +95,34 @@ def test_judged_run(fake_llm, tmp_path):
 
     fake_llm.set_responder(responder)
     folder = write_fixture(tmp_path / "lb")
-    cfg = LongBenchConfig(data=str(folder), tasks=["hotpotqa", "qasper", "gov_report"],
-                          model="openai:m", model_base_url=fake_llm.base_url, judge="openai:judge",
-                          judge_base_url=fake_llm.base_url, progress=False)
+    cfg = LongBenchConfig(
+        data=str(folder),
+        tasks=["hotpotqa", "qasper", "gov_report"],
+        model="openai:m",
+        model_base_url=fake_llm.base_url,
+        judge="openai:judge",
+        judge_base_url=fake_llm.base_url,
+        progress=False,
+    )
     s = longbench.run(cfg, tmp_path / "run").scores
-    assert s["tasks"]["hotpotqa"] == {"score_0_100": 100.0, "n": 3, "unparsed": 0, "category": "multi_doc_qa",
-                                      "mean_rating": 3.0, "scale": "1-3"}
+    assert s["tasks"]["hotpotqa"] == {
+        "score_0_100": 100.0,
+        "n": 3,
+        "unparsed": 0,
+        "category": "multi_doc_qa",
+        "mean_rating": 3.0,
+        "scale": "1-3",
+    }
     assert s["tasks"]["qasper"]["score_0_100"] == 50.0 and s["tasks"]["gov_report"]["score_0_100"] == 75.0
-    assert s["categories"] == {"single_doc_qa": {"score_0_100": 50.0, "tasks": ["qasper"]},
-                               "multi_doc_qa": {"score_0_100": 100.0, "tasks": ["hotpotqa"]},
-                               "summarization": {"score_0_100": 75.0, "tasks": ["gov_report"]}}
+    assert s["categories"] == {
+        "single_doc_qa": {"score_0_100": 50.0, "tasks": ["qasper"]},
+        "multi_doc_qa": {"score_0_100": 100.0, "tasks": ["hotpotqa"]},
+        "summarization": {"score_0_100": 75.0, "tasks": ["gov_report"]},
+    }
     assert s["overall"] == 75.0
     preds = read_jsonl(tmp_path / "run" / "eval" / "longbench" / "predictions.jsonl")
     budgets = {p["dataset"]: p["sampling"]["max_tokens"] for p in preds}
-    assert budgets == {"hotpotqa": 32, "qasper": 128, "gov_report": 512}      # LongBench's per-task budgets
+    assert budgets == {"hotpotqa": 32, "qasper": 128, "gov_report": 512}  # LongBench's per-task budgets
     n = len(fake_llm.requests)
-    longbench.run(cfg, tmp_path / "run")                                                  # resumes: nothing new
+    longbench.run(cfg, tmp_path / "run")  # resumes: nothing new
     assert len(fake_llm.requests) == n

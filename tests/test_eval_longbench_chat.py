@@ -33,19 +33,41 @@ def make_fixture(folder: Path) -> Path:
     """Four cases in the benchmark's layout: test_cases.json + few_shots.json."""
     folder.mkdir(parents=True, exist_ok=True)
     cases = [
-        {"idx": 1, "prompt": "The committee met on Tuesday and approved the bridge repair. " * 20
-                             + "\nWhat did the committee approve?",
-         "query": "What did the committee approve?", "answer": "The bridge repair."},
-        {"idx": 2, "prompt": "The museum opens at nine and closes at five on weekdays. " * 20
-                             + "\nWhen does the museum close?",
-         "query": "When does the museum close?", "answer": "At five on weekdays."},
-        {"idx": 3, "prompt": "会议在周二举行，决定修复那座桥。" * 20 + "\n会议决定了什么？",
-         "query": "会议决定了什么？", "answer": "修复那座桥。"},
-        {"idx": 4, "prompt": "图书馆每天早上八点开门。" * 20 + "\n图书馆几点开门？",
-         "query": "图书馆几点开门？", "answer": "早上八点。"},
+        {
+            "idx": 1,
+            "prompt": "The committee met on Tuesday and approved the bridge repair. " * 20
+            + "\nWhat did the committee approve?",
+            "query": "What did the committee approve?",
+            "answer": "The bridge repair.",
+        },
+        {
+            "idx": 2,
+            "prompt": "The museum opens at nine and closes at five on weekdays. " * 20
+            + "\nWhen does the museum close?",
+            "query": "When does the museum close?",
+            "answer": "At five on weekdays.",
+        },
+        {
+            "idx": 3,
+            "prompt": "会议在周二举行，决定修复那座桥。" * 20 + "\n会议决定了什么？",
+            "query": "会议决定了什么？",
+            "answer": "修复那座桥。",
+        },
+        {
+            "idx": 4,
+            "prompt": "图书馆每天早上八点开门。" * 20 + "\n图书馆几点开门？",
+            "query": "图书馆几点开门？",
+            "answer": "早上八点。",
+        },
     ]
-    shots = [[{"answer": f"ALPHA answer {i}", "score": 2}, {"answer": f"BETA answer {i}", "score": 5},
-              {"answer": f"GAMMA answer {i}", "score": 9}] for i in range(1, 5)]
+    shots = [
+        [
+            {"answer": f"ALPHA answer {i}", "score": 2},
+            {"answer": f"BETA answer {i}", "score": 5},
+            {"answer": f"GAMMA answer {i}", "score": 9},
+        ]
+        for i in range(1, 5)
+    ]
     (folder / "test_cases.json").write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
     (folder / "few_shots.json").write_text(json.dumps(shots, ensure_ascii=False), encoding="utf-8")
     return folder
@@ -72,8 +94,13 @@ def test_load_formats_and_errors(tmp_path):
     assert [c.lang for c in cases] == ["en", "en", "zh", "zh"]
     assert cases[2].examples[1] == {"answer": "BETA answer 3", "score": 5}
     # jsonl with the same fields and a few_shots list per line
-    lines = [json.dumps({"idx": c.idx, "prompt": c.prompt, "query": c.query, "answer": c.answer,
-                         "few_shots": c.examples}, ensure_ascii=False) for c in cases]
+    lines = [
+        json.dumps(
+            {"idx": c.idx, "prompt": c.prompt, "query": c.query, "answer": c.answer, "few_shots": c.examples},
+            ensure_ascii=False,
+        )
+        for c in cases
+    ]
     (tmp_path / "cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     again = load_longbench_chat(tmp_path / "cases.jsonl")
     assert [(c.idx, c.query, c.examples) for c in again] == [(c.idx, c.query, c.examples) for c in cases]
@@ -85,8 +112,16 @@ def test_load_formats_and_errors(tmp_path):
 
 
 def _cfg(folder: Path, url: str, **kw) -> LongBenchChatConfig:
-    return LongBenchChatConfig(data=str(folder), model="openai:model-under-test", model_base_url=url,
-                               judge="openai:judge-x", judge_base_url=url, max_new_tokens=64, progress=False, **kw)
+    return LongBenchChatConfig(
+        data=str(folder),
+        model="openai:model-under-test",
+        model_base_url=url,
+        judge="openai:judge-x",
+        judge_base_url=url,
+        max_new_tokens=64,
+        progress=False,
+        **kw,
+    )
 
 
 def test_two_runs_averaged_with_shuffled_examples(fake_llm, tmp_path):
@@ -103,13 +138,13 @@ def test_two_runs_averaged_with_shuffled_examples(fake_llm, tmp_path):
     judged = {r["idx"]: r for r in read_jsonl(edir / "judgments.jsonl")}
     assert sorted(judged) == [1, 2, 3, 4]
     names = ["ALPHA", "BETA", "GAMMA"]
-    for idx, rec in judged.items():
+    for rec in judged.values():
         assert [r["run"] for r in rec["runs"]] == [0, 1]
         orders = [r["order"] for r in rec["runs"]]
-        assert orders[0] != orders[1]                                        # shuffled differently per run
+        assert orders[0] != orders[1]  # shuffled differently per run
         expected = [EXAMPLE_FIRST_SCORE[names[o[0]]] for o in orders]
         assert [r["score"] for r in rec["runs"]] == expected
-        assert rec["score"] == sum(expected) / 2                             # two runs averaged
+        assert rec["score"] == sum(expected) / 2  # two runs averaged
         assert rec["reference"] and rec["query"] and rec["prediction"] and rec["judge"] == "openai:judge-x"
         assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["reply"] for r in rec["runs"])
     s = json.loads((edir / "summary.json").read_text())
@@ -152,8 +187,9 @@ def test_benchmark_template_file(fake_llm, tmp_path):
     fake_llm.set_responder(responder)
     folder = make_fixture(tmp_path / "lbc")
     tpl = tmp_path / "prompt_fs.txt"
-    tpl.write_text("[Question]\n{}\n[Ref]\n{}\n" + "[Ans]\n{}\nRating: [[{}]]\n" * 3 + "[Rate]\n{}\nRating: ",
-                   encoding="utf-8")
+    tpl.write_text(
+        "[Question]\n{}\n[Ref]\n{}\n" + "[Ans]\n{}\nRating: [[{}]]\n" * 3 + "[Rate]\n{}\nRating: ", encoding="utf-8"
+    )
     cfg = _cfg(folder, fake_llm.base_url, limit=1, judge_runs=1, judge_template=str(tpl))
     s = longbench_chat.run(cfg, tmp_path / "run").scores
     assert s["mean"] == 5.0 and any("prompt_fs.txt" in n for n in s["notes"])
@@ -163,9 +199,31 @@ def test_benchmark_template_file(fake_llm, tmp_path):
 
 
 def _cli(folder: Path, out: Path, url: str) -> list[str]:
-    return [sys.executable, "-m", "longalign.cli", "eval", "longbench-chat", "--data", str(folder), "--run", str(out),
-            "--model", "openai:model-under-test", "--model-base-url", url, "--judge", "openai:judge-x",
-            "--judge-base-url", url, "--judge-max-in-flight", "1", "--max-new-tokens", "64", "--progress", "false"]
+    return [
+        sys.executable,
+        "-m",
+        "longalign.cli",
+        "eval",
+        "longbench-chat",
+        "--data",
+        str(folder),
+        "--run",
+        str(out),
+        "--model",
+        "openai:model-under-test",
+        "--model-base-url",
+        url,
+        "--judge",
+        "openai:judge-x",
+        "--judge-base-url",
+        url,
+        "--judge-max-in-flight",
+        "1",
+        "--max-new-tokens",
+        "64",
+        "--progress",
+        "false",
+    ]
 
 
 def test_resume_after_sigkill_never_rejudges(tmp_path):
@@ -194,12 +252,13 @@ def test_resume_after_sigkill_never_rejudges(tmp_path):
         server.wait(timeout=10)
     cases = {c.idx: c for c in load_longbench_chat(folder)}
     preds = {p["idx"]: p for p in read_jsonl(out / "eval" / "longbench_chat" / "predictions.jsonl")}
-    assert sorted(preds) == [1, 2, 3, 4]                                     # no duplicate predictions
-    done_keys = {messages_key(judge_messages(cases[r["idx"]], preds[r["idx"]]["prediction"], r["order"]))
-                 for r in done_before}
+    assert sorted(preds) == [1, 2, 3, 4]  # no duplicate predictions
+    done_keys = {
+        messages_key(judge_messages(cases[r["idx"]], preds[r["idx"]]["prediction"], r["order"])) for r in done_before
+    }
     after = read_jsonl(log_path)[n_log_before:]
     assert after, "the second run must have judged the remaining runs"
-    assert not done_keys & {e["key"] for e in after}                         # finished runs never re-asked
+    assert not done_keys & {e["key"] for e in after}  # finished runs never re-asked
     runs = read_jsonl(runs_path)
     assert sorted((r["idx"], r["run"]) for r in runs) == [(i, r) for i in range(1, 5) for r in range(2)]
     judged = read_jsonl(out / "eval" / "longbench_chat" / "judgments.jsonl")

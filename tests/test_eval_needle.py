@@ -9,8 +9,18 @@ import pytest
 
 from longalign.eval import needle
 from longalign.eval.generate import load_counting_tokenizer
-from longalign.eval.needle import (PAPER_NEEDLE, PAPER_QUESTION, Haystack, NeedleConfig, default_key_phrases,
-                                   grid_of, insert_needle, key_phrase_recall, linear_grid, needle_ids_for)
+from longalign.eval.needle import (
+    PAPER_NEEDLE,
+    PAPER_QUESTION,
+    Haystack,
+    NeedleConfig,
+    default_key_phrases,
+    grid_of,
+    insert_needle,
+    key_phrase_recall,
+    linear_grid,
+    needle_ids_for,
+)
 from longalign.rundir import read_jsonl
 
 # "Sentence number k is about topic k." -> 11 tokens for k=1 ('Sent','ence',...), 10 for k=2..9, 12 for
@@ -29,23 +39,26 @@ def hay(tok):
 
 
 class TestInsertion:
-    @pytest.mark.parametrize("depth, target, pos, before", [
-        (0, 0, 0, ""),
-        (10, 37, 31, "topic 3."),      # 600 - 200 - 25 = 375 haystack tokens; int(375 * 0.1) = 37 -> end of k=3
-        (25, 93, 91, "topic 9."),
-        (50, 187, 187, "topic 17."),   # the target already follows a full stop
-        (90, 337, 331, "topic 29."),
-    ])
+    @pytest.mark.parametrize(
+        "depth, target, pos, before",
+        [
+            (0, 0, 0, ""),
+            (10, 37, 31, "topic 3."),  # 600 - 200 - 25 = 375 haystack tokens; int(375 * 0.1) = 37 -> end of k=3
+            (25, 93, 91, "topic 9."),
+            (50, 187, 187, "topic 17."),  # the target already follows a full stop
+            (90, 337, 331, "topic 29."),
+        ],
+    )
     def test_exact_positions(self, tok, hay, depth, target, pos, before):
         nid = needle_ids_for(tok, PAPER_NEEDLE)
         assert len(nid) == 25
         ctx = insert_needle(hay, nid, 600, depth, buffer=200)
-        assert len(ctx.ids) == 600 - 200                                       # haystack + needle = L - buffer
+        assert len(ctx.ids) == 600 - 200  # haystack + needle = L - buffer
         assert (ctx.target_pos, ctx.needle_token_pos) == (target, pos)
-        assert ctx.ids[pos:pos + 25] == nid
+        assert ctx.ids[pos : pos + 25] == nid
         assert tok.decode(ctx.ids[:pos]).endswith(before)
-        assert tok.decode(ctx.ids[pos:pos + 25]) == "\n" + PAPER_NEEDLE + "\n"
-        assert ctx.ids[:pos] + ctx.ids[pos + 25:] == hay.ids[:375]              # haystack otherwise untouched
+        assert tok.decode(ctx.ids[pos : pos + 25]) == "\n" + PAPER_NEEDLE + "\n"
+        assert ctx.ids[:pos] + ctx.ids[pos + 25 :] == hay.ids[:375]  # haystack otherwise untouched
         # no sentence ends strictly between the boundary and the target
         assert not any(hay.ends_sentence(t) for t in hay.ids[pos:target])
 
@@ -65,8 +78,15 @@ class TestInsertion:
 
 class TestScoring:
     def test_key_phrases(self):
-        assert default_key_phrases(PAPER_NEEDLE, PAPER_QUESTION) == ["eat", "sandwich", "sit", "dolores", "park",
-                                                                     "sunny", "day"]
+        assert default_key_phrases(PAPER_NEEDLE, PAPER_QUESTION) == [
+            "eat",
+            "sandwich",
+            "sit",
+            "dolores",
+            "park",
+            "sunny",
+            "day",
+        ]
         phrases = ["sandwich", "Dolores Park", "sunny day"]
         assert key_phrase_recall("Eat a sandwich in Dolores Park on a sunny day!", phrases) == 1.0
         assert key_phrase_recall("Have a sandwich at the park.", phrases) == pytest.approx(1 / 3, abs=1e-4)
@@ -89,14 +109,24 @@ def test_grid_with_fake_server_resumes(fake_llm, tmp_path):
         return "Eat a sandwich and sit in Dolores Park." if "Dolores Park" in user else "I do not know."
 
     fake_llm.set_responder(responder)
-    cfg = NeedleConfig(model="openai:m", model_base_url=fake_llm.base_url,
-                       judge="openai:judge", judge_base_url=fake_llm.base_url, lengths=[400, 700], depths=[20, 80],
-                       progress=False)
+    cfg = NeedleConfig(
+        model="openai:m",
+        model_base_url=fake_llm.base_url,
+        judge="openai:judge",
+        judge_base_url=fake_llm.base_url,
+        lengths=[400, 700],
+        depths=[20, 80],
+        progress=False,
+    )
     s = needle.run(cfg, tmp_path / "run").scores
     edir = tmp_path / "run" / "eval" / "needle"
     recs = read_jsonl(edir / "results.jsonl")
-    assert sorted((r["context_length"], r["depth_percent"]) for r in recs) == [(400, 20.0), (400, 80.0),
-                                                                              (700, 20.0), (700, 80.0)]
+    assert sorted((r["context_length"], r["depth_percent"]) for r in recs) == [
+        (400, 20.0),
+        (400, 80.0),
+        (700, 20.0),
+        (700, 80.0),
+    ]
     for r in recs:
         assert r["judge_score"] == 10.0 and r["recall"] == pytest.approx(5 / 7, abs=1e-4)
         assert PAPER_NEEDLE in r["window"] and r["needle_token_pos"] <= r["target_token_pos"]
@@ -106,9 +136,9 @@ def test_grid_with_fake_server_resumes(fake_llm, tmp_path):
     html = (edir / "heatmap.html").read_text()
     assert "plotly" in html.lower() and "judge score" in html and "key-phrase recall" in html
     models = [r["model"] for r in fake_llm.requests]
-    assert models.count("m") == 4 and models.count("judge") == 1              # identical judge prompts: cached
+    assert models.count("m") == 4 and models.count("judge") == 1  # identical judge prompts: cached
     cfg.lengths = [400, 700, 1000]
-    s2 = needle.run(cfg, tmp_path / "run").scores                            # only the new cells are asked
+    s2 = needle.run(cfg, tmp_path / "run").scores  # only the new cells are asked
     models = [r["model"] for r in fake_llm.requests]
     assert models.count("m") == 6 and models.count("judge") == 1 and s2["n"] == 6
 
@@ -124,27 +154,40 @@ def test_embedded_model_3x3_grid(tmp_path):
 
     gen = LocalGenerator(None, device="cpu")
     judge = LocalJudge(None, model=gen.model, tokenizer=gen.tokenizer, device="cpu")
-    cfg = NeedleConfig(lengths=[500, 1000, 1500], depths=[10, 50, 90], max_new_tokens=32,
-                       judge="local:smollm2", progress=False)
+    cfg = NeedleConfig(
+        lengths=[500, 1000, 1500], depths=[10, 50, 90], max_new_tokens=32, judge="local:smollm2", progress=False
+    )
     s = needle.run(cfg, tmp_path / "run", generator=gen, judge=judge).scores
     recs = read_jsonl(tmp_path / "run" / "eval" / "needle" / "results.jsonl")
     assert len(recs) == 9 and s["n"] == 9
     for r in recs:
         assert 1 <= r["judge_score"] <= 10 and 0 <= r["recall"] <= 1 and PAPER_NEEDLE in r["window"]
-        assert r["prompt_tokens"] <= r["context_length"]          # template + question fit in the buffer
+        assert r["prompt_tokens"] <= r["context_length"]  # template + question fit in the buffer
     assert (tmp_path / "run" / "eval" / "needle" / "heatmap.html").stat().st_size > 100_000
-    print(json.dumps({"mean_recall": s["mean_recall"], "mean_judge": s["mean_judge"],
-                      "cells": [(r["context_length"], r["depth_percent"], r["recall"], r["judge_score"],
-                                 r["response"][:60]) for r in recs]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "mean_recall": s["mean_recall"],
+                "mean_judge": s["mean_judge"],
+                "cells": [
+                    (r["context_length"], r["depth_percent"], r["recall"], r["judge_score"], r["response"][:60])
+                    for r in recs
+                ],
+            },
+            indent=1,
+        )
+    )
 
 
 def test_heatmap_grid_and_figure():
     from longalign.eval.needle import heatmap_figure, heatmap_grid
 
-    recs = [{"context_length": 2000, "depth_percent": 50, "judge_score": 4, "recall": 0.5},
-            {"context_length": 1000, "depth_percent": 50, "judge_score": None, "recall": 1.0},
-            {"context_length": 2000, "depth_percent": 50, "judge_score": 8, "recall": 0.0},  # a resumed repeat
-            {"context_length": 1000, "depth_percent": 10, "judge_score": 10, "recall": 1.0}]
+    recs = [
+        {"context_length": 2000, "depth_percent": 50, "judge_score": 4, "recall": 0.5},
+        {"context_length": 1000, "depth_percent": 50, "judge_score": None, "recall": 1.0},
+        {"context_length": 2000, "depth_percent": 50, "judge_score": 8, "recall": 0.0},  # a resumed repeat
+        {"context_length": 1000, "depth_percent": 10, "judge_score": 10, "recall": 1.0},
+    ]
     assert heatmap_grid(recs, "judge_score") == ([1000, 2000], [10.0, 50.0], [[10.0, None], [None, 6.0]])
     lengths, depths, z = heatmap_grid(recs, "recall")
     fig = heatmap_figure(lengths, depths, {"judge_score": heatmap_grid(recs)[2], "recall": z}, title="t")

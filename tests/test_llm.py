@@ -13,11 +13,24 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from fake_llm_server import FakeLLMServer, messages_key, start_server_process
-from longalign.llm import (CachingClient, ChatResult, LLMCancelledError, LLMClient, LLMError, LLMRequestError,
-                           LLMUnavailableError, RequestCache, SamplingParams, local_model_spec, make_client,
-                           messages_hash, parse_spec, request_key)
+
+from longalign.llm import (
+    CachingClient,
+    ChatResult,
+    LLMCancelledError,
+    LLMClient,
+    LLMError,
+    LLMRequestError,
+    LLMUnavailableError,
+    RequestCache,
+    SamplingParams,
+    local_model_spec,
+    make_client,
+    messages_hash,
+    parse_spec,
+    request_key,
+)
 from longalign.llm.openai_backend import parse_retry_after
 from longalign.rundir import read_jsonl
 
@@ -29,13 +42,20 @@ def msg(text: str) -> list[dict[str, str]]:
 
 
 def http_client(server: FakeLLMServer, tmp_path: Path, **kw):
-    opts = dict(base_url=server.base_url, cache_dir=tmp_path / "cache", calls_log=tmp_path / "calls.jsonl",
-                timeout=5.0, backoff_base=0.01, backoff_max=0.05)
+    opts = dict(
+        base_url=server.base_url,
+        cache_dir=tmp_path / "cache",
+        calls_log=tmp_path / "calls.jsonl",
+        timeout=5.0,
+        backoff_base=0.01,
+        backoff_max=0.05,
+    )
     opts.update(kw)
     return make_client("openai:fake-model", **opts)
 
 
 # --- specs and keys --------------------------------------------------------------------------------------
+
 
 class TestParseSpec:
     def test_forms(self):
@@ -50,7 +70,7 @@ class TestParseSpec:
             parse_spec("anthropic:claude")
 
     def test_edge_cases(self):
-        assert parse_spec("local:") == ("local", "")                         # the embedded default
+        assert parse_spec("local:") == ("local", "")  # the embedded default
         assert parse_spec(" local: smollm2 ") == ("local", "smollm2")
         assert parse_spec("local:random:configs/models/tiny-llama") == ("local", "random:configs/models/tiny-llama")
         assert parse_spec("openai:gpt-4o") == ("openai", "gpt-4o")
@@ -58,7 +78,7 @@ class TestParseSpec:
         with pytest.raises(ValueError, match="needs a model name"):
             parse_spec("openai:")
         with pytest.raises(ValueError, match="unknown LLM backend 'Local'"):
-            parse_spec("Local:smollm2")                                       # prefixes are case-sensitive
+            parse_spec("Local:smollm2")  # prefixes are case-sensitive
 
     def test_require_prefix(self):
         assert parse_spec("local:smollm2", require_prefix=True) == ("local", "smollm2")
@@ -76,7 +96,7 @@ class TestParseSpec:
             local_model_spec("anthropic:claude")
 
     def test_client_spec_is_normalised(self, tmp_path):
-        c = make_client("local:", cache_dir=tmp_path)                          # no model is loaded yet
+        c = make_client("local:", cache_dir=tmp_path)  # no model is loaded yet
         assert c.spec == "local:smollm2" and c.model == "SmolLM2-135M-Instruct"
         assert make_client("random:configs/models/tiny-llama").spec == "local:random:configs/models/tiny-llama"
 
@@ -116,6 +136,7 @@ def test_backoff_delay_bounds(fake_llm, tmp_path):
 
 
 # --- HTTP backend ---------------------------------------------------------------------------------------
+
 
 def test_client_satisfies_protocol(fake_llm, tmp_path):
     c = http_client(fake_llm, tmp_path)
@@ -199,8 +220,9 @@ def test_connection_error_is_retried_then_fails(tmp_path):
     server = FakeLLMServer().start()
     url = server.base_url
     server.stop()  # nothing listens on that port any more
-    c = make_client("openai:m", base_url=url, max_retries=1, backoff_base=0.01, timeout=2.0,
-                    calls_log=tmp_path / "calls.jsonl")
+    c = make_client(
+        "openai:m", base_url=url, max_retries=1, backoff_base=0.01, timeout=2.0, calls_log=tmp_path / "calls.jsonl"
+    )
     with pytest.raises(LLMUnavailableError, match="cannot connect"):
         c.chat(msg("x"), P)
     assert [r["status"] for r in read_jsonl(tmp_path / "calls.jsonl")] == ["retry", "error"]
@@ -221,6 +243,7 @@ def test_api_key_read_from_named_env_var(fake_llm, tmp_path, monkeypatch):
 
 # --- cache ----------------------------------------------------------------------------------------------
 
+
 def test_cache_hit_makes_no_http_request(fake_llm, tmp_path):
     c = http_client(fake_llm, tmp_path)
     first = c.chat(msg("cache me"), P)
@@ -234,8 +257,16 @@ def test_cache_hit_makes_no_http_request(fake_llm, tmp_path):
     c2 = http_client(fake_llm, tmp_path)
     assert c2.chat(msg("cache me"), P).cached is True
     assert len(fake_llm.requests) == 1
-    assert c2.usage() == {"requests": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
-                          "errors": 0, "attempts": 0, "cost": None}
+    assert c2.usage() == {
+        "requests": 0,
+        "cached": 1,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "retries": 0,
+        "errors": 0,
+        "attempts": 0,
+        "cost": None,
+    }
     # other sampling settings are another request
     c2.chat(msg("cache me"), SamplingParams(max_tokens=16, temperature=0.0, seed=3))
     assert len(fake_llm.requests) == 2
@@ -283,6 +314,7 @@ def test_random_failures_never_repeat_a_success(fake_llm, tmp_path):
 
 
 # --- concurrency ----------------------------------------------------------------------------------------
+
 
 def test_chat_many_respects_max_in_flight(fake_llm, tmp_path):
     fake_llm.latency_s = 0.05
@@ -393,6 +425,7 @@ def test_unexpected_backend_failure_is_wrapped_not_retried(tmp_path):
 
 # --- accounting -----------------------------------------------------------------------------------------
 
+
 def test_usage_and_cost_sums(fake_llm, tmp_path):
     c = http_client(fake_llm, tmp_path, price_in_per_mtok=2.0, price_out_per_mtok=8.0)
     texts = ["a", "b c", "d e f"]
@@ -426,10 +459,12 @@ def test_calls_log_lines(fake_llm, tmp_path):
 
 # --- the fake server itself -----------------------------------------------------------------------------
 
+
 def test_fake_server_models_endpoint_and_responders(fake_llm):
     with urllib.request.urlopen(fake_llm.base_url + "/models") as resp:
         assert json.load(resp)["data"][0]["id"] == "fake-model"
     from fake_llm_server import judge_responder, questions_responder
+
     req = {"messages": msg("Alpine glaciers retreat because summers warm faster than winters.")}
     q = questions_responder(req)
     assert q == questions_responder(req) and len(q.splitlines()) == 5 and q.startswith("1: ")
@@ -449,14 +484,16 @@ def test_fake_server_subprocess_and_log_file(tmp_path):
         res = c.chat(msg("Reading documents about harbours and lighthouses"), P)
         assert res.text.startswith("1: ")
         lines = read_jsonl(log, strict=True)
-        assert [(r["status"], r["key"]) for r in lines] == [(200, messages_hash(msg(
-            "Reading documents about harbours and lighthouses")))]
+        assert [(r["status"], r["key"]) for r in lines] == [
+            (200, messages_hash(msg("Reading documents about harbours and lighthouses")))
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
 # --- local backend --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def local_client(tmp_path_factory):
@@ -510,10 +547,10 @@ def test_loader_returns_one_object_per_model():
     assert isinstance(lm, LocalModel) and lm.device == "cpu" and lm.model.training is False
     assert get_local_model(TINY, device="cpu") is lm
     assert get_local_model(f"random:{Path('configs/models/tiny-llama').resolve()}", device="cpu") is lm
-    assert get_local_model(TINY, device="cpu", dtype="float32") is lm        # the CPU default, spelled out
+    assert get_local_model(TINY, device="cpu", dtype="float32") is lm  # the CPU default, spelled out
     half = get_local_model(TINY, device="cpu", dtype=torch.bfloat16)
     assert half is not lm and next(half.model.parameters()).dtype == torch.bfloat16
-    assert LocalModel.wrap(lm.model, lm.tokenizer, device="cpu") is lm    # already loaded objects: the cached entry
+    assert LocalModel.wrap(lm.model, lm.tokenizer, device="cpu") is lm  # already loaded objects: the cached entry
     assert release_local_models(TINY) == 2 and lm not in loaded_local_models()
     again = get_local_model(TINY, device="cpu")
     assert again is not lm and again in loaded_local_models()
@@ -562,10 +599,10 @@ def test_generate_left_pads_and_cuts_at_the_first_end_of_turn():
     from longalign.llm.local_model import LocalModel, eos_ids_of
     from longalign.models import load_tokenizer
 
-    tok = load_tokenizer(None)                                              # <|im_end|> = 2 = eos, <|endoftext|> = 0
+    tok = load_tokenizer(None)  # <|im_end|> = 2 = eos, <|endoftext|> = 0
     assert eos_ids_of(tok) == (2,)
     hi, there = tok.encode("Hi", add_special_tokens=False), tok.encode(" there", add_special_tokens=False)
-    fake = _ScriptedLM([hi + [2, 2, 2], hi + there + [0, 0]], eos=[0, 2])     # row 0 stops, row 1 hits eos 0 late
+    fake = _ScriptedLM([hi + [2, 2, 2], hi + there + [0, 0]], eos=[0, 2])  # row 0 stops, row 1 hits eos 0 late
     lm = LocalModel(fake, tok, spec="fake", device="cpu")
     assert lm.eos_ids == (0, 2) and fake.training is False
     out = lm.generate([[5, 6, 7], [8]], max_new_tokens=4, temperature=0.0, seed=1)
@@ -578,10 +615,14 @@ def test_generate_left_pads_and_cuts_at_the_first_end_of_turn():
     fake.new_rows = [[7, 8]]
     long = lm.generate([[5]], max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=0)[0]
     assert long.finish_reason == "length" and long.tokens == [7, 8] and long.content_tokens == 2
-    assert {k: fake.calls[1][2][k] for k in ("do_sample", "temperature", "top_p", "top_k")} == \
-        {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
+    assert {k: fake.calls[1][2][k] for k in ("do_sample", "temperature", "top_p", "top_k")} == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+    }
     lm.generate([[5]], max_new_tokens=2, temperature=0.7)
-    assert "top_k" not in fake.calls[2][2]                                 # None keeps the model's own default
+    assert "top_k" not in fake.calls[2][2]  # None keeps the model's own default
 
 
 def test_local_backend_on_the_shared_model(tmp_path):
@@ -597,9 +638,9 @@ def test_local_backend_on_the_shared_model(tmp_path):
     sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=3)
     first = client.chat(m, sampled)
     uncached = type(client)(client.backend, spec=client.spec)
-    assert uncached.chat(m, sampled).text == first.text                    # seeded sampling reproduces
+    assert uncached.chat(m, sampled).text == first.text  # seeded sampling reproduces
     client.close()
-    assert get_local_model(TINY, device="cpu") is lm                       # closing a client keeps the shared model
+    assert get_local_model(TINY, device="cpu") is lm  # closing a client keeps the shared model
 
 
 # --- crash safety ---------------------------------------------------------------------------------------
@@ -636,8 +677,9 @@ def test_sigkill_mid_run_never_pays_twice(fake_llm, tmp_path):
         time.sleep(0.01)
     first_run = len(fake_llm.requests)
     params = SamplingParams(max_tokens=8, temperature=0.0)
-    request_keys = {request_key("openai:fake-model", msg(f"doc {i}"), params): messages_hash(msg(f"doc {i}"))
-                    for i in range(60)}
+    request_keys = {
+        request_key("openai:fake-model", msg(f"doc {i}"), params): messages_hash(msg(f"doc {i}")) for i in range(60)
+    }
     cache = RequestCache(tmp_path / "cache")
     logged = {r["key"] for r in read_jsonl(tmp_path / "calls.jsonl") if r["status"] == "ok"}
     saved = {k for k in request_keys if k in cache}

@@ -26,9 +26,16 @@ def test_embedded_model_loads_from_the_safetensors_cache():
 
 
 def test_random_init_spec(tmp_path):
-    cfg = {"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
-           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-           "max_position_embeddings": 128}
+    cfg = {
+        "model_type": "llama",
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 128,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     model = models.load_model(f"random:{tmp_path}", seed=3)
     again = models.load_model(f"random:{tmp_path}", seed=3)

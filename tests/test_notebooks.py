@@ -39,8 +39,10 @@ def notebook_drift(ipynb: Path) -> list[str]:
     """What differs between ``ipynb`` and its paired percent-format source (``[]`` when in sync)."""
     source = ipynb.with_suffix(".py")
     if not source.is_file():
-        return [f"{ipynb.name} has no paired source {source.name}; create it with "
-                f"`jupytext --set-formats {PAIRING} notebooks/{ipynb.name}`"]
+        return [
+            f"{ipynb.name} has no paired source {source.name}; create it with "
+            f"`jupytext --set-formats {PAIRING} notebooks/{ipynb.name}`"
+        ]
     nb = jupytext.read(ipynb)
     problems = []
     formats = nb.metadata.get("jupytext", {}).get("formats")
@@ -50,21 +52,28 @@ def notebook_drift(ipynb: Path) -> list[str]:
     for k, (x, y) in enumerate(zip(a, b)):
         if x != y:
             what = "cell type" if x[0] != y[0] else "source" if x[1] != y[1] else "tags"
-            problems.append(f"cell {k} differs in its {what}: {source.name} has {x[0]} {_show(x[1])} (tags {x[2]}), "
-                            f"{ipynb.name} has {y[0]} {_show(y[1])} (tags {y[2]})")
+            problems.append(
+                f"cell {k} differs in its {what}: {source.name} has {x[0]} {_show(x[1])} (tags {x[2]}), "
+                f"{ipynb.name} has {y[0]} {_show(y[1])} (tags {y[2]})"
+            )
             break
     if len(a) != len(b):
         problems.append(f"{source.name} has {len(a)} cells, {ipynb.name} has {len(b)}")
     if problems:
-        problems.append(f"edit {source.name}, then refresh the notebook with `jupytext --to ipynb --update "
-                        f"notebooks/{source.name}` (or `jupytext --sync`, which takes the newer file as source)")
+        problems.append(
+            f"edit {source.name}, then refresh the notebook with `jupytext --to ipynb --update "
+            f"notebooks/{source.name}` (or `jupytext --sync`, which takes the newer file as source)"
+        )
     return problems
 
 
 def dirty_cells(nb) -> list[int]:
     """Indices of code cells that hold outputs or an execution count."""
-    return [i for i, c in enumerate(nb.cells)
-            if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    return [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
 
 
 def test_every_stage_has_a_notebook_and_a_source():
@@ -90,8 +99,10 @@ def test_ipynb_is_in_sync_with_its_source(notebook):
 def test_no_outputs_or_execution_counts(notebook):
     path, nb = notebook
     dirty = dirty_cells(nb)
-    assert not dirty, (f"{path.name}: cells {dirty} hold outputs; clear them with "
-                       f"`jupyter nbconvert --clear-output --inplace notebooks/{path.name}`")
+    assert not dirty, (
+        f"{path.name}: cells {dirty} hold outputs; clear them with "
+        f"`jupyter nbconvert --clear-output --inplace notebooks/{path.name}`"
+    )
 
 
 def test_first_code_cell_is_tagged_parameters(notebook):
@@ -105,17 +116,20 @@ def test_first_code_cell_is_tagged_parameters(notebook):
     compile(source, f"{path.name}:parameters", "exec")
     for line in source.splitlines():
         stripped = line.split("#", 1)[0].strip()
-        assert not stripped or "=" in stripped or stripped.startswith(("]", "}", ")", '"', "'")), \
+        assert not stripped or "=" in stripped or stripped.startswith(("]", "}", ")", '"', "'")), (
             f"{path.name}: parameters cell line {line!r} is not an assignment"
+        )
 
 
 def test_opens_with_a_markdown_title(notebook):
     path, nb = notebook
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# "), \
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# "), (
         f"{path.name}: the first cell should be a markdown title"
+    )
 
 
 # ---------------------------------------------------------------------- the checks above catch real drift
+
 
 @pytest.fixture
 def pair(tmp_path):

@@ -12,9 +12,15 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from longalign import IGNORE_INDEX
+from longalign.tokenize.encode import (
+    META_FILE,
+    TokenizeConfig,
+    load_tokens,
+    tokenize_conversation,
+    tokenize_file,
+    truncate,
+)
 from longalign.tokenize.formats import Rendered, RowError, render_chatglm3, render_llama2, validate_messages
-from longalign.tokenize.encode import (META_FILE, TokenizeConfig, load_tokens, tokenize_conversation,
-                                    tokenize_file, truncate)
 
 REPO = Path(__file__).resolve().parents[1]
 X = IGNORE_INDEX
@@ -26,8 +32,9 @@ def word_tokenizer(words, specials, *, bos=None, eos=None, chat_template=None):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="[UNK]",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="[UNK]", pad_token="<pad>"
+    )
     if chat_template:
         fast.chat_template = chat_template
     return fast
@@ -73,9 +80,17 @@ def labelled(row):
 # chat template (embedded SmolLM2 tokenizer)
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestTemplate:
-    CONV = msgs(("user", "Hi there"), ("assistant", "Hello!"), ("user", "Bye"), ("assistant", ""),
-                ("user", "again"), ("assistant", "See you"), ("user", "left without reply"))
+    CONV = msgs(
+        ("user", "Hi there"),
+        ("assistant", "Hello!"),
+        ("user", "Bye"),
+        ("assistant", ""),
+        ("user", "again"),
+        ("assistant", "See you"),
+        ("user", "left without reply"),
+    )
 
     def test_multi_turn_positions(self, smol_tok):
         row = tokenize_conversation(self.CONV, smol_tok)
@@ -111,8 +126,8 @@ class TestTemplate:
         assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.labels, b.labels)
 
     def test_tokenizer_without_offsets_uses_pieces(self, smol_tok):
-        from longalign.tokenize.formats import validate_messages
         from longalign.tokenize.encode import _Encoder
+        from longalign.tokenize.formats import validate_messages
 
         enc = _Encoder(smol_tok, "template", verify=True)
         enc.backend = None  # the path taken by tokenizers without a Rust backend (no offsets)
@@ -127,10 +142,13 @@ class TestTemplate:
 
     def test_boundary_merge_is_detected_and_labelled_by_offsets(self):
         # "assistant:" and the reply share one whitespace-delimited word, so one token spans the boundary
-        tmpl = ("{% for m in messages %}{{ m['role'] + ':' + m['content'] + ' <eot> ' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
-        tok = word_tokenizer(["user:Hi", "assistant:Hello", "assistant:", "Hello", "more"], ["<eot>"],
-                             eos="<eot>", chat_template=tmpl)
+        tmpl = (
+            "{% for m in messages %}{{ m['role'] + ':' + m['content'] + ' <eot> ' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+        )
+        tok = word_tokenizer(
+            ["user:Hi", "assistant:Hello", "assistant:", "Hello", "more"], ["<eot>"], eos="<eot>", chat_template=tmpl
+        )
         row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", "Hello more")), tok)
         # ids: [UNK]=0 <pad>=1 <eot>=2 user:Hi=3 assistant:Hello=4 assistant:=5 Hello=6 more=7
         assert row.input_ids.tolist() == [3, 2, 4, 7, 2]
@@ -140,12 +158,14 @@ class TestTemplate:
         assert fast.labels.tolist() == [X, X, X, 7, 2] and not fast.boundary_mismatch
 
     def test_first_special_after_reply_closes_it(self):
-        tmpl = ("{% for m in messages %}{{ '<r> ' + m['role'] + ' ' + m['content'] + ' <end> ' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ '<r> assistant ' }}{% endif %}")
-        tok = word_tokenizer(["user", "assistant", "Hi", "Hello"], ["<r>", "<end>"], eos="<end>",
-                             chat_template=tmpl)
-        row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Hi"),
-                                         ("assistant", "Hello")), tok)
+        tmpl = (
+            "{% for m in messages %}{{ '<r> ' + m['role'] + ' ' + m['content'] + ' <end> ' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<r> assistant ' }}{% endif %}"
+        )
+        tok = word_tokenizer(["user", "assistant", "Hi", "Hello"], ["<r>", "<end>"], eos="<end>", chat_template=tmpl)
+        row = tokenize_conversation(
+            msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Hi"), ("assistant", "Hello")), tok
+        )
         # <r>=2 <end>=3 user=4 assistant=5 Hi=6 Hello=7
         assert row.input_ids.tolist() == [2, 4, 6, 3, 2, 5, 7, 3, 2, 4, 6, 3, 2, 5, 7, 3]
         assert labelled(row) == [6, 7, 14, 15]
@@ -156,61 +176,90 @@ class TestTemplate:
 # Llama-2-chat
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestLlama2:
     def test_render_text(self):
-        r = render_llama2(msgs(("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"),
-                               ("user", "Bye"), ("assistant", "Ciao")), "<s>", "</s>")
-        assert r.text == ("<s>[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST] Hello </s>"
-                          "<s>[INST] Bye [/INST] Ciao </s>")
+        r = render_llama2(
+            msgs(
+                ("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Ciao")
+            ),
+            "<s>",
+            "</s>",
+        )
+        assert r.text == (
+            "<s>[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST] Ciao </s>"
+        )
         assert [r.text[a:b] for a, b in r.spans] == [" Hello </s>", " Ciao </s>"]
 
     def test_multi_turn_positions(self, llama_tok):
-        row = tokenize_conversation(msgs(("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"),
-                                         ("user", "Bye"), ("assistant", "Ciao")), llama_tok, chat_format="llama2")
+        row = tokenize_conversation(
+            msgs(
+                ("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Ciao")
+            ),
+            llama_tok,
+            chat_format="llama2",
+        )
         #            <s> [INST] <<SYS>> Be brief <</SYS>> Hi [/INST] Hello </s> <s> [INST] Bye [/INST] Ciao </s>
         assert row.input_ids.tolist() == [2, 4, 6, 8, 9, 7, 10, 5, 11, 3, 2, 4, 12, 5, 13, 3]
         assert row.labels.tolist() == [X, X, X, X, X, X, X, X, 11, 3, X, X, X, X, 13, 3]
         assert not row.boundary_mismatch
 
     def test_empty_reply_masked_with_its_eos(self, llama_tok):
-        row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", ""), ("user", "Bye"),
-                                         ("assistant", "Ciao")), llama_tok, chat_format="llama2")
+        row = tokenize_conversation(
+            msgs(("user", "Hi"), ("assistant", ""), ("user", "Bye"), ("assistant", "Ciao")),
+            llama_tok,
+            chat_format="llama2",
+        )
         assert row.input_ids.tolist() == [2, 4, 10, 5, 3, 2, 4, 12, 5, 13, 3]
         assert row.labels.tolist() == [X, X, X, X, X, X, X, X, X, 13, 3]
 
     def test_trailing_user_turn_dropped(self, llama_tok):
-        row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Again")),
-                                    llama_tok, chat_format="llama2")
+        row = tokenize_conversation(
+            msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Again")), llama_tok, chat_format="llama2"
+        )
         assert row.input_ids.tolist() == [2, 4, 10, 5, 11, 3]
 
     def test_roles_must_alternate(self, llama_tok):
         with pytest.raises(RowError, match=r"message 4 is 'user' where the llama2 format needs 'assistant'"):
-            tokenize_conversation(msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("user", "Bye"),
-                                       ("assistant", "Ciao")), llama_tok, chat_format="llama2")
+            tokenize_conversation(
+                msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("user", "Bye"), ("assistant", "Ciao")),
+                llama_tok,
+                chat_format="llama2",
+            )
 
 
 # --------------------------------------------------------------------------------------------------------
 # ChatGLM3
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestChatGLM3:
     def test_render_text(self):
-        r = render_chatglm3(msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"),
-                                 ("assistant", "Ciao")), "</s>")
+        r = render_chatglm3(
+            msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Ciao")), "</s>"
+        )
         assert r.text == "[gMASK]sop<|user|>\n Hi<|assistant|>\n Hello<|user|>\n Bye<|assistant|>\n Ciao</s>"
         assert [r.text[a:b] for a, b in r.spans] == ["\n Hello<|user|>", "\n Ciao</s>"]
 
     def test_multi_turn_positions(self, glm_tok):
-        row = tokenize_conversation(msgs(("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"),
-                                         ("user", "Bye"), ("assistant", "Ciao")), glm_tok, chat_format="chatglm3")
+        row = tokenize_conversation(
+            msgs(
+                ("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Ciao")
+            ),
+            glm_tok,
+            chat_format="chatglm3",
+        )
         #  [gMASK] sop <|system|> Be brief <|user|> Hi <|assistant|> Hello <|user|> Bye <|assistant|> Ciao </s>
         assert row.input_ids.tolist() == [2, 3, 4, 12, 13, 5, 14, 6, 15, 5, 16, 6, 17, 7]
         # each reply and the token that closes it (the next <|user|>, or </s> at the end)
         assert row.labels.tolist() == [X, X, X, X, X, X, X, X, 15, 5, X, X, 17, 7]
 
     def test_empty_reply_masked_with_its_closing(self, glm_tok):
-        row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", ""), ("user", "Bye"),
-                                         ("assistant", "Ciao")), glm_tok, chat_format="chatglm3")
+        row = tokenize_conversation(
+            msgs(("user", "Hi"), ("assistant", ""), ("user", "Bye"), ("assistant", "Ciao")),
+            glm_tok,
+            chat_format="chatglm3",
+        )
         assert row.input_ids.tolist() == [2, 3, 5, 14, 6, 5, 16, 6, 17, 7]
         assert row.labels.tolist() == [X, X, X, X, X, X, X, X, 17, 7]
 
@@ -219,15 +268,19 @@ class TestChatGLM3:
 # truncation
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestTruncation:
     IDS = np.arange(12, dtype=np.int32)
     LAB = np.where(np.arange(12) % 3 == 0, np.arange(12), X).astype(np.int32)
 
-    @pytest.mark.parametrize("policy,kept", [
-        ("right", [0, 1, 2, 3, 4]),
-        ("left", [7, 8, 9, 10, 11]),
-        ("middle", [0, 1, 2, 10, 11]),
-    ])
+    @pytest.mark.parametrize(
+        "policy,kept",
+        [
+            ("right", [0, 1, 2, 3, 4]),
+            ("left", [7, 8, 9, 10, 11]),
+            ("middle", [0, 1, 2, 10, 11]),
+        ],
+    )
     def test_kept_positions(self, policy, kept):
         ids, lab, cut = truncate(self.IDS, self.LAB, 5, policy)
         assert ids.tolist() == kept and cut
@@ -245,16 +298,23 @@ class TestTruncation:
         with pytest.raises(ValueError, match="use one of right, left, middle"):
             truncate(self.IDS, self.LAB, 5, "centre")
 
-    @pytest.mark.parametrize("policy,ids,labels", [
-        # full: <s> [INST] Hi [/INST] Hello </s> <s> [INST] Bye [/INST] Ciao </s>
-        ("right", [2, 4, 10, 5, 11, 3, 2], [X, X, X, X, 11, 3, X]),
-        ("left", [3, 2, 4, 12, 5, 13, 3], [3, X, X, X, X, 13, 3]),
-        ("middle", [2, 4, 10, 5, 5, 13, 3], [X, X, X, X, X, 13, 3]),
-    ])
+    @pytest.mark.parametrize(
+        "policy,ids,labels",
+        [
+            # full: <s> [INST] Hi [/INST] Hello </s> <s> [INST] Bye [/INST] Ciao </s>
+            ("right", [2, 4, 10, 5, 11, 3, 2], [X, X, X, X, 11, 3, X]),
+            ("left", [3, 2, 4, 12, 5, 13, 3], [3, X, X, X, X, 13, 3]),
+            ("middle", [2, 4, 10, 5, 5, 13, 3], [X, X, X, X, X, 13, 3]),
+        ],
+    )
     def test_conversation(self, llama_tok, policy, ids, labels):
-        row = tokenize_conversation(msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"),
-                                         ("assistant", "Ciao")), llama_tok, chat_format="llama2",
-                                    max_len=7, truncation=policy)
+        row = tokenize_conversation(
+            msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Ciao")),
+            llama_tok,
+            chat_format="llama2",
+            max_len=7,
+            truncation=policy,
+        )
         assert row.input_ids.tolist() == ids and row.labels.tolist() == labels
         assert row.truncated and row.n_target_before == 4
 
@@ -263,18 +323,22 @@ class TestTruncation:
 # validation
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestValidation:
-    @pytest.mark.parametrize("messages,match", [
-        (None, 'no "messages" field'),
-        ("Hi", '"messages" is a str, not a list'),
-        ([], '"messages" is empty'),
-        ([{"role": "human", "content": "Hi"}], "message 1 has role 'human'.*map human to user"),
-        ([{"role": "user", "content": ["a", "b"]}], "message 1 \\(user\\) has list content, not text"),
-        ([{"role": "user", "content": None}], "has null content"),
-        ([{"role": "user"}], 'has no "content"'),
-        ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}], "system message after"),
-        (["Hi"], "message 1 is a str, not an object"),
-    ])
+    @pytest.mark.parametrize(
+        "messages,match",
+        [
+            (None, 'no "messages" field'),
+            ("Hi", '"messages" is a str, not a list'),
+            ([], '"messages" is empty'),
+            ([{"role": "human", "content": "Hi"}], "message 1 has role 'human'.*map human to user"),
+            ([{"role": "user", "content": ["a", "b"]}], "message 1 \\(user\\) has list content, not text"),
+            ([{"role": "user", "content": None}], "has null content"),
+            ([{"role": "user"}], 'has no "content"'),
+            ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}], "system message after"),
+            (["Hi"], "message 1 is a str, not an object"),
+        ],
+    )
     def test_bad_messages(self, messages, match):
         with pytest.raises(RowError, match=match):
             validate_messages(messages)
@@ -288,6 +352,7 @@ class TestValidation:
 # the file stage
 # --------------------------------------------------------------------------------------------------------
 
+
 def write_jsonl(path: Path, rows) -> Path:
     with path.open("w", encoding="utf-8") as fh:
         for r in rows:
@@ -296,12 +361,17 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 GOOD = [
-    {"messages": msgs(("user", "Hi"), ("assistant", "Hello")), "source": "short", "lang": "en",
-     "task_type": "chat"},
+    {"messages": msgs(("user", "Hi"), ("assistant", "Hello")), "source": "short", "lang": "en", "task_type": "chat"},
     {"messages": msgs(("user", "Bye Bye Bye Bye Bye Bye"), ("assistant", "Ciao")), "source": "long"},
     {"messages": msgs(("user", "Hi"), ("assistant", ""))},
-    {"messages": msgs(("system", "Be brief"), ("user", "Hi"), ("assistant", "Sure"), ("user", "Again"),
-                      ("assistant", "Hello")), "source": "short", "lang": None, "task_type": "chat"},
+    {
+        "messages": msgs(
+            ("system", "Be brief"), ("user", "Hi"), ("assistant", "Sure"), ("user", "Again"), ("assistant", "Hello")
+        ),
+        "source": "short",
+        "lang": None,
+        "task_type": "chat",
+    },
 ]
 
 
@@ -330,8 +400,17 @@ class TestTokenizeFile:
         assert ds["source"] == ["short", "short"] and ds["lang"] == ["en", ""] and ds["task_type"] == ["chat", "chat"]
         assert str(ds.features["input_ids"].feature.dtype) == "int32"
         assert str(ds.features["length"].dtype) == "int32"
-        for key in ("tokenizer", "vocab_size", "chat_format", "max_len", "truncation", "n_rows", "n_truncated",
-                    "eos_token_id", "pad_token_id"):
+        for key in (
+            "tokenizer",
+            "vocab_size",
+            "chat_format",
+            "max_len",
+            "truncation",
+            "n_rows",
+            "n_truncated",
+            "eos_token_id",
+            "pad_token_id",
+        ):
             assert key in meta
         assert meta["chat_format"] == "llama2" and meta["max_len"] == 9 and meta["n_rows"] == 2
         assert meta["n_truncated"] == 1 and meta["eos_token_id"] == 3 and meta["pad_token_id"] == 1
@@ -341,8 +420,9 @@ class TestTokenizeFile:
 
     def test_keep_rows_without_target(self, tmp_path, llama_tok):
         src = write_jsonl(tmp_path / "mixed.jsonl", GOOD)
-        res = tokenize_file(src, tmp_path / "tokens", cfg(drop_no_target=False), tokenizer=llama_tok,
-                            show_progress=False)
+        res = tokenize_file(
+            src, tmp_path / "tokens", cfg(drop_no_target=False), tokenizer=llama_tok, show_progress=False
+        )
         ds, _ = load_tokens(tmp_path / "tokens")
         assert ds["line"] == [1, 2, 3, 4] and ds["n_target"] == [2, 0, 0, 1]
         assert res.n_dropped == 0 and res.n_no_target == 1 and res.n_no_target_after_truncation == 1
@@ -351,8 +431,7 @@ class TestTokenizeFile:
         rows = [GOOD[i % 4] for i in range(40)]
         src = write_jsonl(tmp_path / "mixed.jsonl", rows)
         tokenize_file(src, tmp_path / "a", cfg(num_proc=1), tokenizer=llama_tok, show_progress=False)
-        tokenize_file(src, tmp_path / "b", cfg(num_proc=2, chunk_size=3), tokenizer=llama_tok,
-                      show_progress=False)
+        tokenize_file(src, tmp_path / "b", cfg(num_proc=2, chunk_size=3), tokenizer=llama_tok, show_progress=False)
         a, _ = load_tokens(tmp_path / "a")
         b, _ = load_tokens(tmp_path / "b")
         assert a.to_dict() == b.to_dict() and len(a) == 20
@@ -363,7 +442,7 @@ class TestTokenizeFile:
             '{"text": "no messages"}': 'no "messages" field',
             '{"messages": [{"role": "gpt", "content": "x"}]}': "role 'gpt'",
             '{"messages": [{"role": "user", "content": {"a": 1}}]}': "dict content, not text",
-            '[1, 2]': "a JSON list, not an object",
+            "[1, 2]": "a JSON list, not an object",
         }
         for bad, match in cases.items():
             src = write_jsonl(tmp_path / "bad.jsonl", [GOOD[0], "", bad])
@@ -379,10 +458,11 @@ class TestTokenizeFile:
             tokenize_file(src, tmp_path / "tokens", cfg(num_proc=2), tokenizer=llama_tok, show_progress=False)
 
     def test_skip_mode(self, tmp_path, llama_tok):
-        src = write_jsonl(tmp_path / "mixed.jsonl", [GOOD[0], "{oops", {"messages": msgs(("bot", "x"))},
-                                                     {"messages": msgs(("assistant", "Hi"))}, GOOD[3]])
-        res = tokenize_file(src, tmp_path / "tokens", cfg(on_error="skip"), tokenizer=llama_tok,
-                            show_progress=False)
+        src = write_jsonl(
+            tmp_path / "mixed.jsonl",
+            [GOOD[0], "{oops", {"messages": msgs(("bot", "x"))}, {"messages": msgs(("assistant", "Hi"))}, GOOD[3]],
+        )
+        res = tokenize_file(src, tmp_path / "tokens", cfg(on_error="skip"), tokenizer=llama_tok, show_progress=False)
         assert res.n_skipped == 3 and res.n_rows == 2 and res.n_input_rows == 5
         skipped = [json.loads(x) for x in (tmp_path / "tokens_skipped.jsonl").read_text().splitlines()]
         assert [s["line"] for s in skipped] == [2, 3, 4]
@@ -441,6 +521,7 @@ class TestLoadTokens:
 # config and command line
 # --------------------------------------------------------------------------------------------------------
 
+
 class TestConfig:
     def test_choices_validated(self):
         with pytest.raises(ValueError, match="truncation='centre' is not accepted"):
@@ -467,8 +548,7 @@ def test_cli_run_directory(tmp_path, smol_tok, capsys):
     write_jsonl(run.mixed, [GOOD[0], GOOD[3], "{bad"])
     cfg_file = tmp_path / "t.yaml"
     cfg_file.write_text("max_len: 4096\non_error: skip\n")
-    code = main(["tokenize", "--run", str(run.root), "--config", str(cfg_file), "--max-len", "64",
-                 "--no-progress"])
+    code = main(["tokenize", "--run", str(run.root), "--config", str(cfg_file), "--max-len", "64", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
     assert "rows       2 written of 3 read" in out and "skipped    1 bad rows" in out

@@ -29,8 +29,15 @@ def test_colours_follow_the_labels_and_text_is_escaped():
     out = label_strip_html(PieceTokenizer(), ids, labels)
     spans = _spans(out)
     assert [c for c, _ in spans] == [CONTEXT_COLOUR] * 4 + [TARGET_COLOUR] * 3
-    assert [t for _, t in spans] == ["&lt;|im_start|&gt;", "user", "⏎", "a &amp; b", " &lt;b&gt;", "ok",
-                                     "&lt;|im_end|&gt;"]
+    assert [t for _, t in spans] == [
+        "&lt;|im_start|&gt;",
+        "user",
+        "⏎",
+        "a &amp; b",
+        " &lt;b&gt;",
+        "ok",
+        "&lt;|im_end|&gt;",
+    ]
     assert "<b>" not in out and out.startswith("<div") and out.endswith("</div>")
 
 

@@ -18,8 +18,7 @@ datasets = pytest.importorskip("datasets")
 
 from longalign.rundir import read_jsonl  # noqa: E402
 from longalign.train import TrainConfig  # noqa: E402
-from longalign.train.trainer import (PlanBatchSampler, apply_context_extension, packing_probe,  # noqa: E402
-                                     rope_base, train)
+from longalign.train.trainer import PlanBatchSampler, apply_context_extension, packing_probe, rope_base, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = f"random:{ROOT / 'configs' / 'models' / 'tiny-llama'}"
@@ -29,31 +28,67 @@ torch.set_num_threads(1)
 LENGTHS = [12, 30, 7, 22, 16, 9, 27, 19]  # 8 sequences, 142 tokens
 
 
-def make_tokens(folder: Path, lengths=LENGTHS, *, seed: int = 0, vocab_size: int = 49152, max_len: int = 64,
-                tokenizer: str = "smollm2") -> Path:
+def make_tokens(
+    folder: Path,
+    lengths=LENGTHS,
+    *,
+    seed: int = 0,
+    vocab_size: int = 49152,
+    max_len: int = 64,
+    tokenizer: str = "smollm2",
+) -> Path:
     """A tokens folder with the contract's columns: labels on the second half of each sequence."""
     rng = np.random.default_rng(seed)
     ids, labels, n_target = [], [], []
     for n in lengths:
         seq = rng.integers(10, 2000, size=n).tolist()
-        lab = [-100] * (n // 2) + seq[n // 2:]
+        lab = [-100] * (n // 2) + seq[n // 2 :]
         ids.append(seq)
         labels.append(lab)
         n_target.append(sum(x != -100 for x in lab))
-    ds = datasets.Dataset.from_dict({
-        "input_ids": ids, "labels": labels, "length": [len(s) for s in ids], "n_target": n_target,
-        "source": ["test"] * len(ids), "lang": ["en"] * len(ids), "task_type": ["general"] * len(ids)})
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "labels": labels,
+            "length": [len(s) for s in ids],
+            "n_target": n_target,
+            "source": ["test"] * len(ids),
+            "lang": ["en"] * len(ids),
+            "task_type": ["general"] * len(ids),
+        }
+    )
     ds.save_to_disk(str(folder))
-    meta = {"tokenizer": tokenizer, "vocab_size": vocab_size, "chat_format": "template", "max_len": max_len,
-            "truncation": "right", "n_rows": len(ids), "n_truncated": 0, "eos_token_id": 2, "pad_token_id": 2}
+    meta = {
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "chat_format": "template",
+        "max_len": max_len,
+        "truncation": "right",
+        "n_rows": len(ids),
+        "n_truncated": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
     (folder / "longalign_meta.json").write_text(json.dumps(meta))
     return folder
 
 
 def cfg_for(tmp_path: Path, name: str, **kw) -> TrainConfig:
-    base = dict(tokens=str(tmp_path / "tokens"), output_dir=str(tmp_path / name), model=TINY, method="pack",
-                max_len=64, learning_rate=1e-3, lr_scheduler="constant", warmup_ratio=0.0, epochs=1.0,
-                save_steps=0, save_final=False, progress=False, seed=0)
+    base = dict(
+        tokens=str(tmp_path / "tokens"),
+        output_dir=str(tmp_path / name),
+        model=TINY,
+        method="pack",
+        max_len=64,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        epochs=1.0,
+        save_steps=0,
+        save_final=False,
+        progress=False,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -74,8 +109,7 @@ class GradCapture:
 
             def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
                 if not self.grads:
-                    self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-                                  if p.grad is not None}
+                    self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
         return _Capture()
 
@@ -93,6 +127,7 @@ def max_diff(a, b):
 
 # ------------------------------------------------------------------------------------------------ loss weights
 
+
 def test_packed_sequence_gradients_equal_naive_sequence_gradients(tmp_path, tokens):
     from longalign.batching import make_plan
 
@@ -109,8 +144,9 @@ def test_dense_mask_packing_matches_and_the_pack_mean_does_not(tmp_path, tokens)
 
     k = len(make_plan(LENGTHS, "pack", max_len=64).batches)
     naive = first_step_grads(tmp_path, "naive", method="naive", per_device_batch_size=8, loss_norm="sequence")
-    dense = first_step_grads(tmp_path, "pack_sdpa", method="pack", grad_accum=k, loss_norm="sequence",
-                             attn_implementation="sdpa")
+    dense = first_step_grads(
+        tmp_path, "pack_sdpa", method="pack", grad_accum=k, loss_norm="sequence", attn_implementation="sdpa"
+    )
     assert max_diff(naive, dense) < 1e-5
     # the biased per-pack mean is a different objective: its gradient differs
     biased = first_step_grads(tmp_path, "pack_bias", method="pack", grad_accum=k, loss_norm="pack")
@@ -121,14 +157,23 @@ def test_dense_mask_packing_matches_and_the_pack_mean_does_not(tmp_path, tokens)
 def test_token_norm_equal_across_batchings_and_accumulation(tmp_path, tokens):
     # 8 sequences as 1 micro-batch of 8 vs 4 accumulated micro-batches of 2: same token-mean gradient
     one = first_step_grads(tmp_path, "t1", method="naive", per_device_batch_size=8, loss_norm="token")
-    four = first_step_grads(tmp_path, "t4", method="naive", per_device_batch_size=2, grad_accum=4,
-                            loss_norm="token")
+    four = first_step_grads(tmp_path, "t4", method="naive", per_device_batch_size=2, grad_accum=4, loss_norm="token")
     assert max_diff(one, four) < 1e-5
 
 
 def test_metrics_lines_match_the_chosen_normalisation(tmp_path, tokens):
-    res = train(cfg_for(tmp_path, "m", method="naive", per_device_batch_size=4, grad_accum=2, max_steps=1,
-                        learning_rate=0.0, loss_norm="sequence"))
+    res = train(
+        cfg_for(
+            tmp_path,
+            "m",
+            method="naive",
+            per_device_batch_size=4,
+            grad_accum=2,
+            max_steps=1,
+            learning_rate=0.0,
+            loss_norm="sequence",
+        )
+    )
     (rec,) = read_jsonl(res.metrics_path)
     assert rec["step"] == 1 and rec["sequences"] == 8 and rec["packs"] == 2
     assert rec["real_tokens"] == sum(LENGTHS) and rec["padded_tokens"] >= rec["real_tokens"]
@@ -142,11 +187,22 @@ def test_metrics_lines_match_the_chosen_normalisation(tmp_path, tokens):
 
 # ------------------------------------------------------------------------------------------------ overfitting
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["naive", "sort", "pack"])
 def test_loss_falls_when_overfitting_eight_sequences(tmp_path, tokens, method):
-    res = train(cfg_for(tmp_path, method, method=method, per_device_batch_size=4, max_len=64, epochs=12.0,
-                        learning_rate=3e-3, save_final=(method == "pack")))
+    res = train(
+        cfg_for(
+            tmp_path,
+            method,
+            method=method,
+            per_device_batch_size=4,
+            max_len=64,
+            epochs=12.0,
+            learning_rate=3e-3,
+            save_final=(method == "pack"),
+        )
+    )
     recs = read_jsonl(res.metrics_path)
     losses = [r["loss"] for r in recs]
     assert [r["step"] for r in recs] == list(range(1, len(recs) + 1))
@@ -164,6 +220,7 @@ def test_loss_falls_when_overfitting_eight_sequences(tmp_path, tokens, method):
 
 
 # ------------------------------------------------------------------------------------------------ data order
+
 
 def test_sampler_gives_each_rank_its_slice_and_pads_the_last_step():
     batches = [[i] for i in range(9)]
@@ -186,6 +243,7 @@ def test_later_epochs_shuffle_whole_steps_only():
 
 # ------------------------------------------------------------------------------------------------ resume
 
+
 class StopAt:
     def __new__(cls, step):
         from transformers import TrainerCallback
@@ -201,8 +259,9 @@ class StopAt:
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tokens):
     # 4 steps per epoch; 7 steps cross an epoch boundary; checkpoint at 5, killed at 6 (mid epoch 2)
-    kw = dict(method="naive", per_device_batch_size=2, max_steps=7, save_steps=5, lr_scheduler="cosine",
-              warmup_ratio=0.2)
+    kw = dict(
+        method="naive", per_device_batch_size=2, max_steps=7, save_steps=5, lr_scheduler="cosine", warmup_ratio=0.2
+    )
     full = train(cfg_for(tmp_path, "full", **kw))
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(tmp_path, "cut", **kw), callbacks=[StopAt(6)])
@@ -219,11 +278,13 @@ def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, token
 
 # ------------------------------------------------------------------------------------------------ context
 
+
 def test_context_extension_handles_both_config_layouts():
     from transformers import LlamaConfig
 
-    new = LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
-                      max_position_embeddings=4096)
+    new = LlamaConfig(
+        hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64, max_position_embeddings=4096
+    )
     assert rope_base(new) == 10000.0
     apply_context_extension(new, 200, 65536)
     assert rope_base(new) == 2_000_000.0 and new.max_position_embeddings == 65536
@@ -238,8 +299,7 @@ def test_context_extension_handles_both_config_layouts():
 
 @pytest.mark.slow
 def test_rope_scale_run_records_and_saves_the_new_base(tmp_path, tokens):
-    res = train(cfg_for(tmp_path, "rope", method="pack", max_steps=1, rope_scale=200.0, max_len=8192,
-                        save_final=True))
+    res = train(cfg_for(tmp_path, "rope", method="pack", max_steps=1, rope_scale=200.0, max_len=8192, save_final=True))
     assert res.run_meta["rope_theta"] == 2_000_000.0 and res.run_meta["max_position_embeddings"] == 8192
     from transformers import AutoConfig
 
@@ -248,6 +308,7 @@ def test_rope_scale_run_records_and_saves_the_new_base(tmp_path, tokens):
 
 
 # ------------------------------------------------------------------------------------------------ errors
+
 
 def test_missing_tokens_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="longalign tokenize"):
@@ -272,8 +333,9 @@ def test_backend_that_cannot_isolate_packed_sequences(tmp_path, tokens):
     from longalign.batching import PackedCollator
 
     def whole_row_causal(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kw):
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
-                                             enable_gqa=q.shape[1] != k.shape[1])
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1]
+        )
         return out.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register("test_whole_row", whole_row_causal)
@@ -292,6 +354,7 @@ def test_unknown_choices_are_rejected(tmp_path, tokens):
 
 
 # ------------------------------------------------------------------------------------------------ configs + CLI
+
 
 def test_shipped_yaml_configs_parse_and_name_their_command():
     from longalign.config import build_config
@@ -314,8 +377,19 @@ def test_cli_train_with_run_dir(tmp_path):
 
     run = tmp_path / "run"
     make_tokens(run / "tokens")
-    rc = main(["train", "--config", str(ROOT / "configs" / "train" / "tiny_test.yaml"), "--run", str(run),
-               "--max-steps", "2", "--progress", "false"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "train" / "tiny_test.yaml"),
+            "--run",
+            str(run),
+            "--max-steps",
+            "2",
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 0
     recs = read_jsonl(run / "train" / "pack" / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2]
@@ -326,18 +400,28 @@ def test_cli_train_with_run_dir(tmp_path):
 # ------------------------------------------------------------------------------------------------ real model
 
 CONVERSATIONS = [
-    ("What does a lighthouse keeper do?",
-     "A lighthouse keeper tends the light, cleans the lens, winds the clockwork and records the weather."),
+    (
+        "What does a lighthouse keeper do?",
+        "A lighthouse keeper tends the light, cleans the lens, winds the clockwork and records the weather.",
+    ),
     ("Name three planets close to the sun.", "Mercury, Venus and Earth are the three planets closest to the sun."),
-    ("How do you make a cup of tea?",
-     "Boil water, pour it over the tea leaves, wait three to five minutes, then remove the leaves."),
-    ("Why is the sky blue?",
-     "Air scatters short blue wavelengths of sunlight much more than red ones, so blue light reaches us "
-     "from every part of the sky."),
-    ("What is a prime number?",
-     "A prime number is a whole number above one whose only divisors are one and itself, such as 2, 3, 5 and 7."),
-    ("Summarise the water cycle.",
-     "Water evaporates, condenses into clouds, falls as rain or snow, and flows back to rivers and seas."),
+    (
+        "How do you make a cup of tea?",
+        "Boil water, pour it over the tea leaves, wait three to five minutes, then remove the leaves.",
+    ),
+    (
+        "Why is the sky blue?",
+        "Air scatters short blue wavelengths of sunlight much more than red ones, so blue light reaches us "
+        "from every part of the sky.",
+    ),
+    (
+        "What is a prime number?",
+        "A prime number is a whole number above one whose only divisors are one and itself, such as 2, 3, 5 and 7.",
+    ),
+    (
+        "Summarise the water cycle.",
+        "Water evaporates, condenses into clouds, falls as rain or snow, and flows back to rivers and seas.",
+    ),
 ]
 
 
@@ -351,25 +435,45 @@ def test_short_sft_of_the_embedded_model_saves_a_model_that_reloads_and_generate
     for k in range(3):  # 18 conversations, each with a short context paragraph in front of the question
         for q, ans in CONVERSATIONS:
             context = " ".join(f"Note {k}.{j}: {ans}" for j in range(3))
-            rows.append({"messages": [{"role": "user", "content": f"{context}\n\n{q}"},
-                                      {"role": "assistant", "content": ans}], "source": "test"})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"{context}\n\n{q}"},
+                        {"role": "assistant", "content": ans},
+                    ],
+                    "source": "test",
+                }
+            )
     data = tmp_path / "mixed.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenize_file(data, tmp_path / "tokens", TokenizeConfig(model="smollm2", max_len=512), show_progress=False)
-    res = train(TrainConfig(tokens=str(tmp_path / "tokens"), output_dir=str(tmp_path / "out"), model="smollm2",
-                            method="pack", max_len=512, grad_accum=1, max_steps=4, learning_rate=5e-5,
-                            warmup_ratio=0.0, save_steps=2, progress=False))
+    res = train(
+        TrainConfig(
+            tokens=str(tmp_path / "tokens"),
+            output_dir=str(tmp_path / "out"),
+            model="smollm2",
+            method="pack",
+            max_len=512,
+            grad_accum=1,
+            max_steps=4,
+            learning_rate=5e-5,
+            warmup_ratio=0.0,
+            save_steps=2,
+            progress=False,
+        )
+    )
     recs = read_jsonl(res.metrics_path)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["real_tokens"] > 200 for r in recs)
     assert res.run_meta["model"] == "SmolLM2-135M-Instruct"
     tok = AutoTokenizer.from_pretrained(res.final_dir)
     model = AutoModelForCausalLM.from_pretrained(res.final_dir)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}],
-                                     add_generation_prompt=True, return_tensors="pt")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Why is the sky blue?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert out.shape[1] > ids.shape[1] and text.strip()
 
 
@@ -381,8 +485,11 @@ def test_plan_file_is_checked_against_the_tokens(tmp_path, tokens):
     good.write_text(json.dumps({"batches": [[1, 5], [6, 0], [3, 4], [7, 2]]}))
     plan = plan_from_file(good, lengths, cfg_for(tmp_path, "x"), 40, 1)
     assert plan.batches == [[1, 5], [6, 0], [3, 4], [7, 2]] and plan.stats["n_tokens"] == sum(LENGTHS)
-    for batches, message in (([[1, 8]], "outside the 8 rows"), ([[1], [1]], "appears twice"),
-                             ([[1, 6]], "holds 57 tokens > max_len=40")):
+    for batches, message in (
+        ([[1, 8]], "outside the 8 rows"),
+        ([[1], [1]], "appears twice"),
+        ([[1, 6]], "holds 57 tokens > max_len=40"),
+    ):
         bad = tmp_path / "bad.plan.json"
         bad.write_text(json.dumps({"batches": batches}))
         with pytest.raises(ValueError, match=message):

@@ -26,9 +26,28 @@ from longalign.rundir import read_jsonl  # noqa: E402
 from longalign.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--model", TINY, "--learning-rate", "1e-3", "--lr-scheduler", "constant", "--warmup-ratio", "0",
-          "--max-grad-norm", "0", "--epochs", "1", "--save-steps", "0", "--save-final", "true",
-          "--progress", "false", "--seed", "0"]
+COMMON = [
+    "--model",
+    TINY,
+    "--learning-rate",
+    "1e-3",
+    "--lr-scheduler",
+    "constant",
+    "--warmup-ratio",
+    "0",
+    "--max-grad-norm",
+    "0",
+    "--epochs",
+    "1",
+    "--save-steps",
+    "0",
+    "--save-final",
+    "true",
+    "--progress",
+    "false",
+    "--seed",
+    "0",
+]
 
 
 def free_port() -> int:
@@ -55,8 +74,11 @@ def compare(single: Path, multi: Path) -> None:
     for ra, rb in zip(a, b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-6)
         assert rb["loss_token_mean"] == pytest.approx(ra["loss_token_mean"], rel=1e-6)
-        assert (rb["sequences"], rb["target_tokens"], rb["real_tokens"]) == \
-               (ra["sequences"], ra["target_tokens"], ra["real_tokens"])
+        assert (rb["sequences"], rb["target_tokens"], rb["real_tokens"]) == (
+            ra["sequences"],
+            ra["target_tokens"],
+            ra["real_tokens"],
+        )
     wa, wb = weights(single / "final"), weights(multi / "final")
     assert set(wa) <= set(wb)  # DeepSpeed also writes the tied lm_head.weight
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
@@ -71,8 +93,9 @@ def saved_initial_model(folder: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ROOT / "configs" / "models" / "tiny-llama")) \
-        .save_pretrained(folder)
+    AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(ROOT / "configs" / "models" / "tiny-llama")
+    ).save_pretrained(folder)
     return folder
 
 
@@ -90,16 +113,56 @@ def test_ddp_two_ranks_equal_one_rank_with_accumulation(tmp_path, launcher):
     tokens = make_tokens(tmp_path / "tokens")
     # naive, 3 sequences per micro-batch: micro-batches of 3, 3, 2 -> step 2 holds one real micro-batch,
     # so rank 1 runs a zero-weight filler there
-    train(cfg_for(tmp_path, "single", method="naive", per_device_batch_size=3, grad_accum=2, max_grad_norm=0.0,
-                  save_final=True))
+    train(
+        cfg_for(
+            tmp_path,
+            "single",
+            method="naive",
+            per_device_batch_size=3,
+            grad_accum=2,
+            max_grad_norm=0.0,
+            save_final=True,
+        )
+    )
     port = str(free_port())
     if launcher == "torchrun":
         start = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:  # on CPU --multi_gpu starts 2 gloo processes (--cpu --num_processes 2 would start only one)
-        start = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
-    cmd = [*start, "-m", "longalign.cli", "train", "--tokens", str(tokens), "--output-dir", str(tmp_path / "ddp"),
-           "--method", "naive", "--per-device-batch-size", "3", "--max-len", "64", "--grad-accum", "1", *COMMON]
+        start = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
+    cmd = [
+        *start,
+        "-m",
+        "longalign.cli",
+        "train",
+        "--tokens",
+        str(tokens),
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--method",
+        "naive",
+        "--per-device-batch-size",
+        "3",
+        "--max-len",
+        "64",
+        "--grad-accum",
+        "1",
+        *COMMON,
+    ]
     launch(cmd)
     meta = (tmp_path / "ddp" / "run_meta.json").read_text()
     assert '"world_size": 2' in meta
@@ -107,8 +170,10 @@ def test_ddp_two_ranks_equal_one_rank_with_accumulation(tmp_path, launcher):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
-                    reason="deepspeed is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
+    reason="deepspeed is not installed",
+)
 @pytest.mark.parametrize("zero,loss_impl", [("zero2", "chunked"), ("zero3", "chunked"), ("zero3", "full")])
 def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, loss_impl):
     from longalign.batching import make_plan
@@ -120,11 +185,52 @@ def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, lo
     plan.save(plan_path=tmp_path / "pack.plan.json")
     # ZeRO-3 initialises a random model shard by shard (other random numbers): both runs start from saved weights
     init = saved_initial_model(tmp_path / "init")
-    train(cfg_for(tmp_path, "single", model=str(init), tokenizer="smollm2", method="pack", max_len=40, grad_accum=2, max_grad_norm=0.0,
-                  save_final=True, plan=str(tmp_path / "pack.plan.json"), loss_impl="full"))
-    cmd = ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-           "longalign.cli", "train", "--tokens", str(tokens), "--output-dir", str(tmp_path / zero),
-           "--method", "pack", "--max-len", "40", "--grad-accum", "1", "--plan", str(tmp_path / "pack.plan.json"),
-           "--deepspeed", f"configs/deepspeed/{zero}.json", "--loss-impl", loss_impl, *COMMON, "--model", str(init), "--tokenizer", "smollm2"]
+    train(
+        cfg_for(
+            tmp_path,
+            "single",
+            model=str(init),
+            tokenizer="smollm2",
+            method="pack",
+            max_len=40,
+            grad_accum=2,
+            max_grad_norm=0.0,
+            save_final=True,
+            plan=str(tmp_path / "pack.plan.json"),
+            loss_impl="full",
+        )
+    )
+    cmd = [
+        "deepspeed",
+        "--no_local_rank",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "longalign.cli",
+        "train",
+        "--tokens",
+        str(tokens),
+        "--output-dir",
+        str(tmp_path / zero),
+        "--method",
+        "pack",
+        "--max-len",
+        "40",
+        "--grad-accum",
+        "1",
+        "--plan",
+        str(tmp_path / "pack.plan.json"),
+        "--deepspeed",
+        f"configs/deepspeed/{zero}.json",
+        "--loss-impl",
+        loss_impl,
+        *COMMON,
+        "--model",
+        str(init),
+        "--tokenizer",
+        "smollm2",
+    ]
     launch(cmd)
     compare(tmp_path / "single", tmp_path / zero)

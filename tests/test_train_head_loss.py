@@ -21,8 +21,13 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from longalign import IGNORE_INDEX  # noqa: E402
 from longalign.batching import PackedCollator, PaddedCollator, make_plan, plan_features, token_weights  # noqa: E402
 from longalign.batching.loss import LOSS_NORMS, weighted_and_plain_ce  # noqa: E402
-from longalign.train.head_loss import (chunked_head_loss, default_chunk_rows, install_loss_head,  # noqa: E402
-                                       loss_request, read_loss_output)
+from longalign.train.head_loss import (  # noqa: E402
+    chunked_head_loss,
+    default_chunk_rows,
+    install_loss_head,
+    loss_request,
+    read_loss_output,
+)
 
 torch.set_num_threads(1)
 VOCAB = 320
@@ -30,9 +35,16 @@ LENGTHS = [11, 4, 9, 15, 6, 13, 8, 3]
 
 
 def tiny_model(tied: bool, dtype, seed: int = 0) -> LlamaForCausalLM:
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
-                      max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).to(dtype)
 
@@ -186,7 +198,7 @@ class TestMemory:
 
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                for t in out if isinstance(out, (tuple, list)) else (out,):
                     if isinstance(t, torch.Tensor):
                         Largest.biggest = max(Largest.biggest, t.numel())
                 return out
@@ -255,8 +267,13 @@ class TestHead:
     def test_shape_mismatch_is_named(self):
         model = tiny_model(False, torch.float32)
         with pytest.raises(ValueError, match="shape mismatch"):
-            chunked_head_loss(torch.zeros(1, 4, 32), model.lm_head.weight, None, torch.zeros(1, 5, dtype=torch.long),
-                              torch.zeros(1, 5))
+            chunked_head_loss(
+                torch.zeros(1, 4, 32),
+                model.lm_head.weight,
+                None,
+                torch.zeros(1, 5, dtype=torch.long),
+                torch.zeros(1, 5),
+            )
 
 
 class TestTraining:
@@ -274,10 +291,23 @@ class TestTraining:
         make_tokens(tmp_path / "tokens")
         finals = {}
         for impl in ("full", "chunked"):
-            cfg = TrainConfig(tokens=str(tmp_path / "tokens"), output_dir=str(tmp_path / impl), model=TINY,
-                              method="pack", max_len=64, learning_rate=1e-4, lr_scheduler="constant",
-                              warmup_ratio=0.0, max_steps=2, grad_accum=2, save_steps=0, save_final=True,
-                              progress=False, seed=0, loss_impl=impl)
+            cfg = TrainConfig(
+                tokens=str(tmp_path / "tokens"),
+                output_dir=str(tmp_path / impl),
+                model=TINY,
+                method="pack",
+                max_len=64,
+                learning_rate=1e-4,
+                lr_scheduler="constant",
+                warmup_ratio=0.0,
+                max_steps=2,
+                grad_accum=2,
+                save_steps=0,
+                save_final=True,
+                progress=False,
+                seed=0,
+                loss_impl=impl,
+            )
             res = train(cfg)
             finals[impl] = (read_jsonl(res.metrics_path), res.final_dir)
             meta = json.loads((Path(res.output_dir) / "run_meta.json").read_text())

@@ -10,14 +10,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from longalign.train.memory import (GIB, ModelShape, deepspeed_settings, largest_max_len, load_shape,  # noqa: E402
-                                    parse_memory, plan_memory)
+from longalign.train.memory import (  # noqa: E402
+    GIB,
+    ModelShape,
+    deepspeed_settings,
+    largest_max_len,
+    load_shape,
+    parse_memory,
+    plan_memory,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-LLAMA2_7B = ModelShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, head_dim=128, vocab=32000,
-                       tied=False)
-LLAMA31_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128,
-                        vocab=128256, tied=False)
+LLAMA2_7B = ModelShape(
+    hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, head_dim=128, vocab=32000, tied=False
+)
+LLAMA31_8B = ModelShape(
+    hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False
+)
 
 
 def saved_activation_bytes(shape: ModelShape, tokens: int, backend: str = "sdpa", checkpointing: bool = False) -> int:
@@ -27,10 +36,17 @@ def saved_activation_bytes(shape: ModelShape, tokens: int, backend: str = "sdpa"
     from longalign.batching import select_attention
 
     select_attention(torch.device("cpu"), True)  # registers the project's kernels
-    cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                      num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                      num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim, tie_word_embeddings=shape.tied,
-                      max_position_embeddings=tokens + 8)
+    cfg = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        tie_word_embeddings=shape.tied,
+        max_position_embeddings=tokens + 8,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM._from_config(cfg, attn_implementation=backend, dtype=torch.float32)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -53,22 +69,28 @@ class TestActivations:
     @pytest.mark.parametrize("backend", ["sdpa", "longalign_segment"])
     def test_the_per_token_count_is_what_autograd_saves(self, dims, backend):
         hidden, inter, heads, kv, hd = dims
-        shape = ModelShape(hidden=hidden, intermediate=inter, layers=3, heads=heads, kv_heads=kv, head_dim=hd,
-                           vocab=500, tied=True)
+        shape = ModelShape(
+            hidden=hidden, intermediate=inter, layers=3, heads=heads, kv_heads=kv, head_dim=hd, vocab=500, tied=True
+        )
         T = 96
         measured = saved_activation_bytes(shape, T, backend)
-        predicted = 4 * T * (shape.layers * shape.activation_elements_per_token_layer()
-                             + shape.activation_elements_per_token_once())
+        predicted = (
+            4
+            * T
+            * (shape.layers * shape.activation_elements_per_token_layer() + shape.activation_elements_per_token_once())
+        )
         assert measured == predicted
 
     def test_checkpointing_keeps_one_input_per_layer_and_recomputes_one_layer(self):
-        shape = ModelShape(hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=500,
-                           tied=True)
+        shape = ModelShape(
+            hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=500, tied=True
+        )
         a = plan_memory(shape, 4096, precision="fp32", device="cpu", gradient_checkpointing=False)
         b = plan_memory(shape, 4096, precision="fp32", device="cpu", gradient_checkpointing=True)
         per_layer = shape.activation_elements_per_token_layer() * 4
-        assert a.components["activations"] - b.components["activations"] == \
-            4096 * ((shape.layers - 1) * per_layer - shape.layers * shape.hidden * 4)
+        assert a.components["activations"] - b.components["activations"] == 4096 * (
+            (shape.layers - 1) * per_layer - shape.layers * shape.hidden * 4
+        )
 
 
 class TestAccounting:
@@ -121,7 +143,7 @@ class TestAccounting:
 
     def test_memory_sizes_parse(self):
         assert parse_memory("80GB") == 80 * GIB == parse_memory("80 GiB")
-        assert parse_memory("512MB") == 512 * 2 ** 20
+        assert parse_memory("512MB") == 512 * 2**20
         with pytest.raises(ValueError, match="80GB"):
             parse_memory("lots")
 
@@ -139,9 +161,18 @@ class TestPublishedPoints:
         """LongAlign (arXiv 2401.18058, section 4 / appendix B): Llama-2-7B, 64k tokens per pack, 8 x A800 80 GB,
         ZeRO-3 with CPU offload, bf16, gradient checkpointing. The paper trained this way, so it must fit; its
         packs hold ~12 sequences whose answers are a few hundred tokens (target_fraction 0.05)."""
-        plan = plan_memory(LLAMA2_7B, 65_536, precision="bf16", zero_stage=3, offload="optimizer+params", gpus=8,
-                           gradient_checkpointing=True, loss_impl="full", target_fraction=0.05,
-                           device_memory=80 * GIB)
+        plan = plan_memory(
+            LLAMA2_7B,
+            65_536,
+            precision="bf16",
+            zero_stage=3,
+            offload="optimizer+params",
+            gpus=8,
+            gradient_checkpointing=True,
+            loss_impl="full",
+            target_fraction=0.05,
+            device_memory=80 * GIB,
+        )
         assert plan.fits
         assert 20 * GIB < plan.total < 80 * GIB
 
@@ -150,8 +181,14 @@ class TestPublishedPoints:
         setup (ZeRO-3 + offload, gradient checkpointing, bf16, flash attention, untiled loss) trains 32K tokens
         and runs out of memory beyond. The planner with loss_impl='full' puts the limit between 32K and 64K; with
         the chunked loss the limit moves up."""
-        kw = dict(precision="bf16", zero_stage=3, offload="optimizer+params", gpus=1, gradient_checkpointing=True,
-                  target_fraction=1.0)
+        kw = dict(
+            precision="bf16",
+            zero_stage=3,
+            offload="optimizer+params",
+            gpus=1,
+            gradient_checkpointing=True,
+            target_fraction=1.0,
+        )
         limit_full = largest_max_len(LLAMA31_8B, 80 * GIB, loss_impl="full", **kw)
         limit_chunked = largest_max_len(LLAMA31_8B, 80 * GIB, loss_impl="chunked", **kw)
         assert 32_768 <= limit_full < 65_536
@@ -171,8 +208,24 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
     from longalign.cli import main
 
     tiny = f"random:{ROOT / 'configs' / 'models' / 'tiny-llama'}"
-    rc = main(["train", "--model", tiny, "--max-len", "8192", "--run", str(tmp_path / "r"), "--memory-plan",
-               "--device-memory", "24GB", "--plan-device", "cpu", "--loss-impl", "full"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            tiny,
+            "--max-len",
+            "8192",
+            "--run",
+            str(tmp_path / "r"),
+            "--memory-plan",
+            "--device-memory",
+            "24GB",
+            "--plan-device",
+            "cpu",
+            "--loss-impl",
+            "full",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out

@@ -26,8 +26,14 @@ def test_length_histogram_and_edges():
 
 
 def test_length_and_mix_summary():
-    df = pd.DataFrame({"length": [100, 300, 10], "n_target": [10, 30, 5], "source": ["a", "a", "s"],
-                       "kind": ["long", "long", "short"]})
+    df = pd.DataFrame(
+        {
+            "length": [100, 300, 10],
+            "n_target": [10, 30, 5],
+            "source": ["a", "a", "s"],
+            "kind": ["long", "long", "short"],
+        }
+    )
     s = lengths.length_summary(df, "source")
     assert s["source"].tolist() == ["a", "s"] and s["tokens"].tolist() == [400, 10]
     assert s["max"].tolist() == [300, 10]

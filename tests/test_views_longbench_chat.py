@@ -14,10 +14,12 @@ from longalign.views import readers
 
 
 def test_longbench_chat_tables():
-    a = pd.DataFrame({"idx": [1, 2, 3], "lang": ["en", "zh", "en"], "query": ["q1", "q2", "q3"],
-                      "score": [8.0, 4.0, np.nan]})
-    b = pd.DataFrame({"idx": [1, 2, 3], "lang": ["en", "zh", "en"], "query": ["q1", "q2", "q3"],
-                      "score": [6.0, 5.0, 9.0]})
+    a = pd.DataFrame(
+        {"idx": [1, 2, 3], "lang": ["en", "zh", "en"], "query": ["q1", "q2", "q3"], "score": [8.0, 4.0, np.nan]}
+    )
+    b = pd.DataFrame(
+        {"idx": [1, 2, 3], "lang": ["en", "zh", "en"], "query": ["q1", "q2", "q3"], "score": [6.0, 5.0, 9.0]}
+    )
     t = lbc.compare_longbench_chat({"A": a, "B": b})
     assert t.columns.tolist() == ["idx", "lang", "query", "A", "B", "Δ"]
     assert t["Δ"].tolist()[:2] == [-2.0, 1.0]

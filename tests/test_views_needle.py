@@ -14,8 +14,15 @@ from longalign.views.style import TEMPLATE
 
 
 def test_needle_grid_cell_and_highlight():
-    df = pd.DataFrame({"context_length": [1000, 1000, 2000, 2000], "depth_percent": [10.0, 50.0, 10.0, 50.0],
-                       "judge_score": [10, 1, 7, 3], "recall": [1, 0, 0.5, 0.25], "window": ["w"] * 4})
+    df = pd.DataFrame(
+        {
+            "context_length": [1000, 1000, 2000, 2000],
+            "depth_percent": [10.0, 50.0, 10.0, 50.0],
+            "judge_score": [10, 1, 7, 3],
+            "recall": [1, 0, 0.5, 0.25],
+            "window": ["w"] * 4,
+        }
+    )
     g = needle.needle_grid(df, "judge_score")
     assert g.index.tolist() == [10.0, 50.0] and g.columns.tolist() == [1000, 2000]
     assert g.to_numpy().tolist() == [[10, 7], [1, 3]]
@@ -56,6 +63,10 @@ def test_view_heatmap_is_the_stage_figure(fixture_runs, value):
 def test_clicked_cell_reads_the_figure_labels():
     fig = heatmap_figure([1000, 16000], [10.0, 50.0], {"recall": [[1.0, 0.0], [0.5, None]]}, selectable=True)
     overlay = fig.data[1]
-    assert [needle.clicked_cell([{"x": x, "y": y}]) for x, y in zip(overlay.x, overlay.y)] == \
-        [(1000, 10.0), (16000, 10.0), (1000, 50.0), (16000, 50.0)]
+    assert [needle.clicked_cell([{"x": x, "y": y}]) for x, y in zip(overlay.x, overlay.y)] == [
+        (1000, 10.0),
+        (16000, 10.0),
+        (1000, 50.0),
+        (16000, 50.0),
+    ]
     assert needle.clicked_cell([]) is None and needle.clicked_cell([{"x": "a", "y": "b"}]) is None

@@ -59,7 +59,7 @@ class TestSavedPlanWeights:
         batches = [list(range(i, min(i + 3, 40))) for i in range(0, 40, 3)]
         w = saved_plan_weights(batches, n_target, norm, world_size=2, grad_accum=2)
         for s in range(0, len(batches), 4):
-            idx = [i for b in batches[s:s + 4] for i in b]
+            idx = [i for b in batches[s : s + 4] for i in b]
             if n_target[idx].sum():
                 assert math.isclose(float((w[idx] * n_target[idx]).sum()), 1.0, rel_tol=1e-12)
         assert (w[n_target == 0] == 0).all()
@@ -78,8 +78,9 @@ class TestSavedPlanWeights:
         lengths = rng.integers(10, 500, size=60)
         n_target = rng.integers(0, 40, size=60)
         plan = make_plan(lengths, "pack", max_len=1000, world_size=2, grad_accum=2)
-        np.testing.assert_allclose(saved_plan_weights(plan.batches, n_target, norm, 2, 2),
-                                   token_weights(plan, n_target, norm, 2, 2))
+        np.testing.assert_allclose(
+            saved_plan_weights(plan.batches, n_target, norm, 2, 2), token_weights(plan, n_target, norm, 2, 2)
+        )
 
 
 @pytest.mark.parametrize("norm", LOSS_NORMS)
@@ -131,15 +132,30 @@ def test_downsample_cols():
 
 
 def test_batch_view_grid():
-    view = packing.BatchView(method="pack", batch=0, packed=True, row_len=5, seq_rows=[[7, 3]],
-                             labels={7: np.array([-100, 5, 6]), 3: np.array([-100, 9])},
-                             weights={7: 0.25, 3: 0.5}, table=pd.DataFrame())
+    view = packing.BatchView(
+        method="pack",
+        batch=0,
+        packed=True,
+        row_len=5,
+        seq_rows=[[7, 3]],
+        labels={7: np.array([-100, 5, 6]), 3: np.array([-100, 9])},
+        weights={7: 0.25, 3: 0.5},
+        table=pd.DataFrame(),
+    )
     slot, target, weight = view.grid()
     np.testing.assert_array_equal(slot, [[0, 0, 0, 1, 1]])
     np.testing.assert_array_equal(target, [[0, 1, 1, 0, 1]])
     np.testing.assert_array_equal(weight, [[0, 0.25, 0.25, 0, 0.5]])
-    padded = packing.BatchView(method="naive", batch=0, packed=False, row_len=3, seq_rows=[[7], [3]],
-                               labels=view.labels, weights=view.weights, table=pd.DataFrame())
+    padded = packing.BatchView(
+        method="naive",
+        batch=0,
+        packed=False,
+        row_len=3,
+        seq_rows=[[7], [3]],
+        labels=view.labels,
+        weights=view.weights,
+        table=pd.DataFrame(),
+    )
     slot, _, weight = padded.grid()
     np.testing.assert_array_equal(slot, [[0, 0, 0], [1, 1, -1]])
     assert np.isnan(weight[1, 2])
@@ -153,8 +169,14 @@ class TestBatchTable:
 
     def test_padded(self):
         t = packing.batch_table([[0, 1], [2]], self.lengths, packed=False, max_len=8)
-        assert t.loc[0, ["sequences", "real tokens", "longest", "tokens computed", "padding", "capacity"]].tolist() == \
-            [2, 6, 4, 8, 2, 16]
+        assert t.loc[0, ["sequences", "real tokens", "longest", "tokens computed", "padding", "capacity"]].tolist() == [
+            2,
+            6,
+            4,
+            8,
+            2,
+            16,
+        ]
         assert t.loc[0, "fill"] == 6 / 16
         assert t.loc[0, "attention pairs"] == 2 * 4 * 5 / 2 and t.loc[0, "useful attention pairs"] == 10 + 3
         assert t.loc[1, "padding"] == 0
@@ -166,8 +188,9 @@ class TestBatchTable:
         assert t.loc[0, "attention pairs"] == t.loc[0, "useful attention pairs"] == 10 + 3 + 6
 
     def test_steps_and_ranks(self):
-        t = packing.batch_table([[0], [1], [2], [0], [1]], self.lengths, packed=True, max_len=10, world_size=2,
-                                grad_accum=2)
+        t = packing.batch_table(
+            [[0], [1], [2], [0], [1]], self.lengths, packed=True, max_len=10, world_size=2, grad_accum=2
+        )
         assert t["step"].tolist() == [0, 0, 0, 0, 1] and t["rank"].tolist() == [0, 1, 0, 1, 0]
 
 
@@ -208,7 +231,7 @@ def test_batch_view_on_fixture(run, tokens):
     assert view.packed and len(view.seq_rows) == 1 and view.row_len == int(view.table["length"].sum())
     step = k // 4  # fixture plans: world_size 2 x grad_accum 2
     w = token_weights(plan, tokens["n_target"].to_numpy(), "sequence", 2, 2)
-    idx = [i for b in plan.batches[step * 4:step * 4 + 4] for i in b]
+    idx = [i for b in plan.batches[step * 4 : step * 4 + 4] for i in b]
     assert math.isclose(float((w[idx] * tokens["n_target"].to_numpy()[idx]).sum()), 1.0)
     assert view.table["token weight"].tolist() == [w[i] for i in view.table["idx"]]
     naive = packing.batch_view(run, "naive", 0, "token", tokens)

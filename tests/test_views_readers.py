@@ -22,8 +22,11 @@ def test_runs_listing(fixture_runs):
 
 
 def test_classify_kind():
-    kind = readers.classify_kind(pd.Series(["chat", "summary", "", "general"]),
-                                 pd.Series(["x", "books", "ShareGPT", "mydata"]), shorts={"sharegpt", "mydata"})
+    kind = readers.classify_kind(
+        pd.Series(["chat", "summary", "", "general"]),
+        pd.Series(["x", "books", "ShareGPT", "mydata"]),
+        shorts={"sharegpt", "mydata"},
+    )
     assert kind.tolist() == ["short", "long", "short", "short"]
 
 
@@ -55,8 +58,11 @@ def test_load_plan_uses_the_recorded_settings(run):
     plan = readers.load_plan(run, "pack", lengths)
     stats = readers.load_batch_stats(run, "pack")
     assert isinstance(plan, Plan) and plan.method == "pack"
-    assert (plan.world_size, plan.grad_accum, plan.max_len) == (stats["world_size"], stats["grad_accum"],
-                                                               stats["max_len"])
+    assert (plan.world_size, plan.grad_accum, plan.max_len) == (
+        stats["world_size"],
+        stats["grad_accum"],
+        stats["max_len"],
+    )
     assert plan.batches == readers.load_batches(run, "pack")
     assert readers.load_plan(run, "naive", lengths).batch_size == readers.load_batch_stats(run, "naive")["batch_size"]
     with pytest.raises(readers.MissingArtifact, match="no plan file bfd.plan.json"):
@@ -65,11 +71,17 @@ def test_load_plan_uses_the_recorded_settings(run):
         readers.load_plan(run, "pack", np.ones(10, dtype=int))
 
 
-@pytest.mark.parametrize("key,fn", [
-    ("tokens", readers.load_token_table), ("simulate", readers.read_simulation), ("train", readers.load_metrics),
-    ("longbench_chat", readers.load_longbench_chat), ("needle", readers.load_needle),
-    ("batching", lambda r: readers.load_batches(r, "pack")),
-])
+@pytest.mark.parametrize(
+    "key,fn",
+    [
+        ("tokens", readers.load_token_table),
+        ("simulate", readers.read_simulation),
+        ("train", readers.load_metrics),
+        ("longbench_chat", readers.load_longbench_chat),
+        ("needle", readers.load_needle),
+        ("batching", lambda r: readers.load_batches(r, "pack")),
+    ],
+)
 def test_missing_artifacts_name_the_command(fixture_runs, key, fn):
     blank = RunDir(fixture_runs / "blank")
     with pytest.raises(readers.MissingArtifact) as exc:

@@ -1,12 +1,15 @@
 """Token-length distributions of the tokenized training data, by source, language and task type."""
 
+import common
 import streamlit as st
 
-import common
 from longalign.views import lengths, readers
 
-common.page("Lengths", "How long the training sequences are (tokens of the target tokenizer), split like the "
-            "paper's length figure: 0–8k and 8k–64k.")
+common.page(
+    "Lengths",
+    "How long the training sequences are (tokens of the target tokenizer), split like the "
+    "paper's length figure: 0–8k and 8k–64k.",
+)
 run = common.pick_run()
 table = common.token_table(run)
 
@@ -20,12 +23,22 @@ split = right.number_input("split at (tokens)", min_value=256, max_value=262144,
 common.chart(common.guard(lengths.fig_length_distribution, table, by, log_x=log_x, split=int(split)), key="lengths")
 
 st.subheader("Long vs short data")
-st.caption("Short = chat data (task type `chat` or a short-data source such as ShareGPT); long = the generated "
-           "long-document instructions.")
+st.caption(
+    "Short = chat data (task type `chat` or a short-data source such as ShareGPT); long = the generated "
+    "long-document instructions."
+)
 common.chart(lengths.fig_mix(table), key="mix")
-st.dataframe(lengths.mix_summary(table), hide_index=True, column_config={
-    k: st.column_config.NumberColumn(format="percent") for k in ("sequence share", "token share", "target share")})
+st.dataframe(
+    lengths.mix_summary(table),
+    hide_index=True,
+    column_config={
+        k: st.column_config.NumberColumn(format="percent") for k in ("sequence share", "token share", "target share")
+    },
+)
 
 st.subheader(f"Per {by}")
-st.dataframe(lengths.length_summary(table, by), hide_index=True,
-             column_config={"token share": st.column_config.NumberColumn(format="percent")})
+st.dataframe(
+    lengths.length_summary(table, by),
+    hide_index=True,
+    column_config={"token share": st.column_config.NumberColumn(format="percent")},
+)

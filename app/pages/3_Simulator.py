@@ -1,13 +1,16 @@
 """Predicted training time and device idle time per batching method, on this run's real lengths."""
 
+import common
 import streamlit as st
 
-import common
 from longalign.views import readers, simulator
 
-common.page("Simulator", "Data-parallel devices wait for the slowest one: a long sequence on one device keeps the "
-            "others idle. The simulator replays each method's plan over this run's token lengths with a cost model "
-            "(linear in tokens computed, quadratic in attention).")
+common.page(
+    "Simulator",
+    "Data-parallel devices wait for the slowest one: a long sequence on one device keeps the "
+    "others idle. The simulator replays each method's plan over this run's token lengths with a cost model "
+    "(linear in tokens computed, quadratic in attention).",
+)
 run = common.pick_run()
 has_tokens = readers.present(run, "tokens")
 has_recorded = readers.present(run, "simulate")
@@ -33,14 +36,25 @@ if has_tokens:
         algo = c[1].selectbox("packing algorithm", d["algos"])
         sync = c[2].selectbox("devices wait", d["syncs"], format_func=simulator.SYNC_LABELS.get)
         c[3].form_submit_button("Simulate", type="primary", width="stretch")
-    config, live = common.guard(common.simulation, tuple(int(x) for x in table["length"]), devices=int(devices),
-                                batch_size=int(batch_size), max_len=int(max_len), grad_accum=int(grad_accum),
-                                pack_grad_accum=int(pack_accum), algo=algo, sync=sync)
+    config, live = common.guard(
+        common.simulation,
+        tuple(int(x) for x in table["length"]),
+        devices=int(devices),
+        batch_size=int(batch_size),
+        max_len=int(max_len),
+        grad_accum=int(grad_accum),
+        pack_grad_accum=int(pack_accum),
+        algo=algo,
+        sync=sync,
+    )
     for col, (_, r) in zip(st.columns(len(live)), live.iterrows()):
-        col.metric(f"{r['method']}", f"{r['total_seconds']:,.0f} s",
-                   delta=f"{r['speed-up vs slowest']:.2f}× · idle {r['idle_fraction']:.0%}",
-                   help="speed-up over the slowest method · share of device time spent waiting",
-                   delta_color="off")
+        col.metric(
+            f"{r['method']}",
+            f"{r['total_seconds']:,.0f} s",
+            delta=f"{r['speed-up vs slowest']:.2f}× · idle {r['idle_fraction']:.0%}",
+            help="speed-up over the slowest method · share of device time spent waiting",
+            delta_color="off",
+        )
     common.chart(simulator.fig_simulation(live), key="sim_live")
     with st.expander("Numbers"):
         st.dataframe(live, hide_index=True)
@@ -53,8 +67,13 @@ if recorded.empty:
     st.info("batching/simulate.json lists no methods; run `longalign batch simulate` for this run.")
     st.stop()
 common.chart(simulator.fig_simulation(recorded), key="sim")
-st.dataframe(recorded, hide_index=True, column_config={
-    "idle_fraction": st.column_config.NumberColumn("idle fraction", format="percent"),
-    "speed-up vs slowest": st.column_config.NumberColumn(format="%.2f ×")})
+st.dataframe(
+    recorded,
+    hide_index=True,
+    column_config={
+        "idle_fraction": st.column_config.NumberColumn("idle fraction", format="percent"),
+        "speed-up vs slowest": st.column_config.NumberColumn(format="%.2f ×"),
+    },
+)
 with st.expander("Settings of the recorded simulation"):
     st.json(recorded_config)

@@ -27,10 +27,26 @@ from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
 from longalign.batching.config import BatchPlanConfig, SimulateConfig
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
-from longalign.batching.loss import (LOSS_NORMS, StepTotals, count_targets, step_totals_allreduce, token_weights,
-                                     weighted_causal_lm_loss, weights_from_totals)
-from longalign.batching.plans import (METHODS, OVERLONG, PACK_ALGOS, Plan, PlanSummary, compute_stats,
-                                      load_plan_batches, make_plan, pack_lengths)
+from longalign.batching.loss import (
+    LOSS_NORMS,
+    StepTotals,
+    count_targets,
+    step_totals_allreduce,
+    token_weights,
+    weighted_causal_lm_loss,
+    weights_from_totals,
+)
+from longalign.batching.plans import (
+    METHODS,
+    OVERLONG,
+    PACK_ALGOS,
+    Plan,
+    PlanSummary,
+    compute_stats,
+    load_plan_batches,
+    make_plan,
+    pack_lengths,
+)
 from longalign.batching.simulate import CostModel, SimulationSummary, fit_cost_model, simulate, simulate_plan
 from longalign.rundir import RunDir
 
@@ -51,10 +67,34 @@ def select_attention(device, packed: bool, dtype=None) -> str:
 
 
 __all__ = [
-    "run", "BatchPlanConfig", "SimulateConfig", "PlanSummary", "SimulationSummary", "read_lengths_file",
-    "read_token_lengths", "METHODS", "PACK_ALGOS", "OVERLONG", "LOSS_NORMS", "Plan", "make_plan", "pack_lengths",
+    "run",
+    "BatchPlanConfig",
+    "SimulateConfig",
+    "PlanSummary",
+    "SimulationSummary",
+    "read_lengths_file",
+    "read_token_lengths",
+    "METHODS",
+    "PACK_ALGOS",
+    "OVERLONG",
+    "LOSS_NORMS",
+    "Plan",
+    "make_plan",
+    "pack_lengths",
     "compute_stats",
-    "load_plan_batches", "token_weights", "count_targets", "StepTotals", "step_totals_allreduce",
-    "weights_from_totals", "weighted_causal_lm_loss", "PaddedCollator", "PackedCollator", "plan_features",
-    "select_attention", "CostModel", "simulate", "simulate_plan", "fit_cost_model",
+    "load_plan_batches",
+    "token_weights",
+    "count_targets",
+    "StepTotals",
+    "step_totals_allreduce",
+    "weights_from_totals",
+    "weighted_causal_lm_loss",
+    "PaddedCollator",
+    "PackedCollator",
+    "plan_features",
+    "select_attention",
+    "CostModel",
+    "simulate",
+    "simulate_plan",
+    "fit_cost_model",
 ]

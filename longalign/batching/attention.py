@@ -30,7 +30,8 @@ import importlib.util
 import inspect
 import logging
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ _registered = False
 # ----------------------------------------------------------------------------------------------------------
 # boundaries
 # ----------------------------------------------------------------------------------------------------------
+
 
 def is_packed_positions(position_ids: Any) -> bool:
     """True when some row of ``position_ids`` [B, L] holds more than one sequence (positions do not just
@@ -83,8 +85,10 @@ def _segments(query_len: int, batch: int, kwargs: Mapping[str, Any]) -> list[lis
     if cu is not None and batch == 1:
         cu_list = [int(x) for x in (cu.tolist() if hasattr(cu, "tolist") else cu)]
         if cu_list[0] != 0 or cu_list[-1] != query_len:
-            raise ValueError(f"cu_seq_lens_q {cu_list[:3]}...{cu_list[-1:]} does not cover the {query_len} "
-                             "tokens of the pack; pass the collator's cu_seqlens unchanged")
+            raise ValueError(
+                f"cu_seq_lens_q {cu_list[:3]}...{cu_list[-1:]} does not cover the {query_len} "
+                "tokens of the pack; pass the collator's cu_seqlens unchanged"
+            )
         return [list(zip(cu_list[:-1], cu_list[1:]))]
     pos = kwargs.get("position_ids")
     if pos is None:
@@ -97,6 +101,7 @@ def _segments(query_len: int, batch: int, kwargs: Mapping[str, Any]) -> list[lis
 # ----------------------------------------------------------------------------------------------------------
 # guard
 # ----------------------------------------------------------------------------------------------------------
+
 
 def check_packed_batch(batch: Mapping[str, Any], *, use_cache: bool | None, config: Any = None) -> bool:
     """Raise ``ValueError`` when a packed batch would let sequences attend to each other.
@@ -111,14 +116,14 @@ def check_packed_batch(batch: Mapping[str, Any], *, use_cache: bool | None, conf
     effective = use_cache if use_cache is not None else bool(getattr(config, "use_cache", True))
     problems = []
     if effective:
-        problems.append("use_cache is on (pass use_cache=False: with a cache transformers skips the "
-                        "per-sequence mask)")
+        problems.append("use_cache is on (pass use_cache=False: with a cache transformers skips the per-sequence mask)")
     if batch.get("attention_mask") is not None:
-        problems.append("an attention_mask is given (drop it: a 2-D mask disables the per-sequence mask, "
-                        "so tokens attend across sequence boundaries)")
+        problems.append(
+            "an attention_mask is given (drop it: a 2-D mask disables the per-sequence mask, "
+            "so tokens attend across sequence boundaries)"
+        )
     if problems:
-        raise ValueError("packed batch (position_ids restart inside a row) cannot run safely: "
-                         + "; ".join(problems))
+        raise ValueError("packed batch (position_ids restart inside a row) cannot run safely: " + "; ".join(problems))
     return True
 
 
@@ -149,12 +154,21 @@ def packed_forward(model: Any, batch: Mapping[str, Any], **extra: Any) -> Any:
 # attention functions (transformers AttentionInterface signature)
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _gqa(module: Any, query: Any, key: Any) -> bool:
     return query.shape[1] != key.shape[1]
 
 
-def segment_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                              dropout: float = 0.0, scaling: float | None = None, **kwargs: Any):
+def segment_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+):
     """Causal attention computed per sequence segment; query/key/value [B, H, L, D] -> [B, L, H, D].
 
     Without packing (one sequence per row) it is plain causal sdpa, with the 2-D padding mask when given.
@@ -164,8 +178,10 @@ def segment_attention_forward(module: Any, query: Any, key: Any, value: Any, att
 
     batch, _, q_len, _ = query.shape
     if key.shape[2] != q_len:
-        raise ValueError(f"{SEGMENT} handles training-style forwards only (query and key of equal length, "
-                         f"got {q_len} and {key.shape[2]}); call the model with use_cache=False")
+        raise ValueError(
+            f"{SEGMENT} handles training-style forwards only (query and key of equal length, "
+            f"got {q_len} and {key.shape[2]}); call the model with use_cache=False"
+        )
     gqa = _gqa(module, query, key)
     segs = _segments(q_len, batch, kwargs)
     packed = segs is not None and any(len(row) > 1 for row in segs)
@@ -174,8 +190,9 @@ def segment_attention_forward(module: Any, query: Any, key: Any, value: Any, att
     drop = dropout if getattr(module, "training", False) else 0.0
     if not packed:
         if attention_mask is None:
-            out = F.scaled_dot_product_attention(query, key, value, dropout_p=drop, is_causal=True,
-                                                 scale=scaling, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=drop, is_causal=True, scale=scaling, enable_gqa=gqa
+            )
         else:
             if attention_mask.ndim == 2:
                 causal = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).tril()
@@ -183,8 +200,9 @@ def segment_attention_forward(module: Any, query: Any, key: Any, value: Any, att
                 mask = mask | torch.eye(q_len, dtype=torch.bool, device=query.device)[None, None]
             else:
                 mask = attention_mask
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=drop,
-                                                 scale=scaling, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, dropout_p=drop, scale=scaling, enable_gqa=gqa
+            )
         return out.transpose(1, 2).contiguous(), None
     rows = []
     for b, row in enumerate(segs):
@@ -202,12 +220,13 @@ def segment_attention_forward(module: Any, query: Any, key: Any, value: Any, att
             m = j - i + 1
             stop = start + m * n
             if m == 1:
-                q, k, v = (t[b:b + 1, :, start:end] for t in (query, key, value))
+                q, k, v = (t[b : b + 1, :, start:end] for t in (query, key, value))
             else:
-                q, k, v = (t[b, :, start:stop].reshape(t.shape[1], m, n, t.shape[-1]).transpose(0, 1)
-                           for t in (query, key, value))
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, scale=scaling,
-                                               enable_gqa=gqa)
+                q, k, v = (
+                    t[b, :, start:stop].reshape(t.shape[1], m, n, t.shape[-1]).transpose(0, 1)
+                    for t in (query, key, value)
+                )
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, scale=scaling, enable_gqa=gqa)
             if m > 1:
                 o = o.transpose(0, 1).reshape(1, o.shape[1], m * n, o.shape[-1])
             outs.append(o)
@@ -237,8 +256,16 @@ def _document_ids(query_len: int, batch: int, kwargs: Mapping[str, Any], device:
     return doc.to(device)
 
 
-def flex_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                           dropout: float = 0.0, scaling: float | None = None, **kwargs: Any):
+def flex_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+):
     """torch flex attention with a causal document mask built from the pack boundaries.
 
     On CUDA the kernel is compiled once (block-sparse: cost follows sum n_i^2 up to the 128-token block
@@ -252,8 +279,11 @@ def flex_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
     if dropout and getattr(module, "training", False):
         raise ValueError(f"{FLEX} does not support attention dropout; set attention_dropout=0")
     batch, _, q_len, _ = query.shape
-    anchor = kwargs.get("cu_seq_lens_q") if batch == 1 and kwargs.get("cu_seq_lens_q") is not None \
+    anchor = (
+        kwargs.get("cu_seq_lens_q")
+        if batch == 1 and kwargs.get("cu_seq_lens_q") is not None
         else kwargs.get("position_ids")
+    )
     cache_key = (id(anchor), getattr(anchor, "_version", None), q_len, batch, str(query.device))
     if _FlexState.last_key == cache_key and _FlexState.last_anchor is anchor:
         block_mask = _FlexState.last_mask
@@ -280,8 +310,16 @@ def flex_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
 _FlexState.last_anchor = None
 
 
-def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                             dropout: float = 0.0, scaling: float | None = None, **kwargs: Any):
+def varlen_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+):
     """torch's variable-length flash kernel (``torch.nn.attention.varlen``; CUDA, fp16/bf16) over a pack."""
     import torch
     from torch.nn.attention.varlen import varlen_attn
@@ -316,6 +354,7 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
 # ----------------------------------------------------------------------------------------------------------
 # registration and selection
 # ----------------------------------------------------------------------------------------------------------
+
 
 def register_attention() -> None:
     """Register ``longalign_segment``, ``longalign_flex`` and ``longalign_varlen`` with transformers."""
@@ -355,8 +394,12 @@ def select_attention(device: Any, packed: bool, dtype: Any = None) -> str:
         if not packed:
             return "sdpa"
         half = dtype in (torch.float16, torch.bfloat16)
-        if half and torch_varlen_available() and torch.cuda.is_available() \
-                and torch.cuda.get_device_capability(dev)[0] >= 8:
+        if (
+            half
+            and torch_varlen_available()
+            and torch.cuda.is_available()
+            and torch.cuda.get_device_capability(dev)[0] >= 8
+        ):
             return VARLEN
         return FLEX
     return SEGMENT if packed else "sdpa"

@@ -23,8 +23,12 @@ RUN_HELP = "run directory: read DIR/tokens (unless --tokens/--lengths) and write
 
 def register(subparsers: Any) -> None:
     """Add ``longalign batch plan|simulate``."""
-    p = subparsers.add_parser("batch", help="plan batches (naive | sort | pack) and simulate training time",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "batch",
+        help="plan batches (naive | sort | pack) and simulate training time",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="batch_command", metavar="{plan,simulate}")
     plan = sub.add_parser("plan", help="make a batch plan and print its statistics")
     add_run_arg(plan, help=RUN_HELP)

@@ -19,7 +19,8 @@ tokens only, provided attention follows the boundaries (see :mod:`longalign.batc
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +57,14 @@ class PaddedCollator:
     ``weights_dtype`` says otherwise (float64 for exact comparisons).
     """
 
-    def __init__(self, pad_token_id: int, max_len: int | None = None, pad_to_multiple_of: int | None = None,
-                 *, weights_dtype: Any = None):
+    def __init__(
+        self,
+        pad_token_id: int,
+        max_len: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        *,
+        weights_dtype: Any = None,
+    ):
         self.pad_token_id = int(pad_token_id)
         self.weights_dtype = weights_dtype
         self.max_len = max_len
@@ -111,8 +118,10 @@ class PackedCollator:
         seq_lens = [len(ids) for ids, _, _ in rows]
         total = int(sum(seq_lens))
         if total > self.max_len:
-            raise ValueError(f"pack of {len(rows)} sequences has {total} tokens > max_len={self.max_len}; "
-                             "build the plan with method='pack' and the same max_len")
+            raise ValueError(
+                f"pack of {len(rows)} sequences has {total} tokens > max_len={self.max_len}; "
+                "build the plan with method='pack' and the same max_len"
+            )
         ids = np.concatenate([np.asarray(r[0], dtype=np.int64) for r in rows])
         labels = np.concatenate([np.asarray(r[1], dtype=np.int64) for r in rows])
         cu = np.concatenate(([0], np.cumsum(seq_lens))).astype(np.int32)

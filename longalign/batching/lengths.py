@@ -29,8 +29,9 @@ def read_lengths_file(path: str | Path) -> np.ndarray:
             try:
                 values.append(int(text))
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: {text!r} is not an integer; write one token count per "
-                                 "line") from None
+                raise ValueError(
+                    f"{path}:{lineno}: {text!r} is not an integer; write one token count per line"
+                ) from None
     return np.asarray(values, dtype=np.int64)
 
 

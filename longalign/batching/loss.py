@@ -32,8 +32,9 @@ targets are not counted in K. ``n_target`` must count targets the loss sees: lab
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,8 +75,13 @@ def _micro_weights(n_target_lists: Sequence[np.ndarray], loss_norm: str, M: int,
     return out
 
 
-def token_weights(plan: "Plan", n_target: Sequence[int] | np.ndarray, loss_norm: str,
-                  world_size: int | None = None, grad_accum: int | None = None) -> np.ndarray:
+def token_weights(
+    plan: Plan,
+    n_target: Sequence[int] | np.ndarray,
+    loss_norm: str,
+    world_size: int | None = None,
+    grad_accum: int | None = None,
+) -> np.ndarray:
     """Per-sequence token weight (float64, indexed like the dataset) for ``loss_norm``.
 
     ``world_size``/``grad_accum`` default to the plan's. Sequences outside the plan (dropped) get 0.
@@ -87,12 +93,14 @@ def token_weights(plan: "Plan", n_target: Sequence[int] | np.ndarray, loss_norm:
     grad_accum = plan.grad_accum if grad_accum is None else int(grad_accum)
     n_target = np.asarray(n_target, dtype=np.int64)
     if n_target.shape[0] != plan.lengths.shape[0]:
-        raise ValueError(f"n_target has {n_target.shape[0]} entries but the plan covers {plan.lengths.shape[0]} "
-                         "sequences; pass one count per row of tokens/")
+        raise ValueError(
+            f"n_target has {n_target.shape[0]} entries but the plan covers {plan.lengths.shape[0]} "
+            "sequences; pass one count per row of tokens/"
+        )
     weights = np.zeros(n_target.shape[0], dtype=np.float64)
     per_step = world_size * grad_accum
     for start in range(0, len(plan.batches), per_step):
-        step = plan.batches[start:start + per_step]
+        step = plan.batches[start : start + per_step]
         nts = [n_target[b] for b in step]
         totals = StepTotals.from_counts(nts)
         for b, w in zip(step, _micro_weights(nts, loss_norm, totals.sequences, totals.tokens, totals.micro_batches)):
@@ -104,12 +112,12 @@ def token_weights(plan: "Plan", n_target: Sequence[int] | np.ndarray, loss_norm:
 class StepTotals:
     """M, T and K of one optimizer step."""
 
-    sequences: int       # M: sequences with at least one target token
-    tokens: int          # T: target tokens
-    micro_batches: int   # K: micro-batches with at least one target token
+    sequences: int  # M: sequences with at least one target token
+    tokens: int  # T: target tokens
+    micro_batches: int  # K: micro-batches with at least one target token
 
     @classmethod
-    def from_counts(cls, n_target_per_micro_batch: Sequence[Sequence[int] | np.ndarray]) -> "StepTotals":
+    def from_counts(cls, n_target_per_micro_batch: Sequence[Sequence[int] | np.ndarray]) -> StepTotals:
         m = t = k = 0
         for nt in n_target_per_micro_batch:
             nt = np.asarray(nt, dtype=np.int64)
@@ -140,15 +148,17 @@ def step_totals_allreduce(local_n_target: Sequence[Sequence[int] | np.ndarray], 
     return StepTotals(m, t, k)
 
 
-def weights_from_totals(local_n_target: Sequence[Sequence[int] | np.ndarray], totals: StepTotals,
-                        loss_norm: str) -> list[np.ndarray]:
+def weights_from_totals(
+    local_n_target: Sequence[Sequence[int] | np.ndarray], totals: StepTotals, loss_norm: str
+) -> list[np.ndarray]:
     """Per-sequence token weights for this rank's micro-batches given the step's global totals."""
     check_choice("loss_norm", loss_norm, LOSS_NORMS)
     return _micro_weights(local_n_target, loss_norm, totals.sequences, totals.tokens, totals.micro_batches)
 
 
-def weighted_causal_lm_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss_weights: "torch.Tensor",
-                            chunk_tokens: int = 8192) -> "torch.Tensor":
+def weighted_causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor, chunk_tokens: int = 8192
+) -> torch.Tensor:
     """Sum over target tokens of ``weight * CE(next token)``; labels and weights are shifted inside.
 
     ``logits`` [B, L, V], ``labels`` [B, L] (-100 = no loss), ``loss_weights`` [B, L] aligned to labels.
@@ -159,16 +169,19 @@ def weighted_causal_lm_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss
     return weighted_and_plain_ce(logits, labels, loss_weights, chunk_tokens)[0]
 
 
-def weighted_and_plain_ce(logits: "torch.Tensor", labels: "torch.Tensor", loss_weights: "torch.Tensor",
-                          chunk_tokens: int = 8192) -> tuple["torch.Tensor", "torch.Tensor"]:
+def weighted_and_plain_ce(
+    logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor, chunk_tokens: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum w * CE, sum CE)`` over the target tokens from one pass over the logits (the second, detached, is
     the token-sum statistic; see :func:`weighted_causal_lm_loss` for the layout)."""
     import torch
     import torch.nn.functional as F
 
     if logits.shape[:2] != labels.shape or labels.shape != loss_weights.shape:
-        raise ValueError(f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
-                         f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, V], [B, L], [B, L]")
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
+            f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, V], [B, L], [B, L]"
+        )
     vocab = logits.shape[-1]
     flat_logits = logits[:, :-1, :].reshape(-1, vocab)
     flat_labels = labels[:, 1:].reshape(-1).to(flat_logits.device)
@@ -177,12 +190,13 @@ def weighted_and_plain_ce(logits: "torch.Tensor", labels: "torch.Tensor", loss_w
     total = flat_logits[:0].sum().to(acc_dtype)  # zero that stays attached to the graph
     plain = torch.zeros((), dtype=acc_dtype, device=flat_logits.device)
     for start in range(0, flat_labels.numel(), chunk_tokens):
-        lab = flat_labels[start:start + chunk_tokens]
+        lab = flat_labels[start : start + chunk_tokens]
         keep = lab != IGNORE_INDEX
         if not bool(keep.any()):
             continue
-        ce = F.cross_entropy(flat_logits[start:start + chunk_tokens][keep].to(acc_dtype), lab[keep].long(),
-                             reduction="none")
-        total = total + (ce * flat_w[start:start + chunk_tokens][keep].to(acc_dtype)).sum()
+        ce = F.cross_entropy(
+            flat_logits[start : start + chunk_tokens][keep].to(acc_dtype), lab[keep].long(), reduction="none"
+        )
+        total = total + (ce * flat_w[start : start + chunk_tokens][keep].to(acc_dtype)).sum()
         plain += ce.detach().sum()
     return total, plain

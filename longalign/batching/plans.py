@@ -40,9 +40,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,6 +65,7 @@ OVERLONG = ("truncate", "drop", "error")
 # Placement kernels. Inputs: int64 sizes (already in processing order), capacity; output: pack id per item.
 # Written in the subset of Python that numba compiles; ``_kernel(name, compiled=False)`` runs them as Python.
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _nextfit_kernel(sizes, capacity):
     n = sizes.shape[0]
@@ -236,7 +238,6 @@ def _group_kernel(order, pack_of):
     return members, sizes
 
 
-
 def _pack_flat(lengths: np.ndarray, max_len: int, algo: str, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Packs as (members, sizes): indices into ``lengths`` grouped by pack, and the size of each pack."""
     if algo == "nextfit":
@@ -251,8 +252,9 @@ def _pack_flat(lengths: np.ndarray, max_len: int, algo: str, compiled: bool = Tr
     return _kernel("group", compiled)(order, pack_of)
 
 
-def pack_lengths(lengths: Sequence[int] | np.ndarray, max_len: int, algo: str = "ffd", *,
-                 compiled: bool = True) -> list[np.ndarray]:
+def pack_lengths(
+    lengths: Sequence[int] | np.ndarray, max_len: int, algo: str = "ffd", *, compiled: bool = True
+) -> list[np.ndarray]:
     """Bin-pack ``lengths`` (each 1..max_len) into packs of at most ``max_len`` tokens.
 
     Returns one int64 index array per pack (indices into ``lengths``), in pack-opening order; inside a pack
@@ -262,8 +264,10 @@ def pack_lengths(lengths: Sequence[int] | np.ndarray, max_len: int, algo: str = 
     check_choice("algo", algo, PACK_ALGOS)
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and (lengths.min() < 1 or lengths.max() > max_len):
-        raise ValueError(f"pack_lengths needs lengths in 1..{max_len}; got {lengths.min()}..{lengths.max()} "
-                         "(truncate or drop overlong sequences first, see make_plan(overlong=...))")
+        raise ValueError(
+            f"pack_lengths needs lengths in 1..{max_len}; got {lengths.min()}..{lengths.max()} "
+            "(truncate or drop overlong sequences first, see make_plan(overlong=...))"
+        )
     members, sizes = _pack_flat(lengths, int(max_len), algo, compiled)
     return np.split(members, np.cumsum(sizes)[:-1]) if sizes.size else []
 
@@ -271,6 +275,7 @@ def pack_lengths(lengths: Sequence[int] | np.ndarray, max_len: int, algo: str = 
 # ----------------------------------------------------------------------------------------------------------
 # Plans
 # ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Plan:
@@ -302,7 +307,7 @@ class Plan:
         """Micro-batches grouped by optimizer step (the last step may be shorter)."""
         k = self.micro_per_step
         for start in range(0, len(self.batches), k):
-            yield self.batches[start:start + k]
+            yield self.batches[start : start + k]
 
     def rank_batches(self, rank: int) -> list[list[int]]:
         """The micro-batches rank ``rank`` consumes, in order."""
@@ -310,7 +315,7 @@ class Plan:
             raise ValueError(f"rank={rank} is outside 0..{self.world_size - 1}")
         out = []
         for step in self.steps():
-            out.extend(step[rank::self.world_size])
+            out.extend(step[rank :: self.world_size])
         return out
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -324,9 +329,19 @@ class Plan:
         return cached
 
     @classmethod
-    def from_batches(cls, batches: Sequence[Sequence[int]], lengths: Sequence[int] | np.ndarray, method: str, *,
-                     max_len: int | None = None, batch_size: int | None = None, world_size: int = 1,
-                     grad_accum: int = 1, algo: str | None = None, seed: int = 0) -> "Plan":
+    def from_batches(
+        cls,
+        batches: Sequence[Sequence[int]],
+        lengths: Sequence[int] | np.ndarray,
+        method: str,
+        *,
+        max_len: int | None = None,
+        batch_size: int | None = None,
+        world_size: int = 1,
+        grad_accum: int = 1,
+        algo: str | None = None,
+        seed: int = 0,
+    ) -> Plan:
         """A plan from saved micro-batches (``batching/<method>.plan.json``) and the raw token lengths.
 
         The inverse of :meth:`Plan.save` for readers that did not make the plan: the settings that
@@ -350,14 +365,18 @@ class Plan:
             bad = flat[(flat < 0) | (flat >= raw.size)]
             if bad.size:
                 k = next(j for j, b in enumerate(lists) if int(bad[0]) in b)
-                raise ValueError(f"micro-batch {k} holds index {int(bad[0])}, but the lengths cover sequences "
-                                 f"0..{raw.size - 1}; the plan was made for other tokens: re-run `longalign batch "
-                                 "plan` on this run")
+                raise ValueError(
+                    f"micro-batch {k} holds index {int(bad[0])}, but the lengths cover sequences "
+                    f"0..{raw.size - 1}; the plan was made for other tokens: re-run `longalign batch "
+                    "plan` on this run"
+                )
             seen = np.bincount(flat, minlength=raw.size)
             if seen.max() > 1:
                 twice = int(np.flatnonzero(seen > 1)[0])
-                raise ValueError(f"sequence {twice} is planned {int(seen[twice])} times; a plan holds each "
-                                 "sequence at most once (re-run `longalign batch plan`)")
+                raise ValueError(
+                    f"sequence {twice} is planned {int(seen[twice])} times; a plan holds each "
+                    "sequence at most once (re-run `longalign batch plan`)"
+                )
         planned = np.zeros(raw.size, dtype=bool)
         planned[flat] = True
         if max_len is None:
@@ -370,10 +389,21 @@ class Plan:
         eff = np.where(planned, np.minimum(raw, int(max_len)), 0)
         if batch_size is None:
             batch_size = 1 if method == "pack" else max(int(sizes.max()) if sizes.size else 1, 1)
-        plan = cls(batches=lists, stats={}, lengths=eff, method=method, max_len=int(max_len),
-                   batch_size=int(batch_size), world_size=int(world_size), grad_accum=int(grad_accum),
-                   algo=algo if method == "pack" else None, seed=int(seed), overlong="truncate",
-                   truncated=np.flatnonzero(planned & (raw > int(max_len))), dropped=np.flatnonzero(~planned))
+        plan = cls(
+            batches=lists,
+            stats={},
+            lengths=eff,
+            method=method,
+            max_len=int(max_len),
+            batch_size=int(batch_size),
+            world_size=int(world_size),
+            grad_accum=int(grad_accum),
+            algo=algo if method == "pack" else None,
+            seed=int(seed),
+            overlong="truncate",
+            truncated=np.flatnonzero(planned & (raw > int(max_len))),
+            dropped=np.flatnonzero(~planned),
+        )
         plan._arrays = (flat, sizes)
         plan.stats = compute_stats(plan, flat=flat, sizes=sizes, raw_lengths=raw)
         return plan
@@ -383,9 +413,17 @@ class Plan:
 
     def stats_record(self) -> dict[str, Any]:
         """Stats plus the settings that produced them (the batching/<method>.json record)."""
-        return {**self.stats, "method": self.method, "algo": self.algo, "max_len": self.max_len,
-                "batch_size": self.batch_size, "world_size": self.world_size, "grad_accum": self.grad_accum,
-                "seed": self.seed, "overlong": self.overlong}
+        return {
+            **self.stats,
+            "method": self.method,
+            "algo": self.algo,
+            "max_len": self.max_len,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "grad_accum": self.grad_accum,
+            "seed": self.seed,
+            "overlong": self.overlong,
+        }
 
     def save(self, stats_path: str | Path | None = None, plan_path: str | Path | None = None) -> None:
         from longalign.rundir import atomic_write_json, atomic_write_text
@@ -403,8 +441,10 @@ def load_plan_batches(path: str | Path) -> list[list[int]]:
         data = json.load(fh)
     batches = data.get("batches") if isinstance(data, dict) else None
     if not isinstance(batches, list) or not all(isinstance(b, list) for b in batches):
-        raise ValueError(f"{path}: expected {{\"batches\": [[index, ...], ...]}}; re-create it with "
-                         "`longalign batch plan ... --plan-out FILE`")
+        raise ValueError(
+            f'{path}: expected {{"batches": [[index, ...], ...]}}; re-create it with '
+            "`longalign batch plan ... --plan-out FILE`"
+        )
     return batches
 
 
@@ -414,8 +454,10 @@ def _apply_overlong(lengths: np.ndarray, max_len: int, overlong: str) -> tuple[n
     if over.size == 0:
         return eff, over, over
     if overlong == "error":
-        raise ValueError(f"{over.size} sequence(s) are longer than max_len={max_len} (first: index {over[0]}, "
-                         f"{lengths[over[0]]} tokens); raise --max-len or use overlong='truncate' or 'drop'")
+        raise ValueError(
+            f"{over.size} sequence(s) are longer than max_len={max_len} (first: index {over[0]}, "
+            f"{lengths[over[0]]} tokens); raise --max-len or use overlong='truncate' or 'drop'"
+        )
     if overlong == "truncate":
         eff[over] = max_len
         return eff, over, np.zeros(0, dtype=np.int64)
@@ -442,22 +484,24 @@ def _plan_naive(kept: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return flat, _cut(flat, batch_size)
 
 
-def _plan_sort(kept: np.ndarray, eff: np.ndarray, batch_size: int, world_size: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _plan_sort(
+    kept: np.ndarray, eff: np.ndarray, batch_size: int, world_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     by_len = kept[np.argsort(eff[kept], kind="stable")]
     group = batch_size * world_size
     n_full = by_len.size // group
-    full = by_len[:n_full * group].reshape(n_full, group)[rng.permutation(n_full)]
+    full = by_len[: n_full * group].reshape(n_full, group)[rng.permutation(n_full)]
     # deal round-robin: rank r of a group gets g[r::world_size], so every batch stays length-sorted
     dealt = full.reshape(n_full, batch_size, world_size).transpose(0, 2, 1).reshape(-1)
-    rest = by_len[n_full * group:]  # the partial group stays last, cut into batches of batch_size
+    rest = by_len[n_full * group :]  # the partial group stays last, cut into batches of batch_size
     flat = np.concatenate([dealt, rest])
     sizes = np.concatenate([np.full(n_full * world_size, batch_size, dtype=np.int64), _cut(rest, batch_size)])
     return flat, sizes
 
 
-def _deal_packs(members: np.ndarray, sizes: np.ndarray, eff: np.ndarray, max_len: int, world_size: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _deal_packs(
+    members: np.ndarray, sizes: np.ndarray, eff: np.ndarray, max_len: int, world_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle packs; with several ranks, make the packs that run side by side similar in cost.
 
     The G ranks run micro-batches j*G .. j*G+G-1 at the same time, so packs are sorted by cost (linear +
@@ -471,22 +515,35 @@ def _deal_packs(members: np.ndarray, sizes: np.ndarray, eff: np.ndarray, max_len
     cost = np.add.reduceat(lens, starts) + np.add.reduceat(lens * lens, starts) / max_len
     by_cost = np.argsort(cost, kind="stable")
     n_full = sizes.size // world_size
-    groups = by_cost[:n_full * world_size].reshape(n_full, world_size)[rng.permutation(n_full)]
-    perm = np.concatenate([groups.reshape(-1), by_cost[n_full * world_size:]])
+    groups = by_cost[: n_full * world_size].reshape(n_full, world_size)[rng.permutation(n_full)]
+    perm = np.concatenate([groups.reshape(-1), by_cost[n_full * world_size :]])
     return _reorder(members, sizes, perm)
 
 
-def make_plan(lengths: Sequence[int] | np.ndarray, method: str, *, max_len: int, batch_size: int = 1,
-              world_size: int = 1, grad_accum: int = 1, algo: str = "ffd", seed: int = 0,
-              overlong: str = "truncate") -> Plan:
+def make_plan(
+    lengths: Sequence[int] | np.ndarray,
+    method: str,
+    *,
+    max_len: int,
+    batch_size: int = 1,
+    world_size: int = 1,
+    grad_accum: int = 1,
+    algo: str = "ffd",
+    seed: int = 0,
+    overlong: str = "truncate",
+) -> Plan:
     """Plan micro-batches over sequences with the given token ``lengths`` (see the module docstring)."""
     t0 = time.perf_counter()
     check_choice("method", method, METHODS)
     check_choice("overlong", overlong, OVERLONG)
     if method == "pack":
         check_choice("algo", algo, PACK_ALGOS)
-    for name, value in (("max_len", max_len), ("batch_size", batch_size), ("world_size", world_size),
-                        ("grad_accum", grad_accum)):
+    for name, value in (
+        ("max_len", max_len),
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+        ("grad_accum", grad_accum),
+    ):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     raw = np.asarray(lengths)
@@ -509,15 +566,32 @@ def make_plan(lengths: Sequence[int] | np.ndarray, method: str, *, max_len: int,
     else:
         members, sizes = _pack_flat(eff[kept], int(max_len), algo)
         flat, sizes = _deal_packs(kept[members], sizes, eff, int(max_len), world_size, rng)
-    plan = Plan(batches=_to_lists(flat, sizes), stats={}, lengths=eff, method=method, max_len=int(max_len),
-                batch_size=int(batch_size) if method != "pack" else 1, world_size=int(world_size),
-                grad_accum=int(grad_accum), algo=algo if method == "pack" else None, seed=int(seed),
-                overlong=overlong, truncated=truncated, dropped=dropped)
+    plan = Plan(
+        batches=_to_lists(flat, sizes),
+        stats={},
+        lengths=eff,
+        method=method,
+        max_len=int(max_len),
+        batch_size=int(batch_size) if method != "pack" else 1,
+        world_size=int(world_size),
+        grad_accum=int(grad_accum),
+        algo=algo if method == "pack" else None,
+        seed=int(seed),
+        overlong=overlong,
+        truncated=truncated,
+        dropped=dropped,
+    )
     plan._arrays = (flat, sizes)
     plan.stats = compute_stats(plan, flat=flat, sizes=sizes, raw_lengths=raw)
     plan.stats["seconds"] = round(time.perf_counter() - t0, 6)
-    log.info("%s plan: %d sequences -> %d micro-batches (efficiency %.4f) in %.3fs", method,
-             plan.stats["n_sequences"], plan.stats["n_batches"], plan.stats["efficiency"], plan.stats["seconds"])
+    log.info(
+        "%s plan: %d sequences -> %d micro-batches (efficiency %.4f) in %.3fs",
+        method,
+        plan.stats["n_sequences"],
+        plan.stats["n_batches"],
+        plan.stats["efficiency"],
+        plan.stats["seconds"],
+    )
     return plan
 
 
@@ -531,8 +605,13 @@ def _to_lists(flat: np.ndarray, sizes: np.ndarray) -> list[list[int]]:
     return out
 
 
-def compute_stats(plan: Plan, *, flat: np.ndarray | None = None, sizes: np.ndarray | None = None,
-                  raw_lengths: np.ndarray | None = None) -> dict[str, Any]:
+def compute_stats(
+    plan: Plan,
+    *,
+    flat: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+    raw_lengths: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Statistics of a plan (all counts over the effective lengths).
 
     * ``efficiency`` = real tokens / tokens computed. Padded batches compute ``len(batch) * longest`` tokens;
@@ -554,8 +633,12 @@ def compute_stats(plan: Plan, *, flat: np.ndarray | None = None, sizes: np.ndarr
     real_sq = float(sq.sum())
     n_tokens = int(flat_len.sum())
     n_seq = int(flat.size)
-    stats: dict[str, Any] = {"n_sequences": n_seq, "n_tokens": n_tokens, "n_batches": n_batches,
-                             "n_steps": math.ceil(n_batches / plan.micro_per_step) if n_batches else 0}
+    stats: dict[str, Any] = {
+        "n_sequences": n_seq,
+        "n_tokens": n_tokens,
+        "n_batches": n_batches,
+        "n_steps": math.ceil(n_batches / plan.micro_per_step) if n_batches else 0,
+    }
     if plan.method == "pack":
         computed = n_batches * plan.max_len
         stats["lower_bound"] = math.ceil(n_tokens / plan.max_len) if n_tokens else 0
@@ -566,10 +649,14 @@ def compute_stats(plan: Plan, *, flat: np.ndarray | None = None, sizes: np.ndarr
         plan_sq = real_sq
         stats["attention_cost_ratio"] = 1.0 if n_batches else 0.0
         stats["attention_cost_ratio_dense"] = real_sq / dense_sq if dense_sq else 0.0
-        stats["sequences_per_pack"] = {"mean": n_seq / n_batches if n_batches else 0.0,
-                                       "max": int(sizes.max()) if n_batches else 0}
-        stats["pack_tokens"] = {"mean": float(tokens_per_batch.mean()) if n_batches else 0.0,
-                                "min": int(tokens_per_batch.min()) if n_batches else 0}
+        stats["sequences_per_pack"] = {
+            "mean": n_seq / n_batches if n_batches else 0.0,
+            "max": int(sizes.max()) if n_batches else 0,
+        }
+        stats["pack_tokens"] = {
+            "mean": float(tokens_per_batch.mean()) if n_batches else 0.0,
+            "min": int(tokens_per_batch.min()) if n_batches else 0,
+        }
     else:
         longest = np.maximum.reduceat(flat_len, starts) if n_batches else np.zeros(0, dtype=np.int64)
         computed = int((sizes * longest).sum())
@@ -584,17 +671,24 @@ def compute_stats(plan: Plan, *, flat: np.ndarray | None = None, sizes: np.ndarr
     stats["truncated"] = int(plan.truncated.size)
     stats["dropped"] = int(plan.dropped.size)
     if raw_lengths is not None:
-        stats["truncated_tokens"] = int((raw_lengths[plan.truncated] - plan.max_len).sum()) if plan.truncated.size else 0
+        stats["truncated_tokens"] = (
+            int((raw_lengths[plan.truncated] - plan.max_len).sum()) if plan.truncated.size else 0
+        )
         stats["dropped_tokens"] = int(raw_lengths[plan.dropped].sum()) if plan.dropped.size else 0
     if flat_len.size:
-        stats["length"] = {"min": int(flat_len.min()), "mean": float(flat_len.mean()),
-                           "median": float(np.median(flat_len)), "max": int(flat_len.max())}
+        stats["length"] = {
+            "min": int(flat_len.min()),
+            "mean": float(flat_len.mean()),
+            "median": float(np.median(flat_len)),
+            "max": int(flat_len.max()),
+        }
     return stats
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The batching.<method> step
 # ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PlanSummary(Summary):
@@ -612,27 +706,38 @@ class PlanSummary(Summary):
     def lines(self) -> list[str]:
         r = self.stats
         algo = f"/{r['algo']}" if r.get("algo") else ""
-        out = [f"{r['method']}{algo}: {r['n_sequences']} sequences, {r['n_tokens']} tokens -> {r['n_batches']} "
-               f"micro-batches (lower bound {r['lower_bound']}), {r['n_steps']} steps",
-               f"  efficiency {r['efficiency']:.4f}  padding {r['padding_fraction']:.4f}  "
-               f"attention cost ratio {r['attention_cost_ratio']:.4f}"
-               + (f" (dense mask {r['attention_cost_ratio_dense']:.4f})" if "attention_cost_ratio_dense" in r else ""),
-               f"  truncated {r['truncated']}  dropped {r['dropped']}  planned in {r['seconds']:.3f}s"]
+        out = [
+            f"{r['method']}{algo}: {r['n_sequences']} sequences, {r['n_tokens']} tokens -> {r['n_batches']} "
+            f"micro-batches (lower bound {r['lower_bound']}), {r['n_steps']} steps",
+            f"  efficiency {r['efficiency']:.4f}  padding {r['padding_fraction']:.4f}  "
+            f"attention cost ratio {r['attention_cost_ratio']:.4f}"
+            + (f" (dense mask {r['attention_cost_ratio_dense']:.4f})" if "attention_cost_ratio_dense" in r else ""),
+            f"  truncated {r['truncated']}  dropped {r['dropped']}  planned in {r['seconds']:.3f}s",
+        ]
         written = [str(p) for p in (self.stats_path, self.plan_path) if p is not None]
         if written:
             out.append("  wrote " + ", ".join(written))
         return out
 
 
-def plan_for(cfg: "BatchPlanConfig", lengths: Sequence[int] | np.ndarray | None = None) -> Plan:
+def plan_for(cfg: BatchPlanConfig, lengths: Sequence[int] | np.ndarray | None = None) -> Plan:
     """:func:`make_plan` with the settings of ``cfg`` over ``lengths`` (default: ``cfg.lengths``/``cfg.tokens``)."""
     if lengths is None:
         lengths = lengths_for(cfg)
-    return make_plan(lengths, cfg.method, max_len=cfg.max_len, batch_size=cfg.batch_size, world_size=cfg.world_size,
-                     grad_accum=cfg.grad_accum, algo=cfg.algo, seed=cfg.seed, overlong=cfg.overlong)
+    return make_plan(
+        lengths,
+        cfg.method,
+        max_len=cfg.max_len,
+        batch_size=cfg.batch_size,
+        world_size=cfg.world_size,
+        grad_accum=cfg.grad_accum,
+        algo=cfg.algo,
+        seed=cfg.seed,
+        overlong=cfg.overlong,
+    )
 
 
-def plan_lengths(cfg: "BatchPlanConfig", lengths: Sequence[int] | np.ndarray | None = None) -> PlanSummary:
+def plan_lengths(cfg: BatchPlanConfig, lengths: Sequence[int] | np.ndarray | None = None) -> PlanSummary:
     """Plan without a run directory: the statistics, and the plan in ``cfg.plan_out`` when that is set."""
     plan = plan_for(cfg, lengths)
     if cfg.plan_out:
@@ -640,8 +745,9 @@ def plan_lengths(cfg: "BatchPlanConfig", lengths: Sequence[int] | np.ndarray | N
     return PlanSummary(plan.stats_record(), plan_path=Path(cfg.plan_out) if cfg.plan_out else None)
 
 
-def run(cfg: "BatchPlanConfig", run_dir: str | Path | RunDir,
-        lengths: Sequence[int] | np.ndarray | None = None) -> PlanSummary:
+def run(
+    cfg: BatchPlanConfig, run_dir: str | Path | RunDir, lengths: Sequence[int] | np.ndarray | None = None
+) -> PlanSummary:
     """The ``batching.<method>`` step: plan the run's token lengths (or ``cfg.lengths``/``cfg.tokens``, or
     ``lengths``) into ``batching/<method>.json`` + ``.plan.json`` (and ``cfg.plan_out``), recorded in run.json."""
     run_ = as_run_dir(run_dir)

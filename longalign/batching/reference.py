@@ -26,7 +26,8 @@ sequence's ``[len, V]`` logits in memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,22 +47,23 @@ def toy_sequence(n_tokens: int, *, prompt_tokens: int, vocab: int, seed: int) ->
     import torch
 
     if n_tokens < 1 or not 0 <= prompt_tokens <= n_tokens:
-        raise ValueError(f"need n_tokens >= 1 and 0 <= prompt_tokens <= n_tokens, got n_tokens={n_tokens}, "
-                         f"prompt_tokens={prompt_tokens}")
+        raise ValueError(
+            f"need n_tokens >= 1 and 0 <= prompt_tokens <= n_tokens, got n_tokens={n_tokens}, "
+            f"prompt_tokens={prompt_tokens}"
+        )
     g = torch.Generator().manual_seed(int(seed))
     ids = torch.randint(0, int(vocab), (int(n_tokens),), generator=g).tolist()
     return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_tokens + ids[prompt_tokens:]}
 
 
-def random_logits(lengths: Sequence[int] | np.ndarray, vocab: int,
-                  generator: "torch.Generator") -> list["torch.Tensor"]:
+def random_logits(lengths: Sequence[int] | np.ndarray, vocab: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Standard-normal float64 logits ``[length, vocab]`` per sequence, drawn in order from ``generator``."""
     import torch
 
     return [torch.randn(int(n), int(vocab), generator=generator, dtype=torch.float64) for n in lengths]
 
 
-def boost_targets(logits: "torch.Tensor", labels: Sequence[int], boost: float) -> "torch.Tensor":
+def boost_targets(logits: torch.Tensor, labels: Sequence[int], boost: float) -> torch.Tensor:
     """Raise, in place, the logit of the correct next token at every position that predicts a target by
     ``boost``: a sequence the model already predicts well (its loss drops as ``boost`` grows)."""
     import torch
@@ -72,7 +74,7 @@ def boost_targets(logits: "torch.Tensor", labels: Sequence[int], boost: float) -
     return logits
 
 
-def _check_aligned(features: Sequence[Feature], logits: Sequence["torch.Tensor"]) -> None:
+def _check_aligned(features: Sequence[Feature], logits: Sequence[torch.Tensor]) -> None:
     if len(features) != len(logits):
         raise ValueError(f"{len(features)} sequences but {len(logits)} logits tensors; give one per sequence")
     for i, (f, lg) in enumerate(zip(features, logits)):
@@ -80,7 +82,7 @@ def _check_aligned(features: Sequence[Feature], logits: Sequence["torch.Tensor"]
             raise ValueError(f"sequence {i}: {len(f['labels'])} labels but logits of {lg.shape[0]} positions")
 
 
-def sequence_losses(features: Sequence[Feature], logits: Sequence["torch.Tensor"]) -> np.ndarray:
+def sequence_losses(features: Sequence[Feature], logits: Sequence[torch.Tensor]) -> np.ndarray:
     """``L_i``: summed next-token cross-entropy over each sequence's targets, on the sequence alone."""
     import torch
     import torch.nn.functional as F
@@ -94,8 +96,9 @@ def sequence_losses(features: Sequence[Feature], logits: Sequence["torch.Tensor"
     return out
 
 
-def formula_step_losses(L: Sequence[float] | np.ndarray, n_target: Sequence[int] | np.ndarray,
-                        batches: Sequence[Sequence[int]]) -> dict[str, float]:
+def formula_step_losses(
+    L: Sequence[float] | np.ndarray, n_target: Sequence[int] | np.ndarray, batches: Sequence[Sequence[int]]
+) -> dict[str, float]:
     """The step loss of ``batches`` (one optimizer step) under each normalisation, from the formulas.
 
     ``sequence`` = (1/M) sum_i L_i/N_i (eq. 2), ``pack`` = (1/K) sum_k sum_{i in k} L_i / N_k (eq. 3),
@@ -110,14 +113,21 @@ def formula_step_losses(L: Sequence[float] | np.ndarray, n_target: Sequence[int]
     if has.size == 0:
         raise ValueError("no sequence of the step has a target token; the step loss is undefined")
     per_pack = [L[b].sum() / n[b].sum() for b in map(list, batches) if n[b].sum() > 0]
-    return {"sequence": float((L[has] / n[has]).sum() / has.size),
-            "token": float(L[has].sum() / n[has].sum()),
-            "pack": float(np.mean(per_pack))}
+    return {
+        "sequence": float((L[has] / n[has]).sum() / has.size),
+        "token": float(L[has].sum() / n[has].sum()),
+        "pack": float(np.mean(per_pack)),
+    }
 
 
-def weighted_step_loss(features: Sequence[Feature], logits: Sequence["torch.Tensor"],
-                       batches: Sequence[Sequence[int]], weights: Sequence[float] | np.ndarray, *,
-                       packed: bool = True) -> float:
+def weighted_step_loss(
+    features: Sequence[Feature],
+    logits: Sequence[torch.Tensor],
+    batches: Sequence[Sequence[int]],
+    weights: Sequence[float] | np.ndarray,
+    *,
+    packed: bool = True,
+) -> float:
     """Sum over ``batches`` of :func:`~longalign.batching.weighted_causal_lm_loss` on each collated micro-batch.
 
     ``weights[i]`` is sequence i's per-token weight. A packed micro-batch goes through
@@ -145,15 +155,30 @@ def weighted_step_loss(features: Sequence[Feature], logits: Sequence["torch.Tens
     return total
 
 
-def rank_step_losses(plan: "Plan", features: Sequence[Feature], logits: Sequence["torch.Tensor"],
-                     weights: Sequence[float] | np.ndarray, *, packed: bool) -> list[float]:
+def rank_step_losses(
+    plan: Plan,
+    features: Sequence[Feature],
+    logits: Sequence[torch.Tensor],
+    weights: Sequence[float] | np.ndarray,
+    *,
+    packed: bool,
+) -> list[float]:
     """Each rank's sum of ``weight x CE`` over the micro-batches it consumes (:meth:`Plan.rank_batches`)."""
-    return [weighted_step_loss(features, logits, plan.rank_batches(r), weights, packed=packed)
-            for r in range(plan.world_size)]
+    return [
+        weighted_step_loss(features, logits, plan.rank_batches(r), weights, packed=packed)
+        for r in range(plan.world_size)
+    ]
 
 
-def ddp_step_loss(plan: "Plan", features: Sequence[Feature], logits: Sequence["torch.Tensor"],
-                  weights: Sequence[float] | np.ndarray, *, packed: bool, scale_by_world_size: bool = True) -> float:
+def ddp_step_loss(
+    plan: Plan,
+    features: Sequence[Feature],
+    logits: Sequence[torch.Tensor],
+    weights: Sequence[float] | np.ndarray,
+    *,
+    packed: bool,
+    scale_by_world_size: bool = True,
+) -> float:
     """The step loss DDP optimises: the mean over ranks of each rank's loss.
 
     With step-global weights (:func:`~longalign.batching.token_weights`) a rank's sum covers only its share
@@ -165,7 +190,7 @@ def ddp_step_loss(plan: "Plan", features: Sequence[Feature], logits: Sequence["t
     return float(np.mean([scale * s for s in rank_step_losses(plan, features, logits, weights, packed=packed)]))
 
 
-def micro_batch_sequence_weights(plan: "Plan", n_target: Sequence[int] | np.ndarray) -> np.ndarray:
+def micro_batch_sequence_weights(plan: Plan, n_target: Sequence[int] | np.ndarray) -> np.ndarray:
     """Per-token weights of a sequence mean taken inside each micro-batch: ``1 / (N_i * B_k * grad_accum)``
     for sequence i in micro-batch k of B_k sequences (0 for sequences without targets, which are not
     counted in B_k). Each rank's step loss is then the mean over its micro-batches of their sequence means,
@@ -196,10 +221,13 @@ def capacity_for_packs(lengths: Sequence[int] | np.ndarray, n_packs: int, *, ste
 
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size == 0 or n_packs < 1 or step < 1:
-        raise ValueError(f"need lengths, n_packs >= 1 and step >= 1 (got {lengths.size} lengths, n_packs={n_packs}, "
-                         f"step={step})")
+        raise ValueError(
+            f"need lengths, n_packs >= 1 and step >= 1 (got {lengths.size} lengths, n_packs={n_packs}, step={step})"
+        )
     for capacity in range(int(lengths.max()), int(lengths.sum()) + step, step):
         if len(pack_lengths(lengths, capacity, algo)) == n_packs:
             return capacity
-    raise ValueError(f"no capacity in steps of {step} from {int(lengths.max())} tokens packs these {lengths.size} "
-                     f"sequences into exactly {n_packs} packs with {algo!r}; try another n_packs or a smaller step")
+    raise ValueError(
+        f"no capacity in steps of {step} from {int(lengths.max())} tokens packs these {lengths.size} "
+        f"sequences into exactly {n_packs} packs with {algo!r}; try another n_packs or a smaller step"
+    )

@@ -24,9 +24,10 @@ FLOPs per n^2) at an effective 150 TFLOP/s; :func:`fit_cost_model` fits them to 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,22 +53,26 @@ class CostModel:
     per_batch: float = 0.0
 
     @classmethod
-    def for_transformer(cls, n_params: float, n_layers: int, hidden: int, flops_per_second: float,
-                        per_batch: float = 0.0) -> "CostModel":
+    def for_transformer(
+        cls, n_params: float, n_layers: int, hidden: int, flops_per_second: float, per_batch: float = 0.0
+    ) -> CostModel:
         """Coefficients from a FLOP count: 6*params per token, 6*hidden*layers per n^2 (fwd+bwd)."""
         return cls(6 * n_params / flops_per_second, 6 * hidden * n_layers / flops_per_second, per_batch)
 
     def seconds(self, tokens: Any, attention: Any, batches: Any = 1) -> Any:
-        return self.per_token * np.asarray(tokens, dtype=np.float64) \
-            + self.per_token_sq * np.asarray(attention, dtype=np.float64) \
+        return (
+            self.per_token * np.asarray(tokens, dtype=np.float64)
+            + self.per_token_sq * np.asarray(attention, dtype=np.float64)
             + self.per_batch * np.asarray(batches, dtype=np.float64)
+        )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def micro_batch_work(lengths: np.ndarray, flat: np.ndarray, sizes: np.ndarray, packed: bool,
-                     attention: str = "varlen") -> tuple[np.ndarray, np.ndarray]:
+def micro_batch_work(
+    lengths: np.ndarray, flat: np.ndarray, sizes: np.ndarray, packed: bool, attention: str = "varlen"
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens computed, attention computed) per micro-batch of a plan given as (flat, sizes)."""
     check_choice("attention", attention, ATTENTION_MODES)
     if sizes.size == 0:
@@ -76,10 +81,10 @@ def micro_batch_work(lengths: np.ndarray, flat: np.ndarray, sizes: np.ndarray, p
     lens = lengths[flat].astype(np.float64)
     if packed:
         tokens = np.add.reduceat(lens, starts)
-        attn = tokens ** 2 if attention == "dense" else np.add.reduceat(lens * lens, starts)
+        attn = tokens**2 if attention == "dense" else np.add.reduceat(lens * lens, starts)
         return tokens, attn
     longest = np.maximum.reduceat(lens, starts)
-    return sizes * longest, sizes * longest ** 2
+    return sizes * longest, sizes * longest**2
 
 
 def step_timeline(costs: np.ndarray, world_size: int, grad_accum: int, sync: str = "micro") -> dict[str, float]:
@@ -97,12 +102,17 @@ def step_timeline(costs: np.ndarray, world_size: int, grad_accum: int, sync: str
         total = float(grid.sum(axis=1).max(axis=1).sum())
     busy = float(costs.sum())
     capacity = total * world_size
-    return {"total_seconds": total, "busy_device_seconds": busy,
-            "idle_fraction": 1.0 - busy / capacity if capacity else 0.0, "n_steps": int(n_steps)}
+    return {
+        "total_seconds": total,
+        "busy_device_seconds": busy,
+        "idle_fraction": 1.0 - busy / capacity if capacity else 0.0,
+        "n_steps": int(n_steps),
+    }
 
 
-def simulate_plan(plan: Any, cost: CostModel | None = None, *, attention: str = "varlen",
-                  sync: str = "micro") -> dict[str, Any]:
+def simulate_plan(
+    plan: Any, cost: CostModel | None = None, *, attention: str = "varlen", sync: str = "micro"
+) -> dict[str, Any]:
     """Simulated run of one plan: total/idle time, throughput, and the plan's efficiency."""
     cost = cost or CostModel()
     flat, sizes = plan.arrays()
@@ -110,22 +120,36 @@ def simulate_plan(plan: Any, cost: CostModel | None = None, *, attention: str = 
     costs = cost.seconds(tokens, attn)
     out = step_timeline(costs, plan.world_size, plan.grad_accum, sync)
     real = float(plan.stats.get("n_tokens", 0))
-    out.update({
-        "n_micro_batches": int(sizes.size),
-        "real_tokens": int(real),
-        "real_tokens_per_second": real / out["total_seconds"] if out["total_seconds"] else 0.0,
-        "mean_step_seconds": out["total_seconds"] / out["n_steps"] if out["n_steps"] else 0.0,
-        "efficiency": plan.stats.get("efficiency"),
-        "attention": attention if plan.method == "pack" else "padded",
-    })
+    out.update(
+        {
+            "n_micro_batches": int(sizes.size),
+            "real_tokens": int(real),
+            "real_tokens_per_second": real / out["total_seconds"] if out["total_seconds"] else 0.0,
+            "mean_step_seconds": out["total_seconds"] / out["n_steps"] if out["n_steps"] else 0.0,
+            "efficiency": plan.stats.get("efficiency"),
+            "attention": attention if plan.method == "pack" else "padded",
+        }
+    )
     return out
 
 
-def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = METHODS, *,
-             max_len: int, world_size: int = 8, batch_size: int = 1, grad_accum: int = 12, algo: str = "ffd",
-             pack_grad_accum: int | None = 1, seed: int = 0, overlong: str = "truncate",
-             cost: CostModel | None = None, sync: str = "micro", dense_pack: bool = True,
-             devices: int | None = None) -> dict[str, Any]:
+def simulate(
+    lengths: Sequence[int] | np.ndarray,
+    methods: Iterable[str] = METHODS,
+    *,
+    max_len: int,
+    world_size: int = 8,
+    batch_size: int = 1,
+    grad_accum: int = 12,
+    algo: str = "ffd",
+    pack_grad_accum: int | None = 1,
+    seed: int = 0,
+    overlong: str = "truncate",
+    cost: CostModel | None = None,
+    sync: str = "micro",
+    dense_pack: bool = True,
+    devices: int | None = None,
+) -> dict[str, Any]:
     """Simulate each method over the same lengths; returns ``{"config": ..., "methods": {name: {...}}}``.
 
     Padded methods use ``batch_size`` sequences per device and ``grad_accum`` accumulation steps; packing
@@ -141,9 +165,17 @@ def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = METHO
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     for method in methods:
-        plan = make_plan(lengths, method, max_len=max_len, batch_size=batch_size, world_size=world_size,
-                         grad_accum=(pack_grad_accum or grad_accum) if method == "pack" else grad_accum,
-                         algo=algo, seed=seed, overlong=overlong)
+        plan = make_plan(
+            lengths,
+            method,
+            max_len=max_len,
+            batch_size=batch_size,
+            world_size=world_size,
+            grad_accum=(pack_grad_accum or grad_accum) if method == "pack" else grad_accum,
+            algo=algo,
+            seed=seed,
+            overlong=overlong,
+        )
         results[method] = simulate_plan(plan, cost, attention="varlen", sync=sync)
         if method == "pack" and dense_pack:
             results["pack_dense"] = simulate_plan(plan, cost, attention="dense", sync=sync)
@@ -151,12 +183,21 @@ def simulate(lengths: Sequence[int] | np.ndarray, methods: Iterable[str] = METHO
         base = results["naive"]["total_seconds"]
         for r in results.values():
             r["speedup_vs_naive"] = base / r["total_seconds"] if r["total_seconds"] else 0.0
-    config = {"n_sequences": int(np.asarray(lengths).size), "max_len": int(max_len), "world_size": int(world_size),
-              "devices": int(world_size),
-              "batch_size": int(batch_size), "grad_accum": int(grad_accum),
-              "pack_grad_accum": int(pack_grad_accum or grad_accum), "algo": algo, "seed": int(seed),
-              "overlong": overlong, "sync": sync, "cost": cost.to_dict(),
-              "seconds": round(time.perf_counter() - t0, 4)}
+    config = {
+        "n_sequences": int(np.asarray(lengths).size),
+        "max_len": int(max_len),
+        "world_size": int(world_size),
+        "devices": int(world_size),
+        "batch_size": int(batch_size),
+        "grad_accum": int(grad_accum),
+        "pack_grad_accum": int(pack_grad_accum or grad_accum),
+        "algo": algo,
+        "seed": int(seed),
+        "overlong": overlong,
+        "sync": sync,
+        "cost": cost.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
     return {"config": config, "methods": results}
 
 
@@ -177,8 +218,9 @@ def fit_cost_model(measurements: Sequence[Mapping[str, float]], *, fit_per_batch
     from scipy.optimize import nnls
 
     if len(measurements) < (3 if fit_per_batch else 2):
-        raise ValueError(f"fit_cost_model needs at least {3 if fit_per_batch else 2} measurements, "
-                         f"got {len(measurements)}")
+        raise ValueError(
+            f"fit_cost_model needs at least {3 if fit_per_batch else 2} measurements, got {len(measurements)}"
+        )
     for i, m in enumerate(measurements):
         missing = [k for k in ("tokens", "attention", "seconds") if k not in m]
         if missing:
@@ -192,13 +234,15 @@ def fit_cost_model(measurements: Sequence[Mapping[str, float]], *, fit_per_batch
     scale[scale == 0] = 1.0
     coef, _ = nnls(a / scale, y)
     coef = coef / scale
-    return CostModel(per_token=float(coef[0]), per_token_sq=float(coef[1]),
-                     per_batch=float(coef[2]) if fit_per_batch else 0.0)
+    return CostModel(
+        per_token=float(coef[0]), per_token_sq=float(coef[1]), per_batch=float(coef[2]) if fit_per_batch else 0.0
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The batching.simulate step
 # ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SimulationSummary(Summary):
@@ -210,31 +254,46 @@ class SimulationSummary(Summary):
 
     def lines(self) -> list[str]:
         c = self.config
-        out = [f"{c['n_sequences']} sequences, {c['world_size']} devices, max_len {c['max_len']}, sync={c['sync']}",
-               f"{'method':<12}{'hours':>10}{'idle':>8}{'steps':>8}{'vs naive':>10}"]
+        out = [
+            f"{c['n_sequences']} sequences, {c['world_size']} devices, max_len {c['max_len']}, sync={c['sync']}",
+            f"{'method':<12}{'hours':>10}{'idle':>8}{'steps':>8}{'vs naive':>10}",
+        ]
         for name, r in self.methods.items():
             speed = r.get("speedup_vs_naive")
-            out.append(f"{name:<12}{r['total_seconds'] / 3600:>10.2f}{r['idle_fraction']:>8.1%}{r['n_steps']:>8}"
-                       + (f"{speed:>9.2f}x" if speed is not None else ""))
+            out.append(
+                f"{name:<12}{r['total_seconds'] / 3600:>10.2f}{r['idle_fraction']:>8.1%}{r['n_steps']:>8}"
+                + (f"{speed:>9.2f}x" if speed is not None else "")
+            )
         if self.path is not None:
             out.append(f"wrote {self.path}")
         return out
 
 
-def simulate_config(cfg: "SimulateConfig", lengths: Sequence[int] | np.ndarray | None = None) -> SimulationSummary:
+def simulate_config(cfg: SimulateConfig, lengths: Sequence[int] | np.ndarray | None = None) -> SimulationSummary:
     """:func:`simulate` with the settings of ``cfg`` over ``lengths`` (default: ``cfg.lengths``/``cfg.tokens``),
     without a run directory."""
     if lengths is None:
         lengths = lengths_for(cfg)
-    result = simulate(lengths, cfg.methods, max_len=cfg.max_len, world_size=cfg.world_size,
-                      batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, pack_grad_accum=cfg.pack_grad_accum,
-                      algo=cfg.algo, seed=cfg.seed, overlong=cfg.overlong,
-                      cost=CostModel(cfg.per_token, cfg.per_token_sq, cfg.per_batch), sync=cfg.sync)
+    result = simulate(
+        lengths,
+        cfg.methods,
+        max_len=cfg.max_len,
+        world_size=cfg.world_size,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        pack_grad_accum=cfg.pack_grad_accum,
+        algo=cfg.algo,
+        seed=cfg.seed,
+        overlong=cfg.overlong,
+        cost=CostModel(cfg.per_token, cfg.per_token_sq, cfg.per_batch),
+        sync=cfg.sync,
+    )
     return SimulationSummary(config=result["config"], methods=result["methods"])
 
 
-def run(cfg: "SimulateConfig", run_dir: str | Path | RunDir,
-        lengths: Sequence[int] | np.ndarray | None = None) -> SimulationSummary:
+def run(
+    cfg: SimulateConfig, run_dir: str | Path | RunDir, lengths: Sequence[int] | np.ndarray | None = None
+) -> SimulationSummary:
     """The ``batching.simulate`` step: simulate the run's token lengths (or ``cfg.lengths``/``cfg.tokens``, or
     ``lengths``) into ``batching/simulate.json``, recorded in run.json."""
     run_ = as_run_dir(run_dir)

@@ -21,11 +21,26 @@ from longalign.rundir import RunDir
 STEPS = {CorpusConfig: corpus.run, GenerateConfig: selfinstruct.run, ShortConfig: short.run, MixConfig: mix.run}
 
 
-def run(cfg: CorpusConfig | GenerateConfig | ShortConfig | MixConfig, run_dir: str | Path | RunDir,
-        **kwargs: Any) -> stage.Summary:
+def run(
+    cfg: CorpusConfig | GenerateConfig | ShortConfig | MixConfig, run_dir: str | Path | RunDir, **kwargs: Any
+) -> stage.Summary:
     """Run the data step of ``cfg``'s type into ``run_dir`` (keyword arguments go to that step's ``run``)."""
     return stage.dispatch(STEPS, "longalign.data", cfg, run_dir, **kwargs)
 
 
-__all__ = ["run", "STEPS", "CorpusConfig", "CorpusSummary", "GenerateConfig", "GenerateSummary", "ShortConfig",
-           "ShortReport", "MixConfig", "MixSummary", "corpus", "selfinstruct", "short", "mix"]
+__all__ = [
+    "run",
+    "STEPS",
+    "CorpusConfig",
+    "CorpusSummary",
+    "GenerateConfig",
+    "GenerateSummary",
+    "ShortConfig",
+    "ShortReport",
+    "MixConfig",
+    "MixSummary",
+    "corpus",
+    "selfinstruct",
+    "short",
+    "mix",
+]

@@ -43,9 +43,10 @@ import math
 import random
 import sysconfig
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from longalign.config import Options, check_choice, option
 from longalign.rundir import RunDir, atomic_write_text, iter_jsonl
@@ -61,30 +62,44 @@ FOLDER_SUFFIXES = (".txt", ".md")
 class CorpusConfig(Options):
     """Options of ``longalign data corpus``."""
 
-    input: str = option("builtin", help="where documents come from: 'builtin' (texts installed on this machine), "
-                                         "a .jsonl file (text, optional id/source/lang), a folder of .txt/.md "
-                                         "files, or hf:<dataset name>")
-    builtin_sources: list[str] = option(default_factory=lambda: list(BUILTIN_SOURCES), choices=BUILTIN_SOURCES,
-                                        help="which built-in sources to use: " + ", ".join(BUILTIN_SOURCES))
+    input: str = option(
+        "builtin",
+        help="where documents come from: 'builtin' (texts installed on this machine), "
+        "a .jsonl file (text, optional id/source/lang), a folder of .txt/.md "
+        "files, or hf:<dataset name>",
+    )
+    builtin_sources: list[str] = option(
+        default_factory=lambda: list(BUILTIN_SOURCES),
+        choices=BUILTIN_SOURCES,
+        help="which built-in sources to use: " + ", ".join(BUILTIN_SOURCES),
+    )
     hf_split: str = option("train", help="split of the HF dataset (input=hf:<name>)")
     hf_config: str | None = option(None, help="configuration name of the HF dataset, if it has several")
     text_column: str = option("text", help="column holding the document text (HF dataset)")
     id_column: str = option("id", help="column holding a document id (HF dataset); row number if absent")
-    tokenizer: str | None = option(None, help="model spec whose tokenizer measures lengths "
-                                              "(default: the embedded SmolLM2-135M-Instruct)")
+    tokenizer: str | None = option(
+        None, help="model spec whose tokenizer measures lengths (default: the embedded SmolLM2-135M-Instruct)"
+    )
     min_tokens: int = option(1024, minimum=0, help="drop documents shorter than this many tokens")
     max_tokens: int = option(8192, minimum=1, help="drop documents longer than this many tokens")
-    n_docs: int = option(200, minimum=0, help="how many documents to sample (0 = every document that passes the "
-                                              "filters)")
-    bucket_edges: list[int] = option(default_factory=lambda: [2048, 4096, 8192, 16384, 32768],
-                                     help="token-length bucket boundaries (ascending)")
-    bucket_weights: list[float] = option(default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
-                                         help="sampling weight of each bucket (one more than bucket_edges); "
-                                              "larger weights for longer buckets upsample long documents")
+    n_docs: int = option(
+        200, minimum=0, help="how many documents to sample (0 = every document that passes the filters)"
+    )
+    bucket_edges: list[int] = option(
+        default_factory=lambda: [2048, 4096, 8192, 16384, 32768], help="token-length bucket boundaries (ascending)"
+    )
+    bucket_weights: list[float] = option(
+        default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
+        help="sampling weight of each bucket (one more than bucket_edges); "
+        "larger weights for longer buckets upsample long documents",
+    )
     langs: list[str] = option(default_factory=list, help="keep only these languages (e.g. en,zh; empty = all)")
     seed: int = option(42, help="sampling seed")
-    max_chars_per_token: float = option(10.0, minimum=1, help="texts longer than max_tokens * this many characters "
-                                                              "are skipped without tokenising (speed bound)")
+    max_chars_per_token: float = option(
+        10.0,
+        minimum=1,
+        help="texts longer than max_tokens * this many characters are skipped without tokenising (speed bound)",
+    )
     batch_size: int = option(64, minimum=1, help="documents per tokenizer call")
     dedupe: bool = option(True, help="drop documents whose text is identical to an earlier one")
 
@@ -122,6 +137,7 @@ class CorpusSummary(Summary):
 
 # ----------------------------------------------------------------------------------------------- language
 
+
 def _script_counts(text: str) -> dict[str, int]:
     counts = {"han": 0, "kana": 0, "hangul": 0, "cyrillic": 0, "latin": 0}
     for ch in text:
@@ -151,7 +167,7 @@ def detect_lang(text: str, sample_chars: int = 6000) -> str:
     if len(text) > sample_chars:  # three evenly spaced slices are enough and keep this O(sample_chars)
         part = sample_chars // 3
         mid = len(text) // 2
-        text = text[:part] + text[mid - part // 2: mid + part // 2] + text[-part:]
+        text = text[:part] + text[mid - part // 2 : mid + part // 2] + text[-part:]
     c = _script_counts(text)
     cjk = c["han"] + c["kana"]
     total = 3 * (cjk + c["hangul"]) + c["cyrillic"] + c["latin"]
@@ -170,6 +186,7 @@ def detect_lang(text: str, sample_chars: int = 6000) -> str:
 
 # ------------------------------------------------------------------------------------------------ readers
 
+
 def _doc(text: str, doc_id: str, source: str, lang: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"id": doc_id, "source": source, "lang": lang, "text": text, **extra}
 
@@ -187,8 +204,10 @@ def read_jsonl_documents(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: expected a JSON object with a 'text' field, got {type(rec).__name__}")
         text = rec.get("text")
         if not isinstance(text, str):
-            raise ValueError(f"{where}: missing 'text' string (keys present: {', '.join(sorted(rec)) or 'none'}); "
-                             "every line needs a 'text' field with the document")
+            raise ValueError(
+                f"{where}: missing 'text' string (keys present: {', '.join(sorted(rec)) or 'none'}); "
+                "every line needs a 'text' field with the document"
+            )
         doc_id = str(rec["id"]) if rec.get("id") is not None else f"{path.stem}:{lineno}"
         if doc_id in seen:
             raise ValueError(f"{where}: id {doc_id!r} already used on line {seen[doc_id]}; ids must be unique")
@@ -209,8 +228,10 @@ def read_folder_documents(folder: str | Path, suffixes: Iterable[str] = FOLDER_S
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                             "convert it to UTF-8 or remove it from the folder") from None
+            raise ValueError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "convert it to UTF-8 or remove it from the folder"
+            ) from None
         rel = path.relative_to(folder).as_posix()
         docs.append(_doc(text, rel, folder.name or "folder"))
     if not docs:
@@ -218,15 +239,17 @@ def read_folder_documents(folder: str | Path, suffixes: Iterable[str] = FOLDER_S
     return docs
 
 
-def read_hf_documents(name: str, *, split: str = "train", config: str | None = None, text_column: str = "text",
-                      id_column: str = "id") -> list[dict[str, Any]]:
+def read_hf_documents(
+    name: str, *, split: str = "train", config: str | None = None, text_column: str = "text", id_column: str = "id"
+) -> list[dict[str, Any]]:
     """Documents from an HF dataset (downloads through ``datasets`` unless cached)."""
     import datasets
 
     ds = datasets.load_dataset(name, config, split=split)
     if text_column not in ds.column_names:
-        raise ValueError(f"dataset {name} has no column {text_column!r} (columns: {', '.join(ds.column_names)}); "
-                         "set text_column")
+        raise ValueError(
+            f"dataset {name} has no column {text_column!r} (columns: {', '.join(ds.column_names)}); set text_column"
+        )
     has_id = id_column in ds.column_names
     has_lang = "lang" in ds.column_names
     docs = []
@@ -241,8 +264,18 @@ def _stdlib_documents() -> list[dict[str, Any]]:
 
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
-    skip_dirs = {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "lib2to3", "ensurepip",
-                 "config-3", "lib-dynload"}
+    skip_dirs = {
+        "test",
+        "tests",
+        "idlelib",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "lib2to3",
+        "ensurepip",
+        "config-3",
+        "lib-dynload",
+    }
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith("config-"))
         for name in sorted(files):
@@ -349,24 +382,27 @@ def read_documents(cfg: CorpusConfig) -> list[dict[str, Any]]:
     if spec == "builtin":
         return builtin_documents(cfg.builtin_sources)
     if spec.startswith("hf:"):
-        return read_hf_documents(spec[3:], split=cfg.hf_split, config=cfg.hf_config, text_column=cfg.text_column,
-                                 id_column=cfg.id_column)
+        return read_hf_documents(
+            spec[3:], split=cfg.hf_split, config=cfg.hf_config, text_column=cfg.text_column, id_column=cfg.id_column
+        )
     path = Path(spec)
     if path.is_dir():
         return read_folder_documents(path)
     if path.is_file():
         return read_jsonl_documents(path)
-    raise FileNotFoundError(f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file "
-                            "nor a folder")
+    raise FileNotFoundError(
+        f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder"
+    )
 
 
 # --------------------------------------------------------------------------------------- measure & sample
+
 
 def count_tokens(texts: list[str], tokenizer: Any, batch_size: int = 64) -> list[int]:
     """Token count of each text (no special tokens), tokenising ``batch_size`` texts per call."""
     out: list[int] = []
     for i in range(0, len(texts), max(1, batch_size)):
-        enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False)
+        enc = tokenizer(texts[i : i + batch_size], add_special_tokens=False, return_attention_mask=False)
         out.extend(len(ids) for ids in enc["input_ids"])
     return out
 
@@ -383,14 +419,16 @@ def check_buckets(edges: list[int], weights: list[float]) -> None:
     if list(edges) != sorted(edges):
         raise ValueError(f"bucket_edges must be ascending, got {edges}")
     if len(weights) != len(edges) + 1:
-        raise ValueError(f"bucket_weights needs {len(edges) + 1} values (one more than bucket_edges), "
-                         f"got {len(weights)}")
+        raise ValueError(
+            f"bucket_weights needs {len(edges) + 1} values (one more than bucket_edges), got {len(weights)}"
+        )
     if any(w <= 0 for w in weights):
         raise ValueError(f"bucket_weights must all be positive, got {weights}")
 
 
-def sample_by_length(docs: list[dict[str, Any]], n: int, edges: list[int], weights: list[float],
-                     seed: int) -> list[dict[str, Any]]:
+def sample_by_length(
+    docs: list[dict[str, Any]], n: int, edges: list[int], weights: list[float], seed: int
+) -> list[dict[str, Any]]:
     """Draw ``n`` documents without replacement, P ∝ weight of the length bucket (all when ``n`` is 0 or
     not smaller than ``len(docs)``). The result keeps the draw order."""
     check_buckets(edges, weights)
@@ -406,8 +444,9 @@ def sample_by_length(docs: list[dict[str, Any]], n: int, edges: list[int], weigh
     return [d for _, d in keyed[:n]]
 
 
-def _draw_lazily(candidates: list[dict[str, Any]], cfg: CorpusConfig,
-                 tokens_of: Callable[[list[int]], list[int]]) -> list[int]:
+def _draw_lazily(
+    candidates: list[dict[str, Any]], cfg: CorpusConfig, tokens_of: Callable[[list[int]], list[int]]
+) -> list[int]:
     """Weighted draw without replacement that tokenises only the documents it reaches; returns the indices
     of the chosen candidates in draw order.
 
@@ -437,16 +476,21 @@ def _draw_lazily(candidates: list[dict[str, Any]], cfg: CorpusConfig,
     pos = 0
     while len(chosen) < cfg.n_docs and pos < len(order):
         step = max(cfg.batch_size, int((cfg.n_docs - len(chosen)) * 1.3))
-        batch = order[pos:pos + step]
+        batch = order[pos : pos + step]
         pos += step
         for i, n in zip(batch, tokens_of(batch)):
             if cfg.min_tokens <= n <= cfg.max_tokens:
                 chosen.append(i)
-    return chosen[:cfg.n_docs]
+    return chosen[: cfg.n_docs]
 
 
-def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, tokenizer: Any = None,
-                 docs: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def build_corpus(
+    cfg: CorpusConfig,
+    out_path: str | Path | None = None,
+    *,
+    tokenizer: Any = None,
+    docs: list[dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read, measure, filter and sample documents; write ``out_path`` (jsonl, atomically) when given.
 
     Returns ``(documents, summary)``; each document is ``{"id", "source", "lang", "n_tokens", "text"}``.
@@ -508,7 +552,7 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, token
         chosen_idx = [i for i in range(len(candidates)) if cfg.min_tokens <= counts[i] <= cfg.max_tokens]
     else:
         chosen_idx = _draw_lazily(candidates, cfg, tokens_of)
-    for i, n in counts.items():
+    for n in counts.values():
         if n < cfg.min_tokens:
             drop("too_short")
         elif n > cfg.max_tokens:
@@ -517,9 +561,16 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, token
     chosen = []
     for i in chosen_idx:
         d = candidates[i]
-        chosen.append({"id": d["id"], "source": d["source"], "lang": d["lang"], "n_tokens": counts[i],
-                       "text": d["text"],
-                       **{k: v for k, v in d.items() if k not in ("id", "source", "lang", "n_tokens", "text")}})
+        chosen.append(
+            {
+                "id": d["id"],
+                "source": d["source"],
+                "lang": d["lang"],
+                "n_tokens": counts[i],
+                "text": d["text"],
+                **{k: v for k, v in d.items() if k not in ("id", "source", "lang", "n_tokens", "text")},
+            }
+        )
     t_tokenize = time.perf_counter() - t2
     if cfg.n_docs and len(chosen) < cfg.n_docs:
         log.warning("only %d documents pass the filters (asked for %d); keeping all of them", len(chosen), cfg.n_docs)
@@ -546,16 +597,30 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path | None = None, *, token
         "tokenized": n_tokenized,
         "by_source": histogram(chosen, lambda d: d["source"]),
         "by_lang": histogram(chosen, lambda d: d["lang"]),
-        "by_bucket": {k: v for k, v in sorted(histogram(chosen, lambda d: bucket_name(d["n_tokens"])).items(),
-                                                 key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))},
+        "by_bucket": {
+            k: v
+            for k, v in sorted(
+                histogram(chosen, lambda d: bucket_name(d["n_tokens"])).items(),
+                key=lambda kv: int(kv[0].split("-")[0].rstrip("+")),
+            )
+        },
         "tokens": sum(d["n_tokens"] for d in chosen),
-        "seconds": {"read": round(t_read, 3), "load_tokenizer": round(t_tok_load, 3),
-                    "tokenize": round(t_tokenize, 3), "total": round(time.perf_counter() - t0, 3)},
+        "seconds": {
+            "read": round(t_read, 3),
+            "load_tokenizer": round(t_tok_load, 3),
+            "tokenize": round(t_tokenize, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
     }
     if out_path is not None:
         atomic_write_text(out_path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in chosen))
-    log.info("corpus: %d read, %d tokenized, %d written in %.1f s", len(raw), n_tokenized, len(chosen),
-             summary["seconds"]["total"])
+    log.info(
+        "corpus: %d read, %d tokenized, %d written in %.1f s",
+        len(raw),
+        n_tokenized,
+        len(chosen),
+        summary["seconds"]["total"],
+    )
     return chosen, summary
 
 
@@ -593,6 +658,8 @@ def select_documents(docs: list[dict[str, Any]], ids: Iterable[str]) -> list[dic
     spare = [d for d in sorted(docs, key=lambda d: d["n_tokens"]) if d["id"] not in ids]
     missing = [i for i in ids if i not in by_id]
     if len(missing) > len(spare):
-        raise ValueError(f"{len(missing)} of the requested ids are not in the corpus ({missing[:3]}...) and only "
-                         f"{len(spare)} other documents are left to stand in; ask for fewer ids")
+        raise ValueError(
+            f"{len(missing)} of the requested ids are not in the corpus ({missing[:3]}...) and only "
+            f"{len(spare)} other documents are left to stand in; ask for fewer ids"
+        )
     return [by_id[i] if i in by_id else spare.pop(0) for i in ids]

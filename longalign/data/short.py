@@ -29,20 +29,28 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from longalign.config import Options, check_choice, option
-from longalign.rundir import RunDir, atomic_write_text, iter_jsonl, read_jsonl
+from longalign.rundir import RunDir, atomic_write_text, iter_jsonl
 from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
 
 ROLE_MAP = {
-    "human": "user", "user": "user", "prompter": "user",
-    "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant", "bard": "assistant", "bing": "assistant",
-    "model": "assistant", "bot": "assistant",
+    "human": "user",
+    "user": "user",
+    "prompter": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
     "system": "system",
 }
 SYSTEM_POLICIES = ("drop", "keep-leading")
@@ -54,22 +62,31 @@ SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_s
 class ShortConfig(Options):
     """Options of ``longalign data short``."""
 
-    inputs: list[str] = option(default_factory=list, help="ShareGPT (.json list or .jsonl with 'conversations') "
-                                                          "or messages (.jsonl with 'messages') files, or "
-                                                          "hf:<dataset name>; several allowed")
+    inputs: list[str] = option(
+        default_factory=list,
+        help="ShareGPT (.json list or .jsonl with 'conversations') "
+        "or messages (.jsonl with 'messages') files, or "
+        "hf:<dataset name>; several allowed",
+    )
     hf_split: str = option("train", help="split of an hf:<name> input")
-    system_policy: str = option("drop", choices=SYSTEM_POLICIES,
-                                help="drop every system turn, or keep one only at the start of a conversation")
-    unknown_role_policy: str = option("drop-conversation", choices=UNKNOWN_ROLE_POLICIES,
-                                      help="what to do with turns whose role is neither user, assistant nor system")
+    system_policy: str = option(
+        "drop", choices=SYSTEM_POLICIES, help="drop every system turn, or keep one only at the start of a conversation"
+    )
+    unknown_role_policy: str = option(
+        "drop-conversation",
+        choices=UNKNOWN_ROLE_POLICIES,
+        help="what to do with turns whose role is neither user, assistant nor system",
+    )
     dedupe: bool = option(True, help="drop conversations identical to an earlier one")
-    max_conversations: int = option(0, minimum=0, help="keep at most this many conversations, sampled with seed "
-                                                       "(0 = all)")
+    max_conversations: int = option(
+        0, minimum=0, help="keep at most this many conversations, sampled with seed (0 = all)"
+    )
     source: str | None = option(None, help="value of the 'source' field (default: 'sharegpt' or the file name)")
     seed: int = option(42, help="sampling seed for max_conversations")
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
 
 def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
     """``(location, record)`` pairs from a .json list or a .jsonl file; errors name file:line."""
@@ -81,8 +98,9 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a .json file must hold one list "
-                             "of conversations") from None
+            raise ValueError(
+                f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a .json file must hold one list of conversations"
+            ) from None
         for i, rec in enumerate(data):
             yield f"{path}[{i}]", rec
         return
@@ -101,15 +119,17 @@ def _iter_hf(name: str, split: str) -> Iterator[tuple[str, Any]]:
 def raw_turns(rec: Any, where: str) -> list[tuple[str, str]]:
     """``(raw role, text)`` pairs of a ShareGPT or messages record; a malformed record raises naming ``where``."""
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'conversations' or 'messages', "
-                         f"got {type(rec).__name__}")
+        raise ValueError(
+            f"{where}: expected a JSON object with 'conversations' or 'messages', got {type(rec).__name__}"
+        )
     if "conversations" in rec:
         turns, role_key, text_key = rec["conversations"], "from", "value"
     elif "messages" in rec:
         turns, role_key, text_key = rec["messages"], "role", "content"
     else:
-        raise ValueError(f"{where}: no 'conversations' (ShareGPT) or 'messages' list (keys: "
-                         f"{', '.join(sorted(rec)) or 'none'})")
+        raise ValueError(
+            f"{where}: no 'conversations' (ShareGPT) or 'messages' list (keys: {', '.join(sorted(rec)) or 'none'})"
+        )
     if not isinstance(turns, list):
         raise ValueError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a list")
     out = []
@@ -130,9 +150,14 @@ def raw_turns(rec: Any, where: str) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------------- normalise
 
-def normalize_conversation(turns: list[tuple[str, str]], *, system_policy: str = "drop",
-                           unknown_role_policy: str = "drop-conversation",
-                           counts: Counter | None = None) -> list[dict[str, str]] | None:
+
+def normalize_conversation(
+    turns: list[tuple[str, str]],
+    *,
+    system_policy: str = "drop",
+    unknown_role_policy: str = "drop-conversation",
+    counts: Counter | None = None,
+) -> list[dict[str, str]] | None:
     """Clean one conversation per the module's policy; returns messages, or None when it is dropped.
 
     ``counts`` receives ``turn:<reason>`` and ``conversation:<reason>`` increments.
@@ -161,13 +186,15 @@ def normalize_conversation(turns: list[tuple[str, str]], *, system_policy: str =
     for m in msgs:
         if merged and merged[-1]["role"] == m["role"] and m["role"] != "system":
             if m["content"].strip():
-                merged[-1] = {"role": m["role"], "content": (merged[-1]["content"].rstrip() + "\n\n" +
-                                                             m["content"].lstrip()).strip()}
+                merged[-1] = {
+                    "role": m["role"],
+                    "content": (merged[-1]["content"].rstrip() + "\n\n" + m["content"].lstrip()).strip(),
+                }
             c["turn:merged_same_role"] += 1
         else:
             merged.append(dict(m))
     system = [m for m in merged[:1] if m["role"] == "system"]
-    body = merged[len(system):]
+    body = merged[len(system) :]
     while body and body[0]["role"] == "assistant":
         body.pop(0)
         c["turn:leading_assistant"] += 1
@@ -214,8 +241,9 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
     from longalign.data.corpus import detect_lang
 
     if not cfg.inputs:
-        raise ValueError("no short-data inputs given; pass --inputs FILE[,FILE...] (ShareGPT .json/.jsonl or "
-                         "messages .jsonl)")
+        raise ValueError(
+            "no short-data inputs given; pass --inputs FILE[,FILE...] (ShareGPT .json/.jsonl or messages .jsonl)"
+        )
     counts: Counter = Counter()
     records: list[dict[str, Any]] = []
     by_input: dict[str, int] = {}
@@ -233,8 +261,9 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
         for where, rec in items:
             n_read += 1
             turns = raw_turns(rec, where)
-            msgs = normalize_conversation(turns, system_policy=cfg.system_policy,
-                                          unknown_role_policy=cfg.unknown_role_policy, counts=counts)
+            msgs = normalize_conversation(
+                turns, system_policy=cfg.system_policy, unknown_role_policy=cfg.unknown_role_policy, counts=counts
+            )
             if msgs is None:
                 continue
             if cfg.dedupe:
@@ -244,8 +273,7 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
                     continue
                 seen.add(h)
             first_user = next(m["content"] for m in msgs if m["role"] == "user")
-            source = cfg.source or (rec.get("source") if isinstance(rec.get("source"), str) else None) \
-                or default_source
+            source = cfg.source or (rec.get("source") if isinstance(rec.get("source"), str) else None) or default_source
             out = {"messages": msgs, "source": source, "lang": detect_lang(first_user), "task_type": "chat"}
             if rec.get("id") is not None:
                 out["id"] = str(rec["id"])
@@ -258,10 +286,14 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
         counts["conversation:over_max_conversations"] += len(records) - len(idx)
         records = [records[i] for i in idx]
     report = ShortReport(
-        read=n_read, kept=len(records),
-        dropped_conversations={k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("conversation:")},
+        read=n_read,
+        kept=len(records),
+        dropped_conversations={
+            k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("conversation:")
+        },
         dropped_turns={k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("turn:")},
-        by_input=by_input)
+        by_input=by_input,
+    )
     return records, report
 
 

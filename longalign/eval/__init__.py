@@ -24,16 +24,34 @@ from longalign.eval.needle import NeedleConfig
 from longalign.eval.summary import EvalSummary
 from longalign.rundir import RunDir
 
-STEPS = {LongBenchChatConfig: longbench_chat.run, NeedleConfig: needle.run, LongBenchConfig: longbench.run,
-         AgreementConfig: agreement.run}
+STEPS = {
+    LongBenchChatConfig: longbench_chat.run,
+    NeedleConfig: needle.run,
+    LongBenchConfig: longbench.run,
+    AgreementConfig: agreement.run,
+}
 
 
-def run(cfg: LongBenchChatConfig | NeedleConfig | LongBenchConfig | AgreementConfig, run_dir: str | Path | RunDir,
-        **kwargs: Any) -> EvalSummary:
+def run(
+    cfg: LongBenchChatConfig | NeedleConfig | LongBenchConfig | AgreementConfig,
+    run_dir: str | Path | RunDir,
+    **kwargs: Any,
+) -> EvalSummary:
     """Run the benchmark of ``cfg``'s type into ``<run_dir>/eval/`` (keyword arguments, e.g. ``generator=`` or
     ``judge=``, go to that benchmark's ``run``)."""
     return stage.dispatch(STEPS, "longalign.eval", cfg, run_dir, **kwargs)
 
 
-__all__ = ["run", "STEPS", "EvalSummary", "LongBenchChatConfig", "NeedleConfig", "LongBenchConfig",
-           "AgreementConfig", "agreement", "longbench", "longbench_chat", "needle"]
+__all__ = [
+    "run",
+    "STEPS",
+    "EvalSummary",
+    "LongBenchChatConfig",
+    "NeedleConfig",
+    "LongBenchConfig",
+    "AgreementConfig",
+    "agreement",
+    "longbench",
+    "longbench_chat",
+    "needle",
+]

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from longalign.config import option, redefault
 from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, check_judge_spec, is_local_judge, make_judge
-from longalign.eval.longbench_chat import (JUDGE_SYSTEM, build_judge_user_prompt, detect_lang, load_few_shots,
-                                           load_longbench_chat)
+from longalign.eval.longbench_chat import (
+    JUDGE_SYSTEM,
+    build_judge_user_prompt,
+    detect_lang,
+    load_few_shots,
+    load_longbench_chat,
+)
 from longalign.eval.options import LOCAL_SCORES, SeededJudgeOptions
 from longalign.eval.summary import AgreementSummary
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
@@ -58,8 +64,8 @@ class AgreementConfig(SeededJudgeOptions):
 
 @dataclass
 class AgreementItem:
-    qid: int            # 1-based question number (few_shots entry)
-    k: int              # which answer of the question (0-based)
+    qid: int  # 1-based question number (few_shots entry)
+    k: int  # which answer of the question (0-based)
     answer: str
     human: float
     examples: list[dict[str, Any]]
@@ -68,7 +74,9 @@ class AgreementItem:
     lang: str
 
 
-def agreement_items(few_shots: Sequence[Sequence[dict[str, Any]]], cases: dict[int, Any] | None = None) -> list[AgreementItem]:
+def agreement_items(
+    few_shots: Sequence[Sequence[dict[str, Any]]], cases: dict[int, Any] | None = None
+) -> list[AgreementItem]:
     """Leave-one-out items: every answer with the other answers of its question as examples."""
     items = []
     for q, entry in enumerate(few_shots, 1):
@@ -76,9 +84,18 @@ def agreement_items(few_shots: Sequence[Sequence[dict[str, Any]]], cases: dict[i
         for k, ex in enumerate(entry):
             others = [e for j, e in enumerate(entry) if j != k]
             lang = case.lang if case is not None else detect_lang(ex["answer"])
-            items.append(AgreementItem(q, k, ex["answer"], float(ex["score"]), others,
-                                       case.query if case is not None else None,
-                                       case.answer if case is not None else None, lang))
+            items.append(
+                AgreementItem(
+                    q,
+                    k,
+                    ex["answer"],
+                    float(ex["score"]),
+                    others,
+                    case.query if case is not None else None,
+                    case.answer if case is not None else None,
+                    lang,
+                )
+            )
     return items
 
 
@@ -90,8 +107,12 @@ def correlations(judge: Sequence[float], human: Sequence[float]) -> dict[str, fl
         return {"spearman": None, "spearman_p": None, "kendall": None, "kendall_p": None}
     rho = stats.spearmanr(judge, human)
     tau = stats.kendalltau(judge, human)
-    return {"spearman": round(float(rho.statistic), 4), "spearman_p": float(rho.pvalue),
-            "kendall": round(float(tau.statistic), 4), "kendall_p": float(tau.pvalue)}
+    return {
+        "spearman": round(float(rho.statistic), 4),
+        "spearman_p": float(rho.pvalue),
+        "kendall": round(float(tau.statistic), 4),
+        "kendall_p": float(tau.pvalue),
+    }
 
 
 BENCHMARK = "judge_agreement"
@@ -109,7 +130,7 @@ def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None
     if cfg.test_cases:
         cases = {c.idx: c for c in load_longbench_chat(cfg.test_cases, cfg.few_shots)}
     if cfg.limit:
-        few = few[:cfg.limit]
+        few = few[: cfg.limit]
     items = agreement_items(few, cases)
     run = as_run_dir(run_dir)
     path = run.agreement_ratings()
@@ -121,23 +142,45 @@ def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None
         requests = []
         for it in pending:
             user = build_judge_user_prompt(it.query, it.reference, it.examples, it.answer)
-            requests.append(JudgeRequest([{"role": "system", "content": JUDGE_SYSTEM},
-                                          {"role": "user", "content": user}], 1, 10, seed=cfg.judge_seed))
+            requests.append(
+                JudgeRequest(
+                    [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}],
+                    1,
+                    10,
+                    seed=cfg.judge_seed,
+                )
+            )
         with tqdm(total=len(pending), desc="agreement ratings", disable=not cfg.progress) as bar:
             for j, out in judge.rate_many(requests, progress=bar.update):
                 it = pending[j]
-                rec = {"qid": it.qid, "k": it.k, "human": it.human, "score": out.score, "lang": it.lang,
-                       "judge": cfg.judge, "saw_question": it.query is not None, "reply": out.reply,
-                       "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                       **{k: v for k, v in out.extra.items() if k in ("expected", "argmax", "distribution",
-                                                                       "valid_mass", "prompt_truncated")}}
+                rec = {
+                    "qid": it.qid,
+                    "k": it.k,
+                    "human": it.human,
+                    "score": out.score,
+                    "lang": it.lang,
+                    "judge": cfg.judge,
+                    "saw_question": it.query is not None,
+                    "reply": out.reply,
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.completion_tokens,
+                    **{
+                        k: v
+                        for k, v in out.extra.items()
+                        if k in ("expected", "argmax", "distribution", "valid_mass", "prompt_truncated")
+                    },
+                }
                 append_jsonl(path, rec)
     wanted = {(it.qid, it.k) for it in items}
     recs = [r for r in read_jsonl(path) if r.get("judge") == cfg.judge and (r["qid"], r["k"]) in wanted]
     pairs = [(r["score"], r["human"]) for r in recs if r.get("score") is not None]
     summary: dict[str, Any] = {
-        "judge": cfg.judge, "n": len(recs), "n_scored": len(pairs), "unparsed": len(recs) - len(pairs),
-        "saw_question_and_reference": bool(cases), "score": cfg.local_score if is_local_judge(cfg.judge) else "parsed",
+        "judge": cfg.judge,
+        "n": len(recs),
+        "n_scored": len(pairs),
+        "unparsed": len(recs) - len(pairs),
+        "saw_question_and_reference": bool(cases),
+        "score": cfg.local_score if is_local_judge(cfg.judge) else "parsed",
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
         "paper": PAPER_AGREEMENT,
         "mean_judge": round(statistics.fmean(p[0] for p in pairs), 4) if pairs else None,
@@ -161,10 +204,14 @@ def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None
             summary[f"local_{variant}"] = {"spearman": c["spearman"], "kendall": c["kendall"], "n": len(sub)}
         summary["notes"].append(LOCAL_JUDGE_NOTE)
     if not cases:
-        summary["notes"].append("the judge saw no question and no reference answer (test_cases.json not given): "
-                                "only the two other scored answers of each question; the paper's judge saw both")
-    summary["notes"].append("each answer rated with the other two answers of its question as examples "
-                            "(leave-one-out); the paper's figures come from GPT-4 on the benchmark's own setup")
+        summary["notes"].append(
+            "the judge saw no question and no reference answer (test_cases.json not given): "
+            "only the two other scored answers of each question; the paper's judge saw both"
+        )
+    summary["notes"].append(
+        "each answer rated with the other two answers of its question as examples "
+        "(leave-one-out); the paper's figures come from GPT-4 on the benchmark's own setup"
+    )
     atomic_write_json(run.eval_summary(BENCHMARK), summary)
     result = AgreementSummary(BENCHMARK, run.eval(BENCHMARK), summary, summary_path=run.eval_summary(BENCHMARK))
     record(run, "eval_judge_agreement", cfg, result)

@@ -29,8 +29,11 @@ COMMANDS: dict[str, tuple[str, type]] = {
 
 def register(subparsers: Any) -> None:
     """Add ``longalign eval`` and one subcommand per benchmark."""
-    parser = subparsers.add_parser("eval", help="evaluate a model: LongBench-Chat, needle, LongBench, judge agreement",
-                                   description="Evaluate long-context ability; results go to <run>/eval/.")
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a model: LongBench-Chat, needle, LongBench, judge agreement",
+        description="Evaluate long-context ability; results go to <run>/eval/.",
+    )
     sub = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK")
     for name, (help_text, cls) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -47,4 +50,5 @@ def _handler(cls: type):
         for line in summary.lines():
             print(line)
         return summary.exit_code
+
     return handle

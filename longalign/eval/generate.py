@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from longalign.llm.base import SamplingParams
 from longalign.rundir import append_jsonl, read_jsonl
@@ -53,9 +54,9 @@ def middle_truncate(ids: Sequence[int], max_length: int) -> tuple[list[int], boo
 
 @dataclass
 class PreparedPrompt:
-    text: str                 # user prompt after truncation (plain text, no template)
-    n_tokens_raw: int         # tokens of the raw prompt (no special tokens)
-    n_tokens: int             # tokens after truncation (no special tokens)
+    text: str  # user prompt after truncation (plain text, no template)
+    n_tokens_raw: int  # tokens of the raw prompt (no special tokens)
+    n_tokens: int  # tokens after truncation (no special tokens)
     truncated: bool
 
 
@@ -69,8 +70,9 @@ def truncate_text(tokenizer: Any, text: str, max_length: int) -> PreparedPrompt:
     if not truncated:
         return PreparedPrompt(text, len(ids), len(ids), False)
     half = len(kept) // 2
-    new_text = (tokenizer.decode(kept[:half], skip_special_tokens=True)
-                + tokenizer.decode(kept[half:], skip_special_tokens=True))
+    new_text = tokenizer.decode(kept[:half], skip_special_tokens=True) + tokenizer.decode(
+        kept[half:], skip_special_tokens=True
+    )
     return PreparedPrompt(new_text, len(ids), len(kept), True)
 
 
@@ -107,16 +109,25 @@ class LocalGenerator:
 
     kind = "local"
 
-    def __init__(self, model_spec: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                 model: Any = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        model_spec: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
         from longalign.llm.client import local_model_spec
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
 
         spec = local_model_spec(model_spec)
         if spec is None:
-            raise ValueError(f"model={model_spec!r} is an endpoint, not a local model; use make_generator, which "
-                             "builds an EndpointGenerator for openai:<model>")
+            raise ValueError(
+                f"model={model_spec!r} is an endpoint, not a local model; use make_generator, which "
+                "builds an EndpointGenerator for openai:<model>"
+            )
         self.spec = spec
         self.name = model_display_name(spec)
         self.lm = local_model_for(spec, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
@@ -131,8 +142,13 @@ class LocalGenerator:
     def generate(self, batch: Sequence[Messages], params: SamplingParams) -> list[Generation]:
         """Answer a batch of chat requests (left-padded together); seeded with ``params.seed``."""
         prompts = [self.lm.encode(self.lm.render(m)) for m in batch]
-        outs = self.lm.generate(prompts, max_new_tokens=params.max_tokens, temperature=params.temperature,
-                                top_p=params.top_p, seed=params.seed)
+        outs = self.lm.generate(
+            prompts,
+            max_new_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+        )
         return [Generation(o.text.strip(), o.prompt_tokens, o.content_tokens, o.finish_reason) for o in outs]
 
 
@@ -168,8 +184,15 @@ class EndpointGenerator:
 
     kind = "endpoint"
 
-    def __init__(self, model_spec: str, *, client: Any = None, tokenizer: Any = None, tokenizer_spec: str | None = None,
-                 **client_kwargs: Any):
+    def __init__(
+        self,
+        model_spec: str,
+        *,
+        client: Any = None,
+        tokenizer: Any = None,
+        tokenizer_spec: str | None = None,
+        **client_kwargs: Any,
+    ):
         if client is None:
             from longalign.llm import make_client
 
@@ -185,13 +208,19 @@ class EndpointGenerator:
         for i, res in self.client.chat_many([(m, params) for m in batch]):
             if isinstance(res, Exception):
                 raise res
-            out[i] = Generation(res.text.strip(), res.prompt_tokens, res.completion_tokens, res.finish_reason,
-                                {"cached": res.cached})
+            out[i] = Generation(
+                res.text.strip(), res.prompt_tokens, res.completion_tokens, res.finish_reason, {"cached": res.cached}
+            )
         return [g for g in out if g is not None]
 
 
-def make_generator(model_spec: str | None, *, tokenizer_spec: str | None = None, device: str | None = None,
-                   client_kwargs: dict[str, Any] | None = None) -> LocalGenerator | EndpointGenerator:
+def make_generator(
+    model_spec: str | None,
+    *,
+    tokenizer_spec: str | None = None,
+    device: str | None = None,
+    client_kwargs: dict[str, Any] | None = None,
+) -> LocalGenerator | EndpointGenerator:
     """``openai:<model>`` gives an endpoint generator; anything else (``local:<spec>`` or a bare model spec)
     a local one."""
     if is_endpoint_spec(model_spec):
@@ -214,9 +243,16 @@ def done_indices(path: str | Path, key: str = "idx") -> set:
     return {rec.get(key) for rec in read_jsonl(path) if key in rec}
 
 
-def run_predictions(tasks: Iterable[PredictionTask], generator: Any, out_path: str | Path, *, max_length: int,
-                    params: SamplingParams, batch_size: int = 1,
-                    progress: Callable[[int], None] | None = None) -> dict[str, int]:
+def run_predictions(
+    tasks: Iterable[PredictionTask],
+    generator: Any,
+    out_path: str | Path,
+    *,
+    max_length: int,
+    params: SamplingParams,
+    batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, int]:
     """Answer every task not yet in ``out_path`` and append one record per task.
 
     Records: ``{"idx", "prediction", "model", "prompt_tokens", "prompt_tokens_raw", "truncated",
@@ -233,31 +269,50 @@ def run_predictions(tasks: Iterable[PredictionTask], generator: Any, out_path: s
     positions = getattr(generator, "max_positions", None)
     if positions and max_length + params.max_tokens + TEMPLATE_ALLOWANCE > positions:
         limit = max(16, positions - params.max_tokens - TEMPLATE_ALLOWANCE)
-        log.warning("max_length %d + %d new tokens exceeds the model's %d positions: prompts are truncated to %d "
-                    "tokens instead", max_length, params.max_tokens, positions, limit)
+        log.warning(
+            "max_length %d + %d new tokens exceeds the model's %d positions: prompts are truncated to %d "
+            "tokens instead",
+            max_length,
+            params.max_tokens,
+            positions,
+            limit,
+        )
     for t in pending:
         p = truncate_text(generator.tokenizer, t.prompt, limit)
         prepared.append((t, p))
     # similar lengths together so left padding wastes little; order within output does not matter (idx key)
     if batch_size > 1:
         prepared.sort(key=lambda tp: tp[1].n_tokens)
-    sampling = {**params.to_dict(), "seed_scope": "per batch" if batch_size > 1 else "per case",
-                "batch_size": batch_size}
+    sampling = {
+        **params.to_dict(),
+        "seed_scope": "per batch" if batch_size > 1 else "per case",
+        "batch_size": batch_size,
+    }
     generated = 0
     for start in range(0, len(prepared), batch_size):
-        chunk = prepared[start:start + batch_size]
+        chunk = prepared[start : start + batch_size]
         msgs = [build_messages(p.text, t.system) for t, p in chunk]
         t0 = time.perf_counter()
         outs = generator.generate(msgs, params)
         dt = time.perf_counter() - t0
         records = []
         for (t, p), g in zip(chunk, outs):
-            rec = {"idx": t.idx, **t.fields, "prediction": g.text, "model": generator.name,
-                   "prompt_tokens": p.n_tokens, "prompt_tokens_raw": p.n_tokens_raw,
-                   "prompt_tokens_templated": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-                   "finish_reason": g.finish_reason, "truncated": p.truncated, "max_length": limit,
-                   "max_length_requested": max_length,
-                   "sampling": sampling, "seconds": round(dt / len(chunk), 3)}
+            rec = {
+                "idx": t.idx,
+                **t.fields,
+                "prediction": g.text,
+                "model": generator.name,
+                "prompt_tokens": p.n_tokens,
+                "prompt_tokens_raw": p.n_tokens_raw,
+                "prompt_tokens_templated": g.prompt_tokens,
+                "completion_tokens": g.completion_tokens,
+                "finish_reason": g.finish_reason,
+                "truncated": p.truncated,
+                "max_length": limit,
+                "max_length_requested": max_length,
+                "sampling": sampling,
+                "seconds": round(dt / len(chunk), 3),
+            }
             if getattr(generator, "kind", "") == "endpoint":
                 rec["token_count_note"] = "prompt_tokens counted with a local tokenizer"
             records.append(rec)

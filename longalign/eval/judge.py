@@ -24,9 +24,10 @@ import logging
 import math
 import re
 import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from longalign.llm.base import SamplingParams
 from longalign.llm.client import local_model_spec, parse_spec
@@ -67,8 +68,9 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
 _SLOT = re.compile(r"\{\{|\}\}|\{([A-Za-z_0-9]*)\}")
 
 
-def fill_template(template: str, positional: Sequence[Any] = (), named: dict[str, Any] | None = None,
-                  *, source: str = "template") -> str:
+def fill_template(
+    template: str, positional: Sequence[Any] = (), named: dict[str, Any] | None = None, *, source: str = "template"
+) -> str:
     """Substitute ``{}`` (in order) and ``{name}`` slots in one pass; ``{{``/``}}`` are literal braces.
 
     Unlike ``str.format`` it never looks at braces inside the substituted values and names the template
@@ -90,16 +92,17 @@ def fill_template(template: str, positional: Sequence[Any] = (), named: dict[str
             try:
                 return str(next(pos))
             except StopIteration:
-                raise ValueError(f"{source}: has more '{{}}' slots than the {len(positional)} values it is "
-                                 f"filled with; see the slot list in the docs") from None
+                raise ValueError(
+                    f"{source}: has more '{{}}' slots than the {len(positional)} values it is "
+                    f"filled with; see the slot list in the docs"
+                ) from None
         if name.isdigit():
             idx = int(name)
             if idx >= len(positional):
                 raise ValueError(f"{source}: slot {{{name}}} but only {len(positional)} values")
             return str(positional[idx])
         if name not in named:
-            raise ValueError(f"{source}: unknown slot {{{name}}}; known: "
-                             + ", ".join("{" + k + "}" for k in named))
+            raise ValueError(f"{source}: unknown slot {{{name}}}; known: " + ", ".join("{" + k + "}" for k in named))
         return str(named[name])
 
     return _SLOT.sub(sub, template)
@@ -139,9 +142,15 @@ class JudgeOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reply": self.reply, "score": self.score, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "attempts": self.attempts,
-                "replies": self.replies, **self.extra}
+        return {
+            "reply": self.reply,
+            "score": self.score,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "attempts": self.attempts,
+            "replies": self.replies,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -162,8 +171,10 @@ def check_judge_spec(spec: str | None) -> None:
     try:
         parse_spec(spec, require_prefix=True)
     except ValueError as exc:
-        raise ValueError(f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
-                         f"'local:<model spec>' (e.g. local:smollm2): {exc}") from None
+        raise ValueError(
+            f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
+            f"'local:<model spec>' (e.g. local:smollm2): {exc}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- endpoint judge
@@ -172,8 +183,17 @@ class EndpointJudge:
 
     kind = "endpoint"
 
-    def __init__(self, client: Any, *, name: str | None = None, max_tokens: int = 1024, temperature: float = 0.0,
-                 top_p: float = 1.0, max_attempts: int = 5, retry_temperature: float = 0.7):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        name: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_attempts: int = 5,
+        retry_temperature: float = 0.7,
+    ):
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts} must be at least 1")
         self.client = client
@@ -186,14 +206,16 @@ class EndpointJudge:
 
     def _params(self, seed: int, attempt: int) -> SamplingParams:
         temp = self.temperature if attempt == 0 else max(self.temperature, self.retry_temperature)
-        return SamplingParams(max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p,
-                              seed=int(seed) + 1000 * attempt)
+        return SamplingParams(
+            max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p, seed=int(seed) + 1000 * attempt
+        )
 
     def rate(self, req: JudgeRequest) -> JudgeOutcome:
         return next(iter(self.rate_many([req])))[1]
 
-    def rate_many(self, requests: Sequence[JudgeRequest], *,
-                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, JudgeOutcome]]:
+    def rate_many(
+        self, requests: Sequence[JudgeRequest], *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, JudgeOutcome]]:
         """Rate every request; each finished rating is yielded as soon as it has a score or has used all its
         attempts. Attempts run in rounds through ``client.chat_many`` (several requests in flight)."""
         outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in range(len(requests))}
@@ -232,9 +254,18 @@ class LocalJudge:
 
     kind = "local"
 
-    def __init__(self, model_spec: str | None = None, *, score_mode: str = "expected", prefix: str = "[[",
-                 suffix: str = "]]", max_length: int | None = None, device: str | None = None,
-                 model: Any = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        model_spec: str | None = None,
+        *,
+        score_mode: str = "expected",
+        prefix: str = "[[",
+        suffix: str = "]]",
+        max_length: int | None = None,
+        device: str | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
         from longalign.config import check_choice
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
@@ -242,8 +273,10 @@ class LocalJudge:
         check_choice("local_score", score_mode, ("expected", "argmax"))
         spec = local_model_spec(model_spec)
         if spec is None:
-            raise ValueError(f"judge={model_spec!r} is an endpoint, not a local model; use make_judge, which builds "
-                             "an EndpointJudge for openai:<model>")
+            raise ValueError(
+                f"judge={model_spec!r} is an endpoint, not a local model; use make_judge, which builds "
+                "an EndpointJudge for openai:<model>"
+            )
         self.spec = spec
         self.name = "local:" + model_display_name(spec)
         self.score_mode = score_mode
@@ -272,15 +305,17 @@ class LocalJudge:
         text = self.lm.render(msgs, self.prefix)
         return text, self.lm.encode(text), True
 
-    def rating_distribution(self, messages: Messages, ratings: Sequence[int]) -> tuple[dict[int, float], float, int, bool]:
+    def rating_distribution(
+        self, messages: Messages, ratings: Sequence[int]
+    ) -> tuple[dict[int, float], float, int, bool]:
         """Normalised probability of each rating, the unnormalised mass on valid ratings, prompt tokens, and
         whether the prompt was truncated."""
         text, prefix_ids, truncated = self.prompt_ids(messages)
         conts: dict[int, list[int]] = {}
         for r in ratings:
             full = self.lm.encode(text + f"{r}{self.suffix}")
-            if full[:len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids):
-                conts[r] = full[len(prefix_ids):]
+            if full[: len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids):
+                conts[r] = full[len(prefix_ids) :]
             else:  # the rating merged with the prefix's last token: score it on its own
                 conts[r] = self.lm.encode(f"{r}{self.suffix}")
         logp = dict(zip(conts, self.lm.continuation_logprobs(prefix_ids, list(conts.values()))))
@@ -297,14 +332,27 @@ class LocalJudge:
         argmax = max(dist, key=lambda r: dist[r])
         score = round(expected, 4) if self.score_mode == "expected" else float(argmax)
         reply = f"{self.prefix}{argmax}{self.suffix}"
-        extra = {"distribution": {str(r): round(p, 6) for r, p in dist.items()}, "expected": round(expected, 4),
-                 "argmax": argmax, "valid_mass": mass, "score_mode": self.score_mode,
-                 "prompt_truncated": truncated}
-        return JudgeOutcome(reply=reply, score=score, prompt_tokens=n_prompt, completion_tokens=0, attempts=1,
-                            replies=[reply], extra=extra)
+        extra = {
+            "distribution": {str(r): round(p, 6) for r, p in dist.items()},
+            "expected": round(expected, 4),
+            "argmax": argmax,
+            "valid_mass": mass,
+            "score_mode": self.score_mode,
+            "prompt_truncated": truncated,
+        }
+        return JudgeOutcome(
+            reply=reply,
+            score=score,
+            prompt_tokens=n_prompt,
+            completion_tokens=0,
+            attempts=1,
+            replies=[reply],
+            extra=extra,
+        )
 
-    def rate_many(self, requests: Sequence[JudgeRequest], *,
-                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, JudgeOutcome]]:
+    def rate_many(
+        self, requests: Sequence[JudgeRequest], *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, JudgeOutcome]]:
         for i, req in enumerate(requests):
             out = self.rate(req)
             if progress:
@@ -312,9 +360,11 @@ class LocalJudge:
             yield i, out
 
 
-LOCAL_JUDGE_NOTE = ("scores come from a small local judge (next-token probabilities of the rating after a forced "
-                    "'[['); such a judge agrees only weakly with human ratings - treat the numbers as a smoke "
-                    "test, and use a GPT-4-class judge (openai:<model>) for figures comparable with the paper")
+LOCAL_JUDGE_NOTE = (
+    "scores come from a small local judge (next-token probabilities of the rating after a forced "
+    "'[['); such a judge agrees only weakly with human ratings - treat the numbers as a smoke "
+    "test, and use a GPT-4-class judge (openai:<model>) for figures comparable with the paper"
+)
 
 
 @dataclass
@@ -334,22 +384,34 @@ class JudgeSettings:
     local_score: str = "expected"
 
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> "JudgeSettings":
+    def from_config(cls, cfg: Any, **overrides: Any) -> JudgeSettings:
         """Settings from a stage config's ``judge``, ``judge_*``, ``price_*`` and ``local_score`` fields (those a
         config lacks keep their defaults); keyword ``overrides`` win."""
-        fields = {"spec": "judge", "base_url": "judge_base_url", "api_key_env": "judge_api_key_env",
-                  "temperature": "judge_temperature", "max_tokens": "judge_max_tokens",
-                  "max_attempts": "judge_max_attempts", "max_in_flight": "judge_max_in_flight",
-                  "price_in_per_mtok": "price_in_per_mtok", "price_out_per_mtok": "price_out_per_mtok",
-                  "local_score": "local_score"}
+        fields = {
+            "spec": "judge",
+            "base_url": "judge_base_url",
+            "api_key_env": "judge_api_key_env",
+            "temperature": "judge_temperature",
+            "max_tokens": "judge_max_tokens",
+            "max_attempts": "judge_max_attempts",
+            "max_in_flight": "judge_max_in_flight",
+            "price_in_per_mtok": "price_in_per_mtok",
+            "price_out_per_mtok": "price_out_per_mtok",
+            "local_score": "local_score",
+        }
         values = {name: getattr(cfg, attr) for name, attr in fields.items() if hasattr(cfg, attr)}
         values["base_url"] = values.get("base_url") or None
         values.update(overrides)
         return cls(**values)
 
 
-def make_judge(settings: JudgeSettings, *, cache_dir: str | Path | None = None, calls_log: str | Path | None = None,
-               device: str | None = None) -> EndpointJudge | LocalJudge:
+def make_judge(
+    settings: JudgeSettings,
+    *,
+    cache_dir: str | Path | None = None,
+    calls_log: str | Path | None = None,
+    device: str | None = None,
+) -> EndpointJudge | LocalJudge:
     """``openai:<model>`` -> :class:`EndpointJudge` through ``longalign.llm.make_client``; ``local:<spec>`` ->
     :class:`LocalJudge`."""
     check_judge_spec(settings.spec)
@@ -357,12 +419,24 @@ def make_judge(settings: JudgeSettings, *, cache_dir: str | Path | None = None, 
         return LocalJudge(settings.spec, score_mode=settings.local_score, device=device)
     from longalign.llm import make_client
 
-    client = make_client(settings.spec, base_url=settings.base_url, api_key_env=settings.api_key_env,
-                         cache_dir=cache_dir, calls_log=calls_log, timeout=settings.timeout,
-                         max_in_flight=settings.max_in_flight, price_in_per_mtok=settings.price_in_per_mtok or None,
-                         price_out_per_mtok=settings.price_out_per_mtok or None)
-    return EndpointJudge(client, name=settings.spec, max_tokens=settings.max_tokens,
-                         temperature=settings.temperature, max_attempts=settings.max_attempts)
+    client = make_client(
+        settings.spec,
+        base_url=settings.base_url,
+        api_key_env=settings.api_key_env,
+        cache_dir=cache_dir,
+        calls_log=calls_log,
+        timeout=settings.timeout,
+        max_in_flight=settings.max_in_flight,
+        price_in_per_mtok=settings.price_in_per_mtok or None,
+        price_out_per_mtok=settings.price_out_per_mtok or None,
+    )
+    return EndpointJudge(
+        client,
+        name=settings.spec,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        max_attempts=settings.max_attempts,
+    )
 
 
 def cost_of(prompt_tokens: int, completion_tokens: int, price_in_per_mtok: float, price_out_per_mtok: float) -> float:

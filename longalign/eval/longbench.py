@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from longalign.config import check_choice, option, redefault
 from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, make_judge
@@ -43,17 +44,28 @@ CATEGORIES = {
 TASK_CATEGORY = {t: c for c, ts in CATEGORIES.items() for t in ts}
 ALL_TASKS = tuple(TASK_CATEGORY)
 # answer budgets of the LongBench harness (tokens)
-TASK_MAX_NEW_TOKENS = {"narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "multifieldqa_zh": 64,
-                       "hotpotqa": 32, "2wikimqa": 32, "musique": 32, "dureader": 128, "gov_report": 512,
-                       "qmsum": 512, "multi_news": 512, "vcsum": 512}
+TASK_MAX_NEW_TOKENS = {
+    "narrativeqa": 128,
+    "qasper": 128,
+    "multifieldqa_en": 64,
+    "multifieldqa_zh": 64,
+    "hotpotqa": 32,
+    "2wikimqa": 32,
+    "musique": 32,
+    "dureader": 128,
+    "gov_report": 512,
+    "qmsum": 512,
+    "multi_news": 512,
+    "vcsum": 512,
+}
 BENCHMARK = "longbench"
 RATING_TOP = {"single_doc_qa": 3, "multi_doc_qa": 3, "summarization": 5}
 
 PROMPTS = {
     "single_doc_qa": "Read the document below and answer the question that follows it. Answer as briefly as the "
-                     "question allows.\n\n{context}\n\nQuestion: {input}\nAnswer:",
+    "question allows.\n\n{context}\n\nQuestion: {input}\nAnswer:",
     "multi_doc_qa": "Several passages follow. Use them to answer the question after them; give only the "
-                    "answer.\n\n{context}\n\nQuestion: {input}\nAnswer:",
+    "answer.\n\n{context}\n\nQuestion: {input}\nAnswer:",
     "summarization": "Read the material below and write a summary of it.\n\n{context}\n\n{input}\nSummary:",
 }
 PROMPTS_ZH = {
@@ -103,10 +115,14 @@ Reply with the rating only, written exactly as [[rating]], e.g. [[4]].
 class LongBenchConfig(ModelOptions, GenerationOptions, JudgeOptions, PriceOptions):
     """``longalign eval longbench``: judged single-doc QA, multi-doc QA and summarization."""
 
-    data: str = option("", help="folder of <task>.jsonl files in LongBench's format, one jsonl file, or 'hf' "
-                                "(datasets: THUDM/LongBench, needs the network or a cache)")
-    tasks: list[str] = option(default_factory=lambda: list(ALL_TASKS), choices=ALL_TASKS,
-                              help="tasks to run: " + ", ".join(ALL_TASKS))
+    data: str = option(
+        "",
+        help="folder of <task>.jsonl files in LongBench's format, one jsonl file, or 'hf' "
+        "(datasets: THUDM/LongBench, needs the network or a cache)",
+    )
+    tasks: list[str] = option(
+        default_factory=lambda: list(ALL_TASKS), choices=ALL_TASKS, help="tasks to run: " + ", ".join(ALL_TASKS)
+    )
     limit_per_task: int = option(0, minimum=0, help="only the first N samples of each task (0 = all)")
     prompts: str = option("", help="JSON file task -> prompt template with {context} and {input}")
     progress: bool = option(True, help="show progress bars")
@@ -144,12 +160,21 @@ def _sample(rec: dict[str, Any], where: str, task: str | None) -> LBSample:
         raise ValueError(f"{where}: task {name!r} is not one of the judged tasks ({', '.join(ALL_TASKS)})")
     for k in ("input", "context", "answers"):
         if k not in rec:
-            raise ValueError(f"{where}: missing field {k!r}; LongBench records need input, context, answers, "
-                             "length, dataset, language, _id")
+            raise ValueError(
+                f"{where}: missing field {k!r}; LongBench records need input, context, answers, "
+                "length, dataset, language, _id"
+            )
     answers = rec["answers"] if isinstance(rec["answers"], list) else [rec["answers"]]
     uid = str(rec.get("_id") or where)
-    return LBSample(name, uid, str(rec["input"] or ""), str(rec["context"] or ""), [str(a) for a in answers],
-                    str(rec.get("language") or "en"), rec.get("length"))
+    return LBSample(
+        name,
+        uid,
+        str(rec["input"] or ""),
+        str(rec["context"] or ""),
+        [str(a) for a in answers],
+        str(rec.get("language") or "en"),
+        rec.get("length"),
+    )
 
 
 def load_longbench(data: str, tasks: Sequence[str], limit_per_task: int = 0) -> list[LBSample]:
@@ -189,8 +214,9 @@ def load_longbench(data: str, tasks: Sequence[str], limit_per_task: int = 0) -> 
                 continue
             out.append(s)
     else:
-        raise FileNotFoundError(f"LongBench data {data!r} not found: give a folder of <task>.jsonl files, a jsonl "
-                                "file, or 'hf'")
+        raise FileNotFoundError(
+            f"LongBench data {data!r} not found: give a folder of <task>.jsonl files, a jsonl file, or 'hf'"
+        )
     if not out:
         raise ValueError(f"{data}: no samples for tasks {', '.join(tasks)}")
     return out
@@ -223,8 +249,9 @@ def to_0_100(rating: float, top: int) -> float:
     return (rating - 1) / (top - 1) * 100
 
 
-def run(cfg: LongBenchConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
-        judge: Any = None) -> LongBenchSummary:
+def run(
+    cfg: LongBenchConfig, run_dir: str | Path | RunDir, *, generator: Any = None, judge: Any = None
+) -> LongBenchSummary:
     """Predict, judge and summarise (each step resumes) into ``<run>/eval/longbench/``; recorded in run.json as
     ``eval_longbench``."""
     from tqdm.auto import tqdm
@@ -244,19 +271,38 @@ def run(cfg: LongBenchConfig, run_dir: str | Path | RunDir, *, generator: Any = 
         if s.key in done:
             continue
         budget = cfg.max_new_tokens or TASK_MAX_NEW_TOKENS[s.task]
-        by_budget.setdefault(budget, []).append(PredictionTask(s.key, build_prompt(s, templates), None, {
-            "dataset": s.task, "category": s.category, "lang": s.language, "_id": s.uid}))
+        by_budget.setdefault(budget, []).append(
+            PredictionTask(
+                s.key,
+                build_prompt(s, templates),
+                None,
+                {"dataset": s.task, "category": s.category, "lang": s.language, "_id": s.uid},
+            )
+        )
     if by_budget:
         if generator is None:
-            generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
-                base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
-                calls_log=run.llm_calls))
+            generator = make_generator(
+                cfg.model,
+                tokenizer_spec=cfg.tokenizer or None,
+                client_kwargs=dict(
+                    base_url=cfg.model_base_url or None,
+                    api_key_env=cfg.model_api_key_env,
+                    cache_dir=run.llm_cache,
+                    calls_log=run.llm_calls,
+                ),
+            )
         with tqdm(total=sum(len(v) for v in by_budget.values()), desc="answers", disable=not cfg.progress) as bar:
             for budget, tasks in sorted(by_budget.items()):
-                params = SamplingParams(max_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        seed=cfg.seed)
-                run_predictions(tasks, generator, pred_path, max_length=cfg.max_len, params=params,
-                                batch_size=cfg.batch_size, progress=bar.update)
+                params = SamplingParams(max_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+                run_predictions(
+                    tasks,
+                    generator,
+                    pred_path,
+                    max_length=cfg.max_len,
+                    params=params,
+                    batch_size=cfg.batch_size,
+                    progress=bar.update,
+                )
     n_pred = len(read_jsonl(pred_path))
     summary = LongBenchSummary(BENCHMARK, run.eval(BENCHMARK), None, predictions=n_pred, predictions_path=pred_path)
     if not cfg.judge:
@@ -269,17 +315,30 @@ def run(cfg: LongBenchConfig, run_dir: str | Path | RunDir, *, generator: Any = 
     if pending:
         if judge is None:
             judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
-        reqs = [JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
-                for s in pending]
+        reqs = [
+            JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
+            for s in pending
+        ]
         with tqdm(total=len(pending), desc="judge", disable=not cfg.progress) as bar:
             for j, out in judge.rate_many(reqs, progress=bar.update):
                 s = pending[j]
                 top = rating_top(s.category)
-                rec = {"idx": s.key, "dataset": s.task, "category": s.category, "_id": s.uid, "lang": s.language,
-                       "input": s.input, "answers": s.answers, "prediction": preds[s.key]["prediction"],
-                       "score": out.score, "scale": f"1-{top}",
-                       "score_0_100": round(to_0_100(out.score, top), 4) if out.score is not None else None,
-                       "judge": cfg.judge, "model": preds[s.key].get("model"), **out.to_dict()}
+                rec = {
+                    "idx": s.key,
+                    "dataset": s.task,
+                    "category": s.category,
+                    "_id": s.uid,
+                    "lang": s.language,
+                    "input": s.input,
+                    "answers": s.answers,
+                    "prediction": preds[s.key]["prediction"],
+                    "score": out.score,
+                    "scale": f"1-{top}",
+                    "score_0_100": round(to_0_100(out.score, top), 4) if out.score is not None else None,
+                    "judge": cfg.judge,
+                    "model": preds[s.key].get("model"),
+                    **out.to_dict(),
+                }
                 append_jsonl(jpath, rec)
     summary.scores = summarize_longbench(cfg, run, samples)
     summary.summary_path = run.eval_summary(BENCHMARK)
@@ -296,10 +355,14 @@ def summarize_longbench(cfg: LongBenchConfig, run: RunDir, samples: Sequence[LBS
         rs = [r for r in recs if r["dataset"] == t]
         vals = [r["score_0_100"] for r in rs if r.get("score_0_100") is not None]
         raw = [r["score"] for r in rs if r.get("score") is not None]
-        tasks[t] = {"score_0_100": round(statistics.fmean(vals), 2) if vals else None, "n": len(rs),
-                    "unparsed": len(rs) - len(vals), "category": TASK_CATEGORY[t],
-                    "mean_rating": round(statistics.fmean(raw), 4) if raw else None,
-                    "scale": f"1-{rating_top(TASK_CATEGORY[t])}"}
+        tasks[t] = {
+            "score_0_100": round(statistics.fmean(vals), 2) if vals else None,
+            "n": len(rs),
+            "unparsed": len(rs) - len(vals),
+            "category": TASK_CATEGORY[t],
+            "mean_rating": round(statistics.fmean(raw), 4) if raw else None,
+            "scale": f"1-{rating_top(TASK_CATEGORY[t])}",
+        }
     cats: dict[str, Any] = {}
     for c, members in CATEGORIES.items():
         vals = [tasks[t]["score_0_100"] for t in members if t in tasks and tasks[t]["score_0_100"] is not None]
@@ -307,15 +370,22 @@ def summarize_longbench(cfg: LongBenchConfig, run: RunDir, samples: Sequence[LBS
             cats[c] = {"score_0_100": round(statistics.fmean(vals), 2), "tasks": [t for t in members if t in tasks]}
     p_tok = sum(int(r.get("prompt_tokens") or 0) for r in recs)
     c_tok = sum(int(r.get("completion_tokens") or 0) for r in recs)
-    notes = ["scores: mean judge rating mapped linearly to 0-100 per task ((r-1)/(top-1)*100); categories average "
-             "their tasks"]
+    notes = [
+        "scores: mean judge rating mapped linearly to 0-100 per task ((r-1)/(top-1)*100); categories average "
+        "their tasks"
+    ]
     if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
-    summary = {"tasks": tasks, "categories": cats,
-               "overall": round(statistics.fmean(c["score_0_100"] for c in cats.values()), 2) if cats else None,
-               "n": len(recs), "judge": cfg.judge, "model": recs[0].get("model") if recs and recs[0].get("model")
-               else cfg.model, "tokens": {"prompt": p_tok, "completion": c_tok},
-               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
-               "notes": notes}
+    summary = {
+        "tasks": tasks,
+        "categories": cats,
+        "overall": round(statistics.fmean(c["score_0_100"] for c in cats.values()), 2) if cats else None,
+        "n": len(recs),
+        "judge": cfg.judge,
+        "model": recs[0].get("model") if recs and recs[0].get("model") else cfg.model,
+        "tokens": {"prompt": p_tok, "completion": c_tok},
+        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "notes": notes,
+    }
     atomic_write_json(run.eval_summary(BENCHMARK), summary)
     return summary

@@ -34,15 +34,24 @@ import json
 import logging
 import random
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from longalign.config import option
 from longalign.data.corpus import detect_lang as corpus_detect_lang
-from longalign.eval.judge import (LOCAL_JUDGE_NOTE, JudgeRequest, check_judge_spec, cost_of, fill_template,
-                                  is_local_judge,
-                                  load_template, make_judge, template_slots)
+from longalign.eval.judge import (
+    LOCAL_JUDGE_NOTE,
+    JudgeRequest,
+    check_judge_spec,
+    cost_of,
+    fill_template,
+    is_local_judge,
+    load_template,
+    make_judge,
+    template_slots,
+)
 from longalign.eval.options import GenerationOptions, ModelOptions, SeededJudgeOptions
 from longalign.eval.summary import LongBenchChatSummary
 from longalign.options import PriceOptions
@@ -63,8 +72,10 @@ after it, helpfulness, accuracy and relevance. Proceed as follows:
 4. Check any extra material the answer adds; take points off when it is wrong or beside the question.
 Give one overall integer rating from 1 (worst) to 10 (best), written exactly as [[rating]], e.g. [[6]]."""
 
-NO_CONTEXT_NOTE = ("(The question and the reference answer are not available here: judge the answer on its own "
-                   "merits and by comparison with the rated examples.)")
+NO_CONTEXT_NOTE = (
+    "(The question and the reference answer are not available here: judge the answer on its own "
+    "merits and by comparison with the rated examples.)"
+)
 
 
 @dataclass
@@ -120,8 +131,9 @@ def _case_from(rec: dict[str, Any], where: str, few: list[list[dict]] | None) ->
             raise ValueError(f"{where}: idx {idx} has no entry in few_shots.json ({len(few)} entries)")
         examples = few[idx - 1]
     else:
-        raise ValueError(f"{where}: no scored examples; put few_shots.json next to the cases or add a "
-                         "'few_shots' list to each line")
+        raise ValueError(
+            f"{where}: no scored examples; put few_shots.json next to the cases or add a 'few_shots' list to each line"
+        )
     lang = rec.get("lang") or rec.get("language") or detect_lang(rec["query"] + rec["answer"])
     return ChatCase(idx, str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), str(lang), examples)
 
@@ -138,8 +150,10 @@ def load_longbench_chat(path: str | Path, few_shots: str | Path | None = None) -
         else:
             raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
-                                "(test_cases.json + few_shots.json)")
+        raise FileNotFoundError(
+            f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
+            "(test_cases.json + few_shots.json)"
+        )
     fs_path = Path(few_shots) if few_shots else path.parent / "few_shots.json"
     few = load_few_shots(fs_path) if fs_path.is_file() else None
     if few_shots and few is None:
@@ -192,13 +206,16 @@ def _format_score(score: Any) -> str:
 def examples_block(examples: Sequence[dict[str, Any]]) -> str:
     parts = []
     for k, ex in enumerate(examples, 1):
-        parts.append(f"[Example answer {k}]\n{ex['answer']}\n[End of example answer {k}]\n"
-                     f"Rating: [[{_format_score(ex['score'])}]]")
+        parts.append(
+            f"[Example answer {k}]\n{ex['answer']}\n[End of example answer {k}]\n"
+            f"Rating: [[{_format_score(ex['score'])}]]"
+        )
     return "\n\n".join(parts)
 
 
-def build_judge_user_prompt(query: str | None, reference: str | None, examples: Sequence[dict[str, Any]],
-                            prediction: str) -> str:
+def build_judge_user_prompt(
+    query: str | None, reference: str | None, examples: Sequence[dict[str, Any]], prediction: str
+) -> str:
     """Our judge prompt: instructions, question, reference, the scored examples (in the given order), then
     the answer to rate. ``query``/``reference`` None means the judge sees neither (and is told so)."""
     parts = [JUDGE_INSTRUCTIONS]
@@ -208,33 +225,55 @@ def build_judge_user_prompt(query: str | None, reference: str | None, examples: 
         parts.append(f"[Question]\n{query}")
         parts.append(f"[Reference answer]\n{reference}\n[End of reference answer]")
     if examples:
-        parts.append(f"Here are {len(examples)} other answers to the same question with the ratings that experts "
-                     f"gave them:\n\n" + examples_block(examples))
-    parts.append(f"Now rate this answer by the same principles and examples:\n\n[Answer to rate]\n{prediction}\n"
-                 f"[End of answer to rate]\n\nYour rating, as [[rating]]:")
+        parts.append(
+            f"Here are {len(examples)} other answers to the same question with the ratings that experts "
+            f"gave them:\n\n" + examples_block(examples)
+        )
+    parts.append(
+        f"Now rate this answer by the same principles and examples:\n\n[Answer to rate]\n{prediction}\n"
+        f"[End of answer to rate]\n\nYour rating, as [[rating]]:"
+    )
     return "\n\n".join(parts)
 
 
-def build_from_template(template: str, query: str, reference: str, examples: Sequence[dict[str, Any]],
-                        prediction: str, *, source: str = "judge template") -> str:
+def build_from_template(
+    template: str,
+    query: str,
+    reference: str,
+    examples: Sequence[dict[str, Any]],
+    prediction: str,
+    *,
+    source: str = "judge template",
+) -> str:
     """Fill a user-supplied judge prompt (see the module docstring for the slots)."""
     n_pos, names = template_slots(template)
     flat: list[Any] = [query, reference]
-    named: dict[str, Any] = {"question": query, "reference": reference, "prediction": prediction,
-                             "examples": examples_block(examples)}
+    named: dict[str, Any] = {
+        "question": query,
+        "reference": reference,
+        "prediction": prediction,
+        "examples": examples_block(examples),
+    }
     for k, ex in enumerate(examples, 1):
         flat += [ex["answer"], _format_score(ex["score"])]
         named[f"answer_{k}"] = ex["answer"]
         named[f"score_{k}"] = _format_score(ex["score"])
     flat.append(prediction)
     if n_pos and n_pos != len(flat):
-        raise ValueError(f"{source}: has {n_pos} '{{}}' slots; expected {len(flat)} (question, reference, "
-                         f"{len(examples)} x (answer, score), answer to rate)")
+        raise ValueError(
+            f"{source}: has {n_pos} '{{}}' slots; expected {len(flat)} (question, reference, "
+            f"{len(examples)} x (answer, score), answer to rate)"
+        )
     return fill_template(template, flat, named, source=source)
 
 
-def judge_messages(case: ChatCase, prediction: str, order: Sequence[int], template: str | None = None,
-                   template_source: str = "judge template") -> list[dict[str, str]]:
+def judge_messages(
+    case: ChatCase,
+    prediction: str,
+    order: Sequence[int],
+    template: str | None = None,
+    template_source: str = "judge template",
+) -> list[dict[str, str]]:
     examples = [case.examples[i] for i in order]
     if template is not None:
         user = build_from_template(template, case.query, case.answer, examples, prediction, source=template_source)
@@ -248,8 +287,11 @@ def judge_messages(case: ChatCase, prediction: str, order: Sequence[int], templa
 class LongBenchChatConfig(ModelOptions, GenerationOptions, SeededJudgeOptions, PriceOptions):
     """``longalign eval longbench-chat``: generate answers, judge them, summarise."""
 
-    data: str = option("", help="LongBench-Chat copy: folder or test_cases.json (+ few_shots.json beside it), or jsonl "
-                                "with idx/prompt/query/answer/few_shots")
+    data: str = option(
+        "",
+        help="LongBench-Chat copy: folder or test_cases.json (+ few_shots.json beside it), or jsonl "
+        "with idx/prompt/query/answer/few_shots",
+    )
     few_shots: str = option("", help="few_shots.json when it is not next to the cases")
     limit: int = option(0, minimum=0, help="only the first N cases (0 = all)")
     judge_runs: int = option(2, minimum=1, help="judge runs per answer, averaged (paper: 2)")
@@ -275,18 +317,27 @@ def predict(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], ge
 
     out = run.predictions(BENCHMARK)
     done = {r.get("idx") for r in read_jsonl(out)}
-    tasks = [PredictionTask(c.idx, c.prompt, None, {"query": c.query, "lang": c.lang}) for c in cases
-             if c.idx not in done]
+    tasks = [
+        PredictionTask(c.idx, c.prompt, None, {"query": c.query, "lang": c.lang}) for c in cases if c.idx not in done
+    ]
     if not tasks:
         return {"done_before": len(done), "generated": 0}
     if generator is None:
-        generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
-            base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run.llm_cache,
-            calls_log=run.llm_calls))
+        generator = make_generator(
+            cfg.model,
+            tokenizer_spec=cfg.tokenizer or None,
+            client_kwargs=dict(
+                base_url=cfg.model_base_url or None,
+                api_key_env=cfg.model_api_key_env,
+                cache_dir=run.llm_cache,
+                calls_log=run.llm_calls,
+            ),
+        )
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     with _bar(len(tasks), "answers", cfg.progress) as bar:
-        return run_predictions(tasks, generator, out, max_length=cfg.max_len, params=params,
-                               batch_size=cfg.batch_size, progress=bar.update)
+        return run_predictions(
+            tasks, generator, out, max_length=cfg.max_len, params=params, batch_size=cfg.batch_size, progress=bar.update
+        )
 
 
 def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, int]:
@@ -318,14 +369,35 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
         c, p = by_idx[idx], preds[idx]
         runs = [have[r] for r in range(cfg.judge_runs)]
         scores = [x["score"] for x in runs if x["score"] is not None]
-        rec = {"idx": idx, "query": c.query, "reference": c.answer, "prediction": p["prediction"], "lang": c.lang,
-               "runs": [{k: x[k] for k in ("run", "order", "reply", "score", "prompt_tokens", "completion_tokens",
-                                           "attempts", "replies") if k in x}
-                        | ({"distribution": x["distribution"]} if "distribution" in x else {})
-                        | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
-                        for x in runs],
-               "score": round(statistics.fmean(scores), 4) if scores else None,
-               "judge": cfg.judge, "model": p.get("model")}
+        rec = {
+            "idx": idx,
+            "query": c.query,
+            "reference": c.answer,
+            "prediction": p["prediction"],
+            "lang": c.lang,
+            "runs": [
+                {
+                    k: x[k]
+                    for k in (
+                        "run",
+                        "order",
+                        "reply",
+                        "score",
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "attempts",
+                        "replies",
+                    )
+                    if k in x
+                }
+                | ({"distribution": x["distribution"]} if "distribution" in x else {})
+                | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
+                for x in runs
+            ],
+            "score": round(statistics.fmean(scores), 4) if scores else None,
+            "judge": cfg.judge,
+            "model": p.get("model"),
+        }
         append_jsonl(judged_path, rec)
         judged.add(idx)
         stats["cases_finished"] += 1
@@ -337,8 +409,15 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
         return stats
     if judge is None:
         judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
-    requests = [JudgeRequest(judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
-                             1, 10, seed=cfg.judge_seed * 1000 + r) for c, r, order in jobs]
+    requests = [
+        JudgeRequest(
+            judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
+            1,
+            10,
+            seed=cfg.judge_seed * 1000 + r,
+        )
+        for c, r, order in jobs
+    ]
     with _bar(len(jobs), "judge runs", cfg.progress) as bar:
         for j, outcome in judge.rate_many(requests, progress=bar.update):
             c, r, order = jobs[j]
@@ -368,8 +447,10 @@ def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] |
     if cfg.judge_template:
         notes.append(f"judge prompt from {cfg.judge_template}")
     if cfg.judge_runs != 2 or not cfg.shuffle_examples:
-        notes.append(f"{cfg.judge_runs} judge run(s), examples {'shuffled' if cfg.shuffle_examples else 'in file order'} "
-                     "(paper: 2 runs, shuffled)")
+        notes.append(
+            f"{cfg.judge_runs} judge run(s), examples {'shuffled' if cfg.shuffle_examples else 'in file order'} "
+            "(paper: 2 runs, shuffled)"
+        )
     n_trunc = sum(1 for p in preds if p.get("truncated"))
     if n_trunc:
         notes.append(f"{n_trunc} of {len(preds)} prompts middle-truncated to {cfg.max_len} tokens")
@@ -379,37 +460,57 @@ def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] |
     n_cases = len(cases) if cases is not None else None
     if n_cases is not None and len(recs) < n_cases:
         notes.append(f"only {len(recs)} of {n_cases} cases judged so far")
-    label = cfg.dataset_label or (BENCHMARK_NAME if (n_cases == 50 and not str(cfg.data).endswith(".jsonl"))
-                                  else Path(cfg.data).stem or BENCHMARK_NAME)
-    summary = {"mean": round(statistics.fmean(scored), 4) if scored else None, "by_lang": by_lang,
-               "n": len(recs), "n_scored": len(scored), "unparsed": len(recs) - len(scored),
-               "unparsed_runs": unparsed_runs, "judge": cfg.judge, "judge_runs": cfg.judge_runs,
-               "model": preds[0].get("model") if preds else cfg.model,
-               "tokens": {"prompt": p_tok, "completion": c_tok},
-               "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
-               "notes": notes, "dataset": label, "scale": "1-10"}
+    label = cfg.dataset_label or (
+        BENCHMARK_NAME
+        if (n_cases == 50 and not str(cfg.data).endswith(".jsonl"))
+        else Path(cfg.data).stem or BENCHMARK_NAME
+    )
+    summary = {
+        "mean": round(statistics.fmean(scored), 4) if scored else None,
+        "by_lang": by_lang,
+        "n": len(recs),
+        "n_scored": len(scored),
+        "unparsed": len(recs) - len(scored),
+        "unparsed_runs": unparsed_runs,
+        "judge": cfg.judge,
+        "judge_runs": cfg.judge_runs,
+        "model": preds[0].get("model") if preds else cfg.model,
+        "tokens": {"prompt": p_tok, "completion": c_tok},
+        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "notes": notes,
+        "dataset": label,
+        "scale": "1-10",
+    }
     atomic_write_json(run.eval_summary(BENCHMARK), summary)
     return summary
 
 
-def run(cfg: LongBenchChatConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
-        judge: Any = None) -> LongBenchChatSummary:
+def run(
+    cfg: LongBenchChatConfig, run_dir: str | Path | RunDir, *, generator: Any = None, judge: Any = None
+) -> LongBenchChatSummary:
     """The whole benchmark into ``<run>/eval/longbench_chat/``: load, predict, judge (when ``cfg.judge``),
     summarise; recorded in run.json as ``eval_longbench_chat``."""
     if not cfg.data:
-        raise ValueError("data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)")
+        raise ValueError(
+            "data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)"
+        )
     run_ = as_run_dir(run_dir)
     cases = load_longbench_chat(cfg.data, cfg.few_shots or None)
     if cfg.limit:
-        cases = cases[:cfg.limit]
+        cases = cases[: cfg.limit]
     pred_stats = predict(cfg, run_, cases, generator)
     judging = scores = None
     if cfg.judge:
         judging = judge_all(cfg, run_, cases, judge)
         scores = summarize(cfg, run_, cases)
-    summary = LongBenchChatSummary(BENCHMARK, run_.eval(BENCHMARK), scores,
-                                   summary_path=run_.eval_summary(BENCHMARK) if scores is not None else None,
-                                   predictions=pred_stats, judging=judging,
-                                   predictions_path=run_.predictions(BENCHMARK))
+    summary = LongBenchChatSummary(
+        BENCHMARK,
+        run_.eval(BENCHMARK),
+        scores,
+        summary_path=run_.eval_summary(BENCHMARK) if scores is not None else None,
+        predictions=pred_stats,
+        judging=judging,
+        predictions_path=run_.predictions(BENCHMARK),
+    )
     record(run_, "eval_longbench_chat", cfg, summary)
     return summary

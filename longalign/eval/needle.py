@@ -30,9 +30,10 @@ from __future__ import annotations
 import logging
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from longalign.config import option, redefault
 from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, is_local_judge, make_judge
@@ -47,9 +48,11 @@ PAPER_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit 
 PAPER_QUESTION = "What is the best thing to do in San Francisco?"
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's question briefly and directly."
 SENTENCE_END = (".", "!", "?", "\u3002", "\uff01", "\uff1f")
-STOPWORDS = frozenset("""a an the and or but of in on at to for from by with without is are was were be been being it
+STOPWORDS = frozenset(
+    """a an the and or but of in on at to for from by with without is are was were be been being it
 its this that these those as into onto over under about than then there their they them he she his her we our you
-your i me my do does did so such not no yes can could would should will shall may might must very just also""".split())
+your i me my do does did so such not no yes can could would should will shall may might must very just also""".split()
+)
 
 NEEDLE_JUDGE_TEMPLATE = """[Instruction]
 You are an impartial judge. Rate how well the AI assistant's response below answers the user's question, \
@@ -76,12 +79,16 @@ Reply with the rating only, written exactly as [[rating]], e.g. [[7]].
 class NeedleConfig(ModelOptions, SamplingOptions, JudgeOptions):
     """``longalign eval needle``: needle-in-a-haystack grid."""
 
-    haystack: str = option("builtin", help="'builtin' (pydoc help topics), a folder of .txt/.md/.py files, or a "
-                                           "corpus .jsonl")
+    haystack: str = option(
+        "builtin", help="'builtin' (pydoc help topics), a folder of .txt/.md/.py files, or a corpus .jsonl"
+    )
     needle: str = option(PAPER_NEEDLE, help="the sentence hidden in the haystack")
     question: str = option(PAPER_QUESTION, help="the question whose answer is the needle")
-    key_phrases: list[str] = option(default_factory=list, help="phrases the answer must contain for recall (default: "
-                                                               "the needle's content words absent from the question)")
+    key_phrases: list[str] = option(
+        default_factory=list,
+        help="phrases the answer must contain for recall (default: "
+        "the needle's content words absent from the question)",
+    )
     lengths: list[int] = option(default_factory=list, help="explicit context lengths in tokens (overrides min/max/num)")
     length_min: int = option(1000, minimum=1, help="shortest context (tokens)")
     length_max: int = option(60000, minimum=1, help="longest context (tokens)")
@@ -115,7 +122,9 @@ def linear_grid(lo: float, hi: float, num: int, *, integer: bool = True) -> list
 
 def grid_of(cfg: NeedleConfig) -> tuple[list[int], list[float]]:
     lengths = [int(x) for x in cfg.lengths] or linear_grid(cfg.length_min, cfg.length_max, cfg.length_num)
-    depths = [float(x) for x in cfg.depths] or [float(x) for x in linear_grid(cfg.depth_min, cfg.depth_max, cfg.depth_num)]
+    depths = [float(x) for x in cfg.depths] or [
+        float(x) for x in linear_grid(cfg.depth_min, cfg.depth_max, cfg.depth_num)
+    ]
     for d in depths:
         if not 0 <= d <= 100:
             raise ValueError(f"depth {d} is outside 0..100 percent")
@@ -175,20 +184,23 @@ class Haystack:
 class NeedleContext:
     context_length: int
     depth_percent: float
-    ids: list[int]            # context tokens with the needle inside
-    needle_token_pos: int     # index in ids where the needle's tokens start
+    ids: list[int]  # context tokens with the needle inside
+    needle_token_pos: int  # index in ids where the needle's tokens start
     needle_len: int
-    target_pos: int           # int(len(haystack part) * depth / 100), before moving to a boundary
+    target_pos: int  # int(len(haystack part) * depth / 100), before moving to a boundary
     text: str = ""
 
 
-def insert_needle(hay: Haystack, needle_ids: Sequence[int], context_length: int, depth_percent: float,
-                  buffer: int = 200) -> NeedleContext:
+def insert_needle(
+    hay: Haystack, needle_ids: Sequence[int], context_length: int, depth_percent: float, buffer: int = 200
+) -> NeedleContext:
     """Build the token ids of one cell (see the module docstring for the rule)."""
     budget = context_length - buffer - len(needle_ids)
     if budget <= 0:
-        raise ValueError(f"context length {context_length} leaves no room for the haystack after the "
-                         f"{buffer}-token buffer and the {len(needle_ids)}-token needle")
+        raise ValueError(
+            f"context length {context_length} leaves no room for the haystack after the "
+            f"{buffer}-token buffer and the {len(needle_ids)}-token needle"
+        )
     base = hay.ids[:budget]
     if depth_percent >= 100:
         pos = target = len(base)
@@ -254,8 +266,9 @@ HEATMAP_VALUES = {  # result field -> (panel title, colour bar title, zmin, zmax
 HEATMAP_COLORSCALE = [[0, "#D7191C"], [0.5, "#FDD835"], [1, "#1A9641"]]  # missed -> found
 
 
-def heatmap_grid(results: Sequence[dict[str, Any]], value: str = "judge_score"
-                 ) -> tuple[list[int], list[float], list[list[float | None]]]:
+def heatmap_grid(
+    results: Sequence[dict[str, Any]], value: str = "judge_score"
+) -> tuple[list[int], list[float], list[list[float | None]]]:
     """(lengths, depths, z) of ``value``: z[depth][length] is the mean over the probes of that cell (a resumed
     grid can hold repeats), None where no probe has a value; lengths and depths ascending."""
     if value not in HEATMAP_VALUES:
@@ -273,8 +286,15 @@ def heatmap_grid(results: Sequence[dict[str, Any]], value: str = "judge_score"
     return lengths, depths, z
 
 
-def heatmap_figure(lengths: Sequence[int], depths: Sequence[float], panels: dict[str, Any], *, title: str = "",
-                   selectable: bool = False, template: str = "plotly_white"):
+def heatmap_figure(
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    panels: dict[str, Any],
+    *,
+    title: str = "",
+    selectable: bool = False,
+    template: str = "plotly_white",
+):
     """The needle heatmap as a plotly figure: one panel per entry of ``panels`` (result field -> z rows by depth,
     columns by length, None/NaN = no probe), context length on x, depth on y (shallow on top), red (missed) to
     green (found) on the field's fixed range (judge 1-10, recall 0-1), each cell labelled with its value.
@@ -288,37 +308,66 @@ def heatmap_figure(lengths: Sequence[int], depths: Sequence[float], panels: dict
 
     unknown = [k for k in panels if k not in HEATMAP_VALUES]
     if unknown or not panels:
-        raise ValueError(f"heatmap panels {unknown or '(none)'}: use one or more of "
-                         f"{', '.join(map(repr, HEATMAP_VALUES))}")
+        raise ValueError(
+            f"heatmap panels {unknown or '(none)'}: use one or more of {', '.join(map(repr, HEATMAP_VALUES))}"
+        )
     xs = [f"{int(L):,}" for L in lengths]
     ys = [f"{float(d):g}%" for d in depths]
     n = len(panels)
-    fig = make_subplots(rows=n, cols=1, vertical_spacing=0.12,
-                        subplot_titles=[HEATMAP_VALUES[k][0] for k in panels] if n > 1 else None)
+    fig = make_subplots(
+        rows=n, cols=1, vertical_spacing=0.12, subplot_titles=[HEATMAP_VALUES[k][0] for k in panels] if n > 1 else None
+    )
     for row, (key, z) in enumerate(panels.items(), 1):
         _, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
         z = [[None if v is None or v != v else float(v) for v in zr] for zr in z]
         text = [["" if v is None else format(v, fmt) for v in zr] for zr in z]
         bar_pos = dict(len=1 / n, y=1 - (row - 0.5) / n) if n > 1 else {}
         hover = "length %{x} tokens<br>depth %{y}<br>" + key + " %{z}<extra></extra>"
-        fig.add_trace(go.Heatmap(z=z, x=xs, y=ys, colorscale=HEATMAP_COLORSCALE, zmin=zmin, zmax=zmax, text=text,
-                                 texttemplate="%{text}", xgap=2, ygap=2, colorbar=dict(title=bar, thickness=12,
-                                                                                       **bar_pos),
-                                 hoverinfo="skip" if selectable else None, hovertemplate=hover), row=row, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=xs,
+                y=ys,
+                colorscale=HEATMAP_COLORSCALE,
+                zmin=zmin,
+                zmax=zmax,
+                text=text,
+                texttemplate="%{text}",
+                xgap=2,
+                ygap=2,
+                colorbar=dict(title=bar, thickness=12, **bar_pos),
+                hoverinfo="skip" if selectable else None,
+                hovertemplate=hover,
+            ),
+            row=row,
+            col=1,
+        )
         if selectable:
             gx = [x for _ in ys for x in xs]
             gy = [y for y in ys for _ in xs]
-            fig.add_trace(go.Scatter(x=gx, y=gy, mode="markers", showlegend=False,
-                                     customdata=[t for tr in text for t in tr],
-                                     hovertemplate="length %{x} tokens<br>depth %{y}<br>" + key + " %{customdata}"
-                                                   "<br>click to open<extra></extra>",
-                                     marker=dict(size=30, opacity=0.01, color="#000000"),
-                                     selected=dict(marker=dict(opacity=0.01)),
-                                     unselected=dict(marker=dict(opacity=0.01))), row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=gx,
+                    y=gy,
+                    mode="markers",
+                    showlegend=False,
+                    customdata=[t for tr in text for t in tr],
+                    hovertemplate="length %{x} tokens<br>depth %{y}<br>" + key + " %{customdata}"
+                    "<br>click to open<extra></extra>",
+                    marker=dict(size=30, opacity=0.01, color="#000000"),
+                    selected=dict(marker=dict(opacity=0.01)),
+                    unselected=dict(marker=dict(opacity=0.01)),
+                ),
+                row=row,
+                col=1,
+            )
         fig.update_xaxes(title_text="context length (tokens)", row=row, col=1)
         fig.update_yaxes(title_text="needle depth", autorange="reversed", row=row, col=1)
-    fig.update_layout(template=template, height=400 * n + (40 if title else 0),
-                      margin=dict(l=60, r=20, t=30 + (50 if title or n > 1 else 0), b=50))
+    fig.update_layout(
+        template=template,
+        height=400 * n + (40 if title else 0),
+        margin=dict(l=60, r=20, t=30 + (50 if title or n > 1 else 0), b=50),
+    )
     if title:
         fig.update_layout(title=title)
     return fig
@@ -335,8 +384,7 @@ def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title:
 
 
 # --------------------------------------------------------------------------------------------- runner
-def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = None,
-        judge: Any = None) -> NeedleSummary:
+def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = None, judge: Any = None) -> NeedleSummary:
     """Run (or resume) the grid into ``<run>/eval/needle/`` (results.jsonl, summary.json, heatmap.html),
     recorded in run.json as ``eval_needle``."""
     from tqdm.auto import tqdm
@@ -347,15 +395,25 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
     lengths, depths = grid_of(cfg)
     run_ = as_run_dir(run_dir)
     res_path = run_.needle_results()
-    done = {(int(r["context_length"]), float(r["depth_percent"])) for r in read_jsonl(res_path)
-            if (r.get("judge") or "") == cfg.judge}
+    done = {
+        (int(r["context_length"]), float(r["depth_percent"]))
+        for r in read_jsonl(res_path)
+        if (r.get("judge") or "") == cfg.judge
+    }
     cells = [(L, d) for L in lengths for d in depths if (L, float(d)) not in done]
     phrases = list(cfg.key_phrases) or default_key_phrases(cfg.needle, cfg.question)
     if cells:
         if generator is None:
-            generator = make_generator(cfg.model, tokenizer_spec=cfg.tokenizer or None, client_kwargs=dict(
-                base_url=cfg.model_base_url or None, api_key_env=cfg.model_api_key_env, cache_dir=run_.llm_cache,
-                calls_log=run_.llm_calls))
+            generator = make_generator(
+                cfg.model,
+                tokenizer_spec=cfg.tokenizer or None,
+                client_kwargs=dict(
+                    base_url=cfg.model_base_url or None,
+                    api_key_env=cfg.model_api_key_env,
+                    cache_dir=run_.llm_cache,
+                    calls_log=run_.llm_calls,
+                ),
+            )
         if judge is None and cfg.judge:
             judge = make_judge(cfg.judge_settings(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
         tok = generator.tokenizer
@@ -364,8 +422,9 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
             log.warning("context lengths up to %d exceed the model's %d positions", max(lengths), limit)
         hay = Haystack(tok, load_haystack_texts(cfg.haystack), max(lengths))
         needle_ids = needle_ids_for(tok, cfg.needle)
-        params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=cfg.seed)
+        params = SamplingParams(
+            max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed
+        )
         for L, d in tqdm(cells, desc="needle cells", disable=not cfg.progress):
             ctx = insert_needle(hay, needle_ids, L, d, cfg.buffer)
             text = tok.decode(ctx.ids, skip_special_tokens=True)
@@ -375,37 +434,66 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
             msgs = build_messages(build_user_prompt(text, cfg.question), SYSTEM_PROMPT)
             gen = generator.generate([msgs], params)[0]
             rec: dict[str, Any] = {
-                "context_length": L, "depth_percent": float(d), "needle_token_pos": ctx.needle_token_pos,
-                "target_token_pos": ctx.target_pos, "needle_tokens": ctx.needle_len, "context_tokens": len(ctx.ids),
-                "prompt_tokens": gen.prompt_tokens, "response": gen.text,
-                "recall": key_phrase_recall(gen.text, phrases), "judge_score": None, "window": window,
-                "model": generator.name, "judge": cfg.judge or "",
+                "context_length": L,
+                "depth_percent": float(d),
+                "needle_token_pos": ctx.needle_token_pos,
+                "target_token_pos": ctx.target_pos,
+                "needle_tokens": ctx.needle_len,
+                "context_tokens": len(ctx.ids),
+                "prompt_tokens": gen.prompt_tokens,
+                "response": gen.text,
+                "recall": key_phrase_recall(gen.text, phrases),
+                "judge_score": None,
+                "window": window,
+                "model": generator.name,
+                "judge": cfg.judge or "",
             }
             if judge is not None:
-                out = judge.rate(JudgeRequest(needle_judge_messages(cfg.question, cfg.needle, gen.text), 1, 10,
-                                              seed=cfg.seed))
+                out = judge.rate(
+                    JudgeRequest(needle_judge_messages(cfg.question, cfg.needle, gen.text), 1, 10, seed=cfg.seed)
+                )
                 rec["judge_score"] = out.score
                 rec["judge_reply"] = out.reply
                 rec["judge_detail"] = {k: v for k, v in out.to_dict().items() if k not in ("reply", "score")}
             append_jsonl(res_path, rec)
-    results = [r for r in read_jsonl(res_path) if (r.get("judge") or "") == cfg.judge
-               and int(r["context_length"]) in lengths and float(r["depth_percent"]) in depths]
+    results = [
+        r
+        for r in read_jsonl(res_path)
+        if (r.get("judge") or "") == cfg.judge
+        and int(r["context_length"]) in lengths
+        and float(r["depth_percent"]) in depths
+    ]
     judged = [r["judge_score"] for r in results if r.get("judge_score") is not None]
     notes = []
     if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
     if not cfg.judge:
         notes.append("no judge: only the key-phrase recall was computed")
-    scores = {"lengths": lengths, "depths": depths, "n": len(results),
-              "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
-              "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
-              "model": results[0]["model"] if results else cfg.model, "judge": cfg.judge or None,
-              "key_phrases": phrases, "needle": cfg.needle, "question": cfg.question, "haystack": cfg.haystack,
-              "buffer": cfg.buffer, "notes": notes}
+    scores = {
+        "lengths": lengths,
+        "depths": depths,
+        "n": len(results),
+        "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
+        "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
+        "model": results[0]["model"] if results else cfg.model,
+        "judge": cfg.judge or None,
+        "key_phrases": phrases,
+        "needle": cfg.needle,
+        "question": cfg.question,
+        "haystack": cfg.haystack,
+        "buffer": cfg.buffer,
+        "notes": notes,
+    }
     if results:
         write_heatmap(results, run_.needle_heatmap(), title=f"Needle in a haystack: {scores['model']}")
     atomic_write_json(run_.eval_summary("needle"), scores)
-    summary = NeedleSummary("needle", run_.eval("needle"), scores, summary_path=run_.eval_summary("needle"),
-                            results=res_path, heatmap=run_.needle_heatmap() if results else None)
+    summary = NeedleSummary(
+        "needle",
+        run_.eval("needle"),
+        scores,
+        summary_path=run_.eval_summary("needle"),
+        results=res_path,
+        heatmap=run_.needle_heatmap() if results else None,
+    )
     record(run_, "eval_needle", cfg, summary)
     return summary

@@ -18,12 +18,16 @@ LOCAL_SCORES = ("expected", "argmax")
 class ModelOptions(Options):
     """Model under test."""
 
-    model: str = option("smollm2", help="model to evaluate: smollm2 (embedded), HF id, train output folder, or "
-                                        "openai:<model> with --model-base-url")
+    model: str = option(
+        "smollm2",
+        help="model to evaluate: smollm2 (embedded), HF id, train output folder, or "
+        "openai:<model> with --model-base-url",
+    )
     model_base_url: str | None = option_of(EndpointOptions, "base_url", subject="endpoint serving --model")
     model_api_key_env: str = option_of(EndpointOptions, "api_key_env", subject="endpoint serving --model")
-    tokenizer: str = option("", help="tokenizer that builds and truncates prompts of an endpoint model "
-                                     "(default: embedded)")
+    tokenizer: str = option(
+        "", help="tokenizer that builds and truncates prompts of an endpoint model (default: embedded)"
+    )
 
 
 @dataclass
@@ -41,8 +45,12 @@ class GenerationOptions(SamplingOptions):
     """Answer generation."""
 
     batch_size: int = option(1, minimum=1, help="prompts generated together (local models)")
-    max_len: int = option(64000, minimum=1, aliases=("max_length",),
-                          help="middle-truncate prompts to this many tokens before the chat template")
+    max_len: int = option(
+        64000,
+        minimum=1,
+        aliases=("max_length",),
+        help="middle-truncate prompts to this many tokens before the chat template",
+    )
 
 
 @dataclass
@@ -56,8 +64,9 @@ class JudgeOptions(Options):
     judge_temperature: float = option(0.0, minimum=0, help="judge temperature")
     judge_max_tokens: int = option(1024, minimum=1, help="judge reply budget")
     judge_max_attempts: int = option(5, minimum=1, help="judge requests per rating when no [[rating]] parses")
-    local_score: str = option("expected", choices=LOCAL_SCORES, help="local judge score: expected value or argmax "
-                                                                     "of the rating distribution")
+    local_score: str = option(
+        "expected", choices=LOCAL_SCORES, help="local judge score: expected value or argmax of the rating distribution"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,5 +82,6 @@ class JudgeOptions(Options):
 class SeededJudgeOptions(JudgeOptions):
     """Judge."""
 
-    judge_seed: int = option(0, help="seed of the judge requests (and of the example order, where examples are "
-                                     "shuffled)")
+    judge_seed: int = option(
+        0, help="seed of the judge requests (and of the example order, where examples are shuffled)"
+    )

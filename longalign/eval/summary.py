@@ -30,9 +30,13 @@ class NeedleSummary(EvalSummary):
 
     def lines(self) -> list[str]:
         s = self.scores or {}
-        return [f"needle grid {len(s.get('lengths', []))} lengths x {len(s.get('depths', []))} depths, "
-                f"{s.get('n')} cells: mean recall {s.get('mean_recall')}, mean judge {s.get('mean_judge')}",
-                *self.note_lines(), f"results: {self.results}", f"heatmap: {self.heatmap}"]
+        return [
+            f"needle grid {len(s.get('lengths', []))} lengths x {len(s.get('depths', []))} depths, "
+            f"{s.get('n')} cells: mean recall {s.get('mean_recall')}, mean judge {s.get('mean_judge')}",
+            *self.note_lines(),
+            f"results: {self.results}",
+            f"heatmap: {self.heatmap}",
+        ]
 
 
 @dataclass
@@ -43,15 +47,17 @@ class LongBenchChatSummary(EvalSummary):
 
     def lines(self) -> list[str]:
         p = self.predictions
-        out = [f"predictions: {p.get('generated')} new, {p.get('done_before')} already done -> "
-               f"{self.predictions_path}"]
+        out = [f"predictions: {p.get('generated')} new, {p.get('done_before')} already done -> {self.predictions_path}"]
         if self.judging is None or self.scores is None:
             return out + ["no --judge given: predictions only"]
         j, s = self.judging, self.scores
-        out += [f"judge runs: {j['runs_judged']} new, {j['runs_before']} already done",
-                f"{s['dataset']}: mean {s['mean']} (1-10) over {s['n_scored']}/{s['n']} cases; by language "
-                f"{s['by_lang']}; unparsed {s['unparsed']}; judge tokens {s['tokens']}; cost {s['cost']}",
-                *self.note_lines(), f"summary: {self.summary_path}"]
+        out += [
+            f"judge runs: {j['runs_judged']} new, {j['runs_before']} already done",
+            f"{s['dataset']}: mean {s['mean']} (1-10) over {s['n_scored']}/{s['n']} cases; by language "
+            f"{s['by_lang']}; unparsed {s['unparsed']}; judge tokens {s['tokens']}; cost {s['cost']}",
+            *self.note_lines(),
+            f"summary: {self.summary_path}",
+        ]
         return out
 
 
@@ -73,8 +79,12 @@ class LongBenchSummary(EvalSummary):
 class AgreementSummary(EvalSummary):
     def lines(self) -> list[str]:
         s = self.scores or {}
-        out = [f"judge {s.get('judge')} on {s.get('n_scored')}/{s.get('n')} human-scored answers: Spearman "
-               f"{s.get('spearman')}, Kendall {s.get('kendall')}"]
-        out += [f"  paper {name}: Spearman {v['spearman']}, Kendall {v['kendall']}"
-                for name, v in s.get("paper", {}).items()]
+        out = [
+            f"judge {s.get('judge')} on {s.get('n_scored')}/{s.get('n')} human-scored answers: Spearman "
+            f"{s.get('spearman')}, Kendall {s.get('kendall')}"
+        ]
+        out += [
+            f"  paper {name}: Spearman {v['spearman']}, Kendall {v['kendall']}"
+            for name, v in s.get("paper", {}).items()
+        ]
         return out + self.note_lines()

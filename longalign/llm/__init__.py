@@ -46,12 +46,35 @@ of the ``openai:``/``local:`` prefix) and :func:`local_model_spec`. A ``local:``
 generator and a local judge of the same model share one loaded copy (:mod:`longalign.llm.local_model`).
 """
 
-from longalign.llm.base import (ChatResult, LLMCancelledError, LLMClient, LLMError,  # noqa: F401
-                                LLMRequestError, LLMRetryableError, LLMUnavailableError, Messages,
-                                SamplingParams)
+from longalign.llm.base import (  # noqa: F401
+    ChatResult,
+    LLMCancelledError,
+    LLMClient,
+    LLMError,
+    LLMRequestError,
+    LLMRetryableError,
+    LLMUnavailableError,
+    Messages,
+    SamplingParams,
+)
 from longalign.llm.cache import RequestCache, messages_hash, request_key  # noqa: F401
 from longalign.llm.client import CachingClient, local_model_spec, make_client, parse_spec  # noqa: F401
 
-__all__ = ["ChatResult", "LLMCancelledError", "LLMClient", "LLMError", "LLMRequestError", "LLMRetryableError",
-           "LLMUnavailableError", "Messages", "SamplingParams", "RequestCache", "messages_hash", "request_key",
-           "CachingClient", "local_model_spec", "make_client", "parse_spec"]
+__all__ = [
+    "ChatResult",
+    "LLMCancelledError",
+    "LLMClient",
+    "LLMError",
+    "LLMRequestError",
+    "LLMRetryableError",
+    "LLMUnavailableError",
+    "Messages",
+    "SamplingParams",
+    "RequestCache",
+    "messages_hash",
+    "request_key",
+    "CachingClient",
+    "local_model_spec",
+    "make_client",
+    "parse_spec",
+]

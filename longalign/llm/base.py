@@ -8,8 +8,9 @@ with the text and token usage. Backends are built with ``longalign.llm.make_clie
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Messages = list[dict[str, str]]
 
@@ -49,8 +50,9 @@ class LLMClient(Protocol):
 
     def chat(self, messages: Messages, params: SamplingParams) -> ChatResult: ...
 
-    def chat_many(self, requests: Iterable[tuple[Messages, SamplingParams]], *,
-                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, ChatResult | Exception]]: ...
+    def chat_many(
+        self, requests: Iterable[tuple[Messages, SamplingParams]], *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, ChatResult | Exception]]: ...
 
 
 class LLMError(RuntimeError):

@@ -62,10 +62,16 @@ class RequestCache:
             with path.open(encoding="utf-8") as fh:
                 entry = json.load(fh)
             res = entry["result"]
-            return ChatResult(text=res["text"], prompt_tokens=int(res.get("prompt_tokens", 0)),
-                              completion_tokens=int(res.get("completion_tokens", 0)), model=res.get("model", ""),
-                              cached=True, latency=0.0, finish_reason=res.get("finish_reason"),
-                              extra=dict(res.get("extra") or {}))
+            return ChatResult(
+                text=res["text"],
+                prompt_tokens=int(res.get("prompt_tokens", 0)),
+                completion_tokens=int(res.get("completion_tokens", 0)),
+                model=res.get("model", ""),
+                cached=True,
+                latency=0.0,
+                finish_reason=res.get("finish_reason"),
+                extra=dict(res.get("extra") or {}),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -78,9 +84,15 @@ class RequestCache:
             "model": model,
             "messages_sha256": messages_hash(messages),
             "params": params.to_dict(),
-            "result": {"text": result.text, "prompt_tokens": result.prompt_tokens,
-                       "completion_tokens": result.completion_tokens, "model": result.model,
-                       "finish_reason": result.finish_reason, "latency": result.latency, "extra": result.extra},
+            "result": {
+                "text": result.text,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "model": result.model,
+                "finish_reason": result.finish_reason,
+                "latency": result.latency,
+                "extra": result.extra,
+            },
             "time": time.time(),
         }
         atomic_write_json(self.path(key), entry, indent=None)

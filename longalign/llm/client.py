@@ -28,11 +28,20 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
-from longalign.llm.base import (ChatResult, LLMCancelledError, LLMError, LLMRequestError, LLMRetryableError,
-                                LLMUnavailableError, Messages, SamplingParams)
+from longalign.llm.base import (
+    ChatResult,
+    LLMCancelledError,
+    LLMError,
+    LLMRequestError,
+    LLMRetryableError,
+    LLMUnavailableError,
+    Messages,
+    SamplingParams,
+)
 from longalign.llm.cache import RequestCache, request_key
 from longalign.rundir import append_jsonl
 
@@ -65,11 +74,22 @@ class CallsLog:
 class CachingClient:
     """Implements :class:`longalign.llm.base.LLMClient` on top of a single-attempt backend."""
 
-    def __init__(self, backend: Backend, *, spec: str, cache_dir: str | Path | None = None,
-                 calls_log: str | Path | None = None, max_retries: int = 6, max_in_flight: int = 8,
-                 backoff_base: float = 1.0, backoff_max: float = 60.0, retry_after_max: float = 120.0,
-                 price_in_per_mtok: float | None = None, price_out_per_mtok: float | None = None,
-                 rng_seed: int | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        spec: str,
+        cache_dir: str | Path | None = None,
+        calls_log: str | Path | None = None,
+        max_retries: int = 6,
+        max_in_flight: int = 8,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        retry_after_max: float = 120.0,
+        price_in_per_mtok: float | None = None,
+        price_out_per_mtok: float | None = None,
+        rng_seed: int | None = None,
+    ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_in_flight < 1:
@@ -91,14 +111,21 @@ class CachingClient:
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
         self._stop = threading.Event()
-        self._counts = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
-                        "errors": 0, "attempts": 0}
+        self._counts = {
+            "requests": 0,
+            "cached": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "retries": 0,
+            "errors": 0,
+            "attempts": 0,
+        }
 
     # ---------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"CachingClient({self.spec!r}, cache={self.cache.root if self.cache else None})"
 
-    def __enter__(self) -> "CachingClient":
+    def __enter__(self) -> CachingClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -128,8 +155,9 @@ class CachingClient:
         if self.price_in is None and self.price_out is None:
             out["cost"] = None
         else:
-            out["cost"] = (out["prompt_tokens"] * (self.price_in or 0.0)
-                           + out["completion_tokens"] * (self.price_out or 0.0)) / 1e6
+            out["cost"] = (
+                out["prompt_tokens"] * (self.price_in or 0.0) + out["completion_tokens"] * (self.price_out or 0.0)
+            ) / 1e6
         return out
 
     def _count(self, **inc: int) -> None:
@@ -137,15 +165,34 @@ class CachingClient:
             for k, v in inc.items():
                 self._counts[k] += v
 
-    def _log(self, key: str, status: str, *, http_status: int | None = None, result: ChatResult | None = None,
-             attempt: int = 0, latency: float = 0.0, error: str | None = None) -> None:
+    def _log(
+        self,
+        key: str,
+        status: str,
+        *,
+        http_status: int | None = None,
+        result: ChatResult | None = None,
+        attempt: int = 0,
+        latency: float = 0.0,
+        error: str | None = None,
+    ) -> None:
         if self.calls_log is None:
             return
-        rec: dict[str, Any] = {"key": key, "model": self.model, "status": status, "http_status": http_status,
-                               "usage": ({"prompt_tokens": result.prompt_tokens,
-                                          "completion_tokens": result.completion_tokens} if result else None),
-                               "latency": round(latency, 4), "attempt": attempt, "time": time.time(),
-                               "cached": status == "cached"}
+        rec: dict[str, Any] = {
+            "key": key,
+            "model": self.model,
+            "status": status,
+            "http_status": http_status,
+            "usage": (
+                {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+                if result
+                else None
+            ),
+            "latency": round(latency, 4),
+            "attempt": attempt,
+            "time": time.time(),
+            "cached": status == "cached",
+        }
         if error:
             rec["error"] = error[:500]
         try:
@@ -186,9 +233,13 @@ class CachingClient:
                 raise LLMCancelledError("cancelled while waiting for an identical request in flight")
         cache = self.cache
         try:
-            return self._attempts(key, messages, params, stop,
-                                  persist=lambda res: cache.put(key, res, model=self.spec, messages=messages,
-                                                                params=params))
+            return self._attempts(
+                key,
+                messages,
+                params,
+                stop,
+                persist=lambda res: cache.put(key, res, model=self.spec, messages=messages, params=params),
+            )
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
@@ -203,8 +254,14 @@ class CachingClient:
             self._log(key, "cached", result=hit)
         return hit
 
-    def _attempts(self, key: str, messages: Messages, params: SamplingParams, stop: threading.Event,
-                  persist: Callable[[ChatResult], None] | None = None) -> ChatResult:
+    def _attempts(
+        self,
+        key: str,
+        messages: Messages,
+        params: SamplingParams,
+        stop: threading.Event,
+        persist: Callable[[ChatResult], None] | None = None,
+    ) -> ChatResult:
         """Call the backend until success, a non-retryable error, cancellation or ``max_retries`` retries.
 
         ``persist`` stores a success (the cache) before it is counted and logged as ``ok``, so the calls
@@ -222,10 +279,12 @@ class CachingClient:
                 latency = time.monotonic() - start
                 if attempt > self.max_retries:
                     self._count(errors=1)
-                    self._log(key, "error", http_status=exc.http_status, attempt=attempt, latency=latency,
-                              error=str(exc))
-                    raise LLMUnavailableError(f"gave up after {attempt} attempts: {exc}",
-                                              http_status=exc.http_status, attempts=attempt) from exc
+                    self._log(
+                        key, "error", http_status=exc.http_status, attempt=attempt, latency=latency, error=str(exc)
+                    )
+                    raise LLMUnavailableError(
+                        f"gave up after {attempt} attempts: {exc}", http_status=exc.http_status, attempts=attempt
+                    ) from exc
                 self._count(retries=1)
                 self._log(key, "retry", http_status=exc.http_status, attempt=attempt, latency=latency, error=str(exc))
                 delay = self.backoff_delay(attempt, exc.retry_after)
@@ -235,8 +294,14 @@ class CachingClient:
                 continue
             except LLMRequestError as exc:
                 self._count(errors=1)
-                self._log(key, "error", http_status=exc.http_status, attempt=attempt,
-                          latency=time.monotonic() - start, error=str(exc))
+                self._log(
+                    key,
+                    "error",
+                    http_status=exc.http_status,
+                    attempt=attempt,
+                    latency=time.monotonic() - start,
+                    error=str(exc),
+                )
                 raise
             except LLMError:
                 self._count(errors=1)
@@ -249,13 +314,23 @@ class CachingClient:
             if persist is not None:
                 persist(result)
             self._count(requests=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-            self._log(key, "ok", http_status=200 if self._http else None, result=result,
-                      attempt=attempt, latency=result.latency)
+            self._log(
+                key,
+                "ok",
+                http_status=200 if self._http else None,
+                result=result,
+                attempt=attempt,
+                latency=result.latency,
+            )
             return result
 
     # ---------------------------------------------------------------------------------------------
-    def chat_many(self, requests: Iterable[tuple[Messages, SamplingParams | None]], *,
-                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, ChatResult | Exception]]:
+    def chat_many(
+        self,
+        requests: Iterable[tuple[Messages, SamplingParams | None]],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[int, ChatResult | Exception]]:
         """Answer many requests; yields ``(index, ChatResult | LLMError)`` in completion order.
 
         ``requests`` may be a lazy iterable: at most ``2 * concurrency`` are read ahead. ``progress(1)`` is
@@ -343,8 +418,10 @@ def parse_spec(spec: str | None, *, require_prefix: bool = False) -> tuple[str, 
             raise ValueError(f"{spec!r}: an openai: spec needs a model name, e.g. openai:gpt-4o-mini")
         return prefix, rest.strip()
     if sep and prefix != "random" and prefix.isidentifier() and not Path(spec).exists():
-        raise ValueError(f"unknown LLM backend {prefix!r} in {spec!r}; use one of {forms}"
-                         + ("" if require_prefix else " (a bare spec means local)"))
+        raise ValueError(
+            f"unknown LLM backend {prefix!r} in {spec!r}; use one of {forms}"
+            + ("" if require_prefix else " (a bare spec means local)")
+        )
     if require_prefix:
         raise ValueError(f"{spec!r} names no LLM backend; use one of {forms} (e.g. local:smollm2)")
     return "local", spec
@@ -357,11 +434,24 @@ def local_model_spec(spec: str | None) -> str | None:
     return (name or "smollm2") if kind == "local" else None
 
 
-def make_client(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                cache_dir: str | Path | None = None, calls_log: str | Path | None = None, timeout: float = 120.0,
-                max_retries: int = 6, max_in_flight: int = 8, price_in_per_mtok: float | None = None,
-                price_out_per_mtok: float | None = None, backoff_base: float = 1.0, backoff_max: float = 60.0,
-                retry_after_max: float = 120.0, device: str | None = None, dtype: Any = None) -> CachingClient:
+def make_client(
+    spec: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    cache_dir: str | Path | None = None,
+    calls_log: str | Path | None = None,
+    timeout: float = 120.0,
+    max_retries: int = 6,
+    max_in_flight: int = 8,
+    price_in_per_mtok: float | None = None,
+    price_out_per_mtok: float | None = None,
+    backoff_base: float = 1.0,
+    backoff_max: float = 60.0,
+    retry_after_max: float = 120.0,
+    device: str | None = None,
+    dtype: Any = None,
+) -> CachingClient:
     """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees."""
     kind, name = parse_spec(spec)
     if kind == "openai":
@@ -373,12 +463,22 @@ def make_client(spec: str, *, base_url: str | None = None, api_key_env: str = "O
         from longalign.llm.local_backend import LocalBackend
 
         if base_url:
-            log.warning("base_url %s is ignored for the local model %r; use openai:<model> to reach a server",
-                        base_url, spec)
+            log.warning(
+                "base_url %s is ignored for the local model %r; use openai:<model> to reach a server", base_url, spec
+            )
         model_spec = local_model_spec(spec)
         backend = LocalBackend(model_spec, device=device, dtype=dtype)
         full = f"local:{model_spec}"
-    return CachingClient(backend, spec=full, cache_dir=cache_dir, calls_log=calls_log, max_retries=max_retries,
-                         max_in_flight=max_in_flight, backoff_base=backoff_base, backoff_max=backoff_max,
-                         retry_after_max=retry_after_max, price_in_per_mtok=price_in_per_mtok,
-                         price_out_per_mtok=price_out_per_mtok)
+    return CachingClient(
+        backend,
+        spec=full,
+        cache_dir=cache_dir,
+        calls_log=calls_log,
+        max_retries=max_retries,
+        max_in_flight=max_in_flight,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        retry_after_max=retry_after_max,
+        price_in_per_mtok=price_in_per_mtok,
+        price_out_per_mtok=price_out_per_mtok,
+    )

@@ -65,11 +65,24 @@ class LocalBackend:
         lm = self.local_model
         start = time.monotonic()
         ids = lm.encode(lm.render(messages))
-        out = lm.generate([ids], max_new_tokens=params.max_tokens, temperature=params.temperature,
-                          top_p=params.top_p, top_k=0, seed=params.seed)[0]
-        return ChatResult(text=out.text, prompt_tokens=out.prompt_tokens, completion_tokens=len(out.tokens),
-                          model=self.model, cached=False, latency=time.monotonic() - start,
-                          finish_reason=out.finish_reason, extra={"device": str(lm.device)})
+        out = lm.generate(
+            [ids],
+            max_new_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            seed=params.seed,
+        )[0]
+        return ChatResult(
+            text=out.text,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=len(out.tokens),
+            model=self.model,
+            cached=False,
+            latency=time.monotonic() - start,
+            finish_reason=out.finish_reason,
+            extra={"device": str(lm.device)},
+        )
 
     def close(self) -> None:
         """Drop this backend's reference; the model stays in the process-wide cache for its other users."""

@@ -30,9 +30,10 @@ import inspect
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DEFAULT_SPEC = "smollm2"
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 _load_lock = threading.Lock()
-_models: dict[tuple[str, str, str], "LocalModel"] = {}
+_models: dict[tuple[str, str, str], LocalModel] = {}
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -76,7 +77,7 @@ def _spec_key(spec: str | None) -> str:
     if is_embedded(spec):
         return DEFAULT_SPEC
     text = str(spec).strip()
-    head, body = ("random:", text[len("random:"):]) if text.startswith("random:") else ("", text)
+    head, body = ("random:", text[len("random:") :]) if text.startswith("random:") else ("", text)
     path = Path(body).expanduser()
     return head + (str(path.resolve()) if path.exists() else body)
 
@@ -153,7 +154,7 @@ class LocalModel:
         return f"LocalModel({self.name!r}, device={self.device!r})"
 
     @classmethod
-    def wrap(cls, model: Any, tokenizer: Any, *, spec: str | None = None, device: str | None = None) -> "LocalModel":
+    def wrap(cls, model: Any, tokenizer: Any, *, spec: str | None = None, device: str | None = None) -> LocalModel:
         """A :class:`LocalModel` around an already loaded ``model`` and ``tokenizer``: the cached entry holding
         these very objects on that device when there is one (so its lock is shared), else a new, uncached one."""
         want = resolve_device(device)
@@ -185,8 +186,16 @@ class LocalModel:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     # generation ------------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float | None = 0.0,
-                 top_p: float = 1.0, top_k: int | None = None, seed: int | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float | None = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[Completion]:
         """Continue each prompt (token ids); a batch is left-padded together and stops at any :attr:`eos_ids`.
 
         ``temperature > 0`` samples with ``top_p`` and ``top_k`` (0 disables top-k, None keeps the model's
@@ -205,8 +214,8 @@ class LocalModel:
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             if p:
-                input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-                mask[i, width - len(p):] = 1
+                input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+                mask[i, width - len(p) :] = 1
         kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "pad_token_id": pad_id}
         if self.eos_ids:
             kwargs["eos_token_id"] = list(self.eos_ids)
@@ -221,8 +230,9 @@ class LocalModel:
                 torch.manual_seed(int(seed))
             try:
                 with torch.inference_mode():
-                    out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                              **kwargs)
+                    out = self.model.generate(
+                        input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+                    )
             except torch.OutOfMemoryError:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -234,7 +244,7 @@ class LocalModel:
             finish = "length"
             for j, t in enumerate(new):  # a finished row is padded after its EOS: cut at the first one
                 if t in eos:
-                    new, finish = new[:j + 1], "stop"
+                    new, finish = new[: j + 1], "stop"
                     break
             content = new[:-1] if finish == "stop" else new
             results.append(Completion(new, self.tokenizer.decode(content, skip_special_tokens=True), len(p), finish))
@@ -267,13 +277,16 @@ class LocalModel:
                 total = float(first[cont[0]])
                 if len(cont) > 1:
                     if croppable:
-                        step = self.model(input_ids=torch.tensor([cont[:-1]], device=self.device), use_cache=True,
-                                          **{self._cache_keyword(): cache})
+                        step = self.model(
+                            input_ids=torch.tensor([cont[:-1]], device=self.device),
+                            use_cache=True,
+                            **{self._cache_keyword(): cache},
+                        )
                         cache.crop(-(len(cont) - 1))  # negative = drop that many tokens (every version)
                         lp = torch.log_softmax(step.logits[0].float(), dim=-1)
                     else:
                         full = torch.tensor([prefix + cont[:-1]], device=self.device)
-                        lp = torch.log_softmax(self.model(input_ids=full).logits[0, len(prefix):].float(), dim=-1)
+                        lp = torch.log_softmax(self.model(input_ids=full).logits[0, len(prefix) :].float(), dim=-1)
                     for k, tok in enumerate(cont[1:]):
                         total += float(lp[k, tok])
                 out_lp.append(total)
@@ -320,13 +333,19 @@ def get_local_model(spec: str | None = None, *, device: str | None = None, dtype
         model = load_model(spec, dtype=torch_dtype)
         lm = LocalModel(model, tokenizer, spec=spec, device=device)
         _models[key] = lm
-        log.info("loaded %s on %s (%s) in %.1f s", lm.name, device, str(torch_dtype).removeprefix("torch."),
-                 time.monotonic() - start)
+        log.info(
+            "loaded %s on %s (%s) in %.1f s",
+            lm.name,
+            device,
+            str(torch_dtype).removeprefix("torch."),
+            time.monotonic() - start,
+        )
         return lm
 
 
-def local_model_for(spec: str | None = None, *, device: str | None = None, dtype: Any = None, model: Any = None,
-                    tokenizer: Any = None) -> LocalModel:
+def local_model_for(
+    spec: str | None = None, *, device: str | None = None, dtype: Any = None, model: Any = None, tokenizer: Any = None
+) -> LocalModel:
     """The :class:`LocalModel` a user should run: the cached one for ``spec``, or one around an already loaded
     ``model`` and/or ``tokenizer`` (the missing half is the cached model, or the spec's tokenizer)."""
     if model is None:

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any
 
-from longalign.llm.base import (ChatResult, LLMRequestError, LLMRetryableError, Messages, SamplingParams)
+from longalign.llm.base import ChatResult, LLMRequestError, LLMRetryableError, Messages, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ class OpenAIBackend:
 
     max_concurrency: int | None = None  # as many in flight as the caller allows
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0):
+    def __init__(
+        self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0
+    ):
         import openai
 
         if not model:
@@ -87,8 +88,13 @@ class OpenAIBackend:
         self._openai = openai
         api_key = os.environ.get(api_key_env) or DUMMY_API_KEY
         if api_key == DUMMY_API_KEY:
-            log.info("environment variable %s is not set: sending the dummy key %r (fine for local "
-                     "servers; set %s for a hosted API)", api_key_env, DUMMY_API_KEY, api_key_env)
+            log.info(
+                "environment variable %s is not set: sending the dummy key %r (fine for local "
+                "servers; set %s for a hosted API)",
+                api_key_env,
+                DUMMY_API_KEY,
+                api_key_env,
+            )
         for name in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns a 2,000-request run
             if logging.getLogger(name).level == logging.NOTSET:
                 logging.getLogger(name).setLevel(logging.WARNING)
@@ -99,8 +105,13 @@ class OpenAIBackend:
 
     def complete(self, messages: Messages, params: SamplingParams) -> ChatResult:
         openai = self._openai
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": params.max_tokens,
-                                  "temperature": params.temperature, "top_p": params.top_p}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
         if params.seed is not None:
             kwargs["seed"] = params.seed
         start = time.monotonic()
@@ -114,10 +125,16 @@ class OpenAIBackend:
             status = exc.status_code
             msg = _error_message(exc)
             if status in RETRYABLE_STATUSES or status >= 500:
-                raise LLMRetryableError(f"HTTP {status} from {self.describe()}: {msg}", http_status=status,
-                                        retry_after=_retry_after_from_headers(exc.response.headers)) from exc
-            hint = {401: "check the API key environment variable", 403: "check the API key's permissions",
-                    404: "check --base-url and the model name"}.get(status, "check the request parameters")
+                raise LLMRetryableError(
+                    f"HTTP {status} from {self.describe()}: {msg}",
+                    http_status=status,
+                    retry_after=_retry_after_from_headers(exc.response.headers),
+                ) from exc
+            hint = {
+                401: "check the API key environment variable",
+                403: "check the API key's permissions",
+                404: "check --base-url and the model name",
+            }.get(status, "check the request parameters")
             raise LLMRequestError(f"HTTP {status} from {self.describe()}: {msg} ({hint})", http_status=status) from exc
         latency = time.monotonic() - start
         if not getattr(resp, "choices", None):
@@ -128,11 +145,16 @@ class OpenAIBackend:
         extra: dict[str, Any] = {}
         if usage is None:  # some servers omit usage: the counts stay 0 and the result says so
             extra["usage_missing"] = True
-        return ChatResult(text=text,
-                          prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                          completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                          model=getattr(resp, "model", None) or self.model, cached=False, latency=latency,
-                          finish_reason=choice.finish_reason, extra=extra)
+        return ChatResult(
+            text=text,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            model=getattr(resp, "model", None) or self.model,
+            cached=False,
+            latency=latency,
+            finish_reason=choice.finish_reason,
+            extra=extra,
+        )
 
     def close(self) -> None:
         self._client.close()

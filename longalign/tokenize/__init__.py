@@ -4,7 +4,13 @@
 :func:`tokenize_file` does the same between any two paths without a run directory.
 """
 
-from longalign.tokenize.encode import (TokenizeConfig, TokenizeResult, load_tokens, run, tokenize_conversation,
-                                       tokenize_file)
+from longalign.tokenize.encode import (
+    TokenizeConfig,
+    TokenizeResult,
+    load_tokens,
+    run,
+    tokenize_conversation,
+    tokenize_file,
+)
 
 __all__ = ["TokenizeConfig", "TokenizeResult", "load_tokens", "run", "tokenize_conversation", "tokenize_file"]

@@ -10,11 +10,12 @@ row would be ~7 MB, more than a notebook output or a browser tab handles comfort
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from longalign import IGNORE_INDEX
 
-TARGET_COLOUR = "#C7E9C0"   # label is a target: the model is trained to write this token
+TARGET_COLOUR = "#C7E9C0"  # label is a target: the model is trained to write this token
 CONTEXT_COLOUR = "#EEEEEE"  # label -100: context, no loss
 NEWLINE_MARK = "⏎"
 
@@ -32,6 +33,8 @@ def label_strip_html(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[
     for token, label in list(zip(ids, labs))[:limit]:
         piece = html.escape(tokenizer.decode([int(token)]), quote=False).replace("\n", NEWLINE_MARK)
         colour = TARGET_COLOUR if label != IGNORE_INDEX else CONTEXT_COLOUR
-        spans.append(f'<span style="background:{colour};border:1px solid #fff;font-family:monospace;'
-                     f'font-size:12px">{piece}</span>')
+        spans.append(
+            f'<span style="background:{colour};border:1px solid #fff;font-family:monospace;'
+            f'font-size:12px">{piece}</span>'
+        )
     return "<div style='line-height:1.9'>" + "".join(spans) + "</div>"

@@ -46,24 +46,33 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from longalign import IGNORE_INDEX
-from longalign.tokenize.formats import (CHAT_FORMATS, Rendered, RowError, format_markers, render,
-                                        special_token_strings, validate_messages)
 from longalign.config import Options, check_choice, option, to_dict
 from longalign.rundir import RunDir
 from longalign.stage import Summary, as_run_dir, record
+from longalign.tokenize.formats import (
+    CHAT_FORMATS,
+    Rendered,
+    RowError,
+    format_markers,
+    render,
+    special_token_strings,
+    validate_messages,
+)
 
 log = logging.getLogger(__name__)
 
 TRUNCATION_POLICIES = ("right", "left", "middle")
 ON_ERROR = ("raise", "skip")
 from longalign.rundir import TOKENS_META as META_FILE  # noqa: E402
+
 TOKEN_COLUMNS = ("input_ids", "labels", "length", "n_target", "source", "lang", "task_type")
 CARRIED_FIELDS = ("source", "lang", "task_type")
 
@@ -72,28 +81,40 @@ CARRIED_FIELDS = ("source", "lang", "task_type")
 class TokenizeConfig(Options):
     """Options of ``longalign tokenize`` (YAML keys are the field names)."""
 
-    input: str | None = option(None, help="jsonl file of {\"messages\": [...], \"source\", \"lang\", "
-                                          "\"task_type\"} records (default: <run>/data/mixed.jsonl)")
+    input: str | None = option(
+        None,
+        help='jsonl file of {"messages": [...], "source", "lang", '
+        '"task_type"} records (default: <run>/data/mixed.jsonl)',
+    )
     out: str | None = option(None, help="output folder of the tokenized dataset (default: <run>/tokens)")
     model: str = option("smollm2", help="tokenizer: 'smollm2' (embedded default), an HF id or a local folder")
-    format: str = option("template", choices=CHAT_FORMATS,
-                         help="chat format: the tokenizer's chat template, Llama-2-chat or ChatGLM3")
+    format: str = option(
+        "template", choices=CHAT_FORMATS, help="chat format: the tokenizer's chat template, Llama-2-chat or ChatGLM3"
+    )
     max_len: int = option(8192, minimum=2, help="maximum tokens per row; longer rows are truncated")
-    truncation: str = option("right", choices=TRUNCATION_POLICIES,
-                             help="which tokens a too-long row keeps: right = head, left = tail, "
-                                  "middle = head and tail")
-    drop_no_target: bool = option(True, help="drop (and count) rows that have no target token, e.g. after "
-                                             "truncation or when every reply is empty")
+    truncation: str = option(
+        "right",
+        choices=TRUNCATION_POLICIES,
+        help="which tokens a too-long row keeps: right = head, left = tail, middle = head and tail",
+    )
+    drop_no_target: bool = option(
+        True, help="drop (and count) rows that have no target token, e.g. after truncation or when every reply is empty"
+    )
     num_proc: int = option(1, minimum=1, help="worker processes that tokenize")
-    on_error: str = option("raise", choices=ON_ERROR,
-                           help="bad input rows: raise an error naming file:line, or skip, count and "
-                                "copy them to <out>_skipped.jsonl")
-    verify: bool = option(True, help="tokenize reply boundaries separately as well and count rows whose "
-                                     "pieces do not give the ids of the whole conversation")
+    on_error: str = option(
+        "raise",
+        choices=ON_ERROR,
+        help="bad input rows: raise an error naming file:line, or skip, count and copy them to <out>_skipped.jsonl",
+    )
+    verify: bool = option(
+        True,
+        help="tokenize reply boundaries separately as well and count rows whose "
+        "pieces do not give the ids of the whole conversation",
+    )
     chunk_size: int = option(32, minimum=1, help="rows per task sent to a worker process")
     trust_remote_code: bool = option(False, help="allow tokenizers with custom code (ChatGLM3's own tokenizer)")
 
-    def validate(self) -> "TokenizeConfig":
+    def validate(self) -> TokenizeConfig:
         """Check choices and ranges again (they are checked when the config is built); returns ``self``."""
         self.__post_init__()
         return self
@@ -152,13 +173,15 @@ class TokenizeResult(Summary):
 
     def lines(self) -> list[str]:
         m = self.meta
-        out = [f"tokenized {self.input} -> {self.out}",
-               f"  rows       {self.n_rows} written of {self.n_input_rows} read",
-               f"  tokens     {self.n_tokens} ({self.n_target_tokens} target), longest row {self.max_length}",
-               f"  truncated  {self.n_truncated} kept rows cut to {m.get('max_len')} ({m.get('truncation')})",
-               f"  dropped    {self.n_dropped} without target tokens ({self.n_no_target} had none, "
-               f"{self.n_no_target_after_truncation} lost them to truncation)",
-               f"  skipped    {self.n_skipped} bad rows" + (f" -> {self.skipped_path}" if self.skipped_path else "")]
+        out = [
+            f"tokenized {self.input} -> {self.out}",
+            f"  rows       {self.n_rows} written of {self.n_input_rows} read",
+            f"  tokens     {self.n_tokens} ({self.n_target_tokens} target), longest row {self.max_length}",
+            f"  truncated  {self.n_truncated} kept rows cut to {m.get('max_len')} ({m.get('truncation')})",
+            f"  dropped    {self.n_dropped} without target tokens ({self.n_no_target} had none, "
+            f"{self.n_no_target_after_truncation} lost them to truncation)",
+            f"  skipped    {self.n_skipped} bad rows" + (f" -> {self.skipped_path}" if self.skipped_path else ""),
+        ]
         if m.get("verify"):
             out.append(f"  boundary   {self.n_boundary_mismatch} rows where reply pieces tokenize differently")
         out.append(f"  seconds    {self.seconds:.2f} ({self.rows_per_s:.1f} rows/s, {self.tokens_per_s:.0f} tokens/s)")
@@ -169,8 +192,10 @@ class TokenizeResult(Summary):
 # one conversation
 # ---------------------------------------------------------------------------------------------------------
 
-def truncate(input_ids: np.ndarray, labels: np.ndarray, max_len: int,
-             policy: str = "right") -> tuple[np.ndarray, np.ndarray, bool]:
+
+def truncate(
+    input_ids: np.ndarray, labels: np.ndarray, max_len: int, policy: str = "right"
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Cut ``input_ids``/``labels`` to ``max_len`` tokens; returns ``(ids, labels, truncated)``.
 
     ``right`` keeps ``[:max_len]``, ``left`` keeps ``[-max_len:]``, ``middle`` keeps the first
@@ -188,7 +213,7 @@ def truncate(input_ids: np.ndarray, labels: np.ndarray, max_len: int,
     if policy == "middle":
         head = (max_len + 1) // 2
         tail = max_len - head
-        idx = np.r_[0:head, n - tail:n]
+        idx = np.r_[0:head, n - tail : n]
         return input_ids[idx], labels[idx], True
     raise ValueError(f"truncation={policy!r} is not accepted; use one of {', '.join(TRUNCATION_POLICIES)}")
 
@@ -227,8 +252,7 @@ class _Encoder:
             else:
                 piece_ids, _ = self._encode_texts(texts)
             ids = np.concatenate([np.asarray(seq, dtype=np.int32) for seq in piece_ids])
-            flags = np.repeat(np.array([t for _, t in pieces], dtype=bool),
-                              [len(seq) for seq in piece_ids])
+            flags = np.repeat(np.array([t for _, t in pieces], dtype=bool), [len(seq) for seq in piece_ids])
             labels = np.where(flags, ids, IGNORE_INDEX).astype(np.int32)
             if self.backend is None:
                 if not self.verify:
@@ -243,8 +267,9 @@ class _Encoder:
         return whole_ids, self._labels_from_offsets(whole_ids, offs[0], rendered.spans), False
 
     @staticmethod
-    def _labels_from_offsets(ids: np.ndarray, offsets: Sequence[tuple[int, int]],
-                             spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    def _labels_from_offsets(
+        ids: np.ndarray, offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+    ) -> np.ndarray:
         """Label a token when its first character lies in a target span."""
         if not spans or len(ids) == 0:
             return np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
@@ -265,9 +290,15 @@ class _Encoder:
         return TokenizedRow(ids, labels, n_before, truncated, mismatch)
 
 
-def tokenize_conversation(messages: Sequence[dict[str, Any]], tokenizer: Any, *, chat_format: str = "template",
-                          max_len: int | None = None, truncation: str = "right",
-                          verify: bool = True) -> TokenizedRow:
+def tokenize_conversation(
+    messages: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    chat_format: str = "template",
+    max_len: int | None = None,
+    truncation: str = "right",
+    verify: bool = True,
+) -> TokenizedRow:
     """Tokenize one conversation: ``input_ids`` and ``labels`` (``-100`` outside assistant replies).
 
     ``messages`` is validated first (:func:`longalign.tokenize.formats.validate_messages`, raising
@@ -305,8 +336,14 @@ def _work_chunk(chunk: list[tuple[int, list[dict[str, str]], tuple[str, str, str
             out.append((line, str(exc), None))
             continue
         except Exception as exc:  # a chat template may raise on a conversation it does not accept
-            out.append((line, f"could not render this conversation ({type(exc).__name__}: {exc}); "
-                              "check its roles and content, or use another --format", None))
+            out.append(
+                (
+                    line,
+                    f"could not render this conversation ({type(exc).__name__}: {exc}); "
+                    "check its roles and content, or use another --format",
+                    None,
+                )
+            )
             continue
         out.append((line, row, fields))
     return out
@@ -315,6 +352,7 @@ def _work_chunk(chunk: list[tuple[int, list[dict[str, str]], tuple[str, str, str
 # ---------------------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------------------
+
 
 def skipped_path_for(out: str | Path) -> Path:
     """Where the skipped input lines of a tokenize run into ``out`` are copied (``tokens_skipped.jsonl``)."""
@@ -339,12 +377,24 @@ def _read_records(path: Path) -> Iterator[tuple[int, str, Any]]:
             try:
                 rec = json.loads(raw)
             except json.JSONDecodeError as exc:
-                yield lineno, raw, RowError(f"not valid JSON ({exc.msg} at column {exc.colno})",
-                                            "fix or remove that line (each line must be one JSON object)")
+                yield (
+                    lineno,
+                    raw,
+                    RowError(
+                        f"not valid JSON ({exc.msg} at column {exc.colno})",
+                        "fix or remove that line (each line must be one JSON object)",
+                    ),
+                )
                 continue
             if not isinstance(rec, dict):
-                yield lineno, raw, RowError(f"a JSON {type(rec).__name__}, not an object",
-                                            'each line must be an object like {"messages": [...]}')
+                yield (
+                    lineno,
+                    raw,
+                    RowError(
+                        f"a JSON {type(rec).__name__}, not an object",
+                        'each line must be an object like {"messages": [...]}',
+                    ),
+                )
                 continue
             try:
                 messages = validate_messages(rec.get("messages"))
@@ -358,16 +408,18 @@ def _read_records(path: Path) -> Iterator[tuple[int, str, Any]]:
 def _row_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("length", pa.int32()),
-        ("n_target", pa.int32()),
-        ("source", pa.string()),
-        ("lang", pa.string()),
-        ("task_type", pa.string()),
-        ("line", pa.int32()),
-    ])
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("labels", pa.list_(pa.int32())),
+            ("length", pa.int32()),
+            ("n_target", pa.int32()),
+            ("source", pa.string()),
+            ("lang", pa.string()),
+            ("task_type", pa.string()),
+            ("line", pa.int32()),
+        ]
+    )
 
 
 def _record_batch(rows: list[tuple[int, TokenizedRow, tuple[str, str, str]]]):
@@ -379,16 +431,19 @@ def _record_batch(rows: list[tuple[int, TokenizedRow, tuple[str, str, str]]]):
     ids = np.concatenate([r.input_ids for _, r, _ in rows]).astype(np.int32, copy=False)
     labels = np.concatenate([r.labels for _, r, _ in rows]).astype(np.int32, copy=False)
     off = pa.array(offsets, type=pa.int32())
-    return pa.record_batch([
-        pa.ListArray.from_arrays(off, pa.array(ids, type=pa.int32())),
-        pa.ListArray.from_arrays(off, pa.array(labels, type=pa.int32())),
-        pa.array(lengths, type=pa.int32()),
-        pa.array([r.n_target for _, r, _ in rows], type=pa.int32()),
-        pa.array([f[0] for _, _, f in rows], type=pa.string()),
-        pa.array([f[1] for _, _, f in rows], type=pa.string()),
-        pa.array([f[2] for _, _, f in rows], type=pa.string()),
-        pa.array([line for line, _, _ in rows], type=pa.int32()),
-    ], schema=_row_schema())
+    return pa.record_batch(
+        [
+            pa.ListArray.from_arrays(off, pa.array(ids, type=pa.int32())),
+            pa.ListArray.from_arrays(off, pa.array(labels, type=pa.int32())),
+            pa.array(lengths, type=pa.int32()),
+            pa.array([r.n_target for _, r, _ in rows], type=pa.int32()),
+            pa.array([f[0] for _, _, f in rows], type=pa.string()),
+            pa.array([f[1] for _, _, f in rows], type=pa.string()),
+            pa.array([f[2] for _, _, f in rows], type=pa.string()),
+            pa.array([line for line, _, _ in rows], type=pa.int32()),
+        ],
+        schema=_row_schema(),
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -430,14 +485,18 @@ def _check_markers(chat_format: str, tokenizer: Any) -> None:
         if n != 1:
             loose.append(marker)
     if loose:
-        log.warning("the %s format writes %s, which this tokenizer does not keep as single tokens; the model "
-                    "will see them as plain text (use the format's own tokenizer for parity)",
-                    chat_format, ", ".join(loose))
+        log.warning(
+            "the %s format writes %s, which this tokenizer does not keep as single tokens; the model "
+            "will see them as plain text (use the format's own tokenizer for parity)",
+            chat_format,
+            ", ".join(loose),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
+
 
 def resolve_paths(cfg: TokenizeConfig, run_dir: str | Path | RunDir | None = None) -> tuple[Path, Path]:
     """``(input, out)`` from the run directory and ``cfg.input``/``cfg.out``; a ValueError says what is missing."""
@@ -445,14 +504,21 @@ def resolve_paths(cfg: TokenizeConfig, run_dir: str | Path | RunDir | None = Non
     input_path = Path(cfg.input) if cfg.input else (run.mixed if run else None)
     out = Path(cfg.out) if cfg.out else (run.tokens if run else None)
     if input_path is None or out is None:
-        raise ValueError("say what to tokenize: --run RUN (reads RUN/data/mixed.jsonl, writes RUN/tokens) "
-                         "or --input FILE --out DIR")
+        raise ValueError(
+            "say what to tokenize: --run RUN (reads RUN/data/mixed.jsonl, writes RUN/tokens) or --input FILE --out DIR"
+        )
     return input_path, out
 
 
-def tokenize_file(input_path: str | Path, out: str | Path, config: TokenizeConfig | None = None, *,
-                  tokenizer: Any = None, show_progress: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> TokenizeResult:
+def tokenize_file(
+    input_path: str | Path,
+    out: str | Path,
+    config: TokenizeConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    show_progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> TokenizeResult:
     """Tokenize a messages jsonl into a ragged Arrow dataset at ``out`` (replacing a previous one atomically).
 
     ``tokenizer`` defaults to ``load_tokenizer(config.model)``; ``progress(done, total)`` is called after
@@ -467,11 +533,14 @@ def tokenize_file(input_path: str | Path, out: str | Path, config: TokenizeConfi
     cfg = (config or TokenizeConfig()).validate()
     input_path, out = Path(input_path), Path(out)
     if not input_path.is_file():
-        raise FileNotFoundError(f"input file {input_path} does not exist; run the data stage first "
-                                "(longalign data mix) or pass --input FILE")
+        raise FileNotFoundError(
+            f"input file {input_path} does not exist; run the data stage first "
+            "(longalign data mix) or pass --input FILE"
+        )
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
-        raise ValueError(f"refusing to replace {out}: it is not a tokens folder (no {META_FILE}); "
-                         "choose another --out or remove it")
+        raise ValueError(
+            f"refusing to replace {out}: it is not a tokens folder (no {META_FILE}); choose another --out or remove it"
+        )
     if tokenizer is None:
         from longalign.models import load_tokenizer
 
@@ -539,9 +608,12 @@ def tokenize_file(input_path: str | Path, out: str | Path, config: TokenizeConfi
             if not warned and result.n_boundary_mismatch:
                 warned.append(True)
                 first = next((ln for ln, r, f in results if f is not None and r.boundary_mismatch), "?")
-                log.warning("%s:%s: reply pieces tokenize differently from the whole conversation; labels "
-                            "of such rows come from character offsets (counted in n_boundary_mismatch)",
-                            input_path, first)
+                log.warning(
+                    "%s:%s: reply pieces tokenize differently from the whole conversation; labels "
+                    "of such rows come from character offsets (counted in n_boundary_mismatch)",
+                    input_path,
+                    first,
+                )
 
         def chunks() -> Iterator[list]:
             chunk: list = []
@@ -612,8 +684,7 @@ def tokenize_file(input_path: str | Path, out: str | Path, config: TokenizeConfi
         result.seconds = round(time.perf_counter() - t0, 3)
         meta["seconds"] = result.seconds
         atomic_write_json(out / META_FILE, meta)
-        log.info("tokenized %d rows (%d tokens) into %s in %.1f s", result.n_rows, result.n_tokens, out,
-                 result.seconds)
+        log.info("tokenized %d rows (%d tokens) into %s in %.1f s", result.n_rows, result.n_tokens, out, result.seconds)
         return result
     finally:
         bar.close()
@@ -641,8 +712,17 @@ def _fill_raw_lines(path: Path, skipped: list[dict[str, Any]]) -> None:
                 want[lineno]["text"] = raw
 
 
-def _finish(arrow_path: Path, tmp_out: Path, out: Path, cfg: TokenizeConfig, tokenizer: Any, name: str,
-            result: TokenizeResult, t0: float, show_progress: bool = True) -> dict[str, Any]:
+def _finish(
+    arrow_path: Path,
+    tmp_out: Path,
+    out: Path,
+    cfg: TokenizeConfig,
+    tokenizer: Any,
+    name: str,
+    result: TokenizeResult,
+    t0: float,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Save the staged rows as a dataset in ``tmp_out``, write the meta file, and rename into ``out``."""
     from datasets import Dataset
     from datasets.utils import logging as ds_logging
@@ -697,8 +777,9 @@ def _finish(arrow_path: Path, tmp_out: Path, out: Path, cfg: TokenizeConfig, tok
     return meta
 
 
-def run(cfg: TokenizeConfig, run_dir: str | Path | RunDir, *, tokenizer: Any = None,
-        show_progress: bool = True) -> TokenizeResult:
+def run(
+    cfg: TokenizeConfig, run_dir: str | Path | RunDir, *, tokenizer: Any = None, show_progress: bool = True
+) -> TokenizeResult:
     """The tokenize stage: ``<run>/data/mixed.jsonl`` (or ``cfg.input``) into ``<run>/tokens`` (or ``cfg.out``),
     recorded in run.json."""
     run_ = as_run_dir(run_dir)
@@ -714,12 +795,13 @@ def load_tokens(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokens folder {path} does not exist; create it with "
-                                "`longalign tokenize --run RUN` (or --input FILE --out DIR)")
+        raise FileNotFoundError(
+            f"tokens folder {path} does not exist; create it with "
+            "`longalign tokenize --run RUN` (or --input FILE --out DIR)"
+        )
     meta_path = path / META_FILE
     if not path.is_dir() or not meta_path.is_file():
-        raise ValueError(f"{path} is not a tokens folder (no {META_FILE}); point to the output of "
-                         "`longalign tokenize`")
+        raise ValueError(f"{path} is not a tokens folder (no {META_FILE}); point to the output of `longalign tokenize`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -727,8 +809,7 @@ def load_tokens(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if meta.get("n_rows") == 0:  # datasets cannot reopen a saved dataset without rows
         from datasets import Dataset, Features
 
-        ds = Dataset.from_dict({f.name: [] for f in _row_schema()},
-                               features=Features.from_arrow_schema(_row_schema()))
+        ds = Dataset.from_dict({f.name: [] for f in _row_schema()}, features=Features.from_arrow_schema(_row_schema()))
     else:
         ds = load_from_disk(str(path))
     missing = [c for c in TOKEN_COLUMNS if c not in ds.column_names]

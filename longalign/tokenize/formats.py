@@ -29,8 +29,9 @@ per row instead of producing wrong masks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 CHAT_FORMATS = ("template", "llama2", "chatglm3")
 ROLES = ("system", "user", "assistant")
@@ -79,36 +80,45 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
     system message only in first position. Extra keys in a message are ignored.
     """
     if messages is None:
-        raise RowError('no "messages" field',
-                       'each line needs {"messages": [{"role": "user", "content": "..."}, '
-                       '{"role": "assistant", "content": "..."}], ...}')
+        raise RowError(
+            'no "messages" field',
+            'each line needs {"messages": [{"role": "user", "content": "..."}, '
+            '{"role": "assistant", "content": "..."}], ...}',
+        )
     if not isinstance(messages, list):
-        raise RowError(f'"messages" is a {type(messages).__name__}, not a list',
-                       'write "messages" as a list of {"role", "content"} objects')
+        raise RowError(
+            f'"messages" is a {type(messages).__name__}, not a list',
+            'write "messages" as a list of {"role", "content"} objects',
+        )
     if not messages:
         raise RowError('"messages" is empty', "remove the line or add the conversation's messages")
     out = []
     for j, msg in enumerate(messages, 1):
         if not isinstance(msg, dict):
-            raise RowError(f"message {j} is a {type(msg).__name__}, not an object",
-                           'write each message as {"role": ..., "content": ...}')
+            raise RowError(
+                f"message {j} is a {type(msg).__name__}, not an object",
+                'write each message as {"role": ..., "content": ...}',
+            )
         role = msg.get("role")
         if role not in ROLES:
             hint = ""
             if role in ("human", "gpt", "bot", "model"):
                 hint = " (ShareGPT-style roles: map human to user and gpt/bot/model to assistant)"
-            raise RowError(f"message {j} has role {role!r}",
-                           f"use one of {', '.join(ROLES)}{hint}")
+            raise RowError(f"message {j} has role {role!r}", f"use one of {', '.join(ROLES)}{hint}")
         if "content" not in msg:
-            raise RowError(f"message {j} ({role}) has no \"content\"", "add the message text as \"content\"")
+            raise RowError(f'message {j} ({role}) has no "content"', 'add the message text as "content"')
         content = msg["content"]
         if not isinstance(content, str):
             kind = "null" if content is None else type(content).__name__
-            raise RowError(f"message {j} ({role}) has {kind} content, not text",
-                           "give the content as one string (join multi-part content into text)")
+            raise RowError(
+                f"message {j} ({role}) has {kind} content, not text",
+                "give the content as one string (join multi-part content into text)",
+            )
         if role == "system" and j != 1:
-            raise RowError(f"message {j} is a system message after the first message",
-                           "put the system message first or merge it into a user message")
+            raise RowError(
+                f"message {j} is a system message after the first message",
+                "put the system message first or merge it into a user message",
+            )
         out.append({"role": role, "content": content})
     return out
 
@@ -140,12 +150,15 @@ def _first_special(text: str, start: int, specials: Sequence[str]) -> tuple[int,
     return best
 
 
-def render_template(tokenizer: Any, messages: Sequence[dict[str, str]],
-                    specials: Sequence[str] | None = None) -> Rendered:
+def render_template(
+    tokenizer: Any, messages: Sequence[dict[str, str]], specials: Sequence[str] | None = None
+) -> Rendered:
     """Render with the tokenizer's chat template; reply spans are found by incremental rendering."""
     if not getattr(tokenizer, "chat_template", None):
-        raise RowError("the tokenizer has no chat template",
-                       "use --format llama2 or --format chatglm3, or a tokenizer that ships a chat template")
+        raise RowError(
+            "the tokenizer has no chat template",
+            "use --format llama2 or --format chatglm3, or a tokenizer that ships a chat template",
+        )
     specials = special_token_strings(tokenizer) if specials is None else specials
     messages = drop_trailing_prompt(messages)
 
@@ -159,9 +172,11 @@ def render_template(tokenizer: Any, messages: Sequence[dict[str, str]],
             continue
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], False)
         if not full.startswith(upto):
-            raise RowError(f"the chat template renders reply {i + 1} differently once later turns follow",
-                           "span detection needs a template whose history is a prefix of the whole "
-                           "conversation; use --format llama2 or chatglm3, or another tokenizer")
+            raise RowError(
+                f"the chat template renders reply {i + 1} differently once later turns follow",
+                "span detection needs a template whose history is a prefix of the whole "
+                "conversation; use --format llama2 or chatglm3, or another tokenizer",
+            )
         prompt = render(messages[:i], True) if i > 0 else ""
         content = msg["content"].strip()
         if i > 0 and upto.startswith(prompt):
@@ -169,15 +184,19 @@ def render_template(tokenizer: Any, messages: Sequence[dict[str, str]],
         else:  # no usable generation prompt: locate the reply text itself
             start = upto.rfind(content)
             if start < 0:
-                raise RowError(f"reply {i + 1} does not appear in the text rendered by the chat template",
-                               "use --format llama2 or chatglm3, or another tokenizer")
+                raise RowError(
+                    f"reply {i + 1} does not appear in the text rendered by the chat template",
+                    "use --format llama2 or chatglm3, or another tokenizer",
+                )
         found = upto.find(content, start)
         content_end = found + len(content) if found >= 0 else start
         closing = _first_special(upto, content_end, specials)
         end = closing[1] if closing else content_end
         if spans and start < spans[-1][1]:
-            raise RowError(f"reply {i + 1} overlaps the previous reply in the rendered text",
-                           "use --format llama2 or chatglm3, or another tokenizer")
+            raise RowError(
+                f"reply {i + 1} overlaps the previous reply in the rendered text",
+                "use --format llama2 or chatglm3, or another tokenizer",
+            )
         if end > start:
             spans.append((start, end))
     return Rendered(full, spans)
@@ -194,9 +213,11 @@ def render_llama2(messages: Sequence[dict[str, str]], bos: str, eos: str) -> Ren
         want = "user" if j % 2 == 0 else "assistant"
         if msg["role"] != want:
             n = j + 1 + (system is not None)
-            raise RowError(f"message {n} is {msg['role']!r} where the llama2 format needs {want!r} "
-                           "(user and assistant must alternate, starting with user)",
-                           "merge consecutive messages of the same role, or use --format template")
+            raise RowError(
+                f"message {n} is {msg['role']!r} where the llama2 format needs {want!r} "
+                "(user and assistant must alternate, starting with user)",
+                "merge consecutive messages of the same role, or use --format template",
+            )
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
     pos = 0
@@ -246,8 +267,9 @@ def render_chatglm3(messages: Sequence[dict[str, str]], eos: str) -> Rendered:
     return Rendered(text, spans)
 
 
-def render(chat_format: str, tokenizer: Any, messages: Sequence[dict[str, str]],
-           specials: Sequence[str] | None = None) -> Rendered:
+def render(
+    chat_format: str, tokenizer: Any, messages: Sequence[dict[str, str]], specials: Sequence[str] | None = None
+) -> Rendered:
     """Render validated ``messages`` in ``chat_format`` (one of :data:`CHAT_FORMATS`)."""
     if chat_format == "template":
         return render_template(tokenizer, messages, specials)
@@ -261,8 +283,10 @@ def render(chat_format: str, tokenizer: Any, messages: Sequence[dict[str, str]],
 def _required_token(tokenizer: Any, name: str) -> str:
     value = getattr(tokenizer, f"{name}_token", None)
     if not value:
-        raise ValueError(f"the tokenizer has no {name} token, which this chat format needs; "
-                         f"set tokenizer.{name}_token or use --format template")
+        raise ValueError(
+            f"the tokenizer has no {name} token, which this chat format needs; "
+            f"set tokenizer.{name}_token or use --format template"
+        )
     return str(value)
 
 

@@ -8,8 +8,9 @@ starts; importing this package costs only the config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from longalign.rundir import RunDir
 from longalign.train.config import LOSS_NORMS, METHODS, TrainConfig
@@ -17,11 +18,19 @@ from longalign.train.config import LOSS_NORMS, METHODS, TrainConfig
 if TYPE_CHECKING:  # pragma: no cover
     from longalign.train.trainer import TrainResult
 
-__all__ = ["TrainConfig", "TrainResult", "run", "train", "apply_context_extension", "rope_base", "METHODS",
-           "LOSS_NORMS"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "run",
+    "train",
+    "apply_context_extension",
+    "rope_base",
+    "METHODS",
+    "LOSS_NORMS",
+]
 
 
-def run(cfg: TrainConfig, run_dir: str | Path | RunDir, *, callbacks: Sequence[Any] = ()) -> "TrainResult":
+def run(cfg: TrainConfig, run_dir: str | Path | RunDir, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train on ``<run>/tokens`` into ``<run>/train/<method>``; see :func:`longalign.train.trainer.run`."""
     from longalign.train import trainer
 

@@ -26,27 +26,41 @@ from longalign.train.config import TrainConfig
 def register(subparsers: Any) -> None:
     """Add ``longalign train``."""
     parser = subparsers.add_parser(
-        "train", help="fine-tune a model (naive / sort / pack batching, exact loss weighting)",
+        "train",
+        help="fine-tune a model (naive / sort / pack batching, exact loss weighting)",
         description="Full-parameter SFT on transformers' Trainer. Data order comes from a batch plan "
-                    "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
-                    "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
-                    "per optimizer step), run_meta.json, checkpoints/ and final/.")
+        "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
+        "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
+        "per optimizer step), run_meta.json, checkpoints/ and final/.",
+    )
     add_config_args(parser, TrainConfig)
     # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     plan = parser.add_argument_group("memory plan (prints the predicted peak per device and trains nothing)")
-    plan.add_argument("--memory-plan", action="store_true",
-                      help="print the predicted peak memory per device by component for this configuration, and "
-                           "the longest max_len that fits --device-memory; no training")
-    plan.add_argument("--device-memory", default=None, metavar="SIZE",
-                      help="memory of one device, e.g. 80GB (H100), 24GB; with --memory-plan")
-    plan.add_argument("--gpus", type=int, default=0,
-                      help="devices of the job for the plan (default: WORLD_SIZE, else 1)")
-    plan.add_argument("--plan-device", choices=("cuda", "cpu"), default="cuda",
-                      help="plan for GPUs (default) or for this CPU")
-    plan.add_argument("--target-fraction", type=float, default=None,
-                      help="share of tokens with a loss target (default: measured from the tokens folder, else 1)")
+    plan.add_argument(
+        "--memory-plan",
+        action="store_true",
+        help="print the predicted peak memory per device by component for this configuration, and "
+        "the longest max_len that fits --device-memory; no training",
+    )
+    plan.add_argument(
+        "--device-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory of one device, e.g. 80GB (H100), 24GB; with --memory-plan",
+    )
+    plan.add_argument(
+        "--gpus", type=int, default=0, help="devices of the job for the plan (default: WORLD_SIZE, else 1)"
+    )
+    plan.add_argument(
+        "--plan-device", choices=("cuda", "cpu"), default="cuda", help="plan for GPUs (default) or for this CPU"
+    )
+    plan.add_argument(
+        "--target-fraction",
+        type=float,
+        default=None,
+        help="share of tokens with a loss target (default: measured from the tokens folder, else 1)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -82,21 +96,42 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     memory = parse_memory(args.device_memory) if args.device_memory else None
-    plan = plan_for_config(cfg, gpus=gpus, device=args.plan_device, device_memory=memory,
-                           target_fraction=args.target_fraction)
+    plan = plan_for_config(
+        cfg, gpus=gpus, device=args.plan_device, device_memory=memory, target_fraction=args.target_fraction
+    )
     for line in plan.lines():
         print(line)
     if memory is not None:
         s = plan.settings
-        longest = largest_max_len(cfg.model, memory, **{k: s[k] for k in (
-            "precision", "zero_stage", "offload", "gpus", "sp_size", "gradient_checkpointing", "loss_impl",
-            "target_fraction", "device")}, chunk_rows=cfg.loss_chunk_rows)
-        print(f"longest max_len that fits {args.device_memory} per device: {longest:,} tokens"
-              + ("" if cfg.method == "pack" else " per micro-batch (batch x padded length)"))
+        longest = largest_max_len(
+            cfg.model,
+            memory,
+            **{
+                k: s[k]
+                for k in (
+                    "precision",
+                    "zero_stage",
+                    "offload",
+                    "gpus",
+                    "sp_size",
+                    "gradient_checkpointing",
+                    "loss_impl",
+                    "target_fraction",
+                    "device",
+                )
+            },
+            chunk_rows=cfg.loss_chunk_rows,
+        )
+        print(
+            f"longest max_len that fits {args.device_memory} per device: {longest:,} tokens"
+            + ("" if cfg.method == "pack" else " per micro-batch (batch x padded length)")
+        )
         positions = model_positions(cfg.model)
         if positions and longest > positions:
-            print(f"note: the model has {positions:,} positions; training longer needs context extension "
-                  "(--rope-scale, --max-position-embeddings)")
+            print(
+                f"note: the model has {positions:,} positions; training longer needs context extension "
+                "(--rope-scale, --max-position-embeddings)"
+            )
     return 0
 
 

@@ -51,13 +51,14 @@ normalisation, so this module is used on every device.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from longalign import IGNORE_INDEX
 
 LOSS_IMPLS = ("chunked", "full")
-CHUNK_ELEMENTS = 2 ** 25  # rows x vocab of one chunk's logits
+CHUNK_ELEMENTS = 2**25  # rows x vocab of one chunk's logits
 
 
 def default_chunk_rows(vocab: int) -> int:
@@ -98,10 +99,10 @@ def _head_ce_function():
             psum = torch.zeros((), dtype=acc, device=hidden.device)
             with torch.autocast(hidden.device.type, enabled=False):
                 for s in range(0, hidden.shape[0], chunk):
-                    z = F.linear(hidden[s:s + chunk].to(compute_dtype), wc, bc).to(acc)
-                    y = labels[s:s + chunk]
+                    z = F.linear(hidden[s : s + chunk].to(compute_dtype), wc, bc).to(acc)
+                    y = labels[s : s + chunk]
                     ce = torch.logsumexp(z, dim=-1) - z.gather(1, y[:, None]).squeeze(1)
-                    wsum += (ce * coef[s:s + chunk].to(acc)).sum()
+                    wsum += (ce * coef[s : s + chunk].to(acc)).sum()
                     psum += ce.sum()
             ctx.save_for_backward(hidden, weight, bias, labels, coef)
             ctx.chunk, ctx.compute_dtype, ctx.acc = chunk, compute_dtype, acc
@@ -119,30 +120,38 @@ def _head_ce_function():
                 scale = scale + g_plain.to(acc)
             grad_h = torch.empty_like(hidden) if need_h else None
             grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-            grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None \
-                else None
+            grad_b = (
+                torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None else None
+            )
             wc = weight.to(cd)
             bc = bias.to(cd) if bias is not None else None
             rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
             with torch.autocast(hidden.device.type, enabled=False):
                 for s in range(0, hidden.shape[0], chunk):
-                    hc = hidden[s:s + chunk].to(cd)
+                    hc = hidden[s : s + chunk].to(cd)
                     z = F.linear(hc, wc, bc).to(acc)
                     p = torch.softmax(z, dim=-1)
                     del z
                     n = p.shape[0]
-                    p[rows[:n], labels[s:s + chunk]] -= 1.0
-                    p *= scale[s:s + chunk, None]
+                    p[rows[:n], labels[s : s + chunk]] -= 1.0
+                    p *= scale[s : s + chunk, None]
                     gz = p.to(cd)
                     if grad_h is not None:
-                        grad_h[s:s + chunk] = (gz @ wc).to(hidden.dtype)
+                        grad_h[s : s + chunk] = (gz @ wc).to(hidden.dtype)
                     if grad_w is not None:
                         grad_w += (gz.t() @ hc).to(acc)
                     if grad_b is not None:
                         grad_b += p.sum(0)
                     del p, gz
-            return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                    grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
+            return (
+                grad_h,
+                grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None,
+                None,
+                None,
+                None,
+                None,
+            )
 
     return HeadCrossEntropy
 
@@ -150,8 +159,9 @@ def _head_ce_function():
 _FN: Any = None
 
 
-def chunked_head_loss(hidden: Any, weight: Any, bias: Any, labels: Any, loss_weights: Any,
-                      chunk_rows: int = 0) -> tuple[Any, Any]:
+def chunked_head_loss(
+    hidden: Any, weight: Any, bias: Any, labels: Any, loss_weights: Any, chunk_rows: int = 0
+) -> tuple[Any, Any]:
     """``(sum w * CE, sum CE)`` over the target tokens, from hidden states and the head's parameters.
 
     ``hidden`` [B, L, H] are the decoder's final hidden states; ``labels`` and ``loss_weights`` [B, L] are
@@ -166,8 +176,10 @@ def chunked_head_loss(hidden: Any, weight: Any, bias: Any, labels: Any, loss_wei
     if _FN is None:
         _FN = _head_ce_function()
     if hidden.dim() != 3 or hidden.shape[:2] != labels.shape or labels.shape != loss_weights.shape:
-        raise ValueError(f"shape mismatch: hidden {tuple(hidden.shape)}, labels {tuple(labels.shape)}, "
-                         f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, H], [B, L], [B, L]")
+        raise ValueError(
+            f"shape mismatch: hidden {tuple(hidden.shape)}, labels {tuple(labels.shape)}, "
+            f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, H], [B, L], [B, L]"
+        )
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1).to(h.device)
     w = loss_weights[:, 1:].reshape(-1).to(h.device)
@@ -175,13 +187,21 @@ def chunked_head_loss(hidden: Any, weight: Any, bias: Any, labels: Any, loss_wei
     acc = _acc_dtype(hidden, weight)
     coef = w.index_select(0, rows).to(acc)
     chunk = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(weight.shape[0])
-    return _FN.apply(h.index_select(0, rows), weight, bias, y.index_select(0, rows).long(), coef, chunk,
-                     _compute_dtype(hidden, weight))
+    return _FN.apply(
+        h.index_select(0, rows),
+        weight,
+        bias,
+        y.index_select(0, rows).long(),
+        coef,
+        chunk,
+        _compute_dtype(hidden, weight),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the model's output layer, switched to compute the loss while asked to
 # ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LossRequest:
@@ -203,8 +223,9 @@ def _loss_head_class():
             req = self._longalign_request
             if req is None:
                 return super().forward(hidden)
-            weighted, plain = chunked_head_loss(hidden, self.weight, self.bias, req.labels, req.loss_weights,
-                                                req.chunk_rows)
+            weighted, plain = chunked_head_loss(
+                hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows
+            )
             return torch.stack([weighted, plain]).view(1, 1, 2)
 
     return LossHead
@@ -226,8 +247,10 @@ def install_loss_head(model: Any) -> Any:
     if isinstance(head, _HEAD):
         return head
     if type(head) is not torch.nn.Linear:
-        raise ValueError(f"loss_impl='chunked' needs the model's output layer to be a torch.nn.Linear, found "
-                         f"{type(head).__name__}; use --loss-impl full for this model")
+        raise ValueError(
+            f"loss_impl='chunked' needs the model's output layer to be a torch.nn.Linear, found "
+            f"{type(head).__name__}; use --loss-impl full for this model"
+        )
     head.__class__ = _HEAD
     return head
 
@@ -256,6 +279,8 @@ def read_loss_output(logits: Any) -> tuple[Any, Any]:
     """``(weighted sum, plain sum)`` from what the model returned as logits under :func:`loss_request`."""
     flat = logits.reshape(-1)
     if flat.numel() != 2:
-        raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)} under a loss request: its "
-                           "forward transforms or slices the head's output; use --loss-impl full for this model")
+        raise RuntimeError(
+            f"the model returned logits of shape {tuple(logits.shape)} under a loss request: its "
+            "forward transforms or slices the head's output; use --loss-impl full for this model"
+        )
     return flat[0], flat[1]

@@ -48,7 +48,7 @@ from typing import Any
 
 from longalign.config import check_choice
 
-GIB = 1024 ** 3
+GIB = 1024**3
 PRECISIONS = ("fp32", "bf16", "fp16")
 OFFLOAD = ("none", "optimizer", "optimizer+params")
 ATTENTION = ("varlen", "dense")
@@ -72,16 +72,26 @@ class ModelShape:
     tied: bool
 
     @classmethod
-    def from_config(cls, config: Any) -> "ModelShape":
+    def from_config(cls, config: Any) -> ModelShape:
         """From a transformers config object or a dict of its fields (``config.json``)."""
-        get = (lambda k, d=None: config.get(k, d)) if isinstance(config, dict) else \
-            (lambda k, d=None: getattr(config, k, d))
+        get = (
+            (lambda k, d=None: config.get(k, d))
+            if isinstance(config, dict)
+            else (lambda k, d=None: getattr(config, k, d))
+        )
         hidden = int(get("hidden_size"))
         heads = int(get("num_attention_heads"))
         head_dim = int(get("head_dim") or hidden // heads)
-        return cls(hidden=hidden, intermediate=int(get("intermediate_size")), layers=int(get("num_hidden_layers")),
-                   heads=heads, kv_heads=int(get("num_key_value_heads") or heads), head_dim=head_dim,
-                   vocab=int(get("vocab_size")), tied=bool(get("tie_word_embeddings", False)))
+        return cls(
+            hidden=hidden,
+            intermediate=int(get("intermediate_size")),
+            layers=int(get("num_hidden_layers")),
+            heads=heads,
+            kv_heads=int(get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            vocab=int(get("vocab_size")),
+            tied=bool(get("tie_word_embeddings", False)),
+        )
 
     @property
     def kv_dim(self) -> int:
@@ -113,7 +123,7 @@ def load_shape(model: Any) -> ModelShape:
         return ModelShape.from_config(model)
     text = str(model)
     if text.startswith("random:"):
-        text = text[len("random:"):]
+        text = text[len("random:") :]
     path = Path(text)
     if path.is_file():
         return ModelShape.from_config(json.loads(path.read_text()))
@@ -147,34 +157,56 @@ class MemoryPlan:
         return None if self.device_memory is None else self.total <= self.device_memory
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_len": self.max_len, "tokens_per_device": self.tokens_per_device,
-                "components_gib": {k: round(v / GIB, 3) for k, v in self.components.items()},
-                "total_gib": round(self.total / GIB, 3), "host_gib": round(self.host / GIB, 3),
-                "device_memory_gib": None if self.device_memory is None else round(self.device_memory / GIB, 2),
-                "fits": self.fits, "settings": self.settings, "notes": self.notes}
+        return {
+            "max_len": self.max_len,
+            "tokens_per_device": self.tokens_per_device,
+            "components_gib": {k: round(v / GIB, 3) for k, v in self.components.items()},
+            "total_gib": round(self.total / GIB, 3),
+            "host_gib": round(self.host / GIB, 3),
+            "device_memory_gib": None if self.device_memory is None else round(self.device_memory / GIB, 2),
+            "fits": self.fits,
+            "settings": self.settings,
+            "notes": self.notes,
+        }
 
     def lines(self) -> list[str]:
         s = self.settings
-        out = [f"memory plan: {s['params'] / 1e6:,.1f}M parameters, {self.max_len:,} tokens per micro-batch "
-               f"({self.tokens_per_device:,} per device), {s['precision']}, "
-               f"{'ZeRO-' + str(s['zero_stage']) if s['zero_stage'] is not None else 'no DeepSpeed'}"
-               f"{' + offload ' + s['offload'] if s['offload'] != 'none' else ''}, {s['gpus']} device(s)"
-               f"{', SP ' + str(s['sp_size']) if s['sp_size'] > 1 else ''}, gradient checkpointing "
-               f"{'on' if s['gradient_checkpointing'] else 'off'}, loss {s['loss_impl']}"]
+        out = [
+            f"memory plan: {s['params'] / 1e6:,.1f}M parameters, {self.max_len:,} tokens per micro-batch "
+            f"({self.tokens_per_device:,} per device), {s['precision']}, "
+            f"{'ZeRO-' + str(s['zero_stage']) if s['zero_stage'] is not None else 'no DeepSpeed'}"
+            f"{' + offload ' + s['offload'] if s['offload'] != 'none' else ''}, {s['gpus']} device(s)"
+            f"{', SP ' + str(s['sp_size']) if s['sp_size'] > 1 else ''}, gradient checkpointing "
+            f"{'on' if s['gradient_checkpointing'] else 'off'}, loss {s['loss_impl']}"
+        ]
         width = max(len(k) for k in self.components)
         for k, v in self.components.items():
             out.append(f"  {k:<{width}}  {v / GIB:9.2f} GiB")
-        out.append(f"  {'total':<{width}}  {self.total / GIB:9.2f} GiB per device"
-                   + ("" if self.device_memory is None else
-                      f" of {self.device_memory / GIB:.1f} GiB: {'fits' if self.fits else 'does NOT fit'}"))
+        out.append(
+            f"  {'total':<{width}}  {self.total / GIB:9.2f} GiB per device"
+            + (
+                ""
+                if self.device_memory is None
+                else f" of {self.device_memory / GIB:.1f} GiB: {'fits' if self.fits else 'does NOT fit'}"
+            )
+        )
         if self.host:
             out.append(f"  host memory for offloaded state: {self.host / GIB:.2f} GiB per device")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
 
-def _check(precision: str, zero_stage: int | None, offload: str, gpus: int, sp_size: int, loss_impl: str,
-           attention: str, device: str, target_fraction: float) -> None:
+def _check(
+    precision: str,
+    zero_stage: int | None,
+    offload: str,
+    gpus: int,
+    sp_size: int,
+    loss_impl: str,
+    attention: str,
+    device: str,
+    target_fraction: float,
+) -> None:
     from longalign.train.head_loss import LOSS_IMPLS
 
     check_choice("precision", precision, PRECISIONS)
@@ -185,8 +217,10 @@ def _check(precision: str, zero_stage: int | None, offload: str, gpus: int, sp_s
     if zero_stage is not None and zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage={zero_stage!r} is not accepted; use None (no DeepSpeed) or 0, 1, 2, 3")
     if offload != "none" and zero_stage is None:
-        raise ValueError("offload needs DeepSpeed: give zero_stage (offload='optimizer' with ZeRO 1-3, "
-                         "'optimizer+params' with ZeRO-3)")
+        raise ValueError(
+            "offload needs DeepSpeed: give zero_stage (offload='optimizer' with ZeRO 1-3, "
+            "'optimizer+params' with ZeRO-3)"
+        )
     if offload == "optimizer+params" and zero_stage != 3:
         raise ValueError("offload='optimizer+params' needs ZeRO-3 (zero_stage=3)")
     if gpus < 1 or sp_size < 1 or gpus % sp_size:
@@ -195,11 +229,24 @@ def _check(precision: str, zero_stage: int | None, offload: str, gpus: int, sp_s
         raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction}")
 
 
-def plan_memory(model: Any, max_len: int, *, precision: str = "bf16", zero_stage: int | None = None,
-                offload: str = "none", gpus: int = 1, sp_size: int = 1, gradient_checkpointing: bool = False,
-                loss_impl: str = "chunked", target_fraction: float = 1.0, attention: str = "varlen",
-                device: str = "cuda", chunk_rows: int = 0, device_memory: float | None = None,
-                runtime: float | None = None) -> MemoryPlan:
+def plan_memory(
+    model: Any,
+    max_len: int,
+    *,
+    precision: str = "bf16",
+    zero_stage: int | None = None,
+    offload: str = "none",
+    gpus: int = 1,
+    sp_size: int = 1,
+    gradient_checkpointing: bool = False,
+    loss_impl: str = "chunked",
+    target_fraction: float = 1.0,
+    attention: str = "varlen",
+    device: str = "cuda",
+    chunk_rows: int = 0,
+    device_memory: float | None = None,
+    runtime: float | None = None,
+) -> MemoryPlan:
     """Predicted peak memory per device of one training step (see the module docstring for every term).
 
     ``max_len`` is the tokens of one micro-batch (a pack, or batch x padded length); ``gpus`` the devices in
@@ -269,19 +316,45 @@ def plan_memory(model: Any, max_len: int, *, precision: str = "bf16", zero_stage
     if zero_stage is None:
         step = 2.0 * 4.0 * max(shape.vocab * shape.hidden, shape.layer_params)  # AdamW's per-tensor temporaries
     rt = runtime if runtime is not None else (CUDA_RUNTIME if device == "cuda" else CPU_RUNTIME)
-    components = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": activations,
-                  "logits_loss": loss, "optimizer_step": step, "runtime": rt}
-    settings = {"params": P, "precision": precision, "zero_stage": zero_stage, "offload": offload, "gpus": gpus,
-                "sp_size": sp_size, "gradient_checkpointing": bool(gradient_checkpointing), "loss_impl": loss_impl,
-                "target_fraction": target_fraction, "attention": attention, "device": device}
-    return MemoryPlan(max_len=int(max_len), tokens_per_device=T, components=components, host=host,
-                      settings=settings, device_memory=device_memory, notes=notes)
+    components = {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": optim,
+        "activations": activations,
+        "logits_loss": loss,
+        "optimizer_step": step,
+        "runtime": rt,
+    }
+    settings = {
+        "params": P,
+        "precision": precision,
+        "zero_stage": zero_stage,
+        "offload": offload,
+        "gpus": gpus,
+        "sp_size": sp_size,
+        "gradient_checkpointing": bool(gradient_checkpointing),
+        "loss_impl": loss_impl,
+        "target_fraction": target_fraction,
+        "attention": attention,
+        "device": device,
+    }
+    return MemoryPlan(
+        max_len=int(max_len),
+        tokens_per_device=T,
+        components=components,
+        host=host,
+        settings=settings,
+        device_memory=device_memory,
+        notes=notes,
+    )
 
 
-def largest_max_len(model: Any, device_memory: float, *, multiple: int = 1024, limit: int = 1 << 24,
-                    **settings: Any) -> int:
+def largest_max_len(
+    model: Any, device_memory: float, *, multiple: int = 1024, limit: int = 1 << 24, **settings: Any
+) -> int:
     """The longest ``max_len`` (a multiple of ``multiple``) whose plan fits ``device_memory`` bytes; 0 when even
     ``multiple`` tokens do not fit. ``settings`` are :func:`plan_memory`'s keyword arguments."""
+
     def fits(n: int) -> bool:
         return plan_memory(model, n, device_memory=device_memory, **settings).fits is True
 
@@ -304,8 +377,17 @@ def parse_memory(text: str | float | int) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     s = str(text).strip().lower().replace(" ", "")
-    for suffix, mult in (("gib", GIB), ("gb", GIB), ("g", GIB), ("mib", 2 ** 20), ("mb", 2 ** 20), ("m", 2 ** 20),
-                         ("tib", 2 ** 40), ("tb", 2 ** 40), ("t", 2 ** 40)):
+    for suffix, mult in (
+        ("gib", GIB),
+        ("gb", GIB),
+        ("g", GIB),
+        ("mib", 2**20),
+        ("mb", 2**20),
+        ("m", 2**20),
+        ("tib", 2**40),
+        ("tb", 2**40),
+        ("t", 2**40),
+    ):
         if s.endswith(suffix):
             try:
                 return float(s[: -len(suffix)]) * mult
@@ -344,8 +426,15 @@ def target_fraction_of(tokens_dir: str | Path) -> float | None:
     return min(1.0, sum(ds["n_target"]) / total) if total else None
 
 
-def plan_for_config(cfg: Any, *, gpus: int = 1, device: str = "cuda", device_memory: float | None = None,
-                    target_fraction: float | None = None, max_len: int | None = None) -> MemoryPlan:
+def plan_for_config(
+    cfg: Any,
+    *,
+    gpus: int = 1,
+    device: str = "cuda",
+    device_memory: float | None = None,
+    target_fraction: float | None = None,
+    max_len: int | None = None,
+) -> MemoryPlan:
     """:func:`plan_memory` for a :class:`~longalign.train.TrainConfig`: its model, max_len (or the tokens
     folder's), precision (``auto`` is bf16 on a GPU, fp32 on a CPU), DeepSpeed JSON (stage and offload),
     gradient checkpointing and loss_impl; the target fraction is measured from the tokens folder when it exists
@@ -357,15 +446,26 @@ def plan_for_config(cfg: Any, *, gpus: int = 1, device: str = "cuda", device_mem
     if not n and tokens is not None and (tokens / "longalign_meta.json").is_file():
         n = int(json.loads((tokens / "longalign_meta.json").read_text()).get("max_len") or 0)
     if n < 2:
-        raise ValueError("the memory plan needs the tokens per micro-batch: pass --max-len (no tokens folder "
-                         "records one)")
+        raise ValueError(
+            "the memory plan needs the tokens per micro-batch: pass --max-len (no tokens folder records one)"
+        )
     if target_fraction is None and tokens is not None:
         target_fraction = target_fraction_of(tokens)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     stage, offload = deepspeed_settings(cfg.deepspeed)
     tokens_per_micro = n if cfg.method == "pack" else n * max(1, int(cfg.per_device_batch_size))
-    return plan_memory(cfg.model, tokens_per_micro, precision=precision, zero_stage=stage, offload=offload,
-                       gpus=gpus, sp_size=int(getattr(cfg, "sp_size", 1) or 1),
-                       gradient_checkpointing=cfg.gradient_checkpointing, loss_impl=cfg.loss_impl,
-                       target_fraction=1.0 if target_fraction is None else float(target_fraction),
-                       device=device, chunk_rows=cfg.loss_chunk_rows, device_memory=device_memory)
+    return plan_memory(
+        cfg.model,
+        tokens_per_micro,
+        precision=precision,
+        zero_stage=stage,
+        offload=offload,
+        gpus=gpus,
+        sp_size=int(getattr(cfg, "sp_size", 1) or 1),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        loss_impl=cfg.loss_impl,
+        target_fraction=1.0 if target_fraction is None else float(target_fraction),
+        device=device,
+        chunk_rows=cfg.loss_chunk_rows,
+        device_memory=device_memory,
+    )

@@ -35,11 +35,11 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,16 +51,32 @@ from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-PACKING_SAFE_BACKENDS = ("flash_attention_2", "flash_attention_3", "longalign_flex", "longalign_segment",
-                         "longalign_varlen", "sdpa", "eager")
+PACKING_SAFE_BACKENDS = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "longalign_flex",
+    "longalign_segment",
+    "longalign_varlen",
+    "sdpa",
+    "eager",
+)
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-STAT_FIELDS = ("loss", "loss_token_sum", "target_tokens", "sequences", "packs", "real_tokens", "padded_tokens",
-               "micro_batches")
+STAT_FIELDS = (
+    "loss",
+    "loss_token_sum",
+    "target_tokens",
+    "sequences",
+    "packs",
+    "real_tokens",
+    "padded_tokens",
+    "micro_batches",
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Results
 # ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainResult(Summary):
@@ -87,9 +103,11 @@ class TrainResult(Summary):
     def lines(self) -> list[str]:
         m = self.run_meta
         loss = f"{self.final_loss:.4f}" if self.final_loss is not None else "n/a"
-        out = [f"trained {self.steps} steps ({m.get('method')}, loss_norm={m.get('loss_norm')}, attention="
-               f"{self.attention_backend}); last loss {loss}",
-               f"metrics: {self.metrics_path}"]
+        out = [
+            f"trained {self.steps} steps ({m.get('method')}, loss_norm={m.get('loss_norm')}, attention="
+            f"{self.attention_backend}); last loss {loss}",
+            f"metrics: {self.metrics_path}",
+        ]
         if self.final_dir is not None:
             out.append(f"model:   {self.final_dir}")
         return out
@@ -99,15 +117,20 @@ class TrainResult(Summary):
 # Tokens folder
 # ------------------------------------------------------------------------------------------------------------
 
+
 def load_tokens_dir(path: str | Path):
     """``(datasets.Dataset, meta)`` of a tokens folder, with a clear error when it is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"tokens folder {path} does not exist; create it with `longalign tokenize` "
-                                "(or pass --tokens DIR / --run RUN pointing at an existing one)")
+        raise FileNotFoundError(
+            f"tokens folder {path} does not exist; create it with `longalign tokenize` "
+            "(or pass --tokens DIR / --run RUN pointing at an existing one)"
+        )
     if not (path / "longalign_meta.json").is_file():
-        raise FileNotFoundError(f"{path} has no longalign_meta.json, so it was not made by `longalign tokenize`; "
-                                "re-create it with `longalign tokenize`")
+        raise FileNotFoundError(
+            f"{path} has no longalign_meta.json, so it was not made by `longalign tokenize`; "
+            "re-create it with `longalign tokenize`"
+        )
     try:
         from ..tokenize import load_tokens
     except ImportError:  # the tokenize stage is optional for training: read the folder directly
@@ -121,8 +144,9 @@ def load_tokens_dir(path: str | Path):
         meta = read_json(path / "longalign_meta.json", default={}) or {}
     missing = [c for c in ("input_ids", "labels", "length") if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{path}: the dataset lacks column(s) {', '.join(missing)}; re-create it with "
-                         "`longalign tokenize`")
+        raise ValueError(
+            f"{path}: the dataset lacks column(s) {', '.join(missing)}; re-create it with `longalign tokenize`"
+        )
     return ds, meta
 
 
@@ -138,9 +162,11 @@ def check_tokenizer_match(meta: dict[str, Any], tokenizer: Any, tokens_dir: str 
     if vs is not None and int(vs) > int(model_vocab):
         problems.append(f"token ids up to {int(vs) - 1} but the model embeds only {model_vocab}")
     if problems:
-        raise ValueError(f"{tokens_dir} was made by tokenizer {meta.get('tokenizer')!r}, which does not match the "
-                         f"model's tokenizer ({'; '.join(problems)}); re-run `longalign tokenize` with the model "
-                         "you train, or pass --tokenizer/--model matching the tokens")
+        raise ValueError(
+            f"{tokens_dir} was made by tokenizer {meta.get('tokenizer')!r}, which does not match the "
+            f"model's tokenizer ({'; '.join(problems)}); re-run `longalign tokenize` with the model "
+            "you train, or pass --tokenizer/--model matching the tokens"
+        )
 
 
 def effective_targets(ds: Any, plan_lengths: np.ndarray, truncated: np.ndarray) -> np.ndarray:
@@ -172,26 +198,41 @@ def plan_from_file(path: str | Path, lengths: np.ndarray, cfg: TrainConfig, max_
     n = len(lengths)
     bad = [i for i in flat if not isinstance(i, int) or not 0 <= i < n]
     if bad:
-        raise ValueError(f"{path}: row index {bad[0]!r} is outside the {n} rows of the tokens folder; the plan was "
-                         "made for other data")
+        raise ValueError(
+            f"{path}: row index {bad[0]!r} is outside the {n} rows of the tokens folder; the plan was "
+            "made for other data"
+        )
     if len(set(flat)) != len(flat) or any(not b for b in batches):
         raise ValueError(f"{path}: a row appears twice or a micro-batch is empty; re-create the plan")
     eff = np.zeros(n, dtype=np.int64)
     idx = np.asarray(flat, dtype=np.int64)
     over = idx[lengths[idx] > max_len]
     if over.size and cfg.overlong != "truncate":
-        raise ValueError(f"{path}: row {int(over[0])} has {int(lengths[over[0]])} tokens > max_len={max_len} "
-                         f"(overlong={cfg.overlong!r}); raise --max-len or use overlong=truncate")
+        raise ValueError(
+            f"{path}: row {int(over[0])} has {int(lengths[over[0]])} tokens > max_len={max_len} "
+            f"(overlong={cfg.overlong!r}); raise --max-len or use overlong=truncate"
+        )
     eff[idx] = np.minimum(lengths[idx], max_len)
     if cfg.method == "pack":
         for b in batches:
             if int(eff[b].sum()) > max_len:
-                raise ValueError(f"{path}: a pack holds {int(eff[b].sum())} tokens > max_len={max_len}; plan with "
-                                 "the same max_len")
-    plan = Plan(batches=[list(b) for b in batches], stats={}, lengths=eff, method=cfg.method, max_len=max_len,
-                batch_size=max(len(b) for b in batches) if cfg.method != "pack" else 1, world_size=world_size,
-                grad_accum=cfg.grad_accum, algo=None, seed=cfg.seed, overlong=cfg.overlong,
-                truncated=np.sort(over))
+                raise ValueError(
+                    f"{path}: a pack holds {int(eff[b].sum())} tokens > max_len={max_len}; plan with the same max_len"
+                )
+    plan = Plan(
+        batches=[list(b) for b in batches],
+        stats={},
+        lengths=eff,
+        method=cfg.method,
+        max_len=max_len,
+        batch_size=max(len(b) for b in batches) if cfg.method != "pack" else 1,
+        world_size=world_size,
+        grad_accum=cfg.grad_accum,
+        algo=None,
+        seed=cfg.seed,
+        overlong=cfg.overlong,
+        truncated=np.sort(over),
+    )
     plan.stats = compute_stats(plan)
     return plan
 
@@ -199,6 +240,7 @@ def plan_from_file(path: str | Path, lengths: np.ndarray, cfg: TrainConfig, max_
 # ------------------------------------------------------------------------------------------------------------
 # Model: loading, context extension
 # ------------------------------------------------------------------------------------------------------------
+
 
 def rope_base(config: Any) -> float | None:
     """The RoPE base of a config, in either layout (``rope_theta`` or transformers-5 ``rope_parameters``)."""
@@ -221,8 +263,10 @@ def apply_context_extension(config: Any, rope_scale: float = 1.0, max_position_e
             raise ValueError(f"rope_scale must be > 0, got {rope_scale}")
         base = rope_base(config)
         if base is None:
-            raise ValueError(f"{type(config).__name__} has no RoPE base (rope_theta / rope_parameters); "
-                             "context extension by rope_scale needs a RoPE model")
+            raise ValueError(
+                f"{type(config).__name__} has no RoPE base (rope_theta / rope_parameters); "
+                "context extension by rope_scale needs a RoPE model"
+            )
         new = base * float(rope_scale)
         params = getattr(config, "rope_parameters", None)
         if isinstance(params, dict):
@@ -255,7 +299,7 @@ def load_model_config(spec: str | None):
     from ..models import resolve_model_path
 
     if spec and str(spec).startswith("random:"):
-        return AutoConfig.from_pretrained(str(spec)[len("random:"):])
+        return AutoConfig.from_pretrained(str(spec)[len("random:") :])
     return AutoConfig.from_pretrained(resolve_model_path(spec))
 
 
@@ -280,6 +324,7 @@ def build_model(spec: str | None, config: Any, attn_implementation: str | None, 
 # Data: rank slice of the plan
 # ------------------------------------------------------------------------------------------------------------
 
+
 class PlanDataset:
     """Rows of the tokens dataset as collator features; index ``-1 - i`` is row i with weight 0 (filler)."""
 
@@ -296,8 +341,12 @@ class PlanDataset:
         i = -1 - index if filler else index
         row = self.ds[int(i)]
         n = int(self.lengths[i])
-        return {"input_ids": list(row["input_ids"][:n]), "labels": list(row["labels"][:n]),
-                "token_weight": 0.0 if filler else float(self.weights[i]), "filler": filler}
+        return {
+            "input_ids": list(row["input_ids"][:n]),
+            "labels": list(row["labels"][:n]),
+            "token_weight": 0.0 if filler else float(self.weights[i]),
+            "filler": filler,
+        }
 
 
 class PlanBatchSampler:
@@ -307,15 +356,22 @@ class PlanBatchSampler:
     last step stays last). ``set_epoch`` is called by the Trainer before each epoch, also after a resume.
     """
 
-    def __init__(self, batches: Sequence[Sequence[int]], world_size: int, rank: int, grad_accum: int,
-                 filler_index: int, seed: int = 0):
+    def __init__(
+        self,
+        batches: Sequence[Sequence[int]],
+        world_size: int,
+        rank: int,
+        grad_accum: int,
+        filler_index: int,
+        seed: int = 0,
+    ):
         self.batches = [list(b) for b in batches]
         self.world_size, self.rank, self.grad_accum = int(world_size), int(rank), int(grad_accum)
         self.filler = [-1 - int(filler_index)]
         self.seed = int(seed)
         self.epoch = 0
         per = self.world_size * self.grad_accum
-        self.chunks = [self.batches[s:s + per] for s in range(0, len(self.batches), per)]
+        self.chunks = [self.batches[s : s + per] for s in range(0, len(self.batches), per)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -340,7 +396,7 @@ class PlanBatchSampler:
 
     def __iter__(self):
         for chunk in self.step_batches(self.epoch):
-            yield from chunk[self.rank::self.world_size]
+            yield from chunk[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return sum(len(self.padded_chunk(c)) // self.world_size for c in self.chunks)
@@ -378,6 +434,7 @@ def _make_loader_class():
 # Trainer
 # ------------------------------------------------------------------------------------------------------------
 
+
 def model_inputs(batch: dict[str, Any], packed: bool, backend: str) -> dict[str, Any]:
     """Keyword arguments of the model's forward for one collated micro-batch.
 
@@ -409,8 +466,17 @@ def _trainer_class():
         # compute_loss already returns the share of the optimizer-step loss: no division by grad_accum
         loss_is_scaled_for_ga = True
 
-        def __init__(self, *args: Any, plan_loader: Any, packed: bool, attention_backend: str,
-                     data_world_size: int, loss_head: Any = None, loss_chunk_rows: int = 0, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            plan_loader: Any,
+            packed: bool,
+            attention_backend: str,
+            data_world_size: int,
+            loss_head: Any = None,
+            loss_chunk_rows: int = 0,
+            **kwargs: Any,
+        ):
             super().__init__(*args, **kwargs)
             self.loss_head = loss_head
             self.loss_chunk_rows = int(loss_chunk_rows)
@@ -443,7 +509,7 @@ def _trainer_class():
                 outputs = model(**kwargs)
                 loss, token_sum = weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device))
             with torch.no_grad():
-                target = (labels != IGNORE_INDEX)
+                target = labels != IGNORE_INDEX
                 target[:, 0] = False
                 if not filler:
                     if self.packed:
@@ -455,8 +521,16 @@ def _trainer_class():
                         mask = inputs.get("attention_mask")
                         real = int(mask.sum()) if mask is not None else labels.numel()
                     n_target = int(target.sum())
-                    stats = [float(loss.detach()), float(token_sum.detach()), n_target, n_seq, 1.0 if self.packed else 0.0,
-                             real, labels.numel(), 1.0]
+                    stats = [
+                        float(loss.detach()),
+                        float(token_sum.detach()),
+                        n_target,
+                        n_seq,
+                        1.0 if self.packed else 0.0,
+                        real,
+                        labels.numel(),
+                        1.0,
+                    ]
                     self.step_stats += torch.tensor(stats, dtype=torch.float64)
             # DDP and ZeRO average gradients over ranks; the step loss is the *sum* over ranks
             scaled = loss * self.data_world_size
@@ -492,8 +566,9 @@ def _callback_class():
     class StepMetrics(TrainerCallback):
         """Writes one metrics.jsonl line per optimizer step (rank 0) and drives a tqdm bar with tokens/s."""
 
-        def __init__(self, metrics_path: Path, method: str, loss_norm: str, wall_offset: float, progress: bool,
-                     probe: Any = None):
+        def __init__(
+            self, metrics_path: Path, method: str, loss_norm: str, wall_offset: float, progress: bool, probe: Any = None
+        ):
             self.metrics_path = Path(metrics_path)
             self.method, self.loss_norm = method, loss_norm
             self.wall_offset = float(wall_offset)
@@ -512,8 +587,13 @@ def _callback_class():
             if self.progress and state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=f"train {self.method}",
-                                unit="step", dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=state.max_steps,
+                    initial=state.global_step,
+                    desc=f"train {self.method}",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
 
         def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
             opt = optimizer if optimizer is not None else getattr(self.trainer, "optimizer", None)
@@ -571,6 +651,7 @@ def _callback_class():
 # Packing probe
 # ------------------------------------------------------------------------------------------------------------
 
+
 def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int, backend: str) -> dict[str, float]:
     """Check that a pack of two sequences gives the logits the sequences give alone.
 
@@ -587,14 +668,18 @@ def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int
     pack = collator(feats)
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-                if dtype is not None and dtype != torch.float32 else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+        if dtype is not None and dtype != torch.float32
+        else torch.autocast("cpu", enabled=False)
+    )
     try:
         with torch.no_grad(), autocast:
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in pack.items()}
             packed = model(**model_inputs(batch, True, backend)).logits[0].float()
-            sep = torch.cat([model(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0].float()
-                             for s in seqs])
+            sep = torch.cat(
+                [model(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0].float() for s in seqs]
+            )
             leak = model(input_ids=batch["input_ids"], use_cache=False).logits[0].float()
     finally:
         model.train(was_training)
@@ -602,10 +687,12 @@ def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int
     leak_err = float((leak - sep).abs().max())
     result = {"packed_err": packed_err, "leak_err": leak_err}
     if not packed_err <= max(1e-5, 0.1 * leak_err):
-        raise ValueError(f"attention backend {backend!r} does not keep packed sequences apart (packed vs separate "
-                         f"logits differ by {packed_err:.3g}, a pack without boundaries by {leak_err:.3g}); use "
-                         "--attn-implementation auto (flash-attn, flex, sdpa or longalign_segment) or "
-                         "--method sort")
+        raise ValueError(
+            f"attention backend {backend!r} does not keep packed sequences apart (packed vs separate "
+            f"logits differ by {packed_err:.3g}, a pack without boundaries by {leak_err:.3g}); use "
+            "--attn-implementation auto (flash-attn, flex, sdpa or longalign_segment) or "
+            "--method sort"
+        )
     return result
 
 
@@ -628,8 +715,11 @@ def loss_probe(model: Any, head: Any, device: Any, dtype: Any, vocab: int) -> di
     weights = torch.rand(ids.shape, generator=gen, dtype=torch.float64).to(device)
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-                if dtype is not None and dtype != torch.float32 else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+        if dtype is not None and dtype != torch.float32
+        else torch.autocast("cpu", enabled=False)
+    )
     try:
         with torch.no_grad(), autocast:
             full, _ = weighted_and_plain_ce(model(input_ids=ids, use_cache=False).logits, labels, weights)
@@ -640,14 +730,17 @@ def loss_probe(model: Any, head: Any, device: Any, dtype: Any, vocab: int) -> di
     rel = float((full.double() - chunked.double()).abs() / full.double().abs().clamp_min(1e-12))
     tol = 1e-4 if dtype is None or dtype == torch.float32 else 2e-2
     if not rel <= tol:
-        raise ValueError(f"the chunked loss differs from the loss of the model's logits by {rel:.3g} (relative): "
-                         f"this model transforms its logits after the output layer; use --loss-impl full")
+        raise ValueError(
+            f"the chunked loss differs from the loss of the model's logits by {rel:.3g} (relative): "
+            f"this model transforms its logits after the output layer; use --loss-impl full"
+        )
     return {"loss_rel_err": rel}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
+
 
 def resolve_paths(cfg: TrainConfig) -> tuple[Path, Path, RunDir | None]:
     run = RunDir(cfg.run) if cfg.run else None
@@ -685,19 +778,36 @@ def _training_args(cfg: TrainConfig, out: Path, total_steps: int, precision: str
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     warmup = int(math.ceil(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
     kw: dict[str, Any] = dict(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=1,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=warmup, adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=precision == "bf16", fp16=precision == "fp16",
-        logging_strategy="steps", logging_steps=max(1, cfg.logging_steps),
-        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(1, cfg.save_steps),
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_strategy="steps",
+        logging_steps=max(1, cfg.logging_steps),
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(1, cfg.save_steps),
         save_total_limit=cfg.save_total_limit if cfg.save_total_limit > 0 else None,
         report_to=[x.strip() for x in cfg.report_to.split(",") if x.strip()] or "none",
-        disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=cfg.dataloader_num_workers, dataloader_pin_memory=False,
-        deepspeed=cfg.deepspeed, average_tokens_across_devices=False, ddp_find_unused_parameters=False,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=False,
+        deepspeed=cfg.deepspeed,
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,
     )
     import torch
 
@@ -711,8 +821,10 @@ def _training_args(cfg: TrainConfig, out: Path, total_steps: int, precision: str
 def _validate(cfg: TrainConfig) -> None:
     cfg.__post_init__()  # choices and ranges again, for a config changed after it was built
     if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
-        raise FileNotFoundError(f"DeepSpeed config {cfg.deepspeed} does not exist; use one of configs/deepspeed/"
-                                "zero2.json, zero3.json, zero3_offload.json")
+        raise FileNotFoundError(
+            f"DeepSpeed config {cfg.deepspeed} does not exist; use one of configs/deepspeed/"
+            "zero2.json, zero3.json, zero3_offload.json"
+        )
 
 
 def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -748,17 +860,27 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     apply_context_extension(model_config, cfg.rope_scale, target_pos)
     model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
     if model_max and max_len > model_max:
-        raise ValueError(f"max_len={max_len} exceeds the model's max_position_embeddings={model_max}; lower "
-                         f"--max-len, or extend the context with --rope-scale (paper: 200) and "
-                         f"--max-position-embeddings {max_len}")
+        raise ValueError(
+            f"max_len={max_len} exceeds the model's max_position_embeddings={model_max}; lower "
+            f"--max-len, or extend the context with --rope-scale (paper: 200) and "
+            f"--max-position-embeddings {max_len}"
+        )
     check_tokenizer_match(meta, tokenizer, tokens_dir, int(getattr(model_config, "vocab_size", len(tokenizer))))
     lengths = np.asarray(ds["length"], dtype=np.int64)
     if cfg.plan:
         plan = plan_from_file(cfg.plan, lengths, cfg, max_len, world_size)
     else:
-        plan = make_plan(lengths, cfg.method, max_len=max_len,
-                         batch_size=1 if packed else cfg.per_device_batch_size, world_size=world_size,
-                         grad_accum=cfg.grad_accum, algo=cfg.algo, seed=cfg.seed, overlong=cfg.overlong)
+        plan = make_plan(
+            lengths,
+            cfg.method,
+            max_len=max_len,
+            batch_size=1 if packed else cfg.per_device_batch_size,
+            world_size=world_size,
+            grad_accum=cfg.grad_accum,
+            algo=cfg.algo,
+            seed=cfg.seed,
+            overlong=cfg.overlong,
+        )
     if not plan.batches:
         raise ValueError(f"{tokens_dir}: no sequence left to train on (rows={len(ds)}, overlong={cfg.overlong!r})")
     n_eff = effective_targets(ds, plan.lengths, plan.truncated)
@@ -772,18 +894,30 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         last = get_last_checkpoint(str(ckpt_dir))
         resume_from = last if last else None
     elif not cfg.resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*")):
-        raise ValueError(f"{out} already holds checkpoints of an earlier run; pass --resume to continue it or "
-                         "choose another --output-dir (or delete the folder)")
-    plan_record = {"method": cfg.method, "algo": plan.algo, "max_len": max_len, "world_size": world_size,
-                   "grad_accum": cfg.grad_accum, "seed": cfg.seed, "rows": len(ds), "batches": plan.batches}
+        raise ValueError(
+            f"{out} already holds checkpoints of an earlier run; pass --resume to continue it or "
+            "choose another --output-dir (or delete the folder)"
+        )
+    plan_record = {
+        "method": cfg.method,
+        "algo": plan.algo,
+        "max_len": max_len,
+        "world_size": world_size,
+        "grad_accum": cfg.grad_accum,
+        "seed": cfg.seed,
+        "rows": len(ds),
+        "batches": plan.batches,
+    }
     plan_file = out / "plan.json"
     wall_offset = 0.0
     if resume_from is not None:
         saved = read_json(plan_file)
         if saved is not None and saved != json.loads(json.dumps(plan_record)):
-            raise ValueError(f"{out}: the batch plan differs from the one the checkpoints were trained with "
-                             "(data, max_len, method, world size, grad_accum or seed changed); resume with the "
-                             "same settings or start a new --output-dir")
+            raise ValueError(
+                f"{out}: the batch plan differs from the one the checkpoints were trained with "
+                "(data, max_len, method, world size, grad_accum or seed changed); resume with the "
+                "same settings or start a new --output-dir"
+            )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
@@ -804,11 +938,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else int(math.ceil(cfg.epochs * steps_per_epoch))
     args = _training_args(cfg, out, total_steps, precision, world_size)  # before the model: ZeRO-3 init
     if args.n_gpu > 1:
-        raise ValueError(f"{args.n_gpu} GPUs are visible to one process; launch one process per GPU with "
-                         "torchrun, deepspeed or accelerate launch (or set CUDA_VISIBLE_DEVICES)")
+        raise ValueError(
+            f"{args.n_gpu} GPUs are visible to one process; launch one process per GPU with "
+            "torchrun, deepspeed or accelerate launch (or set CUDA_VISIBLE_DEVICES)"
+        )
     if args.world_size != world_size:
-        raise ValueError(f"world size {args.world_size} from the process group differs from WORLD_SIZE; launch "
-                         "with torchrun, deepspeed or accelerate launch")
+        raise ValueError(
+            f"world size {args.world_size} from the process group differs from WORLD_SIZE; launch "
+            "with torchrun, deepspeed or accelerate launch"
+        )
     rank = args.process_index
     device = args.device
     if cfg.deepspeed:
@@ -824,22 +962,32 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     auto_backend = select_attention(device, packed, half)  # also registers the custom kernels
     backend = auto_backend if cfg.attn_implementation == "auto" else cfg.attn_implementation
     if packed and backend not in PACKING_SAFE_BACKENDS:
-        raise ValueError(f"attention backend {backend!r} cannot keep packed sequences apart; use one of "
-                         f"{', '.join(PACKING_SAFE_BACKENDS)} (or --attn-implementation auto) or --method sort")
+        raise ValueError(
+            f"attention backend {backend!r} cannot keep packed sequences apart; use one of "
+            f"{', '.join(PACKING_SAFE_BACKENDS)} (or --attn-implementation auto) or --method sort"
+        )
     model = build_model(cfg.model, model_config, backend, cfg.seed)
     model.config.use_cache = False
     loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    collator = PackedCollator(max_len) if packed else PaddedCollator(
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    collator = (
+        PackedCollator(max_len)
+        if packed
+        else PaddedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    )
     dataset = PlanDataset(ds, plan.lengths, weights)
     kept_idx = np.flatnonzero(plan.lengths > 0)
     filler = int(kept_idx[np.argmin(plan.lengths[kept_idx])])
     sampler = PlanBatchSampler(plan.batches, world_size, rank, cfg.grad_accum, filler, seed=cfg.seed)
-    loader = _make_loader_class()(dataset, batch_sampler=sampler, collate_fn=MarkedCollator(collator),
-                                  num_workers=cfg.dataloader_num_workers, pin_memory=False)
+    loader = _make_loader_class()(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=MarkedCollator(collator),
+        num_workers=cfg.dataloader_num_workers,
+        pin_memory=False,
+    )
 
     probe_result: dict[str, float] = {}
 
@@ -849,28 +997,58 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             log.info("chunked loss check: relative difference to the full loss %.2e", probe_result["loss_rel_err"])
         if packed and cfg.check_packing:
             probe_result.update(packing_probe(m, collator, device, half, len(tokenizer), backend))
-            log.info("packing check (%s): packed vs separate %.2e, without boundaries %.2e", backend,
-                     probe_result["packed_err"], probe_result["leak_err"])
+            log.info(
+                "packing check (%s): packed vs separate %.2e, without boundaries %.2e",
+                backend,
+                probe_result["packed_err"],
+                probe_result["leak_err"],
+            )
 
     callback = _callback_class()(metrics_path, cfg.method, cfg.loss_norm, wall_offset, cfg.progress, probe)
-    trainer = _trainer_class()(model=model, args=args, processing_class=tokenizer, data_collator=collator,
-                               callbacks=[callback, *callbacks], plan_loader=loader, packed=packed,
-                               attention_backend=backend, data_world_size=world_size, loss_head=loss_head,
-                               loss_chunk_rows=cfg.loss_chunk_rows)
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=[callback, *callbacks],
+        plan_loader=loader,
+        packed=packed,
+        attention_backend=backend,
+        data_world_size=world_size,
+        loss_head=loss_head,
+        loss_chunk_rows=cfg.loss_chunk_rows,
+    )
     callback.trainer = trainer
     for cls in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cls)
 
     rope = rope_base(model.config)
-    run_meta = {"method": cfg.method, "algo": plan.algo, "loss_norm": cfg.loss_norm, "loss_impl": cfg.loss_impl,
-                "attention_backend": backend,
-                "model": model_display_name(cfg.model), "world_size": world_size, "grad_accum": cfg.grad_accum,
-                "max_len": max_len, "rope_theta": rope, "rope_scale": cfg.rope_scale,
-                "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 0) or 0),
-                "precision": precision, "deepspeed": cfg.deepspeed, "per_device_batch_size":
-                    1 if packed else cfg.per_device_batch_size, "tokens": str(tokens_dir),
-                "plan_stats": plan.stats, "total_steps": total_steps, "started": started, "finished": None,
-                "steps": 0, "resumed_from": resume_from, "device": str(device), "config": to_dict(cfg)}
+    run_meta = {
+        "method": cfg.method,
+        "algo": plan.algo,
+        "loss_norm": cfg.loss_norm,
+        "loss_impl": cfg.loss_impl,
+        "attention_backend": backend,
+        "model": model_display_name(cfg.model),
+        "world_size": world_size,
+        "grad_accum": cfg.grad_accum,
+        "max_len": max_len,
+        "rope_theta": rope,
+        "rope_scale": cfg.rope_scale,
+        "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 0) or 0),
+        "precision": precision,
+        "deepspeed": cfg.deepspeed,
+        "per_device_batch_size": 1 if packed else cfg.per_device_batch_size,
+        "tokens": str(tokens_dir),
+        "plan_stats": plan.stats,
+        "total_steps": total_steps,
+        "started": started,
+        "finished": None,
+        "steps": 0,
+        "resumed_from": resume_from,
+        "device": str(device),
+        "config": to_dict(cfg),
+    }
     meta_path = out / "run_meta.json"
     if rank == 0:
         previous = read_json(meta_path) if resume_from else None
@@ -893,9 +1071,16 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     steps = int(trainer.state.global_step)
     last = callback.last or {}
     run_meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), steps=steps, packing_check=probe_result or None)
-    result = TrainResult(output_dir=out, metrics_path=metrics_path, final_dir=final_dir, steps=steps,
-                         final_loss=last.get("loss"), attention_backend=backend, run_meta=run_meta,
-                         rank=int(rank))
+    result = TrainResult(
+        output_dir=out,
+        metrics_path=metrics_path,
+        final_dir=final_dir,
+        steps=steps,
+        final_loss=last.get("loss"),
+        attention_backend=backend,
+        run_meta=run_meta,
+        rank=int(rank),
+    )
     if trainer.is_world_process_zero():
         atomic_write_json(meta_path, run_meta)
         if run is not None:

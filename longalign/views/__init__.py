@@ -15,9 +15,19 @@ a view. The token table never materialises the ragged token columns and masks ar
 reach the browser (see :mod:`.readers` and :mod:`.packing`).
 """
 
-from longalign.views import (home, lengths, longbench_chat, needle, packing, readers, simulator, style,  # noqa: F401
-                             training)
+from longalign.views import home, lengths, longbench_chat, needle, packing, readers, simulator, style, training  # noqa: F401
 from longalign.views.readers import ARTIFACTS, MissingArtifact
 
-__all__ = ["ARTIFACTS", "MissingArtifact", "home", "lengths", "longbench_chat", "needle", "packing", "readers",
-           "simulator", "style", "training"]
+__all__ = [
+    "ARTIFACTS",
+    "MissingArtifact",
+    "home",
+    "lengths",
+    "longbench_chat",
+    "needle",
+    "packing",
+    "readers",
+    "simulator",
+    "style",
+    "training",
+]

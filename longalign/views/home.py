@@ -30,15 +30,30 @@ def runs_overview(root: str | Path) -> pd.DataFrame:
 
 def artifact_table(run: RunDir) -> pd.DataFrame:
     """Which artifacts this run has, where they live and which command makes them."""
-    return pd.DataFrame([{"artifact": a.label, "present": present(run, a.key), "path": a.where(run),
-                          "created by": a.command.format(run=run.root), "page": a.page} for a in ARTIFACTS.values()])
+    return pd.DataFrame(
+        [
+            {
+                "artifact": a.label,
+                "present": present(run, a.key),
+                "path": a.where(run),
+                "created by": a.command.format(run=run.root),
+                "page": a.page,
+            }
+            for a in ARTIFACTS.values()
+        ]
+    )
 
 
 def run_stages(run: RunDir) -> pd.DataFrame:
     """The stages recorded in run.json with their time stamp and configuration (as JSON text)."""
-    rows = [{"stage": name, "updated": entry.get("updated", ""),
-             "config": json.dumps(entry.get("config", {}), ensure_ascii=False, default=str)}
-            for name, entry in (read_run_info(run).get("stages") or {}).items()]
+    rows = [
+        {
+            "stage": name,
+            "updated": entry.get("updated", ""),
+            "config": json.dumps(entry.get("config", {}), ensure_ascii=False, default=str),
+        }
+        for name, entry in (read_run_info(run).get("stages") or {}).items()
+    ]
     return pd.DataFrame(rows, columns=["stage", "updated", "config"])
 
 

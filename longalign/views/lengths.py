@@ -28,12 +28,17 @@ def _check_by(df: pd.DataFrame, by: str) -> None:
 
 def headline(df: pd.DataFrame, meta: dict) -> list[tuple[str, str, str | None]]:
     """The page's key figures as (label, value, help): sequences, tokens, target tokens, long/short, truncated."""
-    return [("sequences", f"{len(df):,}", None),
-            ("tokens", format_count(df["length"].sum()), None),
-            ("target tokens", format_count(df["n_target"].sum()), None),
-            ("long / short", f"{(df.kind == 'long').sum():,} / {(df.kind == 'short').sum():,}", None),
-            ("truncated", f"{meta.get('n_truncated', '—')}",
-             f"max_len {meta.get('max_len', '—')}, truncation {meta.get('truncation', '—')}")]
+    return [
+        ("sequences", f"{len(df):,}", None),
+        ("tokens", format_count(df["length"].sum()), None),
+        ("target tokens", format_count(df["n_target"].sum()), None),
+        ("long / short", f"{(df.kind == 'long').sum():,} / {(df.kind == 'short').sum():,}", None),
+        (
+            "truncated",
+            f"{meta.get('n_truncated', '—')}",
+            f"max_len {meta.get('max_len', '—')}, truncation {meta.get('truncation', '—')}",
+        ),
+    ]
 
 
 def length_edges(lo: float, hi: float, nbins: int = 40, log: bool = False) -> np.ndarray:
@@ -51,13 +56,21 @@ def length_histogram(df: pd.DataFrame, by: str, edges: np.ndarray) -> pd.DataFra
     rows = []
     for group, sub in df.groupby(by, sort=True):
         counts, _ = np.histogram(sub["length"].to_numpy(), bins=edges)
-        rows.extend({"group": str(group), "lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(c)}
-                    for i, c in enumerate(counts))
+        rows.extend(
+            {"group": str(group), "lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(c)}
+            for i, c in enumerate(counts)
+        )
     return pd.DataFrame(rows, columns=["group", "lo", "hi", "count"])
 
 
-def fig_length_distribution(df: pd.DataFrame, by: str = "source", log_x: bool = False, split: int = 8192,
-                            upper: int | None = None, nbins: int = 32) -> go.Figure:
+def fig_length_distribution(
+    df: pd.DataFrame,
+    by: str = "source",
+    log_x: bool = False,
+    split: int = 8192,
+    upper: int | None = None,
+    nbins: int = 32,
+) -> go.Figure:
     """Two panels like the paper's length figure: [0, split) and [split, upper] tokens, stacked by ``by``."""
     _check_by(df, by)
     longest = int(df["length"].max()) if len(df) else 0
@@ -69,9 +82,14 @@ def fig_length_distribution(df: pd.DataFrame, by: str = "source", log_x: bool = 
     def n_in(a: float, b: float, last: bool) -> int:
         return int(((df.length >= a) & ((df.length <= b) if last else (df.length < b))).sum())
 
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.07,
-                        subplot_titles=[f"{format_tokens(a)}–{format_tokens(b)} tokens (n={n_in(a, b, i == 1)})"
-                                        for i, (a, b) in enumerate(panels)])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.07,
+        subplot_titles=[
+            f"{format_tokens(a)}–{format_tokens(b)} tokens (n={n_in(a, b, i == 1)})" for i, (a, b) in enumerate(panels)
+        ],
+    )
     groups = sorted(df[by].astype(str).unique())
     colors = colors_for(groups)
     for col, (lo, hi) in enumerate(panels, 1):
@@ -82,18 +100,47 @@ def fig_length_distribution(df: pd.DataFrame, by: str = "source", log_x: bool = 
             if log_x:
                 xs = np.r_[h.lo.to_numpy(), h.hi.to_numpy()[-1:]]
                 ys = np.r_[h["count"].to_numpy(), h["count"].to_numpy()[-1:]]
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv", name=g, legendgroup=g,
-                                         showlegend=col == 1, line=dict(color=colors[g], width=2)), 1, col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines",
+                        line_shape="hv",
+                        name=g,
+                        legendgroup=g,
+                        showlegend=col == 1,
+                        line=dict(color=colors[g], width=2),
+                    ),
+                    1,
+                    col,
+                )
             else:
-                fig.add_trace(go.Bar(x=(h.lo + h.hi) / 2, y=h["count"], width=(h.hi - h.lo), name=g,
-                                     legendgroup=g, showlegend=col == 1, marker_color=colors[g],
-                                     customdata=np.c_[h.lo, h.hi],
-                                     hovertemplate=f"{g}<br>%{{customdata[0]:.0f}}–%{{customdata[1]:.0f}} tokens"
-                                                   "<br>%{y} sequences<extra></extra>"), 1, col)
+                fig.add_trace(
+                    go.Bar(
+                        x=(h.lo + h.hi) / 2,
+                        y=h["count"],
+                        width=(h.hi - h.lo),
+                        name=g,
+                        legendgroup=g,
+                        showlegend=col == 1,
+                        marker_color=colors[g],
+                        customdata=np.c_[h.lo, h.hi],
+                        hovertemplate=f"{g}<br>%{{customdata[0]:.0f}}–%{{customdata[1]:.0f}} tokens"
+                        "<br>%{y} sequences<extra></extra>",
+                    ),
+                    1,
+                    col,
+                )
         fig.update_xaxes(type="log" if log_x else "linear", title_text="tokens", row=1, col=col)
     fig.update_yaxes(title_text="sequences", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, barmode="stack", bargap=0, height=380, legend_title_text=by,
-                      margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        bargap=0,
+        height=380,
+        legend_title_text=by,
+        margin=dict(l=50, r=20, t=50, b=40),
+    )
     return fig
 
 
@@ -102,16 +149,18 @@ def length_summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
     _check_by(df, by)
     total = max(int(df["length"].sum()), 1)
     g = df.groupby(by, sort=True)
-    out = pd.DataFrame({
-        "sequences": g.size(),
-        "tokens": g["length"].sum(),
-        "token share": g["length"].sum() / total,
-        "mean": g["length"].mean().round(1),
-        "median": g["length"].median(),
-        "p90": g["length"].quantile(0.9).round(0),
-        "max": g["length"].max(),
-        "target tokens": g["n_target"].sum(),
-    })
+    out = pd.DataFrame(
+        {
+            "sequences": g.size(),
+            "tokens": g["length"].sum(),
+            "token share": g["length"].sum() / total,
+            "mean": g["length"].mean().round(1),
+            "median": g["length"].median(),
+            "p90": g["length"].quantile(0.9).round(0),
+            "max": g["length"].max(),
+            "target tokens": g["n_target"].sum(),
+        }
+    )
     return out.sort_values("tokens", ascending=False).reset_index()
 
 
@@ -130,9 +179,23 @@ def fig_mix(df: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for _, r in mix.iterrows():
         shares = (r["sequence share"], r["token share"], r["target share"])
-        fig.add_trace(go.Bar(y=["sequences", "tokens", "target tokens"], x=list(shares), name=r["kind"],
-                             orientation="h", marker_color=KIND_COLORS.get(r["kind"], OTHER_COLOR),
-                             text=[f"{v:.0%}" for v in shares], textposition="inside"))
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=220, xaxis_tickformat=".0%",
-                      margin=dict(l=90, r=20, t=30, b=30), legend_title_text="data")
+        fig.add_trace(
+            go.Bar(
+                y=["sequences", "tokens", "target tokens"],
+                x=list(shares),
+                name=r["kind"],
+                orientation="h",
+                marker_color=KIND_COLORS.get(r["kind"], OTHER_COLOR),
+                text=[f"{v:.0%}" for v in shares],
+                textposition="inside",
+            )
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=220,
+        xaxis_tickformat=".0%",
+        margin=dict(l=90, r=20, t=30, b=30),
+        legend_title_text="data",
+    )
     return fig

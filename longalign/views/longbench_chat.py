@@ -8,7 +8,7 @@ question moves it by 0.02-0.18.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,9 @@ def load_frames(run: RunDir, other: RunDir | None = None) -> tuple[dict[str, pd.
 def caption(df: pd.DataFrame, summary: Mapping) -> str:
     """Model, judge, dataset and the summary's notes on one line."""
     judge = summary.get("judge") or (df["judge"].iloc[0] if len(df) else "—")
-    return (f"model `{summary.get('model', '—')}` · judge `{judge}` · dataset {summary.get('dataset', '—')}"
-            + "".join(f" · {n}" for n in summary.get("notes", [])))
+    return f"model `{summary.get('model', '—')}` · judge `{judge}` · dataset {summary.get('dataset', '—')}" + "".join(
+        f" · {n}" for n in summary.get("notes", [])
+    )
 
 
 def score_text(score: float) -> str:
@@ -44,8 +45,13 @@ def score_text(score: float) -> str:
     return "unscored" if score != score else f"{score:.1f}"
 
 
-def filter_questions(df: pd.DataFrame, langs: Sequence[str] | None = None, score_range: tuple[float, float] = (1, 10),
-                     include_unscored: bool = True, score_col: str = "score") -> pd.DataFrame:
+def filter_questions(
+    df: pd.DataFrame,
+    langs: Sequence[str] | None = None,
+    score_range: tuple[float, float] = (1, 10),
+    include_unscored: bool = True,
+    score_col: str = "score",
+) -> pd.DataFrame:
     """Rows whose language is in ``langs`` (all when None/empty) and whose score lies in ``score_range``."""
     out = df
     if langs:
@@ -60,9 +66,15 @@ def compare_longbench_chat(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     base = None
     for name, df in frames.items():
         part = df[["idx", "lang", "query", "score"]].rename(columns={"score": name})
-        base = part if base is None else base.merge(part, on=["idx"], how="outer", suffixes=("", "_r")).assign(
-            lang=lambda t: t["lang"].fillna(t.get("lang_r")), query=lambda t: t["query"].fillna(t.get("query_r"))
-        ).drop(columns=["lang_r", "query_r"])
+        base = (
+            part
+            if base is None
+            else base.merge(part, on=["idx"], how="outer", suffixes=("", "_r"))
+            .assign(
+                lang=lambda t: t["lang"].fillna(t.get("lang_r")), query=lambda t: t["query"].fillna(t.get("query_r"))
+            )
+            .drop(columns=["lang_r", "query_r"])
+        )
     if base is None:
         return pd.DataFrame(columns=["idx", "lang", "query"])
     names = list(frames)
@@ -89,8 +101,15 @@ def fig_score_distribution(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     for name, df in frames.items():
         counts = df["score"].dropna().round().astype(int).value_counts().reindex(range(1, 11), fill_value=0)
         fig.add_trace(go.Bar(x=list(counts.index), y=counts.values, name=name, marker_color=colors[name]))
-    fig.update_layout(template=TEMPLATE, barmode="group", height=280, xaxis=dict(title="score", dtick=1),
-                      yaxis_title="questions", margin=dict(l=50, r=20, t=30, b=40), legend_title_text="run")
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        height=280,
+        xaxis=dict(title="score", dtick=1),
+        yaxis_title="questions",
+        margin=dict(l=50, r=20, t=30, b=40),
+        legend_title_text="run",
+    )
     return fig
 
 

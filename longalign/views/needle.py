@@ -10,7 +10,8 @@ prompt of up to 60k tokens is rebuilt here).
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,16 +33,20 @@ def needle_grid(df: pd.DataFrame, value: str = "judge_score") -> pd.DataFrame:
     if value not in df:
         raise ValueError(f"value={value!r} is not a needle column; use one of {', '.join(map(repr, values_in(df)))}")
     lengths, depths, z = heatmap_grid(df.to_dict("records"), value)
-    grid = pd.DataFrame(np.array(z, dtype=np.float64).reshape(len(depths), len(lengths)), index=depths,
-                        columns=lengths)
+    grid = pd.DataFrame(np.array(z, dtype=np.float64).reshape(len(depths), len(lengths)), index=depths, columns=lengths)
     grid.index.name, grid.columns.name = "depth_percent", "context_length"
     return grid
 
 
 def fig_needle_heatmap(grid: pd.DataFrame, value: str = "judge_score") -> go.Figure:
     """The stage's heatmap of ``grid`` (from :func:`needle_grid`), one panel, each cell clickable."""
-    return heatmap_figure([int(c) for c in grid.columns], [float(d) for d in grid.index], {value: grid.to_numpy()},
-                          selectable=True, template=TEMPLATE)
+    return heatmap_figure(
+        [int(c) for c in grid.columns],
+        [float(d) for d in grid.index],
+        {value: grid.to_numpy()},
+        selectable=True,
+        template=TEMPLATE,
+    )
 
 
 def clicked_cell(points: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
@@ -57,8 +62,9 @@ def clicked_cell(points: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
 
 def needle_cell(df: pd.DataFrame, context_length: int, depth_percent: float) -> dict:
     """The probe at one (length, depth) cell (the first when repeated)."""
-    hit = df[(df["context_length"] == context_length)
-             & (np.isclose(df["depth_percent"].astype(float), float(depth_percent)))]
+    hit = df[
+        (df["context_length"] == context_length) & (np.isclose(df["depth_percent"].astype(float), float(depth_percent)))
+    ]
     if hit.empty:
         raise ValueError(f"no needle probe at context_length={context_length}, depth_percent={depth_percent}")
     return hit.iloc[0].to_dict()
@@ -75,6 +81,8 @@ def highlight(text: str, needle: str | None) -> str:
 
 def headline(df: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, value) of the page's key figures: mean judge score, mean recall, probes."""
-    return [("mean judge score", f"{df['judge_score'].mean():.2f}" if "judge_score" in df else "—"),
-            ("mean recall", f"{df['recall'].mean():.2f}" if "recall" in df else "—"),
-            ("probes", f"{len(df)}")]
+    return [
+        ("mean judge score", f"{df['judge_score'].mean():.2f}" if "judge_score" in df else "—"),
+        ("mean recall", f"{df['recall'].mean():.2f}" if "recall" in df else "—"),
+        ("probes", f"{len(df)}"),
+    ]

@@ -21,8 +21,8 @@ Trade-offs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,13 +33,26 @@ from longalign import IGNORE_INDEX
 from longalign.batching import token_weights
 from longalign.batching.simulate import step_timeline
 from longalign.rundir import RunDir
-from longalign.views.readers import (list_batch_methods, load_batch_stats, load_labels, load_plan, load_token_table,
-                                     require)
+from longalign.views.readers import (
+    list_batch_methods,
+    load_batch_stats,
+    load_labels,
+    load_plan,
+    load_token_table,
+    require,
+)
 from longalign.views.style import PALETTE, TEMPLATE, colors_for
 
+
 # --------------------------------------------------------------------------------------------- methods
-def batch_table(batches: Sequence[Sequence[int]], lengths: np.ndarray, packed: bool, max_len: int,
-                world_size: int = 1, grad_accum: int = 1) -> pd.DataFrame:
+def batch_table(
+    batches: Sequence[Sequence[int]],
+    lengths: np.ndarray,
+    packed: bool,
+    max_len: int,
+    world_size: int = 1,
+    grad_accum: int = 1,
+) -> pd.DataFrame:
     """One row per micro-batch: step, rank, sequences, real tokens, longest, tokens computed (B x longest
     padded, real for a pack), padding, fill of the capacity (max_len per pack row, B x max_len padded),
     attention pairs computed and useful (causal)."""
@@ -56,11 +69,22 @@ def batch_table(batches: Sequence[Sequence[int]], lengths: np.ndarray, packed: b
         else:
             computed, pairs = len(ls) * longest, len(ls) * longest * (longest + 1) / 2
             capacity = float(max_len) * len(ls)
-        rows.append({"batch": k, "step": k // per_step, "rank": (k % per_step) % max(world_size, 1),
-                     "sequences": len(ls), "real tokens": int(real), "longest": int(longest),
-                     "tokens computed": int(computed), "padding": int(computed - real), "capacity": int(capacity),
-                     "fill": real / capacity if capacity else 0.0,
-                     "attention pairs": pairs, "useful attention pairs": useful})
+        rows.append(
+            {
+                "batch": k,
+                "step": k // per_step,
+                "rank": (k % per_step) % max(world_size, 1),
+                "sequences": len(ls),
+                "real tokens": int(real),
+                "longest": int(longest),
+                "tokens computed": int(computed),
+                "padding": int(computed - real),
+                "capacity": int(capacity),
+                "fill": real / capacity if capacity else 0.0,
+                "attention pairs": pairs,
+                "useful attention pairs": useful,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,21 +104,33 @@ def method_comparison(run: RunDir, lengths: np.ndarray | None = None) -> pd.Data
         packed = plan.method == "pack"
         t = batch_table(plan.batches, plan.lengths, packed, plan.max_len, plan.world_size, plan.grad_accum)
         real, computed = int(t["real tokens"].sum()), int(t["tokens computed"].sum())
-        idle = step_timeline(t["tokens computed"].to_numpy(dtype=np.float64), plan.world_size, plan.grad_accum,
-                             sync="step")["idle_fraction"] if len(t) else 0.0
-        rows.append({
-            "method": m, "algo": stats.get("algo") or ("—" if not packed else ""),
-            "layout": "pack" if packed else "padded",
-            "micro-batches": len(plan.batches), "steps": int(t["step"].max() + 1) if len(t) else 0,
-            "sequences": int(t["sequences"].sum()),
-            "mean seqs/batch": round(float(t["sequences"].mean()), 2) if len(t) else 0.0,
-            "real tokens": real, "tokens computed": computed,
-            "padding fraction": 1 - real / computed if computed else 0.0,
-            "fill": real / int(t["capacity"].sum()) if len(t) and t["capacity"].sum() else 0.0,
-            "attention cost ×": float(t["attention pairs"].sum() / max(t["useful attention pairs"].sum(), 1.0)),
-            "rank idle fraction": float(idle),
-            "world size": plan.world_size, "grad accum": plan.grad_accum, "max_len": plan.max_len,
-        })
+        idle = (
+            step_timeline(
+                t["tokens computed"].to_numpy(dtype=np.float64), plan.world_size, plan.grad_accum, sync="step"
+            )["idle_fraction"]
+            if len(t)
+            else 0.0
+        )
+        rows.append(
+            {
+                "method": m,
+                "algo": stats.get("algo") or ("—" if not packed else ""),
+                "layout": "pack" if packed else "padded",
+                "micro-batches": len(plan.batches),
+                "steps": int(t["step"].max() + 1) if len(t) else 0,
+                "sequences": int(t["sequences"].sum()),
+                "mean seqs/batch": round(float(t["sequences"].mean()), 2) if len(t) else 0.0,
+                "real tokens": real,
+                "tokens computed": computed,
+                "padding fraction": 1 - real / computed if computed else 0.0,
+                "fill": real / int(t["capacity"].sum()) if len(t) and t["capacity"].sum() else 0.0,
+                "attention cost ×": float(t["attention pairs"].sum() / max(t["useful attention pairs"].sum(), 1.0)),
+                "rank idle fraction": float(idle),
+                "world size": plan.world_size,
+                "grad accum": plan.grad_accum,
+                "max_len": plan.max_len,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -125,16 +161,29 @@ def batch_holding(batches: Sequence[Sequence[int]], idx: int) -> int:
 
 def fig_method_comparison(table: pd.DataFrame) -> go.Figure:
     """Side-by-side bars: padding fraction, fill, attention cost and rank idle fraction per method."""
-    metrics = [("padding fraction", "Padding (share of computed tokens)", ".0%"),
-               ("fill", "Fill of max_len capacity", ".0%"),
-               ("attention cost ×", "Attention pairs / useful pairs", ".2f"),
-               ("rank idle fraction", "Idle share of rank time", ".0%")]
+    metrics = [
+        ("padding fraction", "Padding (share of computed tokens)", ".0%"),
+        ("fill", "Fill of max_len capacity", ".0%"),
+        ("attention cost ×", "Attention pairs / useful pairs", ".2f"),
+        ("rank idle fraction", "Idle share of rank time", ".0%"),
+    ]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.06)
     colors = colors_for(list(table["method"]))
     for c, (col, _, fmt) in enumerate(metrics, 1):
-        fig.add_trace(go.Bar(x=table["method"], y=table[col], marker_color=[colors[m] for m in table["method"]],
-                             text=[format(v, fmt) for v in table[col]], textposition="outside", showlegend=False,
-                             cliponaxis=False, hovertemplate="%{x}: %{text}<extra>" + col + "</extra>"), 1, c)
+        fig.add_trace(
+            go.Bar(
+                x=table["method"],
+                y=table[col],
+                marker_color=[colors[m] for m in table["method"]],
+                text=[format(v, fmt) for v in table[col]],
+                textposition="outside",
+                showlegend=False,
+                cliponaxis=False,
+                hovertemplate="%{x}: %{text}<extra>" + col + "</extra>",
+            ),
+            1,
+            c,
+        )
         if fmt.endswith("%"):
             fig.update_yaxes(tickformat=".0%", range=[0, max(1.0, float(table[col].max()) * 1.15)], row=1, col=c)
         else:
@@ -148,25 +197,35 @@ def fig_batch_fill(t: pd.DataFrame, packed: bool, sort: bool = False) -> go.Figu
     """Fill of each micro-batch (real tokens / capacity), coloured by how many sequences it holds."""
     t = t.sort_values("fill", ascending=False) if sort else t
     x = np.arange(len(t)) if sort else t["batch"]
-    fig = go.Figure(go.Bar(
-        x=x, y=t["fill"], marker=dict(color=t["sequences"], colorscale="Viridis", showscale=True,
-                                      colorbar=dict(title="seqs", thickness=12)),
-        customdata=np.c_[t["batch"], t["sequences"], t["real tokens"], t["padding"]],
-        hovertemplate="batch %{customdata[0]}<br>%{customdata[1]} sequences<br>%{customdata[2]} real tokens"
-                      "<br>%{customdata[3]} padding<br>fill %{y:.1%}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=x,
+            y=t["fill"],
+            marker=dict(
+                color=t["sequences"], colorscale="Viridis", showscale=True, colorbar=dict(title="seqs", thickness=12)
+            ),
+            customdata=np.c_[t["batch"], t["sequences"], t["real tokens"], t["padding"]],
+            hovertemplate="batch %{customdata[0]}<br>%{customdata[1]} sequences<br>%{customdata[2]} real tokens"
+            "<br>%{customdata[3]} padding<br>fill %{y:.1%}<extra></extra>",
+        )
+    )
     title = f"{'Pack' if packed else 'Batch'} fill, mean {t['fill'].mean():.1%}"
-    fig.update_layout(template=TEMPLATE, height=280, bargap=0.05,
-                      yaxis=dict(tickformat=".0%", range=[0, 1.02], title="fill"),
-                      xaxis_title="micro-batches sorted by fill" if sort else "micro-batch (plan order)",
-                      margin=dict(l=50, r=20, t=30, b=40), title=dict(text=title, font_size=14))
+    fig.update_layout(
+        template=TEMPLATE,
+        height=280,
+        bargap=0.05,
+        yaxis=dict(tickformat=".0%", range=[0, 1.02], title="fill"),
+        xaxis_title="micro-batches sorted by fill" if sort else "micro-batch (plan order)",
+        margin=dict(l=50, r=20, t=30, b=40),
+        title=dict(text=title, font_size=14),
+    )
     return fig
 
 
 def fig_method_fill(run: RunDir, method: str, lengths: np.ndarray, sort: bool = False) -> go.Figure:
     """:func:`fig_batch_fill` of ``method``'s saved plan over the run's token ``lengths``."""
     plan = load_plan(run, method, lengths)
-    t = batch_table(plan.batches, plan.lengths, plan.method == "pack", plan.max_len, plan.world_size,
-                    plan.grad_accum)
+    t = batch_table(plan.batches, plan.lengths, plan.method == "pack", plan.max_len, plan.world_size, plan.grad_accum)
     return fig_batch_fill(t, plan.method == "pack", sort=sort)
 
 
@@ -179,11 +238,11 @@ class BatchView:
     method: str
     batch: int
     packed: bool
-    row_len: int                      # columns of the drawn grid (pack length, or longest sequence)
-    seq_rows: list[list[int]]         # per row: row indices into tokens/ of its sequences
+    row_len: int  # columns of the drawn grid (pack length, or longest sequence)
+    seq_rows: list[list[int]]  # per row: row indices into tokens/ of its sequences
     labels: dict[int, np.ndarray]
-    weights: dict[int, float]         # per sequence: weight of each of its target tokens
-    table: pd.DataFrame               # one row per sequence
+    weights: dict[int, float]  # per sequence: weight of each of its target tokens
+    table: pd.DataFrame  # one row per sequence
 
     def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sequence slot, target mask, token weight) arrays of shape [rows, row_len]; slot -1 = padding,
@@ -198,16 +257,17 @@ class BatchView:
             for i in row:
                 lab = self.labels[i]
                 L = len(lab)
-                slot[r, pos:pos + L] = order[i]
+                slot[r, pos : pos + L] = order[i]
                 t = (lab != IGNORE_INDEX).astype(np.float64)
-                target[r, pos:pos + L] = t
-                weight[r, pos:pos + L] = t * self.weights.get(i, 0.0)
+                target[r, pos : pos + L] = t
+                weight[r, pos : pos + L] = t * self.weights.get(i, 0.0)
                 pos += L
         return slot, target, weight
 
 
-def batch_view(run: RunDir, method: str, batch: int, loss_norm: str = "sequence",
-               token_table: pd.DataFrame | None = None) -> BatchView:
+def batch_view(
+    run: RunDir, method: str, batch: int, loss_norm: str = "sequence", token_table: pd.DataFrame | None = None
+) -> BatchView:
     """Everything needed to draw micro-batch ``batch`` of ``method``: sequences, labels and the loss weights
     :func:`longalign.batching.token_weights` gives the saved plan (``n_target`` from the token table)."""
     tt = token_table if token_table is not None else load_token_table(run)
@@ -216,7 +276,7 @@ def batch_view(run: RunDir, method: str, batch: int, loss_norm: str = "sequence"
         raise ValueError(f"batch={batch} is out of range; {method} has micro-batches 0..{len(plan.batches) - 1}")
     w = token_weights(plan, tt["n_target"].to_numpy(), loss_norm)
     members = list(plan.batches[batch])
-    labels = {i: lab[:plan.max_len] for i, lab in zip(members, load_labels(run, members))}
+    labels = {i: lab[: plan.max_len] for i, lab in zip(members, load_labels(run, members))}
     packed = plan.method == "pack"
     rows = [members] if packed else [[i] for i in members]
     row_len = max(sum(len(labels[i]) for i in row) for row in rows) if rows else 0
@@ -225,16 +285,27 @@ def batch_view(run: RunDir, method: str, batch: int, loss_norm: str = "sequence"
     tab.insert(0, "slot", np.arange(len(members)))
     tab["token weight"] = [w[i] for i in members]
     tab["sequence weight (w·N)"] = tab["token weight"] * tab["n_target"]
-    return BatchView(method=method, batch=batch, packed=packed, row_len=max(row_len, 1), seq_rows=rows,
-                     labels=labels, weights={i: float(w[i]) for i in members}, table=tab.reset_index(drop=True))
+    return BatchView(
+        method=method,
+        batch=batch,
+        packed=packed,
+        row_len=max(row_len, 1),
+        seq_rows=rows,
+        labels=labels,
+        weights={i: float(w[i]) for i in members},
+        table=tab.reset_index(drop=True),
+    )
 
 
-def same_sequence_views(run: RunDir, methods: Sequence[str], idx: int, loss_norm: str,
-                        token_table: pd.DataFrame) -> list[BatchView]:
+def same_sequence_views(
+    run: RunDir, methods: Sequence[str], idx: int, loss_norm: str, token_table: pd.DataFrame
+) -> list[BatchView]:
     """For each of ``methods``: the view of its first micro-batch that holds sequence ``idx``."""
     lengths = token_table["length"].to_numpy()
-    return [batch_view(run, m, batch_holding(load_plan(run, m, lengths).batches, idx), loss_norm, token_table)
-            for m in methods]
+    return [
+        batch_view(run, m, batch_holding(load_plan(run, m, lengths).batches, idx), loss_norm, token_table)
+        for m in methods
+    ]
 
 
 def downsample_cols(a: np.ndarray, cols: int, how: str) -> np.ndarray:
@@ -248,7 +319,7 @@ def downsample_cols(a: np.ndarray, cols: int, how: str) -> np.ndarray:
         return a[..., edges[:-1]]
     out = np.full(a.shape[:-1] + (cols,), np.nan)
     for j in range(cols):
-        seg = a[..., edges[j]:edges[j + 1]]
+        seg = a[..., edges[j] : edges[j + 1]]
         with np.errstate(invalid="ignore"):
             valid = ~np.isnan(seg)
             cnt = valid.sum(axis=-1)
@@ -282,17 +353,60 @@ def fig_token_strip(view: BatchView, max_cols: int = 400) -> go.Figure:
     x = (np.arange(width) * step).round().astype(int)
     ylab = [f"row {r}" for r in range(n_rows)] if n_rows > 1 else ["pack"]
     n_seq = sum(len(r) for r in view.seq_rows)
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.09,
-                        subplot_titles=["sequence (grey = padding)", "loss mask (share of positions with a label)",
-                                        "loss weight per target token"])
-    fig.add_trace(go.Heatmap(z=s_slot, x=x, y=ylab, colorscale=_slot_colorscale(n_seq), zmin=-1.5, zmax=n_seq - 0.5,
-                             showscale=False, hovertemplate="position %{x}<br>slot %{z}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Heatmap(z=s_target, x=x, y=ylab, colorscale=[[0, "#F2F2F2"], [1, "#2F6B9A"]], zmin=0, zmax=1,
-                             showscale=False, hovertemplate="position %{x}<br>labelled %{z:.0%}<extra></extra>"), 2, 1)
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.09,
+        subplot_titles=[
+            "sequence (grey = padding)",
+            "loss mask (share of positions with a label)",
+            "loss weight per target token",
+        ],
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=s_slot,
+            x=x,
+            y=ylab,
+            colorscale=_slot_colorscale(n_seq),
+            zmin=-1.5,
+            zmax=n_seq - 0.5,
+            showscale=False,
+            hovertemplate="position %{x}<br>slot %{z}<extra></extra>",
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=s_target,
+            x=x,
+            y=ylab,
+            colorscale=[[0, "#F2F2F2"], [1, "#2F6B9A"]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="position %{x}<br>labelled %{z:.0%}<extra></extra>",
+        ),
+        2,
+        1,
+    )
     wmax = float(np.nanmax(s_weight)) if np.isfinite(s_weight).any() else 1.0
-    fig.add_trace(go.Heatmap(z=s_weight, x=x, y=ylab, colorscale="Oranges", zmin=0, zmax=wmax,
-                             colorbar=dict(title="w", thickness=10, len=0.3, y=0.12, exponentformat="e"),
-                             hovertemplate="position %{x}<br>weight %{z:.3e}<extra></extra>"), 3, 1)
+    fig.add_trace(
+        go.Heatmap(
+            z=s_weight,
+            x=x,
+            y=ylab,
+            colorscale="Oranges",
+            zmin=0,
+            zmax=wmax,
+            colorbar=dict(title="w", thickness=10, len=0.3, y=0.12, exponentformat="e"),
+            hovertemplate="position %{x}<br>weight %{z:.3e}<extra></extra>",
+        ),
+        3,
+        1,
+    )
     row_h = 22 if n_rows > 1 else 34
     fig.update_layout(template=TEMPLATE, height=160 + 3 * row_h * n_rows + 60, margin=dict(l=60, r=20, t=40, b=40))
     fig.update_xaxes(title_text="token position", row=3, col=1)
@@ -300,8 +414,9 @@ def fig_token_strip(view: BatchView, max_cols: int = 400) -> go.Figure:
     return fig
 
 
-def attention_mask_grid(row_lens: Sequence[Sequence[int]], cells: int = 200, packed: bool = True,
-                        supersample: int = 3) -> tuple[np.ndarray, int]:
+def attention_mask_grid(
+    row_lens: Sequence[Sequence[int]], cells: int = 200, packed: bool = True, supersample: int = 3
+) -> tuple[np.ndarray, int]:
     """Downsampled attention mask of a micro-batch; returns (grid, total positions).
 
     The micro-batch is drawn as one square: a pack is a single row of length sum(l) whose mask is
@@ -311,7 +426,7 @@ def attention_mask_grid(row_lens: Sequence[Sequence[int]], cells: int = 200, pac
     -1 marks the computed-but-masked padding area of padded rows (shown greyed). ``row_lens`` is one list of
     sequence lengths per row."""
     if packed:
-        lens = [int(l) for row in row_lens for l in row]
+        lens = [int(n) for row in row_lens for n in row]
         block = int(sum(lens))
         seq_id = np.repeat(np.arange(len(lens)), lens)
         pos_ok = np.ones(block, dtype=bool)
@@ -341,21 +456,48 @@ def fig_attention_mask(view: BatchView, cells: int = 200) -> go.Figure:
     grid, total = attention_mask_grid(row_lens, cells=cells, packed=view.packed)
     axis = np.linspace(0, total, grid.shape[0], endpoint=False).round().astype(int)
     scale = [[0.0, "#D9D9D9"], [0.5, "#D9D9D9"], [0.5, "#FFFFFF"], [0.52, "#DCE9F5"], [1.0, "#1F4E79"]]
-    fig = go.Figure(go.Heatmap(z=grid, x=axis, y=axis, colorscale=scale, zmin=-1, zmax=1, showscale=False,
-                               hovertemplate="query %{y}<br>key %{x}<br>attended %{z:.0%}<extra></extra>"))
-    useful = sum(l * (l + 1) / 2 for row in row_lens for l in row)
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid,
+            x=axis,
+            y=axis,
+            colorscale=scale,
+            zmin=-1,
+            zmax=1,
+            showscale=False,
+            hovertemplate="query %{y}<br>key %{x}<br>attended %{z:.0%}<extra></extra>",
+        )
+    )
+    useful = sum(n * (n + 1) / 2 for row in row_lens for n in row)
     if view.packed:
         computed = useful
-        title = (f"Block-diagonal causal mask of pack {view.batch}: {sum(len(r) for r in row_lens)} sequences, "
-                 f"{total} tokens")
+        title = (
+            f"Block-diagonal causal mask of pack {view.batch}: {sum(len(r) for r in row_lens)} sequences, "
+            f"{total} tokens"
+        )
     else:
         longest = max(sum(r) for r in row_lens)
         computed = len(row_lens) * longest * (longest + 1) / 2
         title = f"Causal masks of batch {view.batch}: {len(row_lens)} rows padded to {longest} (grey = padding)"
-    fig.update_layout(template=TEMPLATE, height=460, width=480, title=dict(text=title, font_size=13),
-                      xaxis=dict(title="key position", showgrid=False), margin=dict(l=60, r=20, t=50, b=50),
-                      yaxis=dict(title="query position", autorange="reversed", scaleanchor="x", showgrid=False),
-                      annotations=[dict(text=f"useful / computed pairs: {useful / computed:.0%}", showarrow=False,
-                                        xref="paper", yref="paper", x=1, y=0.02, xanchor="right",
-                                        font=dict(size=12, color="#444"))])
+    fig.update_layout(
+        template=TEMPLATE,
+        height=460,
+        width=480,
+        title=dict(text=title, font_size=13),
+        xaxis=dict(title="key position", showgrid=False),
+        margin=dict(l=60, r=20, t=50, b=50),
+        yaxis=dict(title="query position", autorange="reversed", scaleanchor="x", showgrid=False),
+        annotations=[
+            dict(
+                text=f"useful / computed pairs: {useful / computed:.0%}",
+                showarrow=False,
+                xref="paper",
+                yref="paper",
+                x=1,
+                y=0.02,
+                xanchor="right",
+                font=dict(size=12, color="#444"),
+            )
+        ],
+    )
     return fig

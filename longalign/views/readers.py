@@ -22,9 +22,9 @@ Trade-offs:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,10 @@ import pandas as pd
 from longalign.batching.plans import METHODS, Plan, load_plan_batches
 from longalign.rundir import RunDir, read_json, read_jsonl
 
-LONGBENCH_CHAT = "longbench_chat"   # benchmark folder names under eval/ (RunDir.eval)
+LONGBENCH_CHAT = "longbench_chat"  # benchmark folder names under eval/ (RunDir.eval)
 NEEDLE = "needle"
 SHORT_SOURCES = ("sharegpt", "short")
-EXAMPLE = "<method>"                 # placeholder shown in artifact paths that hold one file per method
+EXAMPLE = "<method>"  # placeholder shown in artifact paths that hold one file per method
 
 
 # --------------------------------------------------------------------------------------------- artifacts
@@ -43,30 +43,58 @@ EXAMPLE = "<method>"                 # placeholder shown in artifact paths that 
 class Artifact:
     key: str
     label: str
-    paths: Callable[[RunDir], tuple[Path, ...]]   # where it lives (first = the one a message names)
-    command: str                                  # what creates it ({run} = the run directory)
-    page: str                                     # which dashboard page reads it
+    paths: Callable[[RunDir], tuple[Path, ...]]  # where it lives (first = the one a message names)
+    command: str  # what creates it ({run} = the run directory)
+    page: str  # which dashboard page reads it
 
     def where(self, run: RunDir) -> str:
         """The artifact's paths relative to the run directory, joined with ' + '."""
         return " + ".join(p.relative_to(run.root).as_posix() for p in self.paths(run))
 
 
-ARTIFACTS: dict[str, Artifact] = {a.key: a for a in (
-    Artifact("tokens", "Tokenized data", lambda r: (r.tokens_meta,), "longalign tokenize --run {run}",
-             "Lengths, Packing"),
-    Artifact("batching", "Batching plans", lambda r: (r.batch_stats(EXAMPLE), r.batch_plan(EXAMPLE)),
-             "longalign batch plan --run {run} --method pack", "Packing"),
-    Artifact("simulate", "Step-time simulation", lambda r: (r.simulation,), "longalign batch simulate --run {run}",
-             "Simulator"),
-    Artifact("train", "Training metrics", lambda r: (r.metrics(EXAMPLE), r.train_meta(EXAMPLE)),
-             "longalign train --run {run} --method pack", "Training"),
-    Artifact("longbench_chat", "LongBench-Chat",
-             lambda r: (r.judgments(LONGBENCH_CHAT), r.predictions(LONGBENCH_CHAT), r.eval_summary(LONGBENCH_CHAT)),
-             "longalign eval longbench-chat --out {run}", "LongBench-Chat"),
-    Artifact("needle", "Needle in a haystack", lambda r: (r.needle_results(), r.eval_summary(NEEDLE)),
-             "longalign eval needle --out {run}", "Needle"),
-)}
+ARTIFACTS: dict[str, Artifact] = {
+    a.key: a
+    for a in (
+        Artifact(
+            "tokens", "Tokenized data", lambda r: (r.tokens_meta,), "longalign tokenize --run {run}", "Lengths, Packing"
+        ),
+        Artifact(
+            "batching",
+            "Batching plans",
+            lambda r: (r.batch_stats(EXAMPLE), r.batch_plan(EXAMPLE)),
+            "longalign batch plan --run {run} --method pack",
+            "Packing",
+        ),
+        Artifact(
+            "simulate",
+            "Step-time simulation",
+            lambda r: (r.simulation,),
+            "longalign batch simulate --run {run}",
+            "Simulator",
+        ),
+        Artifact(
+            "train",
+            "Training metrics",
+            lambda r: (r.metrics(EXAMPLE), r.train_meta(EXAMPLE)),
+            "longalign train --run {run} --method pack",
+            "Training",
+        ),
+        Artifact(
+            "longbench_chat",
+            "LongBench-Chat",
+            lambda r: (r.judgments(LONGBENCH_CHAT), r.predictions(LONGBENCH_CHAT), r.eval_summary(LONGBENCH_CHAT)),
+            "longalign eval longbench-chat --out {run}",
+            "LongBench-Chat",
+        ),
+        Artifact(
+            "needle",
+            "Needle in a haystack",
+            lambda r: (r.needle_results(), r.eval_summary(NEEDLE)),
+            "longalign eval needle --out {run}",
+            "Needle",
+        ),
+    )
+}
 
 
 class MissingArtifact(FileNotFoundError):
@@ -77,9 +105,10 @@ class MissingArtifact(FileNotFoundError):
         self.key = key
         self.command = art.command.format(run=run.root)
         words = self.command.split()
-        base = " ".join(words[:3 if words[1] in ("batch", "eval") else 2])
-        msg = (f"{art.label} not found in {art.paths(run)[0]}. "
-               f"Create it with `{self.command}` (options: `{base} --help`).")
+        base = " ".join(words[: 3 if words[1] in ("batch", "eval") else 2])
+        msg = (
+            f"{art.label} not found in {art.paths(run)[0]}. Create it with `{self.command}` (options: `{base} --help`)."
+        )
         if detail:
             msg = f"{msg} {detail}"
         super().__init__(msg)
@@ -116,7 +145,7 @@ def _names(run: RunDir, accessor: Callable[[str], Path]) -> list[str]:
     out = set()
     for p in run.root.glob(template.as_posix()):
         part = p.relative_to(run.root).parts[i]
-        name = part[len(prefix):len(part) - len(suffix)]
+        name = part[len(prefix) : len(part) - len(suffix)]
         if name and not name.startswith(".") and accessor(name) == p and p.is_file():
             out.add(name)
     return sorted(out)
@@ -202,9 +231,11 @@ def load_labels(run: RunDir, indices: Sequence[int]) -> list[np.ndarray]:
 def list_batch_methods(run: RunDir) -> list[str]:
     """Methods with a plan or a statistics file in batching/, standard methods first."""
     names = set(_names(run, run.batch_plan))
-    names |= {n for n in _names(run, run.batch_stats)
-              if run.batch_stats(n) != run.simulation and not any(run.batch_plan(m) == run.batch_stats(n)
-                                                                   for m in names)}
+    names |= {
+        n
+        for n in _names(run, run.batch_stats)
+        if run.batch_stats(n) != run.simulation and not any(run.batch_plan(m) == run.batch_stats(n) for m in names)
+    }
     return _methods_first(names)
 
 
@@ -235,11 +266,17 @@ def load_plan(run: RunDir, method: str, lengths: Sequence[int] | np.ndarray) -> 
     name = str(stats.get("method") or method)
     stage_method = name if name in METHODS else ("pack" if method_kind(method, stats) == "pack" else "naive")
     max_len = stats.get("max_len")
-    return Plan.from_batches(load_batches(run, method), lengths, stage_method,
-                             max_len=int(max_len) if max_len else None,
-                             batch_size=int(stats["batch_size"]) if stats.get("batch_size") else None,
-                             world_size=int(stats.get("world_size") or 1), grad_accum=int(stats.get("grad_accum") or 1),
-                             algo=stats.get("algo"), seed=int(stats.get("seed") or 0))
+    return Plan.from_batches(
+        load_batches(run, method),
+        lengths,
+        stage_method,
+        max_len=int(max_len) if max_len else None,
+        batch_size=int(stats["batch_size"]) if stats.get("batch_size") else None,
+        world_size=int(stats.get("world_size") or 1),
+        grad_accum=int(stats.get("grad_accum") or 1),
+        algo=stats.get("algo"),
+        seed=int(stats.get("seed") or 0),
+    )
 
 
 def read_simulation(run: RunDir) -> dict:
@@ -292,14 +329,35 @@ def load_longbench_chat(run: RunDir) -> pd.DataFrame:
     for idx in sorted(set(judg) | set(preds)):
         j, p = judg.get(idx, {}), preds.get(idx, {})
         score = j.get("score")
-        rows.append({"idx": idx, "lang": j.get("lang") or p.get("lang") or "",
-                     "query": j.get("query") or p.get("query", ""), "reference": j.get("reference", ""),
-                     "prediction": j.get("prediction") or p.get("prediction", ""),
-                     "score": float(score) if score is not None else np.nan, "runs": j.get("runs", []),
-                     "judge": j.get("judge", ""), "prompt_tokens": p.get("prompt_tokens"),
-                     "truncated": p.get("truncated")})
-    return pd.DataFrame(rows, columns=["idx", "lang", "query", "reference", "prediction", "score", "runs", "judge",
-                                       "prompt_tokens", "truncated"])
+        rows.append(
+            {
+                "idx": idx,
+                "lang": j.get("lang") or p.get("lang") or "",
+                "query": j.get("query") or p.get("query", ""),
+                "reference": j.get("reference", ""),
+                "prediction": j.get("prediction") or p.get("prediction", ""),
+                "score": float(score) if score is not None else np.nan,
+                "runs": j.get("runs", []),
+                "judge": j.get("judge", ""),
+                "prompt_tokens": p.get("prompt_tokens"),
+                "truncated": p.get("truncated"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "idx",
+            "lang",
+            "query",
+            "reference",
+            "prediction",
+            "score",
+            "runs",
+            "judge",
+            "prompt_tokens",
+            "truncated",
+        ],
+    )
 
 
 def load_longbench_chat_summary(run: RunDir) -> dict:
@@ -319,4 +377,3 @@ def load_needle(run: RunDir) -> pd.DataFrame:
 def load_needle_summary(run: RunDir) -> dict:
     """eval/needle/summary.json ({} when absent)."""
     return read_json(run.eval_summary(NEEDLE), default={}) or {}
-

@@ -8,11 +8,10 @@ run names) takes the next palette colour not already held by a method present in
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 TEMPLATE = "plotly_white"
-PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D",
-           "#FF9DA6", "#BAB0AC")
+PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D", "#FF9DA6", "#BAB0AC")
 METHOD_COLORS = {"naive": "#E45756", "sort": "#F58518", "pack": "#4C78A8"}
 KIND_COLORS = {"long": "#4C78A8", "short": "#72B7B2"}
 OTHER_COLOR = "#BAB0AC"

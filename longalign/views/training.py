@@ -9,7 +9,7 @@ only, so padding never shows up as speed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,16 +51,24 @@ def train_summary(run: RunDir, metrics: pd.DataFrame) -> pd.DataFrame:
         real = g["real_tokens"].sum() if "real_tokens" in g else np.nan
         padded = g["padded_tokens"].sum() if "padded_tokens" in g else np.nan
         wall = float(step_seconds(g).sum())
-        rows.append({
-            "train": name, "method": meta.get("method", g["method"].iloc[0] if "method" in g else ""),
-            "loss norm": meta.get("loss_norm", g["loss_norm"].iloc[0]),
-            "attention": meta.get("attention_backend", ""),
-            "steps": int(g["step"].max()), "final loss": float(g["loss"].iloc[-1]),
-            "min loss": float(g["loss"].min()),
-            "tokens/s": float(real / wall) if np.isfinite(real) and np.isfinite(wall) and wall > 0
-            else float(g["tokens_per_s"].mean()) if "tokens_per_s" in g else np.nan,
-            "wall s": float(wall), "padding share": float(1 - real / padded) if padded and padded > 0 else np.nan,
-        })
+        rows.append(
+            {
+                "train": name,
+                "method": meta.get("method", g["method"].iloc[0] if "method" in g else ""),
+                "loss norm": meta.get("loss_norm", g["loss_norm"].iloc[0]),
+                "attention": meta.get("attention_backend", ""),
+                "steps": int(g["step"].max()),
+                "final loss": float(g["loss"].iloc[-1]),
+                "min loss": float(g["loss"].min()),
+                "tokens/s": float(real / wall)
+                if np.isfinite(real) and np.isfinite(wall) and wall > 0
+                else float(g["tokens_per_s"].mean())
+                if "tokens_per_s" in g
+                else np.nan,
+                "wall s": float(wall),
+                "padding share": float(1 - real / padded) if padded and padded > 0 else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -78,28 +86,66 @@ def fig_loss(metrics: pd.DataFrame, y: str = "loss", window: int = 1, x: str = "
     for name, g in metrics.groupby("train", sort=False):
         g = g.sort_values("step")
         dash = "dash" if (g["loss_norm"] == "pack").all() else "solid"
-        fig.add_trace(go.Scatter(x=g[x], y=smooth(g[y], window), mode="lines", name=g["label"].iloc[0],
-                                 line=dict(color=colors[name], dash=dash, width=2)))
+        fig.add_trace(
+            go.Scatter(
+                x=g[x],
+                y=smooth(g[y], window),
+                mode="lines",
+                name=g["label"].iloc[0],
+                line=dict(color=colors[name], dash=dash, width=2),
+            )
+        )
     title = {"loss": "Training loss (each run's own normalisation)", "loss_token_mean": "Token-mean loss"}.get(y, y)
-    fig.update_layout(template=TEMPLATE, height=360, title=dict(text=title, font_size=14), xaxis_title=x,
-                      yaxis_title=y, legend_title_text="train · loss norm", margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(
+        template=TEMPLATE,
+        height=360,
+        title=dict(text=title, font_size=14),
+        xaxis_title=x,
+        yaxis_title=y,
+        legend_title_text="train · loss norm",
+        margin=dict(l=50, r=20, t=50, b=40),
+    )
     return fig
 
 
 def fig_throughput(metrics: pd.DataFrame, window: int = 1) -> go.Figure:
     """Tokens/s per step and cumulative wall time per training folder."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["Tokens per second (real tokens)", "Cumulative wall time (s)"],
-                        horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["Tokens per second (real tokens)", "Cumulative wall time (s)"],
+        horizontal_spacing=0.1,
+    )
     colors = colors_for(list(dict.fromkeys(metrics["train"])))
     for name, g in metrics.groupby("train", sort=False):
         g = g.sort_values("step")
         if "tokens_per_s" in g:
-            fig.add_trace(go.Scatter(x=g["step"], y=smooth(g["tokens_per_s"], window), mode="lines", name=name,
-                                     legendgroup=name, line=dict(color=colors[name])), 1, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=g["step"],
+                    y=smooth(g["tokens_per_s"], window),
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    line=dict(color=colors[name]),
+                ),
+                1,
+                1,
+            )
         if "wall_s" in g or "step_s" in g:
-            fig.add_trace(go.Scatter(x=g["step"], y=step_seconds(g).cumsum(), mode="lines", name=name,
-                                     legendgroup=name, showlegend="tokens_per_s" not in g,
-                                     line=dict(color=colors[name])), 1, 2)
+            fig.add_trace(
+                go.Scatter(
+                    x=g["step"],
+                    y=step_seconds(g).cumsum(),
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend="tokens_per_s" not in g,
+                    line=dict(color=colors[name]),
+                ),
+                1,
+                2,
+            )
     fig.update_xaxes(title_text="step")
     fig.update_layout(template=TEMPLATE, height=340, margin=dict(l=50, r=20, t=50, b=40))
     return fig

@@ -22,10 +22,15 @@ _ITEM_RE = re.compile(
         \s*(?:\*\*|__)?\s*                           # bold close before the separator
         (?P<sep>[:：]|\.(?!\d)|．|、|\)|）|\s-\s|(?<=[)）\]])|(?<=\*\*)|(?<=__))   # separator
         \s*(?:\*\*|__)?\s*                           # bold close after the separator
-        (?P<text>.*)$""", re.IGNORECASE | re.VERBOSE)
-_PREFIX_ONLY_RE = re.compile(r"^\s*(?:\*\*|__)?\s*(?:Q|Question|问题)\s*(?P<num>\d{1,2})\s*(?:\*\*|__)?\s+(?P<text>\S.*)$",
-                             re.IGNORECASE)
-_INLINE_RE = re.compile(r"(?:^|(?<=\s))(?:\*\*)?(?:Q)?(?P<num>\d)\s*(?:\*\*)?\s*[:：.)）]\s*(?:\*\*)?\s*", re.IGNORECASE)
+        (?P<text>.*)$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_PREFIX_ONLY_RE = re.compile(
+    r"^\s*(?:\*\*|__)?\s*(?:Q|Question|问题)\s*(?P<num>\d{1,2})\s*(?:\*\*|__)?\s+(?P<text>\S.*)$", re.IGNORECASE
+)
+_INLINE_RE = re.compile(
+    r"(?:^|(?<=\s))(?:\*\*)?(?:Q)?(?P<num>\d)\s*(?:\*\*)?\s*[:：.)）]\s*(?:\*\*)?\s*", re.IGNORECASE
+)
 
 
 @dataclass
@@ -105,8 +110,8 @@ def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
             items = []
             for j, m in enumerate(seq):
                 end = seq[j + 1].start() if j + 1 < len(seq) else len(reply)
-                items.append([int(m.group("num")), reply[m.end():end]])
-            prose = [p for p in (reply[:seq[0].start()].strip(),) if p]
+                items.append([int(m.group("num")), reply[m.end() : end]])
+            prose = [p for p in (reply[: seq[0].start()].strip(),) if p]
             issues.append("questions written on one line")
     if not items:  # no numbering at all: lines that end with a question mark still count
         asked = [p for p in prose if clean_question(p.strip("`")).endswith(("?", "？"))]
@@ -137,15 +142,51 @@ def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
 
 _TEMPLATE_RE = re.compile(
     r"<\s*/?\s*(?:question|q|text|your[ _]question|问题)[^<>]{0,20}>|\{\s*question\s*\}|\[\s*question\s*\]"
-    r"|^\W*(?:your\s+)?(?:question|q|问题)\s*\d*\W*$|^\W*(?:\.\.\.|…|etc\.?)\W*$", re.IGNORECASE)
-_ECHO_PHRASES = ("five questions", "5 questions", "numbered questions", "one per line", "五个问题", "编号的问题",
-                 "output only", "question 1", "每行一个")
-_EN_STARTS = frozenset("""what why how when where which who whom whose is are was were do does did can could should
+    r"|^\W*(?:your\s+)?(?:question|q|问题)\s*\d*\W*$|^\W*(?:\.\.\.|…|etc\.?)\W*$",
+    re.IGNORECASE,
+)
+_ECHO_PHRASES = (
+    "five questions",
+    "5 questions",
+    "numbered questions",
+    "one per line",
+    "五个问题",
+    "编号的问题",
+    "output only",
+    "question 1",
+    "每行一个",
+)
+_EN_STARTS = frozenset(
+    """what why how when where which who whom whose is are was were do does did can could should
 would will may might must has have had explain describe list summarize summarise compare identify name give
 according in based outline discuss find state define provide tell considering if under for from by on after
-before during suppose assuming""".split())
-_ZH_MARKERS = ("？", "?", "什么", "为什么", "为何", "如何", "怎样", "怎么", "哪", "谁", "是否", "多少", "几", "吗", "呢",
-               "请", "说明", "解释", "描述", "列出", "概括", "总结", "比较")
+before during suppose assuming""".split()
+)
+_ZH_MARKERS = (
+    "？",
+    "?",
+    "什么",
+    "为什么",
+    "为何",
+    "如何",
+    "怎样",
+    "怎么",
+    "哪",
+    "谁",
+    "是否",
+    "多少",
+    "几",
+    "吗",
+    "呢",
+    "请",
+    "说明",
+    "解释",
+    "描述",
+    "列出",
+    "概括",
+    "总结",
+    "比较",
+)
 
 
 def _normalize(text: str) -> str:
@@ -168,8 +209,9 @@ class ValidationLimits:
     require_question_form: bool = True
 
 
-def question_problem(question: str, *, lang: str | None, instruction: str, accepted: list[str],
-                     limits: ValidationLimits | None = None) -> str | None:
+def question_problem(
+    question: str, *, lang: str | None, instruction: str, accepted: list[str], limits: ValidationLimits | None = None
+) -> str | None:
     """Why ``question`` is unusable (a reason code), or None when it is fine."""
     lim = limits or ValidationLimits()
     q = question.strip()
@@ -213,8 +255,9 @@ def question_problem(question: str, *, lang: str | None, instruction: str, accep
     return None
 
 
-def validate_questions(questions: list[str], *, lang: str | None, instruction: str,
-                       limits: ValidationLimits | None = None) -> tuple[list[str], list[dict[str, str]]]:
+def validate_questions(
+    questions: list[str], *, lang: str | None, instruction: str, limits: ValidationLimits | None = None
+) -> tuple[list[str], list[dict[str, str]]]:
     """Split ``questions`` into accepted ones (in order) and rejected ``{"text", "reason"}`` entries."""
     accepted: list[str] = []
     rejected: list[dict[str, str]] = []

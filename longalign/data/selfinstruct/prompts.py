@@ -11,7 +11,8 @@ marker); the stored training record keeps the whole document.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from longalign.config import check_choice
 
@@ -22,13 +23,13 @@ N_QUESTIONS = 5
 
 _TASK_EN = {
     "general": "Ask the kind of questions a reader who wants to understand this text would ask: about its "
-               "purpose, its main ideas, and how its parts are meant to be used.",
+    "purpose, its main ideas, and how its parts are meant to be used.",
     "summary": "Ask questions whose answers require summarising or combining information from several "
-               "different parts of the text, not just one sentence of it.",
+    "different parts of the text, not just one sentence of it.",
     "reasoning": "Ask questions that need several steps of reasoning: a good answer has to connect two or more "
-                 "facts found in different places of the text and draw a conclusion from them.",
+    "facts found in different places of the text and draw a conclusion from them.",
     "extraction": "Ask questions that request specific information stated in the text, such as names, numbers, "
-                  "definitions, conditions, steps or settings.",
+    "definitions, conditions, steps or settings.",
 }
 _TASK_ZH = {
     "general": "请从一位想要读懂这篇文本的读者的角度提问：关于它的目的、主要内容，以及各部分的用途。",
@@ -36,28 +37,47 @@ _TASK_ZH = {
     "reasoning": "请提出需要多步推理的问题：好的回答必须把文本中不同位置的两个或更多事实联系起来，并由此得出结论。",
     "extraction": "请提出要求找出文本中明确写出的具体信息的问题，例如名称、数字、定义、条件、步骤或设置。",
 }
-_FORMAT_EN = ("Now write five questions about the text above. Each question must be answerable from the text, "
-              "make sense on its own, and differ from the others. Put each question on its own line and start "
-              "the lines with 1: 2: 3: 4: 5: in order. Write only the five questions.")
-_FORMAT_ZH = ("现在请针对上面的文本写出五个问题。每个问题都必须能根据文本回答、单独读也能看懂，并且互不相同。"
-              "每个问题单独占一行，行首依次写 1: 2: 3: 4: 5:。只写这五个问题。")
+_FORMAT_EN = (
+    "Now write five questions about the text above. Each question must be answerable from the text, "
+    "make sense on its own, and differ from the others. Put each question on its own line and start "
+    "the lines with 1: 2: 3: 4: 5: in order. Write only the five questions."
+)
+_FORMAT_ZH = (
+    "现在请针对上面的文本写出五个问题。每个问题都必须能根据文本回答、单独读也能看懂，并且互不相同。"
+    "每个问题单独占一行，行首依次写 1: 2: 3: 4: 5:。只写这五个问题。"
+)
 _RETRY_EN = "A previous attempt was not usable ({reasons}). Write five new, different, real questions about the text."
 _RETRY_ZH = "上一次的结果不可用（{reasons}）。请针对文本重新写出五个互不相同的真实问题。"
-_ANSWER_EN = ("Answer the question below using the text above. Be accurate and complete, and base the answer on "
-              "what the text says.\n\nQuestion: {question}")
+_ANSWER_EN = (
+    "Answer the question below using the text above. Be accurate and complete, and base the answer on "
+    "what the text says.\n\nQuestion: {question}"
+)
 _ANSWER_ZH = "请根据上面的文本回答下面的问题。回答要准确、完整，并以文本内容为依据。\n\n问题：{question}"
 _LEAD_EN = "Read the following text carefully.\n\n"
 _LEAD_ZH = "请仔细阅读下面的文本。\n\n"
 _CUT_MARKER = "\n\n[...]\n\n"
 _SEPARATOR = "\n\n---\n"
 
-_REASON_WORDS_EN = {"template": "template slots instead of questions", "duplicate": "repeated questions",
-                    "near_duplicate": "repeated questions", "instruction_echo": "the instruction copied back",
-                    "too_short": "fragments too short to be questions", "too_long": "overlong text",
-                    "not_a_question": "statements instead of questions", "too_few": "fewer than five questions"}
-_REASON_WORDS_ZH = {"template": "输出了模板占位符", "duplicate": "问题重复", "near_duplicate": "问题重复",
-                    "instruction_echo": "照抄了指令", "too_short": "问题过短", "too_long": "内容过长",
-                    "not_a_question": "写的不是问题", "too_few": "问题不足五个"}
+_REASON_WORDS_EN = {
+    "template": "template slots instead of questions",
+    "duplicate": "repeated questions",
+    "near_duplicate": "repeated questions",
+    "instruction_echo": "the instruction copied back",
+    "too_short": "fragments too short to be questions",
+    "too_long": "overlong text",
+    "not_a_question": "statements instead of questions",
+    "too_few": "fewer than five questions",
+}
+_REASON_WORDS_ZH = {
+    "template": "输出了模板占位符",
+    "duplicate": "问题重复",
+    "near_duplicate": "问题重复",
+    "instruction_echo": "照抄了指令",
+    "too_short": "问题过短",
+    "too_long": "内容过长",
+    "not_a_question": "写的不是问题",
+    "too_few": "问题不足五个",
+}
 
 
 def is_zh(lang: str | None) -> bool:
@@ -72,8 +92,9 @@ def task_instruction(task_type: str, lang: str | None = "en") -> str:
     return _TASK_EN[task_type] + "\n" + _FORMAT_EN
 
 
-def question_prompt(document: str, task_type: str, lang: str | None = "en",
-                    rejected_reasons: Iterable[str] = ()) -> str:
+def question_prompt(
+    document: str, task_type: str, lang: str | None = "en", rejected_reasons: Iterable[str] = ()
+) -> str:
     """User message asking for five numbered questions about ``document``."""
     lead = _LEAD_ZH if is_zh(lang) else _LEAD_EN
     text = lead + document + _SEPARATOR + task_instruction(task_type, lang)
@@ -98,6 +119,7 @@ def training_prompt(document: str, question: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- document cut
+
 
 def fit_document(text: str, tokenizer: Any, max_tokens: int) -> tuple[str, bool]:
     """``text`` unchanged when it has at most ``max_tokens`` tokens, else its head and tail (60/40) joined by
