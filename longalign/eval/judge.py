@@ -267,10 +267,11 @@ class LocalJudge:
         tokenizer: Any = None,
     ):
         from longalign.config import check_choice
+        from longalign.eval.options import LOCAL_SCORES
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
 
-        check_choice("local_score", score_mode, ("expected", "argmax"))
+        check_choice("local_score", score_mode, LOCAL_SCORES)
         spec = local_model_spec(model_spec)
         if spec is None:
             raise ValueError(

@@ -45,7 +45,16 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..config import to_dict
-from ..rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..rundir import (
+    METRICS_FILE,
+    TRAIN_META_FILE,
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
 from ..stage import Summary, as_run_dir, record
 from .config import TrainConfig
 
@@ -887,7 +896,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     weights = token_weights(plan, n_eff, cfg.loss_norm, world_size, cfg.grad_accum)
 
     # ---- output folder, resume --------------------------------------------------------------------------
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = out / METRICS_FILE
     ckpt_dir = out / "checkpoints"
     resume_from = None
     if cfg.resume and ckpt_dir.is_dir():
@@ -1049,7 +1058,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         "device": str(device),
         "config": to_dict(cfg),
     }
-    meta_path = out / "run_meta.json"
+    meta_path = out / TRAIN_META_FILE
     if rank == 0:
         previous = read_json(meta_path) if resume_from else None
         if previous and previous.get("started"):
