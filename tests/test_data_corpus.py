@@ -258,7 +258,8 @@ class TestOnError:
             read_folder_documents(tmp_path / "bad")
         skipped = BadRecords("skip")
         docs = read_folder_documents(tmp_path / "bad", skipped=skipped)
+        clean = read_folder_documents(tmp_path / "clean")
         strip = [{k: v for k, v in d.items() if k != "source"} for d in docs]  # source = folder name
-        assert strip == [{k: v for k, v in d.items() if k != "source"} for d in read_folder_documents(tmp_path / "clean")]
+        assert strip == [{k: v for k, v in d.items() if k != "source"} for d in clean]
         assert skipped.to_dict()["by_reason"] == {"not_utf8": 1}
         assert skipped.to_dict()["first"][0]["at"] == str(tmp_path / "bad" / "b.txt")
