@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longalign.config import Options, option
+from longalign.rundir import ON_ERROR
 
 
 @dataclass
@@ -34,3 +35,15 @@ class EndpointOptions(PriceOptions):
     timeout: float = option(120.0, minimum=0, help="seconds to wait for one HTTP response")
     backoff_base: float = option(1.0, minimum=0, help="first retry waits about this many seconds, doubling each retry")
     backoff_max: float = option(60.0, minimum=0, help="longest wait between retries, in seconds")
+
+
+@dataclass
+class InputErrorOptions(Options):
+    """Bad input records."""
+
+    on_error: str = option(
+        "raise",
+        choices=ON_ERROR,
+        help="bad records in input files (invalid JSON, wrong shape, missing field): raise an error naming "
+        "file:line, or skip them, counted by reason and listed (file:line) in the summary",
+    )

@@ -34,6 +34,7 @@ leaves either the old file or the new one. :func:`read_jsonl` ignores a torn fin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -43,6 +44,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TOKENS_META = "longalign_meta.json"
 METRICS_FILE = "metrics.jsonl"
@@ -108,11 +111,14 @@ def append_jsonl(path: str | Path, records: Iterable[dict] | dict, *, fsync: boo
     return n
 
 
-def iter_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(
+    path: str | Path, *, strict: bool = False, skipped: BadRecords | None = None
+) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)``; blank lines are skipped.
 
-    A line that is not valid JSON raises ``ValueError`` naming the file and line when ``strict``; otherwise
-    it is skipped (a torn line left by a crash).
+    A line that is not valid JSON goes to ``skipped`` when given (which raises or counts it, by its
+    ``on_error``); otherwise it raises ``ValueError`` naming the file and line when ``strict``, and is
+    skipped silently when not (a torn line left by a crash).
     """
     path = Path(path)
     with path.open(encoding="utf-8") as fh:
@@ -122,7 +128,11 @@ def iter_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[tuple[int,
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                if strict:
+                if skipped is not None:
+                    skipped.bad(
+                        f"{path}:{lineno}", f"not valid JSON ({exc.msg}); fix or remove that line", "invalid_json"
+                    )
+                elif strict:
                     raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line") from None
                 continue
             yield lineno, rec
@@ -133,6 +143,74 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
     if not Path(path).is_file():
         return []
     return [rec for _, rec in iter_jsonl(path, strict=strict)]
+
+
+# ------------------------------------------------------------------------------------------ bad input records
+
+ON_ERROR = ("raise", "skip")
+SKIP_HINT = "or pass --on-error skip to skip such records"
+MAX_LISTED = 20
+
+
+class BadRecord(ValueError):
+    """One bad record of a user file: ``where`` is ``file:line`` (or ``file[i]``), ``reason`` the key it is
+    counted under (``invalid_json``, ``wrong_shape``, ``missing_field``, ...)."""
+
+    def __init__(self, where: str, message: str, reason: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where, self.message, self.reason = where, message, reason
+
+
+@dataclass
+class BadRecords:
+    """What a reader does with bad records, by ``on_error``: ``raise`` a ``ValueError`` naming ``file:line``
+    and the fix, or ``skip`` the record, count it by reason and list the first ``max_listed`` locations.
+
+    Readers report a bad record with :meth:`bad` (or :meth:`add` for a caught :class:`BadRecord`) and carry
+    on when it returns; :meth:`to_dict` goes into the stage summary, :meth:`lines` into its printed lines.
+    """
+
+    on_error: str = "raise"
+    max_listed: int = MAX_LISTED
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error={self.on_error!r} is not accepted; use one of {', '.join(map(repr, ON_ERROR))}")
+        self.by_reason: dict[str, int] = {}
+        self.listed: list[dict[str, str]] = []
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def bad(self, where: str, message: str, reason: str) -> None:
+        """Raise (``on_error="raise"``) or record one bad record (``on_error="skip"``)."""
+        if self.on_error == "raise":
+            raise BadRecord(where, f"{message} ({SKIP_HINT})", reason)
+        log.warning("skipping %s: %s", where, message)
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if len(self.listed) < self.max_listed:
+            self.listed.append({"at": where, "reason": reason, "error": message})
+
+    def add(self, err: BadRecord) -> None:
+        self.bad(err.where, err.message, err.reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"total", "by_reason", "first"}``; ``first`` holds up to ``max_listed`` ``{"at", "reason", "error"}``."""
+        return {"total": self.total, "by_reason": dict(sorted(self.by_reason.items())), "first": list(self.listed)}
+
+    def lines(self) -> list[str]:
+        return skipped_lines(self.to_dict())
+
+
+def skipped_lines(skipped: dict[str, Any] | None) -> list[str]:
+    """Printed lines for a :meth:`BadRecords.to_dict` (none when nothing was skipped)."""
+    if not skipped or not skipped.get("total"):
+        return []
+    reasons = ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items())
+    first = skipped.get("first", [])
+    out = [f"skipped {skipped['total']} bad records ({reasons}); first {len(first)}:"]
+    return out + [f"  {e['at']}: {e['error']}" for e in first]
 
 
 def package_versions() -> dict[str, str]:

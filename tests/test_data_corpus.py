@@ -196,3 +196,70 @@ def test_select_documents_keeps_the_order_and_fills_missing_ids_with_the_shortes
     assert [d["id"] for d in select_documents(docs, ["gone", "c", "also-gone"])] == ["d", "c", "b"]
     with pytest.raises(ValueError, match="ask for fewer ids"):
         select_documents(docs[:1], ["x", "y"])
+
+
+class TestOnError:
+    """Bad lines of a user file: raise naming file:line (and the skip flag), or skip, count and list them."""
+
+    GOOD = [{"id": f"d{i}", "text": words(5 + i), "source": "s"} for i in range(4)]
+    BAD = ["{not json", json.dumps({"id": "x", "body": "no text"})]  # lines 2 and 4 of the file
+
+    def write(self, folder, with_bad: bool):
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(d) for d in self.GOOD]
+        if with_bad:
+            lines.insert(1, self.BAD[0])
+            lines.insert(3, self.BAD[1])
+        path = folder / "docs.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def test_raise_names_file_line_and_the_fix(self, tmp_path):
+        path = self.write(tmp_path / "bad", True)
+        with pytest.raises(ValueError, match=r"docs.jsonl:2: not valid JSON.*--on-error skip"):
+            read_jsonl_documents(path)
+        with pytest.raises(ValueError, match=r"docs.jsonl:2: not valid JSON.*--on-error skip"):
+            build_corpus(CorpusConfig(input=str(path), min_tokens=0, n_docs=0), tokenizer=WordTokenizer())
+
+    def test_skip_reads_the_clean_file(self, tmp_path):
+        from longalign.rundir import BadRecords
+
+        bad_path, clean_path = self.write(tmp_path / "bad", True), self.write(tmp_path / "clean", False)
+        skipped = BadRecords("skip")
+        assert read_jsonl_documents(bad_path, skipped=skipped) == read_jsonl_documents(clean_path)
+        assert skipped.to_dict()["by_reason"] == {"invalid_json": 1, "missing_field": 1}
+        assert [e["at"] for e in skipped.to_dict()["first"]] == [f"{bad_path}:2", f"{bad_path}:4"]
+
+    def test_skip_in_the_stage_summary(self, tmp_path):
+        from longalign.data.corpus import run
+        from longalign.rundir import read_jsonl
+
+        bad_path, clean_path = self.write(tmp_path / "bad", True), self.write(tmp_path / "clean", False)
+        kw = dict(min_tokens=0, n_docs=0)
+        s = run(CorpusConfig(input=str(bad_path), on_error="skip", **kw), tmp_path / "run1", tokenizer=WordTokenizer())
+        c = run(CorpusConfig(input=str(clean_path), **kw), tmp_path / "run2", tokenizer=WordTokenizer())
+        assert read_jsonl(s.path) == read_jsonl(c.path)
+        assert (s.read, s.written, s.tokens) == (c.read, c.written, c.tokens)
+        assert s.skipped["total"] == 2 and s.skipped["by_reason"] == {"invalid_json": 1, "missing_field": 1}
+        assert c.skipped["total"] == 0
+        text = "\n".join(s.lines())
+        assert "skipped 2 bad records (invalid_json 1, missing_field 1)" in text
+        assert f"{bad_path}:2:" in text and f"{bad_path}:4:" in text
+
+    def test_folder_skips_a_file_that_is_not_utf8(self, tmp_path):
+        from longalign.rundir import BadRecords
+
+        for folder in ("bad", "clean"):
+            (tmp_path / folder).mkdir()
+            (tmp_path / folder / "a.txt").write_text("alpha text", encoding="utf-8")
+            (tmp_path / folder / "c.md").write_text("gamma text", encoding="utf-8")
+        (tmp_path / "bad" / "b.txt").write_bytes(b"\xff\xfe broken")
+        with pytest.raises(ValueError, match=r"b.txt: not UTF-8.*--on-error skip"):
+            read_folder_documents(tmp_path / "bad")
+        skipped = BadRecords("skip")
+        docs = read_folder_documents(tmp_path / "bad", skipped=skipped)
+        clean = read_folder_documents(tmp_path / "clean")
+        strip = [{k: v for k, v in d.items() if k != "source"} for d in docs]  # source = folder name
+        assert strip == [{k: v for k, v in d.items() if k != "source"} for d in clean]
+        assert skipped.to_dict()["by_reason"] == {"not_utf8": 1}
+        assert skipped.to_dict()["first"][0]["at"] == str(tmp_path / "bad" / "b.txt")

@@ -197,3 +197,69 @@ def test_provide_mix_copies_a_source_mix_or_falls_back_to_the_sample(tmp_path):
     later = RunDir(tmp_path / "b")
     assert provide_mix(later, source) == source.mixed
     assert later.mixed.read_text() == source.mixed.read_text() and not later.short.exists()
+
+
+class TestOnError:
+    """Bad records of a user file: raise naming file:line (and the skip flag), or skip, count and list them."""
+
+    GOOD = [_sharegpt(("human", f"question {i}?"), ("gpt", f"answer {i}")) for i in range(3)]
+
+    def write(self, folder, with_bad: bool, kind: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        good = [{"messages": [U(f"q{i}?"), A(f"a{i}")]} for i in range(3)] if kind == "messages" else self.GOOD
+        if kind == "json":
+            items = list(good)
+            if with_bad:
+                items.insert(1, {"conversations": "not a list"})
+            path = folder / "chats.json"
+            path.write_text(json.dumps(items), encoding="utf-8")
+            return path
+        lines = [json.dumps(r) for r in good]
+        if with_bad:
+            lines.insert(1, "{oops")  # line 2
+            lines.insert(3, json.dumps({"messages": [{"content": "no role"}, A("x")]}))  # line 4
+        path = folder / "chats.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    @pytest.mark.parametrize("kind", ["sharegpt", "messages"])
+    def test_raise_names_file_line_and_the_fix(self, tmp_path, kind):
+        path = self.write(tmp_path, True, kind)
+        with pytest.raises(ValueError, match=r"chats\.jsonl:2: not valid JSON.*--on-error skip"):
+            load_short_data(ShortConfig(inputs=[str(path)]))
+
+    @pytest.mark.parametrize("kind", ["sharegpt", "messages"])
+    def test_skip_reads_the_clean_file(self, tmp_path, kind):
+        bad, clean = self.write(tmp_path / "bad", True, kind), self.write(tmp_path / "clean", False, kind)
+        records, report = load_short_data(ShortConfig(inputs=[str(bad)], on_error="skip"))
+        expected, clean_report = load_short_data(ShortConfig(inputs=[str(clean)]))
+        assert records == expected
+        assert (report.read, report.kept) == (clean_report.read, clean_report.kept) == (3, 3)
+        assert report.dropped_conversations == clean_report.dropped_conversations
+        assert report.skipped["total"] == 2
+        assert report.skipped["by_reason"] == {"invalid_json": 1, "missing_field": 1}
+        assert [e["at"] for e in report.skipped["first"]] == [f"{bad}:2", f"{bad}:4"]
+        text = "\n".join(report.lines())
+        assert "skipped 2 bad records (invalid_json 1, missing_field 1)" in text and f"{bad}:4: turn 0" in text
+
+    def test_skip_in_a_json_list(self, tmp_path):
+        bad, clean = self.write(tmp_path / "bad", True, "json"), self.write(tmp_path / "clean", False, "json")
+        with pytest.raises(ValueError, match=r"chats\.json\[1\]: 'conversations' must be a list.*--on-error skip"):
+            load_short_data(ShortConfig(inputs=[str(bad)]))
+        records, report = load_short_data(ShortConfig(inputs=[str(bad)], on_error="skip"))
+        assert records == load_short_data(ShortConfig(inputs=[str(clean)]))[0]
+        assert report.skipped["by_reason"] == {"wrong_shape": 1}
+        assert report.skipped["first"][0]["at"] == f"{bad}[1]"
+
+    def test_flag_in_cli_help(self):
+        import argparse
+
+        from longalign.config import add_config_args
+
+        parser = argparse.ArgumentParser()
+        add_config_args(parser, ShortConfig)
+        text = parser.format_help()
+        assert "--on-error {raise,skip}" in text
+        assert ShortConfig(on_error="skip").on_error == "skip"
+        with pytest.raises(ValueError, match="on_error"):
+            ShortConfig(on_error="ignore")

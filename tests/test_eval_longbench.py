@@ -126,3 +126,64 @@ def test_judged_run(fake_llm, tmp_path):
     n = len(fake_llm.requests)
     longbench.run(cfg, tmp_path / "run")  # resumes: nothing new
     assert len(fake_llm.requests) == n
+
+
+class _StubGenerator:
+    """Answers every prompt with a fixed text; the tokenizer counts characters."""
+
+    name = "stub"
+    max_positions = None
+
+    class tokenizer:  # noqa: N801
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return list(range(len(text)))
+
+        @staticmethod
+        def decode(ids, skip_special_tokens=True):
+            return "x" * len(ids)
+
+    def generate(self, batch, params):
+        from longalign.eval.generate import Generation
+
+        return [Generation("stub answer", 1, 2) for _ in batch]
+
+
+class TestOnError:
+    """Bad lines of a LongBench copy: raise naming file:line (and the skip flag), or skip, count and list them."""
+
+    def write(self, folder, with_bad: bool):
+        write_fixture(folder)
+        f = folder / "hotpotqa.jsonl"
+        lines = f.read_text().splitlines()
+        if with_bad:
+            lines.insert(1, "[1, 2")  # line 2: invalid JSON
+            lines.insert(3, json.dumps(["a", "list"]))  # line 4: not an object
+        f.write_text("\n".join(lines) + "\n")
+        return folder
+
+    def test_raise_names_file_line_and_the_fix(self, tmp_path):
+        folder = self.write(tmp_path / "lb", True)
+        with pytest.raises(ValueError, match=r"hotpotqa\.jsonl:2: not valid JSON.*--on-error skip"):
+            load_longbench(str(folder), ["hotpotqa"])
+
+    def test_skip_reads_the_clean_copy(self, tmp_path):
+        from longalign.rundir import BadRecords
+
+        bad, clean = self.write(tmp_path / "bad", True), self.write(tmp_path / "clean", False)
+        skipped = BadRecords("skip")
+        got = load_longbench(str(bad), ["hotpotqa", "qasper"], limit_per_task=3, skipped=skipped)
+        assert got == load_longbench(str(clean), ["hotpotqa", "qasper"], limit_per_task=3)
+        d = skipped.to_dict()
+        assert d["by_reason"] == {"invalid_json": 1, "wrong_shape": 1}
+        assert [e["at"] for e in d["first"]] == [f"{bad / 'hotpotqa.jsonl'}:2", f"{bad / 'hotpotqa.jsonl'}:4"]
+
+    def test_skip_in_the_stage_summary(self, tmp_path):
+        bad = self.write(tmp_path / "bad", True)
+        cfg = LongBenchConfig(
+            data=str(bad), tasks=["hotpotqa"], model="stub", judge="", progress=False, on_error="skip"
+        )
+        s = longbench.run(cfg, tmp_path / "run", generator=_StubGenerator())
+        assert s.predictions == 3 and s.skipped["total"] == 2
+        text = "\n".join(s.lines())
+        assert "skipped 2 bad records (invalid_json 1, wrong_shape 1)" in text and "hotpotqa.jsonl:4:" in text

@@ -265,3 +265,66 @@ def test_resume_after_sigkill_never_rejudges(tmp_path):
     assert sorted(r["idx"] for r in judged) == [1, 2, 3, 4]
     summary = json.loads((out / "eval" / "longbench_chat" / "summary.json").read_text())
     assert summary["n"] == 4 and summary["mean"] is not None
+
+
+class _StubGenerator:
+    """Answers every prompt with a fixed text; the tokenizer counts characters."""
+
+    name = "stub"
+    max_positions = None
+
+    class tokenizer:  # noqa: N801
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return list(range(len(text)))
+
+        @staticmethod
+        def decode(ids, skip_special_tokens=True):
+            return "x" * len(ids)
+
+    def generate(self, batch, params):
+        from longalign.eval.generate import Generation
+
+        return [Generation("stub answer", 1, 2) for _ in batch]
+
+
+class TestOnError:
+    """Bad lines of a jsonl copy: raise naming file:line (and the skip flag), or skip, count and list them."""
+
+    def write(self, folder: Path, with_bad: bool) -> Path:
+        cases = load_longbench_chat(make_fixture(folder / "src"))
+        lines = [
+            json.dumps(
+                {"idx": c.idx, "prompt": c.prompt, "query": c.query, "answer": c.answer, "few_shots": c.examples},
+                ensure_ascii=False,
+            )
+            for c in cases
+        ]
+        if with_bad:
+            lines.insert(1, '{"idx": 9, "prompt": ')  # line 2: invalid JSON
+            lines.insert(3, json.dumps({"idx": 7, "prompt": "p", "query": "q"}))  # line 4: no answer
+        path = folder / "cases.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def test_raise_names_file_line_and_the_fix(self, tmp_path):
+        path = self.write(tmp_path, True)
+        with pytest.raises(ValueError, match=r"cases\.jsonl:2: not valid JSON.*--on-error skip"):
+            load_longbench_chat(path)
+
+    def test_skip_reads_the_clean_file_and_lists_the_lines(self, tmp_path):
+        bad, clean = self.write(tmp_path / "bad", True), self.write(tmp_path / "clean", False)
+        gen = _StubGenerator()
+        cfg = dict(model="stub", judge="", progress=False)
+        skip_cfg = LongBenchChatConfig(data=str(bad), on_error="skip", **cfg)
+        s = longbench_chat.run(skip_cfg, tmp_path / "r1", generator=gen)
+        c = longbench_chat.run(LongBenchChatConfig(data=str(clean), **cfg), tmp_path / "r2", generator=gen)
+        strip = ("latency", "time", "seconds")
+        rows = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(s.predictions_path)]
+        assert rows == [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(c.predictions_path)]
+        assert len(rows) == 4 and s.predictions == c.predictions
+        assert s.skipped["total"] == 2 and s.skipped["by_reason"] == {"invalid_json": 1, "missing_field": 1}
+        assert [e["at"] for e in s.skipped["first"]] == [f"{bad}:2", f"{bad}:4"]
+        text = "\n".join(s.lines())
+        assert "skipped 2 bad records" in text and f"{bad}:4: missing field(s) answer" in text
+        assert c.skipped["total"] == 0 and "skipped" not in "\n".join(c.lines())

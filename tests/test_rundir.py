@@ -38,3 +38,22 @@ def test_run_dir_paths_and_stage_record(tmp_path):
     assert info["stages"]["tokenize"]["config"] == {"max_len": 8}
     assert info["stages"]["batch"]["summary"] == {"n": 3}
     assert "torch" in info["versions"]
+
+
+def test_bad_records_raise_or_count_and_list_the_first_n():
+    import pytest
+
+    from longalign.rundir import BadRecord, BadRecords
+
+    with pytest.raises(BadRecord, match=r"f\.jsonl:3: no text \(or pass --on-error skip"):
+        BadRecords().bad("f.jsonl:3", "no text", "missing_field")
+    skipped = BadRecords("skip", max_listed=2)
+    for line in (1, 2, 3):
+        skipped.bad(f"f.jsonl:{line}", "no text", "missing_field")
+    skipped.add(BadRecord("f.jsonl:9", "not valid JSON", "invalid_json"))
+    d = skipped.to_dict()
+    assert d["total"] == 4 and d["by_reason"] == {"invalid_json": 1, "missing_field": 3}
+    assert [e["at"] for e in d["first"]] == ["f.jsonl:1", "f.jsonl:2"]
+    assert skipped.lines()[0] == "skipped 4 bad records (invalid_json 1, missing_field 3); first 2:"
+    with pytest.raises(ValueError, match="on_error"):
+        BadRecords("ignore")

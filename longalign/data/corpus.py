@@ -44,12 +44,13 @@ import random
 import sysconfig
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longalign.config import Options, check_choice, option
-from longalign.rundir import RunDir, atomic_write_text, iter_jsonl
+from longalign.config import check_choice, option
+from longalign.options import InputErrorOptions
+from longalign.rundir import BadRecords, RunDir, atomic_write_text, iter_jsonl, skipped_lines
 from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ FOLDER_SUFFIXES = (".txt", ".md")
 
 
 @dataclass
-class CorpusConfig(Options):
+class CorpusConfig(InputErrorOptions):
     """Options of ``longalign data corpus``."""
 
     input: str = option(
@@ -126,9 +127,10 @@ class CorpusSummary(Summary):
     tokens: int
     seconds: dict[str, float]
     path: Path | None = None
+    skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
 
     def lines(self) -> list[str]:
-        return [f"wrote {self.written} documents to {self.path}", *super().lines()]
+        return [f"wrote {self.written} documents to {self.path}", *skipped_lines(self.skipped), *super().lines()]
 
     @property
     def exit_code(self) -> int:
@@ -191,47 +193,65 @@ def _doc(text: str, doc_id: str, source: str, lang: str | None = None, **extra: 
     return {"id": doc_id, "source": source, "lang": lang, "text": text, **extra}
 
 
-def read_jsonl_documents(path: str | Path) -> list[dict[str, Any]]:
-    """Documents from a jsonl file; every error names ``file:line`` and what to fix."""
+def read_jsonl_documents(path: str | Path, *, skipped: BadRecords | None = None) -> list[dict[str, Any]]:
+    """Documents from a jsonl file; every error names ``file:line`` and what to fix.
+
+    A bad line (invalid JSON, not an object, no 'text' string, a repeated id) raises, or with ``skipped``
+    in ``on_error="skip"`` mode is counted there and left out.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"document file {path} does not exist")
+    bad = skipped if skipped is not None else BadRecords()
     docs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, rec in iter_jsonl(path, strict=True):
+    for lineno, rec in iter_jsonl(path, skipped=bad):
         where = f"{path}:{lineno}"
         if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object with a 'text' field, got {type(rec).__name__}")
+            bad.bad(where, f"expected a JSON object with a 'text' field, got {type(rec).__name__}", "wrong_shape")
+            continue
         text = rec.get("text")
         if not isinstance(text, str):
-            raise ValueError(
-                f"{where}: missing 'text' string (keys present: {', '.join(sorted(rec)) or 'none'}); "
-                "every line needs a 'text' field with the document"
+            bad.bad(
+                where,
+                f"missing 'text' string (keys present: {', '.join(sorted(rec)) or 'none'}); "
+                "every line needs a 'text' field with the document",
+                "missing_field",
             )
+            continue
         doc_id = str(rec["id"]) if rec.get("id") is not None else f"{path.stem}:{lineno}"
         if doc_id in seen:
-            raise ValueError(f"{where}: id {doc_id!r} already used on line {seen[doc_id]}; ids must be unique")
+            bad.bad(where, f"id {doc_id!r} already used on line {seen[doc_id]}; ids must be unique", "duplicate_id")
+            continue
         seen[doc_id] = lineno
         extra = {k: v for k, v in rec.items() if k not in ("text", "id", "source", "lang", "n_tokens")}
         docs.append(_doc(text, doc_id, str(rec.get("source") or path.stem), rec.get("lang"), **extra))
     return docs
 
 
-def read_folder_documents(folder: str | Path, suffixes: Iterable[str] = FOLDER_SUFFIXES) -> list[dict[str, Any]]:
-    """One document per .txt/.md file under ``folder`` (recursive, sorted by path); id = relative path."""
+def read_folder_documents(
+    folder: str | Path, suffixes: Iterable[str] = FOLDER_SUFFIXES, *, skipped: BadRecords | None = None
+) -> list[dict[str, Any]]:
+    """One document per .txt/.md file under ``folder`` (recursive, sorted by path); id = relative path.
+
+    A file that is not UTF-8 raises, or with ``skipped`` in ``on_error="skip"`` mode is counted and left out.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"document folder {folder} does not exist")
+    bad = skipped if skipped is not None else BadRecords()
     suffixes = tuple(s.lower() for s in suffixes)
     docs = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(
-                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                "convert it to UTF-8 or remove it from the folder"
-            ) from None
+            bad.bad(
+                str(path),
+                f"not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8 or remove it from the folder",
+                "not_utf8",
+            )
+            continue
         rel = path.relative_to(folder).as_posix()
         docs.append(_doc(text, rel, folder.name or "folder"))
     if not docs:
@@ -376,8 +396,10 @@ def builtin_documents(sources: Iterable[str] = BUILTIN_SOURCES) -> list[dict[str
     return docs
 
 
-def read_documents(cfg: CorpusConfig) -> list[dict[str, Any]]:
-    """Raw documents (not yet measured or filtered) for ``cfg.input``."""
+def read_documents(cfg: CorpusConfig, *, skipped: BadRecords | None = None) -> list[dict[str, Any]]:
+    """Raw documents (not yet measured or filtered) for ``cfg.input``; bad records of a user file go to
+    ``skipped`` (default: a :class:`BadRecords` with ``cfg.on_error``)."""
+    skipped = skipped if skipped is not None else BadRecords(cfg.on_error)
     spec = cfg.input.strip()
     if spec == "builtin":
         return builtin_documents(cfg.builtin_sources)
@@ -387,9 +409,9 @@ def read_documents(cfg: CorpusConfig) -> list[dict[str, Any]]:
         )
     path = Path(spec)
     if path.is_dir():
-        return read_folder_documents(path)
+        return read_folder_documents(path, skipped=skipped)
     if path.is_file():
-        return read_jsonl_documents(path)
+        return read_jsonl_documents(path, skipped=skipped)
     raise FileNotFoundError(
         f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder"
     )
@@ -498,7 +520,8 @@ def build_corpus(
     import json
 
     t0 = time.perf_counter()
-    raw = docs if docs is not None else read_documents(cfg)
+    skipped = BadRecords(cfg.on_error)
+    raw = docs if docs is not None else read_documents(cfg, skipped=skipped)
     t_read = time.perf_counter() - t0
     dropped: dict[str, int] = {}
 
@@ -611,6 +634,7 @@ def build_corpus(
             "tokenize": round(t_tokenize, 3),
             "total": round(time.perf_counter() - t0, 3),
         },
+        "skipped": skipped.to_dict(),
     }
     if out_path is not None:
         atomic_write_text(out_path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in chosen))

@@ -30,12 +30,13 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longalign.config import Options, check_choice, option
-from longalign.rundir import RunDir, atomic_write_text, iter_jsonl
+from longalign.config import check_choice, option
+from longalign.options import InputErrorOptions
+from longalign.rundir import BadRecord, BadRecords, RunDir, atomic_write_text, iter_jsonl, skipped_lines
 from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_s
 
 
 @dataclass
-class ShortConfig(Options):
+class ShortConfig(InputErrorOptions):
     """Options of ``longalign data short``."""
 
     inputs: list[str] = option(
@@ -88,8 +89,9 @@ class ShortConfig(Options):
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
-    """``(location, record)`` pairs from a .json list or a .jsonl file; errors name file:line."""
+def _iter_file(path: Path, skipped: BadRecords | None = None) -> Iterator[tuple[str, Any]]:
+    """``(location, record)`` pairs from a .json list or a .jsonl file; errors name file:line. Invalid JSON
+    lines of a .jsonl go to ``skipped`` (a .json file that does not parse is one error for the whole file)."""
     if not path.is_file():
         raise FileNotFoundError(f"short-data file {path} does not exist")
     with path.open(encoding="utf-8") as fh:
@@ -104,7 +106,7 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
         for i, rec in enumerate(data):
             yield f"{path}[{i}]", rec
         return
-    for lineno, rec in iter_jsonl(path, strict=True):
+    for lineno, rec in iter_jsonl(path, strict=True, skipped=skipped):
         yield f"{path}:{lineno}", rec
 
 
@@ -117,33 +119,38 @@ def _iter_hf(name: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def raw_turns(rec: Any, where: str) -> list[tuple[str, str]]:
-    """``(raw role, text)`` pairs of a ShareGPT or messages record; a malformed record raises naming ``where``."""
+    """``(raw role, text)`` pairs of a ShareGPT or messages record; a malformed record raises
+    :class:`~longalign.rundir.BadRecord` (a ``ValueError``) naming ``where``."""
     if not isinstance(rec, dict):
-        raise ValueError(
-            f"{where}: expected a JSON object with 'conversations' or 'messages', got {type(rec).__name__}"
+        raise BadRecord(
+            where, f"expected a JSON object with 'conversations' or 'messages', got {type(rec).__name__}", "wrong_shape"
         )
     if "conversations" in rec:
         turns, role_key, text_key = rec["conversations"], "from", "value"
     elif "messages" in rec:
         turns, role_key, text_key = rec["messages"], "role", "content"
     else:
-        raise ValueError(
-            f"{where}: no 'conversations' (ShareGPT) or 'messages' list (keys: {', '.join(sorted(rec)) or 'none'})"
+        raise BadRecord(
+            where,
+            f"no 'conversations' (ShareGPT) or 'messages' list (keys: {', '.join(sorted(rec)) or 'none'})",
+            "missing_field",
         )
     if not isinstance(turns, list):
-        raise ValueError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a list")
+        raise BadRecord(
+            where, f"'{'conversations' if role_key == 'from' else 'messages'}' must be a list", "wrong_shape"
+        )
     out = []
     for j, t in enumerate(turns):
         if not isinstance(t, dict):
-            raise ValueError(f"{where}: turn {j} is not an object")
+            raise BadRecord(where, f"turn {j} is not an object", "wrong_shape")
         role = t.get(role_key, t.get("role", t.get("from")))
         text = t.get(text_key, t.get("content", t.get("value")))
         if role is None:
-            raise ValueError(f"{where}: turn {j} has no '{role_key}' field")
+            raise BadRecord(where, f"turn {j} has no '{role_key}' field", "missing_field")
         if text is None:
             text = ""
         if not isinstance(text, str):
-            raise ValueError(f"{where}: turn {j} text must be a string, got {type(text).__name__}")
+            raise BadRecord(where, f"turn {j} text must be a string, got {type(text).__name__}", "wrong_shape")
         out.append((str(role), text))
     return out
 
@@ -230,14 +237,21 @@ class ShortReport(Summary):
     dropped_turns: dict[str, int]
     by_input: dict[str, int]
     path: Path | None = None
+    skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
 
     def lines(self) -> list[str]:
-        return [f"wrote {self.kept} of {self.read} conversations to {self.path}", *super().lines()]
+        return [
+            f"wrote {self.kept} of {self.read} conversations to {self.path}",
+            *skipped_lines(self.skipped),
+            *super().lines(),
+        ]
 
 
 def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport]:
     """Read, normalise, dedupe and (optionally) sample short conversations; records carry the
-    ``{"messages", "source", "lang", "task_type": "chat"}`` schema."""
+    ``{"messages", "source", "lang", "task_type": "chat"}`` schema. A malformed record (invalid JSON line,
+    wrong shape, missing field) raises naming ``file:line``, or with ``cfg.on_error="skip"`` is left out
+    (not counted in ``read``) and listed in ``report.skipped``."""
     from longalign.data.corpus import detect_lang
 
     if not cfg.inputs:
@@ -248,6 +262,7 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
     records: list[dict[str, Any]] = []
     by_input: dict[str, int] = {}
     seen: set[str] = set()
+    skipped = BadRecords(cfg.on_error)
     n_read = 0
     for spec in cfg.inputs:
         if spec.startswith("hf:"):
@@ -255,12 +270,16 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
             default_source = spec[3:]
         else:
             path = Path(spec)
-            items = _iter_file(path)
+            items = _iter_file(path, skipped)
             default_source = "sharegpt" if "sharegpt" in path.name.lower() else path.stem
         kept_here = 0
         for where, rec in items:
+            try:
+                turns = raw_turns(rec, where)
+            except BadRecord as err:
+                skipped.add(err)
+                continue
             n_read += 1
-            turns = raw_turns(rec, where)
             msgs = normalize_conversation(
                 turns, system_policy=cfg.system_policy, unknown_role_policy=cfg.unknown_role_policy, counts=counts
             )
@@ -293,6 +312,7 @@ def load_short_data(cfg: ShortConfig) -> tuple[list[dict[str, Any]], ShortReport
         },
         dropped_turns={k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("turn:")},
         by_input=by_input,
+        skipped=skipped.to_dict(),
     )
     return records, report
 

@@ -30,8 +30,8 @@ from longalign.config import check_choice, option, redefault
 from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, make_judge
 from longalign.eval.options import GenerationOptions, JudgeOptions, ModelOptions
 from longalign.eval.summary import LongBenchSummary
-from longalign.options import PriceOptions
-from longalign.rundir import RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
+from longalign.options import InputErrorOptions, PriceOptions
+from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ Reply with the rating only, written exactly as [[rating]], e.g. [[4]].
 
 
 @dataclass
-class LongBenchConfig(ModelOptions, GenerationOptions, JudgeOptions, PriceOptions):
+class LongBenchConfig(ModelOptions, GenerationOptions, JudgeOptions, PriceOptions, InputErrorOptions):
     """``longalign eval longbench``: judged single-doc QA, multi-doc QA and summarization."""
 
     data: str = option(
@@ -152,17 +152,21 @@ class LBSample:
 
 
 def _sample(rec: dict[str, Any], where: str, task: str | None) -> LBSample:
+    """One sample; a malformed record raises :class:`~longalign.rundir.BadRecord` naming ``where``."""
+    if not isinstance(rec, dict):
+        raise BadRecord(where, f"expected a JSON object (a LongBench record), got {type(rec).__name__}", "wrong_shape")
     name = task or rec.get("dataset")
     if not name:
-        raise ValueError(f"{where}: no 'dataset' field and the file name is not a task name")
+        raise BadRecord(where, "no 'dataset' field and the file name is not a task name", "missing_field")
     name = str(name).removesuffix("_e")
     if name not in TASK_CATEGORY:
-        raise ValueError(f"{where}: task {name!r} is not one of the judged tasks ({', '.join(ALL_TASKS)})")
+        raise BadRecord(where, f"task {name!r} is not one of the judged tasks ({', '.join(ALL_TASKS)})", "unknown_task")
     for k in ("input", "context", "answers"):
         if k not in rec:
-            raise ValueError(
-                f"{where}: missing field {k!r}; LongBench records need input, context, answers, "
-                "length, dataset, language, _id"
+            raise BadRecord(
+                where,
+                f"missing field {k!r}; LongBench records need input, context, answers, length, dataset, language, _id",
+                "missing_field",
             )
     answers = rec["answers"] if isinstance(rec["answers"], list) else [rec["answers"]]
     uid = str(rec.get("_id") or where)
@@ -177,20 +181,39 @@ def _sample(rec: dict[str, Any], where: str, task: str | None) -> LBSample:
     )
 
 
-def load_longbench(data: str, tasks: Sequence[str], limit_per_task: int = 0) -> list[LBSample]:
-    """Samples of ``tasks`` from a folder, a jsonl file or ``hf``."""
+def load_longbench(
+    data: str, tasks: Sequence[str], limit_per_task: int = 0, *, skipped: BadRecords | None = None
+) -> list[LBSample]:
+    """Samples of ``tasks`` from a folder, a jsonl file or ``hf``.
+
+    A bad record (invalid JSON line, wrong shape, missing field, unknown task) raises naming ``file:line``, or
+    with ``skipped`` in ``on_error="skip"`` mode is counted there and left out (it does not count towards
+    ``limit_per_task``)."""
     for t in tasks:
         check_choice("tasks", t, ALL_TASKS)
+    bad = skipped if skipped is not None else BadRecords()
+
+    def sample(rec: Any, where: str, task: str | None) -> LBSample | None:
+        try:
+            return _sample(rec, where, task)
+        except BadRecord as err:
+            bad.add(err)
+            return None
+
     out: list[LBSample] = []
     if data == "hf":
         import datasets
 
         for t in tasks:
             ds = datasets.load_dataset("THUDM/LongBench", t, split="test")
+            n = 0
             for i, rec in enumerate(ds):
-                if limit_per_task and i >= limit_per_task:
+                if limit_per_task and n >= limit_per_task:
                     break
-                out.append(_sample(dict(rec), f"THUDM/LongBench/{t}#{i}", t))
+                s = sample(dict(rec), f"THUDM/LongBench/{t}#{i}", t)
+                if s is not None:
+                    out.append(s)
+                    n += 1
         return out
     path = Path(data)
     if path.is_dir():
@@ -199,15 +222,19 @@ def load_longbench(data: str, tasks: Sequence[str], limit_per_task: int = 0) -> 
             if not f.is_file():
                 log.warning("%s: no %s.jsonl, task skipped", path, t)
                 continue
-            for n, (lineno, rec) in enumerate(iter_jsonl(f, strict=True)):
+            n = 0
+            for lineno, rec in iter_jsonl(f, skipped=bad):
                 if limit_per_task and n >= limit_per_task:
                     break
-                out.append(_sample(rec, f"{f}:{lineno}", t))
+                s = sample(rec, f"{f}:{lineno}", t)
+                if s is not None:
+                    out.append(s)
+                    n += 1
     elif path.is_file():
         counts: dict[str, int] = {}
-        for lineno, rec in iter_jsonl(path, strict=True):
-            s = _sample(rec, f"{path}:{lineno}", None)
-            if s.task not in tasks:
+        for lineno, rec in iter_jsonl(path, skipped=bad):
+            s = sample(rec, f"{path}:{lineno}", None)
+            if s is None or s.task not in tasks:
                 continue
             counts[s.task] = counts.get(s.task, 0) + 1
             if limit_per_task and counts[s.task] > limit_per_task:
@@ -261,7 +288,8 @@ def run(
 
     if not cfg.data:
         raise ValueError("data is required: a folder of LongBench <task>.jsonl files, a jsonl file, or 'hf'")
-    samples = load_longbench(cfg.data, cfg.tasks, cfg.limit_per_task)
+    skipped = BadRecords(cfg.on_error)
+    samples = load_longbench(cfg.data, cfg.tasks, cfg.limit_per_task, skipped=skipped)
     templates = json.loads(Path(cfg.prompts).read_text(encoding="utf-8")) if cfg.prompts else None
     run = as_run_dir(run_dir)
     pred_path = run.predictions(BENCHMARK)
@@ -304,7 +332,14 @@ def run(
                     progress=bar.update,
                 )
     n_pred = len(read_jsonl(pred_path))
-    summary = LongBenchSummary(BENCHMARK, run.eval(BENCHMARK), None, predictions=n_pred, predictions_path=pred_path)
+    summary = LongBenchSummary(
+        BENCHMARK,
+        run.eval(BENCHMARK),
+        None,
+        predictions=n_pred,
+        predictions_path=pred_path,
+        skipped=skipped.to_dict(),
+    )
     if not cfg.judge:
         record(run, "eval_longbench", cfg, summary)
         return summary

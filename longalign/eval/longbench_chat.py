@@ -54,8 +54,8 @@ from longalign.eval.judge import (
 )
 from longalign.eval.options import GenerationOptions, ModelOptions, SeededJudgeOptions
 from longalign.eval.summary import LongBenchChatSummary
-from longalign.options import PriceOptions
-from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from longalign.options import InputErrorOptions, PriceOptions
+from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,13 @@ def detect_lang(text: str) -> str:
 
 def _check_examples(examples: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(examples, list) or not examples:
-        raise ValueError(f"{where}: expected a list of scored example answers [{{'answer': str, 'score': int}}, ...]")
+        raise BadRecord(
+            where, "expected a list of scored example answers [{'answer': str, 'score': int}, ...]", "wrong_shape"
+        )
     out = []
     for k, ex in enumerate(examples):
         if not isinstance(ex, dict) or "answer" not in ex or "score" not in ex:
-            raise ValueError(f"{where}, example {k + 1}: needs 'answer' and 'score' fields")
+            raise BadRecord(where, f"example {k + 1} needs 'answer' and 'score' fields", "missing_field")
         out.append({"answer": str(ex["answer"]), "score": ex["score"]})
     return out
 
@@ -120,27 +122,49 @@ def load_few_shots(path: str | Path) -> list[list[dict[str, Any]]]:
 
 
 def _case_from(rec: dict[str, Any], where: str, few: list[list[dict]] | None) -> ChatCase:
+    """One case; a malformed record raises :class:`~longalign.rundir.BadRecord` naming ``where``."""
+    if not isinstance(rec, dict):
+        raise BadRecord(
+            where, f"expected a JSON object with idx, prompt, query, answer, got {type(rec).__name__}", "wrong_shape"
+        )
     missing = [k for k in ("idx", "prompt", "query", "answer") if k not in rec]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; each case needs idx, prompt, query, answer")
-    idx = int(rec["idx"])
+        raise BadRecord(
+            where, f"missing field(s) {', '.join(missing)}; each case needs idx, prompt, query, answer", "missing_field"
+        )
+    try:
+        idx = int(rec["idx"])
+    except (TypeError, ValueError):
+        raise BadRecord(where, f"idx must be an integer, got {rec['idx']!r}", "wrong_shape") from None
     if "few_shots" in rec:
-        examples = _check_examples(rec["few_shots"], where + " few_shots")
+        try:
+            examples = _check_examples(rec["few_shots"], where)
+        except BadRecord as err:
+            raise BadRecord(where, f"few_shots: {err.message}", err.reason) from None
     elif few is not None:
         if not 1 <= idx <= len(few):
-            raise ValueError(f"{where}: idx {idx} has no entry in few_shots.json ({len(few)} entries)")
+            raise BadRecord(where, f"idx {idx} has no entry in few_shots.json ({len(few)} entries)", "missing_field")
         examples = few[idx - 1]
     else:
-        raise ValueError(
-            f"{where}: no scored examples; put few_shots.json next to the cases or add a 'few_shots' list to each line"
+        raise BadRecord(
+            where,
+            "no scored examples; put few_shots.json next to the cases or add a 'few_shots' list to each line",
+            "missing_field",
         )
     lang = rec.get("lang") or rec.get("language") or detect_lang(rec["query"] + rec["answer"])
     return ChatCase(idx, str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), str(lang), examples)
 
 
-def load_longbench_chat(path: str | Path, few_shots: str | Path | None = None) -> list[ChatCase]:
+def load_longbench_chat(
+    path: str | Path, few_shots: str | Path | None = None, *, skipped: BadRecords | None = None
+) -> list[ChatCase]:
     """Load the user's copy: a folder with ``test_cases.json`` (+ ``few_shots.json``), the json file itself,
-    or a ``.jsonl`` file with the same fields per line (and ``few_shots`` per line or the json next to it)."""
+    or a ``.jsonl`` file with the same fields per line (and ``few_shots`` per line or the json next to it).
+
+    A bad case (invalid JSON line, wrong shape, missing field, repeated idx) raises naming ``file:line``, or
+    with ``skipped`` in ``on_error="skip"`` mode is counted there and left out; a file that does not parse as
+    a whole (``test_cases.json``, ``few_shots.json``) always raises."""
+    bad = skipped if skipped is not None else BadRecords()
     path = Path(path)
     if path.is_dir():
         for name in ("test_cases.json", "test_cases.jsonl"):
@@ -158,12 +182,9 @@ def load_longbench_chat(path: str | Path, few_shots: str | Path | None = None) -
     few = load_few_shots(fs_path) if fs_path.is_file() else None
     if few_shots and few is None:
         raise FileNotFoundError(f"{fs_path} does not exist")
-    cases: list[ChatCase] = []
+    located: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
-        from longalign.rundir import iter_jsonl
-
-        for lineno, rec in iter_jsonl(path, strict=True):
-            cases.append(_case_from(rec, f"{path}:{lineno}", few))
+        located = [(f"{path}:{lineno}", rec) for lineno, rec in iter_jsonl(path, skipped=bad)]
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -171,13 +192,23 @@ def load_longbench_chat(path: str | Path, few_shots: str | Path | None = None) -
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of cases")
-        for i, rec in enumerate(data):
-            cases.append(_case_from(rec, f"{path}, case {i + 1}", few))
-    seen = set()
-    for c in cases:
-        if c.idx in seen:
-            raise ValueError(f"{path}: idx {c.idx} appears twice; every case needs its own idx")
-        seen.add(c.idx)
+        located = [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+    cases: list[ChatCase] = []
+    seen: dict[int, str] = {}
+    for where, rec in located:
+        try:
+            case = _case_from(rec, where, few)
+            if case.idx in seen:
+                raise BadRecord(
+                    where,
+                    f"idx {case.idx} already used at {seen[case.idx]}; every case needs its own idx",
+                    "duplicate_id",
+                )
+        except BadRecord as err:
+            bad.add(err)
+            continue
+        seen[case.idx] = where
+        cases.append(case)
     return cases
 
 
@@ -284,7 +315,7 @@ def judge_messages(
 
 # --------------------------------------------------------------------------------------------- config
 @dataclass
-class LongBenchChatConfig(ModelOptions, GenerationOptions, SeededJudgeOptions, PriceOptions):
+class LongBenchChatConfig(ModelOptions, GenerationOptions, SeededJudgeOptions, PriceOptions, InputErrorOptions):
     """``longalign eval longbench-chat``: generate answers, judge them, summarise."""
 
     data: str = option(
@@ -495,7 +526,8 @@ def run(
             "data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)"
         )
     run_ = as_run_dir(run_dir)
-    cases = load_longbench_chat(cfg.data, cfg.few_shots or None)
+    skipped = BadRecords(cfg.on_error)
+    cases = load_longbench_chat(cfg.data, cfg.few_shots or None, skipped=skipped)
     if cfg.limit:
         cases = cases[: cfg.limit]
     pred_stats = predict(cfg, run_, cases, generator)
@@ -511,6 +543,7 @@ def run(
         predictions=pred_stats,
         judging=judging,
         predictions_path=run_.predictions(BENCHMARK),
+        skipped=skipped.to_dict(),
     )
     record(run_, "eval_longbench_chat", cfg, summary)
     return summary

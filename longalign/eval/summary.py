@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longalign.rundir import skipped_lines
 from longalign.stage import Summary
 
 
@@ -44,10 +45,14 @@ class LongBenchChatSummary(EvalSummary):
     predictions: dict[str, int] = field(default_factory=dict)
     judging: dict[str, int] | None = None
     predictions_path: Path | None = None
+    skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
 
     def lines(self) -> list[str]:
         p = self.predictions
-        out = [f"predictions: {p.get('generated')} new, {p.get('done_before')} already done -> {self.predictions_path}"]
+        out = skipped_lines(self.skipped)
+        out += [
+            f"predictions: {p.get('generated')} new, {p.get('done_before')} already done -> {self.predictions_path}"
+        ]
         if self.judging is None or self.scores is None:
             return out + ["no --judge given: predictions only"]
         j, s = self.judging, self.scores
@@ -65,12 +70,16 @@ class LongBenchChatSummary(EvalSummary):
 class LongBenchSummary(EvalSummary):
     predictions: int = 0
     predictions_path: Path | None = None
+    skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
 
     def lines(self) -> list[str]:
+        out = skipped_lines(self.skipped)
         if self.scores is None:
-            return [f"predictions: {self.predictions} in {self.predictions_path} (no --judge given: nothing judged)"]
+            return out + [
+                f"predictions: {self.predictions} in {self.predictions_path} (no --judge given: nothing judged)"
+            ]
         s = self.scores
-        out = [f"{t:18s} {v['category']:14s} n={v['n']:4d} score={v['score_0_100']}" for t, v in s["tasks"].items()]
+        out += [f"{t:18s} {v['category']:14s} n={v['n']:4d} score={v['score_0_100']}" for t, v in s["tasks"].items()]
         out += [f"{c:18s} {v['score_0_100']}" for c, v in s["categories"].items()]
         return out + [f"overall {s['overall']}", *self.note_lines()]
 

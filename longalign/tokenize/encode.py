@@ -70,7 +70,7 @@ from longalign.tokenize.formats import (
 log = logging.getLogger(__name__)
 
 TRUNCATION_POLICIES = ("right", "left", "middle")
-ON_ERROR = ("raise", "skip")
+from longalign.rundir import ON_ERROR  # noqa: E402,F401  (the accepted on_error values, shared by every reader)
 from longalign.rundir import TOKENS_META as META_FILE  # noqa: E402
 
 TOKEN_COLUMNS = ("input_ids", "labels", "length", "n_target", "source", "lang", "task_type")
