@@ -166,8 +166,10 @@ def test_generation_cost_cap_stays_under_the_cap(fake_llm, tmp_path):
     fake_llm.set_responder(si_responder)
     run = RunDir(tmp_path / "run")
     _write_corpus(run, 6)
-    cap = 0.002  # prices 1 and 2 per million tokens: a request costs ~0.0003-0.0006 here
-    cfg = GenerateConfig(base_url=fake_llm.base_url, max_cost=cap, **GEN)
+    # prices 1 and 2 per million tokens: a request costs ~0.0003 here and may cost up to ~0.0011 (its prompt
+    # plus max_tokens of reply); one request in flight keeps the count deterministic
+    cap = 0.002
+    cfg = GenerateConfig(base_url=fake_llm.base_url, max_cost=cap, **{**GEN, "max_in_flight": 1})
     s = generate_long_data(cfg, run, progress=False)
     assert s.stopped and "cost cap reached" in s.stopped and f"max_cost={cap:g}" in s.stopped
     paid = ok_calls(run)
@@ -236,3 +238,49 @@ def test_judging_cost_cap(fake_llm, tmp_path):
     n_first = len(fake_llm.requests)
     s2 = longbench_chat.run(_cfg(folder, fake_llm.base_url, max_cost=cap * 4, **prices), out)
     assert s2.exit_code == 0 and s2.scores["n"] == 4 and len(fake_llm.requests) == 4 + 8 > n_first
+
+
+def test_longbench_judging_cap_and_a_judge_that_cannot_rate(fake_llm, tmp_path):
+    from test_eval_longbench import write_fixture
+
+    from longalign.eval import longbench
+    from longalign.eval.longbench import LongBenchConfig
+
+    unrated = {"on": False}
+
+    def responder(req):
+        if req["model"] == "judge":
+            return "A fair answer." if unrated["on"] else "Rating: [[2]]"
+        return "An answer."
+
+    fake_llm.set_responder(responder)
+    fake_llm.logprobs = False
+    folder = write_fixture(tmp_path / "lb")
+
+    def cfg(**kw):
+        return LongBenchConfig(
+            data=str(folder),
+            tasks=["hotpotqa", "qasper", "gov_report"],
+            model="openai:m",
+            model_base_url=fake_llm.base_url,
+            judge="openai:judge",
+            judge_base_url=fake_llm.base_url,
+            progress=False,
+            **kw,
+        )
+
+    s = longbench.run(cfg(max_requests=4), tmp_path / "run")
+    jpath = tmp_path / "run" / "eval" / "longbench" / "judgments.jsonl"
+    assert s.exit_code == 1 and "max_requests=4" in s.stopped and len(read_jsonl(jpath)) == 4
+    assert any(line.startswith("stopped:") for line in s.lines())
+    s = longbench.run(cfg(), tmp_path / "run")
+    n = len(read_jsonl(tmp_path / "run" / "eval" / "longbench" / "predictions.jsonl"))
+    assert n == 5 and s.exit_code == 0 and s.stopped is None and len(read_jsonl(jpath)) == n
+
+    unrated["on"] = True  # another run folder, a judge that never writes [[N]] on a server without logprobs
+    n0 = len(fake_llm.requests)
+    s = longbench.run(cfg(judge_max_attempts=2, judge_give_up_after=2), tmp_path / "run2")
+    assert s.exit_code == 1 and "gave no rating for any of the first 2 case(s)" in s.stopped
+    assert len(read_jsonl(tmp_path / "run2" / "eval" / "longbench" / "judgments.jsonl")) == 2
+    judge_reqs = [r for r in fake_llm.requests[n0:] if r["model"] == "judge"]
+    assert len(judge_reqs) == 2 * (2 + 1)  # two cases x (2 text attempts + 1 logprob request), then the stop

@@ -353,7 +353,7 @@ class CachingClient:
         """Answer many requests; yields ``(index, ChatResult | LLMError)`` in completion order.
 
         When the spending cap refuses a request, :class:`LLMBudgetExceeded` is raised (not yielded): queued
-        requests are dropped, and the call returns once those in flight have finished and are cached.
+        requests are dropped, those already being sent finish and are yielded (and cached) first.
 
         ``requests`` may be a lazy iterable: at most ``2 * concurrency`` are read ahead. ``progress(1)`` is
         called after each finished request (answer or error), so a tqdm bar's ``update`` fits directly.
@@ -382,9 +382,10 @@ class CachingClient:
         pending: dict[cf.Future, int] = {}
         it = iter(enumerate(requests))
         exhausted = False
+        stopping: LLMBudgetExceeded | None = None
         try:
             while True:
-                while not exhausted and len(pending) < 2 * workers:
+                while stopping is None and not exhausted and len(pending) < 2 * workers:
                     try:
                         i, item = next(it)
                     except StopIteration:
@@ -399,14 +400,19 @@ class CachingClient:
                     i = pending.pop(fut)
                     exc = fut.exception()
                     if isinstance(exc, LLMBudgetExceeded):
-                        # queued requests are dropped; those being sent finish and land in the cache first,
-                        # so a re-run gets them for free
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise exc
+                        # the cap is reached: drop the queued requests, let those being sent finish (they are
+                        # cached and yielded below), then raise
+                        if stopping is None:
+                            stopping = exc
+                            for queued in [f for f in pending if f.cancel()]:
+                                pending.pop(queued)
+                        continue
                     if exc is not None and not isinstance(exc, LLMError):
                         raise exc
                     finished()
                     yield i, (exc if exc is not None else fut.result())
+            if stopping is not None:
+                raise stopping
         finally:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
