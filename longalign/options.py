@@ -21,14 +21,15 @@ class PriceOptions(Options):
     max_cost: float | None = option(
         None,
         minimum=0,
-        help="stop before a paid LLM request could take this command's spend past this amount, in the unit of "
-        "the prices (needs --price-in-per-mtok/--price-out-per-mtok); cached answers are free, and a re-run "
-        "continues from the cache with a fresh cap (unset = no cap)",
+        help="stop before a priced LLM request (the generator's in data generate, the judge's in eval) could take "
+        "this command's spend past this amount, in the unit of the prices (needs --price-in-per-mtok/"
+        "--price-out-per-mtok); cached answers are free, and a re-run continues from the cache with a fresh cap "
+        "(unset = no cap)",
     )
     max_requests: int | None = option(
         None,
         minimum=0,
-        help="stop before sending more than this many LLM requests in this command (retries count; cached "
+        help="stop before sending more than this many priced LLM requests in this command (retries count; cached "
         "answers do not; unset = no cap)",
     )
 
