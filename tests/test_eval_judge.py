@@ -302,6 +302,7 @@ class TestRatingFromLogprobs:
             [],
             [pos("Good", ("Good", L(0.9)), ("Fine", L(0.1)))],  # no [[ and no digit: the prefill was not continued
             [pos("[[", ("[[", 0.0)), pos("x", ("x", L(0.9)), ("y", L(0.1)))],  # no rating token in the top-k
+            [pos("1", ("1", L(0.9)), ("2", L(0.1))), pos(".", (".", L(0.9))), pos(" The", (" The", L(0.9)))],  # a list
         ],
     )
     def test_none(self, positions):

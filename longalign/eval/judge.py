@@ -78,6 +78,7 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
 
 
 _RATING_TOKEN = re.compile(r"\s*(\d+)\s*(\]*)\s*")
+_CONTINUED = re.compile(r"\s*\d+\s*(\]|$)")  # a fresh reply such as "1. The answer ..." does not match
 LOGPROB_MODES = ("off", "fallback", "first")
 
 
@@ -85,7 +86,7 @@ def _rating_start(tokens: Sequence[str]) -> int | None:
     """Index of the generated token where the rating begins: 0 when the server continued the forced ``[[``
     (the text starts with a digit), else the token after the reply's own first ``[[``; None if neither."""
     text = "".join(tokens)
-    if text.lstrip()[:1].isdigit():
+    if _CONTINUED.match(text):  # "8]]", "10]]", " 7": the forced "[[" was continued
         return next(i for i, t in enumerate(tokens) if t.strip())
     acc = ""
     for i, t in enumerate(tokens):
