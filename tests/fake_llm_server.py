@@ -1,6 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests (stdlib only, no model).
 
-Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``) and ``GET /v1/models``.
+Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``), ``POST /v1/completions`` (a
+raw prompt; one ending in ``[[`` is answered with a rating, as a continued chat prefill is) and
+``GET /v1/models``.
 
 * ``responder(request_json) -> str`` makes the reply text; built-ins: ``echo`` (the last user message),
   ``questions`` (five numbered questions derived from the prompt), ``judge`` (a short review ending in
@@ -323,7 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        route = self.path.rstrip("/")
+        if route in ("/v1/completions", "/completions"):
+            self._text_completion(fake, raw)
+            return
+        if route not in ("/v1/chat/completions", "/chat/completions"):
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         with fake._lock:
@@ -391,6 +397,53 @@ class _Handler(BaseHTTPRequestHandler):
         entry.update(status=200, outcome="ok", prefill=prefill)
         fake._record(entry)
         self._send(200, payload)
+
+    def _text_completion(self, fake: FakeLLMServer, raw: bytes) -> None:
+        """``/v1/completions``: a prompt ending in ``[[`` gets a rating continuation, keyed by the prompt before
+        the ``[[``; any other prompt goes to the responder as one user message. Logprobs in the completions
+        shape (``logprobs: k``)."""
+        entry: dict[str, Any] = {"time": time.time(), "in_flight": fake.in_flight}
+        try:
+            req = json.loads(raw or b"{}")
+            prompt = req["prompt"]
+            if not isinstance(prompt, str):
+                raise ValueError("prompt must be a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            entry.update(key=None, status=400, outcome="bad_request")
+            fake._record(entry)
+            self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+            return
+        k = req.get("logprobs")
+        entry.update(
+            key=messages_key(prompt),
+            model=req.get("model"),
+            seed=req.get("seed"),
+            temperature=req.get("temperature"),
+            max_tokens=req.get("max_tokens"),
+            logprobs=k,
+            prefill=prompt.rstrip().endswith("[["),
+        )
+        chat_req = {**req, "messages": [{"role": "user", "content": prompt}], "logprobs": bool(k), "top_logprobs": k}
+        if entry["prefill"]:
+            toks, tops = _rating_positions(rating_distribution(prompt.rstrip()[:-2]))
+            body = self._completion(fake, chat_req, "".join(toks), (toks, tops))
+        else:
+            body = self._completion(fake, chat_req, fake.responder(chat_req))
+        choice = body["choices"][0]
+        lp = choice["logprobs"]
+        if lp is not None and "content" in lp:  # the completions API always uses the legacy shape
+            lp = {
+                "tokens": [c["token"] for c in lp["content"]],
+                "token_logprobs": [c["logprob"] for c in lp["content"]],
+                "top_logprobs": [{a["token"]: a["logprob"] for a in c["top_logprobs"]} for c in lp["content"]],
+            }
+        body["object"] = "text_completion"
+        body["choices"] = [
+            {"index": 0, "text": choice["message"]["content"], "logprobs": lp, "finish_reason": choice["finish_reason"]}
+        ]
+        entry.update(status=200, outcome="ok")
+        fake._record(entry)
+        self._send(200, body)
 
     @staticmethod
     def _completion(fake: FakeLLMServer, req: dict, reply: str, rating: tuple | None = None) -> dict:

@@ -366,6 +366,27 @@ class TestEndpointLogprobs:
         out = EndpointJudge(self.client(fake_llm), logprobs="first").rate(req)
         assert out.score == pytest.approx(expected_from_server(req.messages), abs=2e-4)
 
+    def test_completions_prefill_renders_the_judges_chat_template(self, fake_llm):
+        from longalign.llm.local_model import render_chat
+        from longalign.models import load_tokenizer
+
+        tok = load_tokenizer(None)
+        fake_llm.set_responder("unrated")
+        fake_llm.prefill = "none"  # like llama-cpp-python: a final assistant message is not continued
+        reqs = judge_requests(4)
+        chat_judge = EndpointJudge(self.client(fake_llm), logprobs="first", max_attempts=1, give_up_after=0)
+        chat = dict(chat_judge.rate_many(reqs))
+        assert all(o.score is None for o in chat.values())
+        fake_llm.reset_log()
+        judge = EndpointJudge(self.client(fake_llm), logprobs="first", prefill="completions", tokenizer=tok)
+        outs = dict(judge.rate_many(reqs))
+        for i, o in outs.items():
+            prompt = render_chat(tok, reqs[i].messages)
+            assert prompt.endswith("<|im_start|>assistant\n")
+            assert o.score == pytest.approx(expected_from_server(prompt), abs=2e-4)
+            assert o.extra["scored_by"] == "logprobs"
+        assert len(fake_llm.requests) == 4 and all(r["prefill"] and r["logprobs"] == 20 for r in fake_llm.requests)
+
     def test_text_rating_needs_no_logprob_request(self, fake_llm):
         fake_llm.set_responder("judge")
         outs = dict(EndpointJudge(self.client(fake_llm)).rate_many(judge_requests(4)))

@@ -13,8 +13,12 @@
   ("1" of "10") is split by the next position's alternatives when the server's greedy path went through
   it; the rest is renormalised over the allowed ratings (:func:`rating_from_logprobs`). vLLM needs
   ``continue_final_message`` for the prefill (sent); llama.cpp's server prefills a final assistant message
-  by default. A server that ignores the prefill and starts a new reply still gives a score when that reply
-  writes ``[[`` itself; one that sends no logprobs at all is asked once and then left to text parsing.
+  by default. ``prefill="completions"`` instead renders the prompt here with the judge's chat template (the
+  tokenizer of ``tokenizer``, default the embedded model's) ending in ``[[`` and sends it to
+  ``/v1/completions`` (``logprobs=k``), for servers that do not continue an assistant message
+  (llama-cpp-python's). A server that ignores the prefill and starts a new reply still gives a score when
+  that reply writes ``[[`` itself or begins with a bare rating (``7]]``); one that sends no logprobs at all
+  is asked once and then left to text parsing.
 * Giving up: when none of the first ``give_up_after`` cases gets a rating, by text or logprobs, the judge
   raises :class:`JudgeCannotRate` with what to change, instead of paying ``max_attempts`` requests for
   every remaining case; the ratings finished before are yielded (and stored by the caller) first.
@@ -80,6 +84,7 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
 _RATING_TOKEN = re.compile(r"\s*(\d+)\s*(\]*)\s*")
 _CONTINUED = re.compile(r"\s*\d+\s*(\]|$)")  # a fresh reply such as "1. The answer ..." does not match
 LOGPROB_MODES = ("off", "fallback", "first")
+PREFILL_MODES = ("chat", "completions")
 
 
 def _rating_start(tokens: Sequence[str]) -> int | None:
@@ -301,6 +306,8 @@ class EndpointJudge:
         score_mode: str = "expected",
         give_up_after: int = 3,
         prefix: str = "[[",
+        prefill: str = "chat",
+        tokenizer: Any = None,
     ):
         from longalign.config import check_choice
         from longalign.eval.options import LOCAL_SCORES
@@ -312,6 +319,7 @@ class EndpointJudge:
         if top_logprobs < 1:
             raise ValueError(f"top_logprobs={top_logprobs} must be at least 1")
         check_choice("judge_logprobs", logprobs, LOGPROB_MODES)
+        check_choice("judge_prefill", prefill, PREFILL_MODES)
         check_choice("local_score", score_mode, LOCAL_SCORES)
         self.client = client
         self.name = name or getattr(client, "model", "judge")
@@ -325,6 +333,8 @@ class EndpointJudge:
         self.score_mode = score_mode
         self.give_up_after = int(give_up_after)
         self.prefix = prefix
+        self.prefill = prefill
+        self._tokenizer = tokenizer  # renders the completions prompt (a tokenizer, a model spec, or None)
         self.logprobs_unavailable: str | None = None  # why logprob scoring was switched off, once it was
 
     def _params(self, seed: int, attempt: int) -> SamplingParams:
@@ -333,16 +343,34 @@ class EndpointJudge:
             max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p, seed=int(seed) + 1000 * attempt
         )
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer whose chat template renders the completions prompt (the embedded model's by default)."""
+        if self._tokenizer is None or isinstance(self._tokenizer, str):
+            from longalign.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self._tokenizer or None)
+        return self._tokenizer
+
     def logprob_request(self, req: JudgeRequest) -> tuple[Messages, SamplingParams]:
-        """The prompt with the assistant turn prefilled with ``[[``, asking for the top log-probabilities."""
-        messages = list(req.messages) + [{"role": "assistant", "content": self.prefix}]
+        """The prompt with the assistant turn prefilled with ``[[``, asking for the top log-probabilities: an
+        assistant message to continue (``prefill="chat"``), or the prompt rendered here with the judge's chat
+        template and sent to the completions API (``prefill="completions"``)."""
+        from longalign.llm.local_model import render_chat
+
+        chat = self.prefill == "chat"
+        if chat:
+            messages = list(req.messages) + [{"role": "assistant", "content": self.prefix}]
+        else:
+            messages = [{"role": "user", "content": render_chat(self.tokenizer, list(req.messages), self.prefix)}]
         params = SamplingParams(
             max_tokens=8,
             temperature=0.0,
             top_p=1.0,
             seed=int(req.seed),
             top_logprobs=self.top_logprobs,
-            continue_final=True,
+            continue_final=chat,
+            raw_prompt=not chat,
         )
         return messages, params
 
@@ -394,8 +422,9 @@ class EndpointJudge:
             f"its replies contain no [[rating]] and {why}. Stopped rather than paying up to "
             f"{len(self._plan())} requests for each remaining case. Use a judge model that writes [[rating]], "
             "serve the judge where chat completions return logprobs and continue a prefilled assistant turn "
-            "(vLLM, llama.cpp's server) with --judge-logprobs fallback or first, or pass "
-            "--judge-give-up-after 0 to judge every case anyway"
+            "(vLLM, llama.cpp's llama-server) with --judge-logprobs fallback or first, use --judge-prefill "
+            "completions (with --judge-tokenizer naming the judge's model) for a server that starts a new turn "
+            "instead (llama-cpp-python's), or pass --judge-give-up-after 0 to judge every case anyway"
         )
 
     def _rate(
@@ -611,6 +640,8 @@ class JudgeSettings:
     logprobs: str = "fallback"
     top_logprobs: int = 20
     give_up_after: int = 3
+    prefill: str = "chat"
+    tokenizer: str = ""
     max_cost: float | None = None
     max_requests: int | None = None
 
@@ -632,6 +663,8 @@ class JudgeSettings:
             "logprobs": "judge_logprobs",
             "top_logprobs": "judge_top_logprobs",
             "give_up_after": "judge_give_up_after",
+            "prefill": "judge_prefill",
+            "tokenizer": "judge_tokenizer",
             "max_cost": "max_cost",
             "max_requests": "max_requests",
         }
@@ -678,6 +711,8 @@ def make_judge(
         top_logprobs=settings.top_logprobs,
         score_mode=settings.local_score,
         give_up_after=settings.give_up_after,
+        prefill=settings.prefill,
+        tokenizer=settings.tokenizer or None,
     )
 
 

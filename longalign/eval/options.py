@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longalign.config import Options, option, option_of
-from longalign.eval.judge import LOGPROB_MODES, JudgeSettings, check_judge_spec
+from longalign.eval.judge import LOGPROB_MODES, PREFILL_MODES, JudgeSettings, check_judge_spec
 from longalign.options import EndpointOptions
 
 LOCAL_SCORES = ("expected", "argmax")
@@ -77,6 +77,18 @@ class JudgeOptions(Options):
         "when the reply has no [[rating]] (fallback), before any free-text reply (first), or never (off)",
     )
     judge_top_logprobs: int = option(20, minimum=1, help="top_logprobs asked for in logprob scoring")
+    judge_prefill: str = option(
+        "chat",
+        choices=PREFILL_MODES,
+        help="how logprob scoring forces '[[': an assistant message the server continues (chat: vLLM, llama.cpp's "
+        "llama-server), or a prompt rendered with --judge-tokenizer's chat template sent to /v1/completions "
+        "(completions: servers that start a new turn, e.g. llama-cpp-python's)",
+    )
+    judge_tokenizer: str = option(
+        "",
+        help="model spec whose chat template renders the judge prompt for --judge-prefill completions "
+        "(default: the embedded model's)",
+    )
     judge_give_up_after: int = option(
         3,
         minimum=0,

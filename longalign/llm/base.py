@@ -21,8 +21,10 @@ class SamplingParams:
 
     ``top_logprobs=k`` asks the server for the ``k`` most likely tokens at every generated position
     (``ChatResult.extra["logprobs"]``); ``continue_final=True`` asks it to continue the final assistant
-    message instead of starting a new one (an assistant prefill). Both are left out of the cache key while
-    unset, so keys of plain requests are the same as before they existed."""
+    message instead of starting a new one (an assistant prefill); ``raw_prompt=True`` sends the content of the
+    single message as a ready-made prompt to the completions API (``/v1/completions``, no chat template on the
+    server). All three are left out of the cache key while unset, so keys of plain requests are the same as
+    before they existed."""
 
     max_tokens: int = 512
     temperature: float = 0.7
@@ -30,13 +32,15 @@ class SamplingParams:
     seed: int | None = None
     top_logprobs: int | None = None
     continue_final: bool = False
+    raw_prompt: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if out["top_logprobs"] is None:
             del out["top_logprobs"]
-        if not out["continue_final"]:
-            del out["continue_final"]
+        for flag in ("continue_final", "raw_prompt"):
+            if not out[flag]:
+                del out[flag]
         return out
 
 

@@ -1,4 +1,5 @@
-"""One attempt at an OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...).
+"""One attempt at an OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...), or at
+``/v1/completions`` for a request whose prompt the caller rendered (``SamplingParams.raw_prompt``).
 
 This layer makes exactly one HTTP request per call and classifies the outcome; retries, caching, logging
 and accounting live in :class:`longalign.llm.client.CachingClient`, so they behave the same for every
@@ -150,23 +151,33 @@ class OpenAIBackend:
         openai = self._openai
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
         }
+        if params.raw_prompt:  # a prompt rendered by the caller, through the completions API
+            if len(messages) != 1:
+                raise ValueError("raw_prompt requests carry the prompt as their single message")
+            kwargs["prompt"] = messages[0]["content"]
+            create = self._client.completions.create
+        else:
+            kwargs["messages"] = messages
+            create = self._client.chat.completions.create
         if params.seed is not None:
             kwargs["seed"] = params.seed
         if params.top_logprobs is not None:
-            kwargs["logprobs"] = True
-            kwargs["top_logprobs"] = int(params.top_logprobs)
+            if params.raw_prompt:
+                kwargs["logprobs"] = int(params.top_logprobs)
+            else:
+                kwargs["logprobs"] = True
+                kwargs["top_logprobs"] = int(params.top_logprobs)
         if params.continue_final:
             # vLLM's switches for an assistant prefill; llama.cpp's server continues a final assistant
             # message by default
             kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         start = time.monotonic()
         try:
-            resp = self._client.chat.completions.create(**kwargs)
+            resp = create(**kwargs)
         except openai.APITimeoutError as exc:
             raise LLMRetryableError(f"timed out after {self.timeout:g} s talking to {self.describe()}") from exc
         except openai.APIConnectionError as exc:
@@ -190,7 +201,10 @@ class OpenAIBackend:
         if not getattr(resp, "choices", None):
             raise LLMRetryableError(f"{self.describe()} answered without any choice", http_status=200)
         choice = resp.choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
+        if params.raw_prompt:
+            text = getattr(choice, "text", None) or ""
+        else:
+            text = (choice.message.content if choice.message is not None else None) or ""
         usage = getattr(resp, "usage", None)
         extra: dict[str, Any] = {}
         if usage is None:  # some servers omit usage: the counts stay 0 and the result says so
