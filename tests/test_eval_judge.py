@@ -295,6 +295,13 @@ class TestRatingFromLogprobs:
         dist, _, _ = rating_from_logprobs(positions, 1, 4)  # a 1-4 scale
         assert dist == {4: 1.0}
 
+    def test_a_completions_continuation_is_read_whatever_the_model_wrote(self):
+        # what the embedded 135M model does after a forced "[[": it echoes the instructions' "[[N]]"
+        positions = [pos("N", ("N", L(0.5)), ("1", L(0.1)), ("7", L(0.3))), pos("]]", ("]]", L(0.9)))]
+        assert rating_from_logprobs(positions, 1, 10) is None
+        dist, mass, start = rating_from_logprobs(positions, 1, 10, continued=True)
+        assert start == 0 and mass == pytest.approx(0.4) and dist == pytest.approx({1: 0.25, 7: 0.75})
+
     @pytest.mark.parametrize(
         "positions",
         [

@@ -102,17 +102,19 @@ def _rating_start(tokens: Sequence[str]) -> int | None:
 
 
 def rating_from_logprobs(
-    positions: Sequence[dict[str, Any]] | None, lo: int = 1, hi: int = 10
+    positions: Sequence[dict[str, Any]] | None, lo: int = 1, hi: int = 10, *, continued: bool = False
 ) -> tuple[dict[int, float], float, int] | None:
     """The rating distribution in a reply's per-token log-probabilities, or None when there is none.
 
     ``positions`` is ``[{"token", "logprob", "top": [[token, logprob], ...]}]`` (what
-    :func:`longalign.llm.openai_backend.token_logprobs` reads from the server). Returns the normalised
-    probability of each allowed rating seen, the unnormalised mass on them, and the position used."""
+    :func:`longalign.llm.openai_backend.token_logprobs` reads from the server). ``continued=True`` says the
+    reply certainly continues the forced ``[[`` (a completions request), so the first position is read
+    whatever the model then wrote; otherwise the start is found by :func:`_rating_start`. Returns the
+    normalised probability of each allowed rating seen, the unnormalised mass on them, and the position used."""
     if not positions:
         return None
     tokens = [str(p.get("token", "")) for p in positions]
-    start = _rating_start(tokens)
+    start = 0 if continued else _rating_start(tokens)
     if start is None:
         return None
     chosen = tokens[start]
@@ -501,7 +503,7 @@ class EndpointJudge:
                 self.logprobs_unavailable = "the endpoint returned no logprobs"
                 log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
             return
-        found = rating_from_logprobs(positions, req.lo, req.hi)
+        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.prefill == "completions")
         if found is None:
             out.extra.setdefault("logprob_misses", []).append(text[:200])
             return
