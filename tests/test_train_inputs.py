@@ -233,3 +233,19 @@ def test_token_ids_beyond_the_model_vocabulary(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"input_ids": [1, 2, 60000, 3]}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="token id 60000 but the model embeds only 49152"):
         train_on(str(tmp_path / "t.jsonl"), tmp_path / "run")
+
+
+def test_row_checks_find_the_row_across_slices(tmp_path, monkeypatch):
+    from longalign.tokenize import sources
+
+    monkeypatch.setattr(sources, "CHECK_ROWS", 2)
+    ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12], [13]]
+    labels = [list(x) for x in ids]
+    labels[3] = [-100, 12, -100]  # row 3, position 1: a label shifted by one
+    folder = tmp_path / "plain"
+    datasets.Dataset.from_dict({"input_ids": ids, "labels": labels}).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match=r"plain: row 3: label 12 at position 1 differs from the input id 11"):
+        open_token_data(folder)
+    labels[3] = list(ids[3])
+    datasets.Dataset.from_dict({"input_ids": ids, "labels": labels}).save_to_disk(str(tmp_path / "good"))
+    assert open_token_data(tmp_path / "good").meta["max_token_id"] == 13

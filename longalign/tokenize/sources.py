@@ -77,16 +77,11 @@ def open_token_data(spec: str | Path, *, check: bool = True) -> TokenData:
             table, meta, kind = _read_jsonl(path), {}, "jsonl"
         else:
             raise ValueError(f"{path}: unknown tokens file type {path.suffix!r}; give {FORMATS_HELP}")
-    table, added = _normalise(table, where, kind, check=check)
+    table, added, biggest = _normalise(table, where, kind, check=check)
     meta = dict(meta)
     meta.setdefault("source_kind", kind)
-    if check and table.num_rows:
-        import pyarrow.compute as pc
-
-        ids = table.column("input_ids")
-        biggest = pc.max(pc.list_flatten(ids)).as_py() if pc.sum(pc.list_value_length(ids)).as_py() else None
-        if biggest is not None:
-            meta["max_token_id"] = int(biggest)
+    if biggest is not None:
+        meta["max_token_id"] = biggest
     return TokenData(ds=_dataset(table), meta=meta, kind=kind, where=where, added=added)
 
 
@@ -320,12 +315,15 @@ def _normalise(table: Any, where: str, kind: str, *, check: bool):
     if "n_target" in names and kind != "tokenize":  # counted by training itself for data from elsewhere
         table = table.drop_columns(["n_target"])
 
-    if check:
-        _check_values(table, n_ids, where, kind)
-    return table, tuple(added)
+    biggest = _check_values(table, n_ids, where, kind) if check else None
+    return table, tuple(added), biggest
 
 
-def _check_values(table: Any, n_ids: np.ndarray, where: str, kind: str) -> None:
+CHECK_ROWS = 256  # rows checked at a time, so the check of a large dataset holds one slice of it in memory
+
+
+def _check_values(table: Any, n_ids: np.ndarray, where: str, kind: str) -> int | None:
+    """Check labels against input_ids row by row (in slices of ``CHECK_ROWS``); the largest input id."""
     import pyarrow.compute as pc
 
     n_lab = pc.list_value_length(table.column("labels")).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -336,28 +334,36 @@ def _check_values(table: Any, n_ids: np.ndarray, where: str, kind: str) -> None:
             f"{_row_name(table, row, where, kind)}: labels has {n_lab[row]} entries but input_ids has {n_ids[row]}; "
             "labels must align with input_ids token for token (the input id, or -100 for no loss)"
         )
-    ids = pc.list_flatten(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
-    lab = pc.list_flatten(table.column("labels")).to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(n_ids)])
+    biggest: int | None = None
+    first_row = 0
+    for batch in table.select(["input_ids", "labels"]).to_batches(max_chunksize=CHECK_ROWS):
+        ids = pc.list_flatten(batch.column(0)).to_numpy(zero_copy_only=False).astype(np.int64)
+        lab = pc.list_flatten(batch.column(1)).to_numpy(zero_copy_only=False).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(n_ids[first_row : first_row + batch.num_rows])])
 
-    def locate(flat: int) -> tuple[str, int]:
-        row = int(np.searchsorted(starts, flat, side="right") - 1)
-        return _row_name(table, row, where, kind), int(flat - starts[row])
+        def locate(flat: int, starts: np.ndarray = starts, first: int = first_row) -> tuple[str, int]:
+            row = int(np.searchsorted(starts, flat, side="right") - 1)
+            return _row_name(table, first + row, where, kind), int(flat - starts[row])
 
-    neg = np.flatnonzero(ids < 0)
-    if neg.size:
-        name, pos = locate(int(neg[0]))
-        raise ValueError(f"{name}: input id {ids[neg[0]]} at position {pos} is negative; token ids are >= 0")
-    wrong = np.flatnonzero((lab != IGNORE_INDEX) & (lab != ids))
-    if wrong.size:
-        flat = int(wrong[0])
-        name, pos = locate(flat)
-        if lab[flat] < 0:
+        neg = np.flatnonzero(ids < 0)
+        if neg.size:
+            name, pos = locate(int(neg[0]))
+            raise ValueError(f"{name}: input id {ids[neg[0]]} at position {pos} is negative; token ids are >= 0")
+        wrong = np.flatnonzero((lab != IGNORE_INDEX) & (lab != ids))
+        if wrong.size:
+            flat = int(wrong[0])
+            name, pos = locate(flat)
+            if lab[flat] < 0:
+                raise ValueError(
+                    f"{name}: label {lab[flat]} at position {pos}; only {IGNORE_INDEX} marks tokens without loss "
+                    f"(as `longalign tokenize` writes); replace {lab[flat]} with {IGNORE_INDEX}"
+                )
             raise ValueError(
-                f"{name}: label {lab[flat]} at position {pos}; only {IGNORE_INDEX} marks tokens without loss "
-                f"(as `longalign tokenize` writes); replace {lab[flat]} with {IGNORE_INDEX}"
+                f"{name}: label {lab[flat]} at position {pos} differs from the input id {ids[flat]}; labels hold "
+                f"the input id itself on target tokens (not shifted: training shifts them) and {IGNORE_INDEX} "
+                "elsewhere"
             )
-        raise ValueError(
-            f"{name}: label {lab[flat]} at position {pos} differs from the input id {ids[flat]}; labels hold the "
-            f"input id itself on target tokens (not shifted: training shifts them) and {IGNORE_INDEX} elsewhere"
-        )
+        if ids.size:
+            biggest = max(biggest or 0, int(ids.max()))
+        first_row += batch.num_rows
+    return biggest
