@@ -214,10 +214,13 @@ def _read_jsonl(path: Path):
             if has_labels is None:
                 has_labels, has_length = "labels" in rec, "length" in rec
             if ("labels" in rec) != has_labels:
-                first = "has" if has_labels else "has no"
+                state = (
+                    "no labels, while the first row has labels"
+                    if has_labels
+                    else "labels, while the first row has none"
+                )
                 raise ValueError(
-                    f"{where}: {'no ' if has_labels else ''}labels, while the first row {first} labels; give labels "
-                    "on every line or on none (none: every token is a target)"
+                    f"{where}: {state}; give labels on every line or on none (none: every token is a target)"
                 )
             if has_labels and not _int_list(rec["labels"]):
                 raise ValueError(
