@@ -340,6 +340,7 @@ def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     return {
         "cells": len(prof.needle_lengths) * len(prof.needle_depths),
         "mean_recall": scores.get("mean_recall"),
+        "mean_recall_norm": scores.get("mean_recall_norm"),
         "mean_judge": scores.get("mean_judge"),
     }
 
