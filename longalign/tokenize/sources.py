@@ -203,7 +203,10 @@ def _read_jsonl(path: Path):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object with input_ids, got {type(rec).__name__}")
+                raise ValueError(
+                    f"{where}: expected a JSON object with input_ids, got {type(rec).__name__}; write one object "
+                    "per line (jsonl), not a JSON array"
+                )
             if "input_ids" not in rec:
                 raise ValueError(f"{where}: no input_ids (keys: {', '.join(sorted(rec)) or 'none'}); {CONTRACT_HELP}")
             if not _int_list(rec["input_ids"]):
