@@ -471,6 +471,7 @@ def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     return {
         "cells": len(prof.needle_lengths) * len(prof.needle_depths),
         "mean_recall": _pair(per, "mean_recall"),
+        "mean_recall_norm": _pair(per, "mean_recall_norm"),
         "mean_judge": _pair(per, "mean_judge"),
     }
 
@@ -568,7 +569,8 @@ def explain(summary: dict[str, Any]) -> list[str]:
     if rec:
         lines.append(
             f"Needle: key-phrase recall base {rec.get('base')} -> fine-tuned {rec.get('tuned')} over {n.get('cells')} "
-            "cells; a 135M model rarely retrieves the needle and one cell is a large share of the mean, so this "
+            f"cells (normalised, stemmed: {(n.get('mean_recall_norm') or {}).get('base')} -> "
+            f"{(n.get('mean_recall_norm') or {}).get('tuned')}); a 135M model rarely retrieves the needle and one cell is a large share of the mean, so this "
             "shows the grid works, not an effect."
         )
     lbc = st.get("eval:longbench-chat") or {}

@@ -98,6 +98,7 @@ DEMO_EVAL_ROWS = (
     ("eval:heldout", "sequence_mean_loss", "held-out loss (sequence mean, lower is better)"),
     ("eval:heldout", "token_mean_loss", "held-out loss (token mean)"),
     ("eval:needle", "mean_recall", "needle key-phrase recall (0-1)"),
+    ("eval:needle", "mean_recall_norm", "needle recall, normalised and stemmed (0-1)"),
     ("eval:needle", "mean_judge", "needle judge score (1-10)"),
     ("eval:longbench-chat", "mean_score", "mini LongBench-Chat score (1-10)"),
 )
