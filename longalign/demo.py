@@ -566,12 +566,13 @@ def explain(summary: dict[str, Any]) -> list[str]:
         )
     n = st.get("eval:needle") or {}
     rec = n.get("mean_recall") or {}
+    norm = n.get("mean_recall_norm") or {}
     if rec:
         lines.append(
             f"Needle: key-phrase recall base {rec.get('base')} -> fine-tuned {rec.get('tuned')} over {n.get('cells')} "
-            f"cells (normalised, stemmed: {(n.get('mean_recall_norm') or {}).get('base')} -> "
-            f"{(n.get('mean_recall_norm') or {}).get('tuned')}); a 135M model rarely retrieves the needle and one cell is a large share of the mean, so this "
-            "shows the grid works, not an effect."
+            f"cells (normalised and stemmed: {norm.get('base')} -> {norm.get('tuned')}); a 135M model rarely "
+            "retrieves the needle and one cell is a large share of the mean, so this shows the grid works, not an "
+            "effect."
         )
     lbc = st.get("eval:longbench-chat") or {}
     sc = lbc.get("mean_score") or {}
