@@ -81,6 +81,7 @@ class Profile:
     n_docs: int
     n_eval_docs: int
     n_short: int
+    n_short_eval: int
     min_tokens: int
     max_tokens: int
     question_max_tokens: int
@@ -107,6 +108,7 @@ PROFILES = {
         n_docs=6,
         n_eval_docs=2,
         n_short=12,
+        n_short_eval=4,
         min_tokens=1200,
         max_tokens=3000,
         question_max_tokens=160,
@@ -115,7 +117,7 @@ PROFILES = {
         max_len=1536,
         truncation="middle",
         batch_size=2,
-        learning_rate=1e-4,
+        learning_rate=2e-4,
         max_steps=0,
         needle_lengths=(1000, 2000),
         needle_depths=(10.0, 50.0, 90.0),
@@ -139,6 +141,7 @@ PROFILES = {
         n_docs=2,
         n_eval_docs=1,
         n_short=3,
+        n_short_eval=2,
         min_tokens=500,
         max_tokens=1000,
         question_max_tokens=120,
@@ -147,7 +150,7 @@ PROFILES = {
         max_len=1024,
         truncation="right",
         batch_size=2,
-        learning_rate=1e-4,
+        learning_rate=2e-4,
         max_steps=0,
         needle_lengths=(600,),
         needle_depths=(25.0, 75.0),
@@ -237,39 +240,70 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
     }
 
 
+def short_train_path(run: RunDir) -> Path:
+    """The short chats the demo trains on (data/short.jsonl less the held-out ones)."""
+    return run.data / "short_train.jsonl"
+
+
 def stage_mix(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    report = short.run(
-        ShortConfig(inputs=[str(SHORT_SAMPLE)], source="short-sample", max_conversations=prof.n_short, seed=cfg.seed),
+    short.run(
+        ShortConfig(
+            inputs=[str(SHORT_SAMPLE)],
+            source="short-sample",
+            max_conversations=prof.n_short + prof.n_short_eval,
+            seed=cfg.seed,
+        ),
         run,
     )
+    shorts = read_jsonl(run.short)
+    n_eval_short = min(prof.n_short_eval, max(0, len(shorts) - 1))
+    train_short, eval_short = shorts[: len(shorts) - n_eval_short], shorts[len(shorts) - n_eval_short :]
+    _rewrite_jsonl(short_train_path(run), train_short)
     train_long, eval_long = split_long_records(run, prof)
     if not train_long:
         raise ValueError(
             f"no long example was generated (see {run.failed}); re-run the demo to retry the failed documents"
         )
     mixed = mix.run(
-        MixConfig(n_long="all", seed=cfg.seed, exclude_doc_ids=[str(r.get("doc_id")) for r in eval_long]), run
+        MixConfig(
+            n_long="all",
+            seed=cfg.seed,
+            exclude_doc_ids=[str(r.get("doc_id")) for r in eval_long],
+            short_path=str(short_train_path(run)),
+        ),
+        run,
     )
     write_mini_set(run, eval_long, train_long)
-    write_heldout(run, eval_long)
+    write_heldout(run, eval_long, eval_short)
     return {
-        "short_kept": report.kept,
+        "short_train": len(train_short),
+        "short_held_out": len(eval_short),
         "long_train": mixed.long,
         "long_held_out": len(eval_long),
         "mixed": mixed.total,
     }
 
 
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    if path.exists():
+        path.unlink()
+    append_jsonl(path, rows)
+
+
 def mini_set_path(run: RunDir) -> Path:
     return run.mini_longbench_chat
 
 
-def write_heldout(run: RunDir, eval_long: list[dict]) -> None:
-    """The held-out long conversations (whole, as training would see them) for ``eval heldout``."""
-    rows = [{"messages": r["messages"], "doc_id": r.get("doc_id"), "source": r.get("source")} for r in eval_long]
-    if run.heldout.exists():
-        run.heldout.unlink()
-    append_jsonl(run.heldout, rows)
+def write_heldout(run: RunDir, eval_long: list[dict], eval_short: list[dict] = ()) -> None:
+    """The held-out conversations (whole, as training would see them) for ``eval heldout``: long Self-Instruct
+    records of held-out documents (``kind="long"``: answers the base model wrote itself, so little to learn)
+    and held-out short chats (``kind="short"``: replies written by others, whose style the fine-tune learns)."""
+    rows = [
+        {"messages": r["messages"], "kind": kind, "doc_id": r.get("doc_id"), "source": r.get("source")}
+        for kind, group in (("long", eval_long), ("short", eval_short))
+        for r in group
+    ]
+    _rewrite_jsonl(run.heldout, rows)
 
 
 def write_mini_set(run: RunDir, eval_long: list[dict], train_long: list[dict]) -> None:
@@ -447,12 +481,18 @@ def stage_heldout(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]
             data=str(run.heldout), model=model, tokenizer=cfg.model, max_len=prof.max_len, truncation=prof.truncation
         )
         per[label] = heldout.run(hcfg, where).scores or {}
-    return {
+    out = {
         "conversations": per["base"].get("n"),
         "target_tokens": per["base"].get("target_tokens"),
         "sequence_mean_loss": _pair(per, "sequence_mean"),
         "token_mean_loss": _pair(per, "token_mean"),
     }
+    for kind in ("long", "short"):
+        by_kind = {label: (p.get("by_kind") or {}).get(kind) or {} for label, p in per.items()}
+        if by_kind["base"].get("n"):
+            out[f"{kind}_conversations"] = by_kind["base"]["n"]
+            out[f"{kind}_sequence_mean_loss"] = _pair(by_kind, "sequence_mean")
+    return out
 
 
 def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
@@ -559,11 +599,25 @@ def explain(summary: dict[str, Any]) -> list[str]:
     loss = h.get("sequence_mean_loss") or {}
     if loss.get("base") is not None:
         lines.append(
-            f"Held-out loss (mean over {h.get('conversations')} held-out long conversations of each one's token-mean "
-            f"loss on the answer): base {loss['base']:.3f} -> fine-tuned {loss['tuned']:.3f} "
+            f"Held-out loss (mean over {h.get('conversations')} held-out conversations of each one's token-mean "
+            f"loss on the replies): base {loss['base']:.3f} -> fine-tuned {loss['tuned']:.3f} "
             f"({loss['change']:+.3f}); lower = the pack + sequence run learned what the data asks for. "
             "It is exact (no sampling, no judge), so any change is the training's."
         )
+        for kind, what in (
+            (
+                "long",
+                "long records of held-out documents; their answers were written by the base model itself, "
+                "so there is little left to learn",
+            ),
+            ("short", "short chats not trained on; replies written by others, whose style the fine-tune picks up"),
+        ):
+            pair = h.get(f"{kind}_sequence_mean_loss") or {}
+            if pair.get("change") is not None:
+                lines.append(
+                    f"  {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> fine-tuned "
+                    f"{pair['tuned']:.3f} ({pair['change']:+.3f})."
+                )
     n = st.get("eval:needle") or {}
     rec = n.get("mean_recall") or {}
     norm = n.get("mean_recall_norm") or {}

@@ -28,6 +28,10 @@ def _fmt(numbers: dict[str, Any]) -> str:
     skip = {"stage_seconds", "budget_s"}
     parts = []
     for k, v in numbers.items():
+        if isinstance(v, dict) and "base" in v and "tuned" in v:  # base vs fine-tuned
+            b, t = (f"{x:.3g}" if isinstance(x, float) else str(x) for x in (v["base"], v["tuned"]))
+            parts.append(f"{k}={b}->{t}")
+            continue
         if k in skip or isinstance(v, (dict, list)):
             continue
         parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")

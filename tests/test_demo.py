@@ -77,10 +77,12 @@ def test_every_stage_has_a_budget_and_the_full_profile_fits_fifteen_minutes():
 
 def test_held_out_conversations_are_written_whole(run):
     recs = [_record("d3", "three"), _record("d2", "two")]
-    demo.write_heldout(run, recs)
-    demo.write_heldout(run, recs)  # rewriting replaces
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    demo.write_heldout(run, recs, [chat])
+    demo.write_heldout(run, recs, [chat])  # rewriting replaces
     rows = read_jsonl(run.heldout)
-    assert [r["doc_id"] for r in rows] == ["d3", "d2"] and rows[0]["messages"] == recs[0]["messages"]
+    assert [r["doc_id"] for r in rows] == ["d3", "d2", None] and rows[0]["messages"] == recs[0]["messages"]
+    assert [r["kind"] for r in rows] == ["long", "long", "short"]
 
 
 def _results(naive=120.0, sort=80.0, pack=60.0):
@@ -109,6 +111,8 @@ def test_explanation_names_each_number_and_the_overrun():
     results["eval:heldout"] = {
         "conversations": 2,
         "sequence_mean_loss": {"base": 2.5, "tuned": 2.1, "change": -0.4},
+        "short_conversations": 4,
+        "short_sequence_mean_loss": {"base": 2.9, "tuned": 2.2, "change": -0.7},
     }
     results["eval:needle"] = {"cells": 2, "mean_recall": {"base": 0.0, "tuned": 0.5, "change": 0.5}}
     summary = {
@@ -119,6 +123,7 @@ def test_explanation_names_each_number_and_the_overrun():
     text = "\n".join(demo.explain(summary))
     assert "pack 60 s (x2.0, simulated x1.9)" in text
     assert "base 2.500 -> fine-tuned 2.100 (-0.400)" in text
+    assert "short: 4 short chats not trained on" in text and "(-0.700)" in text
     assert "Over budget: generate 400 s > 300 s" in text
     summary["overruns"] = []
     assert "within its budget" in demo.explain(summary)[-1]

@@ -22,6 +22,7 @@ CONVS = [
             {"role": "assistant", "content": "North, past the mill."},
         ],
         "doc_id": "a",
+        "kind": "long",
     },
     {
         "messages": [
@@ -29,6 +30,7 @@ CONVS = [
             {"role": "assistant", "content": "A cat spent the whole afternoon still on a warm mat, sleeping."},
         ],
         "doc_id": "b",
+        "kind": "short",
     },
 ]
 
@@ -69,6 +71,9 @@ def test_matches_full_logits_and_means(tmp_path):
     assert s["token_mean"] == pytest.approx(sum(c for c, _ in refs) / sum(n for _, n in refs), abs=1e-4)
     assert s["sequence_ppl"] == pytest.approx(math.exp(seq), rel=1e-3)
     assert summary.scores["n"] == 2 and "held-out loss" in summary.lines()[0]
+    by_kind = s["by_kind"]
+    assert set(by_kind) == {"long", "short"} and by_kind["long"]["n"] == 1
+    assert by_kind["short"]["sequence_mean"] == pytest.approx(refs[1][0] / refs[1][1], abs=1e-4)
     assert "eval_heldout" in read_json(run.run_json)["stages"]
 
 

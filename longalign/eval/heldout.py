@@ -11,6 +11,8 @@ long prompt never exist whole). Two means are reported, as in training:
 * ``sequence_mean`` -- the mean over conversations of each one's token-mean (every conversation counts the
   same: LongAlign's ``sequence`` normalisation), with its perplexity ``exp(sequence_mean)``.
 
+Records may carry a ``kind`` (say ``long`` and ``short``); the summary then also gives both means per kind.
+
 Per-conversation rows go to ``<run>/eval/heldout/results.jsonl``, the means to ``summary.json``. The whole set
 is re-scored on every run (it is a few forward passes); a different model gives a different summary.
 """
@@ -106,7 +108,15 @@ def score_conversations(
             where = f"{source}:{k}" if source else f"record {k}"
             raise ValueError(f"{where}: {e}; fix or remove this conversation") from e
         if tok.n_target == 0:
-            rows.append({"index": k, "n_tokens": int(tok.input_ids.size), "n_target": 0, "skipped": "no target"})
+            rows.append(
+                {
+                    "index": k,
+                    "kind": str(rec.get("kind") or "all"),
+                    "n_tokens": int(tok.input_ids.size),
+                    "n_target": 0,
+                    "skipped": "no target",
+                }
+            )
             continue
         ids = torch.as_tensor(tok.input_ids, dtype=torch.long)[None]
         labels = torch.as_tensor(tok.labels, dtype=torch.long)[None]  # position t predicts labels[t + 1]
@@ -118,6 +128,7 @@ def score_conversations(
         rows.append(
             {
                 "index": k,
+                "kind": str(rec.get("kind") or "all"),
                 "doc_id": rec.get("doc_id"),
                 "n_tokens": int(ids.shape[1]),
                 "n_target": n_target,
@@ -129,20 +140,29 @@ def score_conversations(
     return rows
 
 
-def summarise(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    scored = [r for r in rows if r.get("n_target")]
+def _means(scored: list[dict[str, Any]]) -> dict[str, Any]:
     if not scored:
-        return {"model": model, "n": 0, "target_tokens": 0, "sequence_mean": None, "token_mean": None}
+        return {"n": 0, "target_tokens": 0, "sequence_mean": None, "sequence_ppl": None, "token_mean": None}
     total = sum(r["n_target"] for r in scored)
     seq = sum(r["loss_mean"] for r in scored) / len(scored)
-    tokm = sum(r["loss_sum"] for r in scored) / total
     return {
-        "model": model,
         "n": len(scored),
         "target_tokens": total,
         "sequence_mean": round(seq, 4),
         "sequence_ppl": round(math.exp(seq), 3),
-        "token_mean": round(tokm, 4),
+        "token_mean": round(sum(r["loss_sum"] for r in scored) / total, 4),
+    }
+
+
+def summarise(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """Both means over every scored conversation and, per ``kind`` (a field of the input records, e.g. long
+    vs short), the same means for each kind."""
+    scored = [r for r in rows if r.get("n_target")]
+    kinds = sorted({r.get("kind", "all") for r in scored})
+    return {
+        "model": model,
+        **_means(scored),
+        "by_kind": {k: _means([r for r in scored if r.get("kind", "all") == k]) for k in kinds},
         "skipped": len(rows) - len(scored),
     }
 
