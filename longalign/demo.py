@@ -615,8 +615,8 @@ def explain(summary: dict[str, Any]) -> list[str]:
             pair = h.get(f"{kind}_sequence_mean_loss") or {}
             if pair.get("change") is not None:
                 lines.append(
-                    f"  {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> fine-tuned "
-                    f"{pair['tuned']:.3f} ({pair['change']:+.3f})."
+                    f"Held-out loss, {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> "
+                    f"fine-tuned {pair['tuned']:.3f} ({pair['change']:+.3f})."
                 )
     n = st.get("eval:needle") or {}
     rec = n.get("mean_recall") or {}
@@ -624,9 +624,8 @@ def explain(summary: dict[str, Any]) -> list[str]:
     if rec:
         lines.append(
             f"Needle: key-phrase recall base {rec.get('base')} -> fine-tuned {rec.get('tuned')} over {n.get('cells')} "
-            f"cells (normalised and stemmed: {norm.get('base')} -> {norm.get('tuned')}); a 135M model rarely "
-            "retrieves the needle and one cell is a large share of the mean, so this shows the grid works, not an "
-            "effect."
+            f"cells (normalised and stemmed: {norm.get('base')} -> {norm.get('tuned')}); with so few cells one cell "
+            "moves the mean by a large step and the contexts are short, so this shows the grid works, not an effect."
         )
     lbc = st.get("eval:longbench-chat") or {}
     sc = lbc.get("mean_score") or {}

@@ -123,7 +123,7 @@ def test_explanation_names_each_number_and_the_overrun():
     text = "\n".join(demo.explain(summary))
     assert "pack 60 s (x2.0, simulated x1.9)" in text
     assert "base 2.500 -> fine-tuned 2.100 (-0.400)" in text
-    assert "short: 4 short chats not trained on" in text and "(-0.700)" in text
+    assert "Held-out loss, short: 4 short chats not trained on" in text and "(-0.700)" in text
     assert "Over budget: generate 400 s > 300 s" in text
     summary["overruns"] = []
     assert "within its budget" in demo.explain(summary)[-1]
