@@ -25,8 +25,10 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
   final norm, the rotary cos/sin). Gradient checkpointing keeps only each layer's input (H per token per layer)
   and recomputes one layer at a time in the backward. In bf16/fp16 the norms' inputs are saved in float32
   (4H extra bytes per token per layer).
-* **logits / loss** -- ``full``: the ``[T, V]`` logits in the head's dtype, the float32 log-softmax of the N
-  target rows that the cross-entropy saves, and one float32 chunk of at most 8,192 rows in flight;
+* **logits / loss** -- ``full``: the larger of two moments. At the end of the forward: the ``[T, V]`` logits in
+  the head's dtype, the float32 log-softmax of the N target rows that the cross-entropy saves, and one float32
+  chunk of at most 8,192 rows in flight. In the backward: the logits (the model's output still holds them) and
+  their ``[T, V]`` gradient, which the slicing into chunks materialises at full size, plus one chunk;
   ``chunked``: two float32 ``[C, V]`` buffers (C = 2**25 / V rows), the float32 gradient of the head weight and
   the N target rows of hidden states with their gradient -- independent of T.
 * **runtime** -- a CUDA context and allocator slack (1.0 GiB per GPU, a typical H100 figure); on a CPU the
@@ -305,7 +307,10 @@ def plan_memory(
     logit_b = 2.0 if half else 4.0
     V, H = shape.vocab, shape.hidden
     if loss_impl == "full":
-        loss = T * V * logit_b + N * V * 4.0 + min(N, FULL_CE_CHUNK) * V * 4.0
+        chunk_b = min(N, FULL_CE_CHUNK) * V * 4.0
+        forward_peak = T * V * logit_b + N * V * 4.0 + chunk_b  # logits + saved log-softmax + a chunk in flight
+        backward_peak = 2.0 * T * V * logit_b + chunk_b  # logits (still referenced) + their full-size gradient
+        loss = max(forward_peak, backward_peak)
     else:
         C = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(V)
         loss = 2.0 * min(C, max(N, 1)) * V * 4.0 + V * H * 4.0 + 2.0 * N * H * b
