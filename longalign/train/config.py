@@ -138,6 +138,13 @@ class TrainConfig(Options):
         help="before a packed run, check on a two-sequence probe that the chosen "
         "attention backend gives packed logits equal to separate ones",
     )
+    sp_size: int = option(
+        1,
+        minimum=1,
+        help="sequence-parallel ranks per pack (Ulysses all-to-all attention): world = data-parallel x "
+        "sp_size ranks, the plan is dealt over the data-parallel ranks and each pack is cut into sp_size "
+        "equal shards; needs --method pack and a boundary-aware attention backend",
+    )
     dataloader_num_workers: int = option(0, minimum=0, help="worker processes that collate micro-batches")
     # ---------------------------------------------------------------- context extension
     rope_scale: float = option(
