@@ -23,6 +23,12 @@ What the Trainer does and what this module replaces:
   two-sequence probe at the start of training checks this on the real model (packed logits must match
   separate ones far better than a pack whose sequences see each other). ``use_cache=False`` always.
 
+* **Sequence parallelism** (``sp_size`` > 1, :mod:`longalign.train.sequence_parallel`): the world is
+  DP x SP ranks; the plan, the weights and the sampler use the DP ranks only, the SP ranks of a group shard
+  the same pack (labels shifted before the cut) and run the Ulysses attention with the whole pack's
+  boundaries. The factor above stays the full world size: DDP / ZeRO average over every rank, and the SP
+  ranks' gradients must add up (each holds a disjoint part of the pack's targets).
+
 Cost of the bookkeeping: one extra chunked cross-entropy without gradient per micro-batch (the token-mean
 loss written next to the chosen loss; under 1% of a step for models of 100M+ parameters) and one
 all-reduce of 8 numbers per optimizer step.
