@@ -135,6 +135,7 @@ OK = dict(method="pack", backend="longalign_segment", num_heads=4, num_kv_heads=
         (2, 2, {"method": "sort"}, "use --method pack or --sp-size 1"),
         (2, 2, {"backend": "sdpa"}, "cannot take a pack's boundaries"),
         (2, 2, {"backend": "eager"}, "--attn-implementation auto"),
+        (2, 2, {"backend": "flash_attention_2"}, "longalign_varlen"),
         (4, 4, {"num_heads": 6}, "6 attention heads, not divisible"),
         (6, 3, {"num_heads": 6, "num_kv_heads": 2}, "2 key/value heads"),
         (2, 2, {"max_len": 1}, "raise --max-len"),
@@ -143,6 +144,11 @@ OK = dict(method="pack", backend="longalign_segment", num_heads=4, num_kv_heads=
 def test_unsupported_combinations_are_refused_with_the_fix(world, sp, changes, message):
     with pytest.raises(ValueError, match=message):
         spm.check_sp(sp, world, **{**OK, **changes})
+
+
+def test_flash_attn_is_replaced_under_sp():
+    assert spm.default_core("flash_attention_2", "cpu", torch.float32) == "longalign_flex"
+    assert spm.default_core("longalign_segment", "cpu") == "longalign_segment"
 
 
 def test_supported_combinations_pass():

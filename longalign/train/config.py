@@ -94,8 +94,8 @@ class TrainConfig(Options):
         None,
         help='use this batch plan ({"batches": [[row, ...], ...]}, e.g. '
         "RUN/batching/pack.plan.json from `longalign batch plan`) instead of "
-        "planning here; it must have been made for the same world size x "
-        "grad_accum grouping",
+        "planning here; it must have been made for the same data-parallel world size "
+        "(world / sp_size) x grad_accum grouping",
     )
     overlong: str = option("truncate", help="what to do with a sequence longer than max_len", choices=OVERLONG)
     per_device_batch_size: int = option(

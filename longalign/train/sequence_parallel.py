@@ -15,10 +15,13 @@ Attention (:func:`ulysses_attention`). Each decoder layer computes q/k/v for its
 one all-to-all turns them into the whole pack for H/SP heads (the head split keeps each query head with its
 key/value head under GQA), the core attention runs over the full pack with the full pack's boundaries
 (``cu_seq_lens_q`` from the collator, and ``position_ids`` rebuilt from it for kernels that read those), and a
-second all-to-all returns the output to sequence shards with all heads. The all-to-all is its own adjoint, so
-the backward is the same exchange in the other direction. Core kernels that take the boundaries:
-``longalign_segment`` (any device), ``longalign_flex`` and ``longalign_varlen`` (CUDA), ``flash_attention_2/3``
-(flash-attn varlen). ``sdpa`` and ``eager`` would need an L' x L' mask and are refused.
+second all-to-all returns the output to sequence shards with all heads. The backward is the same exchange in
+the other direction. Core kernels that take the boundaries: ``longalign_segment`` (any device),
+``longalign_flex`` and ``longalign_varlen`` (CUDA; the latter is torch's variable-length flash kernel).
+``sdpa`` and ``eager`` would need an L' x L' mask and are refused. transformers' ``flash_attention_2/3``
+wrapper picks its kernel from the model's attention name, which under SP is the wrapper's, so with
+``--attn-implementation auto`` the trainer takes ``longalign_varlen`` (bf16/fp16 on Ampere or newer) or
+``longalign_flex`` instead of flash-attn, and refuses flash-attn when it is asked for by name.
 
 Loss and gradients. Every rank sums ``w * CE`` over the targets of its shard; weights come from the plan over
 DP ranks (``token_weights(plan, ..., world_size=DP)``), so the step loss is the sum over all DP x SP ranks.
@@ -50,7 +53,8 @@ from longalign import IGNORE_INDEX
 
 PREFIX = "longalign_sp_"
 # core attention functions that take a pack's boundaries (cu_seq_lens / restarting position_ids)
-SP_CORES = ("longalign_segment", "longalign_flex", "longalign_varlen", "flash_attention_2", "flash_attention_3")
+SP_CORES = ("longalign_segment", "longalign_flex", "longalign_varlen")
+FLASH_ATTN = ("flash_attention_2", "flash_attention_3")
 SHIFTED_KEY = "labels_shifted"
 
 
@@ -122,6 +126,12 @@ def check_sp(
             f"{where} {sp} needs --method pack (sequence parallelism shards one pack per micro-batch; "
             f"--method {method} pads batches of several rows); use --method pack or --sp-size 1"
         )
+    if backend in FLASH_ATTN:
+        raise ValueError(
+            f"attention backend {backend!r} cannot run under {where} {sp} (transformers' flash-attn wrapper "
+            "chooses its kernel by the model's attention name); use --attn-implementation auto, "
+            "longalign_varlen (torch's varlen flash kernel, bf16/fp16) or longalign_flex"
+        )
     if backend is not None and backend not in SP_CORES:
         raise ValueError(
             f"attention backend {backend!r} cannot take a pack's boundaries after the sequence-parallel "
@@ -139,6 +149,26 @@ def check_sp(
         )
     if max_len < sp:
         raise ValueError(f"max_len={max_len} is shorter than {where} {sp}; raise --max-len or lower --sp-size")
+
+
+def default_core(auto: str, device: Any, dtype: Any = None) -> str:
+    """The core attention for sequence parallelism given ``select_attention``'s pick: flash-attn is replaced by
+    torch's varlen flash kernel (bf16/fp16 on Ampere or newer) or flex attention; other picks stay."""
+    if auto not in FLASH_ATTN:
+        return auto
+    import torch
+
+    from ..batching.attention import FLEX, VARLEN, torch_varlen_available
+
+    dev = torch.device(device)
+    if (
+        dtype in (torch.float16, torch.bfloat16)
+        and torch_varlen_available()
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(dev)[0] >= 8
+    ):
+        return VARLEN
+    return FLEX
 
 
 # ------------------------------------------------------------------------------------------------------------

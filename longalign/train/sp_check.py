@@ -114,7 +114,7 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
     dtype = getattr(torch, dtype_name)
     layout = spm.SPLayout(world, world, rank)
     spm.configure(spm.new_sp_groups(layout), world)
-    base = select_attention(device, True, dtype) if core == "auto" else core
+    base = spm.default_core(select_attention(device, True, dtype), device, dtype) if core == "auto" else core
     sp_name = spm.register_sp_attention(base)
     config = AutoConfig.from_pretrained(MODEL_CONFIG)
     results: dict[str, Any] = {"world": world, "sp_size": world, "core": base, "dtype": dtype_name, "cases": []}

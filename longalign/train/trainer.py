@@ -458,9 +458,11 @@ def forward_loss(
     loss_head: Any = None,
     chunk_rows: int = 0,
     shift: bool = True,
-) -> tuple[Any, Any]:
+    return_outputs: bool = False,
+) -> tuple[Any, ...]:
     """``(sum w * CE, sum CE)`` of one collated micro-batch through ``model`` (chunked loss when ``loss_head``
-    is installed, else from the logits); ``shift=False`` for labels already shifted (sequence-parallel shards)."""
+    is installed, else from the logits), plus the model's outputs with ``return_outputs``; ``shift=False`` for
+    labels already shifted (sequence-parallel shards)."""
     from ..batching.loss import weighted_and_plain_ce
     from .head_loss import loss_request, read_loss_output
 
@@ -469,9 +471,11 @@ def forward_loss(
     if loss_head is not None:  # chunked: the head returns the two sums instead of logits
         with loss_request(loss_head, labels, weights, chunk_rows, shift=shift):
             outputs = model(**kwargs)
-        return read_loss_output(outputs.logits)
-    outputs = model(**kwargs)
-    return weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device), shift=shift)
+        sums = read_loss_output(outputs.logits)
+    else:
+        outputs = model(**kwargs)
+        sums = weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device), shift=shift)
+    return (*sums, outputs) if return_outputs else sums
 
 
 def model_inputs(batch: dict[str, Any], packed: bool, backend: str) -> dict[str, Any]:
@@ -540,7 +544,7 @@ def _trainer_class():
             filler = bool(inputs.pop("filler", torch.tensor(False)))
             shifted = bool(inputs.pop(SHIFTED_KEY, False))
             labels = inputs["labels"]
-            loss, token_sum = forward_loss(
+            loss, token_sum, outputs = forward_loss(
                 model,
                 inputs,
                 self.packed,
@@ -548,8 +552,8 @@ def _trainer_class():
                 self.loss_head,
                 self.loss_chunk_rows,
                 shift=not shifted,
+                return_outputs=True,
             )
-            outputs = None
             with torch.no_grad():
                 target = labels != IGNORE_INDEX
                 if not shifted:
@@ -1016,6 +1020,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             deepspeed.init_distributed(dist_backend=dist.get_backend())
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     auto_backend = select_attention(device, packed, half)  # also registers the custom kernels
+    if sp_size > 1:
+        auto_backend = spm.default_core(auto_backend, device, half)
     backend = auto_backend if cfg.attn_implementation == "auto" else cfg.attn_implementation
     if spm.core_of(backend):  # a sequence-parallel name given directly: its core decides
         backend = spm.core_of(backend)
