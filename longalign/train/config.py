@@ -34,7 +34,10 @@ class TrainConfig(Options):
         "(overridden by --tokens / --output-dir when those are given)",
     )
     tokens: str | None = option(
-        None, help="tokens folder made by `longalign tokenize` (Arrow dataset plus longalign_meta.json)"
+        None,
+        help="token ids to train on: a `longalign tokenize` folder, a datasets.save_to_disk folder, a "
+        ".parquet/.jsonl file or hf:NAME[:SPLIT]; needs input_ids, labels (-100 = no loss) default to every "
+        "token, length is computed, other columns are optional",
     )
     output_dir: str | None = option(
         None, help="where metrics.jsonl, run_meta.json, checkpoints/ and final/ go (default RUN/train/<method>)"

@@ -134,35 +134,15 @@ class TrainResult(Summary):
 
 
 def load_tokens_dir(path: str | Path):
-    """``(datasets.Dataset, meta)`` of a tokens folder, with a clear error when it is missing."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"tokens folder {path} does not exist; create it with `longalign tokenize` "
-            "(or pass --tokens DIR / --run RUN pointing at an existing one)"
-        )
-    if not (path / "longalign_meta.json").is_file():
-        raise FileNotFoundError(
-            f"{path} has no longalign_meta.json, so it was not made by `longalign tokenize`; "
-            "re-create it with `longalign tokenize`"
-        )
-    try:
-        from ..tokenize import load_tokens
-    except ImportError:  # the tokenize stage is optional for training: read the folder directly
-        load_tokens = None
-    if load_tokens is not None:
-        ds, meta = load_tokens(path)
-    else:
-        import datasets
+    """``(datasets.Dataset, meta)`` of the training tokens: a `longalign tokenize` folder, a
+    ``datasets.save_to_disk`` folder, a parquet/jsonl file of token ids or ``hf:NAME`` (see
+    :mod:`longalign.tokenize.sources`); labels default to every token, length is computed when absent."""
+    from ..tokenize.sources import open_token_data
 
-        ds = datasets.load_from_disk(str(path))
-        meta = read_json(path / "longalign_meta.json", default={}) or {}
-    missing = [c for c in ("input_ids", "labels", "length") if c not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"{path}: the dataset lacks column(s) {', '.join(missing)}; re-create it with `longalign tokenize`"
-        )
-    return ds, meta
+    data = open_token_data(path)
+    if data.added:
+        log.info("%s: computed %s (not in the data)", data.where, ", ".join(data.added))
+    return data.ds, data.meta
 
 
 def check_tokenizer_match(meta: dict[str, Any], tokenizer: Any, tokens_dir: str | Path, model_vocab: int) -> None:
@@ -176,6 +156,12 @@ def check_tokenizer_match(meta: dict[str, Any], tokenizer: Any, tokens_dir: str 
         problems.append(f"eos_token_id {eos} vs {tokenizer.eos_token_id}")
     if vs is not None and int(vs) > int(model_vocab):
         problems.append(f"token ids up to {int(vs) - 1} but the model embeds only {model_vocab}")
+    top = meta.get("max_token_id")
+    if vs is None and top is not None and int(top) >= int(model_vocab):
+        raise ValueError(
+            f"{tokens_dir} holds token id {top} but the model embeds only {model_vocab} tokens; the ids were made "
+            "by another tokenizer: tokenize the data with the model's own tokenizer (`longalign tokenize`)"
+        )
     if problems:
         raise ValueError(
             f"{tokens_dir} was made by tokenizer {meta.get('tokenizer')!r}, which does not match the "
@@ -796,7 +782,10 @@ def resolve_paths(cfg: TrainConfig) -> tuple[Path, Path, RunDir | None]:
     run = RunDir(cfg.run) if cfg.run else None
     tokens = Path(cfg.tokens) if cfg.tokens else (run.tokens if run else None)
     if tokens is None:
-        raise ValueError("no training data: pass --tokens DIR (a `longalign tokenize` folder) or --run RUN")
+        raise ValueError(
+            "no training data: pass --tokens (a `longalign tokenize` folder, a datasets.save_to_disk folder, a "
+            ".parquet/.jsonl file of token ids or hf:NAME) or --run RUN"
+        )
     out = Path(cfg.output_dir) if cfg.output_dir else (run.train(cfg.method) if run else None)
     if out is None:
         raise ValueError("no output folder: pass --output-dir DIR or --run RUN")
@@ -907,7 +896,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     model_config = load_model_config(cfg.model)
     max_len = int(cfg.max_len or meta.get("max_len") or 0)
     if max_len < 2:
-        raise ValueError(f"max_len is not set: pass --max-len (the tokens folder {tokens_dir} records none)")
+        raise ValueError(f"max_len is not set: pass --max-len (the tokens {tokens_dir} record none)")
     target_pos = cfg.max_position_embeddings or (max_len if cfg.rope_scale != 1.0 else 0)
     apply_context_extension(model_config, cfg.rope_scale, target_pos)
     model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
