@@ -3,7 +3,8 @@
 The two-process check (``longalign.train.sp_check`` under torchrun, float64, the tiny random Llama) runs once
 per session and every case reads its numbers: one optimizer step of two packs with SP = 2 must give the
 SP = 1 step loss to 1e-6 (relative) and the same parameters to 1e-6, for sequence and token loss
-normalisation, chunked and full loss, with and without gradient checkpointing, on packs whose sequence
+normalisation, chunked and full loss, with and without gradient checkpointing, with fewer key/value heads
+than ranks, on packs whose sequence
 borders fall on the shard border and packs where a shard border cuts a sequence. A negative control withholds
 the boundaries from the core attention and must change the logits. The slow tests train through the CLI:
 DP = 2 x SP = 1 against DP = 1 x SP = 2 (torchrun), and SP = 2 under ZeRO-2 / ZeRO-3 (deepspeed).
@@ -216,22 +217,17 @@ def sp_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def _case(results, loss_norm, loss_impl, ckpt, layout):
+def _case(results, *key):
     for c in results["cases"]:
-        if (c["loss_norm"], c["loss_impl"], c["gradient_checkpointing"], c["layout"]) == (
-            loss_norm,
-            loss_impl,
-            ckpt,
-            layout,
-        ):
+        if (c["loss_norm"], c["loss_impl"], c["gradient_checkpointing"], c["layout"], c["kv_heads"]) == key:
             return c
-    raise AssertionError(f"no case {loss_norm}/{loss_impl}/{ckpt}/{layout} in the results")
+    raise AssertionError(f"no case {key} in the results")
 
 
-@pytest.mark.parametrize("loss_norm,loss_impl,ckpt,layout", CASES)
-def test_sp2_step_equals_sp1(sp_results, loss_norm, loss_impl, ckpt, layout):
+@pytest.mark.parametrize("loss_norm,loss_impl,ckpt,layout,kv_heads", CASES)
+def test_sp2_step_equals_sp1(sp_results, loss_norm, loss_impl, ckpt, layout, kv_heads):
     assert sp_results["world"] == sp_results["sp_size"] == 2
-    c = _case(sp_results, loss_norm, loss_impl, ckpt, layout)
+    c = _case(sp_results, loss_norm, loss_impl, ckpt, layout, kv_heads)
     assert c["loss_rel_diff"] < 1e-6, c
     assert c["param_max_diff"] < 1e-6, c
     assert c["param_max_moved"] > 1e-4, c  # the step did move the parameters

@@ -5,13 +5,14 @@
 Every rank builds the same small random Llama twice (seeded): once with the sequence-parallel attention over
 all ranks (SP = world size, one data-parallel rank, wrapped in DDP as in training) and once plain, run locally
 on the whole packs (SP = 1). For each case -- a loss normalisation, a loss implementation, gradient
-checkpointing on or off, and a pack layout whose sequence borders fall exactly on the shard borders or
-inside a shard -- one optimizer step of two packs (gradient accumulation 2) runs both ways through the
-trainer's own pieces (plan weights, packed and sharding collators, :func:`~longalign.train.trainer.forward_loss`,
-the world-size factor, AdamW). Rank 0 writes, per case, the relative difference of the step losses and the
-largest parameter difference after the step, plus a negative control: the logits of the sequence-parallel
-model with the boundaries withheld from the core attention (plain causal over the whole pack) against the
-plain model's, next to the same comparison with the boundaries. The caller judges the numbers.
+checkpointing on or off, a pack layout whose sequence borders fall exactly on the shard borders or inside a
+shard, and the model's key/value heads (one case has fewer than ranks) -- one optimizer step of two packs
+(gradient accumulation 2) runs both ways through the trainer's own pieces (plan weights, packed and sharding
+collators, :func:`~longalign.train.trainer.forward_loss`, the world-size factor, AdamW). Rank 0 writes, per
+case, the relative difference of the step losses and the largest parameter difference after the step, plus a
+negative control: the logits of the sequence-parallel model with the boundaries withheld from the core
+attention (plain causal over the whole pack) against the plain model's, next to the same comparison with the
+boundaries. The caller judges the numbers.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ LAYOUTS = {
     "unaligned": [[9, 8, 6], [5, 13, 3, 2]],  # shard border inside a sequence; 23 tokens -> padded to 24
 }
 CASES = [
-    # (loss_norm, loss_impl, gradient checkpointing, layout)
-    ("sequence", "chunked", False, "aligned"),
-    ("sequence", "chunked", False, "unaligned"),
-    ("token", "chunked", False, "aligned"),
-    ("token", "chunked", False, "unaligned"),
-    ("sequence", "full", False, "unaligned"),
-    ("token", "full", True, "aligned"),
-    ("sequence", "chunked", True, "unaligned"),
+    # (loss_norm, loss_impl, gradient checkpointing, layout, key/value heads of the 4-head model)
+    ("sequence", "chunked", False, "aligned", 2),
+    ("sequence", "chunked", False, "unaligned", 2),
+    ("token", "chunked", False, "aligned", 2),
+    ("token", "chunked", False, "unaligned", 2),
+    ("sequence", "full", False, "unaligned", 2),
+    ("token", "full", True, "aligned", 2),
+    ("sequence", "chunked", True, "unaligned", 2),
+    ("sequence", "chunked", False, "unaligned", 1),  # fewer key/value heads than SP ranks: copied per rank
 ]
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = ROOT / "configs" / "models" / "tiny-llama"
@@ -116,11 +118,13 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
     spm.configure(spm.new_sp_groups(layout), world)
     base = spm.default_core(select_attention(device, True, dtype), device, dtype) if core == "auto" else core
     sp_name = spm.register_sp_attention(base)
-    config = AutoConfig.from_pretrained(MODEL_CONFIG)
+    base_config = AutoConfig.from_pretrained(MODEL_CONFIG)
     results: dict[str, Any] = {"world": world, "sp_size": world, "core": base, "dtype": dtype_name, "cases": []}
     packed = PackedCollator(64, weights_dtype=dtype)
     shard = spm.ShardCollator(packed, world, layout.sp_rank)
-    for k, (loss_norm, loss_impl, ckpt, lay) in enumerate(CASES):
+    for k, (loss_norm, loss_impl, ckpt, lay, kv_heads) in enumerate(CASES):
+        config = copy.deepcopy(base_config)
+        config.num_key_value_heads = kv_heads
         rows, batch_ids = _rows(LAYOUTS[lay], seed=k)
         lengths = np.array([len(r["input_ids"]) for r in rows])
         plan = Plan(
@@ -202,6 +206,7 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
                 "loss_impl": loss_impl,
                 "gradient_checkpointing": ckpt,
                 "layout": lay,
+                "kv_heads": kv_heads,
                 "pack_lengths": LAYOUTS[lay],
                 "loss_sp1": ref_loss,
                 "loss_sp": sp_loss,
