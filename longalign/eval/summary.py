@@ -33,7 +33,8 @@ class NeedleSummary(EvalSummary):
         s = self.scores or {}
         return [
             f"needle grid {len(s.get('lengths', []))} lengths x {len(s.get('depths', []))} depths, "
-            f"{s.get('n')} cells: mean recall {s.get('mean_recall')}, mean judge {s.get('mean_judge')}",
+            f"{s.get('n')} cells: mean recall {s.get('mean_recall')} (normalised {s.get('mean_recall_norm')}), "
+            f"mean judge {s.get('mean_judge')}",
             *self.note_lines(),
             f"results: {self.results}",
             f"heatmap: {self.heatmap}",
