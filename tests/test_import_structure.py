@@ -12,7 +12,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "longalign"
 STAGES = ("data", "tokenize", "batching", "train", "eval")
-SHARED_FACES = ("longalign", "longalign.rundir", "longalign.config", "longalign.models", "longalign.views")
+# longalign.llm.base: the LLM error types (a spending cap reached) that the command line reports for any stage
+SHARED_FACES = (
+    "longalign",
+    "longalign.rundir",
+    "longalign.config",
+    "longalign.models",
+    "longalign.views",
+    "longalign.llm.base",
+)
 COMMAND_MODULES = ("longalign.demo", "longalign.demo_cli", "longalign.app_cli")  # commands beside the stages
 
 
