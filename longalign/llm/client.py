@@ -451,6 +451,7 @@ def make_client(
     retry_after_max: float = 120.0,
     device: str | None = None,
     dtype: Any = None,
+    prefix_reuse: bool = True,
 ) -> CachingClient:
     """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees."""
     kind, name = parse_spec(spec)
@@ -467,7 +468,7 @@ def make_client(
                 "base_url %s is ignored for the local model %r; use openai:<model> to reach a server", base_url, spec
             )
         model_spec = local_model_spec(spec)
-        backend = LocalBackend(model_spec, device=device, dtype=dtype)
+        backend = LocalBackend(model_spec, device=device, dtype=dtype, prefix_reuse=prefix_reuse)
         full = f"local:{model_spec}"
     return CachingClient(
         backend,

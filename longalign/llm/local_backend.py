@@ -14,6 +14,11 @@ layout, logged once). ``temperature > 0`` samples with ``top_p`` and no top-k cu
 endpoint does); ``temperature == 0`` decodes greedily. A request with a ``seed`` calls
 ``torch.manual_seed(seed)`` right before generating, so it reproduces exactly on the same machine. Token
 counts are exact: prompt tokens fed to the model and new tokens generated (EOS included).
+
+``prefix_reuse`` (default on) keeps the KV cache of each prompt in the model's
+:class:`~longalign.llm.local_model.PrefixCache`, so the next request that starts with the same tokens (the
+answer request after the question request over one document) only prefills what differs; the outputs are
+unchanged. ``ChatResult.extra["reused_prompt_tokens"]`` says how many prompt tokens came from that cache.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ class LocalBackend:
 
     max_concurrency: int | None = 1
 
-    def __init__(self, spec: str | None, *, device: str | None = None, dtype: Any = None):
+    def __init__(self, spec: str | None, *, device: str | None = None, dtype: Any = None, prefix_reuse: bool = True):
         from longalign.models import model_display_name
 
         self.spec = spec or DEFAULT_SPEC
         self.model = model_display_name(self.spec)
         self._device = device
         self._dtype = dtype
+        self.prefix_reuse = prefix_reuse
         self._lock = threading.Lock()
         self._lm: LocalModel | None = None
 
@@ -65,6 +71,7 @@ class LocalBackend:
         lm = self.local_model
         start = time.monotonic()
         ids = lm.encode(lm.render(messages))
+        reused_before = lm.prefix_cache.reused_tokens
         out = lm.generate(
             [ids],
             max_new_tokens=params.max_tokens,
@@ -72,6 +79,7 @@ class LocalBackend:
             top_p=params.top_p,
             top_k=0,
             seed=params.seed,
+            reuse_prefix=self.prefix_reuse,
         )[0]
         return ChatResult(
             text=out.text,
@@ -81,7 +89,7 @@ class LocalBackend:
             cached=False,
             latency=time.monotonic() - start,
             finish_reason=out.finish_reason,
-            extra={"device": str(lm.device)},
+            extra={"device": str(lm.device), "reused_prompt_tokens": lm.prefix_cache.reused_tokens - reused_before},
         )
 
     def close(self) -> None:
