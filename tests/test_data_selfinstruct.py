@@ -584,3 +584,45 @@ def test_generator_from_env():
     url = "http://127.0.0.1:8000/v1"
     assert generator_from_env({"OPENAI_BASE_URL": url}) == ("openai:gpt-4o-mini", url)
     assert generator_from_env({"OPENAI_BASE_URL": url, "OPENAI_MODEL": "qwen"}) == ("openai:qwen", url)
+
+
+# ------------------------------------------------------------------------------- local-model order
+
+
+class _OneAtATimeClient:
+    """A client that, like a local model, answers one request at a time; records the order of requests."""
+
+    model = "local:fake"
+    concurrency = 1
+
+    def __init__(self):
+        self.order = []
+
+    def chat_many(self, requests):
+        for i, (messages, _params) in enumerate(requests):
+            text = messages[0]["content"]
+            topic = text.split("Document about ", 1)[1].split(".", 1)[0]
+            kind = "answer" if "\nQuestion: " in text else "questions"
+            self.order.append((topic, kind))
+            yield i, _result(si_responder({"messages": messages}))
+
+
+def test_local_model_finishes_each_document_before_the_next(tmp_path):
+    """Window 1 for a one-at-a-time client: a document's answer request directly follows its question request,
+    so the local model's prefix cache still holds the document when the answer is asked."""
+    run = RunDir(tmp_path)
+    _write_corpus(run, 3)
+    client = _OneAtATimeClient()
+    cfg = GenerateConfig(llm="local:fake", max_prompt_tokens=0, relevance_gate=False)
+    summary = generate_long_data(cfg, run, client=client, progress=False)
+    assert summary.written == 3
+    assert client.order == [(t, k) for t in ("caching 0", "parsing 1", "logging 2") for k in ("questions", "answer")]
+
+
+def test_prefix_reuse_reaches_the_local_backend(tmp_path):
+    from longalign.data.selfinstruct import make_generator_client
+
+    for reuse in (True, False):
+        client = make_generator_client(GenerateConfig(llm="local:smollm2", prefix_reuse=reuse), RunDir(tmp_path))
+        assert client.backend.prefix_reuse is reuse and client.concurrency == 1
+        client.close()

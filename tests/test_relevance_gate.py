@@ -277,3 +277,17 @@ def test_the_quoted_record_is_rejected_against_the_real_compileall_module():
     assert gate.question_problem(OFF_TOPIC_QUESTION, doc) == "off_topic"
     assert gate.answer_problem(WHILE_LOOP_ANSWER, OFF_TOPIC_QUESTION, doc) == "ungrounded"
     assert all(gate.question_problem(q, doc) is None for q in ON_TOPIC_QUESTIONS)
+
+
+def test_command_line_sets_and_switches_off_the_gate(capsys):
+    from longalign.cli import build_parser
+    from longalign.config import build_config
+    from longalign.data.selfinstruct.job import gate_of
+
+    parse = build_parser().parse_args
+    cfg = build_config(GenerateConfig, parse(["data", "generate", "--min-question-overlap", "0.6"]))
+    assert gate_of(cfg).min_question_overlap == 0.6 and gate_of(cfg).min_answer_overlap == cfg.min_answer_overlap
+    assert gate_of(build_config(GenerateConfig, parse(["data", "generate", "--relevance-gate", "false"]))) is None
+    assert gate_of(build_config(GenerateConfig, parse(["data", "generate"]))) == RelevanceGate()
+    with pytest.raises(ValueError, match="min_question_overlap"):
+        build_config(GenerateConfig, parse(["data", "generate", "--min-question-overlap", "2"]))
