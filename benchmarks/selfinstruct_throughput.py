@@ -12,11 +12,12 @@ outputs can be compared token for token:
   * ``batching``: the question requests of all documents, one ``generate`` call per request versus one call
     for the whole batch (left-padded), greedy; reported with whether the outputs are identical.
 
-    python benchmarks/selfinstruct_throughput.py              # 3 built-in documents, ~3-5 min on 2 cores
-    python benchmarks/selfinstruct_throughput.py --n-docs 2 --model random:configs/models/tiny-llama
+    python benchmarks/selfinstruct_throughput.py              # 3 built-in documents, ~5 min on 2 quiet cores
+    python benchmarks/selfinstruct_throughput.py --docs stdlib:secrets.py --model random:configs/models/tiny-llama
 
-Documents are built-in texts of this machine (:func:`longalign.data.corpus.builtin_documents`) of 8-30 kB,
-in id order. Results go to benchmarks/results/selfinstruct_throughput.json.
+Documents are built-in texts of this machine (:func:`longalign.data.corpus.builtin_documents`): by default
+``compileall.py`` (20 kB, cut to the prompt limit), ``sqlite3/dump.py`` (3 kB) and ``secrets.py`` (2 kB).
+Results go to benchmarks/results/selfinstruct_throughput.json.
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def pick_documents(n: int, min_chars: int, max_chars: int) -> list[dict]:
+DEFAULT_DOCS = "stdlib:compileall.py,stdlib:sqlite3/dump.py,stdlib:secrets.py"
+
+
+def pick_documents(ids: list[str]) -> list[dict]:
     from longalign.data.corpus import builtin_documents
 
-    docs = [d for d in builtin_documents() if min_chars <= len(d["text"]) <= max_chars and d.get("lang") == "en"]
-    docs.sort(key=lambda d: str(d["id"]))
-    if len(docs) < n:
-        raise SystemExit(f"only {len(docs)} built-in documents of {min_chars}-{max_chars} chars; lower --n-docs")
-    return docs[:n]
+    found = {str(d["id"]): d for d in builtin_documents()}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise SystemExit(f"no built-in document {missing[0]!r} on this machine; name others with --docs")
+    return [found[i] for i in ids]
 
 
 def run_job(cfg, doc: dict, root: Path, label: str) -> tuple[float, dict, dict]:
@@ -70,9 +74,8 @@ def run_job(cfg, doc: dict, root: Path, label: str) -> tuple[float, dict, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2", help="local model spec (default: the embedded SmolLM2-135M)")
-    ap.add_argument("--n-docs", type=int, default=3)
-    ap.add_argument("--min-chars", type=int, default=8000)
-    ap.add_argument("--max-chars", type=int, default=30000)
+    ap.add_argument("--docs", default=DEFAULT_DOCS, help="built-in document ids, comma-separated")
+    ap.add_argument("--max-question-attempts", type=int, default=2)
     ap.add_argument("--max-prompt-tokens", type=int, default=2048)
     ap.add_argument("--question-max-tokens", type=int, default=160)
     ap.add_argument("--answer-max-tokens", type=int, default=160)
@@ -86,7 +89,7 @@ def main() -> int:
     from longalign.data.selfinstruct.prompts import instruction_overhead
     from longalign.llm.local_model import get_local_model
 
-    docs = pick_documents(a.n_docs, a.min_chars, a.max_chars)
+    docs = pick_documents([d.strip() for d in a.docs.split(",") if d.strip()])
     lm = get_local_model(a.model)
     cfg = GenerateConfig(
         llm=f"local:{a.model}",
@@ -94,6 +97,7 @@ def main() -> int:
         question_max_tokens=a.question_max_tokens,
         answer_max_tokens=a.answer_max_tokens,
         max_prompt_tokens=a.max_prompt_tokens,
+        max_question_attempts=a.max_question_attempts,
         seed=42,
         relevance_gate=False,  # the same records whatever the gate would say; speed is what is measured
     )
@@ -179,6 +183,7 @@ def main() -> int:
             "answer_max_tokens": a.answer_max_tokens,
             "decoding": "greedy",
             "seed": cfg.seed,
+            "max_question_attempts": cfg.max_question_attempts,
         },
         "runs": runs,
         "prefix_reuse_speedup_docs_per_s": speedup,

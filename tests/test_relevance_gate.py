@@ -291,3 +291,23 @@ def test_command_line_sets_and_switches_off_the_gate(capsys):
     assert gate_of(build_config(GenerateConfig, parse(["data", "generate"]))) == RelevanceGate()
     with pytest.raises(ValueError, match="min_question_overlap"):
         build_config(GenerateConfig, parse(["data", "generate", "--min-question-overlap", "2"]))
+
+
+def test_lengths_view_tables_quality_json(tmp_path):
+    from longalign.views import lengths, readers
+
+    run = RunDir(tmp_path)
+    assert readers.load_quality(run) == {} and lengths.quality_headline({}) == []
+    client = ScriptedClient([REPLY], [WHILE_LOOP_ANSWER, GROUNDED_ANSWER])
+    generate_long_data(GenerateConfig(llm="openai:m", max_prompt_tokens=0), run, client=client, docs=[DOC])
+    quality = readers.load_quality(run)
+    table = lengths.quality_table(quality)
+    assert table.to_dict("records") == [
+        {"stage": "questions", "reason": "off_topic", "rejected": 1, "share": 1 / 5},
+        {"stage": "answers", "reason": "ungrounded", "rejected": 1, "share": 1 / 2},
+    ]
+    head = dict((label, value) for label, value, _ in lengths.quality_headline(quality))
+    assert head["questions accepted"] == "4 of 5 (80%)" and head["answers accepted"] == "1 of 2 (50%)"
+    assert head["relevance gate"] == f"q >= {quality['gate']['min_question_overlap']:g}, a >= " + (
+        f"{quality['gate']['min_answer_overlap']:g}"
+    )

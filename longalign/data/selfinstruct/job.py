@@ -14,7 +14,11 @@ models actually write (``1:``, ``1.``, ``1)``, ``Q1:``, ``**1.**``, ``问题1：
 raises on, extra prose or a short list; :func:`validate_questions` rejects template echoes, duplicates,
 echoes of the instruction and implausible lengths. A rejected attempt is retried with a new sampling seed
 (and a note naming what was wrong, so the request differs), every second retry with another task type;
-everything rejected is stored in the record's ``rejected`` list. A document that still fails after
+everything rejected is stored in the record's ``rejected`` list. Questions that pass these format checks then
+meet the relevance gate (:mod:`.relevance`: ``off_topic`` when they share too few content words with the
+document, ``duplicate_across_records`` when they repeat the question of a record already written), and an
+answer must be grounded in the document or its question (``ungrounded``); ``data/quality.json`` counts every
+rejection by reason, and the summary prints them. A document that still fails after
 ``max_question_attempts`` goes to ``data/failed.jsonl`` and the job moves on (exit code 1).
 
 Long documents: the generator sees at most ``max_prompt_tokens`` tokens (head and tail of the document
