@@ -760,3 +760,49 @@ def test_prefix_cache_lookup_crops_a_private_copy_and_evicts_oldest():
     assert small.lookup([100, 101, 102, 103, 104])[1] is None and small.lookup(list(range(200, 206)))[0] == 5
     with pytest.raises(ValueError, match="max_entries=0"):
         PrefixCache(max_entries=0)
+
+
+def test_local_backend_batches_concurrent_requests():
+    """With batch_size 4, requests in flight together run in one generate call; greedy rows equal their
+    one-at-a-time outputs, requests with other settings wait for a batch of their own, and an error reaches
+    every request of its batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from longalign.llm.local_backend import LocalBackend
+
+    prompts = [msg(f"Item {i}: " + "word " * (5 + 7 * i)) for i in range(4)]
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    alone = LocalBackend(TINY, device="cpu")
+    expected = [alone.complete(m, greedy).text for m in prompts]
+    batched = LocalBackend(TINY, device="cpu", batch_size=4, batch_wait=0.5)
+    assert batched.max_concurrency == 4
+    client = type(make_client(TINY))(batched, spec="local:" + TINY, max_in_flight=4)
+    out = dict(client.chat_many([(m, greedy) for m in prompts]))
+    assert [out[i].text for i in range(4)] == expected
+    assert max(batched.batches) > 1 and sum(batched.batches) == 4
+    assert all(out[i].extra["batch"] >= 1 for i in range(4))
+
+    other = SamplingParams(max_tokens=3, temperature=0.0)
+    batched.batches.clear()
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(batched.complete, m, greedy if i % 2 else other) for i, m in enumerate(prompts)]
+        res = [f.result(timeout=60) for f in futs]
+    assert sorted(batched.batches) == [2, 2] and all(r.completion_tokens <= 6 for r in res)
+
+    lm = batched.local_model
+    real = lm.generate
+
+    def broken(*a, **k):
+        raise RuntimeError("generation failed")
+
+    lm.generate = broken
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(batched.complete, m, greedy) for m in prompts[:2]]
+            for f in futs:
+                with pytest.raises(RuntimeError, match="generation failed"):
+                    f.result(timeout=60)
+    finally:
+        lm.generate = real
+    with pytest.raises(ValueError, match="batch_size=0"):
+        LocalBackend(TINY, batch_size=0)

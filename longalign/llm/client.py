@@ -452,8 +452,12 @@ def make_client(
     device: str | None = None,
     dtype: Any = None,
     prefix_reuse: bool = True,
+    local_batch_size: int = 1,
 ) -> CachingClient:
-    """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees."""
+    """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees.
+
+    ``prefix_reuse`` and ``local_batch_size`` apply to a local model only (see
+    :mod:`longalign.llm.local_backend`)."""
     kind, name = parse_spec(spec)
     if kind == "openai":
         from longalign.llm.openai_backend import OpenAIBackend
@@ -468,7 +472,9 @@ def make_client(
                 "base_url %s is ignored for the local model %r; use openai:<model> to reach a server", base_url, spec
             )
         model_spec = local_model_spec(spec)
-        backend = LocalBackend(model_spec, device=device, dtype=dtype, prefix_reuse=prefix_reuse)
+        backend = LocalBackend(
+            model_spec, device=device, dtype=dtype, prefix_reuse=prefix_reuse, batch_size=local_batch_size
+        )
         full = f"local:{model_spec}"
     return CachingClient(
         backend,

@@ -351,6 +351,7 @@ class LocalModel:
                     past = self._new_cache()
                 if past is not None:  # generate fills it in place; it is kept for the next prompt
                     kwargs[self._cache_keyword()] = past
+                    kwargs["use_cache"] = True  # some configs default to no cache, which would ignore it
             if seed is not None:
                 torch.manual_seed(int(seed))
             try:
