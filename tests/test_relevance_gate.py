@@ -311,3 +311,17 @@ def test_lengths_view_tables_quality_json(tmp_path):
     assert head["relevance gate"] == f"q >= {quality['gate']['min_question_overlap']:g}, a >= " + (
         f"{quality['gate']['min_answer_overlap']:g}"
     )
+
+
+def test_questions_made_only_of_common_words_are_off_topic():
+    """Real questions of the embedded model on hmac.py and an encoding table: every content word is one any
+    technical text has, so nothing ties them to the document; a question about the text as a whole passes."""
+    import hmac
+
+    doc = document_terms(Path(hmac.__file__).read_text(encoding="utf-8"))
+    gate = RelevanceGate()
+    assert question_overlap("How to add two numbers in Python?", doc) == 0.0
+    assert gate.question_problem("How to add two numbers in Python?", doc) == "off_topic"
+    assert gate.question_problem("How to check if a number is prime?", doc) == "off_topic"
+    assert gate.question_problem("What does the digest method of an HMAC object return?", doc) is None
+    assert gate.question_problem("What is the main idea of this text?", doc) is None
