@@ -701,35 +701,34 @@ def test_sigkill_mid_run_never_pays_twice(fake_llm, tmp_path):
 
 SHARED_DOC = (
     "Read the following text carefully.\n\n"
-    + " ".join(f"Paragraph {i}: the cache keeps entry {i} until the file is rewritten." for i in range(30))
+    + " ".join(f"Paragraph {i}: the cache keeps entry {i} until the file is rewritten." for i in range(20))
     + "\n\n---\n"
 )
 
 
 def test_prefix_reuse_gives_the_same_greedy_and_seeded_outputs(local_client):
-    """Question then answer over one document, as Self-Instruct sends them: with reuse the answer request starts
-    from the document's cached prefix and still produces exactly the tokens of a full prefill."""
+    """Question then answer over one document, as Self-Instruct sends them: with reuse the answer requests start
+    from the document's cached prefix and still produce exactly the tokens of a full prefill."""
     client, _ = local_client
     backend = client.backend
     lm = backend.local_model
     q = msg(SHARED_DOC + "Now write five questions about the text above.")
     a = msg(SHARED_DOC + "Answer the question below using the text above.\n\nQuestion: What does the cache keep?")
+    greedy, seeded = SamplingParams(max_tokens=8, temperature=0.0), SamplingParams(max_tokens=8, seed=3)
     outs = {}
     for reuse in (False, True):
         backend.prefix_reuse = reuse
         lm.prefix_cache.clear()
-        runs = []
-        for params in (SamplingParams(max_tokens=12, temperature=0.0), SamplingParams(max_tokens=12, seed=3)):
-            runs.append([backend.complete(m, params) for m in (q, a)])
-        outs[reuse] = runs
+        outs[reuse] = [backend.complete(q, greedy), backend.complete(a, greedy), backend.complete(a, seeded)]
     backend.prefix_reuse = True
-    for plain, reused in zip(outs[False], outs[True]):
-        assert [r.text for r in plain] == [r.text for r in reused]
-        assert [r.completion_tokens for r in plain] == [r.completion_tokens for r in reused]
-        assert [r.extra["reused_prompt_tokens"] for r in plain] == [0, 0]
-        shared = reused[1].extra["reused_prompt_tokens"]
-        assert shared > 300 and shared < reused[1].prompt_tokens  # the document, not the differing tail
-        assert reused[1].prompt_tokens == plain[1].prompt_tokens  # usage still counts every prompt token
+    plain, reused = outs[False], outs[True]
+    assert [r.text for r in plain] == [r.text for r in reused]
+    assert [r.completion_tokens for r in plain] == [r.completion_tokens for r in reused]
+    assert [r.extra["reused_prompt_tokens"] for r in plain] == [0, 0, 0]
+    shared = reused[1].extra["reused_prompt_tokens"]
+    assert 200 < shared < reused[1].prompt_tokens  # the document, not the differing tail
+    assert reused[2].extra["reused_prompt_tokens"] == reused[2].prompt_tokens - 1  # same prompt: all but one
+    assert reused[1].prompt_tokens == plain[1].prompt_tokens  # usage still counts every prompt token
 
 
 def test_prefix_cache_lookup_crops_a_private_copy_and_evicts_oldest():
@@ -739,10 +738,11 @@ def test_prefix_cache_lookup_crops_a_private_copy_and_evicts_oldest():
 
     lm = get_local_model(TINY, device="cpu")
     lm.prefix_cache.clear()
+    hits = lm.prefix_cache.hits
     base = list(range(10, 80))
     lm.generate([base + [5, 6, 7]], max_new_tokens=4, reuse_prefix=True)
     cache = lm.prefix_cache
-    assert len(cache) == 1 and cache.hits == 0
+    assert len(cache) == 1 and cache.hits == hits
     n, past = cache.lookup(base + [9, 9])
     assert n == len(base) and past.get_seq_length() == len(base)
     n_full, past_full = cache.lookup(base + [5, 6, 7])  # the whole kept prompt: one token left to read
