@@ -138,8 +138,9 @@ class GenerateConfig(EndpointOptions):
     local_batch_size: int = option(
         1,
         minimum=1,
-        help="local model: requests of up to this many documents generated together in one batch (1 = off; "
-        "see benchmarks/selfinstruct_throughput.py for when it pays on this machine)",
+        help="local model: requests of up to this many documents generated together in one batch (1 = off). "
+        "Faster on a CPU (benchmarks/selfinstruct_throughput.py), but a batch samples from one random stream, "
+        "so sampled outputs then depend on which requests shared a batch; greedy outputs do not",
     )
     relevance_gate: bool = option(
         True,
