@@ -23,6 +23,19 @@ st.dataframe(
     column_config={c: st.column_config.CheckboxColumn(c) for c in overview.columns if overview[c].dtype == bool},
 )
 
+demo_summary = home.load_demo_summary(run)
+if demo_summary:
+    took = f"{demo_summary.get('profile')} profile, {demo_summary.get('seconds', 0):.0f} s"
+    st.subheader(f"What `longalign demo` measured ({took})")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Batching methods on the same sequences**")
+        st.dataframe(home.demo_method_table(demo_summary), hide_index=True)
+    with right:
+        st.markdown(f"**Base vs fine-tuned** (base model's evaluation: `{demo_summary.get('base_run')}`)")
+        st.dataframe(home.demo_eval_table(demo_summary), hide_index=True)
+    st.markdown("\n".join(f"- {line}" for line in demo_summary.get("explained", [])))
+
 st.subheader(f"Run `{run.root.name}`")
 st.dataframe(
     home.artifact_table(run), hide_index=True, column_config={"present": st.column_config.CheckboxColumn("present")}

@@ -15,6 +15,9 @@ as it finishes, so a run cut short still leaves every finished part behind:
    includes kernel compilation, excluded), padding, peak GPU memory.
 3. ``trainer``: when ``datasets`` is importable, a 3-step ``longalign.train.train`` run with packing on
    this GPU (the Trainer path end to end: plan sampler, loss weights, probe, metrics.jsonl).
+4. ``sp``: only with 2 or more visible GPUs (skipped with a message on one): sequence parallelism over two
+   GPUs (NCCL) against one process, ``longalign.train.sp_check`` in float32 with the ``longalign_flex`` and
+   ``longalign_segment`` cores: step loss, parameters after one step, and logits with the boundaries withheld.
 
 Everything is random-init (no weights travel); a global deadline (``--deadline-s``) skips parts that
 would not finish in time.
@@ -363,6 +366,79 @@ def part_trainer(rep: Report, a) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------ part 4
+SP_CORES_ON_CUDA = ("longalign_flex", "longalign_segment")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def part_sp(rep: Report, a) -> dict:
+    """Sequence parallelism over 2 GPUs (NCCL): ``longalign.train.sp_check`` per core attention, float32.
+
+    Needs two visible GPUs (one process per GPU); with fewer the part is skipped with a message."""
+    import subprocess
+    import tempfile
+
+    import torch
+
+    n = torch.cuda.device_count()
+    if n < 2:
+        msg = f"sequence-parallel check skipped: it needs 2 GPUs (one process each), {n} visible"
+        print(f"   {msg}", flush=True)
+        return {"skipped": msg, "gpus": n}
+    out: dict = {"gpus": n, "cores": {}}
+    for core in SP_CORES_ON_CUDA:
+        if elapsed() > a.deadline_s:
+            out["cores"][core] = {"skipped": "deadline"}
+            continue
+        result = Path(tempfile.mkdtemp(prefix="gpu_sp_")) / "sp_check.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "longalign.train.sp_check",
+            "--device",
+            "cuda",
+            "--dtype",
+            "float32",
+            "--core",
+            core,
+            "--out",
+            str(result),
+        ]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        if proc.returncode != 0 or not result.is_file():
+            out["cores"][core] = {"ok": False, "error": (proc.stderr or proc.stdout)[-2000:]}
+            continue
+        data = json.loads(result.read_text())
+        cases = data["cases"]
+        out["cores"][core] = {
+            "ok": all(
+                c["loss_rel_diff"] < 1e-4
+                and c["logits_diff_without_boundaries"] > 100 * c["logits_diff_with_boundaries"]
+                for c in cases
+            ),
+            "worst_loss_rel_diff": max(c["loss_rel_diff"] for c in cases),
+            "worst_param_diff": max(c["param_max_diff"] for c in cases),
+            "worst_logits_diff_with_boundaries": max(c["logits_diff_with_boundaries"] for c in cases),
+            "least_logits_diff_without_boundaries": min(c["logits_diff_without_boundaries"] for c in cases),
+            "cases": cases,
+        }
+    return out
+
+
 def make_tokenizer(folder: Path) -> Path:
     """A word-level tokenizer with the model's vocabulary size (nothing is downloaded)."""
     from tokenizers import Tokenizer
@@ -382,7 +458,7 @@ def make_tokenizer(folder: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
-    p.add_argument("--parts", default="equality,throughput,trainer")
+    p.add_argument("--parts", default="equality,throughput,trainer,sp")
     p.add_argument("--pack-tokens", type=int, default=16384)
     p.add_argument("--n-seqs", type=int, default=96, help="long-tail sequences in the throughput data")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps per method")
@@ -419,7 +495,7 @@ def main() -> int:
         rep.data["error"] = "no CUDA device"
         rep.write()
         return 1
-    parts = {"equality": part_equality, "throughput": part_throughput, "trainer": part_trainer}
+    parts = {"equality": part_equality, "throughput": part_throughput, "trainer": part_trainer, "sp": part_sp}
     for name in [x.strip() for x in a.parts.split(",") if x.strip()]:
         if elapsed() > a.deadline_s:
             rep.data["parts"][name] = {"ok": False, "skipped": "deadline"}

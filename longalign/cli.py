@@ -19,6 +19,8 @@ from longalign.batching import cli as batching_cli
 from longalign.config import DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
+from longalign.eval.judge import JudgeCannotRate
+from longalign.llm.base import LLMBudgetExceeded
 from longalign.tokenize import cli as tokenize_cli
 from longalign.train import cli as train_cli
 
@@ -76,6 +78,9 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (LLMBudgetExceeded, JudgeCannotRate) as exc:  # a step that does not report these in its summary
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: work done so far is kept; re-run the same command to resume", file=sys.stderr)
         return 130

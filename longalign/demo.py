@@ -4,19 +4,25 @@ Stages, each calling the stage's ``run(cfg, run_dir)`` as the per-stage commands
 directory (and recording themselves in its run.json)::
 
     built-in corpus ─► Self-Instruct (embedded SmolLM2) ─► + short chat sample ─► mix ─► tokenize
-      ─► plans naive | sort | pack (+ simulator) ─► a short SFT run per method (sequence loss weighting)
-      ─► needle grid + a LongBench-Chat-format mini set from held-out documents, judged locally
+      ─► plans naive | sort | pack + the simulator's prediction for exactly these sequences
+      ─► one epoch per method over the same sequences (sequence loss weighting): measured time per method
+      ─► base model vs the pack-trained model: held-out loss, needle grid, LongBench-Chat-format mini set
 
-The trade-off is time: SmolLM2-135M fine-tunes at ~100 tokens/s and reads a 4k-token prompt in ~15-30 s on two
-cores. So the full profile generates from a dozen 2k-7k-token documents (the generator sees at most 2,048 tokens
-of each, head and tail; the training rows keep the whole document), trains two optimizer steps per method at
-4,096 tokens (middle truncation keeps each document's head and the question and answer at its end), and takes
-about a quarter of an hour; ``--quick`` (three ~1k-token documents, one step per method, a 2x2 needle grid)
-takes two to three minutes.
-The numbers it prints are real but small-sample: the demo shows the pipeline, not the paper's results.
+What it can show on two cores. SmolLM2-135M trains at roughly 50-150 tokens/s here, so the training subset is
+small (a few long Self-Instruct records and a dozen short chats, 1-2k tokens each) and every method trains on
+exactly the same sequences for one epoch: the measured time per method and its speedup over naive batching
+stand next to the simulator's prediction for the same lengths. The pack run is the fine-tune: the held-out
+loss on held-out long records (documents never trained on) is the number that moves measurably after a few
+optimizer steps; the needle grid and the mini LongBench-Chat set (generated references, judged by the same
+135M model) are printed base vs fine-tuned but are too small and too noisy to show an effect -- the summary
+says so. Each stage has a time budget (the profile's, for a quiet 2-core machine); the progress output shows
+it and names the stage that overran.
 
-Re-running resumes: finished stages are skipped, generation and judging reuse the request cache, training
-continues from its last checkpoint. The command is :mod:`longalign.demo_cli`.
+The base model's evaluation goes to a sibling run directory ``<run>-base`` so the dashboard can compare the two
+(the LongBench-Chat page's "Compare with"). Re-running resumes: finished stages are skipped, generation and
+judging reuse the request cache, a finished training run is kept (an interrupted one, a minute or two
+of work, starts again). The command is
+:mod:`longalign.demo_cli`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from longalign.data.corpus import CorpusConfig, read_corpus
 from longalign.data.mix import MixConfig
 from longalign.data.selfinstruct import GenerateConfig
 from longalign.data.short import ShortConfig
-from longalign.eval import longbench_chat, needle
+from longalign.eval import heldout, longbench_chat, needle
+from longalign.eval.heldout import HeldOutConfig
 from longalign.eval.longbench_chat import LongBenchChatConfig
 from longalign.eval.needle import NeedleConfig
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
@@ -54,24 +61,27 @@ MINI_SET_LABEL = "LongBench-Chat-format mini set (held-out built-in documents, g
 class DemoConfig(Options):
     """Options of ``longalign demo``."""
 
-    run: str = option("runs/demo", help="run directory for every artifact of the demo")
+    run: str = option("runs/demo", help="run directory for every artifact of the demo (base model's eval: <run>-base)")
     quick: bool = option(
-        False, help="the few-minute profile (3 short documents, one step per method, 2x2 needle grid) used in CI"
+        False, help="the few-minute profile (3 short documents, a smaller subset, 1x2 needle grid) used in CI"
     )
     model: str = option(
         "smollm2",
         help="model that generates the data, is fine-tuned and judges (default: the embedded SmolLM2-135M-Instruct)",
     )
     seed: int = option(42, help="seed of document sampling, generation, batching and training")
-    n_docs: int = option(0, help="training documents (0 = profile default: 12, quick 3)")
-    n_eval_docs: int = option(0, help="held-out documents for the mini evaluation set (0 = profile default)")
-    max_steps: int = option(0, help="optimizer steps per training method (0 = profile default)")
+    n_docs: int = option(0, help="training documents (0 = profile default)")
+    n_eval_docs: int = option(0, help="held-out documents for held-out loss and the mini evaluation set (0 = default)")
+    n_short: int = option(0, help="short chats in the training subset (0 = profile default)")
+    max_steps: int = option(0, help="cap on optimizer steps per training method (0 = one full epoch)")
 
 
 @dataclass(frozen=True)
 class Profile:
     n_docs: int
     n_eval_docs: int
+    n_short: int
+    n_short_eval: int
     min_tokens: int
     max_tokens: int
     question_max_tokens: int
@@ -80,52 +90,98 @@ class Profile:
     max_len: int
     truncation: str
     batch_size: int
+    learning_rate: float
     max_steps: int
     needle_lengths: tuple[int, ...]
     needle_depths: tuple[float, ...]
     eval_max_new_tokens: int
+    judge_runs: int
+    # seconds each stage should take on a quiet 2-core machine (measured; the progress output names overruns)
+    budgets: tuple[tuple[str, float], ...] = ()
+
+    def budget(self, stage: str) -> float | None:
+        return dict(self.budgets).get(stage)
 
 
 PROFILES = {
     "full": Profile(
-        n_docs=10,
+        n_docs=6,
         n_eval_docs=2,
-        min_tokens=2000,
-        max_tokens=7000,
+        n_short=12,
+        n_short_eval=4,
+        min_tokens=1200,
+        max_tokens=3000,
         question_max_tokens=160,
         answer_max_tokens=160,
         max_prompt_tokens=2048,
-        max_len=4096,
+        max_len=1536,
         truncation="middle",
         batch_size=2,
-        max_steps=2,
-        needle_lengths=(1000, 2000, 3500),
+        learning_rate=2e-4,
+        max_steps=0,
+        needle_lengths=(1000, 2000),
         needle_depths=(10.0, 50.0, 90.0),
         eval_max_new_tokens=64,
+        judge_runs=1,
+        budgets=(
+            ("corpus", 20),
+            ("generate", 300),
+            ("mix", 10),
+            ("tokenize", 30),
+            ("batching", 10),
+            ("train:naive", 120),
+            ("train:sort", 90),
+            ("train:pack", 90),
+            ("eval:heldout", 30),
+            ("eval:needle", 90),
+            ("eval:longbench-chat", 90),
+        ),
     ),
     "quick": Profile(
-        n_docs=3,
+        n_docs=2,
         n_eval_docs=1,
-        min_tokens=600,
-        max_tokens=1500,
+        n_short=3,
+        n_short_eval=2,
+        min_tokens=500,
+        max_tokens=1000,
         question_max_tokens=120,
-        answer_max_tokens=96,
-        max_prompt_tokens=2048,
-        max_len=2048,
+        answer_max_tokens=80,
+        max_prompt_tokens=1024,
+        max_len=1024,
         truncation="right",
         batch_size=2,
-        max_steps=1,
-        needle_lengths=(600, 1200),
+        learning_rate=2e-4,
+        max_steps=0,
+        needle_lengths=(600,),
         needle_depths=(25.0, 75.0),
-        eval_max_new_tokens=48,
+        eval_max_new_tokens=32,
+        judge_runs=1,
+        budgets=(
+            ("corpus", 10),
+            ("generate", 60),
+            ("mix", 5),
+            ("tokenize", 15),
+            ("batching", 5),
+            ("train:naive", 30),
+            ("train:sort", 25),
+            ("train:pack", 25),
+            ("eval:heldout", 15),
+            ("eval:needle", 25),
+            ("eval:longbench-chat", 25),
+        ),
     ),
 }
 
 
 def profile_for(cfg: DemoConfig) -> Profile:
     prof = PROFILES["quick" if cfg.quick else "full"]
-    changes = {k: getattr(cfg, k) for k in ("n_docs", "n_eval_docs", "max_steps") if getattr(cfg, k)}
+    changes = {k: getattr(cfg, k) for k in ("n_docs", "n_eval_docs", "n_short", "max_steps") if getattr(cfg, k)}
     return replace(prof, **changes)
+
+
+def base_run_dir(run: RunDir) -> RunDir:
+    """Where the base (not fine-tuned) model's evaluation goes: the sibling ``<run>-base``."""
+    return RunDir(run.root.parent / f"{run.root.name}-base")
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -155,7 +211,7 @@ def stage_corpus(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
 
 def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dict]]:
     """(train, held out): the last ``n_eval_docs`` generated records in corpus order are held out for the
-    mini evaluation set; at least one record always stays for training."""
+    evaluation; at least one record always stays for training."""
     order = {d["id"]: k for k, d in enumerate(read_corpus(run.corpus))}
     records = sorted(read_jsonl(run.long), key=lambda r: order.get(r.get("doc_id"), len(order)))
     n_eval = min(prof.n_eval_docs, max(0, len(records) - 1))
@@ -163,6 +219,8 @@ def split_long_records(run: RunDir, prof: Profile) -> tuple[list[dict], list[dic
 
 
 def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
+    from longalign.llm.local_model import release_local_models
+
     gcfg = GenerateConfig(
         llm=f"local:{cfg.model}",
         question_max_tokens=prof.question_max_tokens,
@@ -172,6 +230,7 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
         max_in_flight=1,
     )
     summary = selfinstruct.run(gcfg, run)
+    release_local_models()  # the generator's copy of the model is not needed by training
     return {
         "records": summary.records_total,
         "written_now": summary.written,
@@ -181,28 +240,70 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
     }
 
 
+def short_train_path(run: RunDir) -> Path:
+    """The short chats the demo trains on (data/short.jsonl less the held-out ones)."""
+    return run.data / "short_train.jsonl"
+
+
 def stage_mix(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    report = short.run(ShortConfig(inputs=[str(SHORT_SAMPLE)], source="short-sample"), run)
+    short.run(
+        ShortConfig(
+            inputs=[str(SHORT_SAMPLE)],
+            source="short-sample",
+            max_conversations=prof.n_short + prof.n_short_eval,
+            seed=cfg.seed,
+        ),
+        run,
+    )
+    shorts = read_jsonl(run.short)
+    n_eval_short = min(prof.n_short_eval, max(0, len(shorts) - 1))
+    train_short, eval_short = shorts[: len(shorts) - n_eval_short], shorts[len(shorts) - n_eval_short :]
+    _rewrite_jsonl(short_train_path(run), train_short)
     train_long, eval_long = split_long_records(run, prof)
     if not train_long:
         raise ValueError(
             f"no long example was generated (see {run.failed}); re-run the demo to retry the failed documents"
         )
     mixed = mix.run(
-        MixConfig(n_long="all", seed=cfg.seed, exclude_doc_ids=[str(r.get("doc_id")) for r in eval_long]), run
+        MixConfig(
+            n_long="all",
+            seed=cfg.seed,
+            exclude_doc_ids=[str(r.get("doc_id")) for r in eval_long],
+            short_path=str(short_train_path(run)),
+        ),
+        run,
     )
     write_mini_set(run, eval_long, train_long)
+    write_heldout(run, eval_long, eval_short)
     return {
-        "short_kept": report.kept,
-        "short_dropped": report.read - report.kept,
+        "short_train": len(train_short),
+        "short_held_out": len(eval_short),
         "long_train": mixed.long,
         "long_held_out": len(eval_long),
         "mixed": mixed.total,
     }
 
 
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    if path.exists():
+        path.unlink()
+    append_jsonl(path, rows)
+
+
 def mini_set_path(run: RunDir) -> Path:
     return run.mini_longbench_chat
+
+
+def write_heldout(run: RunDir, eval_long: list[dict], eval_short: list[dict] = ()) -> None:
+    """The held-out conversations (whole, as training would see them) for ``eval heldout``: long Self-Instruct
+    records of held-out documents (``kind="long"``: answers the base model wrote itself, so little to learn)
+    and held-out short chats (``kind="short"``: replies written by others, whose style the fine-tune learns)."""
+    rows = [
+        {"messages": r["messages"], "kind": kind, "doc_id": r.get("doc_id"), "source": r.get("source")}
+        for kind, group in (("long", eval_long), ("short", eval_short))
+        for r in group
+    ]
+    _rewrite_jsonl(run.heldout, rows)
 
 
 def write_mini_set(run: RunDir, eval_long: list[dict], train_long: list[dict]) -> None:
@@ -249,9 +350,30 @@ def stage_tokenize(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
     }
 
 
+def cost_model_for(model: str) -> dict[str, float]:
+    """Simulator coefficients for ``model`` on one device from its config's FLOP count (6 x parameters per
+    token, 6 x hidden x layers per n^2). The absolute rate is nominal; the demo compares only ratios."""
+    from transformers import AutoConfig
+
+    from longalign.batching.simulate import CostModel
+    from longalign.models import resolve_model_path
+
+    spec = str(model)
+    c = AutoConfig.from_pretrained(spec[len("random:") :] if spec.startswith("random:") else resolve_model_path(spec))
+    h, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or h // heads
+    inter = getattr(c, "intermediate_size", 4 * h)
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter
+    n_params = layers * per_layer + vocab * h
+    nominal = CostModel.for_transformer(n_params, layers, h, flops_per_second=1e11)
+    return {"per_token": nominal.per_token, "per_token_sq": nominal.per_token_sq, "n_params": float(n_params)}
+
+
 def stage_batching(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     lengths = read_token_lengths(run.tokens)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"sequences": int(len(lengths)), "real_tokens": int(sum(lengths))}
     for method in METHODS:
         stats = batching.run(
             BatchPlanConfig(method=method, max_len=prof.max_len, batch_size=prof.batch_size, seed=cfg.seed, algo="ffd"),
@@ -259,20 +381,26 @@ def stage_batching(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
             lengths=lengths,
         ).stats
         out[method] = {"batches": stats["n_batches"], "efficiency": round(stats["efficiency"], 3)}
+    cost = cost_model_for(cfg.model)
+    # the same settings as the training runs below: one device, one micro-batch per step
     sim = batching.run(
         SimulateConfig(
             methods=list(METHODS),
             max_len=prof.max_len,
-            world_size=8,
+            world_size=1,
             batch_size=prof.batch_size,
             grad_accum=1,
             pack_grad_accum=1,
             seed=cfg.seed,
+            per_token=cost["per_token"],
+            per_token_sq=cost["per_token_sq"],
         ),
         run,
         lengths=lengths,
     )
-    out["simulated_speedup_pack_vs_naive"] = round(sim.methods["pack"].get("speedup_vs_naive", 0.0), 2)
+    out["simulated_speedup_vs_naive"] = {
+        m: round(sim.methods[m].get("speedup_vs_naive") or 1.0, 2) for m in METHODS if m in sim.methods
+    }
     return out
 
 
@@ -290,13 +418,12 @@ def stage_train(run: RunDir, cfg: DemoConfig, prof: Profile, method: str) -> dic
         max_len=prof.max_len,
         per_device_batch_size=prof.batch_size,
         grad_accum=1,
-        max_steps=prof.max_steps,
+        max_steps=prof.max_steps if prof.max_steps > 0 else -1,
         epochs=1.0,
         warmup_ratio=0.0,
-        learning_rate=2e-5,
+        learning_rate=prof.learning_rate,
         precision="fp32",
-        save_steps=1,
-        save_total_limit=1,
+        save_steps=0,
         seed=cfg.seed,
         resume=resume,
     )
@@ -317,48 +444,96 @@ def _train_numbers(run: RunDir, method: str) -> dict[str, Any]:
     wall = sum(r.get("step_s", 0.0) for r in rows)
     return {
         "real_tokens": tokens,
-        "tokens_per_s": round(tokens / wall, 1) if wall else None,
         "padded_tokens": sum(r.get("padded_tokens", 0) for r in rows),
+        "train_seconds": round(wall, 1),
+        "tokens_per_s": round(tokens / wall, 1) if wall else None,
     }
 
 
-def trained_model(run: RunDir) -> str:
+def trained_model(run: RunDir) -> str | None:
     final = run.final_model("pack")
-    return str(final) if (final / "config.json").is_file() else "smollm2"
+    return str(final) if (final / "config.json").is_file() else None
+
+
+def _models(run: RunDir, cfg: DemoConfig) -> list[tuple[str, str, RunDir]]:
+    """(label, model spec, run directory of its evaluation): the base model, then the fine-tuned one."""
+    out = [("base", cfg.model, base_run_dir(run))]
+    tuned = trained_model(run)
+    if tuned is None:
+        raise ValueError(f"{run.final_model('pack')}: the pack run saved no model; re-run the demo to train it")
+    out.append(("tuned", tuned, run))
+    return out
+
+
+def _pair(numbers: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    out = {label: n.get(key) for label, n in numbers.items()}
+    if all(isinstance(v, (int, float)) for v in out.values()) and len(out) == 2:
+        out["change"] = round(out["tuned"] - out["base"], 4)
+    return out
+
+
+def stage_heldout(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
+    if not read_jsonl(run.heldout):
+        return {"skipped": "no held-out document produced a record (too few generated examples)"}
+    per: dict[str, dict[str, Any]] = {}
+    for label, model, where in _models(run, cfg):
+        hcfg = HeldOutConfig(
+            data=str(run.heldout), model=model, tokenizer=cfg.model, max_len=prof.max_len, truncation=prof.truncation
+        )
+        per[label] = heldout.run(hcfg, where).scores or {}
+    out = {
+        "conversations": per["base"].get("n"),
+        "target_tokens": per["base"].get("target_tokens"),
+        "sequence_mean_loss": _pair(per, "sequence_mean"),
+        "token_mean_loss": _pair(per, "token_mean"),
+    }
+    for kind in ("long", "short"):
+        by_kind = {label: (p.get("by_kind") or {}).get(kind) or {} for label, p in per.items()}
+        if by_kind["base"].get("n"):
+            out[f"{kind}_conversations"] = by_kind["base"]["n"]
+            out[f"{kind}_sequence_mean_loss"] = _pair(by_kind, "sequence_mean")
+    return out
 
 
 def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    ncfg = NeedleConfig(
-        model=trained_model(run),
-        lengths=list(prof.needle_lengths),
-        depths=list(prof.needle_depths),
-        max_new_tokens=32,
-        judge=f"local:{cfg.model}",
-        seed=cfg.seed,
-    )
-    scores = needle.run(ncfg, run).scores or {}
+    per: dict[str, dict[str, Any]] = {}
+    for label, model, where in _models(run, cfg):
+        ncfg = NeedleConfig(
+            model=model,
+            tokenizer=cfg.model,
+            lengths=list(prof.needle_lengths),
+            depths=list(prof.needle_depths),
+            max_new_tokens=32,
+            judge=f"local:{cfg.model}",
+            seed=cfg.seed,
+        )
+        per[label] = needle.run(ncfg, where).scores or {}
     return {
         "cells": len(prof.needle_lengths) * len(prof.needle_depths),
-        "mean_recall": scores.get("mean_recall"),
-        "mean_judge": scores.get("mean_judge"),
+        "mean_recall": _pair(per, "mean_recall"),
+        "mean_recall_norm": _pair(per, "mean_recall_norm"),
+        "mean_judge": _pair(per, "mean_judge"),
     }
 
 
 def stage_longbench_chat(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     if not read_jsonl(mini_set_path(run)):
         return {"cases": 0, "skipped": "no held-out document produced a record (too few generated examples)"}
-    lcfg = LongBenchChatConfig(
-        data=str(mini_set_path(run)),
-        model=trained_model(run),
-        max_len=prof.max_len - prof.eval_max_new_tokens - 64,
-        max_new_tokens=prof.eval_max_new_tokens,
-        judge=f"local:{cfg.model}",
-        judge_runs=2,
-        seed=cfg.seed,
-        dataset_label=MINI_SET_LABEL,
-    )
-    scores = longbench_chat.run(lcfg, run).scores or {}
-    return {"cases": scores.get("n"), "mean_score": scores.get("mean"), "dataset": MINI_SET_LABEL}
+    per: dict[str, dict[str, Any]] = {}
+    for label, model, where in _models(run, cfg):
+        lcfg = LongBenchChatConfig(
+            data=str(mini_set_path(run)),
+            model=model,
+            tokenizer=cfg.model,
+            max_len=prof.max_len - prof.eval_max_new_tokens - 64,
+            max_new_tokens=prof.eval_max_new_tokens,
+            judge=f"local:{cfg.model}",
+            judge_runs=prof.judge_runs,
+            seed=cfg.seed,
+            dataset_label=MINI_SET_LABEL,
+        )
+        per[label] = longbench_chat.run(lcfg, where).scores or {}
+    return {"cases": per["base"].get("n"), "mean_score": _pair(per, "mean"), "dataset": MINI_SET_LABEL}
 
 
 # ------------------------------------------------------------------------------------------------ orchestration
@@ -374,36 +549,138 @@ def stages(cfg: DemoConfig, prof: Profile) -> list[tuple[str, Callable[[RunDir, 
     ]
     for method in METHODS:
         out.append((f"train:{method}", lambda r, c, p, m=method: stage_train(r, c, p, m)))
-    out += [("eval:needle", stage_needle), ("eval:longbench-chat", stage_longbench_chat)]
+    out += [
+        ("eval:heldout", stage_heldout),
+        ("eval:needle", stage_needle),
+        ("eval:longbench-chat", stage_longbench_chat),
+    ]
     return out
 
 
-def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str, str, dict | None], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage; returns ``{"stages": {name: numbers}, "seconds": ..., "run": path}``.
+def compare_methods(results: dict[str, Any]) -> dict[str, Any]:
+    """Measured seconds per method over the same sequences, the measured speedup vs naive and the simulator's."""
+    sim = (results.get("batching") or {}).get("simulated_speedup_vs_naive") or {}
+    secs = {m: (results.get(f"train:{m}") or {}).get("train_seconds") for m in METHODS}
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        measured = secs["naive"] / secs[m] if secs.get("naive") and secs.get(m) else None
+        out[m] = {
+            "seconds": secs[m],
+            "measured_speedup_vs_naive": round(measured, 2) if measured else None,
+            "simulated_speedup_vs_naive": sim.get(m),
+            "real_tokens": (results.get(f"train:{m}") or {}).get("real_tokens"),
+        }
+    return out
 
-    ``on_stage(name, "start"|"done", numbers)`` reports progress. The summary is also written to
-    ``<run>/demo_summary.json``.
+
+def explain(summary: dict[str, Any]) -> list[str]:
+    """One line per number the demo reports, saying what it is and what it can (not) show."""
+    st = summary["stages"]
+    lines = []
+    gen = st.get("generate") or {}
+    lines.append(
+        f"Self-Instruct: {gen.get('records')} long records from the embedded 135M model "
+        f"({gen.get('failed')} documents failed validation, {gen.get('rejected_questions')} questions rejected)."
+    )
+    b = st.get("batching") or {}
+    cmp_ = summary.get("methods") or {}
+    if cmp_.get("naive", {}).get("seconds"):
+        parts = []
+        for m in METHODS:
+            c = cmp_[m]
+            measured, simulated = c["measured_speedup_vs_naive"], c["simulated_speedup_vs_naive"]
+            parts.append(f"{m} {c['seconds']:.0f} s (x{measured}, simulated x{simulated})")
+        lines.append(
+            f"Batching: one epoch over the same {b.get('sequences')} sequences ({b.get('real_tokens')} real tokens) "
+            f"per method: " + "; ".join(parts) + ". Measured = naive's training seconds / the method's; simulated ="
+            " the cost model's prediction for these lengths on one device (padding is the only waste it sees there)."
+        )
+    h = st.get("eval:heldout") or {}
+    loss = h.get("sequence_mean_loss") or {}
+    if loss.get("base") is not None:
+        lines.append(
+            f"Held-out loss (mean over {h.get('conversations')} held-out conversations of each one's token-mean "
+            f"loss on the replies): base {loss['base']:.3f} -> fine-tuned {loss['tuned']:.3f} "
+            f"({loss['change']:+.3f}); lower = the pack + sequence run learned what the data asks for. "
+            "It is exact (no sampling, no judge), so any change is the training's."
+        )
+        for kind, what in (
+            (
+                "long",
+                "long records of held-out documents; their answers were written by the base model itself, "
+                "so there is little left to learn",
+            ),
+            ("short", "short chats not trained on; replies written by others, whose style the fine-tune picks up"),
+        ):
+            pair = h.get(f"{kind}_sequence_mean_loss") or {}
+            if pair.get("change") is not None:
+                lines.append(
+                    f"Held-out loss, {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> "
+                    f"fine-tuned {pair['tuned']:.3f} ({pair['change']:+.3f})."
+                )
+    n = st.get("eval:needle") or {}
+    rec = n.get("mean_recall") or {}
+    norm = n.get("mean_recall_norm") or {}
+    if rec:
+        lines.append(
+            f"Needle: key-phrase recall base {rec.get('base')} -> fine-tuned {rec.get('tuned')} over {n.get('cells')} "
+            f"cells (normalised and stemmed: {norm.get('base')} -> {norm.get('tuned')}); with so few cells one cell "
+            "moves the mean by a large step and the contexts are short, so this shows the grid works, not an effect."
+        )
+    lbc = st.get("eval:longbench-chat") or {}
+    sc = lbc.get("mean_score") or {}
+    if sc:
+        lines.append(
+            f"LongBench-Chat-format mini set ({lbc.get('cases')} held-out cases, generated references, judged by the "
+            f"same 135M model): base {sc.get('base')} -> fine-tuned {sc.get('tuned')} (1-10); too few cases and too "
+            "weak a judge to show an effect."
+        )
+    over = summary.get("overruns") or []
+    lines.append(
+        "Time budgets: every stage within its budget."
+        if not over
+        else "Over budget: " + ", ".join(f"{o['stage']} {o['seconds']:.0f} s > {o['budget']:.0f} s" for o in over)
+    )
+    return lines
+
+
+def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str, str, dict | None], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage; returns ``{"stages": {name: numbers}, "methods": ..., "explained": [...],
+    "overruns": [...], "seconds": ..., "run": path}``.
+
+    ``on_stage(name, "start"|"done", numbers)`` reports progress (``numbers["budget_s"]`` is the stage's budget
+    at both events). The summary is also written to ``<run>/demo_summary.json``.
     """
     run = RunDir(cfg.run)
     run.root.mkdir(parents=True, exist_ok=True)
     prof = profile_for(cfg)
     record(run, "demo", {**to_dict(cfg), "profile": prof.__dict__})
     results: dict[str, Any] = {}
+    overruns = []
     t0 = time.perf_counter()
     for name, fn in stages(cfg, prof):
+        budget = prof.budget(name)
         if on_stage:
-            on_stage(name, "start", None)
+            on_stage(name, "start", {"budget_s": budget})
         t = time.perf_counter()
         numbers = fn(run, cfg, prof)
         numbers["stage_seconds"] = round(time.perf_counter() - t, 1)
+        numbers["budget_s"] = budget
+        if budget is not None and numbers["stage_seconds"] > budget and not numbers.get("resumed"):
+            overruns.append({"stage": name, "seconds": numbers["stage_seconds"], "budget": budget})
+            log.warning("stage %s took %.0f s, over its %.0f s budget", name, numbers["stage_seconds"], budget)
         results[name] = numbers
         if on_stage:
             on_stage(name, "done", numbers)
     summary = {
         "run": str(run.root),
+        "base_run": str(base_run_dir(run).root),
         "profile": "quick" if cfg.quick else "full",
         "seconds": round(time.perf_counter() - t0, 1),
         "stages": results,
+        "methods": compare_methods(results),
+        "overruns": overruns,
     }
+    summary["explained"] = explain(summary)
     atomic_write_json(run.demo_summary, summary)
     return summary

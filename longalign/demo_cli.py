@@ -25,9 +25,13 @@ def register(subparsers: Any) -> None:
 
 
 def _fmt(numbers: dict[str, Any]) -> str:
-    skip = {"stage_seconds"}
+    skip = {"stage_seconds", "budget_s"}
     parts = []
     for k, v in numbers.items():
+        if isinstance(v, dict) and "base" in v and "tuned" in v:  # base vs fine-tuned
+            b, t = (f"{x:.3g}" if isinstance(x, float) else str(x) for x in (v["base"], v["tuned"]))
+            parts.append(f"{k}={b}->{t}")
+            continue
         if k in skip or isinstance(v, (dict, list)):
             continue
         parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
@@ -39,17 +43,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started: dict[str, float] = {}
 
     def on_stage(name: str, event: str, numbers: dict | None) -> None:
+        budget = (numbers or {}).get("budget_s")
         if event == "start":
             started[name] = time.perf_counter()
-            print(f"==> {name}", flush=True)
+            print(f"==> {name}" + (f" (budget {budget:.0f}s)" if budget else ""), flush=True)
         else:
-            print(f"    done in {numbers['stage_seconds']:.0f}s: {_fmt(numbers)}", flush=True)
+            secs = numbers["stage_seconds"]
+            over = budget is not None and secs > budget and not numbers.get("resumed")
+            flag = f"  OVER BUDGET ({secs:.0f}s > {budget:.0f}s)" if over else ""
+            print(f"    done in {secs:.0f}s{flag}: {_fmt(numbers)}", flush=True)
 
     summary = demo.run_demo(cfg, on_stage=on_stage)
     print()
-    print(f"{'stage':<22}{'seconds':>9}  numbers")
+    print(f"{'stage':<22}{'seconds':>9}{'budget':>8}  numbers")
     for name, numbers in summary["stages"].items():
-        print(f"{name:<22}{numbers['stage_seconds']:>9.0f}  {_fmt(numbers)}")
+        budget = numbers.get("budget_s")
+        print(f"{name:<22}{numbers['stage_seconds']:>9.0f}{budget or 0:>8.0f}  {_fmt(numbers)}")
+    print("\nWhat the numbers say:")
+    for line in summary["explained"]:
+        print(f"  - {line}")
     print(f"\nfinished in {summary['seconds']:.0f}s; everything is in {summary['run']}")
+    print(f"the base model's evaluation is in {summary['base_run']}")
     print(f"open the dashboard:  longalign app --runs {Path(summary['run']).parent}")
     return 0

@@ -12,12 +12,34 @@ from longalign.rundir import ON_ERROR
 
 @dataclass
 class PriceOptions(Options):
-    """LLM prices (for the cost figures)."""
+    """LLM prices and spending caps."""
 
     price_in_per_mtok: float | None = option(
         None, minimum=0, help="price per million prompt tokens (for the cost figures; unset = no cost)"
     )
     price_out_per_mtok: float | None = option(None, minimum=0, help="price per million completion tokens")
+    max_cost: float | None = option(
+        None,
+        minimum=0,
+        help="stop before a priced LLM request (the generator's in data generate, the judge's in eval) could take "
+        "this command's spend past this amount, in the unit of the prices (needs --price-in-per-mtok/"
+        "--price-out-per-mtok); cached answers are free, and a re-run continues from the cache with a fresh cap "
+        "(unset = no cap)",
+    )
+    max_requests: int | None = option(
+        None,
+        minimum=0,
+        help="stop before sending more than this many priced LLM requests in this command (retries count; cached "
+        "answers do not; unset = no cap)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_cost is not None and not (self.price_in_per_mtok or self.price_out_per_mtok):
+            raise ValueError(
+                f"max_cost={self.max_cost:g} needs the prices it is counted in: give --price-in-per-mtok "
+                "and/or --price-out-per-mtok (per million tokens, in the unit of the cap)"
+            )
 
 
 @dataclass

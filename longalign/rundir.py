@@ -14,6 +14,7 @@ Layout (every path below is produced by exactly one stage; readers never trust a
       data/short.jsonl                {"messages": [...], "source"}
       data/mixed.jsonl                {"messages": [...], "source", ...}
       data/mini_longbench_chat.jsonl  the demo's LongBench-Chat-format set from held-out documents
+      data/heldout.jsonl              the demo's held-out long conversations (for eval/heldout)
       tokens/                         datasets.save_to_disk: input_ids, labels, length, n_target, source
       tokens/longalign_meta.json      tokenizer, chat format, max_len and counts of the tokenize run
       batching/<method>.json          plan statistics;  batching/<method>.plan.json  {"batches": [[i, ...], ...]}
@@ -23,6 +24,7 @@ Layout (every path below is produced by exactly one stage; readers never trust a
       eval/longbench_chat/{predictions,judge_runs,judgments}.jsonl + summary.json
       eval/needle/results.jsonl + summary.json (+ heatmap.html)
       eval/judge_agreement/ratings.jsonl + summary.json
+      eval/heldout/results.jsonl + summary.json   held-out loss per conversation and its means
       eval/longbench/{predictions,judgments}.jsonl + summary.json
       demo_summary.json               what `longalign demo` measured, stage by stage
 
@@ -275,6 +277,10 @@ class RunDir:
     @property
     def mini_longbench_chat(self) -> Path:
         return self.data / "mini_longbench_chat.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        return self.data / "heldout.jsonl"
 
     # tokenize
     @property

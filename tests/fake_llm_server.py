@@ -1,6 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests (stdlib only, no model).
 
-Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``) and ``GET /v1/models``.
+Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``), ``POST /v1/completions`` (a
+raw prompt; one ending in ``[[`` is answered with a rating, as a continued chat prefill is) and
+``GET /v1/models``.
 
 * ``responder(request_json) -> str`` makes the reply text; built-ins: ``echo`` (the last user message),
   ``questions`` (five numbered questions derived from the prompt), ``judge`` (a short review ending in
@@ -13,10 +15,21 @@ Endpoints: ``POST /v1/chat/completions`` (OpenAI response JSON with ``usage``) a
   ``"timeout"``, ``"ok"``) for the next requests, consumed before random draws.
 * Usage: prompt tokens = words of all message contents + 4 per message; completion tokens = words of the
   reply, which is cut to ``max_tokens`` words (``finish_reason: "length"``).
+* Log-probabilities, in the shape vLLM and llama.cpp return for chat completions: with ``logprobs: true``
+  and ``top_logprobs: k`` the choice carries ``logprobs.content = [{"token", "logprob", "bytes",
+  "top_logprobs": [{"token", "logprob", "bytes"}, ...k]}]`` (``logprobs_shape="completions"`` sends the
+  legacy ``tokens``/``token_logprobs``/``top_logprobs: [{token: logprob}]`` shape instead;
+  ``logprobs=False`` makes a server that ignores the request and sends ``logprobs: null``).
+* Assistant prefill (``prefill``): ``"vllm"`` continues a final assistant message only when the request
+  says ``continue_final_message: true``, ``"llamacpp"`` always does, ``"none"`` never does (it answers as if
+  the turn were new). A continued message ending in ``[[`` is answered with a rating drawn from
+  :func:`rating_distribution` (the argmax, then ``]]``), digits one token each as in Llama-style
+  tokenizers, and the log-probabilities of that distribution at the rating positions.
 * Request log: ``.requests`` (list) and optionally a jsonl file (one flushed line per request):
   ``{"n", "time", "key" (SHA-256 of the canonical JSON of messages), "model", "status" (HTTP status sent,
   or 0 when the reply was abandoned), "outcome" ("ok"|"429"|"500"|"400"|"timeout"|"bad_request"),
-  "in_flight", "seed", "temperature", "max_tokens"}``. ``max_in_flight`` is the peak concurrency seen.
+  "in_flight", "seed", "temperature", "max_tokens", "logprobs" (top_logprobs asked, or null), "prefill"
+  (whether a final assistant message was continued)}``. ``max_in_flight`` is the peak concurrency seen.
 
 Asserting "nothing was paid twice" after killing a client: a request the server answered in the very
 instant of the kill may be sent again (its answer never reached the client's cache), so compare against
@@ -35,8 +48,10 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -87,11 +102,55 @@ def judge_responder(req: dict) -> str:
     return f"The answer covers the main points with some gaps. Rating: [[{k}]]"
 
 
+def unrated_responder(req: dict) -> str:
+    """A judge that never writes ``[[N]]`` (what the embedded 135M model does)."""
+    return "The answer is helpful and mostly accurate, but it misses a detail. Overall it is good."
+
+
 BUILTIN_RESPONDERS: dict[str, Responder] = {
     "echo": echo_responder,
     "questions": questions_responder,
     "judge": judge_responder,
+    "unrated": unrated_responder,
 }
+
+
+def rating_distribution(messages: Any) -> dict[int, float]:
+    """The fake judge's belief over ratings 1..10 for a prompt (``messages`` without the prefill): peaked at
+    a rating drawn from a hash of the prompt, mass falling by e per step away from it."""
+    peak = int(messages_key(messages)[:8], 16) % 10 + 1
+    w = {r: 2.718281828459045 ** -abs(r - peak) for r in range(1, 11)}
+    z = sum(w.values())
+    return {r: v / z for r, v in w.items()}
+
+
+_TOKEN = re.compile(r"\d|\]\]|\[\[|\s*[A-Za-z]+|\s*[^\w\s]|\s+")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text) or [text]
+
+
+def _rating_positions(dist: dict[int, float]) -> tuple[list[str], list[list[tuple[str, float]]]]:
+    """Tokens of the argmax rating + ``]]`` and, per position, the top alternatives with log-probs."""
+    first: dict[str, float] = {}
+    for r, p in dist.items():
+        first[str(r)[0]] = first.get(str(r)[0], 0.0) + p
+    best = max(dist, key=lambda r: dist[r])
+    toks = list(str(best)) + ["]]"]
+    tops = [sorted(((t, math.log(p)) for t, p in first.items()), key=lambda x: -x[1])]
+    if best == 10 or best == 1:
+        p1, p10 = dist.get(1, 0.0), dist.get(10, 0.0)
+        alts = [("0", math.log(p10 / (p1 + p10))), ("]]", math.log(p1 / (p1 + p10)))]
+        tops.append(sorted(alts, key=lambda x: -x[1]))
+    if best != 1:
+        tops.append([("]]", math.log(0.99)), ("]", math.log(0.01))])
+    return toks, tops
+
+
+def _text_positions(text: str) -> tuple[list[str], list[list[tuple[str, float]]]]:
+    toks = _tokens(text)
+    return toks, [[(t, math.log(0.9)), (" the", math.log(0.05)), (".", math.log(0.02))] for t in toks]
 
 
 def load_responder(name: str) -> Responder:
@@ -127,6 +186,9 @@ class FakeLLMServer:
         retry_after: str | None = None,
         require_key: str | None = None,
         port: int = 0,
+        logprobs: bool = True,
+        logprobs_shape: str = "chat",
+        prefill: str = "vllm",
     ):
         self.responder: Responder = load_responder(responder) if isinstance(responder, str) else responder
         self.fail_rate = float(fail_rate)
@@ -137,6 +199,13 @@ class FakeLLMServer:
         self.retry_after = retry_after
         self.require_key = require_key
         self.log_path = Path(log_path) if log_path else None
+        if prefill not in ("vllm", "llamacpp", "none"):
+            raise ValueError(f"prefill={prefill!r}: use vllm, llamacpp or none")
+        if logprobs_shape not in ("chat", "completions"):
+            raise ValueError(f"logprobs_shape={logprobs_shape!r}: use chat or completions")
+        self.logprobs = bool(logprobs)
+        self.logprobs_shape = logprobs_shape
+        self.prefill = prefill
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -256,7 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        route = self.path.rstrip("/")
+        if route in ("/v1/completions", "/completions"):
+            self._text_completion(fake, raw)
+            return
+        if route not in ("/v1/chat/completions", "/chat/completions"):
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         with fake._lock:
@@ -287,6 +360,8 @@ class _Handler(BaseHTTPRequestHandler):
             seed=req.get("seed"),
             temperature=req.get("temperature"),
             max_tokens=req.get("max_tokens"),
+            logprobs=req.get("top_logprobs") if req.get("logprobs") else None,
+            prefill=False,
         )
         if fake.require_key is not None and self.headers.get("Authorization") != f"Bearer {fake.require_key}":
             entry.update(status=401, outcome="unauthorized")
@@ -310,34 +385,130 @@ class _Handler(BaseHTTPRequestHandler):
             kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
             self._send(status, {"error": {"message": f"injected {status}", "type": kind}}, headers)
             return
-        reply = fake.responder(req)
-        payload = self._completion(fake, req, reply)
-        entry.update(status=200, outcome="ok")
+        last = messages[-1] if isinstance(messages[-1], dict) else {}
+        prefill = last.get("role") == "assistant" and (
+            fake.prefill == "llamacpp" or (fake.prefill == "vllm" and bool(req.get("continue_final_message")))
+        )
+        if prefill and str(last.get("content", "")).rstrip().endswith("[["):
+            toks, tops = _rating_positions(rating_distribution(messages[:-1]))
+            payload = self._completion(fake, req, "".join(toks), (toks, tops))
+        else:
+            payload = self._completion(fake, req, fake.responder(req))
+        entry.update(status=200, outcome="ok", prefill=prefill)
         fake._record(entry)
         self._send(200, payload)
 
+    def _text_completion(self, fake: FakeLLMServer, raw: bytes) -> None:
+        """``/v1/completions``: a prompt ending in ``[[`` gets a rating continuation, keyed by the prompt before
+        the ``[[``; any other prompt goes to the responder as one user message. Logprobs in the completions
+        shape (``logprobs: k``)."""
+        entry: dict[str, Any] = {"time": time.time(), "in_flight": fake.in_flight}
+        try:
+            req = json.loads(raw or b"{}")
+            prompt = req["prompt"]
+            if not isinstance(prompt, str):
+                raise ValueError("prompt must be a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            entry.update(key=None, status=400, outcome="bad_request")
+            fake._record(entry)
+            self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+            return
+        k = req.get("logprobs")
+        entry.update(
+            key=messages_key(prompt),
+            model=req.get("model"),
+            seed=req.get("seed"),
+            temperature=req.get("temperature"),
+            max_tokens=req.get("max_tokens"),
+            logprobs=k,
+            prefill=prompt.rstrip().endswith("[["),
+        )
+        chat_req = {**req, "messages": [{"role": "user", "content": prompt}], "logprobs": bool(k), "top_logprobs": k}
+        if entry["prefill"]:
+            toks, tops = _rating_positions(rating_distribution(prompt.rstrip()[:-2]))
+            body = self._completion(fake, chat_req, "".join(toks), (toks, tops))
+        else:
+            body = self._completion(fake, chat_req, fake.responder(chat_req))
+        choice = body["choices"][0]
+        lp = choice["logprobs"]
+        if lp is not None and "content" in lp:  # the completions API always uses the legacy shape
+            lp = {
+                "tokens": [c["token"] for c in lp["content"]],
+                "token_logprobs": [c["logprob"] for c in lp["content"]],
+                "top_logprobs": [{a["token"]: a["logprob"] for a in c["top_logprobs"]} for c in lp["content"]],
+            }
+        body["object"] = "text_completion"
+        body["choices"] = [
+            {"index": 0, "text": choice["message"]["content"], "logprobs": lp, "finish_reason": choice["finish_reason"]}
+        ]
+        entry.update(status=200, outcome="ok")
+        fake._record(entry)
+        self._send(200, body)
+
     @staticmethod
-    def _completion(fake: FakeLLMServer, req: dict, reply: str) -> dict:
-        words = reply.split()
+    def _completion(fake: FakeLLMServer, req: dict, reply: str, rating: tuple | None = None) -> dict:
         max_tokens = req.get("max_tokens")
         finish = "stop"
-        if isinstance(max_tokens, int) and len(words) > max_tokens:
-            words = words[:max_tokens]
-            reply = " ".join(words)
-            finish = "length"
+        if rating is not None:  # a rating continuation: its tokens are the unit
+            toks, tops = rating
+            if isinstance(max_tokens, int) and len(toks) > max_tokens:
+                toks, tops, finish = toks[:max_tokens], tops[:max_tokens], "length"
+            reply, n_completion = "".join(toks), len(toks)
+        else:
+            words = reply.split()
+            if isinstance(max_tokens, int) and len(words) > max_tokens:
+                words = words[:max_tokens]
+                reply = " ".join(words)
+                finish = "length"
+            n_completion = len(words)
+            toks, tops = _text_positions(reply)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in req["messages"])
+        logprobs = None
+        if fake.logprobs and req.get("logprobs"):
+            logprobs = _logprobs_payload(toks, tops, int(req.get("top_logprobs") or 0), fake.logprobs_shape)
         return {
             "id": "chatcmpl-" + messages_key(req["messages"])[:12],
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.get("model") or fake.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(words),
-                "total_tokens": prompt_tokens + len(words),
+                "completion_tokens": n_completion,
+                "total_tokens": prompt_tokens + n_completion,
             },
         }
+
+
+def _logprobs_payload(toks: list[str], tops: list[list[tuple[str, float]]], k: int, shape: str) -> dict:
+    def chosen_lp(tok: str, alts: list[tuple[str, float]]) -> float:
+        return next((lp for t, lp in alts if t == tok), math.log(0.5))
+
+    if shape == "completions":
+        return {
+            "tokens": toks,
+            "token_logprobs": [chosen_lp(t, a) for t, a in zip(toks, tops)],
+            "top_logprobs": [dict(a[:k]) for a in tops],
+            "text_offset": [sum(len(x) for x in toks[:i]) for i in range(len(toks))],
+        }
+    content = []
+    for t, alts in zip(toks, tops):
+        content.append(
+            {
+                "token": t,
+                "logprob": chosen_lp(t, alts),
+                "bytes": list(t.encode("utf-8")),
+                "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode("utf-8"))} for a, lp in alts[:k]],
+            }
+        )
+    return {"content": content}
 
 
 def start_server_process(
@@ -401,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--responder", default="echo")
     ap.add_argument("--model", default="fake-model")
     ap.add_argument("--retry-after", default=None)
+    ap.add_argument("--prefill", default="vllm", choices=["vllm", "llamacpp", "none"])
+    ap.add_argument("--no-logprobs", action="store_true", help="ignore logprobs requests (send logprobs: null)")
     args = ap.parse_args(argv)
     kinds = {k.strip(): 1.0 for k in args.fail_kinds.split(",") if k.strip()}
     server = FakeLLMServer(
@@ -414,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         retry_after=args.retry_after,
         port=args.port,
+        prefill=args.prefill,
+        logprobs=not args.no_logprobs,
     ).start()
     port_file = Path(args.port_file)
     tmp = port_file.with_name(port_file.name + ".tmp")

@@ -165,6 +165,9 @@ def test_needle(monkeypatch, runs):
     assert cell["response"] in [i.value for i in at.info]
     at.radio[0].set_value("recall").run()
     assert not at.exception
+    assert "mean normalised recall" in metrics(at)
+    at.radio[0].set_value("recall_norm").run()
+    assert not at.exception and "normalised recall" in text_of(at)
 
 
 # ---------------------------------------------------------------------------------------------- empty

@@ -60,7 +60,105 @@ def test_mini_set_is_loadable_as_longbench_chat_with_labelled_anchor_examples(ru
 
 
 def test_profile_overrides():
-    cfg = demo.DemoConfig(quick=True, n_docs=5, max_steps=3)
+    cfg = demo.DemoConfig(quick=True, n_docs=5, max_steps=3, n_short=7)
     prof = demo.profile_for(cfg)
-    assert (prof.n_docs, prof.max_steps, prof.max_len) == (5, 3, demo.PROFILES["quick"].max_len)
+    assert (prof.n_docs, prof.max_steps, prof.n_short) == (5, 3, 7)
+    assert prof.max_len == demo.PROFILES["quick"].max_len
     assert json.dumps(prof.__dict__)
+
+
+def test_every_stage_has_a_budget_and_the_full_profile_fits_fifteen_minutes():
+    for name, prof in demo.PROFILES.items():
+        names = [n for n, _ in demo.stages(demo.DemoConfig(quick=name == "quick"), prof)]
+        assert all(prof.budget(n) for n in names), [n for n in names if not prof.budget(n)]
+    assert sum(b for _, b in demo.PROFILES["full"].budgets) <= 15 * 60
+    assert sum(b for _, b in demo.PROFILES["quick"].budgets) <= 4 * 60
+
+
+def test_held_out_conversations_are_written_whole(run):
+    recs = [_record("d3", "three"), _record("d2", "two")]
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    demo.write_heldout(run, recs, [chat])
+    demo.write_heldout(run, recs, [chat])  # rewriting replaces
+    rows = read_jsonl(run.heldout)
+    assert [r["doc_id"] for r in rows] == ["d3", "d2", None] and rows[0]["messages"] == recs[0]["messages"]
+    assert [r["kind"] for r in rows] == ["long", "long", "short"]
+
+
+def _results(naive=120.0, sort=80.0, pack=60.0):
+    out = {
+        "batching": {
+            "sequences": 9,
+            "real_tokens": 5000,
+            "simulated_speedup_vs_naive": {"naive": 1.0, "sort": 1.4, "pack": 1.9},
+        }
+    }
+    for m, secs in (("naive", naive), ("sort", sort), ("pack", pack)):
+        out[f"train:{m}"] = {"train_seconds": secs, "real_tokens": 5000, "stage_seconds": secs + 5}
+    return out
+
+
+def test_methods_are_compared_on_measured_seconds_beside_the_simulator():
+    cmp_ = demo.compare_methods(_results())
+    assert cmp_["naive"]["measured_speedup_vs_naive"] == 1.0
+    assert cmp_["sort"]["measured_speedup_vs_naive"] == 1.5 and cmp_["sort"]["simulated_speedup_vs_naive"] == 1.4
+    assert cmp_["pack"]["measured_speedup_vs_naive"] == 2.0 and cmp_["pack"]["simulated_speedup_vs_naive"] == 1.9
+    assert demo.compare_methods({})["pack"]["measured_speedup_vs_naive"] is None
+
+
+def test_explanation_names_each_number_and_the_overrun():
+    results = _results()
+    results["eval:heldout"] = {
+        "conversations": 2,
+        "sequence_mean_loss": {"base": 2.5, "tuned": 2.1, "change": -0.4},
+        "short_conversations": 4,
+        "short_sequence_mean_loss": {"base": 2.9, "tuned": 2.2, "change": -0.7},
+    }
+    results["eval:needle"] = {"cells": 2, "mean_recall": {"base": 0.0, "tuned": 0.5, "change": 0.5}}
+    summary = {
+        "stages": results,
+        "methods": demo.compare_methods(results),
+        "overruns": [{"stage": "generate", "seconds": 400.0, "budget": 300.0}],
+    }
+    text = "\n".join(demo.explain(summary))
+    assert "pack 60 s (x2.0, simulated x1.9)" in text
+    assert "base 2.500 -> fine-tuned 2.100 (-0.400)" in text
+    assert "Held-out loss, short: 4 short chats not trained on" in text and "(-0.700)" in text
+    assert "Over budget: generate 400 s > 300 s" in text
+    summary["overruns"] = []
+    assert "within its budget" in demo.explain(summary)[-1]
+
+
+def test_pair_reports_the_change_only_for_two_numbers():
+    assert demo._pair({"base": {"x": 1.0}, "tuned": {"x": 1.5}}, "x") == {"base": 1.0, "tuned": 1.5, "change": 0.5}
+    assert demo._pair({"base": {"x": None}, "tuned": {"x": 1.5}}, "x") == {"base": None, "tuned": 1.5}
+
+
+def test_base_evaluation_goes_to_a_sibling_run(tmp_path):
+    base = demo.base_run_dir(RunDir(tmp_path / "demo"))
+    assert base.root == tmp_path / "demo-base"
+
+
+def test_cost_model_counts_the_embedded_models_parameters():
+    cost = demo.cost_model_for("random:configs/models/tiny-llama")
+    # tiny-llama: 2 layers of hidden 64 (4 heads, 2 kv heads of 16), mlp 128, vocab 49,152 (tied)
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128
+    assert cost["n_params"] == 2 * per_layer + 49152 * 64
+    assert cost["per_token"] > 0 and cost["per_token_sq"] > 0
+
+
+def test_home_page_tables_read_the_demo_summary(tmp_path):
+    from longalign.rundir import atomic_write_json
+    from longalign.views import home
+
+    results = _results()
+    results["eval:heldout"] = {"sequence_mean_loss": {"base": 2.5, "tuned": 2.1, "change": -0.4}}
+    run = RunDir(tmp_path / "demo")
+    assert home.load_demo_summary(run) == {}
+    atomic_write_json(run.demo_summary, {"stages": results, "methods": demo.compare_methods(results)})
+    summary = home.load_demo_summary(run)
+    methods = home.demo_method_table(summary)
+    assert list(methods["method"]) == ["naive", "sort", "pack"]
+    assert list(methods["measured speedup vs naive"]) == [1.0, 1.5, 2.0]
+    evals = home.demo_eval_table(summary)
+    assert len(evals) == 1 and evals.iloc[0]["base"] == 2.5 and evals.iloc[0]["change"] == -0.4

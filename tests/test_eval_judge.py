@@ -1,14 +1,25 @@
-"""Judge building blocks: [[rating]] parsing, template filling, example orders, prompt assembly, and the
-endpoint judge's retries against the fake HTTP server."""
+"""Judge building blocks: [[rating]] parsing, template filling, example orders, prompt assembly, the
+endpoint judge's retries, its logprob scoring after a forced ``[[`` and its early stop against the fake
+HTTP server (which serves ``top_logprobs`` in the shape vLLM and llama.cpp use), and a SIGKILL mid-judging."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from fake_llm_server import rating_distribution, start_server_process
 
 from longalign.eval.judge import (
     EndpointJudge,
+    JudgeCannotRate,
     JudgeRequest,
     JudgeSettings,
     LocalJudge,
@@ -17,6 +28,7 @@ from longalign.eval.judge import (
     is_local_judge,
     make_judge,
     parse_rating,
+    rating_from_logprobs,
     template_slots,
 )
 from longalign.eval.longbench_chat import ChatCase, build_from_template, example_orders, judge_messages
@@ -175,7 +187,7 @@ class TestEndpointJudge:
 
         fake_llm.set_responder(responder)
         client = make_client("openai:fake-judge", base_url=fake_llm.base_url, max_retries=0)
-        judge = EndpointJudge(client, max_attempts=5)
+        judge = EndpointJudge(client, max_attempts=5, logprobs="off")
         out = judge.rate(JudgeRequest([{"role": "user", "content": "rate this"}], seed=0))
         assert out.score == 8.0 and out.attempts == 3
         assert out.replies == ["Looks fine overall.", "Looks fine overall.", "Good. Rating: [[8]]"]
@@ -187,7 +199,7 @@ class TestEndpointJudge:
     def test_gives_up_after_five(self, fake_llm):
         fake_llm.set_responder(lambda req: "No rating from me.")
         client = make_client("openai:fake-judge", base_url=fake_llm.base_url, max_retries=0)
-        out = EndpointJudge(client).rate(JudgeRequest([{"role": "user", "content": "rate"}]))
+        out = EndpointJudge(client, logprobs="off").rate(JudgeRequest([{"role": "user", "content": "rate"}]))
         assert out.score is None and out.attempts == 5 and len(out.replies) == 5
         assert len(fake_llm.requests) == 5
         assert out.prompt_tokens == 5 * (1 + 4)  # usage summed over attempts
@@ -247,3 +259,283 @@ class TestLocalJudge:
     def test_endpoint_spec_is_refused(self):
         with pytest.raises(ValueError, match="make_judge"):
             LocalJudge("openai:gpt-4o")
+
+
+# --- endpoint logprob scoring ------------------------------------------------------------------------------
+L = math.log
+
+
+def pos(token, *alts):
+    return {"token": token, "logprob": next((lp for t, lp in alts if t == token), None), "top": [list(a) for a in alts]}
+
+
+class TestRatingFromLogprobs:
+    def test_continued_prefix_splits_one_and_ten(self):
+        positions = [
+            pos("1", ("1", L(0.5)), ("9", L(0.3)), ("8", L(0.2))),
+            pos("0", ("0", L(0.6)), ("]]", L(0.4))),
+            pos("]]", ("]]", L(0.99))),
+        ]
+        dist, mass, start = rating_from_logprobs(positions, 1, 10)
+        assert start == 0 and mass == pytest.approx(1.0)
+        assert dist == pytest.approx({1: 0.2, 8: 0.2, 9: 0.3, 10: 0.3})
+
+    def test_rating_after_the_replys_own_brackets(self):
+        toks = ["The", " rating", " is", " [[", "7", "]]"]
+        positions = [pos(t, (t, L(0.9))) for t in toks]
+        positions[4] = pos("7", ("7", L(0.6)), ("8", L(0.2)), (" the", L(0.1)))
+        dist, mass, start = rating_from_logprobs(positions, 1, 10)
+        assert start == 4 and mass == pytest.approx(0.8)
+        assert dist == pytest.approx({7: 0.75, 8: 0.25})
+
+    def test_merged_and_spaced_tokens_and_range(self):
+        positions = [pos(" 4", (" 4", L(0.5)), ("5]]", L(0.3)), ("0", L(0.1)), ("12", L(0.1)))]
+        dist, mass, _ = rating_from_logprobs(positions, 1, 10)
+        assert dist == pytest.approx({4: 0.625, 5: 0.375}) and mass == pytest.approx(0.8)
+        dist, _, _ = rating_from_logprobs(positions, 1, 4)  # a 1-4 scale
+        assert dist == {4: 1.0}
+
+    def test_a_completions_continuation_is_read_whatever_the_model_wrote(self):
+        # what the embedded 135M model does after a forced "[[": it echoes the instructions' "[[N]]"
+        positions = [pos("N", ("N", L(0.5)), ("1", L(0.1)), ("7", L(0.3))), pos("]]", ("]]", L(0.9)))]
+        assert rating_from_logprobs(positions, 1, 10) is None
+        dist, mass, start = rating_from_logprobs(positions, 1, 10, continued=True)
+        assert start == 0 and mass == pytest.approx(0.4) and dist == pytest.approx({1: 0.25, 7: 0.75})
+
+    @pytest.mark.parametrize(
+        "positions",
+        [
+            None,
+            [],
+            [pos("Good", ("Good", L(0.9)), ("Fine", L(0.1)))],  # no [[ and no digit: the prefill was not continued
+            [pos("[[", ("[[", 0.0)), pos("x", ("x", L(0.9)), ("y", L(0.1)))],  # no rating token in the top-k
+            [pos("1", ("1", L(0.9)), ("2", L(0.1))), pos(".", (".", L(0.9))), pos(" The", (" The", L(0.9)))],  # a list
+        ],
+    )
+    def test_none(self, positions):
+        assert rating_from_logprobs(positions, 1, 10) is None
+
+
+def expected_from_server(messages, mode="expected"):
+    """What logprob scoring must give against the fake server: its rating distribution, except that without
+    the greedy path through "1" the mass of 10 cannot be told from that of 1 (both start with the token "1")."""
+    dist = dict(rating_distribution(messages))
+    best = max(dist, key=lambda r: dist[r])
+    if best not in (1, 10):
+        dist[1] += dist.pop(10)
+    if mode == "argmax":
+        return float(best)
+    return round(sum(r * p for r, p in dist.items()), 4)
+
+
+def judge_requests(n):
+    return [JudgeRequest([{"role": "user", "content": f"Rate answer number {i}, please."}], seed=i) for i in range(n)]
+
+
+class TestEndpointLogprobs:
+    def client(self, server, **kw):
+        return make_client("openai:judge-x", base_url=server.base_url, max_retries=0, **kw)
+
+    def test_scores_every_case_where_parsing_scores_none(self, fake_llm):
+        fake_llm.set_responder("unrated")
+        reqs = judge_requests(8)
+        parsed = dict(
+            EndpointJudge(self.client(fake_llm), logprobs="off", max_attempts=2, give_up_after=0).rate_many(reqs)
+        )
+        assert all(o.score is None for o in parsed.values()) and len(fake_llm.requests) == 16
+        fake_llm.reset_log()
+        outs = dict(EndpointJudge(self.client(fake_llm), max_attempts=2).rate_many(reqs))
+        assert sorted(outs) == list(range(8))
+        peaks = set()
+        for i, o in outs.items():
+            assert o.score == pytest.approx(expected_from_server(reqs[i].messages), abs=2e-4)
+            assert o.extra["scored_by"] == "logprobs" and o.reply.startswith("[[") and o.attempts == 2
+            assert o.extra["argmax"] == expected_from_server(reqs[i].messages, "argmax")
+            peaks.add(o.extra["argmax"])
+        assert len(peaks) > 2  # the prompts really differ in rating
+        lp = [r for r in fake_llm.requests if r["logprobs"]]
+        assert len(fake_llm.requests) == 16 and len(lp) == 8  # one text reply, then one logprob request per case
+        assert all(r["logprobs"] == 20 and r["prefill"] and r["temperature"] == 0.0 for r in lp)
+
+    def test_first_mode_argmax_and_the_completions_shape(self, fake_llm):
+        fake_llm.set_responder("unrated")
+        fake_llm.logprobs_shape = "completions"
+        reqs = judge_requests(5)
+        judge = EndpointJudge(self.client(fake_llm), logprobs="first", score_mode="argmax", top_logprobs=3)
+        outs = dict(judge.rate_many(reqs))
+        assert [outs[i].score for i in range(5)] == [expected_from_server(r.messages, "argmax") for r in reqs]
+        assert len(fake_llm.requests) == 5 and all(r["logprobs"] == 3 for r in fake_llm.requests)
+
+    def test_llamacpp_prefill_without_the_vllm_switch(self, fake_llm):
+        fake_llm.set_responder("unrated")
+        fake_llm.prefill = "llamacpp"
+        req = judge_requests(1)[0]
+        out = EndpointJudge(self.client(fake_llm), logprobs="first").rate(req)
+        assert out.score == pytest.approx(expected_from_server(req.messages), abs=2e-4)
+
+    def test_completions_prefill_renders_the_judges_chat_template(self, fake_llm):
+        from longalign.llm.local_model import render_chat
+        from longalign.models import load_tokenizer
+
+        tok = load_tokenizer(None)
+        fake_llm.set_responder("unrated")
+        fake_llm.prefill = "none"  # like llama-cpp-python: a final assistant message is not continued
+        reqs = judge_requests(4)
+        chat_judge = EndpointJudge(self.client(fake_llm), logprobs="first", max_attempts=1, give_up_after=0)
+        chat = dict(chat_judge.rate_many(reqs))
+        assert all(o.score is None for o in chat.values())
+        fake_llm.reset_log()
+        judge = EndpointJudge(self.client(fake_llm), logprobs="first", prefill="completions", tokenizer=tok)
+        outs = dict(judge.rate_many(reqs))
+        for i, o in outs.items():
+            prompt = render_chat(tok, reqs[i].messages)
+            assert prompt.endswith("<|im_start|>assistant\n")
+            assert o.score == pytest.approx(expected_from_server(prompt), abs=2e-4)
+            assert o.extra["scored_by"] == "logprobs"
+        assert len(fake_llm.requests) == 4 and all(r["prefill"] and r["logprobs"] == 20 for r in fake_llm.requests)
+
+    def test_text_rating_needs_no_logprob_request(self, fake_llm):
+        fake_llm.set_responder("judge")
+        outs = dict(EndpointJudge(self.client(fake_llm)).rate_many(judge_requests(4)))
+        assert all(o.extra["scored_by"] == "text" for o in outs.values())
+        assert len(fake_llm.requests) == 4 and not any(r["logprobs"] for r in fake_llm.requests)
+
+    def test_gives_up_early_without_logprobs(self, fake_llm):
+        fake_llm.set_responder("unrated")
+        fake_llm.logprobs = False  # a server that ignores logprobs
+        got = []
+        judge = EndpointJudge(self.client(fake_llm), give_up_after=3)
+        with pytest.raises(JudgeCannotRate) as err:
+            for i, o in judge.rate_many(judge_requests(20)):
+                got.append((i, o.score))
+        assert sorted(got) == [(0, None), (1, None), (2, None)]  # the first three are reported before the stop
+        # 3 cases x (5 text attempts + 1 logprob request asked in the same round), nothing for the other 17
+        assert len(fake_llm.requests) == 18
+        msg = str(err.value)
+        assert "first 3 case(s)" in msg and "returned no logprobs" in msg and "--judge-give-up-after 0" in msg
+        assert judge.logprobs_unavailable == "the endpoint returned no logprobs"
+
+    def test_gives_up_when_the_prefill_is_ignored(self, fake_llm):
+        fake_llm.set_responder("unrated")
+        fake_llm.prefill = "none"  # logprobs come back, but for a fresh reply without any rating
+        with pytest.raises(JudgeCannotRate, match="did not continue the prefilled"):
+            list(EndpointJudge(self.client(fake_llm), give_up_after=2, max_attempts=1).rate_many(judge_requests(5)))
+        assert len(fake_llm.requests) == 2 * 2
+
+    def test_a_rating_in_the_probe_keeps_judging(self, fake_llm):
+        fake_llm.logprobs = False
+        fake_llm.set_responder(lambda req: "Rating: [[6]]" if "number 1," in req["messages"][0]["content"] else "ok")
+        outs = dict(EndpointJudge(self.client(fake_llm), give_up_after=3, max_attempts=1).rate_many(judge_requests(6)))
+        assert sorted(outs) == list(range(6)) and outs[1].score == 6.0
+        assert sum(o.score is None for o in outs.values()) == 5
+
+    def test_settings_reach_the_judge(self, tmp_path, fake_llm):
+        st = JudgeSettings(
+            spec="openai:judge-x",
+            base_url=fake_llm.base_url,
+            logprobs="first",
+            top_logprobs=5,
+            give_up_after=0,
+            local_score="argmax",
+            max_requests=7,
+        )
+        judge = make_judge(st)
+        assert (judge.logprobs, judge.top_logprobs, judge.give_up_after, judge.score_mode) == ("first", 5, 0, "argmax")
+        assert judge.client.budget.max_requests == 7
+        with pytest.raises(ValueError, match="judge_logprobs"):
+            EndpointJudge(judge.client, logprobs="sometimes")
+
+
+HERE = Path(__file__).resolve()
+
+
+def unrated_chat_responder(req: dict) -> str:
+    """The model under test answers; the judge never writes [[N]] (rated only through logprobs)."""
+    if req.get("model", "").startswith("judge"):
+        return "A reasonable answer, though brief."
+    return "Model answer: " + req["messages"][-1]["content"].strip().splitlines()[-1][:40]
+
+
+def _lbc_cli(folder: Path, out: Path, url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "longalign.cli",
+        "eval",
+        "longbench-chat",
+        "--data",
+        str(folder),
+        "--run",
+        str(out),
+        "--model",
+        "openai:model-under-test",
+        "--model-base-url",
+        url,
+        "--judge",
+        "openai:judge-x",
+        "--judge-base-url",
+        url,
+        "--judge-max-in-flight",
+        "1",
+        "--judge-max-attempts",
+        "2",
+        "--max-new-tokens",
+        "64",
+        "--progress",
+        "false",
+    ]
+
+
+def _ok_keys(calls_log: Path) -> list[str]:
+    if not calls_log.is_file():
+        return []
+    lines = [json.loads(x) for x in calls_log.read_text().splitlines() if x.strip()]
+    return [r["key"] for r in lines if r["status"] == "ok"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_logprob_judging_loses_nothing_and_rejudges_nothing(tmp_path):
+    from test_eval_longbench_chat import make_fixture
+
+    from longalign.rundir import read_jsonl
+
+    folder = make_fixture(tmp_path / "lbc")
+    log_path = tmp_path / "server.jsonl"
+    server, url = start_server_process(
+        tmp_path, responder=f"{HERE}:unrated_chat_responder", latency=0.2, log_path=log_path
+    )
+    out = tmp_path / "run"
+    edir = out / "eval" / "longbench_chat"
+    calls = out / "data" / "llm_calls.jsonl"
+    env = {**os.environ, "OPENAI_API_KEY": "test", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.Popen(_lbc_cli(folder, out, url), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(read_jsonl(edir / "judge_runs.jsonl")) < 3 and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before_runs = read_jsonl(edir / "judge_runs.jsonl")
+        assert 3 <= len(before_runs) < 8
+        paid_before = _ok_keys(calls)
+        n_server_before = len(read_jsonl(log_path))
+        res = subprocess.run(_lbc_cli(folder, out, url), env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    runs = read_jsonl(edir / "judge_runs.jsonl")
+    assert sorted((r["idx"], r["run"]) for r in runs) == [(i, r) for i in range(1, 5) for r in range(2)]
+    assert runs[: len(before_runs)] == before_runs  # nothing lost or rewritten
+    assert all(r["score"] is not None and r["scored_by"] == "logprobs" for r in runs)
+    paid_after = _ok_keys(calls)[len(paid_before) :]
+    assert not set(paid_before) & set(paid_after)  # no answered request paid again
+    server_log = read_jsonl(log_path)
+    # 4 answers + 8 judge runs x (1 text reply + 1 logprob request); at most the one request in flight at the
+    # kill (answered by the server, never received) is sent twice
+    assert 20 <= len(server_log) <= 21 and n_server_before < len(server_log)
+    ids = [(e["key"], e["seed"], e["logprobs"], e["max_tokens"]) for e in server_log]
+    assert len(ids) - len(set(ids)) <= 1
+    summary = json.loads((edir / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["n_scored"] == 4 and summary["unparsed"] == 0

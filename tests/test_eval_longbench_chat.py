@@ -168,7 +168,7 @@ def test_two_runs_averaged_with_shuffled_examples(fake_llm, tmp_path):
 def test_unparsed_judge_counted(fake_llm, tmp_path):
     fake_llm.set_responder(lambda req: "I cannot rate this." if req["model"].startswith("judge") else "An answer")
     folder = make_fixture(tmp_path / "lbc")
-    cfg = _cfg(folder, fake_llm.base_url, limit=1, judge_runs=1, judge_max_attempts=2)
+    cfg = _cfg(folder, fake_llm.base_url, limit=1, judge_runs=1, judge_max_attempts=2, judge_logprobs="off")
     s = longbench_chat.run(cfg, tmp_path / "run").scores
     assert s["mean"] is None and s["unparsed"] == 1 and s["n"] == 1
     rec = read_jsonl(tmp_path / "run" / "eval" / "longbench_chat" / "judgments.jsonl")[0]

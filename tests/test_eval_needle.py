@@ -198,3 +198,71 @@ def test_heatmap_grid_and_figure():
     assert len(one.data) == 2 and one.data[0].hoverinfo == "skip" and list(one.data[1].x) == ["1,000", "2,000"] * 2
     with pytest.raises(ValueError, match="'judge_score', 'recall'"):
         heatmap_figure(lengths, depths, {"score": z})
+
+
+# ---------------------------------------------------------------------------------------------- normalised recall
+PARAPHRASE = "eating a sandwich and sitting in Dolores Park on a sunny day"
+
+
+@pytest.mark.parametrize(
+    "word, stemmed",
+    [
+        ("eating", "eat"),
+        ("sitting", "sit"),
+        ("days", "day"),
+        ("sandwiches", "sandwich"),
+        ("cities", "city"),
+        ("parked", "park"),
+        ("running", "run"),
+        ("falling", "fall"),
+        ("thing", "thing"),  # no vowel before -ing: not a suffix
+        ("need", "need"),
+        ("sun", "sun"),
+    ],
+)
+def test_stemmer(word, stemmed):
+    assert needle.stem(word) == stemmed
+
+
+def test_normalised_recall_forgives_inflection_case_and_punctuation():
+    phrases = default_key_phrases(PAPER_NEEDLE, PAPER_QUESTION)
+    assert key_phrase_recall(PARAPHRASE, phrases) == pytest.approx(5 / 7, abs=1e-4)  # strict: eat, sit missed
+    assert needle.normalised_recall(PARAPHRASE, phrases) == 1.0
+    assert needle.normalised_recall("EAT, a sandwich; sit in Dolores' park... Sunny days!", phrases) == 1.0
+    assert needle.normalised_recall("make and making", ["makes"]) == 1.0  # both sides stemmed alike
+    assert needle.normalised_recall("I do not know.", phrases) == 0.0
+    assert needle.normalised_recall("Dolores went to the parks", ["Dolores Park"]) == 0.0  # still consecutive
+    assert needle.normalised_recall("anything", []) == 0.0
+    assert needle.normalised_words("The park's benches, sunnier!") == ["the", "park", "bench", "sunnier"]
+
+
+def test_grid_stores_both_recalls_and_reads_older_results(fake_llm, tmp_path):
+    fake_llm.set_responder(lambda req: PARAPHRASE.capitalize() + ".")
+    cfg = NeedleConfig(
+        model="openai:m", model_base_url=fake_llm.base_url, lengths=[400], depths=[20, 80], progress=False
+    )
+    s = needle.run(cfg, tmp_path / "run").scores
+    edir = tmp_path / "run" / "eval" / "needle"
+    recs = read_jsonl(edir / "results.jsonl")
+    assert [(r["recall"], r["recall_norm"]) for r in recs] == [(0.7143, 1.0), (0.7143, 1.0)]
+    assert (s["mean_recall"], s["mean_recall_norm"]) == (0.7143, 1.0)
+    saved = json.loads((edir / "summary.json").read_text())
+    assert saved["mean_recall_norm"] == 1.0 and saved["mean_recall"] == 0.7143
+    assert "normalised key-phrase recall" in (edir / "heatmap.html").read_text()
+
+    # a results file written before recall_norm existed: the summary and the views compute it from the response
+    old = [{k: v for k, v in r.items() if k != "recall_norm"} for r in recs]
+    (edir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    s_old = needle.run(cfg, tmp_path / "run").scores  # every cell is done: nothing is asked again
+    assert s_old["mean_recall_norm"] == 1.0 and len(fake_llm.requests) == 2
+    assert all("recall_norm" not in r for r in read_jsonl(edir / "results.jsonl"))  # the file is left as it was
+
+    from longalign.rundir import RunDir
+    from longalign.views import needle as needle_view
+    from longalign.views import readers
+
+    df = readers.load_needle(RunDir(tmp_path / "run"))
+    assert df["recall_norm"].tolist() == [1.0, 1.0]
+    assert needle_view.values_in(df) == ["recall", "recall_norm"]  # no judge: its column holds no value
+    assert dict(needle_view.headline(df))["mean normalised recall"] == "1.00"
+    assert needle_view.needle_grid(df, "recall_norm").to_numpy().tolist() == [[1.0], [1.0]]

@@ -48,7 +48,13 @@ def test_needle_fixture(fixture_runs):
     assert math.isclose(df["judge_score"].mean(), readers.load_needle_summary(run)["mean_judge"], abs_tol=1e-4)
     cell = needle.needle_cell(df, 16000, 50.0)
     assert readers.load_needle_summary(run)["needle"] in cell["window"]
-    assert dict(needle.headline(df))["probes"] == "30" and needle.values_in(df) == ["judge_score", "recall"]
+    assert dict(needle.headline(df))["probes"] == "30"
+    # the fixture's results predate recall_norm: the reader computes it from each stored response
+    assert needle.values_in(df) == ["judge_score", "recall", "recall_norm"]
+    from longalign.eval.needle import PAPER_QUESTION, default_key_phrases, normalised_recall
+
+    phrases = default_key_phrases(readers.load_needle_summary(run)["needle"], PAPER_QUESTION)  # no key_phrases
+    assert df["recall_norm"].tolist() == [normalised_recall(r, phrases) for r in df["response"]]
 
 
 @pytest.mark.parametrize("value", ["judge_score", "recall"])

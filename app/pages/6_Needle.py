@@ -8,13 +8,15 @@ from longalign.views import needle, readers
 common.page(
     "Needle",
     "A fact (the needle) is placed at a depth of a long filler text; the model is asked "
-    "for it and the answer is judged 1–10.",
+    "for it and the answer is judged 1–10 and scored by key-phrase recall, word for word and after "
+    "normalising case, punctuation and inflection.",
 )
 run = common.pick_run()
 df = common.guard(readers.load_needle, run)
 summary = readers.load_needle_summary(run)
 
-for col, (label, value) in zip(st.columns(3), needle.headline(df)):
+figures = needle.headline(df)
+for col, (label, value) in zip(st.columns(len(figures)), figures):
     col.metric(label, value)
 st.caption(f"model `{summary.get('model', '—')}` · judge `{summary.get('judge', '—')}`")
 value = st.radio("colour by", needle.values_in(df), horizontal=True, format_func=needle.VALUE_LABELS.get)
@@ -35,7 +37,8 @@ depth = c2.selectbox("depth", [float(x) for x in grid.index], key="needle_depth"
 cell = common.guard(needle.needle_cell, df, length, depth)
 
 st.markdown(
-    f"**Judge score {cell.get('judge_score', '—')} · recall {cell.get('recall', '—')}** — needle at "
+    f"**Judge score {cell.get('judge_score', '—')} · recall {cell.get('recall', '—')} · normalised recall "
+    f"{cell.get('recall_norm', '—')}** — needle at "
     f"token {cell.get('needle_token_pos', '—')} of {cell.get('prompt_tokens', '—')}"
 )
 left, right = st.columns(2)

@@ -15,7 +15,10 @@ from longalign.config import Options, option, redefault
 class LengthsOptions(Options):
     """Token lengths (default: the run directory's tokens/)."""
 
-    tokens: str | None = option(None, help="tokens/ folder (datasets.save_to_disk) with a length column")
+    tokens: str | None = option(
+        None,
+        help="token ids: a tokens/ folder, a datasets.save_to_disk folder, a .parquet/.jsonl file or hf:NAME",
+    )
     lengths: str | None = option(None, help="token lengths: one integer per line, or a .npy array")
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Token lengths for planning: a tokens/ folder's ``length`` column or a plain lengths file."""
+"""Token lengths for planning: the rows of a token dataset (tokens/ folder and the like) or a plain lengths file."""
 
 from __future__ import annotations
 
@@ -35,17 +35,12 @@ def read_lengths_file(path: str | Path) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def read_token_lengths(tokens_dir: str | Path) -> np.ndarray:
-    """The ``length`` column of a tokens/ dataset (datasets.save_to_disk); reads that column only."""
-    from datasets import load_from_disk
+def read_token_lengths(tokens: str | Path) -> np.ndarray:
+    """Token counts per row of a tokens/ folder or any other token source training accepts
+    (:mod:`longalign.tokenize.sources`): the ``length`` column, or ``len(input_ids)`` where it is absent."""
+    from longalign.tokenize.sources import read_lengths
 
-    tokens_dir = Path(tokens_dir)
-    if not tokens_dir.is_dir():
-        raise FileNotFoundError(f"tokens folder {tokens_dir} does not exist; run `longalign tokenize` first")
-    ds = load_from_disk(str(tokens_dir))
-    if "length" not in ds.column_names:
-        raise ValueError(f"{tokens_dir}: no 'length' column (columns: {ds.column_names}); re-run tokenize")
-    return np.asarray(ds.data.column("length").to_numpy(), dtype=np.int64)
+    return read_lengths(tokens)
 
 
 def lengths_for(cfg: Any, run: RunDir | None = None) -> np.ndarray:

@@ -170,10 +170,17 @@ def weighted_causal_lm_loss(
 
 
 def weighted_and_plain_ce(
-    logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor, chunk_tokens: int = 8192
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor,
+    chunk_tokens: int = 8192,
+    *,
+    shift: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum w * CE, sum CE)`` over the target tokens from one pass over the logits (the second, detached, is
-    the token-sum statistic; see :func:`weighted_causal_lm_loss` for the layout)."""
+    the token-sum statistic; see :func:`weighted_causal_lm_loss` for the layout). ``shift=False`` takes labels
+    and weights already shifted (position t carries the target of token t + 1, as a sequence-parallel shard
+    does), so every position is scored."""
     import torch
     import torch.nn.functional as F
 
@@ -183,9 +190,10 @@ def weighted_and_plain_ce(
             f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, V], [B, L], [B, L]"
         )
     vocab = logits.shape[-1]
-    flat_logits = logits[:, :-1, :].reshape(-1, vocab)
-    flat_labels = labels[:, 1:].reshape(-1).to(flat_logits.device)
-    flat_w = loss_weights[:, 1:].reshape(-1).to(flat_logits.device)
+    cut = 1 if shift else 0
+    flat_logits = logits[:, : logits.shape[1] - cut, :].reshape(-1, vocab)
+    flat_labels = labels[:, cut:].reshape(-1).to(flat_logits.device)
+    flat_w = loss_weights[:, cut:].reshape(-1).to(flat_logits.device)
     acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     total = flat_logits[:0].sum().to(acc_dtype)  # zero that stays attached to the graph
     plain = torch.zeros((), dtype=acc_dtype, device=flat_logits.device)

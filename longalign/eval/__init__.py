@@ -1,9 +1,11 @@
-"""Evaluation stage: LongBench-Chat, Needle-in-a-Haystack and judged LongBench, plus judge agreement.
+"""Evaluation stage: LongBench-Chat, Needle-in-a-Haystack and judged LongBench, plus judge agreement and
+held-out loss.
 
 Modules: :mod:`~longalign.eval.generate` (answers from a local model or an endpoint, middle truncation,
 resumable predictions), :mod:`~longalign.eval.judge` (``[[rating]]`` parsing, endpoint and local judges),
 :mod:`~longalign.eval.longbench_chat`, :mod:`~longalign.eval.needle`, :mod:`~longalign.eval.longbench`,
-:mod:`~longalign.eval.agreement`, the option groups they share (:mod:`~longalign.eval.options`), their summaries
+:mod:`~longalign.eval.agreement`,
+:mod:`~longalign.eval.heldout`, the option groups they share (:mod:`~longalign.eval.options`), their summaries
 (:mod:`~longalign.eval.summary`) and :mod:`~longalign.eval.cli` (``longalign eval ...``). Output files and
 their fields are listed in ``longalign.rundir`` (``eval/<benchmark>/``).
 
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from longalign import stage
-from longalign.eval import agreement, longbench, longbench_chat, needle
+from longalign.eval import agreement, heldout, longbench, longbench_chat, needle
 from longalign.eval.agreement import AgreementConfig
+from longalign.eval.heldout import HeldOutConfig
 from longalign.eval.longbench import LongBenchConfig
 from longalign.eval.longbench_chat import LongBenchChatConfig
 from longalign.eval.needle import NeedleConfig
@@ -29,11 +32,12 @@ STEPS = {
     NeedleConfig: needle.run,
     LongBenchConfig: longbench.run,
     AgreementConfig: agreement.run,
+    HeldOutConfig: heldout.run,
 }
 
 
 def run(
-    cfg: LongBenchChatConfig | NeedleConfig | LongBenchConfig | AgreementConfig,
+    cfg: LongBenchChatConfig | NeedleConfig | LongBenchConfig | AgreementConfig | HeldOutConfig,
     run_dir: str | Path | RunDir,
     **kwargs: Any,
 ) -> EvalSummary:
@@ -50,6 +54,8 @@ __all__ = [
     "NeedleConfig",
     "LongBenchConfig",
     "AgreementConfig",
+    "HeldOutConfig",
+    "heldout",
     "agreement",
     "longbench",
     "longbench_chat",

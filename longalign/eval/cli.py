@@ -1,4 +1,4 @@
-"""``longalign eval longbench-chat | needle | longbench | judge-agreement``.
+"""``longalign eval longbench-chat | needle | longbench | judge-agreement | heldout``.
 
 Every option of a subcommand is a field of its config dataclass (``--config FILE`` plus ``--field-name``
 overrides); results go to ``<run>/eval/<benchmark>/`` (``--run DIR``; ``--out`` is its deprecated name).
@@ -13,6 +13,7 @@ from typing import Any
 from longalign import eval as evaluation
 from longalign.config import add_config_args, add_run_arg, build_config, run_dir_of
 from longalign.eval.agreement import AgreementConfig
+from longalign.eval.heldout import HeldOutConfig
 from longalign.eval.longbench import LongBenchConfig
 from longalign.eval.longbench_chat import LongBenchChatConfig
 from longalign.eval.needle import NeedleConfig
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, type]] = {
     "needle": ("needle-in-a-haystack grid of context lengths x depths, with a heatmap", NeedleConfig),
     "longbench": ("LongBench single/multi-doc QA and summarization, judged and normalised to 0-100", LongBenchConfig),
     "judge-agreement": ("correlate a judge with the human scores of LongBench-Chat's few_shots.json", AgreementConfig),
+    "heldout": ("loss of a model on the assistant replies of held-out conversations (no generation)", HeldOutConfig),
 }
 
 
@@ -31,7 +33,7 @@ def register(subparsers: Any) -> None:
     """Add ``longalign eval`` and one subcommand per benchmark."""
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a model: LongBench-Chat, needle, LongBench, judge agreement",
+        help="evaluate a model: LongBench-Chat, needle, LongBench, judge agreement, held-out loss",
         description="Evaluate long-context ability; results go to <run>/eval/.",
     )
     sub = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK")

@@ -5,6 +5,23 @@
   When nothing parses it asks again, up to ``max_attempts`` (5) in all; a retry changes the seed (and, if
   the judge runs at temperature 0, samples at ``retry_temperature``) so it is a new request and not the
   cached reply again. Every reply is kept.
+* Endpoint logprob scoring (``logprobs="fallback"``, the default, or ``"first"``): when a reply has no
+  ``[[N]]`` (or, with ``"first"``, before any free-text reply) the judge sends the prompt again with the
+  assistant turn prefilled with ``[[`` and ``logprobs``/``top_logprobs`` requested, and reads the rating
+  from the distribution of the first generated token, as :class:`LocalJudge` does from the model: every
+  top token that is an allowed rating gets its probability; a digit that may start a two-digit rating
+  ("1" of "10") is split by the next position's alternatives when the server's greedy path went through
+  it; the rest is renormalised over the allowed ratings (:func:`rating_from_logprobs`). vLLM needs
+  ``continue_final_message`` for the prefill (sent); llama.cpp's server prefills a final assistant message
+  by default. ``prefill="completions"`` instead renders the prompt here with the judge's chat template (the
+  tokenizer of ``tokenizer``, default the embedded model's) ending in ``[[`` and sends it to
+  ``/v1/completions`` (``logprobs=k``), for servers that do not continue an assistant message
+  (llama-cpp-python's). A server that ignores the prefill and starts a new reply still gives a score when
+  that reply writes ``[[`` itself or begins with a bare rating (``7]]``); one that sends no logprobs at all
+  is asked once and then left to text parsing.
+* Giving up: when none of the first ``give_up_after`` cases gets a rating, by text or logprobs, the judge
+  raises :class:`JudgeCannotRate` with what to change, instead of paying ``max_attempts`` requests for
+  every remaining case; the ratings finished before are yielded (and stored by the caller) first.
 * :class:`LocalJudge` (``local:<model spec>``): small local models do not follow the ``[[N]]`` format (the
   embedded 135M model never wrote it in 13 tries), so the reply is forced to start with ``[[`` and the
   rating is read from the model's probabilities: for every allowed rating r the probability of the token
@@ -29,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longalign.llm.base import SamplingParams
+from longalign.llm.base import LLMRequestError, SamplingParams
 from longalign.llm.client import local_model_spec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -62,6 +79,97 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
     if not (lo <= value <= hi) or math.isnan(value):
         return None
     return value
+
+
+_RATING_TOKEN = re.compile(r"\s*(\d+)\s*(\]*)\s*")
+_CONTINUED = re.compile(r"\s*\d+\s*(\]|$)")  # a fresh reply such as "1. The answer ..." does not match
+LOGPROB_MODES = ("off", "fallback", "first")
+PREFILL_MODES = ("chat", "completions")
+
+
+def _rating_start(tokens: Sequence[str]) -> int | None:
+    """Index of the generated token where the rating begins: 0 when the server continued the forced ``[[``
+    (the text starts with a digit), else the token after the reply's own first ``[[``; None if neither."""
+    text = "".join(tokens)
+    if _CONTINUED.match(text):  # "8]]", "10]]", " 7": the forced "[[" was continued
+        return next(i for i, t in enumerate(tokens) if t.strip())
+    acc = ""
+    for i, t in enumerate(tokens):
+        acc += t
+        if acc.rstrip().endswith("[[") and i + 1 < len(tokens):
+            return i + 1
+    return None
+
+
+def rating_from_logprobs(
+    positions: Sequence[dict[str, Any]] | None, lo: int = 1, hi: int = 10, *, continued: bool = False
+) -> tuple[dict[int, float], float, int] | None:
+    """The rating distribution in a reply's per-token log-probabilities, or None when there is none.
+
+    ``positions`` is ``[{"token", "logprob", "top": [[token, logprob], ...]}]`` (what
+    :func:`longalign.llm.openai_backend.token_logprobs` reads from the server). ``continued=True`` says the
+    reply certainly continues the forced ``[[`` (a completions request), so the first position is read
+    whatever the model then wrote; otherwise the start is found by :func:`_rating_start`. Returns the
+    normalised probability of each allowed rating seen, the unnormalised mass on them, and the position used."""
+    if not positions:
+        return None
+    tokens = [str(p.get("token", "")) for p in positions]
+    start = 0 if continued else _rating_start(tokens)
+    if start is None:
+        return None
+    chosen = tokens[start]
+    nxt = (positions[start + 1].get("top") or []) if start + 1 < len(positions) else None
+    mass: dict[int, float] = {}
+    for tok, lp in positions[start].get("top") or []:
+        m = _RATING_TOKEN.fullmatch(str(tok))
+        if not m:
+            continue
+        digits, closed = m.group(1), bool(m.group(2))
+        p = math.exp(float(lp))
+        longer = [int(digits + str(d)) for d in range(10) if lo <= int(digits + str(d)) <= hi]
+        if longer and not closed and nxt is not None and tok == chosen:
+            # the greedy path went through this digit: the next position says whether the rating ends here
+            more = 0.0
+            for tok2, lp2 in nxt:
+                m2 = re.fullmatch(r"(\d+)", str(tok2).strip())
+                if m2:
+                    more += math.exp(float(lp2))
+                    value = int(digits + m2.group(1))
+                    if lo <= value <= hi:
+                        mass[value] = mass.get(value, 0.0) + p * math.exp(float(lp2))
+            p *= max(0.0, 1.0 - more)
+        if lo <= int(digits) <= hi:
+            mass[int(digits)] = mass.get(int(digits), 0.0) + p
+    total = sum(mass.values())
+    if total <= 0:
+        return None
+    return {r: v / total for r, v in sorted(mass.items())}, total, start
+
+
+class JudgeCannotRate(RuntimeError):
+    """A judge gave no rating for any of the first cases; raised to stop paying for a judge that cannot rate."""
+
+
+def judge_stops() -> tuple[type[BaseException], ...]:
+    """The exceptions that end judging early at a clean point (the spending cap, a judge that cannot rate):
+    the benchmarks catch them, keep what was judged and report why they stopped."""
+    from longalign.llm.base import LLMBudgetExceeded
+
+    return (LLMBudgetExceeded, JudgeCannotRate)
+
+
+def distribution_extra(dist: dict[int, float], mass: float, score_mode: str) -> tuple[float, dict[str, Any]]:
+    """The score of a rating distribution (expected value or argmax) and the fields stored with it."""
+    expected = sum(r * p for r, p in dist.items())
+    argmax = max(dist, key=lambda r: dist[r])
+    score = round(expected, 4) if score_mode == "expected" else float(argmax)
+    return score, {
+        "distribution": {str(r): round(p, 6) for r, p in dist.items()},
+        "expected": round(expected, 4),
+        "argmax": argmax,
+        "valid_mass": mass,
+        "score_mode": score_mode,
+    }
 
 
 # --------------------------------------------------------------------------------------------- templates
@@ -179,7 +287,9 @@ def check_judge_spec(spec: str | None) -> None:
 
 # --------------------------------------------------------------------------------------------- endpoint judge
 class EndpointJudge:
-    """A judge behind an OpenAI-compatible endpoint; free-text reply parsed with :func:`parse_rating`."""
+    """A judge behind an OpenAI-compatible endpoint: the free-text reply parsed with :func:`parse_rating`, and
+    the rating distribution read from ``top_logprobs`` after a forced ``[[`` where parsing gives nothing
+    (see the module docstring)."""
 
     kind = "endpoint"
 
@@ -193,9 +303,26 @@ class EndpointJudge:
         top_p: float = 1.0,
         max_attempts: int = 5,
         retry_temperature: float = 0.7,
+        logprobs: str = "fallback",
+        top_logprobs: int = 20,
+        score_mode: str = "expected",
+        give_up_after: int = 3,
+        prefix: str = "[[",
+        prefill: str = "chat",
+        tokenizer: Any = None,
     ):
+        from longalign.config import check_choice
+        from longalign.eval.options import LOCAL_SCORES
+
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts} must be at least 1")
+        if give_up_after < 0:
+            raise ValueError(f"give_up_after={give_up_after} must be >= 0 (0 = never give up)")
+        if top_logprobs < 1:
+            raise ValueError(f"top_logprobs={top_logprobs} must be at least 1")
+        check_choice("judge_logprobs", logprobs, LOGPROB_MODES)
+        check_choice("judge_prefill", prefill, PREFILL_MODES)
+        check_choice("local_score", score_mode, LOCAL_SCORES)
         self.client = client
         self.name = name or getattr(client, "model", "judge")
         self.max_tokens = max_tokens
@@ -203,12 +330,60 @@ class EndpointJudge:
         self.top_p = top_p
         self.max_attempts = max_attempts
         self.retry_temperature = retry_temperature
+        self.logprobs = logprobs
+        self.top_logprobs = int(top_logprobs)
+        self.score_mode = score_mode
+        self.give_up_after = int(give_up_after)
+        self.prefix = prefix
+        self.prefill = prefill
+        self._tokenizer = tokenizer  # renders the completions prompt (a tokenizer, a model spec, or None)
+        self.logprobs_unavailable: str | None = None  # why logprob scoring was switched off, once it was
 
     def _params(self, seed: int, attempt: int) -> SamplingParams:
         temp = self.temperature if attempt == 0 else max(self.temperature, self.retry_temperature)
         return SamplingParams(
             max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p, seed=int(seed) + 1000 * attempt
         )
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer whose chat template renders the completions prompt (the embedded model's by default)."""
+        if self._tokenizer is None or isinstance(self._tokenizer, str):
+            from longalign.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self._tokenizer or None)
+        return self._tokenizer
+
+    def logprob_request(self, req: JudgeRequest) -> tuple[Messages, SamplingParams]:
+        """The prompt with the assistant turn prefilled with ``[[``, asking for the top log-probabilities: an
+        assistant message to continue (``prefill="chat"``), or the prompt rendered here with the judge's chat
+        template and sent to the completions API (``prefill="completions"``)."""
+        from longalign.llm.local_model import render_chat
+
+        chat = self.prefill == "chat"
+        if chat:
+            messages = list(req.messages) + [{"role": "assistant", "content": self.prefix}]
+        else:
+            messages = [{"role": "user", "content": render_chat(self.tokenizer, list(req.messages), self.prefix)}]
+        params = SamplingParams(
+            max_tokens=8,
+            temperature=0.0,
+            top_p=1.0,
+            seed=int(req.seed),
+            top_logprobs=self.top_logprobs,
+            continue_final=chat,
+            raw_prompt=not chat,
+        )
+        return messages, params
+
+    def _plan(self) -> list[str]:
+        """The kinds of request one rating may use, in order ("text" or "logprobs")."""
+        text = ["text"] * self.max_attempts
+        if self.logprobs == "first":
+            return ["logprobs"] + text
+        if self.logprobs == "fallback":
+            return text[:1] + ["logprobs"] + text[1:]
+        return text
 
     def rate(self, req: JudgeRequest) -> JudgeOutcome:
         return next(iter(self.rate_many([req])))[1]
@@ -217,35 +392,125 @@ class EndpointJudge:
         self, requests: Sequence[JudgeRequest], *, progress: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, JudgeOutcome]]:
         """Rate every request; each finished rating is yielded as soon as it has a score or has used all its
-        attempts. Attempts run in rounds through ``client.chat_many`` (several requests in flight)."""
-        outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in range(len(requests))}
-        pending = list(range(len(requests)))
-        for attempt in range(self.max_attempts):
+        attempts. Attempts run in rounds through ``client.chat_many`` (several requests in flight). The first
+        ``give_up_after`` requests are rated before the others; if none of them gets a rating,
+        :class:`JudgeCannotRate` is raised after yielding them."""
+        order = list(range(len(requests)))
+        probe = order[: self.give_up_after] if self.give_up_after else []
+        rest = order[len(probe) :]
+        if probe:
+            finished = []
+            for i, out in self._rate(requests, probe, progress):
+                finished.append(out)
+                yield i, out
+            if rest and not any(o.score is not None for o in finished):
+                raise JudgeCannotRate(self._cannot_rate(finished))
+        if rest:
+            yield from self._rate(requests, rest, progress)
+
+    def _cannot_rate(self, outs: Sequence[JudgeOutcome]) -> str:
+        n_req = sum(o.attempts for o in outs)
+        if self.logprobs == "off":
+            why = "logprob scoring is off (--judge-logprobs off)"
+        elif self.logprobs_unavailable:
+            why = f"logprob scoring is unavailable: {self.logprobs_unavailable}"
+        else:
+            why = (
+                f"no allowed rating was among the top {self.top_logprobs} tokens after a forced "
+                f"'{self.prefix}' (or the server did not continue the prefilled '{self.prefix}')"
+            )
+        return (
+            f"judge {self.name} gave no rating for any of the first {len(outs)} case(s) in {n_req} request(s): "
+            f"its replies contain no [[rating]] and {why}. Stopped rather than paying up to "
+            f"{len(self._plan())} requests for each remaining case. Use a judge model that writes [[rating]], "
+            "serve the judge where chat completions return logprobs and continue a prefilled assistant turn "
+            "(vLLM, llama.cpp's llama-server) with --judge-logprobs fallback or first, use --judge-prefill "
+            "completions (with --judge-tokenizer naming the judge's model) for a server that starts a new turn "
+            "instead (llama-cpp-python's), or pass --judge-give-up-after 0 to judge every case anyway"
+        )
+
+    def _rate(
+        self, requests: Sequence[JudgeRequest], idxs: Sequence[int], progress: Callable[[int], None] | None
+    ) -> Iterator[tuple[int, JudgeOutcome]]:
+        plan = self._plan()
+        outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in idxs}
+        step = dict.fromkeys(idxs, 0)  # position in the plan
+        text_tries = dict.fromkeys(idxs, 0)
+        pending = list(idxs)
+
+        def skip_unavailable(i: int) -> bool:
+            """Move past logprob steps once logprob scoring is off; False when the plan is used up."""
+            while step[i] < len(plan) and plan[step[i]] == "logprobs" and self.logprobs_unavailable:
+                step[i] += 1
+            return step[i] < len(plan)
+
+        while pending:
+            for i in [i for i in pending if not skip_unavailable(i)]:
+                pending.remove(i)  # its last planned request was a logprob one, switched off meanwhile
+                if progress:
+                    progress(1)
+                yield i, outcomes[i]
             if not pending:
                 break
-            batch = [(requests[i].messages, self._params(requests[i].seed, attempt)) for i in pending]
+            kinds = {i: plan[step[i]] for i in pending}
+            batch = [
+                self.logprob_request(requests[i])
+                if kinds[i] == "logprobs"
+                else (requests[i].messages, self._params(requests[i].seed, text_tries[i]))
+                for i in pending
+            ]
             still = []
             for j, res in self.client.chat_many(batch):
                 i = pending[j]
                 out = outcomes[i]
                 out.attempts += 1
+                kind = kinds[i]
+                step[i] += 1
+                if kind == "text":
+                    text_tries[i] += 1
                 if isinstance(res, Exception):
-                    log.warning("judge request failed (attempt %d): %s", attempt + 1, res)
+                    log.warning("judge %s request failed: %s", kind, res)
                     out.replies.append(f"<error: {res}>")
                     out.extra.setdefault("errors", []).append(str(res))
+                    if kind == "logprobs" and isinstance(res, LLMRequestError) and not self.logprobs_unavailable:
+                        self.logprobs_unavailable = f"the endpoint refused the request ({res})"
+                        log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
                 else:
-                    out.reply = res.text
-                    out.replies.append(res.text)
                     out.prompt_tokens += int(res.prompt_tokens or 0)
                     out.completion_tokens += int(res.completion_tokens or 0)
-                    out.score = parse_rating(res.text, requests[i].lo, requests[i].hi)
-                if out.score is None and attempt + 1 < self.max_attempts:
+                    if kind == "text":
+                        out.reply = res.text
+                        out.replies.append(res.text)
+                        out.score = parse_rating(res.text, requests[i].lo, requests[i].hi)
+                        if out.score is not None:
+                            out.extra["scored_by"] = "text"
+                    else:
+                        self._feed_logprobs(out, res, requests[i])
+                if out.score is None and skip_unavailable(i):
                     still.append(i)
                 else:
                     if progress:
                         progress(1)
                     yield i, out
             pending = sorted(still)
+
+    def _feed_logprobs(self, out: JudgeOutcome, res: Any, req: JudgeRequest) -> None:
+        positions = (res.extra or {}).get("logprobs")
+        text = self.prefix + res.text
+        out.replies.append(text)
+        if positions is None:
+            if not self.logprobs_unavailable:
+                self.logprobs_unavailable = "the endpoint returned no logprobs"
+                log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
+            return
+        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.prefill == "completions")
+        if found is None:
+            out.extra.setdefault("logprob_misses", []).append(text[:200])
+            return
+        dist, mass, _ = found
+        out.score, extra = distribution_extra(dist, mass, self.score_mode)
+        out.reply = text
+        out.extra.update(extra, scored_by="logprobs")
 
 
 # --------------------------------------------------------------------------------------------- local judge
@@ -329,18 +594,9 @@ class LocalJudge:
     def rate(self, req: JudgeRequest) -> JudgeOutcome:
         ratings = list(range(int(req.lo), int(req.hi) + 1))
         dist, mass, n_prompt, truncated = self.rating_distribution(req.messages, ratings)
-        expected = sum(r * p for r, p in dist.items())
-        argmax = max(dist, key=lambda r: dist[r])
-        score = round(expected, 4) if self.score_mode == "expected" else float(argmax)
-        reply = f"{self.prefix}{argmax}{self.suffix}"
-        extra = {
-            "distribution": {str(r): round(p, 6) for r, p in dist.items()},
-            "expected": round(expected, 4),
-            "argmax": argmax,
-            "valid_mass": mass,
-            "score_mode": self.score_mode,
-            "prompt_truncated": truncated,
-        }
+        score, extra = distribution_extra(dist, mass, self.score_mode)
+        reply = f"{self.prefix}{extra['argmax']}{self.suffix}"
+        extra["prompt_truncated"] = truncated
         return JudgeOutcome(
             reply=reply,
             score=score,
@@ -383,6 +639,13 @@ class JudgeSettings:
     price_in_per_mtok: float = 0.0
     price_out_per_mtok: float = 0.0
     local_score: str = "expected"
+    logprobs: str = "fallback"
+    top_logprobs: int = 20
+    give_up_after: int = 3
+    prefill: str = "chat"
+    tokenizer: str = ""
+    max_cost: float | None = None
+    max_requests: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> JudgeSettings:
@@ -399,6 +662,13 @@ class JudgeSettings:
             "price_in_per_mtok": "price_in_per_mtok",
             "price_out_per_mtok": "price_out_per_mtok",
             "local_score": "local_score",
+            "logprobs": "judge_logprobs",
+            "top_logprobs": "judge_top_logprobs",
+            "give_up_after": "judge_give_up_after",
+            "prefill": "judge_prefill",
+            "tokenizer": "judge_tokenizer",
+            "max_cost": "max_cost",
+            "max_requests": "max_requests",
         }
         values = {name: getattr(cfg, attr) for name, attr in fields.items() if hasattr(cfg, attr)}
         values["base_url"] = values.get("base_url") or None
@@ -430,6 +700,8 @@ def make_judge(
         max_in_flight=settings.max_in_flight,
         price_in_per_mtok=settings.price_in_per_mtok or None,
         price_out_per_mtok=settings.price_out_per_mtok or None,
+        max_cost=settings.max_cost,
+        max_requests=settings.max_requests,
     )
     return EndpointJudge(
         client,
@@ -437,6 +709,12 @@ def make_judge(
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
         max_attempts=settings.max_attempts,
+        logprobs=settings.logprobs,
+        top_logprobs=settings.top_logprobs,
+        score_mode=settings.local_score,
+        give_up_after=settings.give_up_after,
+        prefill=settings.prefill,
+        tokenizer=settings.tokenizer or None,
     )
 
 

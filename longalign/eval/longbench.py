@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import check_choice, option, redefault
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, make_judge
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, judge_stops, make_judge
 from longalign.eval.options import GenerationOptions, JudgeOptions, ModelOptions
 from longalign.eval.summary import LongBenchSummary
 from longalign.options import InputErrorOptions, PriceOptions
@@ -354,27 +354,31 @@ def run(
             JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
             for s in pending
         ]
-        with tqdm(total=len(pending), desc="judge", disable=not cfg.progress) as bar:
-            for j, out in judge.rate_many(reqs, progress=bar.update):
-                s = pending[j]
-                top = rating_top(s.category)
-                rec = {
-                    "idx": s.key,
-                    "dataset": s.task,
-                    "category": s.category,
-                    "_id": s.uid,
-                    "lang": s.language,
-                    "input": s.input,
-                    "answers": s.answers,
-                    "prediction": preds[s.key]["prediction"],
-                    "score": out.score,
-                    "scale": f"1-{top}",
-                    "score_0_100": round(to_0_100(out.score, top), 4) if out.score is not None else None,
-                    "judge": cfg.judge,
-                    "model": preds[s.key].get("model"),
-                    **out.to_dict(),
-                }
-                append_jsonl(jpath, rec)
+        try:
+            with tqdm(total=len(pending), desc="judge", disable=not cfg.progress) as bar:
+                for j, out in judge.rate_many(reqs, progress=bar.update):
+                    s = pending[j]
+                    top = rating_top(s.category)
+                    rec = {
+                        "idx": s.key,
+                        "dataset": s.task,
+                        "category": s.category,
+                        "_id": s.uid,
+                        "lang": s.language,
+                        "input": s.input,
+                        "answers": s.answers,
+                        "prediction": preds[s.key]["prediction"],
+                        "score": out.score,
+                        "scale": f"1-{top}",
+                        "score_0_100": round(to_0_100(out.score, top), 4) if out.score is not None else None,
+                        "judge": cfg.judge,
+                        "model": preds[s.key].get("model"),
+                        **out.to_dict(),
+                    }
+                    append_jsonl(jpath, rec)
+        except judge_stops() as exc:  # what was judged is on disk; a re-run continues from there
+            summary.stopped = str(exc)
+            log.warning("%s", exc)
     summary.scores = summarize_longbench(cfg, run, samples)
     summary.summary_path = run.eval_summary(BENCHMARK)
     record(run, "eval_longbench", cfg, summary)

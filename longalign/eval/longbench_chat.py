@@ -48,6 +48,7 @@ from longalign.eval.judge import (
     cost_of,
     fill_template,
     is_local_judge,
+    judge_stops,
     load_template,
     make_judge,
     template_slots,
@@ -371,8 +372,9 @@ def predict(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], ge
         )
 
 
-def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, int]:
-    """Judge every prediction ``judge_runs`` times; finished runs are never repeated."""
+def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], judge: Any = None) -> dict[str, Any]:
+    """Judge every prediction ``judge_runs`` times; finished runs are never repeated. When judging stops early
+    (the spending cap, a judge that cannot rate) the reason is in ``stopped``."""
     check_judge_spec(cfg.judge)
     preds = {r["idx"]: r for r in read_jsonl(run.predictions(BENCHMARK))}
     runs_path, judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
@@ -391,7 +393,11 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
         for r in range(cfg.judge_runs):
             if r not in done_runs.get(c.idx, {}):
                 jobs.append((c, r, orders[r]))
-    stats = {"runs_before": sum(len(v) for v in done_runs.values()), "runs_judged": 0, "cases_finished": 0}
+    stats: dict[str, Any] = {
+        "runs_before": sum(len(v) for v in done_runs.values()),
+        "runs_judged": 0,
+        "cases_finished": 0,
+    }
 
     def finish_ready(idx: Any) -> None:
         have = done_runs.get(idx, {})
@@ -423,6 +429,7 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
                 }
                 | ({"distribution": x["distribution"]} if "distribution" in x else {})
                 | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
+                | ({"scored_by": x["scored_by"]} if "scored_by" in x else {})
                 for x in runs
             ],
             "score": round(statistics.fmean(scores), 4) if scores else None,
@@ -449,14 +456,18 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
         )
         for c, r, order in jobs
     ]
-    with _bar(len(jobs), "judge runs", cfg.progress) as bar:
-        for j, outcome in judge.rate_many(requests, progress=bar.update):
-            c, r, order = jobs[j]
-            rec = {"idx": c.idx, "run": r, "order": order, "judge": cfg.judge, **outcome.to_dict()}
-            append_jsonl(runs_path, rec)
-            done_runs.setdefault(c.idx, {})[r] = rec
-            stats["runs_judged"] += 1
-            finish_ready(c.idx)
+    try:
+        with _bar(len(jobs), "judge runs", cfg.progress) as bar:
+            for j, outcome in judge.rate_many(requests, progress=bar.update):
+                c, r, order = jobs[j]
+                rec = {"idx": c.idx, "run": r, "order": order, "judge": cfg.judge, **outcome.to_dict()}
+                append_jsonl(runs_path, rec)
+                done_runs.setdefault(c.idx, {})[r] = rec
+                stats["runs_judged"] += 1
+                finish_ready(c.idx)
+    except judge_stops() as exc:  # what was judged is on disk; a re-run continues from there
+        stats["stopped"] = str(exc)
+        log.warning("%s", exc)
     return stats
 
 

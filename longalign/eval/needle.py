@@ -19,10 +19,15 @@ Scoring keeps two numbers per cell: a judge's 1-10 rating with the original harn
 3 minor relevance, 5 moderate relevance with inaccuracies, 7 aligned with minor omissions, 10 fully
 correct; the judge is optional) and a deterministic key-phrase recall in 0..1 (the share of key phrases,
 by default the needle's content words that the question does not already contain, found in the answer).
-Recall costs nothing and never varies; the judge sees paraphrases that recall misses. Results are appended
-per cell, so an interrupted grid resumes at the next missing cell. Cost: the paper's 10 x 10 grid at
-1k-60k tokens is ~3M prompt tokens; on 2 CPU cores the 135M model answers a 1k-token cell in a few
-seconds, which is why tests use 3 x 3 cells of 500-1500 tokens.
+Recall is stored twice: ``recall`` matches the phrases word for word (case-insensitive); ``recall_norm``
+first normalises both sides (Unicode NFKC, case folded, punctuation and possessive 's dropped) and reduces
+every word with a light suffix stemmer (plural -s/-es/-ies, -ing, -ed, a final silent e, a doubled final
+consonant), so "eating a sandwich and sitting in Dolores Park" counts the needle's "eat" and "sit" (irregular
+forms such as "sat" still miss). Recall costs nothing and never varies; the judge sees paraphrases that both
+recalls miss. Older results without ``recall_norm`` get it computed from their stored response when read.
+Results are appended per cell, so an interrupted grid resumes at the next missing cell. Cost: the paper's
+10 x 10 grid at 1k-60k tokens is ~3M prompt tokens; on 2 CPU cores the 135M model answers a 1k-token cell
+in a few seconds, which is why tests use 3 x 3 cells of 500-1500 tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import logging
 import re
 import statistics
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +259,68 @@ def key_phrase_recall(response: str, phrases: Sequence[str]) -> float:
     return round(hits / len(phrases), 4)
 
 
+_DOUBLE_KEEP = frozenset("lsz")  # fall/falling, pass/passing, buzz/buzzing keep their double letter
+_VOWELS = frozenset("aeiouy")
+
+
+def stem(word: str) -> str:
+    """A light English suffix stemmer: eating -> eat, sitting -> sit, days -> day, sandwiches -> sandwich,
+    cities -> city, parked -> park; make and making both -> mak. Both sides of a comparison must be stemmed:
+    stems are keys, not words. Words of 3 letters or fewer and words without letters are left alone."""
+    w = word
+    if len(w) <= 3 or not w.isalpha():
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        w = w[:-3] + "y"
+    elif w.endswith("sses"):
+        w = w[:-2]
+    elif w.endswith(("ches", "shes", "xes", "zes")):
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    for suffix, least in (("ing", 2), ("ed", 3)):
+        base = w[: -len(suffix)]
+        if w.endswith(suffix) and len(base) >= least and any(c in _VOWELS for c in base):
+            w = base
+            if len(w) >= 3 and w[-1] == w[-2] and w[-1] not in _VOWELS and w[-1] not in _DOUBLE_KEEP:
+                w = w[:-1]  # sitting -> sitt -> sit
+            break
+    if len(w) > 3 and w.endswith("e") and not w.endswith("ee"):
+        w = w[:-1]
+    return w
+
+
+def normalised_words(text: str) -> list[str]:
+    """The stemmed words of ``text``: NFKC, case folded, punctuation as space, possessive 's dropped."""
+    text = unicodedata.normalize("NFKC", text or "").casefold().replace("\u2019", "'")
+    text = re.sub(r"'s\b", "", text)
+    return [stem(w) for w in re.findall(r"[^\W_]+", text)]
+
+
+def normalised_recall(response: str, phrases: Sequence[str]) -> float:
+    """:func:`key_phrase_recall` after normalising and stemming the response and every phrase, so inflection,
+    case and punctuation do not count against an answer."""
+    if not phrases:
+        return 0.0
+    joined = " " + " ".join(normalised_words(response)) + " "
+    hits = 0
+    for p in phrases:
+        pw = normalised_words(p)
+        if pw and (" " + " ".join(pw) + " ") in joined:
+            hits += 1
+    return round(hits / len(phrases), 4)
+
+
+def with_normalised_recall(results: Sequence[dict[str, Any]], phrases: Sequence[str]) -> list[dict[str, Any]]:
+    """``results`` with ``recall_norm`` filled in from the stored response where an older file lacks it."""
+    out = []
+    for r in results:
+        if r.get("recall_norm") is None and isinstance(r.get("response"), str):
+            r = {**r, "recall_norm": normalised_recall(r["response"], phrases)}
+        out.append(r)
+    return out
+
+
 def needle_judge_messages(question: str, reference: str, response: str) -> list[dict[str, str]]:
     user = NEEDLE_JUDGE_TEMPLATE.format(reference=reference, question=question, response=response)
     return [{"role": "system", "content": "You are a careful, impartial grader."}, {"role": "user", "content": user}]
@@ -262,6 +330,7 @@ def needle_judge_messages(question: str, reference: str, response: str) -> list[
 HEATMAP_VALUES = {  # result field -> (panel title, colour bar title, zmin, zmax, cell text format)
     "judge_score": ("judge score (1-10)", "judge", 1, 10, ".0f"),
     "recall": ("key-phrase recall (0-1)", "recall", 0, 1, ".2f"),
+    "recall_norm": ("normalised key-phrase recall (0-1)", "recall<br>(norm.)", 0, 1, ".2f"),
 }
 HEATMAP_COLORSCALE = [[0, "#D7191C"], [0.5, "#FDD835"], [1, "#1A9641"]]  # missed -> found
 
@@ -374,9 +443,10 @@ def heatmap_figure(
 
 
 def write_heatmap(results: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """:func:`heatmap_figure` of the judge score (when any probe was judged) and the key-phrase recall, as a
-    self-contained html file (plotly.js inline, works offline)."""
-    keys = [k for k in HEATMAP_VALUES if k != "judge_score" or any(r.get(k) is not None for r in results)]
+    """:func:`heatmap_figure` of the judge score (when any probe was judged), the key-phrase recall and the
+    normalised recall (when the results hold it), as a self-contained html file (plotly.js inline, works
+    offline)."""
+    keys = [k for k in HEATMAP_VALUES if k == "recall" or any(r.get(k) is not None for r in results)]
     grids = {k: heatmap_grid(results, k) for k in keys}
     lengths, depths, _ = grids[keys[0]]
     fig = heatmap_figure(lengths, depths, {k: g[2] for k, g in grids.items()}, title=title or "Needle in a haystack")
@@ -443,6 +513,7 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
                 "prompt_tokens": gen.prompt_tokens,
                 "response": gen.text,
                 "recall": key_phrase_recall(gen.text, phrases),
+                "recall_norm": normalised_recall(gen.text, phrases),
                 "judge_score": None,
                 "window": window,
                 "model": generator.name,
@@ -458,12 +529,13 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
             append_jsonl(res_path, rec)
     results = [
         r
-        for r in read_jsonl(res_path)
+        for r in with_normalised_recall(read_jsonl(res_path), phrases)
         if (r.get("judge") or "") == cfg.judge
         and int(r["context_length"]) in lengths
         and float(r["depth_percent"]) in depths
     ]
     judged = [r["judge_score"] for r in results if r.get("judge_score") is not None]
+    norm = [r["recall_norm"] for r in results if r.get("recall_norm") is not None]
     notes = []
     if is_local_judge(cfg.judge):
         notes.append(LOCAL_JUDGE_NOTE)
@@ -475,6 +547,7 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
         "n": len(results),
         "mean_judge": round(statistics.fmean(judged), 4) if judged else None,
         "mean_recall": round(statistics.fmean(r["recall"] for r in results), 4) if results else None,
+        "mean_recall_norm": round(statistics.fmean(norm), 4) if norm else None,
         "model": results[0]["model"] if results else cfg.model,
         "judge": cfg.judge or None,
         "key_phrases": phrases,

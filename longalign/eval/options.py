@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longalign.config import Options, option, option_of
-from longalign.eval.judge import JudgeSettings, check_judge_spec
+from longalign.eval.judge import LOGPROB_MODES, PREFILL_MODES, JudgeSettings, check_judge_spec
 from longalign.options import EndpointOptions
 
 LOCAL_SCORES = ("expected", "argmax")
@@ -65,7 +65,34 @@ class JudgeOptions(Options):
     judge_max_tokens: int = option(1024, minimum=1, help="judge reply budget")
     judge_max_attempts: int = option(5, minimum=1, help="judge requests per rating when no [[rating]] parses")
     local_score: str = option(
-        "expected", choices=LOCAL_SCORES, help="local judge score: expected value or argmax of the rating distribution"
+        "expected",
+        choices=LOCAL_SCORES,
+        help="score from a rating distribution (a local judge, or an endpoint judge scored by logprobs): its "
+        "expected value or its argmax",
+    )
+    judge_logprobs: str = option(
+        "fallback",
+        choices=LOGPROB_MODES,
+        help="endpoint judge: read the rating from top_logprobs after a prefilled '[[' (vLLM, llama.cpp) "
+        "when the reply has no [[rating]] (fallback), before any free-text reply (first), or never (off)",
+    )
+    judge_top_logprobs: int = option(20, minimum=1, help="top_logprobs asked for in logprob scoring")
+    judge_prefill: str = option(
+        "chat",
+        choices=PREFILL_MODES,
+        help="how logprob scoring forces '[[': an assistant message the server continues (chat: vLLM, llama.cpp's "
+        "llama-server), or a prompt rendered with --judge-tokenizer's chat template sent to /v1/completions "
+        "(completions: servers that start a new turn, e.g. llama-cpp-python's)",
+    )
+    judge_tokenizer: str = option(
+        "",
+        help="model spec whose chat template renders the judge prompt for --judge-prefill completions "
+        "(default: the embedded model's)",
+    )
+    judge_give_up_after: int = option(
+        3,
+        minimum=0,
+        help="stop judging when none of the first N cases gets a rating (0 = never stop)",
     )
 
     def __post_init__(self) -> None:

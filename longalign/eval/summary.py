@@ -33,7 +33,8 @@ class NeedleSummary(EvalSummary):
         s = self.scores or {}
         return [
             f"needle grid {len(s.get('lengths', []))} lengths x {len(s.get('depths', []))} depths, "
-            f"{s.get('n')} cells: mean recall {s.get('mean_recall')}, mean judge {s.get('mean_judge')}",
+            f"{s.get('n')} cells: mean recall {s.get('mean_recall')} (normalised {s.get('mean_recall_norm')}), "
+            f"mean judge {s.get('mean_judge')}",
             *self.note_lines(),
             f"results: {self.results}",
             f"heatmap: {self.heatmap}",
@@ -43,7 +44,7 @@ class NeedleSummary(EvalSummary):
 @dataclass
 class LongBenchChatSummary(EvalSummary):
     predictions: dict[str, int] = field(default_factory=dict)
-    judging: dict[str, int] | None = None
+    judging: dict[str, Any] | None = None  # runs judged now / before; "stopped": why judging ended early
     predictions_path: Path | None = None
     skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
 
@@ -63,7 +64,14 @@ class LongBenchChatSummary(EvalSummary):
             *self.note_lines(),
             f"summary: {self.summary_path}",
         ]
+        if j.get("stopped"):
+            out.append(f"stopped: {j['stopped']}")
         return out
+
+    @property
+    def exit_code(self) -> int:
+        """1 when judging stopped early (the spending cap, a judge that cannot rate)."""
+        return 1 if (self.judging or {}).get("stopped") else 0
 
 
 @dataclass
@@ -71,6 +79,7 @@ class LongBenchSummary(EvalSummary):
     predictions: int = 0
     predictions_path: Path | None = None
     skipped: dict[str, Any] = field(default_factory=dict)  # bad input records (on_error=skip): BadRecords.to_dict()
+    stopped: str | None = None  # why judging ended early (the spending cap, a judge that cannot rate)
 
     def lines(self) -> list[str]:
         out = skipped_lines(self.skipped)
@@ -81,7 +90,13 @@ class LongBenchSummary(EvalSummary):
         s = self.scores
         out += [f"{t:18s} {v['category']:14s} n={v['n']:4d} score={v['score_0_100']}" for t, v in s["tasks"].items()]
         out += [f"{c:18s} {v['score_0_100']}" for c, v in s["categories"].items()]
-        return out + [f"overall {s['overall']}", *self.note_lines()]
+        out += [f"overall {s['overall']}", *self.note_lines()]
+        return out + ([f"stopped: {self.stopped}"] if self.stopped else [])
+
+    @property
+    def exit_code(self) -> int:
+        """1 when judging stopped early (the spending cap, a judge that cannot rate)."""
+        return 1 if self.stopped else 0
 
 
 @dataclass

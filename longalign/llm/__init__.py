@@ -10,7 +10,8 @@ Build a client::
                          cache_dir=run.llm_cache,                # request cache (None = no cache)
                          calls_log=run.llm_calls,                # one jsonl line per attempt outcome
                          timeout=120.0, max_retries=6, max_in_flight=8,
-                         price_in_per_mtok=0.15, price_out_per_mtok=0.60)
+                         price_in_per_mtok=0.15, price_out_per_mtok=0.60,
+                         max_cost=2.0, max_requests=500)  # optional spending cap (longalign.llm.budget)
 
     res = client.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=64, temperature=0.0))
     res.text, res.prompt_tokens, res.completion_tokens, res.cached, res.finish_reason
@@ -36,6 +37,9 @@ Guarantees, the same for both backends (:mod:`longalign.llm.client`):
   :class:`LLMUnavailableError`. Other 4xx fail at once with :class:`LLMRequestError` (server message +
   hint). ``close()`` stops pending retries (:class:`LLMCancelledError`). All errors derive from
   :class:`LLMError`; an unexpected backend failure (e.g. CUDA out of memory) is wrapped in one.
+* Spending cap: with ``max_cost`` (in the prices' unit) or ``max_requests``, an attempt the cap has no
+  room for is not sent: :class:`LLMBudgetExceeded` is raised from ``chat``/``chat_many``. Cache hits are
+  free, so a re-run with a higher cap pays only for what was not answered yet.
 * Calls log lines: ``{"key", "model", "status": "ok"|"cached"|"retry"|"error", "http_status", "usage":
   {"prompt_tokens", "completion_tokens"} | None, "latency", "attempt", "time", "cached"}`` (+ ``"error"``).
 * ``chat_many`` yields ``(index, ChatResult | LLMError)`` in completion order, at most ``max_in_flight``
@@ -48,6 +52,7 @@ generator and a local judge of the same model share one loaded copy (:mod:`longa
 
 from longalign.llm.base import (  # noqa: F401
     ChatResult,
+    LLMBudgetExceeded,
     LLMCancelledError,
     LLMClient,
     LLMError,
@@ -57,11 +62,13 @@ from longalign.llm.base import (  # noqa: F401
     Messages,
     SamplingParams,
 )
+from longalign.llm.budget import Budget  # noqa: F401
 from longalign.llm.cache import RequestCache, messages_hash, request_key  # noqa: F401
 from longalign.llm.client import CachingClient, local_model_spec, make_client, parse_spec  # noqa: F401
 
 __all__ = [
     "ChatResult",
+    "LLMBudgetExceeded",
     "LLMCancelledError",
     "LLMClient",
     "LLMError",
@@ -70,6 +77,7 @@ __all__ = [
     "LLMUnavailableError",
     "Messages",
     "SamplingParams",
+    "Budget",
     "RequestCache",
     "messages_hash",
     "request_key",

@@ -17,15 +17,31 @@ Messages = list[dict[str, str]]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings; part of the request-cache key."""
+    """Sampling settings; part of the request-cache key.
+
+    ``top_logprobs=k`` asks the server for the ``k`` most likely tokens at every generated position
+    (``ChatResult.extra["logprobs"]``); ``continue_final=True`` asks it to continue the final assistant
+    message instead of starting a new one (an assistant prefill); ``raw_prompt=True`` sends the content of the
+    single message as a ready-made prompt to the completions API (``/v1/completions``, no chat template on the
+    server). All three are left out of the cache key while unset, so keys of plain requests are the same as
+    before they existed."""
 
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
+    top_logprobs: int | None = None
+    continue_final: bool = False
+    raw_prompt: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["top_logprobs"] is None:
+            del out["top_logprobs"]
+        for flag in ("continue_final", "raw_prompt"):
+            if not out[flag]:
+                del out[flag]
+        return out
 
 
 @dataclass
@@ -81,6 +97,18 @@ class LLMUnavailableError(LLMError):
     def __init__(self, message: str, *, http_status: int | None = None, attempts: int = 0):
         super().__init__(message, http_status=http_status)
         self.attempts = attempts
+
+
+class LLMBudgetExceeded(LLMError):
+    """The spending cap (``max_cost`` / ``max_requests``) leaves no room for the next request; nothing was sent.
+
+    ``chat`` and ``chat_many`` raise it (``chat_many`` does not yield it) so a job stops at a clean point;
+    answers received before it are cached, and a re-run with a higher cap continues from there."""
+
+    def __init__(self, message: str, *, spent: float = 0.0, sent: int = 0):
+        super().__init__(message)
+        self.spent = spent
+        self.sent = sent
 
 
 class LLMCancelledError(LLMError):

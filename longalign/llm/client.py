@@ -15,6 +15,9 @@ wraps it and adds, identically for every backend:
 * usage counters (:meth:`CachingClient.usage`) and an optional cost from per-million-token prices;
 * with a cache, identical requests in flight at the same time are sent once: the second waits for the
   first and reads its answer from the cache;
+* an optional spending cap (:mod:`longalign.llm.budget`: ``max_cost``, ``max_requests``) asked before
+  every attempt that reaches the backend; cache hits are free. When it refuses, ``chat`` and ``chat_many``
+  raise :class:`LLMBudgetExceeded` instead of sending, so the job stops with everything answered cached;
 * ``chat_many``: up to ``max_in_flight`` requests at once on a thread pool (1 for a local model, run in
   the calling thread), answers yielded in completion order. Closing the generator early or Ctrl-C
   cancels queued requests; requests already in flight finish and are cached (the process waits for
@@ -34,6 +37,7 @@ from typing import Any, Protocol
 
 from longalign.llm.base import (
     ChatResult,
+    LLMBudgetExceeded,
     LLMCancelledError,
     LLMError,
     LLMRequestError,
@@ -42,6 +46,7 @@ from longalign.llm.base import (
     Messages,
     SamplingParams,
 )
+from longalign.llm.budget import Budget
 from longalign.llm.cache import RequestCache, request_key
 from longalign.rundir import append_jsonl
 
@@ -89,6 +94,8 @@ class CachingClient:
         price_in_per_mtok: float | None = None,
         price_out_per_mtok: float | None = None,
         rng_seed: int | None = None,
+        max_cost: float | None = None,
+        max_requests: int | None = None,
     ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -107,6 +114,12 @@ class CachingClient:
         self.retry_after_max = float(retry_after_max)
         self.price_in = price_in_per_mtok
         self.price_out = price_out_per_mtok
+        self.budget = Budget(
+            max_cost=max_cost,
+            max_requests=max_requests,
+            price_in_per_mtok=price_in_per_mtok,
+            price_out_per_mtok=price_out_per_mtok,
+        )
         self._rng = random.Random(rng_seed)
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
@@ -158,6 +171,8 @@ class CachingClient:
             out["cost"] = (
                 out["prompt_tokens"] * (self.price_in or 0.0) + out["completion_tokens"] * (self.price_out or 0.0)
             ) / 1e6
+        if self.budget.active:
+            out["budget"] = self.budget.to_dict()
         return out
 
     def _count(self, **inc: int) -> None:
@@ -271,8 +286,10 @@ class CachingClient:
             attempt += 1
             if stop.is_set() or self._stop.is_set():
                 raise LLMCancelledError(f"cancelled before attempt {attempt} of a request to {self.backend.describe()}")
+            reserved = self.budget.acquire(messages, params)  # raises LLMBudgetExceeded: nothing sent
             start = time.monotonic()
             self._count(attempts=1)
+            result: ChatResult | None = None
             try:
                 result = self.backend.complete(messages, params)
             except LLMRetryableError as exc:
@@ -311,6 +328,8 @@ class CachingClient:
                 msg = f"{type(exc).__name__}: {exc}"
                 self._log(key, "error", attempt=attempt, latency=time.monotonic() - start, error=msg)
                 raise LLMError(f"{self.backend.describe()} failed: {msg}") from exc
+            finally:
+                self.budget.settle(reserved, result, messages)
             if persist is not None:
                 persist(result)
             self._count(requests=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
@@ -333,6 +352,9 @@ class CachingClient:
     ) -> Iterator[tuple[int, ChatResult | Exception]]:
         """Answer many requests; yields ``(index, ChatResult | LLMError)`` in completion order.
 
+        When the spending cap refuses a request, :class:`LLMBudgetExceeded` is raised (not yielded): queued
+        requests are dropped, those already being sent finish and are yielded (and cached) first.
+
         ``requests`` may be a lazy iterable: at most ``2 * concurrency`` are read ahead. ``progress(1)`` is
         called after each finished request (answer or error), so a tqdm bar's ``update`` fits directly.
         """
@@ -348,6 +370,8 @@ class CachingClient:
                 messages, params = _unpack(item)
                 try:
                     res: ChatResult | Exception = self._chat(messages, params, stop)
+                except LLMBudgetExceeded:
+                    raise
                 except LLMError as exc:
                     res = exc
                 finished()
@@ -358,9 +382,10 @@ class CachingClient:
         pending: dict[cf.Future, int] = {}
         it = iter(enumerate(requests))
         exhausted = False
+        stopping: LLMBudgetExceeded | None = None
         try:
             while True:
-                while not exhausted and len(pending) < 2 * workers:
+                while stopping is None and not exhausted and len(pending) < 2 * workers:
                     try:
                         i, item = next(it)
                     except StopIteration:
@@ -374,10 +399,20 @@ class CachingClient:
                 for fut in ready:
                     i = pending.pop(fut)
                     exc = fut.exception()
+                    if isinstance(exc, LLMBudgetExceeded):
+                        # the cap is reached: drop the queued requests, let those being sent finish (they are
+                        # cached and yielded below), then raise
+                        if stopping is None:
+                            stopping = exc
+                            for queued in [f for f in pending if f.cancel()]:
+                                pending.pop(queued)
+                        continue
                     if exc is not None and not isinstance(exc, LLMError):
                         raise exc
                     finished()
                     yield i, (exc if exc is not None else fut.result())
+            if stopping is not None:
+                raise stopping
         finally:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -451,6 +486,8 @@ def make_client(
     retry_after_max: float = 120.0,
     device: str | None = None,
     dtype: Any = None,
+    max_cost: float | None = None,
+    max_requests: int | None = None,
     prefix_reuse: bool = True,
     local_batch_size: int = 1,
 ) -> CachingClient:
@@ -488,4 +525,6 @@ def make_client(
         retry_after_max=retry_after_max,
         price_in_per_mtok=price_in_per_mtok,
         price_out_per_mtok=price_out_per_mtok,
+        max_cost=max_cost,
+        max_requests=max_requests,
     )

@@ -1,4 +1,5 @@
-"""One attempt at an OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...).
+"""One attempt at an OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...), or at
+``/v1/completions`` for a request whose prompt the caller rendered (``SamplingParams.raw_prompt``).
 
 This layer makes exactly one HTTP request per call and classifies the outcome; retries, caching, logging
 and accounting live in :class:`longalign.llm.client.CachingClient`, so they behave the same for every
@@ -70,6 +71,49 @@ def _error_message(exc: Any) -> str:
     return str(getattr(exc, "message", None) or exc)
 
 
+def _plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (dict, list, str, int, float)):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    return dump() if callable(dump) else obj
+
+
+def token_logprobs(raw: Any) -> list[dict[str, Any]] | None:
+    """The per-token log-probabilities of a choice as ``[{"token", "logprob", "top": [[token, logprob],
+    ...]}]``, or None when the server sent none.
+
+    Reads the chat shape of OpenAI, vLLM and llama.cpp (``logprobs.content[i]`` with ``token``, ``logprob``
+    and ``top_logprobs: [{"token", "logprob"}]``) and the completions shape some servers also send for chat
+    (``logprobs.tokens`` / ``token_logprobs`` / ``top_logprobs: [{token: logprob}]``)."""
+    raw = _plain(raw)
+    if not isinstance(raw, dict):
+        return None
+    out: list[dict[str, Any]] = []
+    content = raw.get("content")
+    if isinstance(content, list) and content:
+        for item in content:
+            item = _plain(item)
+            if not isinstance(item, dict):
+                continue
+            top = []
+            for alt in item.get("top_logprobs") or []:
+                alt = _plain(alt)
+                if isinstance(alt, dict) and "token" in alt and alt.get("logprob") is not None:
+                    top.append([str(alt["token"]), float(alt["logprob"])])
+            lp = item.get("logprob")
+            out.append({"token": str(item.get("token", "")), "logprob": None if lp is None else float(lp), "top": top})
+        return out
+    tokens, lps, tops = raw.get("tokens"), raw.get("token_logprobs"), raw.get("top_logprobs")
+    if isinstance(tops, list) and tops:
+        for i, alts in enumerate(tops):
+            top = [[str(t), float(v)] for t, v in (alts or {}).items() if v is not None]
+            tok = tokens[i] if isinstance(tokens, list) and i < len(tokens) else (top[0][0] if top else "")
+            lp = lps[i] if isinstance(lps, list) and i < len(lps) else None
+            out.append({"token": str(tok), "logprob": None if lp is None else float(lp), "top": top})
+        return out
+    return None
+
+
 class OpenAIBackend:
     """Single-attempt client for an OpenAI-compatible chat endpoint; thread-safe (one shared HTTP pool)."""
 
@@ -107,16 +151,33 @@ class OpenAIBackend:
         openai = self._openai
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
         }
+        if params.raw_prompt:  # a prompt rendered by the caller, through the completions API
+            if len(messages) != 1:
+                raise ValueError("raw_prompt requests carry the prompt as their single message")
+            kwargs["prompt"] = messages[0]["content"]
+            create = self._client.completions.create
+        else:
+            kwargs["messages"] = messages
+            create = self._client.chat.completions.create
         if params.seed is not None:
             kwargs["seed"] = params.seed
+        if params.top_logprobs is not None:
+            if params.raw_prompt:
+                kwargs["logprobs"] = int(params.top_logprobs)
+            else:
+                kwargs["logprobs"] = True
+                kwargs["top_logprobs"] = int(params.top_logprobs)
+        if params.continue_final:
+            # vLLM's switches for an assistant prefill; llama.cpp's server continues a final assistant
+            # message by default
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         start = time.monotonic()
         try:
-            resp = self._client.chat.completions.create(**kwargs)
+            resp = create(**kwargs)
         except openai.APITimeoutError as exc:
             raise LLMRetryableError(f"timed out after {self.timeout:g} s talking to {self.describe()}") from exc
         except openai.APIConnectionError as exc:
@@ -140,11 +201,16 @@ class OpenAIBackend:
         if not getattr(resp, "choices", None):
             raise LLMRetryableError(f"{self.describe()} answered without any choice", http_status=200)
         choice = resp.choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
+        if params.raw_prompt:
+            text = getattr(choice, "text", None) or ""
+        else:
+            text = (choice.message.content if choice.message is not None else None) or ""
         usage = getattr(resp, "usage", None)
         extra: dict[str, Any] = {}
         if usage is None:  # some servers omit usage: the counts stay 0 and the result says so
             extra["usage_missing"] = True
+        if params.top_logprobs is not None:
+            extra["logprobs"] = token_logprobs(getattr(choice, "logprobs", None))
         return ChatResult(
             text=text,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),

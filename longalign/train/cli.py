@@ -1,4 +1,8 @@
-"""``longalign train``: fine-tune a model on a tokens folder with naive, sorted or packed batching.
+"""``longalign train``: fine-tune a model on token ids with naive, sorted or packed batching.
+
+``--tokens`` takes a ``longalign tokenize`` folder or token ids from elsewhere: a ``datasets.save_to_disk``
+folder, a .parquet or .jsonl file, or ``hf:NAME[:SPLIT]``, with an ``input_ids`` column and optionally
+``labels`` (the input id on target tokens, -100 elsewhere; absent: every token is a target).
 
 Multi-process runs use the usual launchers; each process reads its rank from the environment:
 

@@ -34,7 +34,10 @@ class TrainConfig(Options):
         "(overridden by --tokens / --output-dir when those are given)",
     )
     tokens: str | None = option(
-        None, help="tokens folder made by `longalign tokenize` (Arrow dataset plus longalign_meta.json)"
+        None,
+        help="token ids to train on: a `longalign tokenize` folder, a datasets.save_to_disk folder, a "
+        ".parquet/.jsonl file or hf:NAME[:SPLIT]; needs input_ids, labels (-100 = no loss) default to every "
+        "token, length is computed, other columns are optional",
     )
     output_dir: str | None = option(
         None, help="where metrics.jsonl, run_meta.json, checkpoints/ and final/ go (default RUN/train/<method>)"
@@ -94,8 +97,8 @@ class TrainConfig(Options):
         None,
         help='use this batch plan ({"batches": [[row, ...], ...]}, e.g. '
         "RUN/batching/pack.plan.json from `longalign batch plan`) instead of "
-        "planning here; it must have been made for the same world size x "
-        "grad_accum grouping",
+        "planning here; it must have been made for the same data-parallel world size "
+        "(world / sp_size) x grad_accum grouping",
     )
     overlong: str = option("truncate", help="what to do with a sequence longer than max_len", choices=OVERLONG)
     per_device_batch_size: int = option(
@@ -137,6 +140,13 @@ class TrainConfig(Options):
         True,
         help="before a packed run, check on a two-sequence probe that the chosen "
         "attention backend gives packed logits equal to separate ones",
+    )
+    sp_size: int = option(
+        1,
+        minimum=1,
+        help="sequence-parallel ranks per pack (Ulysses all-to-all attention): world = data-parallel x "
+        "sp_size ranks, the plan is dealt over the data-parallel ranks and each pack is cut into sp_size "
+        "equal shards; needs --method pack and a boundary-aware attention backend",
     )
     dataloader_num_workers: int = option(0, minimum=0, help="worker processes that collate micro-batches")
     # ---------------------------------------------------------------- context extension

@@ -160,7 +160,7 @@ _FN: Any = None
 
 
 def chunked_head_loss(
-    hidden: Any, weight: Any, bias: Any, labels: Any, loss_weights: Any, chunk_rows: int = 0
+    hidden: Any, weight: Any, bias: Any, labels: Any, loss_weights: Any, chunk_rows: int = 0, *, shift: bool = True
 ) -> tuple[Any, Any]:
     """``(sum w * CE, sum CE)`` over the target tokens, from hidden states and the head's parameters.
 
@@ -168,7 +168,8 @@ def chunked_head_loss(
     aligned to the input positions (position t predicts labels[t + 1], as in
     :func:`longalign.batching.weighted_causal_lm_loss`); ``weight`` [V, H] and ``bias`` [V] or None are the
     head's. Only the rows with a target reach the head. Both sums are differentiable; the second is the plain
-    cross-entropy sum (its gradient is usually not used).
+    cross-entropy sum (its gradient is usually not used). ``shift=False`` takes labels and weights already
+    shifted (position t carries the target of token t + 1: a sequence-parallel shard).
     """
     import torch
 
@@ -180,9 +181,10 @@ def chunked_head_loss(
             f"shape mismatch: hidden {tuple(hidden.shape)}, labels {tuple(labels.shape)}, "
             f"loss_weights {tuple(loss_weights.shape)}; expected [B, L, H], [B, L], [B, L]"
         )
-    h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
-    y = labels[:, 1:].reshape(-1).to(h.device)
-    w = loss_weights[:, 1:].reshape(-1).to(h.device)
+    cut = 1 if shift else 0
+    h = hidden[:, : hidden.shape[1] - cut, :].reshape(-1, hidden.shape[-1])
+    y = labels[:, cut:].reshape(-1).to(h.device)
+    w = loss_weights[:, cut:].reshape(-1).to(h.device)
     rows = torch.nonzero(y != IGNORE_INDEX).squeeze(1)
     acc = _acc_dtype(hidden, weight)
     coef = w.index_select(0, rows).to(acc)
@@ -208,6 +210,7 @@ class LossRequest:
     labels: Any
     loss_weights: Any
     chunk_rows: int = 0
+    shift: bool = True
 
 
 def _loss_head_class():
@@ -224,7 +227,7 @@ def _loss_head_class():
             if req is None:
                 return super().forward(hidden)
             weighted, plain = chunked_head_loss(
-                hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows
+                hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows, shift=req.shift
             )
             return torch.stack([weighted, plain]).view(1, 1, 2)
 
@@ -266,9 +269,12 @@ def find_loss_head(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def loss_request(head: Any, labels: Any, loss_weights: Any, chunk_rows: int = 0) -> Iterator[None]:
-    """While active, ``head``'s forward returns the loss sums for these labels and weights."""
-    head._longalign_request = LossRequest(labels, loss_weights, chunk_rows)
+def loss_request(
+    head: Any, labels: Any, loss_weights: Any, chunk_rows: int = 0, *, shift: bool = True
+) -> Iterator[None]:
+    """While active, ``head``'s forward returns the loss sums for these labels and weights (``shift=False``:
+    already shifted, see :func:`chunked_head_loss`)."""
+    head._longalign_request = LossRequest(labels, loss_weights, chunk_rows, shift)
     try:
         yield
     finally:

@@ -13,7 +13,8 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
   bf16/fp16 and caches a half copy of the weights for the forward): 4P + 2P (half only), gradients 4P, AdamW's
   two moments 8P. With DeepSpeed in bf16/fp16 (the ZeRO paper's accounting, K = 12): half weights 2P, half
   gradients 2P plus a float32 gradient partition 4P, and 12P of optimizer state (float32 master weights and two
-  moments); ZeRO-1 partitions the optimizer state over the data-parallel ranks, ZeRO-2 the gradients too, ZeRO-3
+  moments); ZeRO-1 partitions the optimizer state over all ranks of the job (with sequence parallelism too:
+  the trainer hands DeepSpeed the whole world as its data-parallel group), ZeRO-2 the gradients too, ZeRO-3
   the weights too (plus a live working set: two layers' weights and the larger of the embedding and the head);
   CPU offload moves optimizer state and float32 gradients (and, with ``offload="optimizer+params"``, the weights)
   to host memory, which the plan reports separately.
@@ -24,9 +25,14 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
   its SiLU, the up projection and their product; two RMS factors), plus ``2H + 2d + 3`` per token once (the
   final norm, the rotary cos/sin). Gradient checkpointing keeps only each layer's input (H per token per layer)
   and recomputes one layer at a time in the backward. In bf16/fp16 the norms' inputs are saved in float32
-  (4H extra bytes per token per layer).
-* **logits / loss** -- ``full``: the ``[T, V]`` logits in the head's dtype, the float32 log-softmax of the N
-  target rows that the cross-entropy saves, and one float32 chunk of at most 8,192 rows in flight;
+  (4H extra bytes per token per layer). With sequence parallelism (``sp_size``, Ulysses all-to-all) the core
+  attention saves q/k/v and its output for the whole pack but h/SP heads: as many elements as T tokens with
+  all heads, so the per-token count holds with T = ceil(max_len / SP) (the trainer pads a pack to a multiple
+  of SP); not counted: the copies of the key/value heads when SP exceeds their number.
+* **logits / loss** -- ``full``: the larger of two moments. At the end of the forward: the ``[T, V]`` logits in
+  the head's dtype, the float32 log-softmax of the N target rows that the cross-entropy saves, and one float32
+  chunk of at most 8,192 rows in flight. In the backward: the logits (the model's output still holds them) and
+  their ``[T, V]`` gradient, which the slicing into chunks materialises at full size, plus one chunk;
   ``chunked``: two float32 ``[C, V]`` buffers (C = 2**25 / V rows), the float32 gradient of the head weight and
   the N target rows of hidden states with their gradient -- independent of T.
 * **runtime** -- a CUDA context and allocator slack (1.0 GiB per GPU, a typical H100 figure); on a CPU the
@@ -258,7 +264,9 @@ def plan_memory(
     _check(precision, zero_stage, offload, gpus, sp_size, loss_impl, attention, device, target_fraction)
     shape = load_shape(model)
     P = shape.params
-    dp = gpus // sp_size
+    # ZeRO partitions over every rank: the trainer gives DeepSpeed the whole world (DP x SP ranks) as its
+    # data-parallel group and sums the SP ranks' gradients through the same reduction
+    dp = gpus
     half = precision != "fp32"
     T = int(math.ceil(int(max_len) / sp_size))
     N = int(math.ceil(T * target_fraction))
@@ -305,7 +313,10 @@ def plan_memory(
     logit_b = 2.0 if half else 4.0
     V, H = shape.vocab, shape.hidden
     if loss_impl == "full":
-        loss = T * V * logit_b + N * V * 4.0 + min(N, FULL_CE_CHUNK) * V * 4.0
+        chunk_b = min(N, FULL_CE_CHUNK) * V * 4.0
+        forward_peak = T * V * logit_b + N * V * 4.0 + chunk_b  # logits + saved log-softmax + a chunk in flight
+        backward_peak = 2.0 * T * V * logit_b + chunk_b  # logits (still referenced) + their full-size gradient
+        loss = max(forward_peak, backward_peak)
     else:
         C = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(V)
         loss = 2.0 * min(C, max(N, 1)) * V * 4.0 + V * H * 4.0 + 2.0 * N * H * b

@@ -23,6 +23,12 @@ What the Trainer does and what this module replaces:
   two-sequence probe at the start of training checks this on the real model (packed logits must match
   separate ones far better than a pack whose sequences see each other). ``use_cache=False`` always.
 
+* **Sequence parallelism** (``sp_size`` > 1, :mod:`longalign.train.sequence_parallel`): the world is
+  DP x SP ranks; the plan, the weights and the sampler use the DP ranks only, the SP ranks of a group shard
+  the same pack (labels shifted before the cut) and run the Ulysses attention with the whole pack's
+  boundaries. The factor above stays the full world size: DDP / ZeRO average over every rank, and the SP
+  ranks' gradients must add up (each holds a disjoint part of the pack's targets).
+
 Cost of the bookkeeping: one extra chunked cross-entropy without gradient per micro-batch (the token-mean
 loss written next to the chosen loss; under 1% of a step for models of 100M+ parameters) and one
 all-reduce of 8 numbers per optimizer step.
@@ -128,35 +134,15 @@ class TrainResult(Summary):
 
 
 def load_tokens_dir(path: str | Path):
-    """``(datasets.Dataset, meta)`` of a tokens folder, with a clear error when it is missing."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"tokens folder {path} does not exist; create it with `longalign tokenize` "
-            "(or pass --tokens DIR / --run RUN pointing at an existing one)"
-        )
-    if not (path / "longalign_meta.json").is_file():
-        raise FileNotFoundError(
-            f"{path} has no longalign_meta.json, so it was not made by `longalign tokenize`; "
-            "re-create it with `longalign tokenize`"
-        )
-    try:
-        from ..tokenize import load_tokens
-    except ImportError:  # the tokenize stage is optional for training: read the folder directly
-        load_tokens = None
-    if load_tokens is not None:
-        ds, meta = load_tokens(path)
-    else:
-        import datasets
+    """``(datasets.Dataset, meta)`` of the training tokens: a `longalign tokenize` folder, a
+    ``datasets.save_to_disk`` folder, a parquet/jsonl file of token ids or ``hf:NAME`` (see
+    :mod:`longalign.tokenize.sources`); labels default to every token, length is computed when absent."""
+    from ..tokenize.sources import open_token_data
 
-        ds = datasets.load_from_disk(str(path))
-        meta = read_json(path / "longalign_meta.json", default={}) or {}
-    missing = [c for c in ("input_ids", "labels", "length") if c not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"{path}: the dataset lacks column(s) {', '.join(missing)}; re-create it with `longalign tokenize`"
-        )
-    return ds, meta
+    data = open_token_data(path)
+    if data.added:
+        log.info("%s: computed %s (not in the data)", data.where, ", ".join(data.added))
+    return data.ds, data.meta
 
 
 def check_tokenizer_match(meta: dict[str, Any], tokenizer: Any, tokens_dir: str | Path, model_vocab: int) -> None:
@@ -170,6 +156,12 @@ def check_tokenizer_match(meta: dict[str, Any], tokenizer: Any, tokens_dir: str 
         problems.append(f"eos_token_id {eos} vs {tokenizer.eos_token_id}")
     if vs is not None and int(vs) > int(model_vocab):
         problems.append(f"token ids up to {int(vs) - 1} but the model embeds only {model_vocab}")
+    top = meta.get("max_token_id")
+    if vs is None and top is not None and int(top) >= int(model_vocab):
+        raise ValueError(
+            f"{tokens_dir} holds token id {top} but the model embeds only {model_vocab} tokens; the ids were made "
+            "by another tokenizer: tokenize the data with the model's own tokenizer (`longalign tokenize`)"
+        )
     if problems:
         raise ValueError(
             f"{tokens_dir} was made by tokenizer {meta.get('tokenizer')!r}, which does not match the "
@@ -444,6 +436,34 @@ def _make_loader_class():
 # ------------------------------------------------------------------------------------------------------------
 
 
+def forward_loss(
+    model: Any,
+    batch: dict[str, Any],
+    packed: bool,
+    backend: str,
+    loss_head: Any = None,
+    chunk_rows: int = 0,
+    shift: bool = True,
+    return_outputs: bool = False,
+) -> tuple[Any, ...]:
+    """``(sum w * CE, sum CE)`` of one collated micro-batch through ``model`` (chunked loss when ``loss_head``
+    is installed, else from the logits), plus the model's outputs with ``return_outputs``; ``shift=False`` for
+    labels already shifted (sequence-parallel shards)."""
+    from ..batching.loss import weighted_and_plain_ce
+    from .head_loss import loss_request, read_loss_output
+
+    labels, weights = batch["labels"], batch["loss_weights"]
+    kwargs = model_inputs(batch, packed, backend)
+    if loss_head is not None:  # chunked: the head returns the two sums instead of logits
+        with loss_request(loss_head, labels, weights, chunk_rows, shift=shift):
+            outputs = model(**kwargs)
+        sums = read_loss_output(outputs.logits)
+    else:
+        outputs = model(**kwargs)
+        sums = weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device), shift=shift)
+    return (*sums, outputs) if return_outputs else sums
+
+
 def model_inputs(batch: dict[str, Any], packed: bool, backend: str) -> dict[str, Any]:
     """Keyword arguments of the model's forward for one collated micro-batch.
 
@@ -466,8 +486,7 @@ def _trainer_class():
     import torch
     from transformers import Trainer
 
-    from ..batching.loss import weighted_and_plain_ce
-    from .head_loss import loss_request, read_loss_output
+    from .sequence_parallel import SHIFTED_KEY
 
     class PlanTrainer(Trainer):
         """Trainer whose data order comes from a plan and whose loss is the exact weighted sum."""
@@ -484,6 +503,7 @@ def _trainer_class():
             data_world_size: int,
             loss_head: Any = None,
             loss_chunk_rows: int = 0,
+            sp_rank: int = 0,
             **kwargs: Any,
         ):
             super().__init__(*args, **kwargs)
@@ -492,7 +512,8 @@ def _trainer_class():
             self.plan_loader = plan_loader
             self.packed = packed
             self.attention_backend = attention_backend
-            self.data_world_size = int(data_world_size)
+            self.data_world_size = int(data_world_size)  # ranks the gradient mean runs over: DP x SP
+            self.sp_rank = int(sp_rank)  # per-pack counts (sequences, tokens) come from SP rank 0 only
             # num_items_in_batch is not needed (the weights carry the normalisation): skip its gather
             self.model_accepts_loss_kwargs = False
             self.step_stats = None
@@ -507,19 +528,22 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             filler = bool(inputs.pop("filler", torch.tensor(False)))
+            shifted = bool(inputs.pop(SHIFTED_KEY, False))
             labels = inputs["labels"]
-            weights = inputs["loss_weights"]
-            kwargs = model_inputs(inputs, self.packed, self.attention_backend)
-            if self.loss_head is not None:  # chunked: the head returns the two sums instead of logits
-                with loss_request(self.loss_head, labels, weights, self.loss_chunk_rows):
-                    outputs = model(**kwargs)
-                loss, token_sum = read_loss_output(outputs.logits)
-            else:
-                outputs = model(**kwargs)
-                loss, token_sum = weighted_and_plain_ce(outputs.logits, labels, weights.to(outputs.logits.device))
+            loss, token_sum, outputs = forward_loss(
+                model,
+                inputs,
+                self.packed,
+                self.attention_backend,
+                self.loss_head,
+                self.loss_chunk_rows,
+                shift=not shifted,
+                return_outputs=True,
+            )
             with torch.no_grad():
                 target = labels != IGNORE_INDEX
-                target[:, 0] = False
+                if not shifted:
+                    target[:, 0] = False
                 if not filler:
                     if self.packed:
                         seq_lens = inputs.get("seq_lens")
@@ -540,8 +564,11 @@ def _trainer_class():
                         labels.numel(),
                         1.0,
                     ]
+                    if self.sp_rank:  # the pack is counted once, by SP rank 0; its targets by every shard
+                        stats[3] = stats[4] = stats[5] = stats[7] = 0.0
                     self.step_stats += torch.tensor(stats, dtype=torch.float64)
-            # DDP and ZeRO average gradients over ranks; the step loss is the *sum* over ranks
+            # DDP and ZeRO average gradients over all ranks; the step loss is the *sum* over ranks (over SP
+            # ranks too: each holds a disjoint shard of the pack's targets)
             scaled = loss * self.data_world_size
             return (scaled, outputs) if return_outputs else scaled
 
@@ -755,7 +782,10 @@ def resolve_paths(cfg: TrainConfig) -> tuple[Path, Path, RunDir | None]:
     run = RunDir(cfg.run) if cfg.run else None
     tokens = Path(cfg.tokens) if cfg.tokens else (run.tokens if run else None)
     if tokens is None:
-        raise ValueError("no training data: pass --tokens DIR (a `longalign tokenize` folder) or --run RUN")
+        raise ValueError(
+            "no training data: pass --tokens (a `longalign tokenize` folder, a datasets.save_to_disk folder, a "
+            ".parquet/.jsonl file of token ids or hf:NAME) or --run RUN"
+        )
     out = Path(cfg.output_dir) if cfg.output_dir else (run.train(cfg.method) if run else None)
     if out is None:
         raise ValueError("no output folder: pass --output-dir DIR or --run RUN")
@@ -848,11 +878,13 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from ..batching import PackedCollator, PaddedCollator, make_plan, select_attention, token_weights
     from ..models import model_display_name
+    from . import sequence_parallel as spm
     from .head_loss import install_loss_head
 
     _validate(cfg)
     tokens_dir, out, run = resolve_paths(cfg)
     world_size, rank = _dist_env()
+    sp_size = int(cfg.sp_size)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     packed = cfg.method == "pack"
 
@@ -864,7 +896,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     model_config = load_model_config(cfg.model)
     max_len = int(cfg.max_len or meta.get("max_len") or 0)
     if max_len < 2:
-        raise ValueError(f"max_len is not set: pass --max-len (the tokens folder {tokens_dir} records none)")
+        raise ValueError(f"max_len is not set: pass --max-len (the tokens {tokens_dir} record none)")
     target_pos = cfg.max_position_embeddings or (max_len if cfg.rope_scale != 1.0 else 0)
     apply_context_extension(model_config, cfg.rope_scale, target_pos)
     model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
@@ -875,16 +907,22 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             f"--max-position-embeddings {max_len}"
         )
     check_tokenizer_match(meta, tokenizer, tokens_dir, int(getattr(model_config, "vocab_size", len(tokenizer))))
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads = int(getattr(text_config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
+    sp_check = dict(method=cfg.method, num_heads=heads, num_kv_heads=kv_heads, max_len=max_len)
+    spm.check_sp(sp_size, world_size, backend=None, **sp_check)
+    dp_size = world_size // sp_size  # the plan is dealt over data-parallel ranks; SP ranks share a pack
     lengths = np.asarray(ds["length"], dtype=np.int64)
     if cfg.plan:
-        plan = plan_from_file(cfg.plan, lengths, cfg, max_len, world_size)
+        plan = plan_from_file(cfg.plan, lengths, cfg, max_len, dp_size)
     else:
         plan = make_plan(
             lengths,
             cfg.method,
             max_len=max_len,
             batch_size=1 if packed else cfg.per_device_batch_size,
-            world_size=world_size,
+            world_size=dp_size,
             grad_accum=cfg.grad_accum,
             algo=cfg.algo,
             seed=cfg.seed,
@@ -893,7 +931,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     if not plan.batches:
         raise ValueError(f"{tokens_dir}: no sequence left to train on (rows={len(ds)}, overlong={cfg.overlong!r})")
     n_eff = effective_targets(ds, plan.lengths, plan.truncated)
-    weights = token_weights(plan, n_eff, cfg.loss_norm, world_size, cfg.grad_accum)
+    weights = token_weights(plan, n_eff, cfg.loss_norm, dp_size, cfg.grad_accum)
 
     # ---- output folder, resume --------------------------------------------------------------------------
     metrics_path = out / METRICS_FILE
@@ -915,6 +953,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         "grad_accum": cfg.grad_accum,
         "seed": cfg.seed,
         "rows": len(ds),
+        **({"sp_size": sp_size} if sp_size > 1 else {}),
         "batches": plan.batches,
     }
     plan_file = out / "plan.json"
@@ -924,7 +963,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         if saved is not None and saved != json.loads(json.dumps(plan_record)):
             raise ValueError(
                 f"{out}: the batch plan differs from the one the checkpoints were trained with "
-                "(data, max_len, method, world size, grad_accum or seed changed); resume with the "
+                "(data, max_len, method, world size, sp_size, grad_accum or seed changed); resume with the "
                 "same settings or start a new --output-dir"
             )
     if rank == 0:
@@ -958,6 +997,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         )
     rank = args.process_index
     device = args.device
+    layout = spm.SPLayout(world_size, sp_size, rank)
     if cfg.deepspeed:
         import torch.distributed as dist
 
@@ -969,12 +1009,21 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             deepspeed.init_distributed(dist_backend=dist.get_backend())
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     auto_backend = select_attention(device, packed, half)  # also registers the custom kernels
+    if sp_size > 1:
+        auto_backend = spm.default_core(auto_backend, device, half)
     backend = auto_backend if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    if spm.core_of(backend):  # a sequence-parallel name given directly: its core decides
+        backend = spm.core_of(backend)
     if packed and backend not in PACKING_SAFE_BACKENDS:
         raise ValueError(
             f"attention backend {backend!r} cannot keep packed sequences apart; use one of "
             f"{', '.join(PACKING_SAFE_BACKENDS)} (or --attn-implementation auto) or --method sort"
         )
+    core_backend = backend
+    if sp_size > 1:
+        spm.check_sp(sp_size, world_size, backend=backend, **sp_check)
+        spm.configure(spm.new_sp_groups(layout), sp_size)
+        backend = spm.register_sp_attention(backend)
     model = build_model(cfg.model, model_config, backend, cfg.seed)
     model.config.use_cache = False
     loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
@@ -989,11 +1038,12 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     dataset = PlanDataset(ds, plan.lengths, weights)
     kept_idx = np.flatnonzero(plan.lengths > 0)
     filler = int(kept_idx[np.argmin(plan.lengths[kept_idx])])
-    sampler = PlanBatchSampler(plan.batches, world_size, rank, cfg.grad_accum, filler, seed=cfg.seed)
+    sampler = PlanBatchSampler(plan.batches, dp_size, layout.dp_rank, cfg.grad_accum, filler, seed=cfg.seed)
+    rank_collator = spm.ShardCollator(collator, sp_size, layout.sp_rank) if sp_size > 1 else collator
     loader = _make_loader_class()(
         dataset,
         batch_sampler=sampler,
-        collate_fn=MarkedCollator(collator),
+        collate_fn=MarkedCollator(rank_collator),
         num_workers=cfg.dataloader_num_workers,
         pin_memory=False,
     )
@@ -1001,6 +1051,11 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     probe_result: dict[str, float] = {}
 
     def probe(m: Any) -> None:
+        # probes run one whole pack on each rank: under SP the wrapper calls its core directly
+        with spm.bypassed():
+            run_probes(m)
+
+    def run_probes(m: Any) -> None:
         if loss_head is not None:
             probe_result.update(loss_probe(m, loss_head, device, half, len(tokenizer)))
             log.info("chunked loss check: relative difference to the full loss %.2e", probe_result["loss_rel_err"])
@@ -1008,7 +1063,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
             probe_result.update(packing_probe(m, collator, device, half, len(tokenizer), backend))
             log.info(
                 "packing check (%s): packed vs separate %.2e, without boundaries %.2e",
-                backend,
+                core_backend,
                 probe_result["packed_err"],
                 probe_result["leak_err"],
             )
@@ -1026,6 +1081,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         data_world_size=world_size,
         loss_head=loss_head,
         loss_chunk_rows=cfg.loss_chunk_rows,
+        sp_rank=layout.sp_rank,
     )
     callback.trainer = trainer
     for cls in (PrinterCallback, ProgressCallback):
@@ -1040,6 +1096,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         "attention_backend": backend,
         "model": model_display_name(cfg.model),
         "world_size": world_size,
+        "sp_size": sp_size,
+        "dp_size": dp_size,
         "grad_accum": cfg.grad_accum,
         "max_len": max_len,
         "rope_theta": rope,

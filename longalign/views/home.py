@@ -61,3 +61,62 @@ def token_meta_table(run: RunDir) -> pd.DataFrame:
     """tokens/longalign_meta.json as a one-column table (values as text); empty when tokens/ is missing."""
     meta = load_token_meta(run)
     return pd.DataFrame({"value": {k: str(v) for k, v in meta.items()}}, dtype=object)
+
+
+def load_demo_summary(run: RunDir) -> dict:
+    """``demo_summary.json`` of a ``longalign demo`` run, or {} for other runs."""
+    from longalign.rundir import read_json
+
+    return read_json(run.demo_summary, default={}) or {}
+
+
+def demo_method_table(summary: dict) -> pd.DataFrame:
+    """Per batching method: training seconds over the same sequences, measured and simulated speedup."""
+    rows = [
+        {
+            "method": m,
+            "seconds (one epoch)": c.get("seconds"),
+            "real tokens": c.get("real_tokens"),
+            "measured speedup vs naive": c.get("measured_speedup_vs_naive"),
+            "simulated speedup vs naive": c.get("simulated_speedup_vs_naive"),
+        }
+        for m, c in (summary.get("methods") or {}).items()
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "seconds (one epoch)",
+            "real tokens",
+            "measured speedup vs naive",
+            "simulated speedup vs naive",
+        ],
+    )
+
+
+DEMO_EVAL_ROWS = (
+    ("eval:heldout", "sequence_mean_loss", "held-out loss (sequence mean, lower is better)"),
+    ("eval:heldout", "token_mean_loss", "held-out loss (token mean)"),
+    ("eval:needle", "mean_recall", "needle key-phrase recall (0-1)"),
+    ("eval:needle", "mean_recall_norm", "needle recall, normalised and stemmed (0-1)"),
+    ("eval:needle", "mean_judge", "needle judge score (1-10)"),
+    ("eval:longbench-chat", "mean_score", "mini LongBench-Chat score (1-10)"),
+)
+
+
+def demo_eval_table(summary: dict) -> pd.DataFrame:
+    """Base vs fine-tuned model, one row per evaluation number the demo measured."""
+    stages = summary.get("stages") or {}
+    rows = []
+    for stage, key, label in DEMO_EVAL_ROWS:
+        pair = (stages.get(stage) or {}).get(key)
+        if isinstance(pair, dict):
+            rows.append(
+                {
+                    "metric": label,
+                    "base": pair.get("base"),
+                    "fine-tuned": pair.get("tuned"),
+                    "change": pair.get("change"),
+                }
+            )
+    return pd.DataFrame(rows, columns=["metric", "base", "fine-tuned", "change"])

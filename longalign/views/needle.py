@@ -20,12 +20,16 @@ import plotly.graph_objects as go
 from longalign.eval.needle import HEATMAP_VALUES, heatmap_figure, heatmap_grid
 from longalign.views.style import TEMPLATE
 
-VALUE_LABELS = {"judge_score": "judge score (1–10)", "recall": "recall (0–1)"}
+VALUE_LABELS = {
+    "judge_score": "judge score (1–10)",
+    "recall": "recall (0–1)",
+    "recall_norm": "normalised recall (0–1)",
+}
 
 
 def values_in(df: pd.DataFrame) -> list[str]:
-    """The score columns the results hold, judge score first."""
-    return [c for c in HEATMAP_VALUES if c in df]
+    """The score columns the results hold (with at least one value), judge score first."""
+    return [c for c in HEATMAP_VALUES if c in df and df[c].notna().any()]
 
 
 def needle_grid(df: pd.DataFrame, value: str = "judge_score") -> pd.DataFrame:
@@ -80,9 +84,15 @@ def highlight(text: str, needle: str | None) -> str:
 
 
 def headline(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, value) of the page's key figures: mean judge score, mean recall, probes."""
+    """(label, value) of the page's key figures: mean judge score, mean recall (strict and normalised),
+    probes."""
+
+    def mean(col: str) -> str:
+        return f"{df[col].mean():.2f}" if col in df and df[col].notna().any() else "—"
+
     return [
-        ("mean judge score", f"{df['judge_score'].mean():.2f}" if "judge_score" in df else "—"),
-        ("mean recall", f"{df['recall'].mean():.2f}" if "recall" in df else "—"),
+        ("mean judge score", mean("judge_score")),
+        ("mean recall", mean("recall")),
+        ("mean normalised recall", mean("recall_norm")),
         ("probes", f"{len(df)}"),
     ]

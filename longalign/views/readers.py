@@ -371,9 +371,16 @@ def load_longbench_chat_summary(run: RunDir) -> dict:
 
 
 def load_needle(run: RunDir) -> pd.DataFrame:
-    """Needle results, one row per (context length, depth) probe."""
+    """Needle results, one row per (context length, depth) probe; ``recall_norm`` is computed from the stored
+    response (with the summary's key phrases) for results written before the stage stored it."""
+    from longalign.eval.needle import PAPER_NEEDLE, PAPER_QUESTION, default_key_phrases, with_normalised_recall
+
     require(run, "needle")
-    df = pd.DataFrame(read_jsonl(run.needle_results()))
+    summary = load_needle_summary(run)
+    phrases = summary.get("key_phrases") or default_key_phrases(
+        summary.get("needle") or PAPER_NEEDLE, summary.get("question") or PAPER_QUESTION
+    )
+    df = pd.DataFrame(with_normalised_recall(read_jsonl(run.needle_results()), phrases))
     if df.empty:
         raise MissingArtifact(run, "needle", "(results.jsonl holds no probes yet)")
     return df

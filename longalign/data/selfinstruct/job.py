@@ -427,6 +427,7 @@ class GenerateSummary(Summary):
     model: str
     records_file: Path | None = None
     failed_file: Path | None = None
+    stopped: str | None = None  # why the job stopped early (the spending cap), None when it ran to the end
     quality: dict[str, Any] | None = None
     quality_file: Path | None = None
 
@@ -448,12 +449,14 @@ class GenerateSummary(Summary):
             out.append(
                 f"{self.failed} document(s) failed, listed in {self.failed_file}; re-run the same command to retry them"
             )
+        if self.stopped:
+            out.append(self.stopped)
         return out
 
     @property
     def exit_code(self) -> int:
-        """1 when documents failed (a re-run retries them)."""
-        return 1 if self.failed else 0
+        """1 when documents failed or the spending cap stopped the job (a re-run continues)."""
+        return 1 if self.failed or self.stopped else 0
 
 
 def failed_path(run: RunDir) -> Path:
@@ -488,6 +491,8 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
         price_out_per_mtok=cfg.price_out_per_mtok,
         backoff_base=cfg.backoff_base,
         backoff_max=cfg.backoff_max,
+        max_cost=cfg.max_cost,
+        max_requests=cfg.max_requests,
         prefix_reuse=cfg.prefix_reuse,
         local_batch_size=cfg.local_batch_size,
     )
@@ -522,6 +527,7 @@ def generate_long_data(
     from tqdm.auto import tqdm
 
     from longalign.data.corpus import read_corpus
+    from longalign.llm import LLMBudgetExceeded
 
     check_generate_config(cfg)
     run = RunDir(run) if not isinstance(run, RunDir) else run
@@ -545,6 +551,7 @@ def generate_long_data(
     model_name = getattr(client, "spec", None) or getattr(client, "model", "") or cfg.llm
     written = failed = rejected_q = 0
     failed_ids: list[str] = []
+    stopped: str | None = None
     try:
         if pending_docs and cfg.max_prompt_tokens > 0 and prompt_tokenizer is None:
             from longalign.llm import local_model_spec
@@ -597,6 +604,9 @@ def generate_long_data(
                         bar.update(1)
                 active = [j for j in active if j.status == "active"]
                 bar.set_postfix(failed=failed)
+        except LLMBudgetExceeded as exc:  # the spending cap: unfinished documents are left for a re-run
+            stopped = str(exc)
+            log.warning("%s", exc)
         finally:
             bar.close()
         usage = client.usage() if hasattr(client, "usage") else {}
@@ -620,6 +630,7 @@ def generate_long_data(
         model=model_name,
         records_file=run.long,
         failed_file=failed_path(run),
+        stopped=stopped,
         quality=quality,
         quality_file=run.quality,
     )

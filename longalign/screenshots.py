@@ -1,0 +1,183 @@
+"""Screenshots of the dashboard's pages for a real run, taken in headless Chromium (playwright + Debian's chromium).
+
+    python -m longalign.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
+
+starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat page compared
+with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
+that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
+The README's pictures are made this way from a ``longalign demo`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+# url path (before ?run=), file name, plotly charts the page draws at least when its artifacts exist
+PAGES: tuple[tuple[str, str, int], ...] = (
+    ("", "home", 0),
+    ("Lengths", "lengths", 2),
+    ("Packing", "packing", 8),
+    ("Simulator", "simulator", 1),
+    ("Training", "training", 2),
+    ("LongBench_Chat", "longbench_chat", 1),
+    ("Needle", "needle", 1),
+)
+LAUNCH_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(runs: str | Path, *, cwd: str | Path | None = None, timeout: float = 120.0) -> Iterator[str]:
+    """Run the dashboard on 127.0.0.1 (a free port) for the runs folder ``runs``; yields its URL."""
+    from longalign.app_cli import build_command
+
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        build_command(str(runs), port, headless=True, address="127.0.0.1"),
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, LONGALIGN_RUNS=str(runs)),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"the dashboard did not start: {log.read()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        os.unlink(log.name)
+
+
+def save_full_page(page, path: Path, width: int = 1300, max_height: int = 4200) -> None:
+    """Streamlit scrolls inside its main block: grow the viewport to the content, shoot, then shrink the PNG."""
+    height = page.evaluate(
+        "(() => { const m = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
+        " return m ? m.scrollHeight + 40 : document.body.scrollHeight; })()"
+    )
+    page.set_viewport_size({"width": width, "height": int(min(max(height, 600), max_height))})
+    page.wait_for_timeout(700)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": width, "height": 900})
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
+def shoot(
+    url: str,
+    run: str,
+    out: str | Path,
+    *,
+    compare: str | None = None,
+    pages: Sequence[tuple[str, str, int]] = PAGES,
+    chromium: str | None = None,
+) -> list[Path]:
+    """Open every page of the dashboard at ``url`` for ``run`` and save ``<out>/<name>.png``; returns the files.
+    Raises RuntimeError when a page shows an exception or draws fewer charts than expected."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise RuntimeError("chromium is not installed: apt-get install -y chromium")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=list(LAUNCH_ARGS))
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            for path, name, n_charts in pages:
+                query = f"run={run}" + (f"&compare={compare}" if compare and name == "longbench_chat" else "")
+                page.goto(f"{url}/{path}?{query}", wait_until="domcontentloaded")
+                page.wait_for_selector('[data-testid="stApp"]', timeout=180_000)
+                if n_charts:
+                    page.wait_for_function(
+                        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}", timeout=180_000
+                    )
+                else:
+                    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=180_000)
+                page.wait_for_function(  # the script run has finished (no running indicator)
+                    "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000
+                )
+                page.wait_for_timeout(800)  # let plotly finish its transitions
+                if page.locator('[data-testid="stException"]').count():
+                    raise RuntimeError(f"page {name or 'home'} shows an exception for run {run}")
+                plots = page.locator(".js-plotly-plot")
+                if plots.count() < n_charts or any(
+                    plots.nth(i).locator(".main-svg").count() < 1 for i in range(plots.count())
+                ):
+                    raise RuntimeError(f"page {name}: {plots.count()} charts drawn, expected {n_charts}")
+                save_full_page(page, out / f"{name}.png")
+                saved.append(out / f"{name}.png")
+        finally:
+            browser.close()
+    return saved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m longalign.screenshots", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
+    p.add_argument("--run", default="demo", help="run to show on every page")
+    p.add_argument("--compare", default=None, help="run compared with on the LongBench-Chat page (e.g. demo-base)")
+    p.add_argument("--out", default="docs/screenshots", help="folder for the PNG files")
+    args = p.parse_args(argv)
+    if not (Path(args.runs) / args.run).is_dir():
+        print(f"{Path(args.runs) / args.run}: no such run; run `longalign demo` first", file=sys.stderr)
+        return 2
+    with serve(args.runs) as url:
+        for path in shoot(url, args.run, args.out, compare=args.compare):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
