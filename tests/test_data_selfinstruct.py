@@ -30,8 +30,9 @@ from longalign.data.selfinstruct import (
     training_prompt,
     validate_questions,
 )
+from longalign.data.selfinstruct.relevance import RelevanceGate, document_terms
 from longalign.llm import ChatResult, LLMUnavailableError
-from longalign.rundir import RunDir, read_jsonl
+from longalign.rundir import RunDir, read_json, read_jsonl
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -563,10 +564,14 @@ def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
         text=True,
         timeout=1800,
     )
-    assert gen.returncode == 0, gen.stdout + gen.stderr
+    # the relevance gate is on: the 135M generator often asks about something else entirely ("How can we make
+    # our web applications more accessible to the elderly?" for multiprocess), so a document may fail (exit 1)
+    assert gen.returncode in (0, 1), gen.stdout + gen.stderr
     docs = {d["id"]: d for d in read_jsonl(RunDir(run).corpus)}
     recs = read_jsonl(RunDir(run).long, strict=True)
-    assert sorted(r["doc_id"] for r in recs) == sorted(docs)
+    failed = {f["doc_id"] for f in read_jsonl(RunDir(run).failed)}
+    assert {r["doc_id"] for r in recs} | failed == set(docs) and (gen.returncode == 1) == bool(failed)
+    gate = RelevanceGate()
     for r in recs:
         doc = docs[r["doc_id"]]
         assert r["messages"][0] == {"role": "user", "content": doc["text"] + "\n\n" + r["question"]}
@@ -574,8 +579,15 @@ def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
         assert r["model"] == "local:smollm2" and r["task_type"] in TASK_TYPES
         assert 3 <= len(r["questions"]) <= 5 and r["question"] in r["questions"]
         instr = task_instruction(r["task_type"], r["lang"])
+        terms = document_terms(doc["text"])
         for k, q in enumerate(r["questions"]):
             assert question_problem(q, lang=r["lang"], instruction=instr, accepted=r["questions"][:k]) is None
+            assert gate.question_problem(q, terms) is None
+        assert gate.answer_problem(r["messages"][1]["content"], r["question"], terms) is None
+    quality = read_json(RunDir(run).quality)
+    assert quality["records"] == len(recs) and quality["failed_documents"] == len(failed)
+    assert quality["questions"]["accepted"] == sum(len(r["questions"]) for r in recs)
+    assert "questions:" in gen.stdout and "answers:" in gen.stdout
 
 
 def test_generator_from_env():
