@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 TOKENS_META = "longalign_meta.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_META_FILE = "run_meta.json"
+QUALITY_FILE = "quality.json"  # data/: generated questions and answers checked and rejected, by reason
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -255,7 +256,7 @@ class RunDir:
 
     @property
     def quality(self) -> Path:
-        return self.data / "quality.json"
+        return self.data / QUALITY_FILE
 
     @property
     def llm_calls(self) -> Path:

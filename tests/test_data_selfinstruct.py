@@ -30,8 +30,9 @@ from longalign.data.selfinstruct import (
     training_prompt,
     validate_questions,
 )
+from longalign.data.selfinstruct.relevance import RelevanceGate, document_terms
 from longalign.llm import ChatResult, LLMUnavailableError
-from longalign.rundir import RunDir, read_jsonl
+from longalign.rundir import RunDir, read_json, read_jsonl
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -352,6 +353,9 @@ FAST = dict(
     price_in_per_mtok=1.0,
     price_out_per_mtok=2.0,
     window=64,
+    # the fake server's questions differ only in the topic's number, so across 50 documents most are near
+    # duplicates of another record's; the relevance gate has its own tests (test_relevance_gate.py)
+    relevance_gate=False,
 )
 
 
@@ -466,6 +470,8 @@ def test_generate_cli_sigkill_and_resume(tmp_path):
         "100",
         "--window",
         "64",
+        "--relevance-gate",
+        "false",
         "--no-progress",
     ]
     try:
@@ -558,10 +564,14 @@ def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
         text=True,
         timeout=1800,
     )
-    assert gen.returncode == 0, gen.stdout + gen.stderr
+    # the relevance gate is on: the 135M generator often asks about something else entirely ("How can we make
+    # our web applications more accessible to the elderly?" for multiprocess), so a document may fail (exit 1)
+    assert gen.returncode in (0, 1), gen.stdout + gen.stderr
     docs = {d["id"]: d for d in read_jsonl(RunDir(run).corpus)}
     recs = read_jsonl(RunDir(run).long, strict=True)
-    assert sorted(r["doc_id"] for r in recs) == sorted(docs)
+    failed = {f["doc_id"] for f in read_jsonl(RunDir(run).failed)}
+    assert {r["doc_id"] for r in recs} | failed == set(docs) and (gen.returncode == 1) == bool(failed)
+    gate = RelevanceGate()
     for r in recs:
         doc = docs[r["doc_id"]]
         assert r["messages"][0] == {"role": "user", "content": doc["text"] + "\n\n" + r["question"]}
@@ -569,8 +579,15 @@ def test_generate_with_embedded_model_on_builtin_documents(tmp_path):
         assert r["model"] == "local:smollm2" and r["task_type"] in TASK_TYPES
         assert 3 <= len(r["questions"]) <= 5 and r["question"] in r["questions"]
         instr = task_instruction(r["task_type"], r["lang"])
+        terms = document_terms(doc["text"])
         for k, q in enumerate(r["questions"]):
             assert question_problem(q, lang=r["lang"], instruction=instr, accepted=r["questions"][:k]) is None
+            assert gate.question_problem(q, terms) is None
+        assert gate.answer_problem(r["messages"][1]["content"], r["question"], terms) is None
+    quality = read_json(RunDir(run).quality)
+    assert quality["records"] == len(recs) and quality["failed_documents"] == len(failed)
+    assert quality["questions"]["accepted"] == sum(len(r["questions"]) for r in recs)
+    assert "questions:" in gen.stdout and "answers:" in gen.stdout
 
 
 def test_generator_from_env():
@@ -579,3 +596,45 @@ def test_generator_from_env():
     url = "http://127.0.0.1:8000/v1"
     assert generator_from_env({"OPENAI_BASE_URL": url}) == ("openai:gpt-4o-mini", url)
     assert generator_from_env({"OPENAI_BASE_URL": url, "OPENAI_MODEL": "qwen"}) == ("openai:qwen", url)
+
+
+# ------------------------------------------------------------------------------- local-model order
+
+
+class _OneAtATimeClient:
+    """A client that, like a local model, answers one request at a time; records the order of requests."""
+
+    model = "local:fake"
+    concurrency = 1
+
+    def __init__(self):
+        self.order = []
+
+    def chat_many(self, requests):
+        for i, (messages, _params) in enumerate(requests):
+            text = messages[0]["content"]
+            topic = text.split("Document about ", 1)[1].split(".", 1)[0]
+            kind = "answer" if "\nQuestion: " in text else "questions"
+            self.order.append((topic, kind))
+            yield i, _result(si_responder({"messages": messages}))
+
+
+def test_local_model_finishes_each_document_before_the_next(tmp_path):
+    """Window 1 for a one-at-a-time client: a document's answer request directly follows its question request,
+    so the local model's prefix cache still holds the document when the answer is asked."""
+    run = RunDir(tmp_path)
+    _write_corpus(run, 3)
+    client = _OneAtATimeClient()
+    cfg = GenerateConfig(llm="local:fake", max_prompt_tokens=0, relevance_gate=False)
+    summary = generate_long_data(cfg, run, client=client, progress=False)
+    assert summary.written == 3
+    assert client.order == [(t, k) for t in ("caching 0", "parsing 1", "logging 2") for k in ("questions", "answer")]
+
+
+def test_prefix_reuse_reaches_the_local_backend(tmp_path):
+    from longalign.data.selfinstruct import make_generator_client
+
+    for reuse in (True, False):
+        client = make_generator_client(GenerateConfig(llm="local:smollm2", prefix_reuse=reuse), RunDir(tmp_path))
+        assert client.backend.prefix_reuse is reuse and client.concurrency == 1
+        client.close()

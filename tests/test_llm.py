@@ -695,3 +695,114 @@ def test_sigkill_mid_run_never_pays_twice(fake_llm, tmp_path):
     saved_msg_hashes = {request_keys[k] for k in saved}
     assert not saved_msg_hashes & {r["key"] for r in resent}
     assert len(resent) == 60 - len(saved)
+
+
+# --- prefix reuse ----------------------------------------------------------------------------------------
+
+SHARED_DOC = (
+    "Read the following text carefully.\n\n"
+    + " ".join(f"Paragraph {i}: the cache keeps entry {i} until the file is rewritten." for i in range(20))
+    + "\n\n---\n"
+)
+
+
+def test_prefix_reuse_gives_the_same_greedy_and_seeded_outputs(local_client):
+    """Question then answer over one document, as Self-Instruct sends them: with reuse the answer requests start
+    from the document's cached prefix and still produce exactly the tokens of a full prefill."""
+    client, _ = local_client
+    backend = client.backend
+    lm = backend.local_model
+    q = msg(SHARED_DOC + "Now write five questions about the text above.")
+    a = msg(SHARED_DOC + "Answer the question below using the text above.\n\nQuestion: What does the cache keep?")
+    greedy, seeded = SamplingParams(max_tokens=8, temperature=0.0), SamplingParams(max_tokens=8, seed=3)
+    outs = {}
+    for reuse in (False, True):
+        backend.prefix_reuse = reuse
+        lm.prefix_cache.clear()
+        outs[reuse] = [backend.complete(q, greedy), backend.complete(a, greedy), backend.complete(a, seeded)]
+    backend.prefix_reuse = True
+    plain, reused = outs[False], outs[True]
+    assert [r.text for r in plain] == [r.text for r in reused]
+    assert [r.completion_tokens for r in plain] == [r.completion_tokens for r in reused]
+    assert [r.extra["reused_prompt_tokens"] for r in plain] == [0, 0, 0]
+    shared = reused[1].extra["reused_prompt_tokens"]
+    assert 200 < shared < reused[1].prompt_tokens  # the document, not the differing tail
+    assert reused[2].extra["reused_prompt_tokens"] == reused[2].prompt_tokens - 1  # same prompt: all but one
+    assert reused[1].prompt_tokens == plain[1].prompt_tokens  # usage still counts every prompt token
+
+
+def test_prefix_cache_lookup_crops_a_private_copy_and_evicts_oldest():
+    import torch
+
+    from longalign.llm.local_model import PrefixCache, get_local_model
+
+    lm = get_local_model(TINY, device="cpu")
+    lm.prefix_cache.clear()
+    hits = lm.prefix_cache.hits
+    base = list(range(10, 80))
+    lm.generate([base + [5, 6, 7]], max_new_tokens=4, reuse_prefix=True)
+    cache = lm.prefix_cache
+    assert len(cache) == 1 and cache.hits == hits
+    n, past = cache.lookup(base + [9, 9])
+    assert n == len(base) and past.get_seq_length() == len(base)
+    n_full, past_full = cache.lookup(base + [5, 6, 7])  # the whole kept prompt: one token left to read
+    assert n_full == len(base) + 2 and past_full.get_seq_length() == len(base) + 2
+    assert cache.lookup(list(range(500, 600)))[1] is None  # no shared prefix
+    assert cache._entries[0][1].get_seq_length() == len(base) + 3  # the kept cache was not touched
+    with torch.inference_mode():
+        lm.model(input_ids=torch.tensor([[9, 9]]), cache=past, use_cache=True)
+    assert cache._entries[0][1].get_seq_length() == len(base) + 3
+
+    small = PrefixCache(max_entries=2, min_tokens=4)
+    for start in (100, 200, 300):
+        small.store(list(range(start, start + 8)), lm.prefix_cache.lookup(base + [1])[1])
+    assert [e[0][0] for e in small._entries] == [200, 300]  # least recently used dropped first
+    assert small.lookup([100, 101, 102, 103, 104])[1] is None and small.lookup(list(range(200, 206)))[0] == 5
+    with pytest.raises(ValueError, match="max_entries=0"):
+        PrefixCache(max_entries=0)
+
+
+def test_local_backend_batches_concurrent_requests():
+    """With batch_size 4, requests in flight together run in one generate call; greedy rows equal their
+    one-at-a-time outputs, requests with other settings wait for a batch of their own, and an error reaches
+    every request of its batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from longalign.llm.local_backend import LocalBackend
+
+    prompts = [msg(f"Item {i}: " + "word " * (5 + 7 * i)) for i in range(4)]
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    alone = LocalBackend(TINY, device="cpu")
+    expected = [alone.complete(m, greedy).text for m in prompts]
+    batched = LocalBackend(TINY, device="cpu", batch_size=4, batch_wait=0.5)
+    assert batched.max_concurrency == 4
+    client = type(make_client(TINY))(batched, spec="local:" + TINY, max_in_flight=4)
+    out = dict(client.chat_many([(m, greedy) for m in prompts]))
+    assert [out[i].text for i in range(4)] == expected
+    assert max(batched.batches) > 1 and sum(batched.batches) == 4
+    assert all(out[i].extra["batch"] >= 1 for i in range(4))
+
+    other = SamplingParams(max_tokens=3, temperature=0.0)
+    batched.batches.clear()
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(batched.complete, m, greedy if i % 2 else other) for i, m in enumerate(prompts)]
+        res = [f.result(timeout=60) for f in futs]
+    assert sorted(batched.batches) == [2, 2] and all(r.completion_tokens <= 6 for r in res)
+
+    lm = batched.local_model
+    real = lm.generate
+
+    def broken(*a, **k):
+        raise RuntimeError("generation failed")
+
+    lm.generate = broken
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(batched.complete, m, greedy) for m in prompts[:2]]
+            for f in futs:
+                with pytest.raises(RuntimeError, match="generation failed"):
+                    f.result(timeout=60)
+    finally:
+        lm.generate = real
+    with pytest.raises(ValueError, match="batch_size=0"):
+        LocalBackend(TINY, batch_size=0)

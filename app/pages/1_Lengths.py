@@ -42,3 +42,19 @@ st.dataframe(
     hide_index=True,
     column_config={"token share": st.column_config.NumberColumn(format="percent")},
 )
+
+quality = readers.load_quality(run)
+if quality:
+    st.subheader("Generated long data: what the checks rejected")
+    st.caption(
+        "From data/quality.json. Format checks reject template echoes, repeats and non-questions; the relevance "
+        "gate rejects questions off the document's topic (off_topic), answers grounded in neither the document "
+        "nor the question (ungrounded) and questions repeating another record's (duplicate_across_records)."
+    )
+    for col, (label, value, help_text) in zip(st.columns(4), lengths.quality_headline(quality)):
+        col.metric(label, value, help=help_text)
+    st.dataframe(
+        lengths.quality_table(quality),
+        hide_index=True,
+        column_config={"share": st.column_config.NumberColumn(format="percent")},
+    )

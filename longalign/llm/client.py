@@ -488,8 +488,13 @@ def make_client(
     dtype: Any = None,
     max_cost: float | None = None,
     max_requests: int | None = None,
+    prefix_reuse: bool = True,
+    local_batch_size: int = 1,
 ) -> CachingClient:
-    """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees."""
+    """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees.
+
+    ``prefix_reuse`` and ``local_batch_size`` apply to a local model only (see
+    :mod:`longalign.llm.local_backend`)."""
     kind, name = parse_spec(spec)
     if kind == "openai":
         from longalign.llm.openai_backend import OpenAIBackend
@@ -504,7 +509,9 @@ def make_client(
                 "base_url %s is ignored for the local model %r; use openai:<model> to reach a server", base_url, spec
             )
         model_spec = local_model_spec(spec)
-        backend = LocalBackend(model_spec, device=device, dtype=dtype)
+        backend = LocalBackend(
+            model_spec, device=device, dtype=dtype, prefix_reuse=prefix_reuse, batch_size=local_batch_size
+        )
         full = f"local:{model_spec}"
     return CachingClient(
         backend,

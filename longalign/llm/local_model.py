@@ -22,10 +22,23 @@ log-probability of continuations after a prefix (:meth:`~LocalModel.continuation
 judge's rating probabilities). Model calls run one at a time under the model's lock: one call already uses
 every core (CPU) or the whole device (GPU), and ``torch.manual_seed`` is process-global, so a seeded
 request is only reproducible if nothing else samples between the seed and its ``generate``.
+
+Prefix reuse (:class:`PrefixCache`, ``generate(..., reuse_prefix=True)``): Self-Instruct sends two requests
+over one document (five questions, then one answer), and both prompts start with the same rendered document.
+After a single-prompt ``generate`` the KV cache of its prompt is kept, keyed by the prompt's token ids; the
+next single prompt that shares a token prefix with a kept one starts from a copy of that cache cropped to the
+longest common prefix, so only the differing tail is prefilled. The result is the same computation split in
+two (prefix, then tail) instead of one pass; in float32 on CPU the greedy outputs of the benchmark and the
+tests are token-for-token identical with and without reuse. Sampling draws its random numbers only while
+decoding, so a seeded request samples the same tokens too. Batches of several prompts (left-padded) never
+use the prefix cache. At most 4 prompts and 1 GiB are kept (SmolLM2-135M in float32 needs 45 kB per token, so
+a 2,048-token prompt takes 94 MB; a 7B model in bfloat16 needs 0.5 MB per token, and a prompt whose cache
+alone exceeds the budget is not kept).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import threading
@@ -115,6 +128,107 @@ def eos_ids_of(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+# --------------------------------------------------------------------------------------------- prefix cache
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes held by the key/value tensors of a transformers KV cache (0 when its layout is unknown)."""
+    total = 0
+    for layer in getattr(cache, "layers", None) or ():
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if t is not None and hasattr(t, "numel"):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _crop_to(cache: Any, length: int) -> None:
+    """Crop ``cache`` to its first ``length`` tokens (a negative ``crop`` argument: recent versions refuse
+    positive ones)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class PrefixCache:
+    """KV caches of recent prompts, keyed by the prompt's token ids, least recently used dropped first.
+
+    :meth:`lookup` finds the kept prompt with the longest common token prefix with a new prompt and returns a
+    private copy of its cache cropped to that prefix (never the whole new prompt: at least one token is left for
+    the model to read, which gives the first logits). ``max_entries`` and ``max_bytes`` bound what is kept; a
+    prefix shorter than ``min_tokens`` is not worth a copy and counts as a miss. ``hits``, ``misses`` and
+    ``reused_tokens`` count what happened.
+    """
+
+    def __init__(self, max_entries: int = 4, max_bytes: int = 1 << 30, min_tokens: int = 32):
+        if max_entries < 1:
+            raise ValueError(f"PrefixCache max_entries={max_entries}; it must be at least 1")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.min_tokens = min_tokens
+        self._entries: list[tuple[tuple[int, ...], Any, int]] = []  # most recent last
+        self.hits = 0
+        self.misses = 0
+        self.reused_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, _, n in self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "reused_tokens": self.reused_tokens,
+            "entries": len(self),
+            "bytes": self.nbytes,
+        }
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, Any]:
+        """``(n, cache)``: a copy of the KV cache of ``ids[:n]``, or ``(0, None)`` when nothing useful is kept."""
+        best, best_n = -1, 0
+        for k, (key, _, _) in enumerate(self._entries):
+            n = min(_common_prefix(key, ids), len(ids) - 1)
+            if n > best_n:
+                best, best_n = k, n
+        if best < 0 or best_n < self.min_tokens:
+            self.misses += 1
+            return 0, None
+        entry = self._entries.pop(best)
+        self._entries.append(entry)  # most recently used
+        cache = copy.deepcopy(entry[1])
+        _crop_to(cache, best_n)
+        self.hits += 1
+        self.reused_tokens += best_n
+        return best_n, cache
+
+    def store(self, ids: Sequence[int], cache: Any) -> None:
+        """Keep ``cache`` (owned by the prefix cache from now on), cropped to the ``len(ids)`` prompt tokens."""
+        if cache is None or not hasattr(cache, "crop") or len(ids) < self.min_tokens:
+            return
+        _crop_to(cache, len(ids))
+        key = tuple(int(t) for t in ids)
+        self._entries = [e for e in self._entries if e[0] != key]
+        nbytes = cache_nbytes(cache)
+        if nbytes > self.max_bytes:
+            return
+        self._entries.append((key, cache, nbytes))
+        while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
+            self._entries.pop(0)
+
+
 # --------------------------------------------------------------------------------------------- model
 @dataclass
 class Completion:
@@ -149,6 +263,7 @@ class LocalModel:
         self.lock = threading.RLock()
         self._warned_template = False
         self._cache_kw: str | None = None
+        self.prefix_cache = PrefixCache()
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r}, device={self.device!r})"
@@ -195,8 +310,12 @@ class LocalModel:
         top_p: float = 1.0,
         top_k: int | None = None,
         seed: int | None = None,
+        reuse_prefix: bool = False,
     ) -> list[Completion]:
         """Continue each prompt (token ids); a batch is left-padded together and stops at any :attr:`eos_ids`.
+
+        ``reuse_prefix`` (single prompts only) starts from :attr:`prefix_cache`'s cache of the longest shared
+        token prefix and keeps this prompt's cache there afterwards (see the module docstring).
 
         ``temperature > 0`` samples with ``top_p`` and ``top_k`` (0 disables top-k, None keeps the model's
         generation-config default); otherwise decoding is greedy. With a ``seed``, ``torch.manual_seed(seed)``
@@ -225,7 +344,16 @@ class LocalModel:
                 kwargs["top_k"] = int(top_k)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        reuse = reuse_prefix and len(prompts) == 1 and width > 0
         with self.lock:
+            past = None
+            if reuse:
+                _, past = self.prefix_cache.lookup(prompts[0])
+                if past is None:
+                    past = self._new_cache()
+                if past is not None:  # generate fills it in place; it is kept for the next prompt
+                    kwargs[self._cache_keyword()] = past
+                    kwargs["use_cache"] = True  # some configs default to no cache, which would ignore it
             if seed is not None:
                 torch.manual_seed(int(seed))
             try:
@@ -237,6 +365,8 @@ class LocalModel:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise
+            if past is not None:
+                self.prefix_cache.store(prompts[0], past)
         eos = set(self.eos_ids)
         results = []
         for i, p in enumerate(prompts):
@@ -291,6 +421,17 @@ class LocalModel:
                         total += float(lp[k, tok])
                 out_lp.append(total)
         return out_lp
+
+    def _new_cache(self) -> Any:
+        """An empty ``DynamicCache`` for this model (None where transformers has none)."""
+        try:
+            from transformers import DynamicCache
+        except ImportError:
+            return None
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:
+            return DynamicCache()
 
     def _cache_keyword(self) -> str:
         """``cache`` in recent transformers' ``forward``, ``past_key_values`` before."""

@@ -199,3 +199,50 @@ def fig_mix(df: pd.DataFrame) -> go.Figure:
         legend_title_text="data",
     )
     return fig
+
+
+# ------------------------------------------------------------------------------------- generation quality
+def quality_headline(quality: dict) -> list[tuple[str, str, str | None]]:
+    """Key figures of ``data/quality.json`` as (label, value, help); empty when there is none."""
+    if not quality:
+        return []
+    q, a = quality.get("questions", {}), quality.get("answers", {})
+    gate = quality.get("gate")
+
+    def share(part: int, whole: int) -> str:
+        return f"{part:,} of {whole:,}" + (f" ({part / whole:.0%})" if whole else "")
+
+    return [
+        ("records", format_count(int(quality.get("records", 0))), "training records written to long.jsonl"),
+        (
+            "questions accepted",
+            share(int(q.get("accepted", 0)), int(q.get("checked", 0))),
+            "questions that passed the format checks and the relevance gate",
+        ),
+        (
+            "answers accepted",
+            share(int(a.get("accepted", 0)), int(a.get("checked", 0))),
+            "answers that were non-empty, not an echo and grounded in the document or the question",
+        ),
+        (
+            "relevance gate",
+            (f"q >= {gate['min_question_overlap']:g}, a >= {gate['min_answer_overlap']:g}" if gate else "off"),
+            "minimum share of content words a question shares with its document (q) and an answer with the "
+            "document or question (a); set with --min-question-overlap / --min-answer-overlap",
+        ),
+    ]
+
+
+def quality_table(quality: dict) -> pd.DataFrame:
+    """One row per (stage, reason) of the rejections in ``data/quality.json``, most frequent first, with the
+    share of that stage's checked items."""
+    rows = []
+    for stage in ("questions", "answers"):
+        part = (quality or {}).get(stage) or {}
+        checked = int(part.get("checked", 0))
+        for reason, count in (part.get("rejected") or {}).items():
+            rows.append(
+                {"stage": stage, "reason": reason, "rejected": int(count), "share": count / checked if checked else 0.0}
+            )
+    df = pd.DataFrame(rows, columns=["stage", "reason", "rejected", "share"])
+    return df.sort_values(["stage", "rejected"], ascending=[False, False], kind="stable").reset_index(drop=True)

@@ -169,6 +169,11 @@ def read_run_info(run: RunDir) -> dict:
     return read_json(run.run_json, default={}) or {}
 
 
+def load_quality(run: RunDir) -> dict:
+    """``data/quality.json``: what the Self-Instruct checks rejected ({} when generation did not write it)."""
+    return read_json(run.quality, default={}) or {}
+
+
 # --------------------------------------------------------------------------------------------- tokens
 def load_token_meta(run: RunDir) -> dict:
     """``tokens/longalign_meta.json`` ({} when the tokenize stage did not write it)."""

@@ -14,7 +14,11 @@ models actually write (``1:``, ``1.``, ``1)``, ``Q1:``, ``**1.**``, ``问题1：
 raises on, extra prose or a short list; :func:`validate_questions` rejects template echoes, duplicates,
 echoes of the instruction and implausible lengths. A rejected attempt is retried with a new sampling seed
 (and a note naming what was wrong, so the request differs), every second retry with another task type;
-everything rejected is stored in the record's ``rejected`` list. A document that still fails after
+everything rejected is stored in the record's ``rejected`` list. Questions that pass these format checks then
+meet the relevance gate (:mod:`.relevance`: ``off_topic`` when they share too few content words with the
+document, ``duplicate_across_records`` when they repeat the question of a record already written), and an
+answer must be grounded in the document or its question (``ungrounded``); ``data/quality.json`` counts every
+rejection by reason, and the summary prints them. A document that still fails after
 ``max_question_attempts`` goes to ``data/failed.jsonl`` and the job moves on (exit code 1).
 
 Long documents: the generator sees at most ``max_prompt_tokens`` tokens (head and tail of the document
@@ -23,7 +27,9 @@ record always keeps the full document.
 
 The job (:func:`generate_long_data`) keeps up to ``window`` documents active and sends the next request of
 each through ``client.chat_many`` (``max_in_flight`` HTTP requests at once; one at a time for a local
-model), so a round costs about as long as its slowest request. Every record is appended as one complete
+model), so a round costs about as long as its slowest request. A local model works on one document at a
+time (window 1), so its answer request directly follows its question request and starts from the KV cache of
+their shared document prefix (``prefix_reuse``). Every record is appended as one complete
 line once its answer arrives; re-running skips the ``doc_id``s already in ``long.jsonl``, and the client's
 request cache (``data/llm_cache``) replays every answered request, so a crash costs no paid call twice.
 Per-document seeds are derived from ``seed`` and the ``doc_id``, which makes the replay deterministic.
@@ -53,8 +59,16 @@ from longalign.data.selfinstruct.prompts import (
     task_instruction,
     training_prompt,
 )
+from longalign.data.selfinstruct.relevance import (
+    DEFAULT_MIN_ANSWER_OVERLAP,
+    DEFAULT_MIN_QUESTION_OVERLAP,
+    RelevanceGate,
+    document_terms,
+    quality_lines,
+    quality_report,
+)
 from longalign.options import EndpointOptions
-from longalign.rundir import RunDir, append_jsonl, read_jsonl
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 from longalign.stage import Summary, as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -110,7 +124,43 @@ class GenerateConfig(EndpointOptions):
         help="times a request that finally failed (after retries) is sent again before the document is failed",
     )
     max_question_chars: int = option(400, minimum=1, help="longer questions are rejected")
-    window: int = option(0, minimum=0, help="documents worked on at once (0 = 4 x max_in_flight)")
+    window: int = option(
+        0,
+        minimum=0,
+        help="documents worked on at once (0 = 4 x max_in_flight, or 1 for a local model, which runs one "
+        "request at a time: a document's answer then follows its questions and reuses their prefix cache)",
+    )
+    prefix_reuse: bool = option(
+        True,
+        help="local model: keep the KV cache of the document prefix so the answer request over a document only "
+        "prefills what differs from its question request (outputs are unchanged)",
+    )
+    local_batch_size: int = option(
+        1,
+        minimum=1,
+        help="local model: requests of up to this many documents generated together in one batch (1 = off). "
+        "Faster on a CPU (benchmarks/selfinstruct_throughput.py), but a batch samples from one random stream, "
+        "so sampled outputs then depend on which requests shared a batch; greedy outputs do not",
+    )
+    relevance_gate: bool = option(
+        True,
+        help="reject questions that share too few content words with their document, answers grounded in "
+        "neither the document nor the question, and questions repeating an earlier record's (false = off)",
+    )
+    min_question_overlap: float = option(
+        DEFAULT_MIN_QUESTION_OVERLAP,
+        minimum=0,
+        maximum=1,
+        help="share of a question's content words (character pairs for zh) found in its document below which "
+        "it is rejected as off_topic (0 = no check)",
+    )
+    min_answer_overlap: float = option(
+        DEFAULT_MIN_ANSWER_OVERLAP,
+        minimum=0,
+        maximum=1,
+        help="share of an answer's content words found in the document or the question below which it is "
+        "rejected as ungrounded (0 = no check)",
+    )
     seed: int = option(
         42, help="base seed: task types, sampling seeds and the chosen question derive from it and the doc_id"
     )
@@ -136,7 +186,15 @@ class DocumentJob:
     """
 
     def __init__(
-        self, doc: dict[str, Any], cfg: GenerateConfig, *, model: str, prompt_doc: str, prompt_truncated: bool
+        self,
+        doc: dict[str, Any],
+        cfg: GenerateConfig,
+        *,
+        model: str,
+        prompt_doc: str,
+        prompt_truncated: bool,
+        gate: RelevanceGate | None = None,
+        earlier_questions: list[str] | None = None,
     ):
         from longalign.llm import SamplingParams
 
@@ -171,6 +229,16 @@ class DocumentJob:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_responses": 0}
         self.error: str | None = None
         self._pending: tuple[list[dict[str, str]], Any] | None = None
+        self.gate = gate
+        self.earlier_questions = earlier_questions if earlier_questions is not None else []
+        self._doc_terms: set[str] | None = None
+
+    @property
+    def doc_terms(self) -> set[str]:
+        """Terms of the whole document (the relevance gate's reference), computed once."""
+        if self._doc_terms is None:
+            self._doc_terms = document_terms(self.doc["text"])
+        return self._doc_terms
 
     # requests ----------------------------------------------------------------------------------------
     def _task_for_attempt(self, attempt: int) -> str:
@@ -233,6 +301,17 @@ class DocumentJob:
         accepted, rejected = validate_questions(
             parsed.questions, lang=self.lang, instruction=instruction, limits=limits
         )
+        if self.gate is not None:
+            kept = []
+            for q in accepted:
+                reason = self.gate.question_problem(q, self.doc_terms) or self.gate.duplicate_problem(
+                    q, self.earlier_questions
+                )
+                if reason is None:
+                    kept.append(q)
+                else:
+                    rejected.append({"text": q, "reason": reason})
+            accepted = kept
         for r in rejected:
             self.rejected.append(
                 {"stage": "questions", "level": "question", "attempt": attempt, "task_type": self.task_type, **r}
@@ -267,6 +346,8 @@ class DocumentJob:
         self.a_attempt += 1
         answer = text.strip()
         problem = answer_problem(answer, self.question or "")
+        if problem is None and self.gate is not None:
+            problem = self.gate.answer_problem(answer, self.question or "", self.doc_terms)
         if problem is None:
             self.answer = answer
             self.answer_finish = finish_reason
@@ -347,6 +428,8 @@ class GenerateSummary(Summary):
     records_file: Path | None = None
     failed_file: Path | None = None
     stopped: str | None = None  # why the job stopped early (the spending cap), None when it ran to the end
+    quality: dict[str, Any] | None = None
+    quality_file: Path | None = None
 
     def lines(self) -> list[str]:
         usage = self.usage or {}
@@ -359,6 +442,9 @@ class GenerateSummary(Summary):
             f"{usage.get('retries', 0)} retries; cost: "
             + (f"${cost:.4f}" if cost is not None else "n/a (no prices given)"),
         ]
+        out += quality_lines(self.quality)
+        if self.quality_file is not None:
+            out.append(f"rejection counts by reason in {self.quality_file}")
         if self.failed:
             out.append(
                 f"{self.failed} document(s) failed, listed in {self.failed_file}; re-run the same command to retry them"
@@ -407,7 +493,16 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
         backoff_max=cfg.backoff_max,
         max_cost=cfg.max_cost,
         max_requests=cfg.max_requests,
+        prefix_reuse=cfg.prefix_reuse,
+        local_batch_size=cfg.local_batch_size,
     )
+
+
+def gate_of(cfg: GenerateConfig) -> RelevanceGate | None:
+    """The relevance gate ``cfg`` asks for (None when ``relevance_gate`` is off)."""
+    if not cfg.relevance_gate:
+        return None
+    return RelevanceGate(min_question_overlap=cfg.min_question_overlap, min_answer_overlap=cfg.min_answer_overlap)
 
 
 def check_generate_config(cfg: GenerateConfig) -> None:
@@ -467,15 +562,22 @@ def generate_long_data(
         if pending_docs and cfg.max_prompt_tokens > 0:
             doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))
 
+        gate = gate_of(cfg)
+        # chosen questions of the records already written: a new record must not repeat one of them
+        earlier = [str(r["question"]) for r in read_jsonl(run.long) if r.get("question")]
+
         def new_job(doc: dict[str, Any]) -> DocumentJob:
             text, cut = (
                 fit_document(doc["text"], prompt_tokenizer, doc_budget)
                 if cfg.max_prompt_tokens > 0
                 else (doc["text"], False)
             )
-            return DocumentJob(doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut)
+            return DocumentJob(
+                doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut, gate=gate, earlier_questions=earlier
+            )
 
-        window = cfg.window or 4 * cfg.max_in_flight
+        concurrency = getattr(client, "concurrency", cfg.max_in_flight)
+        window = cfg.window or (1 if concurrency == 1 else 4 * cfg.max_in_flight)
         queue = list(reversed(pending_docs))
         active: list[DocumentJob] = []
         bar = tqdm(total=len(docs), initial=already, desc="long data", unit="doc", disable=not progress)
@@ -490,6 +592,7 @@ def generate_long_data(
                     if job.status == "done":
                         rec = job.record()
                         append_jsonl(run.long, rec)
+                        earlier.append(str(rec["question"]))
                         written += 1
                         rejected_q += sum(1 for r in job.rejected if r.get("level") == "question")
                         bar.update(1)
@@ -510,7 +613,10 @@ def generate_long_data(
     finally:
         if own_client:
             client.close()
-    records_total = len({str(r.get("doc_id")) for r in read_jsonl(run.long)})
+    records = read_jsonl(run.long)
+    records_total = len({str(r.get("doc_id")) for r in records})
+    quality = quality_report(records, read_jsonl(failed_path(run)), gate=gate_of(cfg))
+    atomic_write_json(run.quality, quality)
     summary = GenerateSummary(
         documents=len(docs),
         already_done=already,
@@ -525,6 +631,8 @@ def generate_long_data(
         records_file=run.long,
         failed_file=failed_path(run),
         stopped=stopped,
+        quality=quality,
+        quality_file=run.quality,
     )
     log.info("generated %d records (%d failed) in %.1f s", written, failed, summary.seconds)
     return summary

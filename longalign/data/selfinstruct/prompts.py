@@ -67,6 +67,8 @@ _REASON_WORDS_EN = {
     "too_long": "overlong text",
     "not_a_question": "statements instead of questions",
     "too_few": "fewer than five questions",
+    "off_topic": "questions about something other than the text",
+    "duplicate_across_records": "questions already asked about other texts",
 }
 _REASON_WORDS_ZH = {
     "template": "输出了模板占位符",
@@ -77,6 +79,8 @@ _REASON_WORDS_ZH = {
     "too_long": "内容过长",
     "not_a_question": "写的不是问题",
     "too_few": "问题不足五个",
+    "off_topic": "问题与文本无关",
+    "duplicate_across_records": "问题与其他文本的问题重复",
 }
 
 
