@@ -228,6 +228,11 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
         max_prompt_tokens=prof.max_prompt_tokens,
         seed=cfg.seed,
         max_in_flight=1,
+        # the 135M generator rarely writes several on-topic questions at once (the relevance gate rejects most):
+        # accept an attempt with one, answer it, try three times
+        min_questions=1,
+        max_question_attempts=3,
+        max_answer_attempts=2,
     )
     summary = selfinstruct.run(gcfg, run)
     release_local_models()  # the generator's copy of the model is not needed by training
@@ -236,8 +241,19 @@ def stage_generate(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
         "written_now": summary.written,
         "failed": summary.failed,
         "rejected_questions": summary.rejected_questions,
+        "rejected_by_reason": _rejections(summary.quality),
         "seconds": round(summary.seconds, 1),
     }
+
+
+def _rejections(quality: dict[str, Any] | None) -> dict[str, int]:
+    """Rejection counts by reason from ``data/quality.json`` (questions and answers together)."""
+    out: dict[str, int] = {}
+    for key in ("questions", "answers"):
+        part = (quality or {}).get(key) or {}
+        for reason, n in (part.get("rejected") or {}).items():
+            out[f"{key[:-1]}:{reason}"] = out.get(f"{key[:-1]}:{reason}", 0) + int(n)
+    return out
 
 
 def short_train_path(run: RunDir) -> Path:
@@ -578,9 +594,11 @@ def explain(summary: dict[str, Any]) -> list[str]:
     st = summary["stages"]
     lines = []
     gen = st.get("generate") or {}
+    reasons = ", ".join(f"{k} {v}" for k, v in (gen.get("rejected_by_reason") or {}).items()) or "none"
     lines.append(
         f"Self-Instruct: {gen.get('records')} long records from the embedded 135M model "
-        f"({gen.get('failed')} documents failed validation, {gen.get('rejected_questions')} questions rejected)."
+        f"({gen.get('failed')} documents failed validation; rejected: {reasons}; off_topic / ungrounded come from "
+        "the relevance gate, counts in data/quality.json)."
     )
     b = st.get("batching") or {}
     cmp_ = summary.get("methods") or {}
