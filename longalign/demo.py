@@ -105,15 +105,15 @@ class Profile:
 
 PROFILES = {
     "full": Profile(
-        n_docs=6,
+        n_docs=8,
         n_eval_docs=2,
         n_short=12,
         n_short_eval=4,
-        min_tokens=1200,
-        max_tokens=3000,
+        min_tokens=700,
+        max_tokens=1500,
         question_max_tokens=160,
         answer_max_tokens=160,
-        max_prompt_tokens=2048,
+        max_prompt_tokens=1536,
         max_len=1536,
         truncation="middle",
         batch_size=2,
