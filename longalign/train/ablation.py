@@ -6,18 +6,20 @@ and do sorting and packing reach the same quality sooner than naive batching?
 
 One training mix holds the tension on purpose::
 
-    needle        long input, short target   a pydoc passage of 300-1,500 tokens with one planted sentence
+    needle        long input, short target   a pydoc passage of 200-800 tokens with one planted sentence
                                              "The passcode is <word>." and the question "What is the
-                                             passcode?"; the reply "The passcode is <word>." is ~8 tokens
-    continuation  short input, long target   ~40 tokens of package documentation and "Continue this text:";
-                                             the reply is the next ~200-300 tokens
+                                             passcode?"; the reply "The passcode is <word>." is ~7 tokens
+    continuation  short input, long target   32 tokens of package documentation and "Continue this text:";
+                                             the reply is the next 48-96 tokens
 
-A needle row carries ~1% of a continuation row's target tokens, so how a step normalises its loss decides how
-much the needle task is trained at all. Per-token weights of one sequence with N_i targets, for a step of
-M sequences in K packs (pack k holding N_k targets), as :func:`longalign.batching.token_weights` sets them::
+A needle row carries about a tenth of a continuation row's target tokens, so how a step normalises its loss
+decides how much the needle task is trained at all. Per-token weights of one sequence with N_i targets, for a
+step of M sequences in K packs (pack k holding N_k targets), as :func:`longalign.batching.token_weights` sets
+them::
 
-    token     1 / sum_i N_i           a needle row gets N_i / sum N  ~ 1% of a continuation row's weight
-    pack      1 / (K * N_k)           a needle row packed beside continuations: as little; alone: a lot
+    token     1 / sum_i N_i           a needle row weighs N_i / sum N: about a tenth of a continuation row
+    pack      1 / (K * N_k)           a needle row packed beside continuations: as little; in a pack of
+                                      needles: as much as a whole pack of continuations
     sequence  1 / (M * N_i)           every row weighs 1/M, whatever its length (eq. 4)
 
 Arms (same rows, same epochs, same seeds; ``grad_accum`` micro-batches per optimizer step, and the pack capacity
@@ -27,11 +29,15 @@ step ``pack`` and ``token`` would be the same loss):
 arm trains through :func:`longalign.train.train` (the real plan, collators, loss weights and attention
 backends); nothing here re-implements a loss or a batch.
 
-The model is a small randomly initialised Llama on the embedded SmolLM2 tokenizer: the pretrained 135M model
-fine-tunes at ~100 tokens/s on two cores, so 15 runs over one 40k-token epoch would take hours; a 4-layer,
-128-wide model trains at thousands of tokens/s and learns the passcode copy (an induction-style lookup)
-within a few hundred steps. Held-out rows (their own haystack region and documents) are scored during
-training, outside the training clock:
+The model is a small randomly initialised Llama (2 layers, width 64) on a 4,096-token byte-level BPE vocabulary
+trained on the experiment's own texts with SmolLM2's chat template and special tokens. The pretrained SmolLM2-135M
+fine-tunes at ~100 tokens/s on two cores, hours for 15 runs; with SmolLM2's 49,152-token vocabulary even the small
+model spends ~80% of its compute in the output layer. The small vocabulary makes a run about a minute on a quiet
+2-core machine (64 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
+budget is part of the result; what it learns first -- the reply template and the distribution of passcodes
+(exact match at chance level, 1/16) -- is already what the loss normalisation decides, and the held-out needle
+loss measures it. Held-out rows (their own haystack region and documents) are scored during training, outside
+the training clock:
 
 * loss per kind and per length bucket: the mean over rows of each row's mean target-token cross-entropy;
 * needle exact match: greedy decoding would emit the reference reply token for token -- in one teacher-forced
