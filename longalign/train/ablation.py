@@ -33,7 +33,7 @@ The model is a small randomly initialised Llama (2 layers, width 64) on a 4,096-
 trained on the experiment's own texts with SmolLM2's chat template and special tokens. The pretrained SmolLM2-135M
 fine-tunes at ~100 tokens/s on two cores, hours for 15 runs; with SmolLM2's 49,152-token vocabulary even the small
 model spends ~80% of its compute in the output layer. The small vocabulary makes a run about a minute on a quiet
-2-core machine (64 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
+2-core machine (48 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
 budget is part of the result; what it learns first -- the reply template and the distribution of passcodes
 (exact match at chance level, 1/16) -- is already what the loss normalisation decides, and the held-out needle
 loss measures it. Held-out rows (their own haystack region and documents) are scored during training, outside
@@ -108,8 +108,8 @@ class AblationConfig(Options):
     )
     seeds: list[int] = option(default_factory=lambda: [0, 1, 2], help="training seeds (model init and batch order)")
     data_seed: int = option(1234, help="seed of the training and held-out rows (the same for every arm and seed)")
-    n_needle: int = option(64, minimum=1, help="training rows with a long input and a short target")
-    n_continuation: int = option(64, minimum=1, help="training rows with a short input and a long target")
+    n_needle: int = option(48, minimum=1, help="training rows with a long input and a short target")
+    n_continuation: int = option(48, minimum=1, help="training rows with a short input and a long target")
     eval_needle_per_bucket: int = option(6, minimum=1, help="held-out needle rows per length bucket")
     eval_continuation: int = option(8, minimum=1, help="held-out continuation rows")
     needle_min: int = option(200, minimum=32, help="shortest needle document in tokens")
@@ -140,7 +140,7 @@ class AblationConfig(Options):
     )
     epochs: float = option(2.0, help="passes over the training rows (the same for every arm)")
     learning_rate: float = option(3e-3, help="peak learning rate (cosine schedule, 5% warm-up)")
-    evals: int = option(5, minimum=1, help="held-out evaluations per run (plus one before training)")
+    evals: int = option(4, minimum=1, help="held-out evaluations per run (plus one before training)")
     threads: int = option(2, minimum=1, help="torch threads")
 
     def __post_init__(self) -> None:
@@ -820,6 +820,8 @@ def run(
         tokenizer_dir = None
         if cfg.vocab_size:
             hay_texts, doc_texts = source_texts()
+            if cfg.smoke:  # a 1,024-token vocabulary needs little text (0.6 s instead of ~3 s)
+                hay_texts, doc_texts = hay_texts[:20], doc_texts[:20]
             # the passcode sentences are part of the training text, so every passcode word gets its own token
             words = " ".join(NEEDLE_TEMPLATE.format(word=w) for w in WORDS)
             tokenizer_dir = work / "tokenizer"
@@ -884,7 +886,38 @@ def run(
             f"{len(lengths)} training rows ({sum(lengths)} tokens, {sum(n_target)} targets), "
             f"{len(held)} held-out rows, pack_len {pack_len}"
         )
+        import transformers
+
+        def assemble(done: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+            analysis = analyse(done, cfg.arms, seeds)
+            return {
+                "schema_version": SCHEMA_VERSION,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "complete": seeds == list(cfg.seeds),
+                "config": {**dataclasses.asdict(cfg), "arms": list(cfg.arms), "seeds": seeds},
+                "model": model,
+                "data": data,
+                "arms": {a: {"method": ARMS[a][0], "loss_norm": ARMS[a][1]} for a in cfg.arms},
+                **analysis,
+                "simulated": simulator_prediction(lengths, done, cfg, pack_len, model),
+                "paper": {
+                    "loss_weighting": "LongAlign-7B-64k: packing + loss weighting 6.8 vs packing 6.2 on "
+                    "LongBench-Chat (about +10%)",
+                    "speed": "packing and sorted batching >= 2.2x faster than naive batching (8xA800, 64k)",
+                },
+                "runs": [{k: v for k, v in r.items() if k != "batches"} for r in done],
+                "versions": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "threads": cfg.threads,
+                },
+                "total_s": time.perf_counter() - t_start,
+            }
+
+        path = out / RESULT_FILE
         runs: list[dict[str, Any]] = []
+        done_seeds: list[int] = []
         for seed in cfg.seeds:  # seeds outside, arms inside: a busy spell on the machine hits every arm
             for arm in cfg.arms:
                 r = train_arm(
@@ -906,33 +939,12 @@ def run(
                     f"contin. {f['loss']['continuation']:.3f} train {r['train_s']:.1f}s "
                     f"({r['tokens_per_s']:.0f} tok/s, {r['steps']} steps)"
                 )
-        analysis = analyse(runs, cfg.arms, cfg.seeds)
-        simulated = simulator_prediction(lengths, runs, cfg, pack_len, model)
-        import transformers
-
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": {**dataclasses.asdict(cfg), "arms": list(cfg.arms), "seeds": list(cfg.seeds)},
-            "model": model,
-            "data": data,
-            "arms": {a: {"method": ARMS[a][0], "loss_norm": ARMS[a][1]} for a in cfg.arms},
-            **analysis,
-            "simulated": simulated,
-            "paper": {
-                "loss_weighting": "LongAlign-7B-64k: packing + loss weighting 6.8 vs packing 6.2 on LongBench-Chat "
-                "(about +10%)",
-                "speed": "packing and sorted batching >= 2.2x faster than naive batching (8xA800, 64k)",
-            },
-            "runs": [{k: v for k, v in r.items() if k != "batches"} for r in runs],
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "threads": cfg.threads,
-            },
-            "total_s": time.perf_counter() - t_start,
-        }
+            done_seeds.append(seed)
+            if done_seeds != list(cfg.seeds):  # the seeds finished so far, in case the run is stopped
+                atomic_write_json(path, assemble(runs, list(done_seeds)))
+        result = assemble(runs, list(done_seeds))
+        analysis = {k: result[k] for k in ("table", "time_to_quality", "loss_weighting_effect")}
+        simulated = result["simulated"]
         path = out / RESULT_FILE
         atomic_write_json(path, result)
         fig = write_figure(result, out)
