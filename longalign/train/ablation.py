@@ -29,11 +29,11 @@ step ``pack`` and ``token`` would be the same loss):
 arm trains through :func:`longalign.train.train` (the real plan, collators, loss weights and attention
 backends); nothing here re-implements a loss or a batch.
 
-The model is a small randomly initialised Llama (2 layers, width 64) on a 4,096-token byte-level BPE vocabulary
+The model is a small randomly initialised Llama (3 layers, width 128) on a 4,096-token byte-level BPE vocabulary
 trained on the experiment's own texts with SmolLM2's chat template and special tokens. The pretrained SmolLM2-135M
 fine-tunes at ~100 tokens/s on two cores, hours for 15 runs; with SmolLM2's 49,152-token vocabulary even the small
 model spends ~80% of its compute in the output layer. The small vocabulary makes a run about a minute on a quiet
-2-core machine (48 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
+2-core machine (144 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
 budget is part of the result; what it learns first -- the reply template and the distribution of passcodes
 (exact match at chance level, 1/16) -- is already what the loss normalisation decides, and the held-out needle
 loss measures it. Held-out rows (their own haystack region and documents) are scored during training, outside
@@ -108,8 +108,8 @@ class AblationConfig(Options):
     )
     seeds: list[int] = option(default_factory=lambda: [0, 1, 2], help="training seeds (model init and batch order)")
     data_seed: int = option(1234, help="seed of the training and held-out rows (the same for every arm and seed)")
-    n_needle: int = option(48, minimum=1, help="training rows with a long input and a short target")
-    n_continuation: int = option(48, minimum=1, help="training rows with a short input and a long target")
+    n_needle: int = option(96, minimum=1, help="training rows with a long input and a short target")
+    n_continuation: int = option(96, minimum=1, help="training rows with a short input and a long target")
     eval_needle_per_bucket: int = option(6, minimum=1, help="held-out needle rows per length bucket")
     eval_continuation: int = option(8, minimum=1, help="held-out continuation rows")
     needle_min: int = option(200, minimum=32, help="shortest needle document in tokens")
@@ -128,9 +128,9 @@ class AblationConfig(Options):
         help="byte-level BPE vocabulary trained on the experiment's own texts, with SmolLM2's chat template "
         "and special tokens (0 = the embedded SmolLM2 tokenizer, 49,152 tokens: ~10x slower on a CPU)",
     )
-    hidden: int = option(64, minimum=8, help="model width")
-    layers: int = option(2, minimum=1, help="decoder layers")
-    heads: int = option(2, minimum=1, help="attention heads")
+    hidden: int = option(128, minimum=8, help="model width")
+    layers: int = option(3, minimum=1, help="decoder layers")
+    heads: int = option(4, minimum=1, help="attention heads")
     batch_size: int = option(2, minimum=1, help="rows per micro-batch of naive and sort")
     grad_accum: int = option(
         2, minimum=1, help="micro-batches (padded batches or packs) per optimizer step; pack differs from token at 2+"
@@ -138,9 +138,9 @@ class AblationConfig(Options):
     pack_len: int = option(
         0, minimum=0, help="pack capacity in tokens (0 = batch_size x mean row length, at least the longest row)"
     )
-    epochs: float = option(2.0, help="passes over the training rows (the same for every arm)")
+    epochs: float = option(3.0, help="passes over the training rows (the same for every arm)")
     learning_rate: float = option(3e-3, help="peak learning rate (cosine schedule, 5% warm-up)")
-    evals: int = option(4, minimum=1, help="held-out evaluations per run (plus one before training)")
+    evals: int = option(6, minimum=1, help="held-out evaluations per run (plus one before training)")
     threads: int = option(2, minimum=1, help="torch threads")
 
     def __post_init__(self) -> None:
