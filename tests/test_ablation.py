@@ -14,6 +14,8 @@ ARM_METRICS = {
     "needle_exact_match",
     "needle_key_phrase_recall",
     "needle_loss",
+    "needle_passcode_loss",
+    "needle_template_loss",
     "continuation_loss",
     "mixed_loss",
     "train_s",
@@ -130,10 +132,8 @@ def _run(arm, seed, em, needle, train_s, curve):
 
 def test_analyse_effect_and_time_to_quality():
     def c(t_end, end):
-        return [
-            {"loss_mixed": 4.0, "train_s": 0.0, "cpu_s": 0.0},
-            {"loss_mixed": end, "train_s": t_end, "cpu_s": t_end},
-        ]
+        start = {"loss_mixed": 4.0, "needle_loss": 4.0, "train_s": 0.0, "cpu_s": 0.0}
+        return [start, {"loss_mixed": end, "needle_loss": end, "train_s": t_end, "cpu_s": t_end}]
 
     runs = [
         _run("naive+token", 0, 0.1, 3.0, 20.0, c(20.0, 2.0)),
@@ -148,6 +148,9 @@ def test_analyse_effect_and_time_to_quality():
     assert e["exact_match_difference"]["mean"] == pytest.approx(0.3)
     assert e["needle_loss_difference"]["mean"] == pytest.approx(-1.0)
     assert e["relative_exact_match_gain"] == pytest.approx(1.5)
+    # on the needle loss the target is naive's final 3.0: naive's curve reaches it at 10 s, pack+sequence's at 10/3 s
+    needle = out["time_to_quality"]["pack+sequence"]["needle_time_to_quality_speedup_cpu"]
+    assert needle["mean"] == pytest.approx(3.0)
 
 
 def test_config_rejects_bad_ranges():

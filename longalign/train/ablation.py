@@ -349,7 +349,18 @@ def encode_held_out(rows: Sequence[dict], tokenizer: Any, edges: Sequence[int]) 
         ids, labels = [int(x) for x in tok.input_ids], [int(x) for x in tok.labels]
         kind = r["task_type"]
         bucket = bucket_name(r["doc_tokens"], edges) if kind == "needle" else "all"
-        out.append({"kind": kind, "bucket": bucket, "input_ids": ids, "labels": labels, "answer": r.get("answer")})
+        answer = r.get("answer")
+        word_ids = tokenizer.encode(" " + answer, add_special_tokens=False) if answer else []
+        out.append(
+            {
+                "kind": kind,
+                "bucket": bucket,
+                "input_ids": ids,
+                "labels": labels,
+                "answer": answer,
+                "answer_id": word_ids[0] if len(word_ids) == 1 else None,
+            }
+        )
     return out
 
 
@@ -389,6 +400,8 @@ def evaluate(model: Any, rows: Sequence[dict[str, Any]], tokenizer: Any) -> dict
     per_bucket: dict[str, list[float]] = {}
     em: list[float] = []
     recall: list[float] = []
+    word_loss: list[float] = []  # cross-entropy at the passcode token: the lookup itself
+    frame_loss: list[float] = []  # the other reply tokens: the fixed template "The passcode is ... ."
     try:
         with torch.no_grad():
             for r in rows:
@@ -406,6 +419,14 @@ def evaluate(model: Any, rows: Sequence[dict[str, Any]], tokenizer: Any) -> dict
                     pred = logits.argmax(-1)
                     em.append(float(bool((pred == ref).all())))
                     recall.append(key_phrase_recall(tokenizer.decode(pred.tolist()), [r["answer"]]))
+                    ce = torch.nn.functional.cross_entropy(logits, ref, reduction="none")
+                    word = (
+                        (ref == r["answer_id"]) if r.get("answer_id") is not None else torch.zeros_like(ref, dtype=bool)
+                    )
+                    if bool(word.any()):
+                        word_loss.append(float(ce[word].mean()))
+                        if bool((~word).any()):
+                            frame_loss.append(float(ce[~word].mean()))
     finally:
         model.train(was_training)
     kinds = {k: statistics.fmean(v) for k, v in per_kind.items()}
@@ -415,6 +436,8 @@ def evaluate(model: Any, rows: Sequence[dict[str, Any]], tokenizer: Any) -> dict
         "loss_bucket": {k: statistics.fmean(v) for k, v in sorted(per_bucket.items())},
         "exact_match": statistics.fmean(em) if em else None,
         "key_phrase_recall": statistics.fmean(recall) if recall else None,
+        "passcode_loss": statistics.fmean(word_loss) if word_loss else None,
+        "template_loss": statistics.fmean(frame_loss) if frame_loss else None,
     }
 
 
@@ -441,7 +464,9 @@ def _eval_callback_class():
             self.eval_wall += dw
             self.eval_cpu += dc
             self.eval_after_step[step] = dw
-            self.points.append({"step": step, "train_s": train_s, "cpu_s": cpu_s, "eval_s": dw, **metrics})
+            point = {"step": step, "train_s": train_s, "cpu_s": cpu_s, "eval_s": dw, **metrics}
+            point["needle_loss"] = metrics["loss"].get("needle")
+            self.points.append(point)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             total = int(state.max_steps)
@@ -527,7 +552,18 @@ def train_arm(
         "tokens_per_s": real / train_s if train_s > 0 else None,
         "tokens_per_cpu_s": real / final["cpu_s"] if final["cpu_s"] > 0 else None,
         "call_s": call_s,
-        "final": {k: final[k] for k in ("loss", "loss_mixed", "loss_bucket", "exact_match", "key_phrase_recall")},
+        "final": {
+            k: final.get(k)
+            for k in (
+                "loss",
+                "loss_mixed",
+                "loss_bucket",
+                "exact_match",
+                "key_phrase_recall",
+                "passcode_loss",
+                "template_loss",
+            )
+        },
         "curve": cb.points,
         "step_seconds": step_s,
         "train_loss": [r["loss"] for r in recs],
@@ -572,6 +608,8 @@ def metric_rows(run: dict[str, Any]) -> dict[str, float | None]:
         "needle_exact_match": f["exact_match"],
         "needle_key_phrase_recall": f["key_phrase_recall"],
         "needle_loss": f["loss"].get("needle"),
+        "needle_passcode_loss": f.get("passcode_loss"),
+        "needle_template_loss": f.get("template_loss"),
         "continuation_loss": f["loss"].get("continuation"),
         "mixed_loss": f["loss_mixed"],
         "train_s": run["train_s"],
@@ -598,7 +636,7 @@ def analyse(runs: Sequence[dict[str, Any]], arms: Sequence[str], seeds: Sequence
     ttq: dict[str, Any] = {}
     if "naive+token" in arms:
         for arm in arms:
-            ratios, cpu_ratios, thr = [], [], []
+            ratios, cpu_ratios, thr, needle_ratios = [], [], [], []
             for s in seeds:
                 base, run = by.get(("naive+token", s)), by.get((arm, s))
                 if base is None or run is None:
@@ -611,11 +649,16 @@ def analyse(runs: Sequence[dict[str, Any]], arms: Sequence[str], seeds: Sequence
                 c_arm = time_to_reach(run["curve"], target, clock="cpu_s")
                 cpu_ratios.append(c_base / c_arm if c_base and c_arm else None)
                 thr.append(base["train_s"] / run["train_s"] if run["train_s"] else None)
+                n_target = base["final"]["loss"]["needle"]
+                n_base = time_to_reach(base["curve"], n_target, key="needle_loss", clock="cpu_s")
+                n_arm = time_to_reach(run["curve"], n_target, key="needle_loss", clock="cpu_s")
+                needle_ratios.append(n_base / n_arm if n_base and n_arm else None)
             ttq[arm] = {
                 "time_to_quality_speedup": spread(ratios),
                 "time_to_quality_speedup_cpu": spread(cpu_ratios),
                 "reached": sum(r is not None for r in ratios),
                 "epoch_time_speedup": spread(thr),
+                "needle_time_to_quality_speedup_cpu": spread(needle_ratios),
             }
 
     effect: dict[str, Any] = {}
@@ -997,6 +1040,8 @@ TABLE_COLUMNS = (
     ("needle_exact_match", "needle exact match", 3),
     ("needle_key_phrase_recall", "needle key-phrase recall", 3),
     ("needle_loss", "needle loss", 3),
+    ("needle_passcode_loss", "passcode-token loss", 3),
+    ("needle_template_loss", "template loss", 3),
     ("continuation_loss", "continuation loss", 3),
     ("mixed_loss", "mixed loss", 3),
     ("train_s", "train s", 1),
