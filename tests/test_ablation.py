@@ -25,7 +25,7 @@ ARM_METRICS = {
     "steps",
     "padding_fraction",
 }
-SPREAD_KEYS = {"mean", "std", "min", "max", "n"}
+SPREAD_KEYS = {"mean", "std", "median", "min", "max", "n"}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_pack_and_token_losses_differ_with_several_packs_per_step(smoke):
 
 def test_spread_and_time_to_reach_on_literal_values():
     s = spread([1.0, 3.0, None])
-    assert s == {"mean": 2.0, "std": pytest.approx(2**0.5), "min": 1.0, "max": 3.0, "n": 2}
+    assert s == {"mean": 2.0, "std": pytest.approx(2**0.5), "median": 2.0, "min": 1.0, "max": 3.0, "n": 2}
     assert spread([None])["mean"] is None
     curve = [
         {"loss_mixed": 4.0, "train_s": 0.0},
@@ -168,3 +168,21 @@ def test_load_result_names_the_fix(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"schema_version": 0}))
     with pytest.raises(ValueError, match="schema_version"):
         ablation.load_result(tmp_path / "old.json")
+
+
+def test_reanalyse_reproduces_the_analysis(smoke, tmp_path):
+    _, result = smoke
+    path = tmp_path / "copy.json"
+    path.write_text(json.dumps(result))
+    again = ablation.reanalyse(path)
+    assert again["table"].keys() == result["table"].keys()
+    for arm in result["table"]:
+        for key, s in result["table"][arm].items():
+            assert again["table"][arm][key]["mean"] == pytest.approx(s["mean"]), (arm, key)
+    assert json.loads(path.read_text())["time_to_quality"] == again["time_to_quality"]
+
+
+def test_median_step_time_ignores_the_warm_up_and_busy_spells():
+    run = {"step_seconds": [9.0, 1.0, 1.2, 30.0, 1.1], "curve": [{"step": 0}, {"step": 4}]}
+    assert ablation.median_step_s(run) == pytest.approx(1.15)
+    assert [p["robust_s"] for p in ablation.with_robust_clock(run)] == pytest.approx([0.0, 4.6])

@@ -575,17 +575,31 @@ def train_arm(
 
 
 def spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation, min, max and n of the values that are not None."""
+    """Mean, sample standard deviation, median, min, max and n of the values that are not None."""
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+        return {"mean": None, "std": None, "median": None, "min": None, "max": None, "n": 0}
     return {
         "mean": statistics.fmean(xs),
+        "median": statistics.median(xs),
         "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
         "min": min(xs),
         "max": max(xs),
         "n": len(xs),
     }
+
+
+def median_step_s(run: dict[str, Any]) -> float | None:
+    """The median optimizer-step time of a run, the first (warm-up) step left out. On a machine shared with other
+    work a busy spell stretches a few steps a lot; ``steps x median`` is the run's time without those spells."""
+    secs = [float(x) for x in run.get("step_seconds", [])[1:] if x is not None]
+    return statistics.median(secs) if secs else None
+
+
+def with_robust_clock(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's curve with ``robust_s`` = step x median step time added to each point."""
+    med = median_step_s(run) or 0.0
+    return [{**p, "robust_s": p["step"] * med} for p in run["curve"]]
 
 
 def time_to_reach(curve: Sequence[dict], target: float, key: str = "loss_mixed", clock: str = "train_s"):
@@ -618,6 +632,7 @@ def metric_rows(run: dict[str, Any]) -> dict[str, float | None]:
         "tokens_per_cpu_s": run["tokens_per_cpu_s"],
         "steps": run["steps"],
         "padding_fraction": 1 - run["real_tokens"] / run["padded_tokens"] if run["padded_tokens"] else 0.0,
+        "robust_train_s": (median_step_s(run) or 0.0) * run["steps"] if run.get("step_seconds") else None,
     }
     for k, v in f["loss_bucket"].items():
         out[f"loss[{k}]"] = v
@@ -636,7 +651,7 @@ def analyse(runs: Sequence[dict[str, Any]], arms: Sequence[str], seeds: Sequence
     ttq: dict[str, Any] = {}
     if "naive+token" in arms:
         for arm in arms:
-            ratios, cpu_ratios, thr, needle_ratios = [], [], [], []
+            ratios, cpu_ratios, thr, needle_ratios, robust, robust_thr, robust_needle = [], [], [], [], [], [], []
             for s in seeds:
                 base, run = by.get(("naive+token", s)), by.get((arm, s))
                 if base is None or run is None:
@@ -653,12 +668,26 @@ def analyse(runs: Sequence[dict[str, Any]], arms: Sequence[str], seeds: Sequence
                 n_base = time_to_reach(base["curve"], n_target, key="needle_loss", clock="cpu_s")
                 n_arm = time_to_reach(run["curve"], n_target, key="needle_loss", clock="cpu_s")
                 needle_ratios.append(n_base / n_arm if n_base and n_arm else None)
+                if base.get("step_seconds") and run.get("step_seconds"):
+                    cb, ca = with_robust_clock(base), with_robust_clock(run)
+                    for out_list, key, tgt in (
+                        (robust, "loss_mixed", target),
+                        (robust_needle, "needle_loss", n_target),
+                    ):
+                        t_b = time_to_reach(cb, tgt, key=key, clock="robust_s")
+                        t_a = time_to_reach(ca, tgt, key=key, clock="robust_s")
+                        out_list.append(t_b / t_a if t_b and t_a else None)
+                    rb, ra = cb[-1]["robust_s"], ca[-1]["robust_s"]
+                    robust_thr.append(rb / ra if ra else None)
             ttq[arm] = {
                 "time_to_quality_speedup": spread(ratios),
                 "time_to_quality_speedup_cpu": spread(cpu_ratios),
                 "reached": sum(r is not None for r in ratios),
                 "epoch_time_speedup": spread(thr),
                 "needle_time_to_quality_speedup_cpu": spread(needle_ratios),
+                "robust_time_to_quality_speedup": spread(robust),
+                "robust_needle_time_to_quality_speedup": spread(robust_needle),
+                "robust_epoch_time_speedup": spread(robust_thr),
             }
 
     effect: dict[str, Any] = {}
@@ -1036,6 +1065,43 @@ def load_result(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def reanalyse(path: str | Path, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Recompute the analysis of an ``ablation.json`` from its runs (no training) and write it back: for results
+    written by an earlier version of the analysis. ``workdir`` (the run's ``--workdir``) supplies the batch plans
+    and tokens the simulator needs when the JSON lacks them; without it the simulator block is kept."""
+    path = Path(path)
+    result = load_result(path)
+    seeds = sorted({r["seed"] for r in result["runs"]}, key=list(result["config"]["seeds"]).index)
+    for r in result["runs"]:
+        if "needle_loss" not in r["curve"][0]:
+            for p in r["curve"]:
+                p["needle_loss"] = p["loss"].get("needle")
+    result.update(analyse(result["runs"], result["config"]["arms"], seeds))
+    if workdir is not None:
+        import datasets
+
+        work = Path(workdir)
+        ds = datasets.load_from_disk(str(work / "tokens"))
+        for r in result["runs"]:
+            if "batches" not in r:
+                plan = work / "runs" / f"seed{r['seed']}" / r["arm"].replace("+", "_") / "plan.json"
+                r["batches"] = json.loads(plan.read_text())["batches"]
+        fields = {f.name for f in dataclasses.fields(AblationConfig)}
+        cfg = AblationConfig(**{k: v for k, v in result["config"].items() if k in fields})
+        result["simulated"] = simulator_prediction(
+            [int(x) for x in ds["length"]],
+            result["runs"],
+            cfg,
+            result["data"]["pack_len"],
+            result["model"],
+            [int(x) for x in ds["n_target"]],
+        )
+    from longalign.rundir import atomic_write_json
+
+    atomic_write_json(path, result)
+    return result
+
+
 TABLE_COLUMNS = (
     ("needle_exact_match", "needle exact match", 3),
     ("needle_key_phrase_recall", "needle key-phrase recall", 3),
@@ -1045,6 +1111,7 @@ TABLE_COLUMNS = (
     ("continuation_loss", "continuation loss", 3),
     ("mixed_loss", "mixed loss", 3),
     ("train_s", "train s", 1),
+    ("robust_train_s", "steps x median step s", 1),
     ("tokens_per_s", "tokens/s", 0),
     ("padding_fraction", "padding", 3),
     ("steps", "steps", 0),
