@@ -133,7 +133,9 @@ display(effect)
 # ## Time to quality vs the simulator
 #
 # Time-to-quality: the training seconds each arm needs to reach naive+token's final mixed held-out loss (same
-# seed), as a speed-up over naive. Epoch time: naive's training seconds over the arm's. The simulator
+# seed), as a speed-up over naive. Epoch time: naive's training seconds over the arm's. On a machine shared with
+# other work a busy spell can stretch one run several-fold, so each is also given on a clock that such spells
+# cannot stretch: optimizer steps x the run's median step time. The simulator
 # (`longalign.batching.simulate`) predicts the epoch-time speed-up from the lengths alone, with FLOP-based cost
 # coefficients and with coefficients fitted to the measured steps; it knows nothing of the loss, so the gap between
 # its number and the time-to-quality column is what the loss normalisation adds or costs.

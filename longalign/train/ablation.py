@@ -1155,6 +1155,11 @@ def speed_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "time-to-quality x naive": fmt_spread(t["time_to_quality_speedup"], 2),
             "reached naive's final loss": f"{t['reached']}/{len(result['config']['seeds'])}",
             "epoch time x naive": fmt_spread(t["epoch_time_speedup"], 2),
+            "time-to-quality x naive, steps x median step": fmt_spread(t.get("robust_time_to_quality_speedup"), 2),
+            "epoch time x naive, steps x median step": fmt_spread(t.get("robust_epoch_time_speedup"), 2),
+            "needle time-to-quality x naive, steps x median step": fmt_spread(
+                t.get("robust_needle_time_to_quality_speedup"), 2
+            ),
         }
         for label, sim in sims.items():
             row[f"simulated x naive ({label})"] = round(sim["speedup_vs_naive"].get(method, float("nan")), 2)
