@@ -52,6 +52,7 @@ def test_every_arm_has_every_metric_with_its_spread(smoke):
     assert list(result["table"]) == list(ARMS)
     for arm, metrics in result["table"].items():
         assert ARM_METRICS <= set(metrics), arm
+        assert 0 < metrics["needle_weight_share"]["mean"] < 1, arm
         buckets = [k for k in metrics if k.startswith("loss[needle/")]
         assert len(buckets) == len(result["config"]["buckets"]) - 1, arm
         assert "loss[continuation/all]" in metrics
@@ -186,3 +187,14 @@ def test_median_step_time_ignores_the_warm_up_and_busy_spells():
     run = {"step_seconds": [9.0, 1.0, 1.2, 30.0, 1.1], "curve": [{"step": 0}, {"step": 4}]}
     assert ablation.median_step_s(run) == pytest.approx(1.15)
     assert [p["robust_s"] for p in ablation.with_robust_clock(run)] == pytest.approx([0.0, 4.6])
+
+
+def test_needle_weight_share_per_normalisation():
+    # one step of two packs: [needle (2 targets), continuation (8)] and [needle (2)]
+    batches, n_target, kinds = [[0, 1], [2]], [2, 8, 2], ["needle", "continuation", "needle"]
+    share = {
+        norm: ablation.needle_weight_share(batches, n_target, kinds, norm, 2) for norm in ("token", "pack", "sequence")
+    }
+    assert share["token"] == pytest.approx(4 / 12)
+    assert share["pack"] == pytest.approx(0.5 * 2 / 10 + 0.5 * 1.0)
+    assert share["sequence"] == pytest.approx(2 / 3)

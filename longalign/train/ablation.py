@@ -589,6 +589,30 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
+def needle_weight_share(
+    batches: Sequence[Sequence[int]],
+    n_target: Sequence[int],
+    kinds: Sequence[str],
+    loss_norm: str,
+    grad_accum: int,
+) -> float:
+    """The share of an optimizer step's loss weight that falls on needle rows, averaged over the first epoch's
+    steps, with the weights training uses (:func:`longalign.batching.token_weights`; each step's weights sum
+    to 1 over its target tokens)."""
+    import types
+
+    import numpy as np
+
+    from longalign.batching import token_weights
+
+    n = np.asarray(n_target, dtype=np.int64)
+    plan = types.SimpleNamespace(batches=[list(b) for b in batches], lengths=n, world_size=1, grad_accum=grad_accum)
+    w = token_weights(plan, n, loss_norm, 1, grad_accum)
+    needle = np.asarray([k == "needle" for k in kinds])
+    steps = math.ceil(len(batches) / grad_accum)
+    return float((w * n)[needle].sum() / steps) if steps else 0.0
+
+
 def median_step_s(run: dict[str, Any]) -> float | None:
     """The median optimizer-step time of a run, the first (warm-up) step left out. On a machine shared with other
     work a busy spell stretches a few steps a lot; ``steps x median`` is the run's time without those spells."""
@@ -633,6 +657,7 @@ def metric_rows(run: dict[str, Any]) -> dict[str, float | None]:
         "steps": run["steps"],
         "padding_fraction": 1 - run["real_tokens"] / run["padded_tokens"] if run["padded_tokens"] else 0.0,
         "robust_train_s": (median_step_s(run) or 0.0) * run["steps"] if run.get("step_seconds") else None,
+        "needle_weight_share": run.get("needle_weight_share"),
     }
     for k, v in f["loss_bucket"].items():
         out[f"loss[{k}]"] = v
@@ -1021,6 +1046,9 @@ def run(
                     pack_len,
                     tokenizer_dir,
                 )
+                r["needle_weight_share"] = needle_weight_share(
+                    r["batches"], n_target, kinds, r["loss_norm"], cfg.grad_accum
+                )
                 runs.append(r)
                 f = r["final"]
                 say(
@@ -1076,7 +1104,6 @@ def reanalyse(path: str | Path, workdir: str | Path | None = None) -> dict[str, 
         if "needle_loss" not in r["curve"][0]:
             for p in r["curve"]:
                 p["needle_loss"] = p["loss"].get("needle")
-    result.update(analyse(result["runs"], result["config"]["arms"], seeds))
     if workdir is not None:
         import datasets
 
@@ -1086,6 +1113,16 @@ def reanalyse(path: str | Path, workdir: str | Path | None = None) -> dict[str, 
             if "batches" not in r:
                 plan = work / "runs" / f"seed{r['seed']}" / r["arm"].replace("+", "_") / "plan.json"
                 r["batches"] = json.loads(plan.read_text())["batches"]
+            if r.get("needle_weight_share") is None:
+                r["needle_weight_share"] = needle_weight_share(
+                    r["batches"],
+                    [int(x) for x in ds["n_target"]],
+                    list(ds["task_type"]),
+                    r["loss_norm"],
+                    int(result["config"]["grad_accum"]),
+                )
+    result.update(analyse(result["runs"], result["config"]["arms"], seeds))
+    if workdir is not None:
         fields = {f.name for f in dataclasses.fields(AblationConfig)}
         cfg = AblationConfig(**{k: v for k, v in result["config"].items() if k in fields})
         result["simulated"] = simulator_prediction(
@@ -1108,6 +1145,7 @@ TABLE_COLUMNS = (
     ("needle_loss", "needle loss", 3),
     ("needle_passcode_loss", "passcode-token loss", 3),
     ("needle_template_loss", "template loss", 3),
+    ("needle_weight_share", "needle share of the step weight", 3),
     ("continuation_loss", "continuation loss", 3),
     ("mixed_loss", "mixed loss", 3),
     ("train_s", "train s", 1),
