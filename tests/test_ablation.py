@@ -198,3 +198,12 @@ def test_needle_weight_share_per_normalisation():
     assert share["token"] == pytest.approx(4 / 12)
     assert share["pack"] == pytest.approx(0.5 * 2 / 10 + 0.5 * 1.0)
     assert share["sequence"] == pytest.approx(2 / 3)
+
+
+def test_command_line_help_and_bad_arm():
+    from longalign.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "ablation", "--help"])
+    assert exc.value.code == 0
+    assert main(["experiment", "ablation", "--arms", "pack+nothing"]) == 2

@@ -139,7 +139,9 @@ class AblationConfig(Options):
         0, minimum=0, help="pack capacity in tokens (0 = batch_size x mean row length, at least the longest row)"
     )
     epochs: float = option(3.0, help="passes over the training rows (the same for every arm)")
-    learning_rate: float = option(3e-3, help="peak learning rate (cosine schedule, 5% warm-up)")
+    learning_rate: float = option(
+        3e-3, help="peak learning rate (cosine schedule, warm-up over the first 5 percent of the steps)"
+    )
     evals: int = option(6, minimum=1, help="held-out evaluations per run (plus one before training)")
     threads: int = option(2, minimum=1, help="torch threads")
 
