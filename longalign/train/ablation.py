@@ -31,13 +31,14 @@ backends); nothing here re-implements a loss or a batch.
 
 The model is a small randomly initialised Llama (3 layers, width 128) on a 4,096-token byte-level BPE vocabulary
 trained on the experiment's own texts with SmolLM2's chat template and special tokens. The pretrained SmolLM2-135M
-fine-tunes at ~100 tokens/s on two cores, hours for 15 runs; with SmolLM2's 49,152-token vocabulary even the small
-model spends ~80% of its compute in the output layer. The small vocabulary makes a run about a minute on a quiet
-2-core machine (144 optimizer steps of 4 rows). Whether a model this small learns the passcode lookup in that
-budget is part of the result; what it learns first -- the reply template and the distribution of passcodes
-(exact match at chance level, 1/16) -- is already what the loss normalisation decides, and the held-out needle
-loss measures it. Held-out rows (their own haystack region and documents) are scored during training, outside
-the training clock:
+fine-tunes at ~100 tokens/s on two cores, hours for 15 runs; with SmolLM2's 49,152-token vocabulary the output
+layer would take about half of even the small model's compute (more for a narrower one). With the small vocabulary
+a run trains in 10-15 s on a quiet 2-core machine (144 optimizer steps of 4 rows). At this size and budget the
+model does not learn the passcode lookup (exact match stays at the 1/16 of a guess); what it learns -- the
+reply template and part of the passcode distribution -- is already what the loss normalisation decides, and
+the held-out needle loss, split into the passcode token and the template, measures it.
+
+Held-out rows (their own haystack region and documents) are scored during training, outside the training clock:
 
 * loss per kind and per length bucket: the mean over rows of each row's mean target-token cross-entropy;
 * needle exact match: greedy decoding would emit the reference reply token for token -- in one teacher-forced
@@ -45,8 +46,11 @@ the training clock:
   (:func:`longalign.eval.needle.key_phrase_recall`) of the passcode in the argmax reply.
 
 Time-to-quality: the training seconds an arm needs to reach the final mixed held-out loss of ``naive+token``
-(same seed; linear interpolation between evaluations), as a ratio to naive's time; beside it the speed-up
-``longalign.batching.simulate`` predicts for these lengths with a cost model fitted to the measured steps.
+(same seed; linear interpolation between evaluations), as a ratio to naive's time, on the wall clock, on CPU
+time, and on a clock that busy spells of other work on the machine cannot stretch (optimizer steps x the run's
+median step time); beside it the epoch-time speed-up ``longalign.batching.simulate`` predicts for these lengths,
+with FLOP-derived costs and with costs fitted to the measured steps. ``needle_weight_share`` is the part of each
+step's loss weight that falls on needle rows, from the weights training uses.
 """
 
 from __future__ import annotations
