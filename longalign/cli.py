@@ -22,6 +22,7 @@ from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
 from longalign.llm.base import LLMBudgetExceeded
 from longalign.tokenize import cli as tokenize_cli
+from longalign.train import ablation_cli
 from longalign.train import cli as train_cli
 
 COMMANDS = (
@@ -29,6 +30,7 @@ COMMANDS = (
     tokenize_cli,  # longalign tokenize
     batching_cli,  # longalign batch plan|simulate
     train_cli,  # longalign train
+    ablation_cli,  # longalign experiment ablation
     eval_cli,  # longalign eval longbench-chat|needle|longbench|judge-agreement
     demo_cli,  # longalign demo
     app_cli,  # longalign app

@@ -1,0 +1,38 @@
+"""``longalign experiment ablation``: batching x loss weighting on a needle / continuation mix (CPU)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from longalign.config import add_config_args, build_config
+from longalign.train import ablation
+from longalign.train.ablation import AblationConfig
+
+
+def register(subparsers: Any) -> None:
+    """Add ``longalign experiment ablation``."""
+    exp = subparsers.add_parser(
+        "experiment",
+        help="controlled experiments that train several arms and compare them",
+        description="Controlled experiments built on the train stage.",
+    )
+    sub = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    p = sub.add_parser(
+        "ablation",
+        help="naive/sort/pack batching x token/sequence/pack loss on a mix of long-input short-answer "
+        "and short-input long-answer rows; writes ablation.json and a figure",
+        description=ablation.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(p, AblationConfig)
+    p.set_defaults(func=_cmd_ablation)
+    exp.set_defaults(func=lambda args: exp.print_help() or 2)
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    cfg = build_config(AblationConfig, args)
+    summary = ablation.run(cfg, progress=lambda msg: print(msg, flush=True))
+    for line in summary.lines():
+        print(line)
+    return summary.exit_code

@@ -1,0 +1,145 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6 · Ablation: batching × loss weighting
+#
+# Does the recipe work, and by how much? `benchmarks/ablation.py` (`longalign experiment ablation`) trains
+# five arms on the same rows, with the same epochs and seeds, through `longalign.train`:
+#
+# | arm | batching | loss normalisation |
+# |---|---|---|
+# | naive+token | random padded batches | mean over the step's target tokens |
+# | sort+sequence | length-sorted padded batches | every sequence weighs the same (eq. 4) |
+# | pack+pack | packs | mean per pack, then over packs (eq. 3, the biased baseline) |
+# | pack+token | packs | mean over the step's target tokens |
+# | pack+sequence | packs | every sequence weighs the same (eq. 4, LongAlign) |
+#
+# The mix has the paper's tension built in: **needle** rows (a 200-800-token pydoc passage with one planted
+# sentence "The passcode is <word>.", the question, and an ~8-token reply) beside **continuation** rows (32
+# tokens of text and a 48-96-token continuation). A needle row has about a tenth of a continuation row's target
+# tokens, so under token or pack normalisation it weighs about a tenth as much in the step.
+#
+# This notebook reads `benchmarks/results/ablation.json`. It never trains the full experiment: when that file is
+# missing it runs the smallest configuration (`--smoke`, seconds) into its own run directory, whose numbers only
+# show the shape of the result.
+
+# %% tags=["parameters"]
+result_path = "benchmarks/results/ablation.json"  # relative to the repository root
+smoke_dir = "runs/notebooks/06_ablation"  # used only when result_path does not exist
+
+# %%
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.io as pio
+from IPython.display import Markdown, display
+
+pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+logging.basicConfig(level=logging.WARNING)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
+pd.set_option("display.max_colwidth", 60)
+
+from longalign.train import ablation
+
+path = ROOT / result_path
+if not path.is_file():
+    out = ROOT / smoke_dir
+    ablation.run(ablation.AblationConfig(smoke=True, out=str(out / "results"), workdir=str(out / "work")))
+    path = out / "results" / ablation.RESULT_FILE
+result = ablation.load_result(path)
+print(
+    f"{path.relative_to(ROOT)}: {result['date']}, smoke={result['config']['smoke']}, seeds {result['config']['seeds']}"
+)
+
+# %% [markdown]
+# ## The data and the model
+#
+# The rows every arm trains on, per kind: how long they are and what share of the target tokens they hold. The
+# needle rows are most of the tokens but a small share of the targets, the situation LongAlign's loss weighting
+# is for.
+
+# %%
+data = result["data"]
+display(pd.DataFrame(data["kinds"]).T)
+print(
+    f"pack capacity {data['pack_len']} tokens; passcodes from {len(data['words'])} words "
+    f"(chance exact match {data['chance_exact_match']:.3f})"
+)
+print(
+    "model:", {k: result["model"][k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}
+)
+
+# %% [markdown]
+# ## Results per arm (mean ± standard deviation over seeds)
+#
+# Held-out metrics after the last step. Exact match is greedy decoding reproducing the whole reference reply; the
+# key-phrase recall looks for the passcode in the argmax reply. Training seconds exclude the held-out evaluation.
+
+# %%
+display(pd.DataFrame(ablation.table_rows(result)).set_index("arm"))
+
+# %% [markdown]
+# The held-out loss per length bucket (needle rows by document length; continuation rows form one bucket):
+
+# %%
+rows = ablation.table_rows(result, buckets=True)
+display(pd.DataFrame(rows).set_index("arm")[[k for k in rows[0] if k.startswith("loss[")]])
+
+# %% [markdown]
+# ## Curves against wall-clock training time
+#
+# One colour per arm, one line per seed.
+
+# %%
+ablation.figure(result)
+
+# %% [markdown]
+# ## The loss-weighting effect
+#
+# Paired by seed: pack+sequence minus the other packed arms on the needle set. A positive exact-match difference
+# and a negative loss difference mean the weighting helps the short-answer long-input task. The paper reports
+# about +10% on LongBench-Chat for loss weighting over plain packing (6.8 vs 6.2 for LongAlign-7B-64k).
+
+# %%
+effect = pd.DataFrame(
+    {
+        name: {
+            "exact match difference": ablation.fmt_spread(e["exact_match_difference"]),
+            "needle loss difference": ablation.fmt_spread(e["needle_loss_difference"]),
+            "relative exact-match gain": e["relative_exact_match_gain"],
+        }
+        for name, e in result["loss_weighting_effect"].items()
+    }
+).T
+display(effect)
+
+# %% [markdown]
+# ## Time to quality vs the simulator
+#
+# Time-to-quality: the training seconds each arm needs to reach naive+token's final mixed held-out loss (same
+# seed), as a speed-up over naive. Epoch time: naive's training seconds over the arm's. On a machine shared with
+# other work a busy spell can stretch one run several-fold, so each is also given on a clock that such spells
+# cannot stretch: optimizer steps x the run's median step time. The simulator
+# (`longalign.batching.simulate`) predicts the epoch-time speed-up from the lengths alone, with FLOP-based cost
+# coefficients and with coefficients fitted to the measured steps; it knows nothing of the loss, so the gap between
+# its number and the time-to-quality column is what the loss normalisation adds or costs.
+
+# %%
+display(pd.DataFrame(ablation.speed_rows(result)).set_index("arm"))
+display(Markdown(f"Total wall time of the experiment: {result['total_s'] / 60:.1f} min."))
