@@ -21,7 +21,14 @@ import nbformat
 import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-EXPECTED = ("01_data_construction", "02_tokenize_and_pack", "03_loss_weighting", "04_training", "05_evaluation")
+EXPECTED = (
+    "01_data_construction",
+    "02_tokenize_and_pack",
+    "03_loss_weighting",
+    "04_training",
+    "05_evaluation",
+    "06_ablation",
+)
 PAIRING = "ipynb,py:percent"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
