@@ -124,17 +124,17 @@ PROFILES = {
         eval_max_new_tokens=64,
         judge_runs=1,
         budgets=(
-            ("corpus", 20),
-            ("generate", 300),
-            ("mix", 10),
-            ("tokenize", 30),
-            ("batching", 10),
-            ("train:naive", 120),
-            ("train:sort", 90),
-            ("train:pack", 90),
-            ("eval:heldout", 30),
-            ("eval:needle", 90),
-            ("eval:longbench-chat", 90),
+            ("corpus", 15),
+            ("generate", 240),
+            ("mix", 5),
+            ("tokenize", 15),
+            ("batching", 5),
+            ("train:naive", 80),
+            ("train:sort", 60),
+            ("train:pack", 50),
+            ("eval:heldout", 15),
+            ("eval:needle", 70),
+            ("eval:longbench-chat", 45),
         ),
     ),
     "quick": Profile(
@@ -623,19 +623,22 @@ def explain(summary: dict[str, Any]) -> list[str]:
             "It is exact (no sampling, no judge), so any change is the training's."
         )
         for kind, what in (
-            (
-                "long",
-                "long records of held-out documents; their answers were written by the base model itself, "
-                "so there is little left to learn",
-            ),
-            ("short", "short chats not trained on; replies written by others, whose style the fine-tune picks up"),
+            ("long", "long records of held-out documents, whose answers the base model wrote itself"),
+            ("short", "short chats not trained on, whose replies others wrote"),
         ):
             pair = h.get(f"{kind}_sequence_mean_loss") or {}
-            if pair.get("change") is not None:
-                lines.append(
-                    f"Held-out loss, {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> "
-                    f"fine-tuned {pair['tuned']:.3f} ({pair['change']:+.3f})."
-                )
+            if pair.get("change") is None:
+                continue
+            why = (
+                "the fine-tune moved towards the training replies' style"
+                if pair["change"] < 0
+                else "a few steps at a high learning rate fitted the training records' specifics, and the base "
+                "model already rated its own answers highly"
+            )
+            lines.append(
+                f"Held-out loss, {kind}: {h.get(f'{kind}_conversations')} {what}: base {pair['base']:.3f} -> "
+                f"fine-tuned {pair['tuned']:.3f} ({pair['change']:+.3f}); {why}."
+            )
     n = st.get("eval:needle") or {}
     rec = n.get("mean_recall") or {}
     norm = n.get("mean_recall_norm") or {}

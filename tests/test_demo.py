@@ -123,7 +123,7 @@ def test_explanation_names_each_number_and_the_overrun():
     text = "\n".join(demo.explain(summary))
     assert "pack 60 s (x2.0, simulated x1.9)" in text
     assert "base 2.500 -> fine-tuned 2.100 (-0.400)" in text
-    assert "Held-out loss, short: 4 short chats not trained on" in text and "(-0.700)" in text
+    assert "Held-out loss, short: 4 short chats not trained on" in text and "(-0.700); the fine-tune moved" in text
     assert "Over budget: generate 400 s > 300 s" in text
     summary["overruns"] = []
     assert "within its budget" in demo.explain(summary)[-1]
@@ -159,6 +159,6 @@ def test_home_page_tables_read_the_demo_summary(tmp_path):
     summary = home.load_demo_summary(run)
     methods = home.demo_method_table(summary)
     assert list(methods["method"]) == ["naive", "sort", "pack"]
-    assert list(methods["measured speedup vs naive"]) == [1.0, 1.5, 2.0]
+    assert list(methods["measured ×naive"]) == [1.0, 1.5, 2.0]
     evals = home.demo_eval_table(summary)
     assert len(evals) == 1 and evals.iloc[0]["base"] == 2.5 and evals.iloc[0]["change"] == -0.4
