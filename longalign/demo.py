@@ -8,7 +8,7 @@ directory (and recording themselves in its run.json)::
       ─► one epoch per method over the same sequences (sequence loss weighting): measured time per method
       ─► base model vs the pack-trained model: held-out loss, needle grid, LongBench-Chat-format mini set
 
-What it can show on two cores. SmolLM2-135M trains at roughly 50-150 tokens/s here, so the training subset is
+What it can show on two cores. SmolLM2-135M trains at roughly 100-300 tokens/s here, so the training subset is
 small (a few long Self-Instruct records and a dozen short chats, 1-2k tokens each) and every method trains on
 exactly the same sequences for one epoch: the measured time per method and its speedup over naive batching
 stand next to the simulator's prediction for the same lengths. The pack run is the fine-tune: the held-out
