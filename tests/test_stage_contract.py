@@ -127,8 +127,14 @@ def test_every_run_records_its_stage_with_config_and_summary(fake_llm, tmp_path)
         (
             "data.generate",
             lambda: data.run(
-                GenerateConfig(
-                    llm="openai:gen", base_url=url, max_prompt_tokens=0, max_in_flight=2, timeout=5.0, backoff_base=0.01
+                GenerateConfig(  # the fake server's template questions are not about the document: gate off
+                    llm="openai:gen",
+                    base_url=url,
+                    max_prompt_tokens=0,
+                    max_in_flight=2,
+                    timeout=5.0,
+                    backoff_base=0.01,
+                    relevance_gate=False,
                 ),
                 run,
                 progress=False,
