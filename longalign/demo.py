@@ -12,11 +12,12 @@ What it can show on two cores. SmolLM2-135M trains at roughly 100-300 tokens/s h
 small (a few long Self-Instruct records and a dozen short chats, 1-2k tokens each) and every method trains on
 exactly the same sequences for one epoch: the measured time per method and its speedup over naive batching
 stand next to the simulator's prediction for the same lengths. The pack run is the fine-tune: the held-out
-loss on held-out long records (documents never trained on) is the number that moves measurably after a few
-optimizer steps; the needle grid and the mini LongBench-Chat set (generated references, judged by the same
-135M model) are printed base vs fine-tuned but are too small and too noisy to show an effect -- the summary
-says so. Each stage has a time budget (the profile's, for a quiet 2-core machine); the progress output shows
-it and names the stage that overran.
+loss on held-out conversations (long records of documents never trained on, and short chats) is the number that
+moves measurably after a few optimizer steps -- mostly on the short chats, since the long records' answers were
+written by the base model itself; the needle grid and the mini LongBench-Chat set (generated references,
+judged by the same 135M model) are printed base vs fine-tuned but are too small and too noisy to show an
+effect -- the summary says so. Each stage has a time budget (the profile's, for a quiet 2-core machine); the
+progress output shows it and names the stage that overran.
 
 The base model's evaluation goes to a sibling run directory ``<run>-base`` so the dashboard can compare the two
 (the LongBench-Chat page's "Compare with"). Re-running resumes: finished stages are skipped, generation and
