@@ -440,7 +440,7 @@ class GenerateSummary(Summary):
             f"tokens: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
             f"in {usage.get('requests', 0)} paid requests, {usage.get('cached', 0)} from cache, "
             f"{usage.get('retries', 0)} retries; cost: "
-            + (f"${cost:.4f}" if cost is not None else "n/a (no prices given)"),
+            + (f"{cost:.4f} (in the unit of the prices)" if cost is not None else "n/a (no prices given)"),
         ]
         out += quality_lines(self.quality)
         if self.quality_file is not None:
