@@ -145,8 +145,10 @@ fig.show()
 # ## 2. A small needle grid
 #
 # Each cell asks the model the paper's question with the context in the prompt (greedy decoding), and
-# scores the answer twice: a deterministic **key-phrase recall** (share of the needle's content words in
-# the answer) and, when `judge` is set, a 1–10 judge rating with the original harness's rubric. Results
+# scores the answer three ways: a deterministic **key-phrase recall** (share of the needle's content words in
+# the answer, word for word), the same recall after normalising case, punctuation and inflection
+# (`recall_norm`: "eating ... sitting" counts for the needle's "eat ... sit"), and, when `judge` is set, a
+# 1–10 judge rating with the original harness's rubric. Results
 # are appended per cell to `eval/needle/results.jsonl`, so an interrupted grid resumes.
 
 # %%
@@ -167,7 +169,9 @@ if judge.startswith("local:"):
 summary = needle.run(cfg, run, generator=generator, judge=judge_obj)
 print("\n".join(summary.lines()))
 results = readers.load_needle(run)
-display(results[["context_length", "depth_percent", "prompt_tokens", "response", "recall", "judge_score"]])
+display(
+    results[["context_length", "depth_percent", "prompt_tokens", "response", "recall", "recall_norm", "judge_score"]]
+)
 
 # %%
 value = "judge_score" if results["judge_score"].notna().any() else "recall"

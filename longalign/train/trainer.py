@@ -106,7 +106,17 @@ class TrainResult(Summary):
     run_meta: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
 
-    SUMMARY_META = ("method", "loss_norm", "world_size", "max_len", "precision", "total_steps", "device")
+    SUMMARY_META = (
+        "method",
+        "loss_norm",
+        "world_size",
+        "sp_size",
+        "dp_size",
+        "max_len",
+        "precision",
+        "total_steps",
+        "device",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The result with a few settings of ``run_meta`` (all of it is in ``run_meta.json``)."""
