@@ -511,6 +511,37 @@ def _logprobs_payload(toks: list[str], tops: list[list[tuple[str, float]]], k: i
     return {"content": content}
 
 
+def longbench_chat_cli(folder: Any, out: Any, url: str, *extra: str) -> list[str]:
+    """``longalign eval longbench-chat`` as a subprocess command against a fake server at ``url`` for both the
+    model under test and the judge (one judge request in flight, 64 new tokens, no progress bars)."""
+    return [
+        sys.executable,
+        "-m",
+        "longalign.cli",
+        "eval",
+        "longbench-chat",
+        "--data",
+        str(folder),
+        "--run",
+        str(out),
+        "--model",
+        "openai:model-under-test",
+        "--model-base-url",
+        url,
+        "--judge",
+        "openai:judge-x",
+        "--judge-base-url",
+        url,
+        "--judge-max-in-flight",
+        "1",
+        *extra,
+        "--max-new-tokens",
+        "64",
+        "--progress",
+        "false",
+    ]
+
+
 def start_server_process(
     workdir: str | Path,
     *,

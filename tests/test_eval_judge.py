@@ -10,12 +10,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from fake_llm_server import rating_distribution, start_server_process
+from fake_llm_server import longbench_chat_cli, rating_distribution, start_server_process
 
 from longalign.eval.judge import (
     EndpointJudge,
@@ -456,36 +455,6 @@ def unrated_chat_responder(req: dict) -> str:
     return "Model answer: " + req["messages"][-1]["content"].strip().splitlines()[-1][:40]
 
 
-def _lbc_cli(folder: Path, out: Path, url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "longalign.cli",
-        "eval",
-        "longbench-chat",
-        "--data",
-        str(folder),
-        "--run",
-        str(out),
-        "--model",
-        "openai:model-under-test",
-        "--model-base-url",
-        url,
-        "--judge",
-        "openai:judge-x",
-        "--judge-base-url",
-        url,
-        "--judge-max-in-flight",
-        "1",
-        "--judge-max-attempts",
-        "2",
-        "--max-new-tokens",
-        "64",
-        "--progress",
-        "false",
-    ]
-
-
 def _ok_keys(calls_log: Path) -> list[str]:
     if not calls_log.is_file():
         return []
@@ -508,8 +477,9 @@ def test_sigkill_mid_logprob_judging_loses_nothing_and_rejudges_nothing(tmp_path
     edir = out / "eval" / "longbench_chat"
     calls = out / "data" / "llm_calls.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": "test", "OMP_NUM_THREADS": "1"}
+    cmd = longbench_chat_cli(folder, out, url, "--judge-max-attempts", "2")
     try:
-        proc = subprocess.Popen(_lbc_cli(folder, out, url), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(read_jsonl(edir / "judge_runs.jsonl")) < 3 and proc.poll() is None:
             time.sleep(0.02)
@@ -520,7 +490,7 @@ def test_sigkill_mid_logprob_judging_loses_nothing_and_rejudges_nothing(tmp_path
         assert 3 <= len(before_runs) < 8
         paid_before = _ok_keys(calls)
         n_server_before = len(read_jsonl(log_path))
-        res = subprocess.run(_lbc_cli(folder, out, url), env=env, capture_output=True, text=True, timeout=120)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         server.terminate()

@@ -23,7 +23,7 @@ from longalign.eval.longbench_chat import LongBenchChatConfig, detect_lang, judg
 from longalign.rundir import read_jsonl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_llm_server import messages_key, start_server_process  # noqa: E402
+from fake_llm_server import longbench_chat_cli, messages_key, start_server_process  # noqa: E402
 
 HERE = Path(__file__).resolve()
 EXAMPLE_FIRST_SCORE = {"ALPHA": 4, "BETA": 6, "GAMMA": 8}
@@ -198,34 +198,6 @@ def test_benchmark_template_file(fake_llm, tmp_path):
     assert len(re.findall(r"Rating: \[\[\d\]\]", seen[0])) == 3
 
 
-def _cli(folder: Path, out: Path, url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "longalign.cli",
-        "eval",
-        "longbench-chat",
-        "--data",
-        str(folder),
-        "--run",
-        str(out),
-        "--model",
-        "openai:model-under-test",
-        "--model-base-url",
-        url,
-        "--judge",
-        "openai:judge-x",
-        "--judge-base-url",
-        url,
-        "--judge-max-in-flight",
-        "1",
-        "--max-new-tokens",
-        "64",
-        "--progress",
-        "false",
-    ]
-
-
 def test_resume_after_sigkill_never_rejudges(tmp_path):
     folder = make_fixture(tmp_path / "lbc")
     log_path = tmp_path / "server.jsonl"
@@ -233,8 +205,9 @@ def test_resume_after_sigkill_never_rejudges(tmp_path):
     out = tmp_path / "run"
     runs_path = out / "eval" / "longbench_chat" / "judge_runs.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": "test", "OMP_NUM_THREADS": "1"}
+    cmd = longbench_chat_cli(folder, out, url)
     try:
-        proc = subprocess.Popen(_cli(folder, out, url), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(read_jsonl(runs_path)) < 3 and proc.poll() is None:
             time.sleep(0.05)
@@ -244,7 +217,7 @@ def test_resume_after_sigkill_never_rejudges(tmp_path):
         done_before = read_jsonl(runs_path)
         assert 3 <= len(done_before) < 8
         n_log_before = len(read_jsonl(log_path))
-        res = subprocess.run(_cli(folder, out, url), env=env, capture_output=True, text=True, timeout=120)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "mean" in res.stdout
     finally:
