@@ -489,15 +489,28 @@ def _pair(numbers: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
     return out
 
 
+NO_HELD_OUT = "no held-out document produced a record (too few generated examples)"
+
+
+def _scores_of_both(
+    run: RunDir, cfg: DemoConfig, step: Callable[[Any, RunDir], Any], config_for: Callable[[str], Any]
+) -> dict[str, dict[str, Any]]:
+    """``{"base": scores, "tuned": scores}``: ``step(config_for(model), run_dir)`` for the base model (into the
+    sibling run) and the fine-tuned one (into this run)."""
+    return {label: step(config_for(model), where).scores or {} for label, model, where in _models(run, cfg)}
+
+
 def stage_heldout(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     if not read_jsonl(run.heldout):
-        return {"skipped": "no held-out document produced a record (too few generated examples)"}
-    per: dict[str, dict[str, Any]] = {}
-    for label, model, where in _models(run, cfg):
-        hcfg = HeldOutConfig(
+        return {"skipped": NO_HELD_OUT}
+    per = _scores_of_both(
+        run,
+        cfg,
+        heldout.run,
+        lambda model: HeldOutConfig(
             data=str(run.heldout), model=model, tokenizer=cfg.model, max_len=prof.max_len, truncation=prof.truncation
-        )
-        per[label] = heldout.run(hcfg, where).scores or {}
+        ),
+    )
     out = {
         "conversations": per["base"].get("n"),
         "target_tokens": per["base"].get("target_tokens"),
@@ -513,9 +526,11 @@ def stage_heldout(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]
 
 
 def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
-    per: dict[str, dict[str, Any]] = {}
-    for label, model, where in _models(run, cfg):
-        ncfg = NeedleConfig(
+    per = _scores_of_both(
+        run,
+        cfg,
+        needle.run,
+        lambda model: NeedleConfig(
             model=model,
             tokenizer=cfg.model,
             lengths=list(prof.needle_lengths),
@@ -523,8 +538,8 @@ def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
             max_new_tokens=32,
             judge=f"local:{cfg.model}",
             seed=cfg.seed,
-        )
-        per[label] = needle.run(ncfg, where).scores or {}
+        ),
+    )
     return {
         "cells": len(prof.needle_lengths) * len(prof.needle_depths),
         "mean_recall": _pair(per, "mean_recall"),
@@ -535,10 +550,12 @@ def stage_needle(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
 
 def stage_longbench_chat(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
     if not read_jsonl(mini_set_path(run)):
-        return {"cases": 0, "skipped": "no held-out document produced a record (too few generated examples)"}
-    per: dict[str, dict[str, Any]] = {}
-    for label, model, where in _models(run, cfg):
-        lcfg = LongBenchChatConfig(
+        return {"cases": 0, "skipped": NO_HELD_OUT}
+    per = _scores_of_both(
+        run,
+        cfg,
+        longbench_chat.run,
+        lambda model: LongBenchChatConfig(
             data=str(mini_set_path(run)),
             model=model,
             tokenizer=cfg.model,
@@ -548,8 +565,8 @@ def stage_longbench_chat(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[st
             judge_runs=prof.judge_runs,
             seed=cfg.seed,
             dataset_label=MINI_SET_LABEL,
-        )
-        per[label] = longbench_chat.run(lcfg, where).scores or {}
+        ),
+    )
     return {"cases": per["base"].get("n"), "mean_score": _pair(per, "mean"), "dataset": MINI_SET_LABEL}
 
 
