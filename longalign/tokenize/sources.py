@@ -266,6 +266,19 @@ def _row_name(table: Any, row: int, where: str, kind: str) -> str:
     return f"{where}: row {row}"
 
 
+def _is_int_lists(column: Any) -> bool:
+    import pyarrow as pa
+
+    t = column.type
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+
+
+def _first_null(column: Any) -> int:
+    import pyarrow.compute as pc
+
+    return int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+
+
 def _normalise(table: Any, where: str, kind: str, *, check: bool):
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -275,15 +288,13 @@ def _normalise(table: Any, where: str, kind: str, *, check: bool):
         raise ValueError(f"{where}: no input_ids column (columns: {', '.join(names) or 'none'}); {CONTRACT_HELP}")
     added: list[str] = []
     ids = table.column("input_ids")
-    if not (pa.types.is_list(ids.type) or pa.types.is_large_list(ids.type)) or not pa.types.is_integer(
-        ids.type.value_type
-    ):
+    if not _is_int_lists(ids):
         raise ValueError(
             f"{where}: input_ids holds {ids.type}, not lists of integer token ids; store the ids as integers "
             "(e.g. datasets' Sequence(Value('int32'))) or tokenize text with `longalign tokenize`"
         )
     if ids.null_count:
-        row = int(np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0])
+        row = _first_null(ids)
         raise ValueError(f"{_row_name(table, row, where, kind)}: input_ids is empty (null); drop the row or fill it")
     n_ids = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -291,15 +302,13 @@ def _normalise(table: Any, where: str, kind: str, *, check: bool):
         table = table.append_column("labels", ids)
         added.append("labels")
     labels = table.column("labels")
-    if not (pa.types.is_list(labels.type) or pa.types.is_large_list(labels.type)) or not pa.types.is_integer(
-        labels.type.value_type
-    ):
+    if not _is_int_lists(labels):
         raise ValueError(
             f"{where}: labels holds {labels.type}, not lists of integers; labels are the input id on target tokens "
             "and -100 elsewhere (or drop the column to train on every token)"
         )
     if labels.null_count:
-        row = int(np.flatnonzero(pc.is_null(labels).to_numpy(zero_copy_only=False))[0])
+        row = _first_null(labels)
         raise ValueError(
             f"{_row_name(table, row, where, kind)}: labels is null; give labels on every row or drop the column"
         )
