@@ -397,26 +397,10 @@ def part_sp(rep: Report, a) -> dict:
         if elapsed() > a.deadline_s:
             out["cores"][core] = {"skipped": "deadline"}
             continue
+        from longalign.train.sp_check import torchrun_command
+
         result = Path(tempfile.mkdtemp(prefix="gpu_sp_")) / "sp_check.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "longalign.train.sp_check",
-            "--device",
-            "cuda",
-            "--dtype",
-            "float32",
-            "--core",
-            core,
-            "--out",
-            str(result),
-        ]
+        cmd = torchrun_command(result, _free_port(), "--device", "cuda", "--dtype", "float32", "--core", core)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
         if proc.returncode != 0 or not result.is_file():

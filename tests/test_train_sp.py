@@ -32,7 +32,7 @@ from longalign import IGNORE_INDEX  # noqa: E402
 from longalign.batching import PackedCollator  # noqa: E402
 from longalign.rundir import read_jsonl  # noqa: E402
 from longalign.train import sequence_parallel as spm  # noqa: E402
-from longalign.train.sp_check import CASES  # noqa: E402
+from longalign.train.sp_check import CASES, torchrun_command  # noqa: E402
 from longalign.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,20 +200,7 @@ def test_cli_accepts_sp_size():
 @pytest.fixture(scope="module")
 def sp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sp") / "sp_check.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "longalign.train.sp_check",
-        "--out",
-        str(out),
-    ]
-    launch(cmd, timeout=300)
+    launch(torchrun_command(out, free_port()), timeout=300)
     return json.loads(out.read_text())
 
 

@@ -174,28 +174,12 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
             full = packed(probe)
             ref.eval()
             sp_model.eval()
-            ref_logits = ref(
-                input_ids=full["input_ids"].to(device),
-                position_ids=full["position_ids"].to(device),
-                cu_seq_lens_q=full["cu_seq_lens_q"].to(device),
-                cu_seq_lens_k=full["cu_seq_lens_k"].to(device),
-                max_length_q=full["max_length_q"],
-                max_length_k=full["max_length_k"],
-                use_cache=False,
-            ).logits[0]
+            ref_logits = ref(**_varlen_inputs(full, device)).logits[0]
             logits = {}
             for label, ctx in (("with_boundaries", _nullcontext()), ("without_boundaries", spm.boundaries_withheld())):
                 part = shard(probe)
                 with ctx:
-                    out = sp_model(
-                        input_ids=part["input_ids"].to(device),
-                        position_ids=part["position_ids"].to(device),
-                        cu_seq_lens_q=part["cu_seq_lens_q"].to(device),
-                        cu_seq_lens_k=part["cu_seq_lens_k"].to(device),
-                        max_length_q=part["max_length_q"],
-                        max_length_k=part["max_length_k"],
-                        use_cache=False,
-                    ).logits.contiguous()
+                    out = sp_model(**_varlen_inputs(part, device)).logits.contiguous()
                 gathered = [torch.empty_like(out) for _ in range(world)]
                 dist.all_gather(gathered, out)
                 whole = torch.cat(gathered, dim=1)[0, : ref_logits.shape[0]]
@@ -219,6 +203,37 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
         )
         del ddp
     return results
+
+
+def _varlen_inputs(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The model's keyword arguments for a packed batch with its boundaries (no labels, no cache)."""
+    tensors = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")
+    return {
+        **{k: batch[k].to(device) for k in tensors},
+        "max_length_q": batch["max_length_q"],
+        "max_length_k": batch["max_length_k"],
+        "use_cache": False,
+    }
+
+
+def torchrun_command(out: str | Path, port: int, *extra: str, nproc: int = 2) -> list[str]:
+    """The command that runs this check in ``nproc`` processes (``torch.distributed.run``), writing ``out``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(port),
+        "-m",
+        "longalign.train.sp_check",
+        *extra,
+        "--out",
+        str(out),
+    ]
 
 
 class _nullcontext:
