@@ -206,14 +206,11 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
 
 
 def _varlen_inputs(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    """The model's keyword arguments for a packed batch with its boundaries (no labels, no cache)."""
-    tensors = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")
-    return {
-        **{k: batch[k].to(device) for k in tensors},
-        "max_length_q": batch["max_length_q"],
-        "max_length_k": batch["max_length_k"],
-        "use_cache": False,
-    }
+    """The trainer's keyword arguments for a packed batch with its boundaries, on ``device``."""
+    from longalign.train.trainer import model_inputs
+
+    kwargs = model_inputs(batch, packed=True, backend="varlen")
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in kwargs.items()}
 
 
 def torchrun_command(out: str | Path, port: int, *extra: str, nproc: int = 2) -> list[str]:
