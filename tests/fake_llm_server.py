@@ -342,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake.in_flight -= 1
 
+    def _bad_request(self, fake: FakeLLMServer, entry: dict[str, Any], exc: Exception) -> None:
+        entry.update(key=None, status=400, outcome="bad_request")
+        fake._record(entry)
+        self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+
     def _chat(self, fake: FakeLLMServer, raw: bytes, in_flight: int) -> None:
         entry: dict[str, Any] = {"time": time.time(), "in_flight": in_flight}
         try:
@@ -350,9 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(messages, list) or not messages:
                 raise ValueError("messages must be a non-empty list")
         except (ValueError, KeyError, TypeError) as exc:
-            entry.update(key=None, status=400, outcome="bad_request")
-            fake._record(entry)
-            self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+            self._bad_request(fake, entry, exc)
             return
         entry.update(
             key=messages_key(messages),
@@ -409,9 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(prompt, str):
                 raise ValueError("prompt must be a string")
         except (ValueError, KeyError, TypeError) as exc:
-            entry.update(key=None, status=400, outcome="bad_request")
-            fake._record(entry)
-            self._send(400, {"error": {"message": f"invalid request: {exc}", "type": "invalid_request_error"}})
+            self._bad_request(fake, entry, exc)
             return
         k = req.get("logprobs")
         entry.update(
