@@ -247,13 +247,17 @@ def default_key_phrases(needle: str, question: str) -> list[str]:
 def key_phrase_recall(response: str, phrases: Sequence[str]) -> float:
     """Share of ``phrases`` found in ``response`` (case-insensitive, as whole words; a multi-word phrase must
     appear as consecutive words)."""
+    return _phrase_recall(response, phrases, _norm_words)
+
+
+def _phrase_recall(response: str, phrases: Sequence[str], words_of: Any) -> float:
+    """Share of ``phrases`` whose words (``words_of``) appear consecutively among the response's."""
     if not phrases:
         return 0.0
-    words = _norm_words(response)
-    joined = " " + " ".join(words) + " "
+    joined = " " + " ".join(words_of(response)) + " "
     hits = 0
     for p in phrases:
-        pw = _norm_words(p)
+        pw = words_of(p)
         if pw and (" " + " ".join(pw) + " ") in joined:
             hits += 1
     return round(hits / len(phrases), 4)
@@ -300,15 +304,7 @@ def normalised_words(text: str) -> list[str]:
 def normalised_recall(response: str, phrases: Sequence[str]) -> float:
     """:func:`key_phrase_recall` after normalising and stemming the response and every phrase, so inflection,
     case and punctuation do not count against an answer."""
-    if not phrases:
-        return 0.0
-    joined = " " + " ".join(normalised_words(response)) + " "
-    hits = 0
-    for p in phrases:
-        pw = normalised_words(p)
-        if pw and (" " + " ".join(pw) + " ") in joined:
-            hits += 1
-    return round(hits / len(phrases), 4)
+    return _phrase_recall(response, phrases, normalised_words)
 
 
 def with_normalised_recall(results: Sequence[dict[str, Any]], phrases: Sequence[str]) -> list[dict[str, Any]]:
