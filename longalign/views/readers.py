@@ -35,7 +35,7 @@ from longalign.rundir import RunDir, read_json, read_jsonl
 LONGBENCH_CHAT = "longbench_chat"  # benchmark folder names under eval/ (RunDir.eval)
 NEEDLE = "needle"
 SHORT_SOURCES = ("sharegpt", "short")
-EXAMPLE = "<method>"  # placeholder shown in artifact paths that hold one file per method
+EXAMPLE = "<method>"  # how artifact paths with one file per method are written (batching/<method>.json)
 
 
 # --------------------------------------------------------------------------------------------- artifacts
