@@ -185,6 +185,12 @@ class Haystack:
             self._ends[token_id] = hit
         return hit
 
+    def sentence_start(self, ids: Sequence[int], pos: int) -> int:
+        """The last sentence boundary of ``ids`` at or before ``pos`` (0 when there is none)."""
+        while pos > 0 and not self.ends_sentence(ids[pos - 1]):
+            pos -= 1
+        return pos
+
 
 @dataclass
 class NeedleContext:
@@ -211,9 +217,8 @@ def insert_needle(
     if depth_percent >= 100:
         pos = target = len(base)
     else:
-        target = pos = int(len(base) * (depth_percent / 100))
-        while pos > 0 and not hay.ends_sentence(base[pos - 1]):
-            pos -= 1
+        target = int(len(base) * (depth_percent / 100))
+        pos = hay.sentence_start(base, target)
     ids = base[:pos] + list(needle_ids) + base[pos:]
     return NeedleContext(context_length, depth_percent, ids, pos, len(needle_ids), target)
 

@@ -199,12 +199,6 @@ def one_token_words(tokenizer: Any, words: Sequence[str] = WORDS) -> list[str]:
     return [w for w in words if len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1]
 
 
-def _sentence_start(hay: Any, ids: Sequence[int], pos: int) -> int:
-    while pos > 0 and not hay.ends_sentence(ids[pos - 1]):
-        pos -= 1
-    return pos
-
-
 def needle_row(hay: Any, tokenizer: Any, rng: Any, lo: int, hi: int, n_tokens: int, word: str) -> dict[str, Any]:
     """One needle conversation: ``n_tokens`` of haystack from ``[lo, hi)`` with the passcode sentence at a
     sentence boundary of a random depth (10-90%)."""
@@ -213,7 +207,7 @@ def needle_row(hay: Any, tokenizer: Any, rng: Any, lo: int, hi: int, n_tokens: i
     start = int(rng.integers(lo, max(lo + 1, hi - n_tokens)))
     base = hay.ids[start : start + n_tokens]
     needle = NEEDLE_TEMPLATE.format(word=word)
-    pos = _sentence_start(hay, base, int(len(base) * rng.uniform(0.1, 0.9)))
+    pos = hay.sentence_start(base, int(len(base) * rng.uniform(0.1, 0.9)))
     ids = list(base[:pos]) + needle_ids_for(tokenizer, needle) + list(base[pos:])
     context = tokenizer.decode(ids)
     messages = [
