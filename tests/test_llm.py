@@ -806,3 +806,33 @@ def test_local_backend_batches_concurrent_requests():
         lm.generate = real
     with pytest.raises(ValueError, match="batch_size=0"):
         LocalBackend(TINY, batch_size=0)
+
+
+def test_batched_generation_prefills_rows_from_the_prefix_cache():
+    """A batch with prefix reuse prefills each prompt alone (from and into the prefix cache) and decodes the rows
+    together: greedy rows equal their one-at-a-time outputs, an answer batch over the same documents reads only
+    the tails, and the plain left-padded batch agrees."""
+    from longalign.llm.local_model import get_local_model
+
+    lm = get_local_model(TINY, device="cpu")
+    docs = [list(range(10 + 3 * i, 90 + 5 * i)) for i in range(3)]  # three "documents" of different lengths
+    questions = [d + [7, 8, 9] for d in docs]
+    answers = [d + [4, 4, 5, 6, 2 + i] for i, d in enumerate(docs)]
+    alone = [lm.generate([p], max_new_tokens=6, reuse_prefix=False)[0].tokens for p in questions + answers]
+
+    lm.prefix_cache.clear()
+    lm.prefix_cache.max_entries = 6
+    before = lm.prefix_cache.reused_tokens
+    q_out = lm.generate(questions, max_new_tokens=6, reuse_prefix=True)
+    assert lm.prefix_cache.reused_tokens == before and len(lm.prefix_cache) == 3  # rows kept, nothing reused yet
+    a_out = lm.generate(answers, max_new_tokens=6, reuse_prefix=True)
+    assert lm.prefix_cache.reused_tokens - before == sum(len(d) for d in docs)  # each document read once
+    assert [o.tokens for o in q_out + a_out] == alone
+    assert [o.prompt_tokens for o in a_out] == [len(p) for p in answers]
+    plain = lm.generate(answers, max_new_tokens=6, reuse_prefix=False)
+    assert [o.tokens for o in plain] == alone[3:]
+    # a one-token prompt cannot be prefilled apart from its last token: the batch runs the plain way
+    hits = lm.prefix_cache.hits
+    short = lm.generate([[5], questions[0]], max_new_tokens=3, reuse_prefix=True)
+    assert lm.prefix_cache.hits == hits and short[1].tokens == alone[0][:3]
+    lm.prefix_cache.max_entries = 4

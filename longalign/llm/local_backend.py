@@ -21,10 +21,12 @@ answer request after the question request over one document) only prefills what 
 unchanged. ``ChatResult.extra["reused_prompt_tokens"]`` says how many prompt tokens came from that cache.
 
 ``batch_size > 1`` (default 1, off) lets up to that many requests be in flight and runs the ones waiting
-together, with the same sampling settings, in one left-padded ``generate`` call: a request arriving while
-another batch runs waits for it and joins the next. A batch of one is an ordinary request (prefix reuse
-included). On a CPU one decoding step reads every weight, so several rows per step cost little more than one;
-but prompts of different lengths are padded to the longest and every row waits for the longest reply, and a
+together, with the same sampling settings, in one batched ``generate`` call: a request arriving while
+another batch runs waits for it and joins the next. With prefix reuse each prompt of a batch is prefilled
+alone (from and into the prefix cache, which then keeps ``2 × batch_size`` prompts) and the rows decode
+together; without it the prompts are left-padded to the longest and prefilled as one batch. On a CPU one
+decoding step reads every weight, so several rows per step cost little more than one; but every row waits
+for the longest reply, and a
 batch draws its samples from one random stream (seeded with its first request's seed), so a sampled request
 reproduces only in the same batch. Greedy decoding gives each row the tokens it gets alone, up to the rounding
 of padded matrix products. ``benchmarks/selfinstruct_throughput.py`` measures both ways.
@@ -101,6 +103,8 @@ class LocalBackend:
         with self._lock:
             if self._lm is None:
                 self._lm = get_local_model(self.spec, device=self._device, dtype=self._dtype)
+                cache = self._lm.prefix_cache  # room for a batch's question and answer prompts
+                cache.max_entries = max(cache.max_entries, 2 * self.batch_size)
             return self._lm
 
     @property

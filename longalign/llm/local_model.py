@@ -30,10 +30,12 @@ next single prompt that shares a token prefix with a kept one starts from a copy
 longest common prefix, so only the differing tail is prefilled. The result is the same computation split in
 two (prefix, then tail) instead of one pass; in float32 on CPU the greedy outputs of the benchmark and the
 tests are token-for-token identical with and without reuse. Sampling draws its random numbers only while
-decoding, so a seeded request samples the same tokens too. Batches of several prompts (left-padded) never
-use the prefix cache. At most 4 prompts and 1 GiB are kept (SmolLM2-135M in float32 needs 45 kB per token, so
-a 2,048-token prompt takes 94 MB; a 7B model in bfloat16 needs 0.5 MB per token, and a prompt whose cache
-alone exceeds the budget is not kept).
+decoding, so a seeded request samples the same tokens too. A batch of several prompts with ``reuse_prefix``
+prefills each prompt alone, from and into the prefix cache, and decodes them together from the stacked,
+left-padded caches (:meth:`LocalModel._prefilled_batch_cache`); without it a batch is one left-padded
+``generate`` over the padded prompts. At most 4 prompts and 1 GiB are kept (SmolLM2-135M in float32 needs
+45 kB per token, so a 2,048-token prompt takes 94 MB; a 7B model in bfloat16 needs 0.5 MB per token, and a
+prompt whose cache alone exceeds the budget is not kept).
 """
 
 from __future__ import annotations
@@ -146,6 +148,23 @@ def cache_nbytes(cache: Any) -> int:
             if t is not None and hasattr(t, "numel"):
                 total += t.numel() * t.element_size()
     return total
+
+
+def _layer_tensors(cache: Any) -> list[tuple[Any, Any]] | None:
+    """``[(keys, values), ...]`` per layer of a plain transformers ``DynamicCache`` (tensors shaped ``[batch,
+    heads, tokens, dim]``), or None for any other layout (sliding-window or quantised layers, older versions)."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return None
+    out = []
+    for layer in layers:
+        if type(layer).__name__ != "DynamicLayer":
+            return None
+        k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if k is None or v is None or not hasattr(k, "shape") or k.dim() != 4:
+            return None
+        out.append((k, v))
+    return out
 
 
 def _crop_to(cache: Any, length: int) -> None:
@@ -314,8 +333,9 @@ class LocalModel:
     ) -> list[Completion]:
         """Continue each prompt (token ids); a batch is left-padded together and stops at any :attr:`eos_ids`.
 
-        ``reuse_prefix`` (single prompts only) starts from :attr:`prefix_cache`'s cache of the longest shared
-        token prefix and keeps this prompt's cache there afterwards (see the module docstring).
+        ``reuse_prefix`` starts each prompt from :attr:`prefix_cache`'s cache of the longest shared token prefix
+        and keeps the prompt's cache there afterwards (see the module docstring); a batch of several prompts is
+        then prefilled row by row and decoded together.
 
         ``temperature > 0`` samples with ``top_p`` and ``top_k`` (0 disables top-k, None keeps the model's
         generation-config default); otherwise decoding is greedy. With a ``seed``, ``torch.manual_seed(seed)``
@@ -347,6 +367,12 @@ class LocalModel:
         reuse = reuse_prefix and len(prompts) == 1 and width > 0
         with self.lock:
             past = None
+            if reuse_prefix and len(prompts) > 1:
+                with torch.inference_mode():
+                    past = self._prefilled_batch_cache(prompts)
+                if past is not None:
+                    kwargs[self._cache_keyword()] = past
+                    kwargs["use_cache"] = True
             if reuse:
                 _, past = self.prefix_cache.lookup(prompts[0])
                 if past is None:
@@ -365,7 +391,7 @@ class LocalModel:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise
-            if past is not None:
+            if reuse and past is not None:
                 self.prefix_cache.store(prompts[0], past)
         eos = set(self.eos_ids)
         results = []
@@ -422,6 +448,57 @@ class LocalModel:
                 out_lp.append(total)
         return out_lp
 
+    def _prefilled_batch_cache(self, prompts: Sequence[Sequence[int]]) -> Any:
+        """The left-padded KV cache of every prompt but its last token, for a batched ``generate``, or None.
+
+        Each prompt is prefilled alone (from :attr:`prefix_cache` where it shares a prefix with a kept prompt,
+        and kept there afterwards), so no row pays for another's padding and the document shared by a question
+        and an answer request is read once. The rows are then left-padded with zeros to one length and stacked;
+        ``generate`` is given the padded prompts and their attention mask, finds every token but the last in the
+        cache and feeds the last one, whose position comes from the mask as in any left-padded batch. The padding
+        is masked out, so each row computes what it would alone, up to the rounding of the batched products.
+        None (the plain left-padded ``generate`` then runs) when a prompt is shorter than two tokens or the
+        model's cache has a layout other than one key and one value tensor per layer.
+        """
+        import torch
+
+        if any(len(p) < 2 for p in prompts):
+            return None
+        rows = []
+        for p in prompts:
+            head = list(p[:-1])
+            n, past = self.prefix_cache.lookup(p)
+            if past is None:
+                n, past = 0, self._new_cache()
+            if past is None:
+                return None
+            if n < len(head):
+                self.model(
+                    input_ids=torch.tensor([head[n:]], device=self.device),
+                    use_cache=True,
+                    **{self._cache_keyword(): past},
+                    **self._one_logit_kwargs(),
+                )
+            kv = _layer_tensors(past)
+            if kv is None or past.get_seq_length() != len(head):
+                return None
+            rows.append(kv)
+            self.prefix_cache.store(head, past)  # the rows below are copies: the kept cache stays as it is
+        width = max(len(p) for p in prompts) - 1
+        batched = self._new_cache()
+        if batched is None:
+            return None
+        for layer in range(len(rows[0])):
+            keys, values = [], []
+            for kv in rows:
+                for t, out in zip(kv[layer], (keys, values)):
+                    pad = width - t.shape[-2]
+                    if pad:
+                        t = torch.cat([t.new_zeros((*t.shape[:-2], pad, t.shape[-1])), t], dim=-2)
+                    out.append(t)
+            batched.update(torch.cat(keys), torch.cat(values), layer)
+        return batched
+
     def _new_cache(self) -> Any:
         """An empty ``DynamicCache`` for this model (None where transformers has none)."""
         try:
@@ -432,6 +509,15 @@ class LocalModel:
             return DynamicCache(config=self.model.config)
         except TypeError:
             return DynamicCache()
+
+    def _one_logit_kwargs(self) -> dict[str, int]:
+        """The ``forward`` keyword that computes logits for the last position only (none where there is none):
+        a prefill that only fills the cache needs no ``[tokens x vocab]`` logits."""
+        params = inspect.signature(self.model.forward).parameters
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in params:
+                return {name: 1}
+        return {}
 
     def _cache_keyword(self) -> str:
         """``cache`` in recent transformers' ``forward``, ``past_key_values`` before."""
