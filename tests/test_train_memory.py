@@ -231,3 +231,47 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
     assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out
     assert "the model has 4,096 positions" in out
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+_FREED_TENSOR_SCRIPT = r"""
+import os, sys, torch
+from longalign.train.trainer import release_freed_tensors_on_cpu
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+applied = release_freed_tensors_on_cpu() if sys.argv[1] == "on" else False
+mib = 2**20
+for _ in range(3):  # by default, freeing mapped blocks raises glibc's mmap threshold past 16 MiB
+    t = torch.ones(24 * mib // 4)
+    del t
+x = torch.ones(16 * mib // 4)  # an activation-sized block
+keep = torch.ones(64 * 1024)  # a live block allocated after it
+before = rss()
+del x
+print(int(applied), (before - rss()) / mib)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_a_freed_activation_sized_tensor_goes_back_to_the_os_on_cpu():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(mode: str) -> tuple[int, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", _FREED_TENSOR_SCRIPT, mode], env=env, capture_output=True, text=True, check=True
+        )
+        applied, returned = out.stdout.split()
+        return int(applied), float(returned)
+
+    applied, returned = run("on")
+    if not applied:
+        pytest.skip("glibc's mallopt is not available")
+    assert returned >= 15.0  # the 16 MiB block was unmapped when freed
+    _, returned_default = run("off")
+    assert returned_default < 1.0  # what the setting changes: glibc's heap keeps a freed block by default
