@@ -494,3 +494,12 @@ def test_plan_file_is_checked_against_the_tokens(tmp_path, tokens):
         bad.write_text(json.dumps({"batches": batches}))
         with pytest.raises(ValueError, match=message):
             plan_from_file(bad, lengths, cfg_for(tmp_path, "x"), 40, 1)
+
+
+def test_cpu_training_returns_freed_tensor_memory_to_the_os(tmp_path, tokens, monkeypatch):
+    import longalign.train.trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "release_freed_tensors_on_cpu", lambda: calls.append(1) or True)
+    train(cfg_for(tmp_path, "mmap", max_steps=1))
+    assert calls == [1]

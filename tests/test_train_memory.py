@@ -156,6 +156,54 @@ class TestAccounting:
         assert deepspeed_settings(None) == (None, "none")
 
 
+class TestPeakMoment:
+    """The transient terms are counted at the moment of the step where they add up most (see the planner's
+    docstring: not at the peak), and the result agrees with ``benchmarks/memory.py`` on this CPU."""
+
+    def plan(self, loss_impl: str, **kw):
+        return plan_memory(
+            "smollm2",
+            8192,
+            precision="fp32",
+            device="cpu",
+            loss_impl=loss_impl,
+            gradient_checkpointing=True,
+            target_fraction=0.5,
+            **kw,
+        )
+
+    def test_the_total_is_the_resident_states_plus_the_largest_moment(self):
+        shape = load_shape("smollm2")
+        recomputed = 8192 * shape.activation_elements_per_token_layer() * 4
+        for loss_impl, moment in (("chunked", "backward"), ("full", "loss")):
+            plan = self.plan(loss_impl)
+            c = plan.components
+            moments = {
+                "loss": c["activations"] - recomputed + c["logits_loss"],
+                "backward": c["activations"] + c["gradients"],
+                "optimizer_step": c["gradients"] + c["optimizer_step"],
+            }
+            assert plan.settings["peak_moment"] == moment == max(moments, key=moments.get)
+            assert plan.total == pytest.approx(c["weights"] + c["optimizer"] + c["runtime"] + moments[moment])
+            assert c["not_at_peak"] < 0
+
+    def test_deepspeed_gradient_buffers_are_held_at_the_loss(self):
+        z2 = plan_memory(
+            LLAMA2_7B, 8192, precision="bf16", zero_stage=2, gpus=1, gradient_checkpointing=True, loss_impl="full"
+        )
+        c = z2.components
+        per_layer = 8192 * (LLAMA2_7B.activation_elements_per_token_layer() * 2 + 4 * LLAMA2_7B.hidden)
+        assert z2.settings["peak_moment"] == "loss"
+        at_loss = c["activations"] - per_layer + c["logits_loss"] + c["gradients"]
+        assert z2.total == pytest.approx(c["weights"] + c["optimizer"] + c["runtime"] + at_loss)
+
+    @pytest.mark.parametrize(("loss_impl", "measured_gib"), [("chunked", 3.24), ("full", 5.74)])
+    def test_within_20_percent_of_the_measured_smollm2_step(self, loss_impl, measured_gib):
+        """Peak RSS of two steps, SmolLM2-135M, 8k-token pack, fp32, AdamW, gradient checkpointing (python
+        benchmarks/memory.py --cases smollm2:8192:chunked:ckpt,smollm2:8192:full:ckpt, 2026-12-03)."""
+        assert 0.8 <= self.plan(loss_impl).total / (measured_gib * GIB) <= 1.2
+
+
 class TestPublishedPoints:
     def test_longalign_7b_at_64k_on_8_gpus_with_zero3_offload_fits_80gb(self):
         """LongAlign (arXiv 2401.18058, section 4 / appendix B): Llama-2-7B, 64k tokens per pack, 8 x A800 80 GB,
@@ -231,3 +279,47 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
     assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out
     assert "the model has 4,096 positions" in out
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+_FREED_TENSOR_SCRIPT = r"""
+import os, sys, torch
+from longalign.train.trainer import release_freed_tensors_on_cpu
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+applied = release_freed_tensors_on_cpu() if sys.argv[1] == "on" else False
+mib = 2**20
+for _ in range(3):  # by default, freeing mapped blocks raises glibc's mmap threshold past 16 MiB
+    t = torch.ones(24 * mib // 4)
+    del t
+x = torch.ones(16 * mib // 4)  # an activation-sized block
+keep = torch.ones(64 * 1024)  # a live block allocated after it
+before = rss()
+del x
+print(int(applied), (before - rss()) / mib)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_a_freed_activation_sized_tensor_goes_back_to_the_os_on_cpu():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(mode: str) -> tuple[int, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", _FREED_TENSOR_SCRIPT, mode], env=env, capture_output=True, text=True, check=True
+        )
+        applied, returned = out.stdout.split()
+        return int(applied), float(returned)
+
+    applied, returned = run("on")
+    if not applied:
+        pytest.skip("glibc's mallopt is not available")
+    assert returned >= 15.0  # the 16 MiB block was unmapped when freed
+    _, returned_default = run("off")
+    assert returned_default < 1.0  # what the setting changes: glibc's heap keeps a freed block by default

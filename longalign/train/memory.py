@@ -36,8 +36,22 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
   ``chunked``: two float32 ``[C, V]`` buffers (C = 2**25 / V rows), the float32 gradient of the head weight and
   the N target rows of hidden states with their gradient -- independent of T.
 * **runtime** -- a CUDA context and allocator slack (1.0 GiB per GPU, a typical H100 figure); on a CPU the
-  interpreter with torch, transformers and datasets imported plus the Trainer's bookkeeping (0.9 GiB, the resident
-  size of the benchmark's step process before the model is built, measured on this project's 2-core machine).
+  interpreter with torch, transformers and datasets imported plus the Trainer's bookkeeping and the data (0.65
+  GiB: the resident size of the benchmark's step process at the start of the first step less the weights, 0.62
+  GiB, measured for SmolLM2-135M on this project's 2-core machine with the trainer's CPU allocator setting,
+  :func:`longalign.train.trainer.release_freed_tensors_on_cpu`; without it glibc keeps freed activations in
+  its heap and a SmolLM2 step at 8k tokens holds 1.9-2.9 GiB more than its tensors).
+* **not at the peak** (a negative term) -- the transient terms do not all exist at one moment, and the peak
+  is the largest of three: (1) the loss -- the saved activations (with gradient checkpointing, the layer
+  inputs only: no layer is being recomputed yet) and the logits/loss term, before any parameter gradient
+  exists (the trainer frees them after every optimizer step; under DeepSpeed the gradients are counted here
+  too, as ZeRO keeps its flat gradient buffers between steps); (2) the backward through the layers -- the
+  activations (with checkpointing, one recomputed layer too) and the gradients; (3) the optimizer step --
+  the gradients and the step's temporaries, after the activations are freed. The term is the sum of the
+  four transient components less that largest moment, so the total is the resident weights, optimizer state
+  and runtime plus the largest moment. Checked against ``benchmarks/memory.py`` (per-phase RSS of SmolLM2 at
+  8k with gradient checkpointing peaks in the backward through the layers with the chunked loss, at the
+  loss with the full one).
 
 Not modelled: activation offloading and tiled MLPs (not used here), fragmentation beyond the runtime term,
 attention with a dense ``[T, T]`` mask (``attention="dense"`` adds it: varlen/flash/segment attention keeps only
@@ -60,7 +74,7 @@ OFFLOAD = ("none", "optimizer", "optimizer+params")
 ATTENTION = ("varlen", "dense")
 DEVICES = ("cuda", "cpu")
 CUDA_RUNTIME = 1.0 * GIB
-CPU_RUNTIME = 0.9 * GIB
+CPU_RUNTIME = 0.65 * GIB
 FULL_CE_CHUNK = 8192  # rows per float32 chunk of longalign.batching.weighted_and_plain_ce
 
 
@@ -195,6 +209,7 @@ class MemoryPlan:
                 if self.device_memory is None
                 else f" of {self.device_memory / GIB:.1f} GiB: {'fits' if self.fits else 'does NOT fit'}"
             )
+            + (f" (peak at the {s['peak_moment'].replace('_', ' ')})" if s.get("peak_moment") else "")
         )
         if self.host:
             out.append(f"  host memory for offloaded state: {self.host / GIB:.2f} GiB per device")
@@ -327,6 +342,18 @@ def plan_memory(
     if zero_stage is None:
         step = 2.0 * 4.0 * max(shape.vocab * shape.hidden, shape.layer_params)  # AdamW's per-tensor temporaries
     rt = runtime if runtime is not None else (CUDA_RUNTIME if device == "cuda" else CPU_RUNTIME)
+    # ---- the transient terms at their three moments (module docstring: not at the peak) ----------------
+    recomputed_layer = T * per_layer if gradient_checkpointing else 0.0
+    # without DeepSpeed the trainer sets the gradients to None after every step, so none exists at the loss;
+    # ZeRO reduces into flat gradient buffers it keeps between steps (not measured here): held throughout
+    held_grads = 0.0 if zero_stage is None else grads
+    moments = {
+        "loss": activations - recomputed_layer + loss + held_grads,
+        "backward": activations + grads,
+        "optimizer_step": grads + step,
+    }
+    peak_moment = max(moments, key=moments.get)
+    not_at_peak = moments[peak_moment] - (grads + activations + loss + step)
     components = {
         "weights": weights,
         "gradients": grads,
@@ -335,6 +362,7 @@ def plan_memory(
         "logits_loss": loss,
         "optimizer_step": step,
         "runtime": rt,
+        "not_at_peak": not_at_peak,
     }
     settings = {
         "params": P,
@@ -348,6 +376,7 @@ def plan_memory(
         "target_fraction": target_fraction,
         "attention": attention,
         "device": device,
+        "peak_moment": peak_moment,
     }
     return MemoryPlan(
         max_len=int(max_len),

@@ -36,11 +36,13 @@ all-reduce of 8 numbers per optimizer step.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,6 +88,40 @@ STAT_FIELDS = (
     "padded_tokens",
     "micro_batches",
 )
+
+
+# glibc mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
+_M_MMAP_THRESHOLD = -3
+CPU_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this large get their own mapping, returned to the OS when freed
+
+
+def release_freed_tensors_on_cpu(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
+    """Have glibc's malloc give every block of ``threshold`` bytes or more its own ``mmap``, so that the memory of
+    a freed CPU tensor goes back to the operating system at once. Returns whether the setting was applied.
+
+    By default glibc serves a block from its heap unless it is larger than a *dynamic* threshold, which rises
+    to the size of every mapped block freed (up to 32 MiB). After the first few frees, the activations of a
+    long pack (SmolLM2 at 8k tokens: [T, H] float32 = 18 MiB, [T, KV] = 6 MiB) come from the heap, and a freed
+    block there stays part of the process whenever a live block sits above it: the heap fragments and the
+    process holds memory no tensor uses. Measured (``benchmarks/memory.py``, SmolLM2-135M, 8k, chunked loss,
+    gradient checkpointing, two steps): peak RSS 6.1-6.4 GiB by default, 3.2 GiB with this setting, the second
+    step's forward alone growing by 1.3 GiB of freed blocks. ``malloc_trim`` once per step is not enough: the
+    heap fragments within a step.
+
+    Skipped (returns False) off Linux, without glibc's ``mallopt``, or when ``MALLOC_MMAP_THRESHOLD_`` is set
+    in the environment (the user's choice stands). The process keeps the setting; numbers do not change, only
+    where the allocator takes memory from.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1007,6 +1043,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         )
     rank = args.process_index
     device = args.device
+    if torch.device(device).type == "cpu":
+        release_freed_tensors_on_cpu()
     layout = spm.SPLayout(world_size, sp_size, rank)
     if cfg.deepspeed:
         import torch.distributed as dist
