@@ -278,11 +278,11 @@ class TestHead:
 
 class TestTraining:
     def test_two_steps_with_chunked_reproduce_the_full_run(self, tmp_path):
-        """Losses to 1e-6 relative; each parameter tensor's two-step update to 1e-3 relative (in norm). AdamW
-        divides each gradient by its own running magnitude, so float32 rounding in an element whose gradient is
-        near eps (1e-8) can move that one element by a visible fraction of the learning rate, and how far
-        depends on the CPU's kernels: a per-element bound is hardware-dependent, the tensor's update is not.
-        A wrong gradient (a lost weight, a missing chunk) moves the update by far more than 1e-3."""
+        """Losses to 1e-6 relative; parameters to 1e-6 after two AdamW steps, except for a handful of elements
+        per tensor. AdamW divides each gradient by its own running magnitude, so an element whose gradient is
+        within float32 rounding of zero can take the other sign under a different reduction order (another
+        thread count, another CPU) and move by up to 2 x lr: at 2 threads one of 8,192 elements of a layer does.
+        A wrong gradient (a lost weight, a missing chunk) moves far more than 0.1% of a tensor."""
         from test_train import TINY, make_tokens
 
         from longalign.rundir import read_jsonl
@@ -327,10 +327,9 @@ class TestTraining:
         wa, wb = load_file(str(Path(df) / "model.safetensors")), load_file(str(Path(dc) / "model.safetensors"))
         assert wa.keys() == wb.keys()
         for k in wa:
-            update, gap = wa[k] - w0[k], wa[k] - wb[k]
-            assert float(update.norm()) > 0, k
-            rel = float(gap.norm() / update.norm())
-            assert rel <= 1e-3, (k, rel)
+            assert float((wa[k] - w0[k]).abs().max()) > 1e-5, k  # every tensor trained
+            off = int(((wa[k] - wb[k]).abs() > 1e-6).sum())
+            assert off <= max(2, wa[k].numel() // 1000), (k, off, wa[k].numel())
 
     def test_a_model_that_transforms_its_logits_is_refused(self):
         from longalign.train.trainer import loss_probe
