@@ -836,3 +836,62 @@ def test_batched_generation_prefills_rows_from_the_prefix_cache():
     short = lm.generate([[5], questions[0]], max_new_tokens=3, reuse_prefix=True)
     assert lm.prefix_cache.hits == hits and short[1].tokens == alone[0][:3]
     lm.prefix_cache.max_entries = 4
+
+
+def test_appending_cache_layer_writes_in_place_and_matches_the_plain_cache():
+    """The prefix path's cache layers append each step into spare room (no re-concatenation of the history):
+    the cached keys equal a plain DynamicLayer's after prefill, decode steps and a crop, the kept views share one
+    buffer until it is full, a deep copy is private, and the byte count includes the spare room."""
+    import copy
+
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from longalign.llm import local_model as lmod
+
+    cls = lmod.appending_layer_class()
+    a, p = cls(), DynamicLayer()
+    gen = torch.Generator().manual_seed(0)
+
+    def step(n):
+        k, v = torch.randn(2, 3, n, 8, generator=gen), torch.randn(2, 3, n, 8, generator=gen)
+        ka, va = a.update(k, v)
+        kp, vp = p.update(k, v)
+        assert torch.equal(ka, kp) and torch.equal(va, vp)
+
+    step(40)
+    buf = a._key_store.data_ptr()
+    room = a._key_store.shape[-2]
+    assert room == 40 + lmod.APPEND_SPARE_TOKENS
+    for _ in range(5):
+        step(1)
+    assert a._key_store.data_ptr() == buf and a.get_seq_length() == 45  # written in place
+    a.crop(-10)
+    p.crop(-10)
+    step(3)  # overwrites the cropped positions
+    twin = copy.deepcopy(a)
+    assert twin._key_store.data_ptr() != buf and twin.keys.data_ptr() == twin._key_store.data_ptr()
+    step(room - a.get_seq_length() + 1)  # past the buffer: a larger one is allocated
+    assert a._key_store.data_ptr() != buf and torch.equal(twin.keys, p.keys[..., :38, :])
+    a.batch_select_indices(torch.tensor([1]))  # replaced tensors: the next step starts a new buffer from them
+    p.batch_select_indices(torch.tensor([1]))
+    k, v = torch.randn(1, 3, 2, 8, generator=gen), torch.randn(1, 3, 2, 8, generator=gen)
+    assert torch.equal(a.update(k, v)[0], p.update(k, v)[0])
+
+    class Holder:
+        layers = [twin]
+
+    assert lmod.cache_nbytes(Holder()) == 2 * 2 * 3 * room * 8 * 4  # keys and values, spare room included
+
+
+def test_generation_with_the_appending_cache_matches_the_plain_one():
+    """Greedy outputs with prefix reuse (appending layers) equal a plain generate (transformers' own cache)."""
+    from longalign.llm.local_model import get_local_model
+
+    lm = get_local_model(TINY, device="cpu")
+    lm.prefix_cache.clear()
+    prompt = list(range(20, 140))
+    plain = lm.generate([prompt], max_new_tokens=300, reuse_prefix=False)[0].tokens
+    reused = lm.generate([prompt], max_new_tokens=300, reuse_prefix=True)[0].tokens
+    assert type(lm.prefix_cache._entries[-1][1].layers[0]).__name__ == "AppendingLayer"
+    assert reused == plain and len(plain) > 0
