@@ -185,23 +185,24 @@ def appending_layer_class() -> Any:
             _value_store: Any = None
 
             def _holds(self, need: int, key_states: Any, value_states: Any) -> bool:
-                ks, vs = self._key_store, self._value_store
-                if ks is None or need > ks.shape[-2]:
-                    return False
-                if ks.shape[:-2] != key_states.shape[:-2] or vs.shape[:-2] != value_states.shape[:-2]:
-                    return False
-                if ks.shape[-1] != key_states.shape[-1] or vs.shape[-1] != value_states.shape[-1]:
-                    return False
-                if ks.dtype != key_states.dtype or ks.device != key_states.device:
-                    return False
-                if self.keys.numel() == 0:
-                    return True
-                return (
-                    self.keys.data_ptr() == ks.data_ptr()
-                    and self.values.data_ptr() == vs.data_ptr()
-                    and self.keys.stride() == ks.stride()
-                    and self.values.stride() == vs.stride()
-                )
+                """Whether the buffer has room for ``need`` tokens of this shape and ``keys``/``values`` are
+                still its leading views (a crop keeps them so; a replacement does not)."""
+                for store, new, held in (
+                    (self._key_store, key_states, self.keys),
+                    (self._value_store, value_states, self.values),
+                ):
+                    if (
+                        store is None
+                        or need > store.shape[-2]
+                        or store.dtype != new.dtype
+                        or store.device != new.device
+                    ):
+                        return False
+                    if store.shape[:-2] != new.shape[:-2] or store.shape[-1] != new.shape[-1]:
+                        return False
+                    if held.numel() and (held.data_ptr() != store.data_ptr() or held.stride() != store.stride()):
+                        return False
+                return True
 
             def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
                 if not self.is_initialized:
