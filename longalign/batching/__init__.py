@@ -25,7 +25,7 @@ from longalign import stage
 from longalign.batching import plans as _plans
 from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
-from longalign.batching.config import BatchPlanConfig, SimulateConfig
+from longalign.batching.config import METHODS, OVERLONG, PACK_ALGOS, BatchPlanConfig, SimulateConfig
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (
     LOSS_NORMS,
@@ -37,9 +37,6 @@ from longalign.batching.loss import (
     weights_from_totals,
 )
 from longalign.batching.plans import (
-    METHODS,
-    OVERLONG,
-    PACK_ALGOS,
     Plan,
     PlanSummary,
     compute_stats,
