@@ -28,6 +28,7 @@ from longalign.batching.collate import PackedCollator, PaddedCollator, plan_feat
 from longalign.batching.config import METHODS, OVERLONG, PACK_ALGOS, BatchPlanConfig, SimulateConfig
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (
+    LOSS_IMPLS,
     LOSS_NORMS,
     StepTotals,
     count_targets,
@@ -75,6 +76,7 @@ __all__ = [
     "PACK_ALGOS",
     "OVERLONG",
     "LOSS_NORMS",
+    "LOSS_IMPLS",
     "Plan",
     "make_plan",
     "pack_lengths",

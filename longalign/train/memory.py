@@ -228,7 +228,7 @@ def _check(
     device: str,
     target_fraction: float,
 ) -> None:
-    from longalign.train.head_loss import LOSS_IMPLS
+    from longalign.batching.loss import LOSS_IMPLS
 
     check_choice("precision", precision, PRECISIONS)
     check_choice("offload", offload, OFFLOAD)
@@ -274,7 +274,7 @@ def plan_memory(
     the job (data-parallel ranks x ``sp_size``); ``target_fraction`` the share of tokens with a loss target
     (1.0 is the worst case); ``device_memory`` in bytes turns on the fit check.
     """
-    from longalign.train.head_loss import default_chunk_rows
+    from longalign.batching.loss import default_chunk_rows
 
     _check(precision, zero_stage, offload, gpus, sp_size, loss_impl, attention, device, target_fraction)
     shape = load_shape(model)

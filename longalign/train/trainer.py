@@ -495,8 +495,8 @@ def forward_loss(
     """``(sum w * CE, sum CE)`` of one collated micro-batch through ``model`` (chunked loss when ``loss_head``
     is installed, else from the logits), plus the model's outputs with ``return_outputs``; ``shift=False`` for
     labels already shifted (sequence-parallel shards)."""
+    from ..batching.head_loss import loss_request, read_loss_output
     from ..batching.loss import weighted_and_plain_ce
-    from .head_loss import loss_request, read_loss_output
 
     labels, weights = batch["labels"], batch["loss_weights"]
     kwargs = model_inputs(batch, packed, backend)
@@ -787,8 +787,8 @@ def loss_probe(model: Any, head: Any, device: Any, dtype: Any, vocab: int) -> di
     """
     import torch
 
+    from ..batching.head_loss import loss_request, read_loss_output
     from ..batching.loss import weighted_and_plain_ce
-    from .head_loss import loss_request, read_loss_output
 
     gen = torch.Generator().manual_seed(4321)
     ids = torch.randint(10, max(11, vocab - 1), (2, 9), generator=gen).to(device)
@@ -923,9 +923,9 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..batching import PackedCollator, PaddedCollator, make_plan, select_attention, token_weights
+    from ..batching.head_loss import install_loss_head
     from ..models import model_display_name
     from . import sequence_parallel as spm
-    from .head_loss import install_loss_head
 
     _validate(cfg)
     tokens_dir, out, run = resolve_paths(cfg)
