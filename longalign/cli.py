@@ -14,15 +14,16 @@ import logging
 import sys
 import warnings
 
-from longalign import app_cli, demo_cli
+from longalign import app_cli
 from longalign.batching import cli as batching_cli
 from longalign.config import DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
 from longalign.llm.base import LLMBudgetExceeded
+from longalign.recipes import demo_cli
+from longalign.recipes.ablation import cli as ablation_cli
 from longalign.tokenize import cli as tokenize_cli
-from longalign.train import ablation_cli
 from longalign.train import cli as train_cli
 
 COMMANDS = (

@@ -23,7 +23,7 @@ The base model's evaluation goes to a sibling run directory ``<run>-base`` so th
 (the LongBench-Chat page's "Compare with"). Re-running resumes: finished stages are skipped, generation and
 judging reuse the request cache, a finished training run is kept (an interrupted one, a minute or two
 of work, starts again). The command is
-:mod:`longalign.demo_cli`.
+:mod:`longalign.recipes.demo_cli`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from longalign.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SHORT_SAMPLE = Path(__file__).parent / "resources" / "short_chat_sample.json"
+SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_sample.json"
 MINI_SET_LABEL = "LongBench-Chat-format mini set (held-out built-in documents, generated references)"
 
 

@@ -1,6 +1,6 @@
 """Screenshots of the dashboard's pages for a real run, taken in headless Chromium (playwright + Debian's chromium).
 
-    python -m longalign.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
+    python -m longalign.recipes.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
 
 starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat page compared
 with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
@@ -164,7 +164,7 @@ def shoot(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longalign.screenshots", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m longalign.recipes.screenshots", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
     p.add_argument("--run", default="demo", help="run to show on every page")
     p.add_argument("--compare", default=None, help="run compared with on the LongBench-Chat page (e.g. demo-base)")

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from longalign.config import add_config_args, build_config
-from longalign.train import ablation
-from longalign.train.ablation import AblationConfig
+from longalign.recipes import ablation
+from longalign.recipes.ablation import AblationConfig
 
 
 def register(subparsers: Any) -> None:

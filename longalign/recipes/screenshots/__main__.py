@@ -1,0 +1,5 @@
+import sys
+
+from longalign.recipes.screenshots import main
+
+sys.exit(main())
