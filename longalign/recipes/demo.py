@@ -38,15 +38,10 @@ from typing import Any
 from longalign import batching, tokenize, train
 from longalign.batching import METHODS, BatchPlanConfig, SimulateConfig, read_token_lengths
 from longalign.config import Options, option, to_dict
-from longalign.data import corpus, mix, selfinstruct, short
-from longalign.data.corpus import CorpusConfig, read_corpus
-from longalign.data.mix import MixConfig
-from longalign.data.selfinstruct import GenerateConfig
-from longalign.data.short import ShortConfig
-from longalign.eval import heldout, longbench_chat, needle
-from longalign.eval.heldout import HeldOutConfig
-from longalign.eval.longbench_chat import LongBenchChatConfig
-from longalign.eval.needle import NeedleConfig
+from longalign.data import CorpusConfig, GenerateConfig, MixConfig, ShortConfig, corpus, mix, selfinstruct, short
+from longalign.data.corpus import read_corpus
+from longalign.data.short import SHORT_SAMPLE
+from longalign.eval import HeldOutConfig, LongBenchChatConfig, NeedleConfig, heldout, longbench_chat, needle
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
 from longalign.stage import record
 from longalign.tokenize import TokenizeConfig, load_tokens
@@ -54,7 +49,6 @@ from longalign.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SHORT_SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "short_chat_sample.json"
 MINI_SET_LABEL = "LongBench-Chat-format mini set (held-out built-in documents, generated references)"
 
 
@@ -372,7 +366,7 @@ def cost_model_for(model: str) -> dict[str, float]:
     token, 6 x hidden x layers per n^2). The absolute rate is nominal; the demo compares only ratios."""
     from transformers import AutoConfig
 
-    from longalign.batching.simulate import CostModel
+    from longalign.batching import CostModel
     from longalign.models import resolve_model_path
 
     spec = str(model)

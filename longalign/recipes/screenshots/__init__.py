@@ -5,12 +5,12 @@
 starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat page compared
 with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
 that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
-The README's pictures are made this way from a ``longalign demo`` run.
+The README's pictures are made this way from a ``longalign demo`` run. The command is :mod:`.__main__`; the
+dashboard runs as its own command in a child process, as a user starts it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -56,18 +56,13 @@ def free_port() -> int:
 
 @contextmanager
 def serve(runs: str | Path, *, cwd: str | Path | None = None, timeout: float = 120.0) -> Iterator[str]:
-    """Run the dashboard on 127.0.0.1 (a free port) for the runs folder ``runs``; yields its URL."""
-    from longalign.app_cli import build_command
-
+    """Run the dashboard with ``longalign app`` on 127.0.0.1 (a free port) for the runs folder ``runs``; yields
+    its URL."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        build_command(str(runs), port, headless=True, address="127.0.0.1"),
-        cwd=cwd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, LONGALIGN_RUNS=str(runs)),
-    )
+    command = [sys.executable, "-m", "longalign.cli", "app", "--runs", str(runs), "--port", str(port)]
+    command += ["--headless", "true", "--address", "127.0.0.1"]
+    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -161,23 +156,3 @@ def shoot(
         finally:
             browser.close()
     return saved
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longalign.recipes.screenshots", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
-    p.add_argument("--run", default="demo", help="run to show on every page")
-    p.add_argument("--compare", default=None, help="run compared with on the LongBench-Chat page (e.g. demo-base)")
-    p.add_argument("--out", default="docs/screenshots", help="folder for the PNG files")
-    args = p.parse_args(argv)
-    if not (Path(args.runs) / args.run).is_dir():
-        print(f"{Path(args.runs) / args.run}: no such run; run `longalign demo` first", file=sys.stderr)
-        return 2
-    with serve(args.runs) as url:
-        for path in shoot(url, args.run, args.out, compare=args.compare):
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
