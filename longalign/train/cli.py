@@ -68,17 +68,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> Any:
     cfg = build_config(TrainConfig, args)
     if args.memory_plan:
         return _memory_plan(cfg, args)
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, cfg.run) if cfg.run else train.train(cfg)
     _close_process_group()
-    if result.rank == 0:
-        for line in result.lines():
-            print(line)
-    return result.exit_code
+    return result if result.rank == 0 else result.exit_code  # rank 0 prints the summary
 
 
 def _close_process_group() -> None:
