@@ -220,8 +220,8 @@ def simulator_prediction(
     with FLOP-derived coefficients and with coefficients fitted to every measured step of these runs."""
     import numpy as np
 
-    from longalign.batching import simulate
-    from longalign.batching.simulate import CostModel, fit_cost_model, measurement
+    from longalign.batching import CostModel, fit_cost_model, simulate
+    from longalign.batching.simulate import measurement
 
     lens = np.asarray(lengths)
     h, layers = model["hidden_size"], model["num_hidden_layers"]
