@@ -561,3 +561,32 @@ def test_resume_after_sigkill_of_the_command(tmp_path, fake_llm, haystack_dir):
     recs = read_jsonl(results)
     assert len({r["key"] for r in recs}) == 12 and len(recs) == 12
     assert "effective context length" in out.stdout
+
+
+def test_cli_refusals_and_an_endpoint_run(tmp_path, fake_llm, capsys, monkeypatch):
+    from longalign.cli import main
+
+    assert main(["eval", "ruler", "--tasks", "niah_single,vt", "--run", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "tasks='niah_single' is not accepted" in err and "'niah_single_noise'" in err and "'qa_hotpot'" in err
+    assert main(["eval", "ruler", "--model", TINY, "--lengths", "2048,8192", "--run", str(tmp_path / "x")]) == 2
+    assert "--rope-scale" in capsys.readouterr().err
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+
+    def responder(req):  # a model that finds the asked key's needle
+        user = req["messages"][0]["content"]
+        key = re.search(r"What is the secret number for (\S+) in the text above\?$", user).group(1)
+        return "It is " + re.search(rf"for {re.escape(key)} is (\d{{7}})\.", user).group(1)
+
+    fake_llm.set_responder(responder)
+    argv = ["eval", "ruler", "--model", "openai:m", "--model-base-url", fake_llm.base_url, "--tasks",
+            "niah_single_noise,niah_multikey_dense", "--lengths", "400,800", "--samples", "2", "--progress", "false",
+            "--run", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "niah_single_noise" in out and "effective context length: 800" in out
+    sent = fake_llm.requests
+    assert len(sent) == 8 and all(r["prefill"] for r in sent)  # the answer prefix went as a message to continue
+    s = json.loads((tmp_path / "r" / "eval" / "ruler" / "summary.json").read_text())
+    assert s["cells"]["niah_single_noise"]["800"]["score"] == 100.0
+    assert any("local tokenizer" in n for n in s["notes"])
