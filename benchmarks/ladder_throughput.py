@@ -6,7 +6,8 @@ lexicographic order of their token ids and the model's prefix cache prefills onl
 with the one before: the header and the haystack up to the first insert, across tasks and lengths). Reported per
 setting: prompts/s, the seconds spent answering (the sum over samples) and in the whole run (prompt building
 included), prompt tokens in all and taken from the prefix cache; then the speed-up and whether the outputs are
-identical sample by sample (greedy decoding; the script exits with 1 when they are not). ``--rounds 2`` runs
+identical sample by sample (greedy decoding; the script exits with 1 when they are not). One short generation
+warms the model up before the timed runs. ``--rounds 2`` runs
 the pair twice in opposite order (off, on, on, off) so that a drift of the machine's load hits both settings.
 
     python benchmarks/ladder_throughput.py                                   # 4 tasks x 1k, 2k x 3 samples
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from longalign.eval.ruler import LocalAnswerer, RulerConfig
 
     answerer = LocalAnswerer(args.model)
+    lm = answerer.lm  # the first generate call of a process is slower: warm up outside the timed runs
+    lm.generate([lm.encode(lm.render([{"role": "user", "content": "Say hello."}]))], max_new_tokens=4)
     base = dict(
         model=args.model,
         tasks=[t for t in args.tasks.split(",") if t],
