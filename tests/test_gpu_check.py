@@ -64,11 +64,25 @@ def rehearsal(tmp_path_factory):
     return proc, json.loads(out.read_text())
 
 
+def errors_in(entry, where: str = "") -> list[str]:
+    """Every error recorded anywhere inside a part's entry (a backend, a check, a method), without tracebacks."""
+    found = []
+    if isinstance(entry, dict):
+        if "error" in entry:
+            found.append(f"{where or '.'}: {entry['error'][:400]}")
+        for k, v in entry.items():
+            found += errors_in(v, f"{where}/{k}")
+    elif isinstance(entry, list):
+        for i, v in enumerate(entry):
+            found += errors_in(v, f"{where}/{i}")
+    return found
+
+
 def test_rehearsal_every_part_runs_and_passes(rehearsal):
     proc, data = rehearsal
     parts = data["parts"]
     assert list(parts) == ["equality", "planner", "trainer", "throughput", "sp"]  # ordered by value
-    failed = {k: v.get("error") or v for k, v in parts.items() if v["ok"] is not True}
+    failed = {k: errors_in(v) or v for k, v in parts.items() if v["ok"] is not True}
     assert not failed, json.dumps(failed, indent=1, default=str)[:6000]
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert check.check_report(data) == [] and data["schema_problems"] == []
@@ -382,3 +396,32 @@ def test_cuda_branch_of_the_device_layer_binds_to_torch_cuda(monkeypatch):
     desc = dev.describe()
     assert desc["name"] == "NVIDIA H100 80GB HBM3" and desc["memory_gib"] == 80.0
     assert all(f.called for f in fakes.values()), [n for n, f in fakes.items() if not f.called]
+
+
+class OneGPU:
+    """A stand-in for Device("cuda") on a machine with one H100 (no torch.cuda call is made through it)."""
+
+    kind, is_cuda, memory_probe = "cuda", True, "torch.cuda.max_memory_allocated"
+
+    def count(self):
+        return 1
+
+    def capability(self):
+        return (9, 0)
+
+    def release(self):
+        pass
+
+
+def test_cuda_choices_on_one_gpu(tmp_path):
+    """The branches a single H100 takes: the backends it compares (flex last: it compiles), SP skipped."""
+    names = check.packed_backends(OneGPU())
+    assert names[-3:] == ["sdpa", "longalign_segment", "longalign_flex"]
+    assert ("longalign_varlen" in names) == (importlib.util.find_spec("torch.nn.attention.varlen") is not None)
+    assert ("flash_attention_2" in names) == (importlib.util.find_spec("flash_attn") is not None)
+    rep = check.Report(tmp_path / "r.json")
+    a = check.parse_args(["--device", "cuda"])
+    rep.part("sp", check.part_sp, a, OneGPU(), check.Budget(60, math.inf))
+    sp = json.loads((tmp_path / "r.json").read_text())["parts"]["sp"]
+    assert sp["ok"] is None and "needs 2 GPUs" in sp["skipped"] and sp["gpus"] == 1
+    assert check.check_report({**rep.data, "env": {}, "device": {}, "settings": {}}) == []
