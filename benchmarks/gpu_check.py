@@ -844,8 +844,9 @@ def memory_plan_cli(tokens: Path, model: str, tokenizer: Path, n: int, memory: f
 
 
 def part_planner(ctx: Context) -> None:
+    from longalign.models import parameter_count
     from longalign.train import TrainConfig, train
-    from longalign.train.memory import ModelShape, largest_for_config, parse_memory, plan_for_config
+    from longalign.train.memory import largest_for_config, parse_memory, plan_for_config
 
     a, dev, out = ctx.args, ctx.device, ctx.out
     if importlib.util.find_spec("datasets") is None:
@@ -862,7 +863,7 @@ def part_planner(ctx: Context) -> None:
     if memory is None:
         raise ValueError("--device-memory is needed on a CPU (the memory the planner plans for)")
     out["model"] = dims_record(dims, a.vocab)
-    out["params_m"] = round(ModelShape.from_config(llama_config(dims, a.vocab, 1)).params / 1e6, 1)
+    out["params_m"] = round(parameter_count(llama_config(dims, a.vocab, 1)) / 1e6, 1)
     out["memory_probe"] = dev.memory_probe
     out["device_memory_gib"] = gib(memory)
     out["settings"] = {
@@ -1066,6 +1067,7 @@ def run_method(ctx: Context, method: str, backend: str, lengths: list[int]) -> d
         token_weights,
         weighted_causal_lm_loss,
     )
+    from longalign.models import parameter_count
 
     a, dev = ctx.args, ctx.device
     max_len = a.pack_tokens
@@ -1083,7 +1085,7 @@ def run_method(ctx: Context, method: str, backend: str, lengths: list[int]) -> d
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = parameter_count(model)
     times, reals, computed = [], [], []
     for batch_ids in plan.batches[: a.steps]:
         if times and not ctx.budget.allows(2 * max(times)):
