@@ -55,7 +55,7 @@ def rehearsal(tmp_path_factory):
         "TOKENIZERS_PARALLELISM": "false",
     }
     cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out)]
-    cmd += ["--budget-scale", "8", "--deadline-s", "1200"]
+    cmd += ["--budget-scale", "4", "--deadline-s", "1200"]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     seconds = time.perf_counter() - t
