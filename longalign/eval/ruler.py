@@ -180,14 +180,9 @@ def model_positions(spec: str | None) -> int | None:
 
     spec = local_model_spec(spec)
     try:
-        from transformers import AutoConfig
+        from longalign.models import load_model_config
 
-        from longalign.models import resolve_model_path
-
-        if spec and str(spec).startswith("random:"):
-            config = AutoConfig.from_pretrained(str(spec)[len("random:") :])
-        else:
-            config = AutoConfig.from_pretrained(resolve_model_path(spec))
+        config = load_model_config(spec)
     except (OSError, ValueError) as exc:
         log.warning("could not read the config of %s (%s): lengths are not checked against its positions", spec, exc)
         return None
