@@ -397,7 +397,11 @@ def stage_batching(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
             run,
             lengths=lengths,
         ).stats
-        out[method] = {"batches": stats["n_batches"], "efficiency": round(stats["efficiency"], 3)}
+        out[method] = {
+            "batches": stats["n_batches"],
+            "padding_fraction": round(stats["padding_fraction"], 3),
+            "fill": round(stats["fill"], 3),
+        }
     cost = cost_model_for(cfg.model)
     # the same settings as the training runs below: one device, one micro-batch per step
     sim = batching.run(
