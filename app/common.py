@@ -39,12 +39,12 @@ def _remember(src: str, dst: str) -> None:
 
 
 def pick_run(
-    label: str = "Run", state_key: str = "run_name", exclude: str | None = None, allow_none: bool = False
+    label: str = "Run", state_key: str = "run_name", exclude: RunDir | None = None, allow_none: bool = False
 ) -> RunDir | None:
-    """Run picker in the sidebar; the choice survives page changes. Stops the page with a message when the
-    runs folder holds no run."""
+    """Run picker in the sidebar (runs nested one folder down, like runs/notebooks/*, by their path); the choice
+    survives page changes. Stops the page with a message when the runs folder holds no run."""
     root = runs_root()
-    names = [n for n in readers.list_runs(root) if n != exclude]
+    names = [n for n in readers.list_runs(root) if exclude is None or root / n != exclude.root]
     if not names and not allow_none:
         st.info(
             f"No run directories under `{root.resolve()}`. Create one with the pipeline "
@@ -64,12 +64,20 @@ def pick_run(
     return None if choice == "—" else RunDir(root / choice)
 
 
+def run_name(run: RunDir) -> str:
+    """The run's name as the picker lists it (its path under the runs folder)."""
+    try:
+        return run.root.relative_to(runs_root()).as_posix()
+    except ValueError:
+        return run.root.name
+
+
 def guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; on a missing artifact or bad input show the message and stop the page."""
     try:
         return fn(*args, **kwargs)
     except readers.MissingArtifact as exc:
-        st.info(str(exc))
+        st.info(readers.missing_message(exc, runs_root()))
         st.stop()
     except ValueError as exc:
         st.error(str(exc))
