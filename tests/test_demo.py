@@ -160,9 +160,9 @@ def test_home_page_tables_read_the_demo_summary(tmp_path):
     summary = home.load_demo_summary(run)
     methods = home.demo_method_table(summary)
     assert list(methods["method"]) == ["naive", "sort", "pack"]
-    assert list(methods["measured ×naive"]) == [1.0, 1.5, 2.0]
+    assert list(methods["measured speed-up"]) == [1.0, 1.5, 2.0]
     evals = home.demo_eval_table(summary)
-    assert len(evals) == 1 and evals.iloc[0]["base"] == 2.5 and evals.iloc[0]["change"] == -0.4
+    assert len(evals) == 1 and evals.iloc[0]["base"] == 2.5 and evals.iloc[0]["change"] == "−0.400"
 
 
 def test_command_line_says_what_an_overrun_means(monkeypatch, capsys, tmp_path):
