@@ -112,6 +112,21 @@ def method_comparison(run: RunDir, table: pd.DataFrame) -> pd.DataFrame:
     return guard(_comparison, str(run.root), _mtime(run.batching), tuple(table["length"].tolist()))
 
 
+def metric_with_change(
+    col, label: str, value: str, change: float | None, other: str, help: str | None = None, digits: int = 2
+) -> None:
+    """A metric with its signed change against run ``other`` (green up when higher, red down when lower); a
+    change that rounds to zero reads "same as <other>" with no arrow; no change given, no delta."""
+    if change is None or change != change:
+        col.metric(label, value, help=help)
+        return
+    d = round(float(change), digits)
+    if d == 0:
+        col.metric(label, value, delta=f"same as {other}", delta_color="off", delta_arrow="off", help=help)
+    else:
+        col.metric(label, value, delta=f"{d:+.{digits}f} vs {other}", help=help)
+
+
 def chart(fig, key: str | None = None, **kwargs: Any):
     return st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False}, **kwargs)
 

@@ -447,6 +447,20 @@ def test_needle(monkeypatch, runs):
     assert_readable(at)
 
 
+def test_no_change_is_said_in_words_without_an_arrow(monkeypatch, tmp_path, make_fixture_run):
+    """Two runs with the same results: the headline says "same as", not a green "↑ +0.00"."""
+    import shutil
+
+    root = tmp_path / "runs"
+    make_fixture_run(root, "a", 0)
+    shutil.copytree(root / "a", root / "b")
+    at = open_page(monkeypatch, root, PAGES[5], run="a")
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("b").run()
+    deltas = [m.proto.delta for m in at.metric if m.proto.delta]
+    assert deltas and all(d == "same as b" for d in deltas)
+    assert_readable(at)  # and none of them carries an arrow
+
+
 def test_readability_check_catches_raw_keys_and_long_decimals(monkeypatch, tmp_path):
     """The check the page tests rely on fails on a page that shows a raw key or an unrounded float."""
     page = tmp_path / "bad.py"

@@ -26,13 +26,12 @@ cols = st.columns(4)
 mean = lbc.mean_score(df)
 if other_name:
     other_mean = lbc.mean_score(frames[other_name])
-    diff = round(mean - other_mean, 2) if mean == mean and other_mean == other_mean else None
-    cols[0].metric(
+    common.metric_with_change(
+        cols[0],
         f"mean score of {name}",
         f"{mean:.2f}" if mean == mean else "—",
-        delta=(f"{diff:+.2f} vs {other_name}" if diff else f"same as {other_name}") if diff is not None else None,
-        delta_color="normal" if diff else "off",
-        delta_arrow="auto" if diff else "off",
+        mean - other_mean if mean == mean and other_mean == other_mean else None,
+        other_name,
         help=f"{name} minus {other_name}: green when {name} scored higher",
     )
     cols[1].metric(f"mean score of {other_name}", f"{other_mean:.2f}" if other_mean == other_mean else "—")

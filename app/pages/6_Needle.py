@@ -24,10 +24,12 @@ if other is not None:
 
 figures = needle.headline(df, other_df)
 for col, (label, value, change) in zip(st.columns(len(figures)), figures):
-    col.metric(
+    common.metric_with_change(
+        col,
         label,
         value,
-        delta=f"{change:+.2f} vs {other.root.name}" if change is not None else None,
+        change,
+        other.root.name if other is not None else "",
         help=f"{run.root.name} minus {other.root.name}; green when higher" if change is not None else None,
     )
 st.text(f"model {summary.get('model', '—')} · judge {summary.get('judge') or 'none'}")
