@@ -20,7 +20,7 @@ from longalign.config import DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
-from longalign.llm.base import LLMBudgetExceeded
+from longalign.llm.base import LLMBudgetExceeded, LLMEndpointDown
 from longalign.tokenize import cli as tokenize_cli
 from longalign.train import ablation_cli
 from longalign.train import cli as train_cli
@@ -82,6 +82,9 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except (LLMBudgetExceeded, JudgeCannotRate) as exc:  # a step that does not report these in its summary
         print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+    except LLMEndpointDown as exc:  # the circuit breaker: one line naming this command's flags
+        print(f"stopped: {exc.line(vars(args))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: work done so far is kept; re-run the same command to resume", file=sys.stderr)

@@ -495,6 +495,7 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
         max_requests=cfg.max_requests,
         prefix_reuse=cfg.prefix_reuse,
         local_batch_size=cfg.local_batch_size,
+        stop_after_failures=cfg.stop_after_failures,
     )
 
 
