@@ -923,7 +923,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..batching import PackedCollator, PaddedCollator, make_plan, select_attention, token_weights
-    from ..models import model_display_name
+    from ..models import check_length, model_display_name
     from . import sequence_parallel as spm
     from .head_loss import install_loss_head
 
@@ -945,13 +945,14 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
         raise ValueError(f"max_len is not set: pass --max-len (the tokens {tokens_dir} record none)")
     target_pos = cfg.max_position_embeddings or (max_len if cfg.rope_scale != 1.0 else 0)
     apply_context_extension(model_config, cfg.rope_scale, target_pos)
-    model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
-    if model_max and max_len > model_max:
-        raise ValueError(
-            f"max_len={max_len} exceeds the model's max_position_embeddings={model_max}; lower "
-            f"--max-len, or extend the context with --rope-scale (paper: 200) and "
-            f"--max-position-embeddings {max_len}"
-        )
+    check_length(
+        max_len,
+        asked=f"max_len={max_len}",
+        model=cfg.model,
+        positions=int(getattr(model_config, "max_position_embeddings", 0) or 0),
+        shorter="lower --max-len",
+        extend="extend the context with --rope-scale (paper: 200) and --max-position-embeddings {length}",
+    )
     check_tokenizer_match(meta, tokenizer, tokens_dir, int(getattr(model_config, "vocab_size", len(tokenizer))))
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     heads = int(getattr(text_config, "num_attention_heads", 1) or 1)
