@@ -16,7 +16,7 @@ import warnings
 
 from longalign import app_cli, demo_cli
 from longalign.batching import cli as batching_cli
-from longalign.config import DeprecatedOption
+from longalign.config import CommandParser, DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
@@ -38,7 +38,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="longalign",
         description="LongAlign Workbench: build long instruction data, train with sorted batching or packing "
         "plus loss weighting, and evaluate long-context ability (LongBench-Chat, needle, LongBench).",
@@ -77,7 +77,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (LLMBudgetExceeded, JudgeCannotRate) as exc:  # a step that does not report these in its summary
