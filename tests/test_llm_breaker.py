@@ -86,7 +86,7 @@ def test_the_line_names_the_flags_of_the_command(tmp_path):
         c.chat(msg("x"), P)
     err = info.value
     judged = err.line({"judge": "openai:judge-x", "judge_base_url": url + "/", "model": "smollm2"})
-    assert "correct --judge-base-url." in judged and "--base-url," not in judged
+    assert "correct --judge-base-url (host" in judged and "--base-url," not in judged
     generic = err.line({})
     assert "--base-url, --model-base-url or --judge-base-url" in generic
 

@@ -212,7 +212,7 @@ class LLMEndpointDown(LLMJobStop):
         var = self.api_key_env or "the API key variable"
         if self.fix == "url":
             head = f"cannot reach {where}: {self.error} ({self.attempts} attempts, no answer yet)"
-            todo = f"start the server or correct {url_flag}"
+            todo = f"start the server, or correct {url_flag} (host, port, http or https)"
         elif self.fix == "key":
             head = f"{where} refused the API key: {self.error}"
             unset = "" if self.key_set else f"{var} is not set; "
