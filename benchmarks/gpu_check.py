@@ -110,7 +110,7 @@ def part_equality(rep: Report, a) -> dict:
     import torch
 
     from longalign.batching import PackedCollator, select_attention
-    from longalign.train.trainer import model_inputs
+    from longalign.train.forward import model_inputs
 
     dev = torch.device("cuda")
     out = {
@@ -176,7 +176,8 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
         token_weights,
         weighted_causal_lm_loss,
     )
-    from longalign.train.trainer import model_inputs
+    from longalign.models import parameter_count
+    from longalign.train.forward import model_inputs
 
     dev = torch.device("cuda")
     max_len = a.pack_tokens
@@ -193,7 +194,7 @@ def run_method(name: str, method: str, backend: str, lengths: list[int], a) -> d
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = parameter_count(model)
     times, reals, computed = [], [], []
     deadline = T0 + a.deadline_s - 60
     for batch_ids in plan.batches[: a.steps]:

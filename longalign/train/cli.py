@@ -23,7 +23,7 @@ import argparse
 from typing import Any
 
 from longalign import train
-from longalign.config import add_config_args, build_config
+from longalign.config import add_config_args, add_run_arg, build_config, run_dir_of
 from longalign.train.config import TrainConfig
 
 
@@ -36,6 +36,11 @@ def register(subparsers: Any) -> None:
         "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
         "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
         "per optimizer step), run_meta.json, checkpoints/ and final/.",
+    )
+    add_run_arg(
+        parser,
+        help="run directory: reads RUN/tokens and writes RUN/train/<method>/ and RUN/run.json "
+        "(--tokens / --output-dir override either path)",
     )
     add_config_args(parser, TrainConfig)
     # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
@@ -70,10 +75,11 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(TrainConfig, args)
+    run_dir = run_dir_of(args)
     if args.memory_plan:
-        return _memory_plan(cfg, args)
+        return _memory_plan(cfg, args, run_dir)
     # on an error the rank exits at once and the launcher stops the others
-    result = train.run(cfg, cfg.run) if cfg.run else train.train(cfg)
+    result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     _close_process_group()
     if result.rank == 0:
         for line in result.lines():
@@ -93,7 +99,7 @@ def _close_process_group() -> None:
             dist.destroy_process_group()
 
 
-def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
+def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None) -> int:
     import os
 
     from longalign.train.memory import largest_max_len, parse_memory, plan_for_config
@@ -101,7 +107,12 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
     gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     memory = parse_memory(args.device_memory) if args.device_memory else None
     plan = plan_for_config(
-        cfg, gpus=gpus, device=args.plan_device, device_memory=memory, target_fraction=args.target_fraction
+        cfg,
+        run_dir=run_dir,
+        gpus=gpus,
+        device=args.plan_device,
+        device_memory=memory,
+        target_fraction=args.target_fraction,
     )
     for line in plan.lines():
         print(line)

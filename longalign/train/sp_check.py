@@ -8,7 +8,7 @@ on the whole packs (SP = 1). For each case -- a loss normalisation, a loss imple
 checkpointing on or off, a pack layout whose sequence borders fall exactly on the shard borders or inside a
 shard, and the model's key/value heads (one case has fewer than ranks) -- one optimizer step of two packs
 (gradient accumulation 2) runs both ways through the trainer's own pieces (plan weights, packed and sharding
-collators, :func:`~longalign.train.trainer.forward_loss`, the world-size factor, AdamW). Rank 0 writes, per
+collators, :func:`~longalign.train.forward.forward_loss`, the world-size factor, AdamW). Rank 0 writes, per
 case, the relative difference of the step losses and the largest parameter difference after the step, plus a
 negative control: the logits of the sequence-parallel model with the boundaries withheld from the core
 attention (plain causal over the whole pack) against the plain model's, next to the same comparison with the
@@ -81,7 +81,7 @@ def _step(model, head, batches, collate, backend, world: int, shift: bool, devic
     """One optimizer step's forward/backward over ``batches``; returns this rank's share of the step loss."""
     import torch
 
-    from .trainer import forward_loss
+    from .forward import forward_loss
 
     total = 0.0
     for feats in batches:
@@ -207,7 +207,7 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
 
 def _varlen_inputs(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     """The trainer's keyword arguments for a packed batch with its boundaries, on ``device``."""
-    from longalign.train.trainer import model_inputs
+    from longalign.train.forward import model_inputs
 
     kwargs = model_inputs(batch, packed=True, backend="varlen")
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in kwargs.items()}
