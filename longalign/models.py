@@ -384,6 +384,7 @@ def check_length(
     shorter: str,
     extend: str = EXTEND_BY_TRAINING,
     opt_in: str = "",
+    source: str = "max_position_embeddings={positions}",
 ) -> int | None:
     """Refuse ``length`` tokens when the model has fewer positions; the one check every long-input command runs
     before any work (evaluations, the ladder, training).
@@ -392,9 +393,10 @@ def check_length(
     otherwise it is read from ``model``'s config (:func:`model_positions`). ``asked`` names what asks for the
     length as the user wrote it (``--lengths 99999``, ``max_len=100000``), ``shorter`` how to ask for less
     (``lower --lengths to at most {positions}``), ``extend`` how to get a model with more positions, and
-    ``opt_in`` (optional) the switch that runs anyway and what it then does; each may use ``{length}`` and
-    ``{positions}``. Raises :class:`LengthBeyondModel` (one line); returns the positions (None when unknown:
-    nothing is checked then, e.g. for an endpoint)."""
+    ``opt_in`` (optional) the switch that runs anyway and what it then does, ``source`` where the limit comes from
+    (the config's field, or a flag such as ``--max-positions``); each may use ``{length}`` and ``{positions}``.
+    Raises :class:`LengthBeyondModel` (one line); returns the positions (None or 0 when unknown: nothing is checked
+    then, e.g. for an endpoint)."""
     if positions is None:
         positions = model_positions(model)
     if not positions or length <= positions:
@@ -405,7 +407,7 @@ def check_length(
     if opt_in:
         parts.append(opt_in.format(**fields))
     raise LengthBeyondModel(
-        f"{asked} needs {length:,} positions but {name} {positions:,} (max_position_embeddings={positions}): "
+        f"{asked} needs {length:,} positions but {name} {positions:,} ({source.format(**fields)}): "
         + ", or ".join(p for p in parts if p),
         length=length,
         positions=positions,

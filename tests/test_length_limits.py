@@ -153,15 +153,21 @@ def test_prompt_budget_of_an_endpoint_is_not_checked():
         (["eval", "longbench-chat", "--data", "{chat}"], "--max-len 64000 + 1024 new tokens"),
         (["eval", "longbench", "--data", "hf", "--tasks", "gov_report"], "--max-len 31500 + 512 new tokens"),
         (["eval", "longbench", "--data", "{lb}", "--tasks", "hotpotqa"], "--max-len 31500 + 32 new tokens"),
+        (["eval", "ruler", "--lengths", "4096,99999"], "--lengths 99999 needs 99,999 positions"),
+        (["eval", "longbench-v2", "--data", "{v2}", "--max-len", "128000"], "--max-len 128000 needs 128,000"),
     ],
-    ids=["needle-lengths", "needle-default-grid", "longbench-chat", "longbench-hf", "longbench"],
+    ids=["needle-lengths", "needle-default-grid", "longbench-chat", "longbench-hf", "longbench", "ruler", "lb-v2"],
 )
 def test_every_evaluation_refuses_the_embedded_model_in_seconds(tmp_path, capsys, argv, needle_text):
     chat = _chat_cases(tmp_path / "chat", 100)
     lb = tmp_path / "hotpotqa.jsonl"
     row = {"input": "q", "context": "c", "answers": ["a"], "dataset": "hotpotqa", "language": "en", "_id": "1"}
     lb.write_text(json.dumps(row) + "\n")
-    argv = [a.format(chat=chat, lb=lb) for a in argv]
+    v2 = tmp_path / "v2.json"
+    item = {"_id": "a", "domain": "d", "sub_domain": "s", "difficulty": "easy", "length": "short", "question": "q?"}
+    item.update({f"choice_{c}": c.lower() for c in "ABCD"}, answer="A", context="some context")
+    v2.write_text(json.dumps([item]))
+    argv = [a.format(chat=chat, lb=lb, v2=v2) for a in argv]
     run = tmp_path / "run"
     start = time.monotonic()
     assert main([*argv, "--run", str(run)]) == 2
