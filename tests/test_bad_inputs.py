@@ -286,6 +286,14 @@ CASES = [
         "start the server",
         setup=few_shots,
     ),
+    Case("ruler-unknown-task", ["eval", "ruler", "--tasks", "niah_single"], ["niah_single"], "niah_single_noise"),
+    Case(
+        "ruler-beyond-the-model",
+        ["eval", "ruler", "--lengths", "2048,99999"],
+        ["--lengths 99999", "8,192"],
+        "--rope-scale",
+    ),
+    Case("lbv2-missing-data", ["eval", "longbench-v2", "--data", "{tmp}/nope.json"], ["nope.json"], "--data"),
     Case("heldout-missing-data", ["eval", "heldout", "--data", "{tmp}/nope.jsonl"], ["nope.jsonl"], "--data"),
     Case(
         "heldout-empty-file",

@@ -182,7 +182,9 @@ def read_longbench_v2(path: str | Path, *, skipped: BadRecords | None = None, li
     """Items of a LongBench v2 file (a JSON list, or jsonl); see the module docstring for errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LongBench v2 data {path} does not exist; give your copy of the data file")
+        raise FileNotFoundError(
+            f"LongBench v2 data {path} does not exist; point --data at your copy of the data file (JSON list or jsonl)"
+        )
     bad = skipped if skipped is not None else BadRecords()
     text = path.read_text(encoding="utf-8")
     raw: list[tuple[Any, str]] = []
