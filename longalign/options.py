@@ -57,6 +57,12 @@ class EndpointOptions(PriceOptions):
     timeout: float = option(120.0, minimum=0, help="seconds to wait for one HTTP response")
     backoff_base: float = option(1.0, minimum=0, help="first retry waits about this many seconds, doubling each retry")
     backoff_max: float = option(60.0, minimum=0, help="longest wait between retries, in seconds")
+    stop_after_failures: int = option(
+        5,
+        minimum=0,
+        help="stop the job when this many requests in a row have failed after all their retries (0 = never); "
+        "before the endpoint has answered once, 3 connection failures or one HTTP 401/403/404 stop it",
+    )
 
 
 @dataclass

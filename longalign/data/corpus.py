@@ -108,7 +108,10 @@ class CorpusConfig(InputErrorOptions):
         super().__post_init__()
         check_buckets(self.bucket_edges, self.bucket_weights)
         if self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens}): no document can pass; "
+                "lower --min-tokens or raise --max-tokens"
+            )
 
 
 @dataclass
@@ -255,7 +258,7 @@ def read_folder_documents(
         rel = path.relative_to(folder).as_posix()
         docs.append(_doc(text, rel, folder.name or "folder"))
     if not docs:
-        raise ValueError(f"{folder}: no {'/'.join(suffixes)} files found")
+        raise ValueError(f"{folder}: no {'/'.join(suffixes)} files found; put documents there or name another folder")
     return docs
 
 
@@ -413,7 +416,8 @@ def read_documents(cfg: CorpusConfig, *, skipped: BadRecords | None = None) -> l
     if path.is_file():
         return read_jsonl_documents(path, skipped=skipped)
     raise FileNotFoundError(
-        f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder"
+        f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder; pass --input "
+        "a .jsonl file of {'text': ...} documents, a folder of .txt/.md files, builtin or hf:<name>"
     )
 
 

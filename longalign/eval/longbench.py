@@ -245,7 +245,11 @@ def load_longbench(
             f"LongBench data {data!r} not found: give a folder of <task>.jsonl files, a jsonl file, or 'hf'"
         )
     if not out:
-        raise ValueError(f"{data}: no samples for tasks {', '.join(tasks)}")
+        raise ValueError(
+            f"{data}: no samples for tasks {', '.join(tasks)}; point --data at LongBench's data folder "
+            f"({tasks[0]}.jsonl, ...) or a jsonl file whose records name their task in 'dataset', or pick --tasks "
+            "that are there"
+        )
     return out
 
 
@@ -283,13 +287,21 @@ def run(
     ``eval_longbench``."""
     from tqdm.auto import tqdm
 
-    from longalign.eval.generate import PredictionTask, make_generator, run_predictions
+    from longalign.eval.generate import PredictionTask, check_prompt_budget, make_generator, run_predictions
     from longalign.llm.base import SamplingParams
 
     if not cfg.data:
         raise ValueError("data is required: a folder of LongBench <task>.jsonl files, a jsonl file, or 'hf'")
+
+    def check_lengths() -> None:  # before any model is loaded or file written
+        budget = cfg.max_new_tokens or max(TASK_MAX_NEW_TOKENS[t] for t in cfg.tasks)
+        check_prompt_budget(cfg.model, cfg.max_len, budget, generator=generator, fit_to_model=cfg.fit_to_model)
+
+    if cfg.data == "hf":
+        check_lengths()  # before a download
     skipped = BadRecords(cfg.on_error)
     samples = load_longbench(cfg.data, cfg.tasks, cfg.limit_per_task, skipped=skipped)
+    check_lengths()
     templates = json.loads(Path(cfg.prompts).read_text(encoding="utf-8")) if cfg.prompts else None
     run = as_run_dir(run_dir)
     pred_path = run.predictions(BENCHMARK)

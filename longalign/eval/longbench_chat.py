@@ -41,6 +41,7 @@ from typing import Any
 
 from longalign.config import option
 from longalign.data.corpus import detect_lang as corpus_detect_lang
+from longalign.eval.generate import check_prompt_budget
 from longalign.eval.judge import (
     LOCAL_JUDGE_NOTE,
     JudgeRequest,
@@ -176,7 +177,7 @@ def load_longbench_chat(
             raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
+            f"{path} does not exist; LongBench-Chat is not bundled - point --data at your own copy "
             "(test_cases.json + few_shots.json)"
         )
     fs_path = Path(few_shots) if few_shots else path.parent / "few_shots.json"
@@ -536,11 +537,13 @@ def run(
         raise ValueError(
             "data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)"
         )
-    run_ = as_run_dir(run_dir)
     skipped = BadRecords(cfg.on_error)
     cases = load_longbench_chat(cfg.data, cfg.few_shots or None, skipped=skipped)
     if cfg.limit:
         cases = cases[: cfg.limit]
+    # before any model is loaded or file written
+    check_prompt_budget(cfg.model, cfg.max_len, cfg.max_new_tokens, generator=generator, fit_to_model=cfg.fit_to_model)
+    run_ = as_run_dir(run_dir)
     pred_stats = predict(cfg, run_, cases, generator)
     judging = scores = None
     if cfg.judge:

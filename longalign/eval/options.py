@@ -51,6 +51,11 @@ class GenerationOptions(SamplingOptions):
         aliases=("max_length",),
         help="middle-truncate prompts to this many tokens before the chat template",
     )
+    fit_to_model: bool = option(
+        False,
+        help="when max_len plus the answer budget exceeds the model's positions, middle-truncate every prompt to "
+        "what fits instead of refusing to start",
+    )
 
 
 @dataclass

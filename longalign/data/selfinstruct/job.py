@@ -495,6 +495,7 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
         max_requests=cfg.max_requests,
         prefix_reuse=cfg.prefix_reuse,
         local_batch_size=cfg.local_batch_size,
+        stop_after_failures=cfg.stop_after_failures,
     )
 
 
@@ -508,6 +509,31 @@ def gate_of(cfg: GenerateConfig) -> RelevanceGate | None:
 def check_generate_config(cfg: GenerateConfig) -> None:
     """The checks :class:`GenerateConfig` runs when built, again (for a config changed after it was built)."""
     cfg.__post_init__()
+
+
+class _PromptFitter:
+    """Cuts documents to ``max_prompt_tokens`` for the generator (:func:`fit_document`). The tokenizer is loaded
+    at the first document that may need cutting: one whose UTF-8 bytes fit the budget cannot (a token covers at
+    least one byte), so a corpus of short documents never loads it, and an unreachable endpoint is reported
+    without waiting for it."""
+
+    def __init__(self, cfg: GenerateConfig, tokenizer: Any = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.budget: int | None = None
+
+    def fit(self, text: str) -> tuple[str, bool]:
+        limit = self.cfg.max_prompt_tokens
+        if limit <= 0 or len(text.encode("utf-8")) <= max(64, limit - instruction_overhead(None)):
+            return text, False
+        if self.tokenizer is None:
+            from longalign.llm import local_model_spec
+            from longalign.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.cfg.prompt_tokenizer or local_model_spec(self.cfg.llm))
+        if self.budget is None:
+            self.budget = max(64, limit - instruction_overhead(self.tokenizer))
+        return fit_document(text, self.tokenizer, self.budget)
 
 
 def generate_long_data(
@@ -553,25 +579,13 @@ def generate_long_data(
     failed_ids: list[str] = []
     stopped: str | None = None
     try:
-        if pending_docs and cfg.max_prompt_tokens > 0 and prompt_tokenizer is None:
-            from longalign.llm import local_model_spec
-            from longalign.models import load_tokenizer
-
-            prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or local_model_spec(cfg.llm))
-        doc_budget = cfg.max_prompt_tokens
-        if pending_docs and cfg.max_prompt_tokens > 0:
-            doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))
-
+        fitter = _PromptFitter(cfg, prompt_tokenizer)
         gate = gate_of(cfg)
         # chosen questions of the records already written: a new record must not repeat one of them
         earlier = [str(r["question"]) for r in read_jsonl(run.long) if r.get("question")]
 
         def new_job(doc: dict[str, Any]) -> DocumentJob:
-            text, cut = (
-                fit_document(doc["text"], prompt_tokenizer, doc_budget)
-                if cfg.max_prompt_tokens > 0
-                else (doc["text"], False)
-            )
+            text, cut = fitter.fit(doc["text"])
             return DocumentJob(
                 doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut, gate=gate, earlier_questions=earlier
             )
