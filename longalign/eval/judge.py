@@ -46,8 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longalign.llm.base import LLMRequestError, SamplingParams
-from longalign.llm.client import local_model_spec, parse_spec
+from longalign.config import check_choice, validate
+from longalign.eval.generate import truncate_text
+from longalign.eval.options import LOCAL_SCORES, JudgeOptions, check_judge_spec
+from longalign.llm.base import LLMBudgetExceeded, LLMRequestError, SamplingParams
+from longalign.llm.client import local_model_spec, make_client, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,6 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
 
 _RATING_TOKEN = re.compile(r"\s*(\d+)\s*(\]*)\s*")
 _CONTINUED = re.compile(r"\s*\d+\s*(\]|$)")  # a fresh reply such as "1. The answer ..." does not match
-LOGPROB_MODES = ("off", "fallback", "first")
-PREFILL_MODES = ("chat", "completions")
 
 
 def _rating_start(tokens: Sequence[str]) -> int | None:
@@ -153,8 +154,6 @@ class JudgeCannotRate(RuntimeError):
 def judge_stops() -> tuple[type[BaseException], ...]:
     """The exceptions that end judging early at a clean point (the spending cap, a judge that cannot rate):
     the benchmarks catch them, keep what was judged and report why they stopped."""
-    from longalign.llm.base import LLMBudgetExceeded
-
     return (LLMBudgetExceeded, JudgeCannotRate)
 
 
@@ -274,17 +273,6 @@ def is_local_judge(spec: str | None) -> bool:
     return bool(spec) and parse_spec(spec, require_prefix=True)[0] == "local"
 
 
-def check_judge_spec(spec: str | None) -> None:
-    """A judge must name its backend: ``openai:<model>`` or ``local:<model spec>`` (a bare spec is refused)."""
-    try:
-        parse_spec(spec, require_prefix=True)
-    except ValueError as exc:
-        raise ValueError(
-            f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
-            f"'local:<model spec>' (e.g. local:smollm2): {exc}"
-        ) from None
-
-
 # --------------------------------------------------------------------------------------------- endpoint judge
 class EndpointJudge:
     """A judge behind an OpenAI-compatible endpoint: the free-text reply parsed with :func:`parse_rating`, and
@@ -296,53 +284,35 @@ class EndpointJudge:
     def __init__(
         self,
         client: Any,
+        options: JudgeOptions | None = None,
         *,
-        name: str | None = None,
-        max_tokens: int = 1024,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        max_attempts: int = 5,
-        retry_temperature: float = 0.7,
-        logprobs: str = "fallback",
-        top_logprobs: int = 20,
-        score_mode: str = "expected",
-        give_up_after: int = 3,
-        prefix: str = "[[",
-        prefill: str = "chat",
         tokenizer: Any = None,
+        top_p: float = 1.0,
+        retry_temperature: float = 0.7,
+        prefix: str = "[[",
     ):
-        from longalign.config import check_choice
-        from longalign.eval.options import LOCAL_SCORES
-
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts} must be at least 1")
-        if give_up_after < 0:
-            raise ValueError(f"give_up_after={give_up_after} must be >= 0 (0 = never give up)")
-        if top_logprobs < 1:
-            raise ValueError(f"top_logprobs={top_logprobs} must be at least 1")
-        check_choice("judge_logprobs", logprobs, LOGPROB_MODES)
-        check_choice("judge_prefill", prefill, PREFILL_MODES)
-        check_choice("local_score", score_mode, LOCAL_SCORES)
+        """``options``: the judge's option group, usually the stage config itself (its ``judge_*`` and
+        ``local_score`` fields are read); None = the group's defaults. ``tokenizer`` (loaded) replaces
+        ``options.judge_tokenizer`` for ``--judge-prefill completions``."""
+        self.options = validate(options if options is not None else JudgeOptions())
         self.client = client
-        self.name = name or getattr(client, "model", "judge")
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.name = self.options.judge or getattr(client, "model", "judge")
         self.top_p = top_p
-        self.max_attempts = max_attempts
         self.retry_temperature = retry_temperature
-        self.logprobs = logprobs
-        self.top_logprobs = int(top_logprobs)
-        self.score_mode = score_mode
-        self.give_up_after = int(give_up_after)
         self.prefix = prefix
-        self.prefill = prefill
-        self._tokenizer = tokenizer  # renders the completions prompt (a tokenizer, a model spec, or None)
+        # renders the completions prompt (a tokenizer, a model spec, or None = the embedded model's)
+        self._tokenizer = tokenizer if tokenizer is not None else (self.options.judge_tokenizer or None)
         self.logprobs_unavailable: str | None = None  # why logprob scoring was switched off, once it was
 
     def _params(self, seed: int, attempt: int) -> SamplingParams:
-        temp = self.temperature if attempt == 0 else max(self.temperature, self.retry_temperature)
+        temp = self.options.judge_temperature
+        if attempt > 0:
+            temp = max(temp, self.retry_temperature)
         return SamplingParams(
-            max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p, seed=int(seed) + 1000 * attempt
+            max_tokens=self.options.judge_max_tokens,
+            temperature=temp,
+            top_p=self.top_p,
+            seed=int(seed) + 1000 * attempt,
         )
 
     @property
@@ -360,7 +330,7 @@ class EndpointJudge:
         template and sent to the completions API (``prefill="completions"``)."""
         from longalign.llm.local_model import render_chat
 
-        chat = self.prefill == "chat"
+        chat = self.options.judge_prefill == "chat"
         if chat:
             messages = list(req.messages) + [{"role": "assistant", "content": self.prefix}]
         else:
@@ -370,7 +340,7 @@ class EndpointJudge:
             temperature=0.0,
             top_p=1.0,
             seed=int(req.seed),
-            top_logprobs=self.top_logprobs,
+            top_logprobs=self.options.judge_top_logprobs,
             continue_final=chat,
             raw_prompt=not chat,
         )
@@ -378,10 +348,10 @@ class EndpointJudge:
 
     def _plan(self) -> list[str]:
         """The kinds of request one rating may use, in order ("text" or "logprobs")."""
-        text = ["text"] * self.max_attempts
-        if self.logprobs == "first":
+        text = ["text"] * self.options.judge_max_attempts
+        if self.options.judge_logprobs == "first":
             return ["logprobs"] + text
-        if self.logprobs == "fallback":
+        if self.options.judge_logprobs == "fallback":
             return text[:1] + ["logprobs"] + text[1:]
         return text
 
@@ -396,7 +366,7 @@ class EndpointJudge:
         ``give_up_after`` requests are rated before the others; if none of them gets a rating,
         :class:`JudgeCannotRate` is raised after yielding them."""
         order = list(range(len(requests)))
-        probe = order[: self.give_up_after] if self.give_up_after else []
+        probe = order[: self.options.judge_give_up_after] if self.options.judge_give_up_after else []
         rest = order[len(probe) :]
         if probe:
             finished = []
@@ -410,13 +380,13 @@ class EndpointJudge:
 
     def _cannot_rate(self, outs: Sequence[JudgeOutcome]) -> str:
         n_req = sum(o.attempts for o in outs)
-        if self.logprobs == "off":
+        if self.options.judge_logprobs == "off":
             why = "logprob scoring is off (--judge-logprobs off)"
         elif self.logprobs_unavailable:
             why = f"logprob scoring is unavailable: {self.logprobs_unavailable}"
         else:
             why = (
-                f"no allowed rating was among the top {self.top_logprobs} tokens after a forced "
+                f"no allowed rating was among the top {self.options.judge_top_logprobs} tokens after a forced "
                 f"'{self.prefix}' (or the server did not continue the prefilled '{self.prefix}')"
             )
         return (
@@ -503,12 +473,12 @@ class EndpointJudge:
                 self.logprobs_unavailable = "the endpoint returned no logprobs"
                 log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
             return
-        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.prefill == "completions")
+        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.options.judge_prefill == "completions")
         if found is None:
             out.extra.setdefault("logprob_misses", []).append(text[:200])
             return
         dist, mass, _ = found
-        out.score, extra = distribution_extra(dist, mass, self.score_mode)
+        out.score, extra = distribution_extra(dist, mass, self.options.local_score)
         out.reply = text
         out.extra.update(extra, scored_by="logprobs")
 
@@ -531,8 +501,6 @@ class LocalJudge:
         model: Any = None,
         tokenizer: Any = None,
     ):
-        from longalign.config import check_choice
-        from longalign.eval.options import LOCAL_SCORES
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
 
@@ -557,8 +525,6 @@ class LocalJudge:
 
     def prompt_ids(self, messages: Messages) -> tuple[str, list[int], bool]:
         """The templated prompt ending in the forced prefix; the user turn is middle-truncated to fit."""
-        from longalign.eval.generate import truncate_text
-
         text = self.lm.render(messages, self.prefix)
         ids = self.lm.encode(text)
         if len(ids) <= self.max_length:
@@ -624,99 +590,20 @@ LOCAL_JUDGE_NOTE = (
 )
 
 
-@dataclass
-class JudgeSettings:
-    """How to build a judge (filled from the stage configs)."""
-
-    spec: str
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 1024
-    max_attempts: int = 5
-    timeout: float = 120.0
-    max_in_flight: int = 4
-    price_in_per_mtok: float = 0.0
-    price_out_per_mtok: float = 0.0
-    local_score: str = "expected"
-    logprobs: str = "fallback"
-    top_logprobs: int = 20
-    give_up_after: int = 3
-    prefill: str = "chat"
-    tokenizer: str = ""
-    max_cost: float | None = None
-    max_requests: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> JudgeSettings:
-        """Settings from a stage config's ``judge``, ``judge_*``, ``price_*`` and ``local_score`` fields (those a
-        config lacks keep their defaults); keyword ``overrides`` win."""
-        fields = {
-            "spec": "judge",
-            "base_url": "judge_base_url",
-            "api_key_env": "judge_api_key_env",
-            "temperature": "judge_temperature",
-            "max_tokens": "judge_max_tokens",
-            "max_attempts": "judge_max_attempts",
-            "max_in_flight": "judge_max_in_flight",
-            "price_in_per_mtok": "price_in_per_mtok",
-            "price_out_per_mtok": "price_out_per_mtok",
-            "local_score": "local_score",
-            "logprobs": "judge_logprobs",
-            "top_logprobs": "judge_top_logprobs",
-            "give_up_after": "judge_give_up_after",
-            "prefill": "judge_prefill",
-            "tokenizer": "judge_tokenizer",
-            "max_cost": "max_cost",
-            "max_requests": "max_requests",
-        }
-        values = {name: getattr(cfg, attr) for name, attr in fields.items() if hasattr(cfg, attr)}
-        values["base_url"] = values.get("base_url") or None
-        values.update(overrides)
-        return cls(**values)
-
-
 def make_judge(
-    settings: JudgeSettings,
+    options: JudgeOptions,
     *,
     cache_dir: str | Path | None = None,
     calls_log: str | Path | None = None,
     device: str | None = None,
 ) -> EndpointJudge | LocalJudge:
-    """``openai:<model>`` -> :class:`EndpointJudge` through ``longalign.llm.make_client``; ``local:<spec>`` ->
-    :class:`LocalJudge`."""
-    check_judge_spec(settings.spec)
-    if is_local_judge(settings.spec):
-        return LocalJudge(settings.spec, score_mode=settings.local_score, device=device)
-    from longalign.llm import make_client
-
+    """The judge that ``options`` (a stage config with the judge group) names: ``openai:<model>`` ->
+    :class:`EndpointJudge` through ``longalign.llm.make_client`` at :meth:`JudgeOptions.judge_endpoint`;
+    ``local:<spec>`` -> :class:`LocalJudge`."""
+    check_judge_spec(options.judge)
+    if is_local_judge(options.judge):
+        return LocalJudge(options.judge, score_mode=options.local_score, device=device)
     client = make_client(
-        settings.spec,
-        base_url=settings.base_url,
-        api_key_env=settings.api_key_env,
-        cache_dir=cache_dir,
-        calls_log=calls_log,
-        timeout=settings.timeout,
-        max_in_flight=settings.max_in_flight,
-        price_in_per_mtok=settings.price_in_per_mtok or None,
-        price_out_per_mtok=settings.price_out_per_mtok or None,
-        max_cost=settings.max_cost,
-        max_requests=settings.max_requests,
+        options.judge, cache_dir=cache_dir, calls_log=calls_log, **options.judge_endpoint().client_kwargs()
     )
-    return EndpointJudge(
-        client,
-        name=settings.spec,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        max_attempts=settings.max_attempts,
-        logprobs=settings.logprobs,
-        top_logprobs=settings.top_logprobs,
-        score_mode=settings.local_score,
-        give_up_after=settings.give_up_after,
-        prefill=settings.prefill,
-        tokenizer=settings.tokenizer or None,
-    )
-
-
-def cost_of(prompt_tokens: int, completion_tokens: int, price_in_per_mtok: float, price_out_per_mtok: float) -> float:
-    return round(prompt_tokens * price_in_per_mtok / 1e6 + completion_tokens * price_out_per_mtok / 1e6, 6)
+    return EndpointJudge(client, options)

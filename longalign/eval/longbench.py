@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import check_choice, option, redefault
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, judge_stops, make_judge
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, is_local_judge, judge_stops, make_judge
 from longalign.eval.options import GenerationOptions, JudgeOptions, ModelOptions
 from longalign.eval.summary import LongBenchSummary
+from longalign.llm.budget import cost_of
 from longalign.options import InputErrorOptions, PriceOptions
 from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
@@ -313,10 +314,7 @@ def run(
                 cfg.model,
                 tokenizer_spec=cfg.tokenizer or None,
                 client_kwargs=dict(
-                    base_url=cfg.model_base_url or None,
-                    api_key_env=cfg.model_api_key_env,
-                    cache_dir=run.llm_cache,
-                    calls_log=run.llm_calls,
+                    cfg.model_endpoint().client_kwargs(), cache_dir=run.llm_cache, calls_log=run.llm_calls
                 ),
             )
         with tqdm(total=sum(len(v) for v in by_budget.values()), desc="answers", disable=not cfg.progress) as bar:
@@ -349,7 +347,7 @@ def run(
     pending = [s for s in samples if s.key in preds and s.key not in judged]
     if pending:
         if judge is None:
-            judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
         reqs = [
             JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
             for s in pending
@@ -423,7 +421,7 @@ def summarize_longbench(cfg: LongBenchConfig, run: RunDir, samples: Sequence[LBS
         "judge": cfg.judge,
         "model": recs[0].get("model") if recs and recs[0].get("model") else cfg.model,
         "tokens": {"prompt": p_tok, "completion": c_tok},
-        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "cost": round(cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok), 6),
         "notes": notes,
     }
     atomic_write_json(run.eval_summary(BENCHMARK), summary)

@@ -45,7 +45,6 @@ from longalign.eval.judge import (
     LOCAL_JUDGE_NOTE,
     JudgeRequest,
     check_judge_spec,
-    cost_of,
     fill_template,
     is_local_judge,
     judge_stops,
@@ -55,6 +54,7 @@ from longalign.eval.judge import (
 )
 from longalign.eval.options import GenerationOptions, ModelOptions, SeededJudgeOptions
 from longalign.eval.summary import LongBenchChatSummary
+from longalign.llm.budget import cost_of
 from longalign.options import InputErrorOptions, PriceOptions
 from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
@@ -358,12 +358,7 @@ def predict(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], ge
         generator = make_generator(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            client_kwargs=dict(
-                base_url=cfg.model_base_url or None,
-                api_key_env=cfg.model_api_key_env,
-                cache_dir=run.llm_cache,
-                calls_log=run.llm_calls,
-            ),
+            client_kwargs=dict(cfg.model_endpoint().client_kwargs(), cache_dir=run.llm_cache, calls_log=run.llm_calls),
         )
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     with _bar(len(tasks), "answers", cfg.progress) as bar:
@@ -446,7 +441,7 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
     if not jobs:
         return stats
     if judge is None:
-        judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+        judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
     requests = [
         JudgeRequest(
             judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
@@ -518,7 +513,7 @@ def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] |
         "judge_runs": cfg.judge_runs,
         "model": preds[0].get("model") if preds else cfg.model,
         "tokens": {"prompt": p_tok, "completion": c_tok},
-        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "cost": round(cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok), 6),
         "notes": notes,
         "dataset": label,
         "scale": "1-10",

@@ -480,21 +480,11 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
 
     return make_client(
         cfg.llm,
-        base_url=cfg.base_url,
-        api_key_env=cfg.api_key_env,
         cache_dir=run.llm_cache,
         calls_log=run.llm_calls,
-        max_in_flight=cfg.max_in_flight,
-        max_retries=cfg.max_retries,
-        timeout=cfg.timeout,
-        price_in_per_mtok=cfg.price_in_per_mtok,
-        price_out_per_mtok=cfg.price_out_per_mtok,
-        backoff_base=cfg.backoff_base,
-        backoff_max=cfg.backoff_max,
-        max_cost=cfg.max_cost,
-        max_requests=cfg.max_requests,
         prefix_reuse=cfg.prefix_reuse,
         local_batch_size=cfg.local_batch_size,
+        **cfg.client_kwargs(),
     )
 
 
