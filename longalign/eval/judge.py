@@ -130,21 +130,30 @@ def rating_from_logprobs(
         longer = [int(digits + str(d)) for d in range(10) if lo <= int(digits + str(d)) <= hi]
         if longer and not closed and nxt is not None and tok == chosen:
             # the greedy path went through this digit: the next position says whether the rating ends here
-            more = 0.0
-            for tok2, lp2 in nxt:
-                m2 = re.fullmatch(r"(\d+)", str(tok2).strip())
-                if m2:
-                    more += math.exp(float(lp2))
-                    value = int(digits + m2.group(1))
-                    if lo <= value <= hi:
-                        mass[value] = mass.get(value, 0.0) + p * math.exp(float(lp2))
-            p *= max(0.0, 1.0 - more)
+            p = _split_longer_ratings(digits, p, nxt, lo, hi, mass)
         if lo <= int(digits) <= hi:
             mass[int(digits)] = mass.get(int(digits), 0.0) + p
     total = sum(mass.values())
     if total <= 0:
         return None
     return {r: v / total for r, v in sorted(mass.items())}, total, start
+
+
+def _split_longer_ratings(
+    digits: str, p: float, nxt: Sequence[Sequence[Any]], lo: int, hi: int, mass: dict[int, float]
+) -> float:
+    """Share the probability ``p`` of a rating token ``digits`` that may start a longer rating ("1" of "10")
+    by the next position's alternatives ``nxt``: each digit there continues it (its allowed results are added
+    to ``mass``); returns what is left for ``digits`` as a rating on its own."""
+    more = 0.0
+    for tok2, lp2 in nxt:
+        m2 = re.fullmatch(r"(\d+)", str(tok2).strip())
+        if m2:
+            more += math.exp(float(lp2))
+            value = int(digits + m2.group(1))
+            if lo <= value <= hi:
+                mass[value] = mass.get(value, 0.0) + p * math.exp(float(lp2))
+    return p * max(0.0, 1.0 - more)
 
 
 class JudgeCannotRate(RuntimeError):
@@ -274,6 +283,13 @@ def is_local_judge(spec: str | None) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- endpoint judge
+def _finished(i: int, out: JudgeOutcome, progress: Callable[[int], None] | None) -> tuple[int, JudgeOutcome]:
+    """``(i, out)`` for a rating that is done, counted on ``progress``."""
+    if progress:
+        progress(1)
+    return i, out
+
+
 class EndpointJudge:
     """A judge behind an OpenAI-compatible endpoint: the free-text reply parsed with :func:`parse_rating`, and
     the rating distribution read from ``top_logprobs`` after a forced ``[[`` where parsing gives nothing
@@ -402,67 +418,67 @@ class EndpointJudge:
     def _rate(
         self, requests: Sequence[JudgeRequest], idxs: Sequence[int], progress: Callable[[int], None] | None
     ) -> Iterator[tuple[int, JudgeOutcome]]:
+        """Rate ``requests[i]`` for ``i`` in ``idxs``: rounds of one request per unfinished rating, each the next
+        step of the plan (:meth:`_plan`); a rating is yielded once it has a score or no step is left."""
         plan = self._plan()
         outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in idxs}
         step = dict.fromkeys(idxs, 0)  # position in the plan
         text_tries = dict.fromkeys(idxs, 0)
         pending = list(idxs)
-
-        def skip_unavailable(i: int) -> bool:
-            """Move past logprob steps once logprob scoring is off; False when the plan is used up."""
-            while step[i] < len(plan) and plan[step[i]] == "logprobs" and self.logprobs_unavailable:
-                step[i] += 1
-            return step[i] < len(plan)
-
         while pending:
-            for i in [i for i in pending if not skip_unavailable(i)]:
+            for i in [i for i in pending if not self._steps_left(plan, step, i)]:
                 pending.remove(i)  # its last planned request was a logprob one, switched off meanwhile
-                if progress:
-                    progress(1)
-                yield i, outcomes[i]
+                yield _finished(i, outcomes[i], progress)
             if not pending:
                 break
             kinds = {i: plan[step[i]] for i in pending}
-            batch = [
-                self.logprob_request(requests[i])
-                if kinds[i] == "logprobs"
-                else (requests[i].messages, self._params(requests[i].seed, text_tries[i]))
-                for i in pending
-            ]
+            batch = [self._request(requests[i], kinds[i], text_tries[i]) for i in pending]
             still = []
             for j, res in self.client.chat_many(batch):
                 i = pending[j]
-                out = outcomes[i]
-                out.attempts += 1
-                kind = kinds[i]
                 step[i] += 1
-                if kind == "text":
+                if kinds[i] == "text":
                     text_tries[i] += 1
-                if isinstance(res, Exception):
-                    log.warning("judge %s request failed: %s", kind, res)
-                    out.replies.append(f"<error: {res}>")
-                    out.extra.setdefault("errors", []).append(str(res))
-                    if kind == "logprobs" and isinstance(res, LLMRequestError) and not self.logprobs_unavailable:
-                        self.logprobs_unavailable = f"the endpoint refused the request ({res})"
-                        log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
-                else:
-                    out.prompt_tokens += int(res.prompt_tokens or 0)
-                    out.completion_tokens += int(res.completion_tokens or 0)
-                    if kind == "text":
-                        out.reply = res.text
-                        out.replies.append(res.text)
-                        out.score = parse_rating(res.text, requests[i].lo, requests[i].hi)
-                        if out.score is not None:
-                            out.extra["scored_by"] = "text"
-                    else:
-                        self._feed_logprobs(out, res, requests[i])
-                if out.score is None and skip_unavailable(i):
+                self._feed(outcomes[i], kinds[i], res, requests[i])
+                if outcomes[i].score is None and self._steps_left(plan, step, i):
                     still.append(i)
                 else:
-                    if progress:
-                        progress(1)
-                    yield i, out
+                    yield _finished(i, outcomes[i], progress)
             pending = sorted(still)
+
+    def _steps_left(self, plan: list[str], step: dict[int, int], i: int) -> bool:
+        """Move rating ``i`` past logprob steps once logprob scoring is off; False when its plan is used up."""
+        while step[i] < len(plan) and plan[step[i]] == "logprobs" and self.logprobs_unavailable:
+            step[i] += 1
+        return step[i] < len(plan)
+
+    def _request(self, req: JudgeRequest, kind: str, text_try: int) -> tuple[Messages, SamplingParams]:
+        """The request of one plan step: a logprob request, or free text (attempt ``text_try`` of it)."""
+        if kind == "logprobs":
+            return self.logprob_request(req)
+        return req.messages, self._params(req.seed, text_try)
+
+    def _feed(self, out: JudgeOutcome, kind: str, res: Any, req: JudgeRequest) -> None:
+        """Add one answer (or the error of a failed request) of a ``kind`` step to its rating."""
+        out.attempts += 1
+        if isinstance(res, Exception):
+            log.warning("judge %s request failed: %s", kind, res)
+            out.replies.append(f"<error: {res}>")
+            out.extra.setdefault("errors", []).append(str(res))
+            if kind == "logprobs" and isinstance(res, LLMRequestError) and not self.logprobs_unavailable:
+                self.logprobs_unavailable = f"the endpoint refused the request ({res})"
+                log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
+            return
+        out.prompt_tokens += int(res.prompt_tokens or 0)
+        out.completion_tokens += int(res.completion_tokens or 0)
+        if kind == "logprobs":
+            self._feed_logprobs(out, res, req)
+            return
+        out.reply = res.text
+        out.replies.append(res.text)
+        out.score = parse_rating(res.text, req.lo, req.hi)
+        if out.score is not None:
+            out.extra["scored_by"] = "text"
 
     def _feed_logprobs(self, out: JudgeOutcome, res: Any, req: JudgeRequest) -> None:
         positions = (res.extra or {}).get("logprobs")
