@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,60 +193,73 @@ def load_longbench(
     for t in tasks:
         check_choice("tasks", t, ALL_TASKS)
     bad = skipped if skipped is not None else BadRecords()
-
-    def sample(rec: Any, where: str, task: str | None) -> LBSample | None:
-        try:
-            return _sample(rec, where, task)
-        except BadRecord as err:
-            bad.add(err)
-            return None
-
-    out: list[LBSample] = []
     if data == "hf":
-        import datasets
-
-        for t in tasks:
-            ds = datasets.load_dataset("THUDM/LongBench", t, split="test")
-            n = 0
-            for i, rec in enumerate(ds):
-                if limit_per_task and n >= limit_per_task:
-                    break
-                s = sample(dict(rec), f"THUDM/LongBench/{t}#{i}", t)
-                if s is not None:
-                    out.append(s)
-                    n += 1
-        return out
+        return [s for t in tasks for s in _first_samples(_hf_records(t), t, limit_per_task, bad)]
     path = Path(data)
     if path.is_dir():
-        for t in tasks:
-            f = path / f"{t}.jsonl"
-            if not f.is_file():
-                log.warning("%s: no %s.jsonl, task skipped", path, t)
-                continue
-            n = 0
-            for lineno, rec in iter_jsonl(f, skipped=bad):
-                if limit_per_task and n >= limit_per_task:
-                    break
-                s = sample(rec, f"{f}:{lineno}", t)
-                if s is not None:
-                    out.append(s)
-                    n += 1
+        out = [s for t in tasks for s in _task_file_samples(path, t, limit_per_task, bad)]
     elif path.is_file():
-        counts: dict[str, int] = {}
-        for lineno, rec in iter_jsonl(path, skipped=bad):
-            s = sample(rec, f"{path}:{lineno}", None)
-            if s is None or s.task not in tasks:
-                continue
-            counts[s.task] = counts.get(s.task, 0) + 1
-            if limit_per_task and counts[s.task] > limit_per_task:
-                continue
-            out.append(s)
+        out = _mixed_file_samples(path, tasks, limit_per_task, bad)
     else:
         raise FileNotFoundError(
             f"LongBench data {data!r} not found: give a folder of <task>.jsonl files, a jsonl file, or 'hf'"
         )
     if not out:
         raise ValueError(f"{data}: no samples for tasks {', '.join(tasks)}")
+    return out
+
+
+def _sample_or_none(rec: Any, where: str, task: str | None, bad: BadRecords) -> LBSample | None:
+    """:func:`_sample`, or None when the record is bad (``bad`` raises or counts it, by its ``on_error``)."""
+    try:
+        return _sample(rec, where, task)
+    except BadRecord as err:
+        bad.add(err)
+        return None
+
+
+def _first_samples(records: Iterable[tuple[str, Any]], task: str, limit: int, bad: BadRecords) -> list[LBSample]:
+    """The first ``limit`` good samples (all when 0) of one task's ``(where, record)`` pairs; reading stops there."""
+    out: list[LBSample] = []
+    for where, rec in records:
+        if limit and len(out) >= limit:
+            break
+        s = _sample_or_none(rec, where, task, bad)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _hf_records(task: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    ds = datasets.load_dataset("THUDM/LongBench", task, split="test")
+    for i, rec in enumerate(ds):
+        yield f"THUDM/LongBench/{task}#{i}", dict(rec)
+
+
+def _task_file_samples(folder: Path, task: str, limit: int, bad: BadRecords) -> list[LBSample]:
+    """Samples of ``folder/<task>.jsonl`` (none, with a warning, when the folder has no such file)."""
+    f = folder / f"{task}.jsonl"
+    if not f.is_file():
+        log.warning("%s: no %s.jsonl, task skipped", folder, task)
+        return []
+    return _first_samples(((f"{f}:{lineno}", rec) for lineno, rec in iter_jsonl(f, skipped=bad)), task, limit, bad)
+
+
+def _mixed_file_samples(path: Path, tasks: Sequence[str], limit: int, bad: BadRecords) -> list[LBSample]:
+    """Samples of ``tasks`` from one jsonl file of several tasks (each record names its ``dataset``), at most
+    ``limit`` per task (0 = all)."""
+    out: list[LBSample] = []
+    counts: dict[str, int] = {}
+    for lineno, rec in iter_jsonl(path, skipped=bad):
+        s = _sample_or_none(rec, f"{path}:{lineno}", None, bad)
+        if s is None or s.task not in tasks:
+            continue
+        counts[s.task] = counts.get(s.task, 0) + 1
+        if limit and counts[s.task] > limit:
+            continue
+        out.append(s)
     return out
 
 

@@ -372,74 +372,12 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
     (the spending cap, a judge that cannot rate) the reason is in ``stopped``."""
     check_judge_spec(cfg.judge)
     preds = {r["idx"]: r for r in read_jsonl(run.predictions(BENCHMARK))}
-    runs_path, judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
     template = load_template(cfg.judge_template) if cfg.judge_template else None
-    done_runs: dict[Any, dict[int, dict]] = {}
-    for rec in read_jsonl(runs_path):
-        if rec.get("judge") == cfg.judge:
-            done_runs.setdefault(rec["idx"], {})[int(rec["run"])] = rec
-    judged = {r["idx"] for r in read_jsonl(judged_path) if r.get("judge") == cfg.judge}
-    by_idx = {c.idx: c for c in cases}
-    jobs: list[tuple[ChatCase, int, list[int]]] = []
-    for c in cases:
-        if c.idx not in preds:
-            continue
-        orders = example_orders(len(c.examples), cfg.judge_runs, cfg.judge_seed, c.idx, cfg.shuffle_examples)
-        for r in range(cfg.judge_runs):
-            if r not in done_runs.get(c.idx, {}):
-                jobs.append((c, r, orders[r]))
-    stats: dict[str, Any] = {
-        "runs_before": sum(len(v) for v in done_runs.values()),
-        "runs_judged": 0,
-        "cases_finished": 0,
-    }
-
-    def finish_ready(idx: Any) -> None:
-        have = done_runs.get(idx, {})
-        if idx in judged or any(r not in have for r in range(cfg.judge_runs)):
-            return
-        c, p = by_idx[idx], preds[idx]
-        runs = [have[r] for r in range(cfg.judge_runs)]
-        scores = [x["score"] for x in runs if x["score"] is not None]
-        rec = {
-            "idx": idx,
-            "query": c.query,
-            "reference": c.answer,
-            "prediction": p["prediction"],
-            "lang": c.lang,
-            "runs": [
-                {
-                    k: x[k]
-                    for k in (
-                        "run",
-                        "order",
-                        "reply",
-                        "score",
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "attempts",
-                        "replies",
-                    )
-                    if k in x
-                }
-                | ({"distribution": x["distribution"]} if "distribution" in x else {})
-                | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
-                | ({"scored_by": x["scored_by"]} if "scored_by" in x else {})
-                for x in runs
-            ],
-            "score": round(statistics.fmean(scores), 4) if scores else None,
-            "judge": cfg.judge,
-            "model": p.get("model"),
-        }
-        append_jsonl(judged_path, rec)
-        judged.add(idx)
-        stats["cases_finished"] += 1
-
-    for idx in list(done_runs):  # runs finished before a crash whose case record was not yet written
-        if idx in by_idx and idx in preds:
-            finish_ready(idx)
+    book = _JudgeRuns(cfg, run, cases, preds)
+    jobs = book.missing(cases)
+    book.finish_all()  # runs finished before a crash whose case record was not yet written
     if not jobs:
-        return stats
+        return book.stats
     if judge is None:
         judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
     requests = [
@@ -454,16 +392,97 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
     try:
         with _bar(len(jobs), "judge runs", cfg.progress) as bar:
             for j, outcome in judge.rate_many(requests, progress=bar.update):
-                c, r, order = jobs[j]
-                rec = {"idx": c.idx, "run": r, "order": order, "judge": cfg.judge, **outcome.to_dict()}
-                append_jsonl(runs_path, rec)
-                done_runs.setdefault(c.idx, {})[r] = rec
-                stats["runs_judged"] += 1
-                finish_ready(c.idx)
+                book.add(*jobs[j], outcome)
     except judge_stops() as exc:  # what was judged is on disk; a re-run continues from there
-        stats["stopped"] = str(exc)
+        book.stats["stopped"] = str(exc)
         log.warning("%s", exc)
-    return stats
+    return book.stats
+
+
+_RUN_FIELDS = ("run", "order", "reply", "score", "prompt_tokens", "completion_tokens", "attempts", "replies")
+
+
+class _JudgeRuns:
+    """This judge's runs over the predictions (``judge_runs.jsonl``) and the case records they complete: a case's
+    record, with all its runs and their mean score, goes to ``judgments.jsonl`` once its ``judge_runs`` runs are
+    in. ``stats`` counts runs found, runs judged and cases finished."""
+
+    def __init__(self, cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], preds: dict[Any, dict]):
+        self.cfg = cfg
+        self.runs_path, self.judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
+        self.preds = preds
+        self.by_idx = {c.idx: c for c in cases}
+        self.done: dict[Any, dict[int, dict]] = {}
+        for rec in read_jsonl(self.runs_path):
+            if rec.get("judge") == cfg.judge:
+                self.done.setdefault(rec["idx"], {})[int(rec["run"])] = rec
+        self.judged = {r["idx"] for r in read_jsonl(self.judged_path) if r.get("judge") == cfg.judge}
+        self.stats: dict[str, Any] = {
+            "runs_before": sum(len(v) for v in self.done.values()),
+            "runs_judged": 0,
+            "cases_finished": 0,
+        }
+
+    def missing(self, cases: Sequence[ChatCase]) -> list[tuple[ChatCase, int, list[int]]]:
+        """``(case, run, example order)`` of every run still to judge, for the cases with a prediction."""
+        cfg = self.cfg
+        jobs = []
+        for c in cases:
+            if c.idx not in self.preds:
+                continue
+            orders = example_orders(len(c.examples), cfg.judge_runs, cfg.judge_seed, c.idx, cfg.shuffle_examples)
+            jobs.extend((c, r, orders[r]) for r in range(cfg.judge_runs) if r not in self.done.get(c.idx, {}))
+        return jobs
+
+    def add(self, case: ChatCase, r: int, order: list[int], outcome: Any) -> None:
+        """Store run ``r`` of ``case`` (a :class:`~longalign.eval.judge.JudgeOutcome`) and finish the case if it
+        was its last."""
+        rec = {"idx": case.idx, "run": r, "order": order, "judge": self.cfg.judge, **outcome.to_dict()}
+        append_jsonl(self.runs_path, rec)
+        self.done.setdefault(case.idx, {})[r] = rec
+        self.stats["runs_judged"] += 1
+        self.finish(case.idx)
+
+    def finish_all(self) -> None:
+        for idx in list(self.done):
+            if idx in self.by_idx and idx in self.preds:
+                self.finish(idx)
+
+    def finish(self, idx: Any) -> None:
+        """Write the record of case ``idx`` once all its runs are in (and only once)."""
+        have = self.done.get(idx, {})
+        n_runs = self.cfg.judge_runs
+        if idx in self.judged or any(r not in have for r in range(n_runs)):
+            return
+        c, p = self.by_idx[idx], self.preds[idx]
+        runs = [have[r] for r in range(n_runs)]
+        scores = [x["score"] for x in runs if x["score"] is not None]
+        rec = {
+            "idx": idx,
+            "query": c.query,
+            "reference": c.answer,
+            "prediction": p["prediction"],
+            "lang": c.lang,
+            "runs": [_run_summary(x) for x in runs],
+            "score": round(statistics.fmean(scores), 4) if scores else None,
+            "judge": self.cfg.judge,
+            "model": p.get("model"),
+        }
+        append_jsonl(self.judged_path, rec)
+        self.judged.add(idx)
+        self.stats["cases_finished"] += 1
+
+
+def _run_summary(x: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a judge run kept in its case record (the rating distribution where there is one)."""
+    out = {k: x[k] for k in _RUN_FIELDS if k in x}
+    if "distribution" in x:
+        out["distribution"] = x["distribution"]
+    if "expected" in x:
+        out.update(expected=x["expected"], argmax=x["argmax"])
+    if "scored_by" in x:
+        out["scored_by"] = x["scored_by"]
+    return out
 
 
 def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] | None = None) -> dict[str, Any]:
