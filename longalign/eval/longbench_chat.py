@@ -156,6 +156,35 @@ def _case_from(rec: dict[str, Any], where: str, few: list[list[dict]] | None) ->
     return ChatCase(idx, str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), str(lang), examples)
 
 
+def _cases_file(path: Path) -> Path:
+    """The cases file: ``path`` itself, or the ``test_cases.json`` (``.jsonl``) of a folder; it must exist."""
+    if path.is_dir():
+        for name in ("test_cases.json", "test_cases.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
+            "(test_cases.json + few_shots.json)"
+        )
+    return path
+
+
+def _located_cases(path: Path, bad: BadRecords) -> list[tuple[str, Any]]:
+    """``(where, record)`` of every case in a ``.jsonl`` file (bad lines go to ``bad``) or a JSON list (which
+    must parse as a whole)."""
+    if path.suffix == ".jsonl":
+        return [(f"{path}:{lineno}", rec) for lineno, rec in iter_jsonl(path, skipped=bad)]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of cases")
+    return [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+
+
 def load_longbench_chat(
     path: str | Path, few_shots: str | Path | None = None, *, skipped: BadRecords | None = None
 ) -> list[ChatCase]:
@@ -166,34 +195,12 @@ def load_longbench_chat(
     with ``skipped`` in ``on_error="skip"`` mode is counted there and left out; a file that does not parse as
     a whole (``test_cases.json``, ``few_shots.json``) always raises."""
     bad = skipped if skipped is not None else BadRecords()
-    path = Path(path)
-    if path.is_dir():
-        for name in ("test_cases.json", "test_cases.jsonl"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
-            "(test_cases.json + few_shots.json)"
-        )
+    path = _cases_file(Path(path))
     fs_path = Path(few_shots) if few_shots else path.parent / "few_shots.json"
     few = load_few_shots(fs_path) if fs_path.is_file() else None
     if few_shots and few is None:
         raise FileNotFoundError(f"{fs_path} does not exist")
-    located: list[tuple[str, Any]] = []
-    if path.suffix == ".jsonl":
-        located = [(f"{path}:{lineno}", rec) for lineno, rec in iter_jsonl(path, skipped=bad)]
-    else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of cases")
-        located = [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+    located = _located_cases(path, bad)
     cases: list[ChatCase] = []
     seen: dict[int, str] = {}
     for where, rec in located:
