@@ -537,9 +537,14 @@ def generate_long_data(
 
         def new_job(doc: dict[str, Any]) -> DocumentJob:
             text, cut = fit(doc["text"])
-            earlier = out.earlier
             return DocumentJob(
-                doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut, gate=gate, earlier_questions=earlier
+                doc,
+                cfg,
+                model=model_name,
+                prompt_doc=text,
+                prompt_truncated=cut,
+                gate=gate,
+                earlier_questions=out.earlier,
             )
 
         concurrency = getattr(client, "concurrency", cfg.max_in_flight)
@@ -556,7 +561,7 @@ def generate_long_data(
     finally:
         if own_client:
             client.close()
-    return _generate_summary(cfg, run, docs, already, out, usage, model_name, time.monotonic() - start)
+    return _generate_summary(cfg, run, docs, already, out, usage, model_name, start)
 
 
 def _documents_to_generate(
@@ -660,10 +665,10 @@ def _generate_summary(
     out: _JobOutcomes,
     usage: dict[str, Any],
     model_name: str,
-    seconds: float,
+    start: float,
 ) -> GenerateSummary:
     """The job's summary, with the quality report of every record and failure so far (written to
-    ``quality.json``)."""
+    ``quality.json``); ``start`` is the job's start on ``time.monotonic``."""
     records = read_jsonl(run.long)
     records_total = len({str(r.get("doc_id")) for r in records})
     quality = quality_report(records, read_jsonl(failed_path(run)), gate=gate_of(cfg))
@@ -675,7 +680,7 @@ def _generate_summary(
         failed=out.failed,
         records_total=records_total,
         usage=usage,
-        seconds=round(seconds, 2),
+        seconds=round(time.monotonic() - start, 2),
         failed_ids=out.failed_ids,
         rejected_questions=out.rejected_questions,
         model=model_name,
