@@ -138,8 +138,7 @@ def child(case: dict, out: Path) -> None:
     import torch
 
     from longalign.rundir import read_jsonl
-    from longalign.train import TrainConfig
-    from longalign.train.trainer import train
+    from longalign.train import TrainConfig, train
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="la_mem_"))

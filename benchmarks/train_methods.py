@@ -133,7 +133,7 @@ def build_inputs(folder: Path, a) -> dict:
 def child(name: str, folder: Path, out_json: Path, a) -> None:
     import torch
 
-    from longalign.rundir import read_jsonl
+    from longalign.rundir import TrainDir, read_jsonl
     from longalign.train import TrainConfig, train
 
     torch.set_num_threads(a.threads)
@@ -174,7 +174,7 @@ def child(name: str, folder: Path, out_json: Path, a) -> None:
     padded = sum(r["padded_tokens"] for r in recs)
     train_s = recs[-1]["wall_s"]
     rest_s = sum(r["step_s"] for r in recs[1:])
-    plan = json.loads((folder / name / "plan.json").read_text())["batches"]
+    plan = json.loads(TrainDir(folder / name).plan.read_text())["batches"]
     out = {
         "method": name,
         "backend": res.attention_backend,

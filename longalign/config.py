@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import types
 import typing
 import warnings
@@ -371,10 +372,11 @@ def _rename_aliases(cls: type, values: dict[str, Any], source: str) -> dict[str,
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], *, source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys with the list of known ones."""
+    """Build ``cls`` from a mapping, rejecting unknown keys with the list of known ones (a deprecated init-only
+    parameter of ``cls``, a ``dataclasses.InitVar``, is accepted and warns in ``__post_init__``)."""
     values = _rename_aliases(cls, dict(values), source)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names - set(inspect.signature(cls).parameters))
     if unknown:
         raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(names))}")
     return validate(cls(**values))

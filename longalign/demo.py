@@ -370,13 +370,10 @@ def stage_tokenize(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
 def cost_model_for(model: str) -> dict[str, float]:
     """Simulator coefficients for ``model`` on one device from its config's FLOP count (6 x parameters per
     token, 6 x hidden x layers per n^2). The absolute rate is nominal; the demo compares only ratios."""
-    from transformers import AutoConfig
-
     from longalign.batching.simulate import CostModel
-    from longalign.models import resolve_model_path
+    from longalign.models import load_model_config
 
-    spec = str(model)
-    c = AutoConfig.from_pretrained(spec[len("random:") :] if spec.startswith("random:") else resolve_model_path(spec))
+    c = load_model_config(str(model))
     h, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
     heads = c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or heads

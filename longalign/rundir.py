@@ -19,13 +19,20 @@ Layout (every path below is produced by exactly one stage; readers never trust a
       tokens/longalign_meta.json      tokenizer, chat format, max_len and counts of the tokenize run
       batching/<method>.json          plan statistics;  batching/<method>.plan.json  {"batches": [[i, ...], ...]}
       batching/simulate.json          simulated step times per method
-      train/<method>/metrics.jsonl    one JSON object per optimizer step;  train/<method>/checkpoints/
-      train/<method>/run_meta.json    what the run used (attention backend, world size, plan, versions); final/
+      train/<name>/metrics.jsonl      one JSON object per optimizer step (TrainDir: everything under train/<name>/)
+      train/<name>/run_meta.json      what the run used (attention backend, world size, plan, versions)
+      train/<name>/plan.json          the batch plan trained on (checked on --resume)
+      train/<name>/checkpoints/       resumable checkpoints (checkpoint-<step>/);  train/<name>/final/  the model
       eval/longbench_chat/{predictions,judge_runs,judgments}.jsonl + summary.json
       eval/needle/results.jsonl + summary.json (+ heatmap.html)
       eval/judge_agreement/ratings.jsonl + summary.json
       eval/heldout/results.jsonl + summary.json   held-out loss per conversation and its means
       eval/longbench/{predictions,judgments}.jsonl + summary.json
+      eval/ruler/results.jsonl + prompts.jsonl + summary.json   synthetic ladder: one line per sample (task,
+                                      length, depths, expected, output, score); the prompts; cells and the
+                                      effective context length
+      eval/longbench_v2/results.jsonl + summary.json   multiple choice: one line per item; accuracy overall,
+                                      by difficulty and by length
       demo_summary.json               what `longalign demo` measured, stage by stage
 
 Writers use :func:`append_jsonl` (one complete line per record, flushed and fsynced) or
@@ -52,6 +59,9 @@ log = logging.getLogger(__name__)
 TOKENS_META = "longalign_meta.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_META_FILE = "run_meta.json"
+TRAIN_PLAN_FILE = "plan.json"
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "final"
 QUALITY_FILE = "quality.json"  # data/: generated questions and answers checked and rejected, by reason
 
 
@@ -229,6 +239,45 @@ def package_versions() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class TrainDir:
+    """Paths of one training run's folder: ``<run>/train/<name>/`` or any ``--output-dir``; nothing is created
+    until the trainer writes."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON object per optimizer step."""
+        return self.root / METRICS_FILE
+
+    @property
+    def meta(self) -> Path:
+        """What the run used and how far it got (``run_meta.json``)."""
+        return self.root / TRAIN_META_FILE
+
+    @property
+    def plan(self) -> Path:
+        """The batch plan trained on, compared with the current one on ``--resume``."""
+        return self.root / TRAIN_PLAN_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        """transformers' checkpoint folders (``checkpoint-<step>/``)."""
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def final(self) -> Path:
+        """The trained model and its tokenizer."""
+        return self.root / FINAL_DIR
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("checkpoint-*"))
+
+
+@dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory; nothing is created until a stage writes."""
 
@@ -306,21 +355,24 @@ class RunDir:
     def simulation(self) -> Path:
         return self.batching / "simulate.json"
 
-    # training
-    def train(self, method: str) -> Path:
-        return self.root / "train" / method
+    # training (a run's folder is named after its method unless the caller names it)
+    def train(self, name: str) -> Path:
+        return self.root / "train" / name
 
-    def metrics(self, method: str) -> Path:
-        return self.train(method) / METRICS_FILE
+    def train_dir(self, name: str) -> TrainDir:
+        return TrainDir(self.train(name))
 
-    def train_meta(self, method: str) -> Path:
-        return self.train(method) / TRAIN_META_FILE
+    def metrics(self, name: str) -> Path:
+        return self.train_dir(name).metrics
 
-    def final_model(self, method: str) -> Path:
-        return self.train(method) / "final"
+    def train_meta(self, name: str) -> Path:
+        return self.train_dir(name).meta
 
-    def checkpoints(self, method: str) -> Path:
-        return self.train(method) / "checkpoints"
+    def final_model(self, name: str) -> Path:
+        return self.train_dir(name).final
+
+    def checkpoints(self, name: str) -> Path:
+        return self.train_dir(name).checkpoints
 
     # evaluation
     def eval(self, benchmark: str) -> Path:
@@ -343,6 +395,15 @@ class RunDir:
 
     def needle_heatmap(self) -> Path:
         return self.eval("needle") / "heatmap.html"
+
+    def ruler_results(self) -> Path:
+        return self.eval("ruler") / "results.jsonl"
+
+    def ruler_prompts(self) -> Path:
+        return self.eval("ruler") / "prompts.jsonl"
+
+    def longbench_v2_results(self) -> Path:
+        return self.eval("longbench_v2") / "results.jsonl"
 
     def agreement_ratings(self) -> Path:
         return self.eval("judge_agreement") / "ratings.jsonl"

@@ -59,6 +59,7 @@ import torch
 
 from longalign import tokenize, train
 from longalign.data.mix import provide_mix
+from longalign.models import random_config_path
 from longalign.rundir import RunDir
 from longalign.tokenize import TokenizeConfig
 from longalign.train import TrainConfig
@@ -73,8 +74,9 @@ print(
     f"{result.n_truncated} truncated, {result.n_dropped} dropped (no target token left after truncation)"
 )
 # a random: spec with a relative config path is resolved against the repository root
+config_path = random_config_path(model)
 model_spec = (
-    f"random:{ROOT / model[7:]}" if model.startswith("random:") and not Path(model[7:]).is_absolute() else model
+    f"random:{ROOT / config_path}" if config_path is not None and not Path(config_path).is_absolute() else model
 )
 
 # %% [markdown]

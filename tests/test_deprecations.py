@@ -1,19 +1,22 @@
 """Deprecated spellings still work for one release and say so: ``--out`` (now ``--run``), ``--max-length`` and the
 YAML key ``max_length`` (now ``max_len``), the YAML key ``out`` (now ``run``), ``simulate(devices=...)`` (now
-``world_size=``). The CLI prints one ``deprecated: ...`` line on stderr; the library emits
-:class:`longalign.config.DeprecatedOption`."""
+``world_size=``), ``TrainConfig(run=...)`` (now ``longalign.train.run(cfg, run_dir)``). The CLI prints one
+``deprecated: ...`` line on stderr; the library emits :class:`longalign.config.DeprecatedOption`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from longalign.batching import simulate
 from longalign.cli import build_parser, main
-from longalign.config import DeprecatedOption, build_config, from_dict
+from longalign.config import DeprecatedOption, build_config, from_dict, run_dir_of, to_dict
 from longalign.eval.longbench_chat import LongBenchChatConfig
+from longalign.train import TrainConfig
 
 SHOTS = [
     [{"answer": f"first {k}", "score": k + 1} for k in range(3)],
@@ -97,3 +100,32 @@ def test_simulate_devices_keyword_is_world_size():
     assert {k: v["total_seconds"] for k, v in old["methods"].items()} == {
         k: v["total_seconds"] for k, v in new["methods"].items()
     }
+
+
+def test_train_takes_its_run_directory_like_every_stage(tmp_path, capsys):
+    assert "run" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(f"run: {tmp_path / 'from-yaml'}\nmethod: sort\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedOption)  # the command line's --run and run: are not deprecated
+        args = build_parser().parse_args(["train", "--config", str(cfg_file)])
+        cfg = build_config(TrainConfig, args)
+        assert run_dir_of(args) == str(tmp_path / "from-yaml") and cfg.method == "sort" and cfg.run is None
+        args = build_parser().parse_args(["train", "--config", str(cfg_file), "--run", str(tmp_path / "flag")])
+        assert run_dir_of(args) == str(tmp_path / "flag")
+        assert "run" not in to_dict(build_config(TrainConfig, args))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "--run DIR" in capsys.readouterr().out
+
+
+def test_train_config_run_keyword_is_the_run_directory():
+    message = r"the train option 'run' is deprecated; pass the run directory to longalign.train.run\(cfg, run_dir\)"
+    with pytest.warns(DeprecatedOption, match=message):
+        cfg = TrainConfig(run="runs/r1", method="sort")
+    assert (cfg.run, cfg.method) == ("runs/r1", "sort") and "run" not in to_dict(cfg)
+    with pytest.warns(DeprecatedOption, match=message):
+        assert from_dict(TrainConfig, {"run": "runs/r2"}).run == "runs/r2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedOption)
+        assert TrainConfig().run is None

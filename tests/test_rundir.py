@@ -57,3 +57,25 @@ def test_bad_records_raise_or_count_and_list_the_first_n():
     assert skipped.lines()[0] == "skipped 4 bad records (invalid_json 1, missing_field 3); first 2:"
     with pytest.raises(ValueError, match="on_error"):
         BadRecords("ignore")
+
+
+def test_train_dir_names_every_file_of_a_training_run(tmp_path):
+    from longalign.rundir import TrainDir
+
+    run = RunDir(tmp_path / "r")
+    folder = run.train_dir("pack")
+    root = tmp_path / "r" / "train" / "pack"
+    assert folder == TrainDir(root) and folder.root == run.train("pack") == root
+    assert (folder.metrics, folder.meta, folder.plan) == (
+        root / "metrics.jsonl",
+        root / "run_meta.json",
+        root / "plan.json",
+    )
+    assert (folder.checkpoints, folder.final) == (root / "checkpoints", root / "final")
+    assert (run.metrics("pack"), run.train_meta("pack")) == (folder.metrics, folder.meta)
+    assert (run.checkpoints("pack"), run.final_model("pack")) == (folder.checkpoints, folder.final)
+    assert not folder.has_checkpoints()
+    folder.checkpoints.mkdir(parents=True)
+    assert not folder.has_checkpoints()  # an empty checkpoints folder holds nothing to resume
+    (folder.checkpoints / "checkpoint-4").mkdir()
+    assert folder.has_checkpoints()

@@ -17,8 +17,9 @@ torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
 
 from longalign.rundir import read_jsonl  # noqa: E402
-from longalign.train import TrainConfig  # noqa: E402
-from longalign.train.trainer import PlanBatchSampler, apply_context_extension, packing_probe, rope_base, train  # noqa: E402
+from longalign.train import TrainConfig, apply_context_extension, rope_base, train  # noqa: E402
+from longalign.train.feed import PlanBatchSampler  # noqa: E402
+from longalign.train.probes import packing_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = f"random:{ROOT / 'configs' / 'models' / 'tiny-llama'}"
@@ -395,6 +396,21 @@ def test_cli_train_with_run_dir(tmp_path):
     assert [r["step"] for r in recs] == [1, 2]
     info = json.loads((run / "run.json").read_text())
     assert "train.pack" in info["stages"]
+    assert "run" not in info["stages"]["train.pack"]["config"]  # the run directory is not a training option
+
+
+def test_deprecated_train_config_run_still_trains_in_that_run(tmp_path):
+    from longalign.config import DeprecatedOption
+    from longalign.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    make_tokens(run.tokens)
+    with pytest.warns(DeprecatedOption, match="the train option 'run' is deprecated"):
+        cfg = TrainConfig(run=str(run.root), model=TINY, max_len=64, max_steps=1, save_steps=0, progress=False)
+    res = train(cfg)
+    assert res.output_dir == run.train("pack") and res.metrics_path == run.metrics("pack")
+    assert [r["step"] for r in read_jsonl(run.metrics("pack"))] == [1]
+    assert json.loads(run.run_json.read_text())["stages"]["train.pack"]["summary"]["steps"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ real model
@@ -478,7 +494,7 @@ def test_short_sft_of_the_embedded_model_saves_a_model_that_reloads_and_generate
 
 
 def test_plan_file_is_checked_against_the_tokens(tmp_path, tokens):
-    from longalign.train.trainer import plan_from_file
+    from longalign.train.feed import plan_from_file
 
     lengths = np.array(LENGTHS)
     good = tmp_path / "good.plan.json"
@@ -497,9 +513,9 @@ def test_plan_file_is_checked_against_the_tokens(tmp_path, tokens):
 
 
 def test_cpu_training_returns_freed_tensor_memory_to_the_os(tmp_path, tokens, monkeypatch):
-    import longalign.train.trainer as trainer_mod
+    import longalign.train.model_setup as model_setup
 
     calls = []
-    monkeypatch.setattr(trainer_mod, "release_freed_tensors_on_cpu", lambda: calls.append(1) or True)
+    monkeypatch.setattr(model_setup, "release_freed_tensors_on_cpu", lambda: calls.append(1) or True)
     train(cfg_for(tmp_path, "mmap", max_steps=1))
     assert calls == [1]

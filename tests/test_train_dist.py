@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import LENGTHS, TINY, cfg_for, make_tokens  # noqa: E402
 
 from longalign.rundir import read_jsonl  # noqa: E402
-from longalign.train.trainer import train  # noqa: E402
+from longalign.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = [

@@ -286,8 +286,7 @@ class TestTraining:
         from test_train import TINY, make_tokens
 
         from longalign.rundir import read_jsonl
-        from longalign.train import TrainConfig
-        from longalign.train.trainer import train
+        from longalign.train import TrainConfig, train
 
         make_tokens(tmp_path / "tokens")
         finals = {}
@@ -321,9 +320,9 @@ class TestTraining:
             assert a["target_tokens"] == b["target_tokens"]
         from safetensors.torch import load_file
 
-        from longalign.train.trainer import build_model, load_model_config
+        from longalign.models import load_model
 
-        w0 = build_model(TINY, load_model_config(TINY), None, 0).state_dict()
+        w0 = load_model(TINY, seed=0).state_dict()
         wa, wb = load_file(str(Path(df) / "model.safetensors")), load_file(str(Path(dc) / "model.safetensors"))
         assert wa.keys() == wb.keys()
         for k in wa:
@@ -332,7 +331,7 @@ class TestTraining:
             assert off <= max(2, wa[k].numel() // 1000), (k, off, wa[k].numel())
 
     def test_a_model_that_transforms_its_logits_is_refused(self):
-        from longalign.train.trainer import loss_probe
+        from longalign.train.probes import loss_probe
 
         model = tiny_model(False, torch.float32)
         head = install_loss_head(model)

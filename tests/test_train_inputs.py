@@ -21,8 +21,7 @@ from longalign.batching import read_token_lengths  # noqa: E402
 from longalign.rundir import read_jsonl  # noqa: E402
 from longalign.tokenize import TokenizeConfig, tokenize_file  # noqa: E402
 from longalign.tokenize.sources import open_token_data  # noqa: E402
-from longalign.train import TrainConfig  # noqa: E402
-from longalign.train.trainer import train  # noqa: E402
+from longalign.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = f"random:{ROOT / 'configs' / 'models' / 'tiny-llama'}"

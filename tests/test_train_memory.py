@@ -283,7 +283,7 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
 
 _FREED_TENSOR_SCRIPT = r"""
 import os, sys, torch
-from longalign.train.trainer import release_freed_tensors_on_cpu
+from longalign.train.model_setup import release_freed_tensors_on_cpu
 
 def rss():
     with open("/proc/self/statm") as fh:

@@ -32,8 +32,8 @@ from longalign import IGNORE_INDEX  # noqa: E402
 from longalign.batching import PackedCollator  # noqa: E402
 from longalign.rundir import read_jsonl  # noqa: E402
 from longalign.train import sequence_parallel as spm  # noqa: E402
+from longalign.train import train  # noqa: E402
 from longalign.train.sp_check import CASES, torchrun_command  # noqa: E402
-from longalign.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -87,12 +87,13 @@ def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
 
 def _spec_key(spec: str | None) -> str:
     """One spelling per model: the embedded aliases collapse to ``smollm2``, existing paths become absolute."""
-    from longalign.models import is_embedded
+    from longalign.models import RANDOM_PREFIX, is_embedded, random_config_path
 
     if is_embedded(spec):
         return DEFAULT_SPEC
     text = str(spec).strip()
-    head, body = ("random:", text[len("random:") :]) if text.startswith("random:") else ("", text)
+    config_path = random_config_path(text)
+    head, body = (RANDOM_PREFIX, config_path) if config_path is not None else ("", text)
     path = Path(body).expanduser()
     return head + (str(path.resolve()) if path.exists() else body)
 

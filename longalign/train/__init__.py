@@ -1,7 +1,7 @@
 """Training stage: full-parameter SFT with naive, sorted or packed batching and exact loss weighting.
 
 Public API: :class:`TrainConfig`, :func:`run` (the stage: ``run(cfg, run_dir) -> TrainResult``, recorded in
-run.json), :func:`train` (the same on the paths of ``cfg``), :class:`TrainResult`,
+run.json), :func:`train` (the same on the paths of ``cfg``, or of a ``run_dir=``), :class:`TrainResult`,
 :func:`apply_context_extension`, :func:`rope_base`. Heavy imports (torch, transformers) happen when training
 starts; importing this package costs only the config.
 """
@@ -38,8 +38,12 @@ def run(cfg: TrainConfig, run_dir: str | Path | RunDir, *, callbacks: Sequence[A
 
 
 def __getattr__(name):
-    if name in ("train", "TrainResult", "apply_context_extension", "rope_base"):
+    if name in ("train", "TrainResult"):
         from longalign.train import trainer
 
         return getattr(trainer, name)
+    if name in ("apply_context_extension", "rope_base"):
+        from longalign.train import model_setup
+
+        return getattr(model_setup, name)
     raise AttributeError(name)

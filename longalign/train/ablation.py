@@ -913,8 +913,8 @@ def run(
 
     from longalign.rundir import atomic_write_json, atomic_write_text
     from longalign.tokenize import TokenizeConfig, tokenize_file
-    from longalign.train import trainer as _trainer
-    from longalign.train.trainer import cached_tokenizer
+    from longalign.train import model_setup as _trainer
+    from longalign.train.model_setup import cached_tokenizer
 
     cfg = cfg.resolved()
     say = progress or (lambda msg: log.info("%s", msg))

@@ -23,7 +23,7 @@ import argparse
 from typing import Any
 
 from longalign import train
-from longalign.config import add_config_args, build_config
+from longalign.config import add_config_args, add_run_arg, build_config, run_dir_of
 from longalign.train.config import TrainConfig
 
 
@@ -36,6 +36,11 @@ def register(subparsers: Any) -> None:
         "(longalign.batching); the loss is normalised per sequence, per token or per pack exactly "
         "across gradient accumulation and data-parallel ranks. Writes OUTPUT/metrics.jsonl (one line "
         "per optimizer step), run_meta.json, checkpoints/ and final/.",
+    )
+    add_run_arg(
+        parser,
+        help="run directory: reads RUN/tokens and writes RUN/train/<method>/ and RUN/run.json "
+        "(--tokens / --output-dir override either path)",
     )
     add_config_args(parser, TrainConfig)
     # launchers (deepspeed) pass the local rank as an argument; the environment carries it as well
@@ -70,10 +75,11 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(TrainConfig, args)
+    run_dir = run_dir_of(args)
     if args.memory_plan:
-        return _memory_plan(cfg, args)
+        return _memory_plan(cfg, args, run_dir)
     # on an error the rank exits at once and the launcher stops the others
-    result = train.run(cfg, cfg.run) if cfg.run else train.train(cfg)
+    result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     _close_process_group()
     if result.rank == 0:
         for line in result.lines():
@@ -93,39 +99,25 @@ def _close_process_group() -> None:
             dist.destroy_process_group()
 
 
-def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
+def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None) -> int:
     import os
 
-    from longalign.train.memory import largest_max_len, parse_memory, plan_for_config
+    from longalign.train.memory import largest_for_config, parse_memory, plan_for_config
 
     gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     memory = parse_memory(args.device_memory) if args.device_memory else None
     plan = plan_for_config(
-        cfg, gpus=gpus, device=args.plan_device, device_memory=memory, target_fraction=args.target_fraction
+        cfg,
+        run_dir=run_dir,
+        gpus=gpus,
+        device=args.plan_device,
+        device_memory=memory,
+        target_fraction=args.target_fraction,
     )
     for line in plan.lines():
         print(line)
     if memory is not None:
-        s = plan.settings
-        longest = largest_max_len(
-            cfg.model,
-            memory,
-            **{
-                k: s[k]
-                for k in (
-                    "precision",
-                    "zero_stage",
-                    "offload",
-                    "gpus",
-                    "sp_size",
-                    "gradient_checkpointing",
-                    "loss_impl",
-                    "target_fraction",
-                    "device",
-                )
-            },
-            chunk_rows=cfg.loss_chunk_rows,
-        )
+        longest = largest_for_config(cfg, plan, memory)
         print(
             f"longest max_len that fits {args.device_memory} per device: {longest:,} tokens"
             + ("" if cfg.method == "pack" else " per micro-batch (batch x padded length)")
@@ -141,7 +133,7 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
 def model_positions(spec: str) -> int:
     """``max_position_embeddings`` of a model spec's config (0 when it cannot be read)."""
-    from longalign.train.trainer import load_model_config
+    from longalign.models import load_model_config
 
     try:
         return int(getattr(load_model_config(spec), "max_position_embeddings", 0) or 0)

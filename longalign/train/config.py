@@ -10,11 +10,11 @@ paper's Table 4) and unbiased (eq. 4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from ..batching.loss import LOSS_NORMS
 from ..batching.plans import METHODS, OVERLONG, PACK_ALGOS
-from ..config import Options, option
+from ..config import Options, deprecated, option
 from .head_loss import LOSS_IMPLS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -25,14 +25,15 @@ __all__ = ["TrainConfig", "METHODS", "LOSS_NORMS", "OVERLONG", "PACK_ALGOS", "PR
 
 @dataclass
 class TrainConfig(Options):
-    """Options of ``longalign train``."""
+    """Options of ``longalign train``.
+
+    The run directory is not an option: pass it to :func:`longalign.train.run` (``--run`` on the command line,
+    ``run:`` in a config file). ``TrainConfig(run=...)`` still works for one release with a deprecation note; the
+    value is kept as the attribute ``run`` (not a field: not in ``to_dict``, ``fields`` or ``--help``).
+    """
 
     # ---------------------------------------------------------------- where things are
-    run: str | None = option(
-        None,
-        help="run directory: reads RUN/tokens and writes RUN/train/<method>/ "
-        "(overridden by --tokens / --output-dir when those are given)",
-    )
+    run: InitVar[str | None] = None
     tokens: str | None = option(
         None,
         help="token ids to train on: a `longalign tokenize` folder, a datasets.save_to_disk folder, a "
@@ -40,7 +41,8 @@ class TrainConfig(Options):
         "token, length is computed, other columns are optional",
     )
     output_dir: str | None = option(
-        None, help="where metrics.jsonl, run_meta.json, checkpoints/ and final/ go (default RUN/train/<method>)"
+        None,
+        help="where metrics.jsonl, run_meta.json, plan.json, checkpoints/ and final/ go (default RUN/train/<method>)",
     )
     model: str = option(
         "smollm2",
@@ -176,3 +178,13 @@ class TrainConfig(Options):
         1, help="log to report_to every N optimizer steps (metrics.jsonl always gets every step)"
     )
     progress: bool = option(True, help="show a progress bar with tokens/s")
+
+    def __post_init__(self, run: str | None = None) -> None:
+        super().__post_init__()
+        if run is not None:
+            deprecated(
+                "the train option 'run' is deprecated; pass the run directory to longalign.train.run(cfg, run_dir) "
+                "(on the command line: --run DIR)",
+                stacklevel=4,
+            )
+            self.run = str(run)

@@ -39,7 +39,7 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
   interpreter with torch, transformers and datasets imported plus the Trainer's bookkeeping and the data (0.65
   GiB: the resident size of the benchmark's step process at the start of the first step less the weights, 0.62
   GiB, measured for SmolLM2-135M on this project's 2-core machine with the trainer's CPU allocator setting,
-  :func:`longalign.train.trainer.release_freed_tensors_on_cpu`; without it glibc keeps freed activations in
+  :func:`longalign.train.model_setup.release_freed_tensors_on_cpu`; without it glibc keeps freed activations in
   its heap and a SmolLM2 step at 8k tokens holds 1.9-2.9 GiB more than its tensors).
 * **not at the peak** (a negative term) -- the transient terms do not all exist at one moment, and the peak
   is the largest of three: (1) the loss -- the saved activations (with gradient checkpointing, the layer
@@ -67,6 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import check_choice
+from longalign.models import DecoderShape, random_config_path
+from longalign.stage import as_run_dir
 
 GIB = 1024**3
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -79,53 +81,9 @@ FULL_CE_CHUNK = 8192  # rows per float32 chunk of longalign.batching.weighted_an
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a decoder-only transformer that memory depends on."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-
-    @classmethod
-    def from_config(cls, config: Any) -> ModelShape:
-        """From a transformers config object or a dict of its fields (``config.json``)."""
-        get = (
-            (lambda k, d=None: config.get(k, d))
-            if isinstance(config, dict)
-            else (lambda k, d=None: getattr(config, k, d))
-        )
-        hidden = int(get("hidden_size"))
-        heads = int(get("num_attention_heads"))
-        head_dim = int(get("head_dim") or hidden // heads)
-        return cls(
-            hidden=hidden,
-            intermediate=int(get("intermediate_size")),
-            layers=int(get("num_hidden_layers")),
-            heads=heads,
-            kv_heads=int(get("num_key_value_heads") or heads),
-            head_dim=head_dim,
-            vocab=int(get("vocab_size")),
-            tied=bool(get("tie_word_embeddings", False)),
-        )
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    @property
-    def layer_params(self) -> int:
-        q_o = 2 * self.hidden * self.heads * self.head_dim
-        return q_o + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate + 2 * self.hidden
-
-    @property
-    def params(self) -> int:
-        embed = self.vocab * self.hidden
-        return embed * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+class ModelShape(DecoderShape):
+    """The sizes of a decoder-only transformer that memory depends on (parameters: :class:`DecoderShape`), and
+    the activations autograd saves per token."""
 
     def activation_elements_per_token_layer(self) -> int:
         return 8 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate + self.heads + 2
@@ -142,9 +100,8 @@ def load_shape(model: Any) -> ModelShape:
     if isinstance(model, dict) or hasattr(model, "hidden_size"):
         return ModelShape.from_config(model)
     text = str(model)
-    if text.startswith("random:"):
-        text = text[len("random:") :]
-    path = Path(text)
+    config_path = random_config_path(text)
+    path = Path(text if config_path is None else config_path)
     if path.is_file():
         return ModelShape.from_config(json.loads(path.read_text()))
     if (path / "config.json").is_file():
@@ -274,86 +231,23 @@ def plan_memory(
     the job (data-parallel ranks x ``sp_size``); ``target_fraction`` the share of tokens with a loss target
     (1.0 is the worst case); ``device_memory`` in bytes turns on the fit check.
     """
-    from longalign.train.head_loss import default_chunk_rows
-
     _check(precision, zero_stage, offload, gpus, sp_size, loss_impl, attention, device, target_fraction)
     shape = load_shape(model)
-    P = shape.params
-    # ZeRO partitions over every rank: the trainer gives DeepSpeed the whole world (DP x SP ranks) as its
-    # data-parallel group and sums the SP ranks' gradients through the same reduction
-    dp = gpus
     half = precision != "fp32"
     T = int(math.ceil(int(max_len) / sp_size))
     N = int(math.ceil(T * target_fraction))
-    host = 0.0
     notes: list[str] = []
-
-    # ---- model states ---------------------------------------------------------------------------------
-    if zero_stage is None:
-        weights = 4.0 * P + (2.0 * P if half else 0.0)
-        grads = 4.0 * P
-        optim = 8.0 * P
-    else:
-        wb = 2.0 if half else 4.0
-        fp32_grads = 4.0 * P if half else 0.0
-        states = 12.0 * P if half else 8.0 * P
-        weights, grads, optim = wb * P, wb * P + fp32_grads, states
-        if zero_stage >= 1:
-            optim /= dp
-            grads = wb * P + fp32_grads / dp
-        if zero_stage >= 2:
-            grads = (wb * P + fp32_grads) / dp
-        if zero_stage == 3:
-            live = wb * (2 * shape.layer_params + shape.vocab * shape.hidden)
-            weights = wb * P / dp + live
-        if offload in ("optimizer", "optimizer+params"):
-            host += optim + fp32_grads / dp
-            grads -= fp32_grads / dp if zero_stage >= 1 else 0.0
-            optim = 0.0
-        if offload == "optimizer+params":
-            host += wb * P / dp
-            weights = wb * (2 * shape.layer_params + shape.vocab * shape.hidden)
-    # ---- activations ----------------------------------------------------------------------------------
-    b = 2.0 if half else 4.0
-    per_layer = shape.activation_elements_per_token_layer() * b + (4.0 * shape.hidden if half else 0.0)
-    once = shape.activation_elements_per_token_once() * b
-    if gradient_checkpointing:
-        activations = T * (shape.layers * shape.hidden * b + per_layer + once)
-    else:
-        activations = T * (shape.layers * per_layer + once)
-    if attention == "dense":
-        activations += float(max_len) * max_len * (1 + 4 * shape.heads / sp_size)  # bool mask + float scores
-        notes.append("dense attention: the [T, T] mask and scores grow quadratically; use varlen attention")
-    # ---- logits and loss -------------------------------------------------------------------------------
-    logit_b = 2.0 if half else 4.0
-    V, H = shape.vocab, shape.hidden
-    if loss_impl == "full":
-        chunk_b = min(N, FULL_CE_CHUNK) * V * 4.0
-        forward_peak = T * V * logit_b + N * V * 4.0 + chunk_b  # logits + saved log-softmax + a chunk in flight
-        backward_peak = 2.0 * T * V * logit_b + chunk_b  # logits (still referenced) + their full-size gradient
-        loss = max(forward_peak, backward_peak)
-    else:
-        C = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(V)
-        loss = 2.0 * min(C, max(N, 1)) * V * 4.0 + V * H * 4.0 + 2.0 * N * H * b
-        if half and zero_stage is None:
-            loss += V * H * 2.0  # the head weight cast to the compute dtype once per pass
-    # ---- transients of the optimizer step and runtime -------------------------------------------------
+    # ZeRO partitions over every rank: the trainer gives DeepSpeed the whole world (DP x SP ranks) as its
+    # data-parallel group and sums the SP ranks' gradients through the same reduction
+    weights, grads, optim, host = _model_states(shape, half, zero_stage, offload, dp=gpus)
+    activations, per_layer = _activations(shape, T, max_len, half, gradient_checkpointing, attention, sp_size, notes)
+    loss = _logits_loss(shape, T, N, half, loss_impl, chunk_rows, zero_stage)
     step = 0.0
     if zero_stage is None:
         step = 2.0 * 4.0 * max(shape.vocab * shape.hidden, shape.layer_params)  # AdamW's per-tensor temporaries
     rt = runtime if runtime is not None else (CUDA_RUNTIME if device == "cuda" else CPU_RUNTIME)
-    # ---- the transient terms at their three moments (module docstring: not at the peak) ----------------
     recomputed_layer = T * per_layer if gradient_checkpointing else 0.0
-    # without DeepSpeed the trainer sets the gradients to None after every step, so none exists at the loss;
-    # ZeRO reduces into flat gradient buffers it keeps between steps (not measured here): held throughout
-    held_grads = 0.0 if zero_stage is None else grads
-    moments = {
-        "loss": activations - recomputed_layer + loss + held_grads,
-        "backward": activations + grads,
-        "optimizer_step": grads + step,
-    }
-    peak_moment = max(moments, key=moments.get)
-    not_at_peak = moments[peak_moment] - (grads + activations + loss + step)
+    peak_moment, not_at_peak = _peak_moment(activations, recomputed_layer, loss, grads, step, zero_stage)
     components = {
         "weights": weights,
         "gradients": grads,
@@ -365,7 +259,7 @@ def plan_memory(
         "not_at_peak": not_at_peak,
     }
     settings = {
-        "params": P,
+        "params": shape.params,
         "precision": precision,
         "zero_stage": zero_stage,
         "offload": offload,
@@ -387,6 +281,101 @@ def plan_memory(
         device_memory=device_memory,
         notes=notes,
     )
+
+
+def _model_states(
+    shape: ModelShape, half: bool, zero_stage: int | None, offload: str, dp: int
+) -> tuple[float, float, float, float]:
+    """``(weights, gradients, optimizer, host)`` bytes per device: the model states, without or with ZeRO and
+    offloading (module docstring, first item)."""
+    P = shape.params
+    host = 0.0
+    if zero_stage is None:
+        weights = 4.0 * P + (2.0 * P if half else 0.0)
+        return weights, 4.0 * P, 8.0 * P, host
+    wb = 2.0 if half else 4.0
+    fp32_grads = 4.0 * P if half else 0.0
+    states = 12.0 * P if half else 8.0 * P
+    weights, grads, optim = wb * P, wb * P + fp32_grads, states
+    if zero_stage >= 1:
+        optim /= dp
+        grads = wb * P + fp32_grads / dp
+    if zero_stage >= 2:
+        grads = (wb * P + fp32_grads) / dp
+    if zero_stage == 3:
+        live = wb * (2 * shape.layer_params + shape.vocab * shape.hidden)
+        weights = wb * P / dp + live
+    if offload in ("optimizer", "optimizer+params"):
+        host += optim + fp32_grads / dp
+        grads -= fp32_grads / dp if zero_stage >= 1 else 0.0
+        optim = 0.0
+    if offload == "optimizer+params":
+        host += wb * P / dp
+        weights = wb * (2 * shape.layer_params + shape.vocab * shape.hidden)
+    return weights, grads, optim, host
+
+
+def _activations(
+    shape: ModelShape,
+    T: int,
+    max_len: int,
+    half: bool,
+    gradient_checkpointing: bool,
+    attention: str,
+    sp_size: int,
+    notes: list[str],
+) -> tuple[float, float]:
+    """``(activations, bytes per token of one layer)``: what autograd saves for ``T`` tokens per device (module
+    docstring, second item); a dense attention mask adds a note to ``notes``."""
+    b = 2.0 if half else 4.0
+    per_layer = shape.activation_elements_per_token_layer() * b + (4.0 * shape.hidden if half else 0.0)
+    once = shape.activation_elements_per_token_once() * b
+    if gradient_checkpointing:
+        activations = T * (shape.layers * shape.hidden * b + per_layer + once)
+    else:
+        activations = T * (shape.layers * per_layer + once)
+    if attention == "dense":
+        activations += float(max_len) * max_len * (1 + 4 * shape.heads / sp_size)  # bool mask + float scores
+        notes.append("dense attention: the [T, T] mask and scores grow quadratically; use varlen attention")
+    return activations, per_layer
+
+
+def _logits_loss(
+    shape: ModelShape, T: int, N: int, half: bool, loss_impl: str, chunk_rows: int, zero_stage: int | None
+) -> float:
+    """Bytes of the logits and the loss (module docstring, third item): ``T`` tokens, ``N`` of them targets."""
+    from longalign.train.head_loss import default_chunk_rows
+
+    logit_b = 2.0 if half else 4.0
+    b = 2.0 if half else 4.0
+    V, H = shape.vocab, shape.hidden
+    if loss_impl == "full":
+        chunk_b = min(N, FULL_CE_CHUNK) * V * 4.0
+        forward_peak = T * V * logit_b + N * V * 4.0 + chunk_b  # logits + saved log-softmax + a chunk in flight
+        backward_peak = 2.0 * T * V * logit_b + chunk_b  # logits (still referenced) + their full-size gradient
+        return max(forward_peak, backward_peak)
+    C = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(V)
+    loss = 2.0 * min(C, max(N, 1)) * V * 4.0 + V * H * 4.0 + 2.0 * N * H * b
+    if half and zero_stage is None:
+        loss += V * H * 2.0  # the head weight cast to the compute dtype once per pass
+    return loss
+
+
+def _peak_moment(
+    activations: float, recomputed_layer: float, loss: float, grads: float, step: float, zero_stage: int | None
+) -> tuple[str, float]:
+    """The moment of the step with the largest transient memory, and the (negative) share of the transient
+    components that does not exist at that moment (module docstring, last item)."""
+    # without DeepSpeed the trainer sets the gradients to None after every step, so none exists at the loss;
+    # ZeRO reduces into flat gradient buffers it keeps between steps (not measured here): held throughout
+    held_grads = 0.0 if zero_stage is None else grads
+    moments = {
+        "loss": activations - recomputed_layer + loss + held_grads,
+        "backward": activations + grads,
+        "optimizer_step": grads + step,
+    }
+    peak_moment = max(moments, key=moments.get)
+    return peak_moment, moments[peak_moment] - (grads + activations + loss + step)
 
 
 def largest_max_len(
@@ -469,6 +458,7 @@ def target_fraction_of(tokens_dir: str | Path) -> float | None:
 def plan_for_config(
     cfg: Any,
     *,
+    run_dir: Any = None,
     gpus: int = 1,
     device: str = "cuda",
     device_memory: float | None = None,
@@ -476,12 +466,12 @@ def plan_for_config(
     max_len: int | None = None,
 ) -> MemoryPlan:
     """:func:`plan_memory` for a :class:`~longalign.train.TrainConfig`: its model, max_len (or the tokens
-    folder's), precision (``auto`` is bf16 on a GPU, fp32 on a CPU), DeepSpeed JSON (stage and offload),
-    gradient checkpointing and loss_impl; the target fraction is measured from the tokens folder when it exists
-    (else 1.0, the worst case)."""
-    from longalign.rundir import RunDir
-
-    tokens = Path(cfg.tokens) if getattr(cfg, "tokens", None) else (RunDir(cfg.run).tokens if cfg.run else None)
+    folder's: ``cfg.tokens``, else ``<run_dir>/tokens``), precision (``auto`` is bf16 on a GPU, fp32 on a CPU),
+    DeepSpeed JSON (stage and offload), gradient checkpointing and loss_impl; the target fraction is measured from
+    the tokens folder when it exists (else 1.0, the worst case)."""
+    if run_dir is None:
+        run_dir = getattr(cfg, "run", None)  # the deprecated TrainConfig(run=...)
+    tokens = Path(cfg.tokens) if getattr(cfg, "tokens", None) else (as_run_dir(run_dir).tokens if run_dir else None)
     n = int(max_len or cfg.max_len or 0)
     if not n and tokens is not None and (tokens / "longalign_meta.json").is_file():
         n = int(json.loads((tokens / "longalign_meta.json").read_text()).get("max_len") or 0)
@@ -509,3 +499,24 @@ def plan_for_config(
         chunk_rows=cfg.loss_chunk_rows,
         device_memory=device_memory,
     )
+
+
+PLAN_SEARCH_KEYS = (
+    "precision",
+    "zero_stage",
+    "offload",
+    "gpus",
+    "sp_size",
+    "gradient_checkpointing",
+    "loss_impl",
+    "target_fraction",
+    "device",
+)
+
+
+def largest_for_config(cfg: Any, plan: MemoryPlan, device_memory: float, *, multiple: int = 1024) -> int:
+    """The longest ``max_len`` that fits ``device_memory`` bytes with every other setting of ``plan`` (a
+    :func:`plan_for_config` result for ``cfg``) unchanged: tokens per pack, or per micro-batch (batch x padded
+    length) for naive/sort. What ``longalign train --memory-plan --device-memory`` prints."""
+    settings = {k: plan.settings[k] for k in PLAN_SEARCH_KEYS}
+    return largest_max_len(cfg.model, device_memory, multiple=multiple, chunk_rows=cfg.loss_chunk_rows, **settings)

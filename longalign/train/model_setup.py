@@ -1,0 +1,264 @@
+"""Model setup: the model's config with the context extension, the tokenizer, the attention backend, sequence
+parallelism and the model itself, in float32 (mixed precision is autocast's or DeepSpeed's business).
+
+The attention backend must keep packed sequences apart (``longalign.batching.select_attention``: flash-attn
+varlen, flex, the segment-aware CPU kernel, or sdpa with transformers' block-diagonal mask); with sequence
+parallelism (``sp_size`` > 1, :mod:`longalign.train.sequence_parallel`) the model runs the Ulysses wrapper of
+that core. Context extension multiplies the RoPE base (LongAlign: x200, 10,000 -> 2,000,000) and raises
+``max_position_embeddings``. On a CPU, glibc is told to return freed tensors to the system
+(:func:`release_freed_tensors_on_cpu`).
+
+This module imports torch; it is imported when training starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..batching import select_attention
+from ..models import load_model, load_model_config, load_tokenizer
+from . import sequence_parallel as spm
+from .config import TrainConfig
+from .head_loss import install_loss_head
+
+PACKING_SAFE_BACKENDS = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "longalign_flex",
+    "longalign_segment",
+    "longalign_varlen",
+    "sdpa",
+    "eager",
+)
+# attention implementations a plain from_pretrained resolves without this project's kernels registered
+PLAIN_BACKENDS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config and context extension
+# ------------------------------------------------------------------------------------------------------------
+
+
+def rope_base(config: Any) -> float | None:
+    """The RoPE base of a config, in either layout (``rope_theta`` or transformers-5 ``rope_parameters``)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else None
+
+
+def apply_context_extension(config: Any, rope_scale: float = 1.0, max_position_embeddings: int = 0) -> Any:
+    """Multiply the RoPE base by ``rope_scale`` and raise ``max_position_embeddings`` (in place).
+
+    LongAlign extends Llama-2 from 4k to 64k by raising the base 10,000 -> 2,000,000 (x200) before
+    continual pre-training and SFT. Both config layouts are handled: ``config.rope_theta`` and
+    ``config.rope_parameters["rope_theta"]`` (transformers 5); a config with neither cannot be extended.
+    """
+    if rope_scale and rope_scale != 1.0:
+        if rope_scale <= 0:
+            raise ValueError(f"rope_scale must be > 0, got {rope_scale}")
+        base = rope_base(config)
+        if base is None:
+            raise ValueError(
+                f"{type(config).__name__} has no RoPE base (rope_theta / rope_parameters); "
+                "context extension by rope_scale needs a RoPE model"
+            )
+        new = base * float(rope_scale)
+        params = getattr(config, "rope_parameters", None)
+        if isinstance(params, dict):
+            params = dict(params)
+            params["rope_theta"] = new
+            config.rope_parameters = params
+        if getattr(config, "rope_theta", None) is not None or not isinstance(params, dict):
+            config.rope_theta = new
+    if max_position_embeddings and max_position_embeddings > int(getattr(config, "max_position_embeddings", 0) or 0):
+        config.max_position_embeddings = int(max_position_embeddings)
+    return config
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def cached_tokenizer(spec: str | None):
+    """The tokenizer for ``spec``, loaded once per process (1-2 s each time otherwise)."""
+    key = str(spec or "")
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(spec)
+    return _TOKENIZERS[key]
+
+
+def setup_config(cfg: TrainConfig, meta: dict[str, Any], tokens_dir: str | Path) -> tuple[Any, int]:
+    """``(model_config, max_len)``: the config of ``cfg.model`` with the context extension applied, and the
+    training length (``cfg.max_len``, else the tokens folder's), checked against the model's positions."""
+    model_config = load_model_config(cfg.model)
+    max_len = int(cfg.max_len or meta.get("max_len") or 0)
+    if max_len < 2:
+        raise ValueError(f"max_len is not set: pass --max-len (the tokens {tokens_dir} record none)")
+    target_pos = cfg.max_position_embeddings or (max_len if cfg.rope_scale != 1.0 else 0)
+    apply_context_extension(model_config, cfg.rope_scale, target_pos)
+    model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
+    if model_max and max_len > model_max:
+        raise ValueError(
+            f"max_len={max_len} exceeds the model's max_position_embeddings={model_max}; lower "
+            f"--max-len, or extend the context with --rope-scale (paper: 200) and "
+            f"--max-position-embeddings {max_len}"
+        )
+    return model_config, max_len
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parallelism, precision, attention
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Parallel:
+    """The ranks of a run: ``world_size`` = data-parallel x ``sp_size`` ranks; ``shape`` is what
+    :func:`longalign.train.sequence_parallel.check_sp` checks besides the sizes (method, heads, max_len)."""
+
+    world_size: int
+    sp_size: int
+    shape: dict[str, Any]
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel ranks: the plan is dealt over them; the SP ranks of a group share a pack."""
+        return self.world_size // self.sp_size
+
+
+def setup_parallel(cfg: TrainConfig, model_config: Any, max_len: int, world_size: int) -> Parallel:
+    """The run's :class:`Parallel`, checked for sequence parallelism before any backend is chosen."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads = int(getattr(text_config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
+    shape = dict(method=cfg.method, num_heads=heads, num_kv_heads=kv_heads, max_len=max_len)
+    par = Parallel(world_size=world_size, sp_size=int(cfg.sp_size), shape=shape)
+    spm.check_sp(par.sp_size, world_size, backend=None, **shape)
+    return par
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    """``cfg.precision``; ``auto`` is bf16 on a GPU that supports it, else fp32."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def choose_attention(cfg: TrainConfig, device: Any, dtype: Any, sp_size: int) -> str:
+    """The attention backend (the core one under sequence parallelism): ``cfg.attn_implementation``, or the best
+    for ``device`` with ``auto``; refused when it cannot keep packed sequences apart."""
+    packed = cfg.method == "pack"
+    auto_backend = select_attention(device, packed, dtype)  # also registers the custom kernels
+    if sp_size > 1:
+        auto_backend = spm.default_core(auto_backend, device, dtype)
+    backend = auto_backend if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    if spm.core_of(backend):  # a sequence-parallel name given directly: its core decides
+        backend = spm.core_of(backend)
+    if packed and backend not in PACKING_SAFE_BACKENDS:
+        raise ValueError(
+            f"attention backend {backend!r} cannot keep packed sequences apart; use one of "
+            f"{', '.join(PACKING_SAFE_BACKENDS)} (or --attn-implementation auto) or --method sort"
+        )
+    return backend
+
+
+def _bind_deepspeed() -> None:
+    # ZeRO-3 builds the model partitioned (zero.Init), and its config reads the world size through
+    # deepspeed.comm: bind that to the process group the launcher set up, or it counts one rank
+    if dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSetup:
+    """The model built for training and what it runs with."""
+
+    model: Any
+    device: Any
+    dtype: Any  # the autocast dtype (bf16/fp16), None in float32
+    backend: str  # the attn_implementation the model runs (under SP: the wrapper of core_backend)
+    core_backend: str
+    loss_head: Any  # the chunked loss head, None with loss_impl=full
+    layout: spm.SPLayout
+
+
+def setup_model(
+    cfg: TrainConfig, model_config: Any, par: Parallel, device: Any, rank: int, precision: str
+) -> ModelSetup:
+    """Build the model on ``device`` for this rank: the CPU allocator setting, DeepSpeed's process group, the
+    attention backend (and the sequence-parallel groups), the chunked loss head, gradient checkpointing."""
+    if torch.device(device).type == "cpu":
+        release_freed_tensors_on_cpu()
+    layout = spm.SPLayout(par.world_size, par.sp_size, rank)
+    if cfg.deepspeed:
+        _bind_deepspeed()
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    core_backend = choose_attention(cfg, device, half, par.sp_size)
+    backend = core_backend
+    if par.sp_size > 1:
+        spm.check_sp(par.sp_size, par.world_size, backend=backend, **par.shape)
+        spm.configure(spm.new_sp_groups(layout), par.sp_size)
+        backend = spm.register_sp_attention(backend)
+    model = load_model(cfg.model, dtype=torch.float32, attn_implementation=backend, seed=cfg.seed, config=model_config)
+    model.config.use_cache = False
+    loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return ModelSetup(model, device, half, backend, core_backend, loss_head, layout)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CPU memory
+# ------------------------------------------------------------------------------------------------------------
+
+
+# glibc mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
+_M_MMAP_THRESHOLD = -3
+CPU_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this large get their own mapping, returned to the OS when freed
+
+
+def release_freed_tensors_on_cpu(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
+    """Have glibc's malloc give every block of ``threshold`` bytes or more its own ``mmap``, so that the memory of
+    a freed CPU tensor goes back to the operating system at once. Returns whether the setting was applied.
+
+    By default glibc serves a block from its heap unless it is larger than a *dynamic* threshold, which rises
+    to the size of every mapped block freed (up to 32 MiB). After the first few frees, the activations of a
+    long pack (SmolLM2 at 8k tokens: [T, H] float32 = 18 MiB, [T, KV] = 6 MiB) come from the heap, and a freed
+    block there stays part of the process whenever a live block sits above it: the heap fragments and the
+    process holds memory no tensor uses. Measured (``benchmarks/memory.py``, SmolLM2-135M, 8k, chunked loss,
+    gradient checkpointing, two steps): peak RSS 6.1-6.4 GiB by default, 3.2 GiB with this setting, the second
+    step's forward alone growing by 1.3 GiB of freed blocks. ``malloc_trim`` once per step is not enough: the
+    heap fragments within a step.
+
+    Skipped (returns False) off Linux, without glibc's ``mallopt``, or when ``MALLOC_MMAP_THRESHOLD_`` is set
+    in the environment (the user's choice stands). The process keeps the setting; numbers do not change, only
+    where the allocator takes memory from.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
