@@ -567,9 +567,8 @@ def _make_chooser(cfg: LongBenchV2Config, run: RunDir, endpoint: bool) -> LocalC
         return EndpointChooser(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            base_url=cfg.model_base_url or None,
-            api_key_env=cfg.model_api_key_env,
             cache_dir=run.llm_cache,
             calls_log=run.llm_calls,
+            **cfg.model_endpoint().client_kwargs(),
         )
     return LocalChooser(cfg.model)

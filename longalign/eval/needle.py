@@ -500,14 +500,11 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
                 cfg.model,
                 tokenizer_spec=cfg.tokenizer or None,
                 client_kwargs=dict(
-                    base_url=cfg.model_base_url or None,
-                    api_key_env=cfg.model_api_key_env,
-                    cache_dir=run_.llm_cache,
-                    calls_log=run_.llm_calls,
+                    cfg.model_endpoint().client_kwargs(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls
                 ),
             )
         if judge is None and cfg.judge:
-            judge = make_judge(cfg.judge_settings(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
+            judge = make_judge(cfg, cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
         tok = generator.tokenizer
         limit = getattr(generator, "max_positions", None)
         if limit and max(lengths) > limit:

@@ -282,10 +282,9 @@ def make_answerer(cfg: RulerConfig, run: RunDir) -> LocalAnswerer | EndpointAnsw
         return EndpointAnswerer(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            base_url=cfg.model_base_url or None,
-            api_key_env=cfg.model_api_key_env,
             cache_dir=run.llm_cache,
             calls_log=run.llm_calls,
+            **cfg.model_endpoint().client_kwargs(),
         )
     return LocalAnswerer(cfg.model, prefix_reuse=cfg.prefix_reuse)
 

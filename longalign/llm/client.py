@@ -51,7 +51,7 @@ from longalign.llm.base import (
     SamplingParams,
 )
 from longalign.llm.breaker import STOP_AFTER_FAILURES, CircuitBreaker
-from longalign.llm.budget import Budget
+from longalign.llm.budget import Budget, cost_of
 from longalign.llm.cache import RequestCache, request_key
 from longalign.rundir import append_jsonl
 
@@ -181,9 +181,7 @@ class CachingClient:
         if self.price_in is None and self.price_out is None:
             out["cost"] = None
         else:
-            out["cost"] = (
-                out["prompt_tokens"] * (self.price_in or 0.0) + out["completion_tokens"] * (self.price_out or 0.0)
-            ) / 1e6
+            out["cost"] = cost_of(out["prompt_tokens"], out["completion_tokens"], self.price_in, self.price_out)
         if self.budget.active:
             out["budget"] = self.budget.to_dict()
         return out
