@@ -319,7 +319,7 @@ def test_endpoint_options_are_the_client_keywords():
 
     params = inspect.signature(make_client).parameters
     defaults = EndpointOptions().client_kwargs()
-    assert len(defaults) == 11 and all(params[k].default == v for k, v in defaults.items())
+    assert len(defaults) == 12 and all(params[k].default == v for k, v in defaults.items())
     gen = GenerateConfig(
         base_url="http://127.0.0.1:9/v1", timeout=5.0, max_retries=1, price_out_per_mtok=0.6, max_cost=1
     )
