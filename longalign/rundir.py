@@ -28,6 +28,11 @@ Layout (every path below is produced by exactly one stage; readers never trust a
       eval/judge_agreement/ratings.jsonl + summary.json
       eval/heldout/results.jsonl + summary.json   held-out loss per conversation and its means
       eval/longbench/{predictions,judgments}.jsonl + summary.json
+      eval/ruler/results.jsonl + prompts.jsonl + summary.json   synthetic ladder: one line per sample (task,
+                                      length, depths, expected, output, score); the prompts; cells and the
+                                      effective context length
+      eval/longbench_v2/results.jsonl + summary.json   multiple choice: one line per item; accuracy overall,
+                                      by difficulty and by length
       demo_summary.json               what `longalign demo` measured, stage by stage
 
 Writers use :func:`append_jsonl` (one complete line per record, flushed and fsynced) or
@@ -390,6 +395,15 @@ class RunDir:
 
     def needle_heatmap(self) -> Path:
         return self.eval("needle") / "heatmap.html"
+
+    def ruler_results(self) -> Path:
+        return self.eval("ruler") / "results.jsonl"
+
+    def ruler_prompts(self) -> Path:
+        return self.eval("ruler") / "prompts.jsonl"
+
+    def longbench_v2_results(self) -> Path:
+        return self.eval("longbench_v2") / "results.jsonl"
 
     def agreement_ratings(self) -> Path:
         return self.eval("judge_agreement") / "ratings.jsonl"

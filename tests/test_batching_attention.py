@@ -14,6 +14,7 @@ from longalign.batching.attention import (
     register_attention,
     segments_from_positions,
     select_attention,
+    varlen_attention_forward,
 )
 
 LENS = [5, 9, 3, 12, 1]
@@ -151,3 +152,31 @@ def test_cuda_backends_match_per_sequence(dtype):
             ref = torch.cat([model(input_ids=s[None].cuda(), use_cache=False).logits[0] for s in seqs])
             out = packed_forward(model, batch).logits[0]
         assert (out.float() - ref.float()).abs().max().item() <= 5e-2, name
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_varlen_kernel_gets_one_half_dtype(monkeypatch, gqa):
+    """Under autocast transformers hands the attention a float32 query and key (the rotary embedding multiplies
+    by float32 cos/sin) next to a bf16 value; torch's varlen flash kernel takes one fp16/bf16 dtype. Checked on a
+    CPU through the kernel's shape function (meta tensors); what reaches the kernel is recorded."""
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    seen = []
+    real = varlen.varlen_attn
+
+    def recording(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(varlen, "varlen_attn", recording)
+    kv = 2 if gqa else 4
+    q = torch.empty(1, 4, 12, 16, device="meta")
+    k = torch.empty(1, kv, 12, 16, device="meta")
+    v = torch.empty(1, kv, 12, 16, device="meta", dtype=torch.bfloat16)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, cu_seq_lens_q=cu)
+    assert seen == [(torch.bfloat16,) * 3]
+    assert out.shape == (1, 12, 4, 16) and out.dtype == torch.bfloat16
+    # all float32 (no autocast, no half input): passed on unchanged, the kernel's own check decides
+    seen.clear()
+    varlen_attention_forward(torch.nn.Module(), q, k, v.float(), None, scaling=0.25, cu_seq_lens_q=cu)
+    assert seen == [(torch.float32,) * 3]

@@ -271,8 +271,7 @@ def flex_attention_forward(
     On CUDA the kernel is compiled once (block-sparse: cost follows sum n_i^2 up to the 128-token block
     size); elsewhere flex attention runs eagerly (correct, dense cost: for tests).
     """
-    import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     if attention_mask is not None:
         raise ValueError(f"{FLEX} builds its own document mask; call the model without attention_mask")
@@ -296,18 +295,46 @@ def flex_attention_forward(
         block_mask = create_block_mask(document_causal, batch, None, q_len, q_len, device=query.device)
         _FlexState.last_key, _FlexState.last_anchor, _FlexState.last_mask = cache_key, anchor, block_mask
     gqa = _gqa(module, query, key)
-    if query.device.type == "cuda":
-        if _FlexState.compiled is None:
-            _FlexState.compiled = torch.compile(flex_attention, dynamic=None)
-        out = _FlexState.compiled(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
-    else:
-        with warnings.catch_warnings():  # torch warns that uncompiled flex attention is slow: known, for tests
+    kernel = flex_kernel(query.device)
+    with warnings.catch_warnings():
+        if query.device.type != "cuda":  # torch warns that uncompiled flex attention is slow: known, for tests
             warnings.simplefilter("ignore", UserWarning)
-            out = flex_attention(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+        out = kernel(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None
 
 
 _FlexState.last_anchor = None
+
+
+def flex_kernel(device: Any):
+    """The flex attention function for ``device``: on CUDA compiled once per process (the block-sparse
+    kernel; compilation happens at the first call), elsewhere torch's eager function.
+
+    Building the compiled function touches no GPU, so a CPU-only machine can check that this line runs
+    (``benchmarks/gpu_check.py --device cpu``)."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.device(device).type != "cuda":
+        return flex_attention
+    if _FlexState.compiled is None:
+        _FlexState.compiled = torch.compile(flex_attention, dynamic=None)
+    return _FlexState.compiled
+
+
+def _half_dtype(query: Any, key: Any, value: Any) -> Any:
+    """The fp16/bf16 dtype a half-precision-only kernel must be given: autocast's for the device when autocast
+    is on (there the rotary embedding leaves query and key in float32, while value comes out of a bf16 linear
+    layer), else the one half dtype among the inputs; None when there is none (all float32)."""
+    import torch
+
+    try:
+        if torch.is_autocast_enabled(query.device.type):
+            return torch.get_autocast_dtype(query.device.type)
+    except (RuntimeError, TypeError, ValueError):  # a device type without autocast (meta)
+        pass
+    halves = {t.dtype for t in (query, key, value)} & {torch.float16, torch.bfloat16}
+    return halves.pop() if len(halves) == 1 else None
 
 
 def varlen_attention_forward(
@@ -320,12 +347,18 @@ def varlen_attention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ):
-    """torch's variable-length flash kernel (``torch.nn.attention.varlen``; CUDA, fp16/bf16) over a pack."""
+    """torch's variable-length flash kernel (``torch.nn.attention.varlen``; CUDA, fp16/bf16) over a pack.
+
+    Query, key and value go to the kernel in one half dtype (:func:`_half_dtype`): under autocast transformers
+    hands over a float32 query and key next to a bf16 value, which the kernel would refuse."""
     import torch
     from torch.nn.attention.varlen import varlen_attn
 
     if attention_mask is not None:
         raise ValueError(f"{VARLEN} needs attention_mask=None (the pack boundaries come from cu_seq_lens_q)")
+    half = _half_dtype(query, key, value)
+    if half is not None:
+        query, key, value = (t if t.dtype == half else t.to(half) for t in (query, key, value))
     batch, heads, q_len, dim = query.shape
     segs = _segments(q_len, batch, kwargs) or [[(0, q_len)] for _ in range(batch)]
     bounds = [0]

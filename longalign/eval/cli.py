@@ -1,4 +1,4 @@
-"""``longalign eval longbench-chat | needle | longbench | judge-agreement | heldout``.
+"""``longalign eval longbench-chat | needle | longbench | ruler | longbench-v2 | judge-agreement | heldout``.
 
 Every option of a subcommand is a field of its config dataclass (``--config FILE`` plus ``--field-name``
 overrides); results go to ``<run>/eval/<benchmark>/`` (``--run DIR``; ``--out`` is its deprecated name).
@@ -16,7 +16,9 @@ from longalign.eval.agreement import AgreementConfig
 from longalign.eval.heldout import HeldOutConfig
 from longalign.eval.longbench import LongBenchConfig
 from longalign.eval.longbench_chat import LongBenchChatConfig
+from longalign.eval.longbench_v2 import LongBenchV2Config
 from longalign.eval.needle import NeedleConfig
+from longalign.eval.ruler import RulerConfig
 
 DEFAULT_RUN = "runs/eval"
 
@@ -24,6 +26,15 @@ COMMANDS: dict[str, tuple[str, type]] = {
     "longbench-chat": ("LongBench-Chat: answer, judge 1-10 with scored examples, summarise", LongBenchChatConfig),
     "needle": ("needle-in-a-haystack grid of context lengths x depths, with a heatmap", NeedleConfig),
     "longbench": ("LongBench single/multi-doc QA and summarization, judged and normalised to 0-100", LongBenchConfig),
+    "ruler": (
+        "synthetic ladder (RULER tasks: needles, variable tracking, word extraction, QA) over context lengths, "
+        "with the effective context length",
+        RulerConfig,
+    ),
+    "longbench-v2": (
+        "LongBench v2 multiple choice from your copy: accuracy overall, by difficulty and by length",
+        LongBenchV2Config,
+    ),
     "judge-agreement": ("correlate a judge with the human scores of LongBench-Chat's few_shots.json", AgreementConfig),
     "heldout": ("loss of a model on the assistant replies of held-out conversations (no generation)", HeldOutConfig),
 }
@@ -33,7 +44,8 @@ def register(subparsers: Any) -> None:
     """Add ``longalign eval`` and one subcommand per benchmark."""
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a model: LongBench-Chat, needle, LongBench, judge agreement, held-out loss",
+        help="evaluate a model: LongBench-Chat, needle, LongBench, RULER ladder, LongBench v2, judge agreement, "
+        "held-out loss",
         description="Evaluate long-context ability; results go to <run>/eval/.",
     )
     sub = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK")

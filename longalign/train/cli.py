@@ -102,7 +102,7 @@ def _close_process_group() -> None:
 def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None) -> int:
     import os
 
-    from longalign.train.memory import largest_max_len, parse_memory, plan_for_config
+    from longalign.train.memory import largest_for_config, parse_memory, plan_for_config
 
     gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     memory = parse_memory(args.device_memory) if args.device_memory else None
@@ -117,26 +117,7 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None
     for line in plan.lines():
         print(line)
     if memory is not None:
-        s = plan.settings
-        longest = largest_max_len(
-            cfg.model,
-            memory,
-            **{
-                k: s[k]
-                for k in (
-                    "precision",
-                    "zero_stage",
-                    "offload",
-                    "gpus",
-                    "sp_size",
-                    "gradient_checkpointing",
-                    "loss_impl",
-                    "target_fraction",
-                    "device",
-                )
-            },
-            chunk_rows=cfg.loss_chunk_rows,
-        )
+        longest = largest_for_config(cfg, plan, memory)
         print(
             f"longest max_len that fits {args.device_memory} per device: {longest:,} tokens"
             + ("" if cfg.method == "pack" else " per micro-batch (batch x padded length)")
@@ -152,9 +133,6 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None
 
 def model_positions(spec: str) -> int:
     """``max_position_embeddings`` of a model spec's config (0 when it cannot be read)."""
-    from longalign.models import load_model_config
+    from longalign.models import model_positions as positions_of
 
-    try:
-        return int(getattr(load_model_config(spec), "max_position_embeddings", 0) or 0)
-    except (OSError, ValueError):
-        return 0
+    return positions_of(spec) or 0

@@ -499,3 +499,24 @@ def plan_for_config(
         chunk_rows=cfg.loss_chunk_rows,
         device_memory=device_memory,
     )
+
+
+PLAN_SEARCH_KEYS = (
+    "precision",
+    "zero_stage",
+    "offload",
+    "gpus",
+    "sp_size",
+    "gradient_checkpointing",
+    "loss_impl",
+    "target_fraction",
+    "device",
+)
+
+
+def largest_for_config(cfg: Any, plan: MemoryPlan, device_memory: float, *, multiple: int = 1024) -> int:
+    """The longest ``max_len`` that fits ``device_memory`` bytes with every other setting of ``plan`` (a
+    :func:`plan_for_config` result for ``cfg``) unchanged: tokens per pack, or per micro-batch (batch x padded
+    length) for naive/sort. What ``longalign train --memory-plan --device-memory`` prints."""
+    settings = {k: plan.settings[k] for k in PLAN_SEARCH_KEYS}
+    return largest_max_len(cfg.model, device_memory, multiple=multiple, chunk_rows=cfg.loss_chunk_rows, **settings)

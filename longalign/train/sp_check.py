@@ -99,7 +99,11 @@ def _adamw(model) -> Any:
     return torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
 
 
-def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "float64") -> dict[str, Any]:
+def run_checks(
+    device_kind: str = "cpu", core: str = "auto", dtype_name: str = "float64", cases: list[int] | None = None
+) -> dict[str, Any]:
+    """Run the cases of :data:`CASES` (all, or the ones at the indices ``cases``) on every rank; rank 0's dict
+    holds the per-case results."""
     import torch
     import torch.distributed as dist
     from transformers import AutoConfig
@@ -123,6 +127,8 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
     packed = PackedCollator(64, weights_dtype=dtype)
     shard = spm.ShardCollator(packed, world, layout.sp_rank)
     for k, (loss_norm, loss_impl, ckpt, lay, kv_heads) in enumerate(CASES):
+        if cases is not None and k not in cases:
+            continue
         config = copy.deepcopy(base_config)
         config.num_key_value_heads = kv_heads
         rows, batch_ids = _rows(LAYOUTS[lay], seed=k)
@@ -186,6 +192,7 @@ def run_checks(device_kind: str = "cpu", core: str = "auto", dtype_name: str = "
                 logits[label] = float((whole - ref_logits).abs().max())
         results["cases"].append(
             {
+                "case": k,
                 "loss_norm": loss_norm,
                 "loss_impl": loss_impl,
                 "gradient_checkpointing": ckpt,
@@ -241,6 +248,19 @@ class _nullcontext:
         return False
 
 
+def _parse_cases(parser: argparse.ArgumentParser, text: str) -> list[int] | None:
+    if not text.strip():
+        return None
+    try:
+        cases = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--cases {text!r}: give comma-separated integers, e.g. 0,1")
+    bad = [k for k in cases if not 0 <= k < len(CASES)]
+    if bad or not cases:
+        parser.error(f"--cases {text!r}: indices must be in 0-{len(CASES) - 1}")
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
@@ -250,11 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--core", default="auto", help="core attention (default: longalign.batching.select_attention)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32", "bfloat16"))
+    parser.add_argument(
+        "--cases", default="", help=f"comma-separated indices of the cases to run (0-{len(CASES) - 1}; default all)"
+    )
     args = parser.parse_args(argv)
+    cases = _parse_cases(parser, args.cases)
     torch.set_num_threads(1)
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     try:
-        results = run_checks(args.device, args.core, args.dtype)
+        results = run_checks(args.device, args.core, args.dtype, cases)
         if dist.get_rank() == 0:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
         dist.barrier()

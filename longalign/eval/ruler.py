@@ -1,0 +1,490 @@
+"""``longalign eval ruler``: a ladder of synthetic long-context tasks (RULER, Hsieh et al., arXiv 2404.06654) over
+context lengths, scored without a judge, with the *effective context length* of the model.
+
+Tasks and how each sample is built: :mod:`longalign.eval.ruler_tasks`. A length counts the whole window a
+sample occupies in the evaluated model's own tokens: the prompt (chat template and answer prefix included) is
+exactly ``length - max_new_tokens`` tokens and the answer may take the remaining ``max_new_tokens`` (each task's
+RULER budget: 128 for the needle tasks, 30 for ``vt``, 120 for ``cwe``, 50 for ``fwe``, 32 for QA; or
+``--max-new-tokens``). So ``--lengths 8192`` fits a model with 8,192 positions exactly, and a length beyond the
+model's positions is refused before anything is loaded, with the fix (a model extended with ``longalign train
+--rope-scale``, or shorter lengths). For an endpoint the prompt is counted with ``--tokenizer`` (the embedded
+model's by default), an approximation of the served model's count, and ``--max-positions`` gives the window to
+check against.
+
+Answers are greedy by default (``--temperature 0``), start after the task's answer prefix (``--answer-prefix
+false`` lets the model start its own reply; an endpoint gets the prefix as an assistant message to continue,
+which vLLM and llama.cpp's server do) and are scored by RULER's string match: the share of expected values in
+the output (QA: any reference answer). A cell (task x length) reports the mean score x 100 with a 95% Wilson
+interval (:mod:`longalign.eval.intervals`); a length reports the mean of its tasks' scores and its interval; the
+effective context length is the longest length up to which every length's average stays above ``--threshold``
+(RULER's 85.6, Llama-2-7B's score at 4k).
+
+Local models reuse shared prompt prefixes (``--prefix-reuse``, :class:`~longalign.llm.local_model.PrefixCache`):
+all pending samples are built first and answered in the lexicographic order of their token ids, so each prompt
+follows the one it shares the longest prefix with and only the rest is prefilled (the header and the haystack
+up to the first insert are shared by the samples of a stream, across tasks and lengths). Outputs are the same
+with and without (``benchmarks/ladder_throughput.py`` checks it).
+
+Files: ``<run>/eval/ruler/results.jsonl`` (one line per sample: task, length, index, depths, expected, output,
+score, token counts), ``prompts.jsonl`` (the user turn and answer prefix of every sample, for reading a sample
+back) and ``summary.json``. Every answered sample is appended at once; a re-run with the same settings (model,
+seed, haystack or QA file, answer budget and prefix, sampling) skips every sample already in results.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longalign.config import option, redefault
+from longalign.eval.intervals import mean_interval, pooled_interval
+from longalign.eval.options import ModelOptions, SamplingOptions
+from longalign.eval.ruler_tasks import (
+    ALL_TASKS,
+    GENERATOR_VERSION,
+    SYNTHETIC_TASKS,
+    TASKS,
+    PromptFormat,
+    RulerSample,
+    TaskContext,
+    score_output,
+)
+from longalign.eval.summary import EvalSummary
+from longalign.options import InputErrorOptions
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl, skipped_lines
+from longalign.stage import as_run_dir, record
+
+log = logging.getLogger(__name__)
+
+BENCHMARK = "ruler"
+RULER_THRESHOLD = 85.6  # RULER's bar: Llama-2-7B's average at 4k tokens
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)
+LENGTH_COUNTING = (
+    "a length is the whole window of a sample: prompt tokens (chat template and answer prefix included, "
+    "exact in the evaluated model's tokenizer) + the task's answer budget (max_new_tokens)"
+)
+
+
+@dataclass
+class RulerConfig(ModelOptions, SamplingOptions, InputErrorOptions):
+    """``longalign eval ruler``: synthetic long-context ladder (RULER tasks x lengths)."""
+
+    tasks: list[str] = option(
+        default_factory=lambda: list(SYNTHETIC_TASKS),
+        choices=ALL_TASKS,
+        help="tasks to run: " + ", ".join(ALL_TASKS) + " (qa_* need --qa-squad / --qa-hotpot)",
+    )
+    lengths: list[int] = option(
+        default_factory=lambda: list(DEFAULT_LENGTHS),
+        help="ladder lengths in the model's tokens: prompt (chat template included) + the answer budget",
+    )
+    samples: int = option(10, minimum=1, help="samples per task x length")
+    haystack: str = option(
+        "builtin",
+        help="documents of the *_docs-style needle tasks: 'builtin' (pydoc help topics), a folder of "
+        ".txt/.md/.py files, or a corpus .jsonl",
+    )
+    qa_squad: str = option("", help="SQuAD-layout JSON file for qa_squad (yours; none is bundled)")
+    qa_hotpot: str = option("", help="HotpotQA-layout JSON file for qa_hotpot (yours; none is bundled)")
+    threshold: float = option(
+        RULER_THRESHOLD, minimum=0, maximum=100, help="average score a length must exceed to count as effective"
+    )
+    answer_prefix: bool = option(True, help="start every answer with the task's answer prefix")
+    prefix_reuse: bool = option(True, help="local models: prefill prompt prefixes shared by samples once")
+    max_positions: int = option(
+        0,
+        minimum=0,
+        help="the model's context window, to refuse longer lengths (0 = from a local model's config; an endpoint "
+        "is then not checked)",
+    )
+    progress: bool = option(True, help="show progress bars")
+    max_new_tokens: int = redefault(0, note="0 = each task's own budget")
+    seed: int = redefault(42, note="also draws the samples")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.tasks:
+            raise ValueError(f"tasks is empty; choose from {', '.join(ALL_TASKS)}")
+        if not self.lengths:
+            raise ValueError("lengths is empty; give e.g. --lengths 1024,2048,4096")
+        for length in self.lengths:
+            if length < 64:
+                raise ValueError(f"length {length} is too short for any task; use 256 tokens or more")
+        if "qa_squad" in self.tasks and not self.qa_squad:
+            raise ValueError("task qa_squad needs --qa-squad FILE (a SQuAD-layout JSON file of your own)")
+        if "qa_hotpot" in self.tasks and not self.qa_hotpot:
+            raise ValueError("task qa_hotpot needs --qa-hotpot FILE (a HotpotQA-layout JSON file of your own)")
+
+
+@dataclass
+class RulerSummary(EvalSummary):
+    results: Path | None = None
+    answered: int = 0  # samples answered by this call
+    done_before: int = 0  # samples found in results.jsonl
+    skipped: dict[str, Any] | None = None  # bad QA records skipped (on_error=skip)
+
+    def lines(self) -> list[str]:
+        s = self.scores or {}
+        out = skipped_lines(self.skipped)
+        out.append(
+            f"RULER ladder of {s.get('model')}: {s.get('samples')} samples per task x length, "
+            f"{self.answered} answered now, {self.done_before} before (score 0-100 [95% interval])"
+        )
+        out += ladder_table(s)
+        eff = s.get("effective_length")
+        thr = s.get("threshold")
+        if eff is None:
+            out.append(f"effective context length: none (the average is not above {thr} at {s['lengths'][0]})")
+        else:
+            more = " (every length tested)" if eff == max(s.get("lengths") or [0]) else ""
+            out.append(f"effective context length: {eff} (average above {thr} up to there){more}")
+        out += self.note_lines()
+        out.append(f"results: {self.results}")
+        return out
+
+
+def ladder_table(scores: dict[str, Any]) -> list[str]:
+    """The task x length table of a ruler summary as text lines."""
+    lengths = [str(x) for x in scores.get("lengths", [])]
+    cells = scores.get("cells", {})
+
+    def fmt(c: dict[str, Any] | None) -> str:
+        if not c or c.get("score") is None:
+            return "-"
+        return f"{c['score']:.1f} [{c['lo']:.0f}-{c['hi']:.0f}]"
+
+    width = max([len("average")] + [len(t) for t in cells]) + 2
+    out = ["".ljust(width) + "".join(f"{x:>18}" for x in lengths)]
+    for task, by_len in cells.items():
+        out.append(task.ljust(width) + "".join(f"{fmt(by_len.get(x)):>18}" for x in lengths))
+    avg = scores.get("by_length", {})
+    out.append("average".ljust(width) + "".join(f"{fmt(avg.get(x)):>18}" for x in lengths))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- lengths
+def model_positions(spec: str | None) -> int | None:
+    """``max_position_embeddings`` of a local model spec, read from its config without loading the weights (None
+    for an endpoint, or when the config does not say): :func:`longalign.eval.generate.model_limit`."""
+    from longalign.eval.generate import model_limit
+
+    return model_limit(spec) or None
+
+
+def check_lengths(lengths: Sequence[int], positions: int | None, model: str, *, from_flag: bool = False) -> None:
+    """Refuse lengths beyond the model's positions, naming the fix (:func:`longalign.models.check_length`, the
+    check every long-input command shares)."""
+    from longalign.models import check_length
+
+    over = [x for x in lengths if positions and x > positions]
+    if over:
+        check_length(
+            max(over),
+            asked="--lengths " + ",".join(map(str, over)),
+            model=model,
+            positions=positions,
+            shorter=f"use lengths up to {positions} ({LENGTH_COUNTING})",
+            extend="evaluate a model extended for longer inputs (longalign train ... --rope-scale 200 "
+            "--max-position-embeddings {length}, as the paper does before fine-tuning)",
+            source="--max-positions" if from_flag else "max_position_embeddings={positions}",
+        )
+
+
+# --------------------------------------------------------------------------------------------- answering
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    reused_prompt_tokens: int = 0
+
+
+class LocalAnswerer:
+    """A local causal LM answering from the exact prompt ids, with the model's :class:`PrefixCache` when
+    ``prefix_reuse``."""
+
+    kind = "local"
+
+    def __init__(self, spec: str | None, *, prefix_reuse: bool = True, model: Any = None, tokenizer: Any = None):
+        from longalign.llm.client import local_model_spec
+        from longalign.llm.local_model import local_model_for
+        from longalign.models import model_display_name
+
+        spec = local_model_spec(spec)
+        self.lm = local_model_for(spec, model=model, tokenizer=tokenizer)
+        self.name = model_display_name(spec)
+        self.tokenizer = self.lm.tokenizer
+        self.max_positions = self.lm.max_positions
+        self.prefix_reuse = prefix_reuse
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.tokenizer, self.lm.render)
+
+    def answer(self, sample: RulerSample, params: Any) -> Answer:
+        lm = self.lm
+        ids = sample.prompt_ids or lm.encode(
+            lm.render([{"role": "user", "content": sample.user}], sample.answer_prefix)
+        )
+        before = lm.prefix_cache.reused_tokens
+        out = lm.generate(
+            [ids],
+            max_new_tokens=sample.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            seed=params.seed,
+            reuse_prefix=self.prefix_reuse,
+        )[0]
+        reused = lm.prefix_cache.reused_tokens - before
+        return Answer(out.text, out.prompt_tokens, out.content_tokens, out.finish_reason, reused)
+
+
+class EndpointAnswerer:
+    """An OpenAI-compatible endpoint (request cache, retries); prompts are counted with a local tokenizer and its
+    chat template, and the answer prefix goes as an assistant message to continue."""
+
+    kind = "endpoint"
+
+    def __init__(self, spec: str, *, tokenizer: Any = None, tokenizer_spec: str | None = None, **client_kwargs: Any):
+        from longalign.llm import make_client
+        from longalign.models import load_tokenizer
+
+        self.client = make_client(spec, **client_kwargs)
+        self.name = spec
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_spec or None)
+        self.max_positions = None
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.tokenizer)
+
+    def answer(self, sample: RulerSample, params: Any) -> Answer:
+        from dataclasses import replace
+
+        messages = [{"role": "user", "content": sample.user}]
+        if sample.answer_prefix:
+            messages.append({"role": "assistant", "content": sample.answer_prefix})
+        p = replace(params, max_tokens=sample.max_new_tokens, continue_final=bool(sample.answer_prefix))
+        res = self.client.chat(messages, p)
+        return Answer(res.text, res.prompt_tokens, res.completion_tokens, res.finish_reason)
+
+
+def make_answerer(cfg: RulerConfig, run: RunDir) -> LocalAnswerer | EndpointAnswerer:
+    from longalign.eval.generate import is_endpoint_spec
+
+    if is_endpoint_spec(cfg.model):
+        return EndpointAnswerer(
+            cfg.model,
+            tokenizer_spec=cfg.tokenizer or None,
+            cache_dir=run.llm_cache,
+            calls_log=run.llm_calls,
+            **cfg.model_endpoint().client_kwargs(),
+        )
+    return LocalAnswerer(cfg.model, prefix_reuse=cfg.prefix_reuse)
+
+
+# --------------------------------------------------------------------------------------------- results
+def setup_of(cfg: RulerConfig, task: str, model_name: str) -> str:
+    """A short hash of everything that makes a sample of ``task`` what it is (results with another setup are
+    neither skipped nor summarised)."""
+    spec = TASKS[task]
+    parts: dict[str, Any] = {
+        "version": GENERATOR_VERSION,
+        "model": model_name,
+        "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens or spec.max_new_tokens,
+        "answer_prefix": cfg.answer_prefix,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+    }
+    if spec.context == "docs":
+        parts["haystack"] = cfg.haystack
+    if spec.context == "passages":
+        parts["qa"] = cfg.qa_squad if spec.param("source") == "squad" else cfg.qa_hotpot
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_name(cfg: RulerConfig) -> str:
+    from longalign.eval.generate import is_endpoint_spec
+    from longalign.llm.client import local_model_spec
+    from longalign.models import model_display_name
+
+    return cfg.model if is_endpoint_spec(cfg.model) else model_display_name(local_model_spec(cfg.model))
+
+
+def effective_length(by_length: dict[int, float | None], threshold: float) -> int | None:
+    """The longest length up to which every length's average is above ``threshold`` (None when the shortest is
+    not)."""
+    best = None
+    for length in sorted(by_length):
+        avg = by_length[length]
+        if avg is None or avg <= threshold:
+            break
+        best = length
+    return best
+
+
+def summarise(
+    results: Sequence[dict[str, Any]], tasks: Sequence[str], lengths: Sequence[int], threshold: float
+) -> dict[str, Any]:
+    """Cells (task x length: mean score x 100 with its 95% interval), the average per length (equal weight per
+    task, pooled interval) and the effective context length."""
+    cells: dict[str, dict[str, Any]] = {}
+    by_length: dict[str, Any] = {}
+    for task in tasks:
+        cells[task] = {}
+        for length in lengths:
+            scores = [float(r["score"]) for r in results if r["task"] == task and int(r["length"]) == length]
+            cells[task][str(length)] = mean_interval(scores, 100.0)
+    averages: dict[int, float | None] = {}
+    for length in lengths:
+        here = [cells[t][str(length)] for t in tasks]
+        parts = [(c["score"] / 100.0, c["n"]) for c in here if c["n"]]
+        pooled = pooled_interval(parts, 100.0)
+        complete = len(parts) == len(tasks)
+        by_length[str(length)] = {**pooled, "complete": complete}
+        averages[length] = pooled["score"] if complete else None
+    return {
+        "cells": cells,
+        "by_length": by_length,
+        "effective_length": effective_length(averages, threshold),
+        "threshold": threshold,
+    }
+
+
+# --------------------------------------------------------------------------------------------- runner
+def run(
+    cfg: RulerConfig, run_dir: str | Path | RunDir, *, answerer: Any = None, progress_cb: Any = None
+) -> RulerSummary:
+    """Build, answer and score the ladder (resuming per sample) into ``<run>/eval/ruler/``; recorded in run.json
+    as ``eval_ruler``. ``answerer`` replaces the model (anything with ``name``, ``max_positions``,
+    ``prompt_format()`` and ``answer(sample, params)``)."""
+    from tqdm.auto import tqdm
+
+    from longalign.llm.base import SamplingParams
+
+    run_ = as_run_dir(run_dir)
+    lengths = sorted({int(x) for x in cfg.lengths})
+    tasks = list(dict.fromkeys(cfg.tasks))
+    positions = cfg.max_positions or (answerer.max_positions if answerer is not None else model_positions(cfg.model))
+    check_lengths(lengths, positions, cfg.model, from_flag=bool(cfg.max_positions))  # before any model is loaded
+    name = answerer.name if answerer is not None else _model_name(cfg)
+    setups = {t: setup_of(cfg, t, name) for t in tasks}
+    res_path = run_.ruler_results()
+    done = {r["key"] for r in read_jsonl(res_path) if r.get("setup") == setups.get(r.get("task"))}
+    wanted = [(t, length, i) for t in tasks for length in lengths for i in range(cfg.samples)]
+    pending = [w for w in wanted if f"{w[0]}/{w[1]}/{w[2]}" not in done]
+    answered = 0
+    ctx = None
+    if pending:
+        if answerer is None:
+            answerer = make_answerer(cfg, run_)
+        ctx = TaskContext(
+            answerer.prompt_format(),
+            seed=cfg.seed,
+            haystack=cfg.haystack,
+            qa_squad=cfg.qa_squad,
+            qa_hotpot=cfg.qa_hotpot,
+            answer_prefix=cfg.answer_prefix,
+            max_new_tokens=cfg.max_new_tokens,
+            on_error=cfg.on_error,
+        )
+        samples = [
+            ctx.build(t, length, i) for t, length, i in tqdm(pending, desc="ruler prompts", disable=not cfg.progress)
+        ]
+        samples.sort(key=lambda s: s.prompt_ids or [])  # each prompt right after the one it shares most with
+        params = SamplingParams(max_tokens=1, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        for s in tqdm(samples, desc="ruler samples", disable=not cfg.progress):
+            start = time.perf_counter()
+            ans = answerer.answer(s, params)
+            seconds = time.perf_counter() - start
+            spec = TASKS[s.task]
+            append_jsonl(
+                run_.ruler_prompts(),
+                {"key": s.key, "setup": setups[s.task], "user": s.user, "answer_prefix": s.answer_prefix},
+                fsync=False,
+            )
+            append_jsonl(res_path, _record(s, spec.category, ans, seconds, setups[s.task], name, cfg.seed))
+            answered += 1
+            if progress_cb is not None:
+                progress_cb(answered, len(samples))
+    results = [
+        r
+        for r in read_jsonl(res_path)
+        if r.get("setup") == setups.get(r.get("task")) and int(r["length"]) in lengths and int(r["index"]) < cfg.samples
+    ]
+    latest = {r["key"]: r for r in results}  # a sample answered twice (two processes) counts once
+    scores = {
+        "model": name,
+        "tasks": tasks,
+        "lengths": lengths,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "n": len(latest),
+        "length_counting": LENGTH_COUNTING,
+        "answer_prefix": cfg.answer_prefix,
+        "categories": {t: TASKS[t].category for t in tasks},
+        **summarise(list(latest.values()), tasks, lengths, cfg.threshold),
+        "notes": _notes(cfg, answerer),
+    }
+    atomic_write_json(run_.eval_summary(BENCHMARK), scores)
+    summary = RulerSummary(
+        BENCHMARK,
+        run_.eval(BENCHMARK),
+        scores,
+        summary_path=run_.eval_summary(BENCHMARK),
+        results=res_path,
+        answered=answered,
+        done_before=len(wanted) - len(pending),
+        skipped=ctx.skipped.to_dict() if ctx is not None else None,
+    )
+    record(run_, "eval_ruler", cfg, summary)
+    return summary
+
+
+def _record(
+    s: RulerSample, category: str, ans: Answer, seconds: float, setup: str, model: str, seed: int
+) -> dict[str, Any]:
+    return {
+        "key": s.key,
+        "task": s.task,
+        "category": category,
+        "length": s.length,
+        "index": s.index,
+        "depths": s.depths,
+        "expected": s.expected,
+        "metric": s.metric,
+        "output": ans.text,
+        "score": score_output(ans.text, s.expected, s.metric),
+        "prompt_tokens": s.prompt_tokens,
+        "prompt_tokens_reported": ans.prompt_tokens,
+        "max_new_tokens": s.max_new_tokens,
+        "completion_tokens": ans.completion_tokens,
+        "finish_reason": ans.finish_reason,
+        "reused_prompt_tokens": ans.reused_prompt_tokens,
+        "seconds": round(seconds, 3),
+        "info": s.info,
+        "model": model,
+        "seed": seed,
+        "setup": setup,
+    }
+
+
+def _notes(cfg: RulerConfig, answerer: Any) -> list[str]:
+    notes = [
+        "scores: RULER's string match (share of expected values in the output; QA: any reference answer) x 100, "
+        "95% Wilson intervals; a length's average weights its tasks equally",
+    ]
+    from longalign.eval.generate import is_endpoint_spec
+
+    if getattr(answerer, "kind", "") == "endpoint" or (answerer is None and is_endpoint_spec(cfg.model)):
+        notes.append("prompt lengths counted with a local tokenizer, not the served model's")
+    if cfg.samples < 10:
+        notes.append(f"{cfg.samples} samples per cell: intervals are wide")
+    return notes
