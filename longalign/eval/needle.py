@@ -338,7 +338,7 @@ def needle_judge_messages(question: str, reference: str, response: str) -> list[
 
 # --------------------------------------------------------------------------------------------- heatmap
 HEATMAP_VALUES = {  # result field -> (panel title, colour bar title, zmin, zmax, cell text format)
-    "judge_score": ("judge score (1-10)", "judge", 1, 10, ".0f"),
+    "judge_score": ("judge score (1-10)", "judge", 1, 10, ".1f"),
     "recall": ("key-phrase recall (0-1)", "recall", 0, 1, ".2f"),
     "recall_norm": ("normalised key-phrase recall (0-1)", "recall<br>(norm.)", 0, 1, ".2f"),
 }
@@ -397,11 +397,13 @@ def heatmap_figure(
         rows=n, cols=1, vertical_spacing=0.12, subplot_titles=[HEATMAP_VALUES[k][0] for k in panels] if n > 1 else None
     )
     for row, (key, z) in enumerate(panels.items(), 1):
-        _, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
+        name, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
+        name = name.split(" (")[0]
         z = [[None if v is None or v != v else float(v) for v in zr] for zr in z]
         text = [["" if v is None else format(v, fmt) for v in zr] for zr in z]
+        exact = [["no probe" if v is None else f"{v:.2f}" for v in zr] for zr in z]
         bar_pos = dict(len=1 / n, y=1 - (row - 0.5) / n) if n > 1 else {}
-        hover = "length %{x} tokens<br>depth %{y}<br>" + key + " %{z}<extra></extra>"
+        hover = "length %{x} tokens<br>depth %{y}<br>" + name + " %{z:.2f}<extra></extra>"
         fig.add_trace(
             go.Heatmap(
                 z=z,
@@ -430,8 +432,8 @@ def heatmap_figure(
                     y=gy,
                     mode="markers",
                     showlegend=False,
-                    customdata=[t for tr in text for t in tr],
-                    hovertemplate="length %{x} tokens<br>depth %{y}<br>" + key + " %{customdata}"
+                    customdata=[t for tr in exact for t in tr],
+                    hovertemplate="length %{x} tokens<br>depth %{y}<br>" + name + " %{customdata}"
                     "<br>click to open<extra></extra>",
                     marker=dict(size=30, opacity=0.01, color="#000000"),
                     selected=dict(marker=dict(opacity=0.01)),
