@@ -55,12 +55,6 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 )
 SURFACES = (7, "surfaces")
 
-# Cycles known today and owned by other work, each to be deleted from here when it is gone (the test fails
-# when a listed cycle no longer exists, so this list can only shrink). Empty is the goal.
-KNOWN_CYCLES_TO_REMOVE: tuple[frozenset[str], ...] = (
-    frozenset({"longalign.eval.judge", "longalign.eval.options"}),  # a judge built from the option group
-)
-
 # longalign.llm.base: the LLM error types (a spending cap reached) that the command line reports for any stage
 SHARED_FACES = ("longalign", "longalign.rundir", "longalign.config", "longalign.models", "longalign.llm.base")
 
@@ -291,11 +285,8 @@ def test_layer_table_covers_every_module():
 
 
 def test_no_import_cycles_among_longalign_modules():
-    found = {frozenset(c) for c in cycles(import_graph(*package_imports(ROOT)))}
-    unexpected = [sorted(c) for c in found if c not in KNOWN_CYCLES_TO_REMOVE]
-    assert not unexpected, f"import cycles among longalign modules: {unexpected}"
-    gone = [sorted(c) for c in KNOWN_CYCLES_TO_REMOVE if c not in found]
-    assert not gone, f"{gone} no longer form a cycle: delete them from KNOWN_CYCLES_TO_REMOVE"
+    found = cycles(import_graph(*package_imports(ROOT)))
+    assert not found, f"import cycles among longalign modules: {found}"
 
 
 def test_no_upward_imports():
