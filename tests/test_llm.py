@@ -540,14 +540,20 @@ TINY = "random:configs/models/tiny-llama"
 def test_loader_returns_one_object_per_model():
     import torch
 
-    from longalign.llm.local_model import LocalModel, get_local_model, loaded_local_models, release_local_models
+    from longalign.llm.local_model import (
+        LocalModel,
+        default_local_dtype,
+        get_local_model,
+        loaded_local_models,
+        release_local_models,
+    )
 
     release_local_models(TINY)
     lm = get_local_model(TINY, device="cpu")
     assert isinstance(lm, LocalModel) and lm.device == "cpu" and lm.model.training is False
     assert get_local_model(TINY, device="cpu") is lm
     assert get_local_model(f"random:{Path('configs/models/tiny-llama').resolve()}", device="cpu") is lm
-    assert get_local_model(TINY, device="cpu", dtype="float32") is lm  # the CPU default, spelled out
+    assert get_local_model(TINY, device="cpu", dtype=default_local_dtype("cpu")) is lm  # the default, spelled out
     half = get_local_model(TINY, device="cpu", dtype=torch.bfloat16)
     assert half is not lm and next(half.model.parameters()).dtype == torch.bfloat16
     assert LocalModel.wrap(lm.model, lm.tokenizer, device="cpu") is lm  # already loaded objects: the cached entry

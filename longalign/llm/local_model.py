@@ -13,8 +13,12 @@ returns a fresh copy whose weights the trainer may change).
 Specs are model specs (:mod:`longalign.models`): ``smollm2`` (or empty), an HF id, a folder, or
 ``random:<config>``. Spellings of the same model share one entry (``""``/``smollm2``/``embedded``; a
 relative and an absolute path of one folder). Device defaults to CUDA when available, else CPU; dtype to
-bfloat16 on CUDA (half the memory of float32, the precision the released chat models are tuned in) and
-float32 on CPU (bfloat16 matmuls on CPU are several times slower).
+``$LONGALIGN_LOCAL_DTYPE`` when set, else bfloat16 on CUDA (half the memory of float32, the precision the
+released chat models are tuned in), and on CPU to ``int4`` where the CPU has AVX-512 (float32 elsewhere;
+bfloat16 matmuls on CPU are several times slower). ``int4`` is the float32 model whose linear layers with
+weights on a 4-bit group grid (the embedded Q4_1 model's, not its head) decode from that grid, about half a byte
+per weight instead of four (:mod:`longalign.llm.int4_decode`); prompts are prefilled in exact float32, and
+``LONGALIGN_LOCAL_DTYPE=float32`` (or ``dtype="float32"``) is the exact float32 path throughout.
 
 :class:`LocalModel` exposes what the users need: the chat prompt (:meth:`~LocalModel.render`), the ids
 that end a turn (:attr:`~LocalModel.eos_ids`), batched generation (:meth:`~LocalModel.generate`) and the
@@ -57,6 +61,11 @@ DEFAULT_SPEC = "smollm2"
 # end-of-turn markers chat templates use besides the tokenizer's eos (looked up by text, never by id)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
+# the environment variable that sets the local models' default dtype (``float32``: the exact float32 path)
+LOCAL_DTYPE_ENV = "LONGALIGN_LOCAL_DTYPE"
+# the dtype name of a float32 model whose 4-bit-grid linear layers decode from int4 (:mod:`longalign.llm.int4_decode`)
+INT4_DECODE = "int4"
+
 _load_lock = threading.Lock()
 _models: dict[tuple[str, str, str], LocalModel] = {}
 
@@ -71,6 +80,41 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_local_dtype(device: str = "cpu") -> str:
+    """The local models' dtype when none is given: ``$LONGALIGN_LOCAL_DTYPE`` when set, else ``bfloat16`` on CUDA,
+    :data:`INT4_DECODE` on a CPU with AVX-512 where PyTorch has the int4 kernel, and ``float32`` elsewhere."""
+    import os
+
+    chosen = os.environ.get(LOCAL_DTYPE_ENV, "").strip()
+    if chosen:
+        return chosen
+    if str(device).startswith("cuda"):
+        return "bfloat16"
+    import torch
+
+    from longalign.llm.int4_decode import int4_kernel_available
+
+    if str(device) == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        if int4_kernel_available():
+            return INT4_DECODE
+    return "float32"
+
+
+def resolve_precision(dtype: Any = None, device: str = "cpu") -> tuple[Any, bool]:
+    """``(torch dtype, int4 decoding)`` of a local model: :data:`INT4_DECODE` is a float32 model whose 4-bit-grid
+    layers decode through :mod:`longalign.llm.int4_decode`; anything else is a plain model of that dtype (see
+    :func:`resolve_dtype`, :func:`default_local_dtype` for the default)."""
+    import torch
+
+    if dtype is None:
+        dtype = default_local_dtype(device)
+    if isinstance(dtype, str) and dtype.strip().lower() == INT4_DECODE:
+        if not str(device).startswith("cpu"):
+            raise ValueError(f"dtype={INT4_DECODE!r} runs on a CPU only (device={device!r}); use bfloat16 there")
+        return torch.float32, True
+    return resolve_dtype(dtype, device), False
+
+
 def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
     """A ``torch.dtype`` from a dtype or its name (``bfloat16``); default bfloat16 on CUDA, float32 elsewhere."""
     import torch
@@ -81,7 +125,9 @@ def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
         return dtype
     value = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        raise ValueError(
+            f"dtype={dtype!r} is not a torch dtype; use float32, bfloat16, float16 or {INT4_DECODE} (CPU decoding)"
+        )
     return value
 
 
@@ -365,6 +411,8 @@ class LocalModel:
         self._warned_template = False
         self._cache_kw: str | None = None
         self.prefix_cache = PrefixCache()
+        # how the weights compute: the model's dtype, or INT4_DECODE (set by get_local_model)
+        self.precision = str(getattr(model, "dtype", "")).removeprefix("torch.")
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r}, device={self.device!r})"
@@ -630,12 +678,15 @@ def _output_cache(out: Any) -> Any:
 def get_local_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LocalModel:
     """The process-wide :class:`LocalModel` for a model spec, loaded on first use (see module docstring).
 
-    Thread-safe: concurrent first calls load once (loads are serialised; a cached model is returned without
-    waiting for another model's load).
+    ``dtype`` (default :func:`default_local_dtype`) is a torch dtype or its name, or :data:`INT4_DECODE`: the
+    float32 model with its 4-bit-grid layers packed for decoding (:mod:`longalign.llm.int4_decode`). Thread-safe:
+    concurrent first calls load once (loads are serialised; a cached model is returned without waiting for
+    another model's load).
     """
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    key = (_spec_key(spec), device, str(torch_dtype))
+    torch_dtype, int4 = resolve_precision(dtype, device)
+    precision = INT4_DECODE if int4 else str(torch_dtype).removeprefix("torch.")
+    key = (_spec_key(spec), device, precision)
     hit = _models.get(key)
     if hit is not None:
         return hit
@@ -648,15 +699,16 @@ def get_local_model(spec: str | None = None, *, device: str | None = None, dtype
         start = time.monotonic()
         tokenizer = load_tokenizer(spec)
         model = load_model(spec, dtype=torch_dtype)
+        packed = ""
+        if int4:
+            from longalign.llm.int4_decode import pack_grid_layers
+
+            stats = pack_grid_layers(model)
+            packed = f", {stats['layers']} of {stats['layers'] + stats['kept']} linear layers decode from int4"
         lm = LocalModel(model, tokenizer, spec=spec, device=device)
+        lm.precision = precision
         _models[key] = lm
-        log.info(
-            "loaded %s on %s (%s) in %.1f s",
-            lm.name,
-            device,
-            str(torch_dtype).removeprefix("torch."),
-            time.monotonic() - start,
-        )
+        log.info("loaded %s on %s (%s%s) in %.1f s", lm.name, device, precision, packed, time.monotonic() - start)
         return lm
 
 
