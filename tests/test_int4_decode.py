@@ -8,7 +8,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from longalign.llm import int4_decode
-from longalign.llm.int4_decode import Int4Linear, int4_grid, pack_grid_layers
+from longalign.llm.int4_decode import (
+    DECODE_ATTENTION,
+    Int4Linear,
+    Int8GridLinear,
+    decode_attention,
+    int4_grid,
+    int8_grid,
+    pack_grid_layers,
+    use_decode_attention,
+)
 from longalign.llm.local_model import (
     INT4_DECODE,
     LOCAL_DTYPE_ENV,
@@ -75,6 +84,52 @@ def test_prefill_is_the_float32_product_and_a_decoding_step_is_close_to_it():
     assert torch.equal(layer(x), F.linear(x, w, lin.bias))
 
 
+def test_q8_head_is_recovered_and_decodes_as_two_int4_halves():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-127, 128, (48, 64), generator=g)
+    q[:, 0], q[:, 32] = 127, -127  # each group's largest magnitude is its scale * 127
+    scale = (torch.rand(48, 2, generator=g) * 0.01 + 1e-3).half().float()
+    w = (q.float().view(48, 2, 32) * scale[..., None]).view(48, 64)
+    got = int8_grid(w)
+    assert got is not None and torch.equal(got[0], q.to(torch.int32)) and torch.equal(got[1], scale)
+    assert int4_grid(w) is None and int8_grid(torch.randn(48, 64)) is None
+    lin = nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    layer = Int8GridLinear(lin, got)
+    with torch.inference_mode():
+        x = torch.randn(2, 1, 64, generator=g)
+        ref = F.linear(x.double(), w.double())
+        y = layer(x)
+        assert float((y.double() - ref).norm() / ref.norm()) < 1e-2
+        prompt = torch.randn(1, 5, 64, generator=g)
+        assert torch.equal(layer(prompt), lin(prompt))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_decode_attention_matches_sdpa(mask_kind):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(4)
+    module = nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    q = torch.randn(2, 6, 1, 16, generator=g)
+    k, v = torch.randn(2, 2, 40, 16, generator=g), torch.randn(2, 2, 40, 16, generator=g)
+    keep = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    keep[1, ..., :7] = False  # a left-padded row
+    mask = {"none": None, "bool": keep, "float": torch.where(keep, 0.0, torch.finfo(torch.float32).min)}[mask_kind]
+    with torch.inference_mode():
+        want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+        got, _ = decode_attention(module, q, k, v, mask, scaling=0.25)
+    assert got.shape == want.shape == (2, 1, 6, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # several query positions: SDPA itself, bit for bit
+        q4 = torch.randn(2, 6, 4, 16, generator=g)
+        a, _ = decode_attention(module, q4, k, v, None, scaling=0.25)
+        b, _ = sdpa_attention_forward(module, q4, k, v, None, scaling=0.25)
+    assert torch.equal(a, b)
+
+
 def snap_to_grid(model: nn.Module, skip: str) -> int:
     """Put every linear weight of ``model`` but those named with ``skip`` on a 4-bit grid; returns how many."""
     n = 0
@@ -96,6 +151,7 @@ def test_packed_model_prefills_exactly_and_decodes_close_to_float32():
     model.load_state_dict(ref.state_dict())
     stats = pack_grid_layers(model)
     assert stats["layers"] == snapped and stats["kept"] == 1  # the untouched head stays a float32 layer
+    assert use_decode_attention(model) and model.config._attn_implementation == DECODE_ATTENTION
     assert stats["packed_bytes"] < stats["float_bytes"] / 5
     assert sum(isinstance(m, Int4Linear) for m in model.modules()) == snapped
     ids = torch.randint(3, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
@@ -139,13 +195,16 @@ def test_dtype_switch(monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_model_decodes_from_int4_close_to_float32(monkeypatch):
-    """The embedded SmolLM2: every layer but the Q8_0 head is on the grid; prefill logits equal float32's bit for
+    """The embedded SmolLM2: every layer is on a grid (Q4_1, the head Q8_0); prefill logits equal float32's bit for
     bit, and along the float32 model's own greedy reply the int4 decoding steps give nearly the same logits."""
     monkeypatch.delenv(LOCAL_DTYPE_ENV, raising=False)
     exact = get_local_model("smollm2", device="cpu", dtype="float32")
     packed = get_local_model("smollm2", device="cpu", dtype="int4")
     n_packed = sum(isinstance(m, Int4Linear) for m in packed.model.modules())
     assert n_packed == 7 * packed.model.config.num_hidden_layers
+    assert isinstance(packed.model.lm_head, Int8GridLinear)  # the Q8_0 head
+    assert packed.model.config._attn_implementation == DECODE_ATTENTION
+    assert exact.model.config._attn_implementation == "sdpa"
     prompt = exact.encode(exact.render([{"role": "user", "content": "Name three colours of the rainbow."}]))
     (reply,) = exact.generate([prompt], max_new_tokens=24)
     ids = torch.tensor([prompt])

@@ -16,9 +16,10 @@ relative and an absolute path of one folder). Device defaults to CUDA when avail
 ``$LONGALIGN_LOCAL_DTYPE`` when set, else bfloat16 on CUDA (half the memory of float32, the precision the
 released chat models are tuned in), and on CPU to ``int4`` where the CPU has AVX-512 (float32 elsewhere;
 bfloat16 matmuls on CPU are several times slower). ``int4`` is the float32 model whose linear layers with
-weights on a 4-bit group grid (the embedded Q4_1 model's, not its head) decode from that grid, about half a byte
-per weight instead of four (:mod:`longalign.llm.int4_decode`); prompts are prefilled in exact float32, and
-``LONGALIGN_LOCAL_DTYPE=float32`` (or ``dtype="float32"``) is the exact float32 path throughout.
+weights on a 4-bit or 8-bit group grid (every one of the embedded Q4_1/Q8_0 model's) decode from that grid
+through PyTorch's int4 kernel, about half a byte (one for the head) per weight instead of four, and whose decoding
+steps attend with two plain products (:mod:`longalign.llm.int4_decode`); prompts are prefilled in exact float32,
+and ``LONGALIGN_LOCAL_DTYPE=float32`` (or ``dtype="float32"``) is the exact float32 path throughout.
 
 :class:`LocalModel` exposes what the users need: the chat prompt (:meth:`~LocalModel.render`), the ids
 that end a turn (:attr:`~LocalModel.eos_ids`), batched generation (:meth:`~LocalModel.generate`) and the
@@ -701,10 +702,12 @@ def get_local_model(spec: str | None = None, *, device: str | None = None, dtype
         model = load_model(spec, dtype=torch_dtype)
         packed = ""
         if int4:
-            from longalign.llm.int4_decode import pack_grid_layers
+            from longalign.llm.int4_decode import pack_grid_layers, use_decode_attention
 
             stats = pack_grid_layers(model)
             packed = f", {stats['layers']} of {stats['layers'] + stats['kept']} linear layers decode from int4"
+            if stats["layers"] and use_decode_attention(model):  # nothing packed: the float32 model as it is
+                packed += ", decoding attention as two products"
         lm = LocalModel(model, tokenizer, spec=spec, device=device)
         lm.precision = precision
         _models[key] = lm
