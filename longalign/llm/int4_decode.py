@@ -14,9 +14,11 @@ bit, and :class:`Int4Linear` keeps, beside the float32 weight, the grid packed f
 * a decoding step (one position per row, at most :data:`KERNEL_MAX_ROWS` rows: one sequence, or a batch decoding
   together) runs the kernel: its inputs and outputs are rounded to bfloat16 (2^-9 of their value) and the
   group's scale and offset too, so logits differ from the float32 ones by rounding and a near-tie may resolve the
-  other way. A one-token prefill (a prompt whose every token but the last came from a prefix cache) counts as a
-  decoding step;
-* with gradients enabled it is always the float32 product (the kernel has no backward).
+  other way;
+* with gradients enabled, or under :func:`float_reading`, it is always the float32 product. ``LocalModel`` reads
+  every prompt that way (:func:`first_forward_reads`: a prompt whose every token but the last came from a prefix
+  cache is one position long, yet reads as the whole prompt would) and scores continuations that way (the local
+  judge's probabilities are the float32 model's).
 
 The embedded model's output head is Q8_0 (an 8-bit code and a scale per group of 32): :func:`int8_grid` recovers
 it the same way and :class:`Int8GridLinear` decodes it as two 4-bit halves through the same kernel. Layers on
@@ -30,6 +32,9 @@ measures the speed against float32 and how often greedy outputs agree; ``LONGALI
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,8 +42,60 @@ from torch import nn
 from torch.nn import functional as F
 
 GROUP = 32  # Q4_1 block: consecutive input weights of one row sharing a step and an offset
+# the largest outputs of a packed 8-bit-grid layer (the output head) recomputed in float32 per decoding step
+HEAD_RESCORE = 64
 # a decoding step of at most this many rows goes through the int4 kernel (a larger batch is bound by arithmetic)
 KERNEL_MAX_ROWS = 16
+
+
+# set while a forward must read its tokens in float32 whatever their number (see float_reading)
+_FLOAT_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("longalign_int4_float_only", default=False)
+
+
+@contextlib.contextmanager
+def float_reading() -> Iterator[None]:
+    """Within: every packed layer and :func:`decode_attention` compute as the float32 model does, even for one
+    position per row (reading a prompt, however short, or scoring a continuation)."""
+    token = _FLOAT_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT_ONLY.reset(token)
+
+
+@contextlib.contextmanager
+def first_forward_reads(model: nn.Module) -> Iterator[None]:
+    """Within: the next forward of ``model`` runs under :func:`float_reading` (the prompt-reading forward of a
+    ``generate`` call: a prompt whose every token but the last came from a prefix cache is read the way the whole
+    prompt would be), the later ones (decoding steps) as usual."""
+    state: dict[str, Any] = {"left": 1}
+
+    def before(module: nn.Module, args: Any) -> None:
+        if state["left"]:
+            state["left"] = 0
+            state["token"] = _FLOAT_ONLY.set(True)
+
+    def after(module: nn.Module, args: Any, output: Any) -> None:
+        token = state.pop("token", None)
+        if token is not None:
+            _FLOAT_ONLY.reset(token)
+
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        token = state.pop("token", None)
+        if token is not None:  # the forward raised between the hooks
+            _FLOAT_ONLY.reset(token)
+
+
+def _decoding(x: torch.Tensor, rows: int) -> bool:
+    """Whether a product with input ``x`` (``rows`` rows) is a decoding step the int4 kernel should take."""
+    if rows > KERNEL_MAX_ROWS or x.dim() < 2 or x.shape[-2] != 1:
+        return False
+    return not torch.is_grad_enabled() and not _FLOAT_ONLY.get()
 
 
 def int4_kernel_available() -> bool:
@@ -86,8 +143,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        decoding = x.dim() >= 2 and x.shape[-2] == 1 and rows.shape[0] <= KERNEL_MAX_ROWS
-        if not decoding or torch.is_grad_enabled():
+        if not _decoding(x, rows.shape[0]):
             return F.linear(x, self.weight, self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             rows.to(torch.bfloat16).contiguous(), self.weight_int4, self.group, self.scales_offsets
@@ -117,11 +173,19 @@ class Int8GridLinear(nn.Module):
     """A linear layer on an 8-bit group grid (:func:`int8_grid`) decoding through the int4 kernel in two halves:
     each code ``q`` (-127..127) is ``16 * high + low`` with ``low`` in 0..15 and ``high`` in -8..7, so the weight is
     ``16 * scale * high + scale * low``, two 4-bit grids whose products are added (in float32, each rounded to
-    bfloat16 by the kernel). Prefill and gradients use the float32 weight, as :class:`Int4Linear` does."""
+    bfloat16 by the kernel). Prefill and gradients use the float32 weight, as :class:`Int4Linear` does.
 
-    def __init__(self, linear: nn.Linear, grid: tuple[torch.Tensor, torch.Tensor], group: int = GROUP):
+    Rounded to bfloat16, an output near 30 (a confident logit) is only good to 1/8, enough to swap two
+    near-tied tokens; with ``rescore = k`` the ``k`` largest outputs of each row are recomputed in float32 from the
+    float32 weight (k rows of it: a few microseconds), so the likeliest tokens, greedy's choice among them, have
+    the logits the float32 head would give the same hidden state."""
+
+    def __init__(
+        self, linear: nn.Linear, grid: tuple[torch.Tensor, torch.Tensor], group: int = GROUP, rescore: int = 0
+    ):
         super().__init__()
         q, scale = grid
+        self.rescore = rescore
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.group = group
@@ -143,15 +207,22 @@ class Int8GridLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        decoding = x.dim() >= 2 and x.shape[-2] == 1 and rows.shape[0] <= KERNEL_MAX_ROWS
-        if not decoding or torch.is_grad_enabled():
+        if not _decoding(x, rows.shape[0]):
             return F.linear(x, self.weight, self.bias)
+        exact_rows = rows
         rows = rows.to(torch.bfloat16).contiguous()
         mm = torch.ops.aten._weight_int4pack_mm_for_cpu
         y = mm(rows, self.high_int4, self.group, self.high_scales).to(x.dtype)
         y = y + mm(rows, self.low_int4, self.group, self.low_scales).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
+        if self.rescore:
+            # the largest outputs (an output head's likeliest tokens) recomputed in float32 from the float32 weight
+            top = y.topk(min(self.rescore, self.out_features), dim=-1).indices  # [rows, k]
+            exact = torch.einsum("rk,rjk->rj", exact_rows, self.weight[top])
+            if self.bias is not None:
+                exact = exact + self.bias[top]
+            y = y.scatter(-1, top, exact.to(y.dtype))
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -179,7 +250,7 @@ def pack_grid_layers(model: nn.Module, int8_heads: bool = True) -> dict[str, Any
             if grid4 is not None:
                 new = Int4Linear(child, grid4)
             elif int8_heads and (grid8 := int8_grid(weight)) is not None:
-                new = Int8GridLinear(child, grid8)
+                new = Int8GridLinear(child, grid8, rescore=HEAD_RESCORE)
         if new is None:
             stats["kept"] += 1
             continue
@@ -209,7 +280,8 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     attention_mask = args[0] if args else kwargs.get("attention_mask")
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
-    if q_len != 1 or torch.is_grad_enabled() or heads % kv_heads or kwargs.get("softcap") is not None:
+    plain = q_len != 1 or torch.is_grad_enabled() or _FLOAT_ONLY.get()
+    if plain or heads % kv_heads or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
     scaling = kwargs.get("scaling")
     scale = dim**-0.5 if scaling is None else scaling

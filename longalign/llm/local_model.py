@@ -35,7 +35,9 @@ next single prompt that shares a token prefix with a kept one starts from a copy
 longest common prefix, so only the differing tail is prefilled. The result is the same computation split in
 two (prefix, then tail) instead of one pass; in float32 on CPU the greedy outputs of the benchmark and the
 tests are token-for-token identical with and without reuse. Sampling draws its random numbers only while
-decoding, so a seeded request samples the same tokens too. A batch of several prompts with ``reuse_prefix``
+decoding, so a seeded request samples the same tokens too (in float32; int4 decoding rounds its decoding steps
+to bfloat16, which can turn the split's float32 rounding differences into a different sampled token).
+A batch of several prompts with ``reuse_prefix``
 prefills each prompt alone, from and into the prefix cache, and decodes them together from the stacked,
 left-padded caches (:meth:`LocalModel._prefilled_batch_cache`); without it a batch is one left-padded
 ``generate`` over the padded prompts. At most 4 prompts and 1 GiB are kept (SmolLM2-135M in float32 needs
@@ -45,6 +47,7 @@ prompt whose cache alone exceeds the budget is not kept).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -499,7 +502,7 @@ class LocalModel:
         with self.lock:
             past = None
             if reuse_prefix and len(prompts) > 1:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._reading():
                     past = self._prefilled_batch_cache(prompts)
                 if past is not None:
                     kwargs[self._cache_keyword()] = past
@@ -514,7 +517,7 @@ class LocalModel:
             if seed is not None:
                 torch.manual_seed(int(seed))
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._reading_first_forward():
                     out = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
                     )
@@ -554,7 +557,7 @@ class LocalModel:
         if any(len(c) == 0 for c in continuations):
             raise ValueError("every continuation needs at least one token")
         out_lp: list[float] = []
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), self._reading():
             out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             cache = _output_cache(out)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -629,6 +632,26 @@ class LocalModel:
                     out.append(t)
             batched.update(torch.cat(keys), torch.cat(values), layer)
         return batched
+
+    def _packed(self) -> bool:
+        return self.precision == INT4_DECODE
+
+    def _reading(self) -> Any:
+        """Context in which the model reads tokens as the float32 model does (int4 decoding: see
+        :func:`longalign.llm.int4_decode.float_reading`; nothing to do otherwise)."""
+        if not self._packed():
+            return contextlib.nullcontext()
+        from longalign.llm.int4_decode import float_reading
+
+        return float_reading()
+
+    def _reading_first_forward(self) -> Any:
+        """Context in which the model's next forward (a ``generate`` call's prompt) reads as the float32 model."""
+        if not self._packed():
+            return contextlib.nullcontext()
+        from longalign.llm.int4_decode import first_forward_reads
+
+        return first_forward_reads(self.model)
 
     def _new_cache(self) -> Any:
         """An empty ``DynamicCache`` for this model (None where transformers has none), its plain full-attention
