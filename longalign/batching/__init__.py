@@ -27,10 +27,11 @@ from longalign import stage
 from longalign.batching import plans as _plans
 from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
-from longalign.batching.config import BatchPlanConfig, SimulateConfig
+from longalign.batching.config import METHODS, OVERLONG, PACK_ALGOS, BatchPlanConfig, SimulateConfig
 from longalign.batching.figures import FIGURES, format_figure, read_figures
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (
+    LOSS_IMPLS,
     LOSS_NORMS,
     StepTotals,
     count_targets,
@@ -40,9 +41,6 @@ from longalign.batching.loss import (
     weights_from_totals,
 )
 from longalign.batching.plans import (
-    METHODS,
-    OVERLONG,
-    PACK_ALGOS,
     Plan,
     PlanSummary,
     compute_stats,
@@ -81,6 +79,7 @@ __all__ = [
     "PACK_ALGOS",
     "OVERLONG",
     "LOSS_NORMS",
+    "LOSS_IMPLS",
     "Plan",
     "make_plan",
     "pack_lengths",

@@ -27,21 +27,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from longalign.batching.config import METHODS, SYNC_MODES, SimulateConfig
 from longalign.batching.lengths import lengths_for
-from longalign.batching.plans import METHODS, make_plan
+from longalign.batching.plans import make_plan
 from longalign.config import check_choice, deprecated
 from longalign.rundir import RunDir, atomic_write_json
 from longalign.stage import Summary, as_run_dir, record
 
-if TYPE_CHECKING:  # pragma: no cover
-    from longalign.batching.config import SimulateConfig
-
 ATTENTION_MODES = ("varlen", "dense")
-SYNC_MODES = ("micro", "step")
 
 
 @dataclass(frozen=True)
