@@ -51,7 +51,15 @@ from longalign.recipes.evidence.config import (
     EvidenceConfig,
 )
 from longalign.recipes.evidence.data import Prepared, eval_documents, prepare, separation_problems
-from longalign.recipes.evidence.report import EvidenceSummary, load_result, markdown
+from longalign.recipes.evidence.report import (
+    EvidenceSummary,
+    accuracy_table,
+    load_result,
+    markdown,
+    short_table,
+    time_table,
+    weighting_table,
+)
 from longalign.recipes.evidence.run import read_model_result, rerun_model, run, same_scores
 
 __all__ = [
@@ -65,6 +73,7 @@ __all__ = [
     "EvidenceConfig",
     "EvidenceSummary",
     "Prepared",
+    "accuracy_table",
     "analyse",
     "bootstrap_diff",
     "bootstrap_mean",
@@ -78,5 +87,8 @@ __all__ = [
     "same_scores",
     "samples_to_resolve",
     "separation_problems",
+    "short_table",
     "strata_of",
+    "time_table",
+    "weighting_table",
 ]
