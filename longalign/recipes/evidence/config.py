@@ -66,6 +66,11 @@ class EvidenceConfig(Options):
     grad_accum: int = option(2, minimum=1, help="packs per optimizer step (pack and token differ at 2+)")
     epochs: float = option(1.0, help="passes over the training records (the same for every arm)")
     learning_rate: float = option(1e-4, minimum=0, help="peak learning rate (cosine decay, no warm-up)")
+    analyse_only: bool = option(
+        False,
+        help="write evidence.json from the models finished so far and train nothing (a seed is left out unless "
+        "every arm of it is finished)",
+    )
     bootstrap: int = option(2000, minimum=100, help="bootstrap replicates of each interval")
     threads: int = option(2, minimum=1, help="torch threads")
 

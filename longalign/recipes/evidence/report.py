@@ -40,9 +40,13 @@ def num(x: dict[str, Any] | None, key: str = "mean", digits: int = 3) -> str:
 
 
 def family_names(result: dict[str, Any]) -> list[str]:
-    """The tasks, then the family kinds, then ``all``."""
+    """The tasks, then the family kinds that pool more than one task, then ``all``."""
     fams = list(result["families"])
-    return [f for f in fams if ":" not in f and f != "all"] + [f for f in fams if ":" in f] + ["all"]
+    tasks_of: dict[str, set[str]] = {}
+    for s in result["samples"]:
+        tasks_of.setdefault(f"kind:{s['family']}", set()).add(s["task"])
+    kinds = [f for f in fams if ":" in f and len(tasks_of.get(f, ())) > 1]
+    return [f for f in fams if ":" not in f and f != "all"] + kinds + ["all"]
 
 
 def accuracy_table(result: dict[str, Any]) -> list[str]:

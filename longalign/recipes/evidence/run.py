@@ -159,6 +159,9 @@ def run_models(
         result = read_model_result(folder)
         if result is not None:
             say(f"{model_name(arm, seed)}: done earlier (accuracy {_accuracy(result):.3f})")
+        elif cfg.analyse_only and arm != BASE:
+            say(f"{model_name(arm, seed)}: not finished, left out")
+            continue
         else:
             say(f"{model_name(arm, seed)}: {'scoring' if arm == BASE else 'training'} ...")
             if arm == BASE:
@@ -236,7 +239,16 @@ def run(cfg: EvidenceConfig, *, progress: Callable[[str], None] | None = None) -
         f"{len(data.held_short)} held-out chats"
     )
     evals = run_models(cfg, data, tokenizer, out, say)
+    done = [s for s in cfg.seeds if all(any(e["seed"] == s for e in evals[a]) for a in cfg.arms)]
+    if not done:
+        raise ValueError(f"{out}: no seed has every arm finished; run without --analyse-only first")
+    complete = done == list(cfg.seeds)
+    if not complete:
+        say(f"seeds with every arm finished: {done} of {cfg.seeds}; the result covers those")
+        evals = {k: [e for e in v if k == BASE or e["seed"] in done] for k, v in evals.items()}
+        cfg = dataclasses.replace(cfg, seeds=done)
     result = assemble_result(cfg, data, evals, time.perf_counter() - t0)
+    result["complete"] = complete
     path = out / RESULT_FILE
     atomic_write_json(path, result)
     return EvidenceSummary.from_result(path, result)
