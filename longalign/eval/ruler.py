@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import option, redefault
-from longalign.eval.intervals import mean_interval, pooled_interval
+from longalign.eval.intervals import independent_difference, mean_interval, paired_difference, pooled_interval
 from longalign.eval.options import ModelOptions, SamplingOptions
 from longalign.eval.ruler_tasks import (
     ALL_TASKS,
@@ -409,6 +410,85 @@ def summarise(
         "effective_length": effective_length(averages, threshold),
         "threshold": threshold,
     }
+
+
+def summarised_results(run_dir: str | Path | RunDir, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The samples ``summary.json`` summarises (``summary``: that file's content, read when not given), one per key
+    (its last answer): the summary's setup per task, its lengths and its first ``samples`` indices. Every sample of
+    results.jsonl when there is no summary."""
+    from longalign.rundir import read_json
+
+    run_ = as_run_dir(run_dir)
+    if summary is None:
+        summary = read_json(run_.eval_summary(BENCHMARK), default={}) or {}
+    records = read_jsonl(run_.ruler_results())
+    if summary:
+        tasks = set(summary.get("tasks") or [])
+        lengths = {int(x) for x in summary.get("lengths") or []}
+        samples = int(summary.get("samples") or 0)
+        setups = summary.get("setups") or {}
+
+        def keep(r: dict[str, Any]) -> bool:
+            if r.get("task") not in tasks or int(r.get("length", -1)) not in lengths:
+                return False
+            if samples and int(r.get("index", 0)) >= samples:
+                return False
+            if setups:
+                return r.get("setup") == setups.get(r["task"])
+            return r.get("model") == summary.get("model") and r.get("seed") == summary.get("seed")
+
+        records = [r for r in records if keep(r)]
+    return list({r["key"]: r for r in records if "key" in r and "score" in r}.values())
+
+
+def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two results are answers to the same sample: same key, expected values, depths, prompt size and
+    seed (the same seed and settings build the same prompt, so two models' scores on it pair up)."""
+
+    def norm(x: Any) -> str:
+        return json.dumps(x, sort_keys=True, default=str)
+
+    return (
+        a.get("key") == b.get("key")
+        and norm(a.get("expected")) == norm(b.get("expected"))
+        and norm(a.get("depths")) == norm(b.get("depths"))
+        and a.get("prompt_tokens") == b.get("prompt_tokens")
+        and a.get("seed") == b.get("seed")
+    )
+
+
+def compare(results_a: Sequence[dict[str, Any]], results_b: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Run a minus run b (scores x 100) over the tasks and lengths both answered: ``{"cells": {task: {length: d}},
+    "by_length": {length: d}, "overall": d}``. Each ``d`` is :func:`~longalign.eval.intervals.paired_difference`
+    over the samples that pair up (:func:`same_sample`), with ``a`` and ``b`` (both runs' means over them) and
+    ``paired`` True; where none pairs up, :func:`~longalign.eval.intervals.independent_difference` over both runs'
+    samples (``n`` 0, ``paired`` False). A length's average and the overall difference pool the pairs of every
+    task (each weighs the same: equal weight per task when, as usual, every cell has as many samples)."""
+    tasks = [t for t in dict.fromkeys(r["task"] for r in results_a) if t in {r["task"] for r in results_b}]
+    lengths = sorted({int(r["length"]) for r in results_a} & {int(r["length"]) for r in results_b})
+    a_in = [r for r in results_a if r["task"] in tasks and int(r["length"]) in lengths]
+    b_in = [r for r in results_b if r["task"] in tasks and int(r["length"]) in lengths]
+    by_key = {r["key"]: r for r in b_in}
+    pairs = [(r, by_key[r["key"]]) for r in a_in if r["key"] in by_key and same_sample(r, by_key[r["key"]])]
+
+    def mean(v: list[float]) -> float | None:
+        return 100.0 * math.fsum(v) / len(v) if v else None
+
+    def diff(where: Any) -> dict[str, Any]:
+        sel = [(x, y) for x, y in pairs if where(x)]
+        if sel:
+            sa, sb = [float(x["score"]) for x, _ in sel], [float(y["score"]) for _, y in sel]
+            return {**paired_difference(sa, sb, 100.0), "a": mean(sa), "b": mean(sb), "paired": True}
+        sa = [float(r["score"]) for r in a_in if where(r)]
+        sb = [float(r["score"]) for r in b_in if where(r)]
+        out = independent_difference(sa, sb, 100.0)
+        return {**out, "n": 0, "a": mean(sa), "b": mean(sb), "paired": False}
+
+    cells = {
+        t: {str(x): diff(lambda r, t=t, x=x: r["task"] == t and int(r["length"]) == x) for x in lengths} for t in tasks
+    }
+    by_length = {str(x): diff(lambda r, x=x: int(r["length"]) == x) for x in lengths}
+    return {"cells": cells, "by_length": by_length, "overall": diff(lambda r: True)}
 
 
 # --------------------------------------------------------------------------------------------- runner
