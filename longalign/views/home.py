@@ -23,6 +23,7 @@ OVERVIEW_LABELS = {  # short column names of the runs overview (one column per a
     "train": "training",
     "longbench_chat": "LongBench-Chat",
     "needle": "needle",
+    "ruler": "ladder",
 }
 
 
