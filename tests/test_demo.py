@@ -282,3 +282,14 @@ def test_ladder_stage_on_a_tiny_model_decodes_both_in_float32(tmp_path, monkeypa
         assert {x["precision"] for x in read_jsonl(r.ruler_results())} == {"float32"}
     assert numbers["difference"]["diff"] == 0 and numbers["difference"]["pairs"] == 3
     assert "no resolved difference" in demo.ladder_line(numbers)
+
+
+def test_command_line_prints_the_ladder_difference_with_its_interval():
+    from longalign.recipes.demo_cli import _fmt
+
+    numbers = {
+        "samples": 6,
+        "score": {"base": 40.0, "tuned": 45.0},
+        "difference": {"diff": 5.0, "lo": -2.5, "hi": 12.25},
+    }
+    assert _fmt(numbers) == "samples=6, score=40->45, difference=+5.0 (95% interval -2.5 to +12.2)"
