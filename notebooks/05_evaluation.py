@@ -24,6 +24,9 @@
 #    with expert scores, and the answer to rate, and replies with `[[rating]]` (`longalign.eval.longbench_chat`,
 #    `longalign.eval.judge`). A small local model cannot follow that format, so the local judge reads the
 #    rating from its next-token probabilities instead.
+#
+# and, beyond the paper, one task of the **synthetic ladder** (`longalign.eval.ruler`, after RULER): how a
+# sample is built to an exact length, where its needles go, and how an answer is scored.
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/05_evaluation"
