@@ -86,72 +86,129 @@ def _head_ce_function():
     import torch
     import torch.nn.functional as F
 
+    def chunk_probs(hc, wc, bc, y, acc):
+        """Float ``[n, V]`` log-softmax of one chunk's logits and its rows' cross-entropy."""
+        logp = F.log_softmax(F.linear(hc, wc, bc).to(acc), dim=-1)
+        return logp, -logp.gather(1, y[:, None]).squeeze(1)
+
     class HeadCrossEntropy(torch.autograd.Function):
         """``(sum_r coef_r * CE_r, sum_r CE_r)`` over rows r of ``hidden`` [N, H] with targets ``labels`` [N],
-        head ``weight`` [V, H] (+ ``bias`` [V]); logits are recomputed chunk by chunk in the backward."""
+        head ``weight`` [V, H] (+ ``bias`` [V]).
+
+        With ``fuse`` (gradients wanted) the forward also forms, chunk by chunk while the logits exist, the
+        gradients of the weighted sum for an upstream gradient of 1, and the backward multiplies them by the
+        upstream gradient it receives (a scalar: the trainer's world-size factor, a loss scale): three matrix
+        products per chunk instead of four, and one pass of exponentials. A gradient asked of the plain sum
+        (never by the trainer) recomputes each chunk's logits in the backward instead."""
 
         @staticmethod
-        def forward(ctx, hidden, weight, bias, labels, coef, chunk, compute_dtype):
+        def forward(ctx, hidden, weight, bias, labels, coef, chunk, compute_dtype, fuse):
+            ctx.set_materialize_grads(False)
             acc = _acc_dtype(hidden, weight)
             wc = weight.to(compute_dtype)
             bc = bias.to(compute_dtype) if bias is not None else None
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            fuse = bool(fuse) and (need_h or need_w or need_b)
             wsum = torch.zeros((), dtype=acc, device=hidden.device)
             psum = torch.zeros((), dtype=acc, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if fuse and need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if fuse and need_w else None
+            grad_b = (
+                torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+                if fuse and need_b and bias is not None
+                else None
+            )
+            rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
             with torch.autocast(hidden.device.type, enabled=False):
                 for s in range(0, hidden.shape[0], chunk):
-                    z = F.linear(hidden[s : s + chunk].to(compute_dtype), wc, bc).to(acc)
+                    hc = hidden[s : s + chunk].to(compute_dtype)
                     y = labels[s : s + chunk]
-                    ce = torch.logsumexp(z, dim=-1) - z.gather(1, y[:, None]).squeeze(1)
-                    wsum += (ce * coef[s : s + chunk].to(acc)).sum()
+                    c = coef[s : s + chunk].to(acc)
+                    logp, ce = chunk_probs(hc, wc, bc, y, acc)
+                    wsum += (ce * c).sum()
                     psum += ce.sum()
+                    if not fuse:
+                        continue
+                    # d(sum c * CE) / d logits = c * (softmax - onehot); c is applied on the [n, H] side
+                    p = logp.exp_()
+                    p[rows[: p.shape[0]], y] -= 1.0
+                    gz = p.to(compute_dtype)
+                    if grad_h is not None:
+                        grad_h[s : s + chunk] = ((gz @ wc).to(acc) * c[:, None]).to(hidden.dtype)
+                    if grad_w is not None:
+                        scaled = (hc.to(acc) * c[:, None]).to(compute_dtype)
+                        if grad_w.dtype == gz.dtype:
+                            grad_w.addmm_(gz.t(), scaled)
+                        else:
+                            grad_w += (gz.t() @ scaled).to(acc)
+                    if grad_b is not None:
+                        grad_b += c @ p
+                    del logp, p, gz
             ctx.save_for_backward(hidden, weight, bias, labels, coef)
             ctx.chunk, ctx.compute_dtype, ctx.acc = chunk, compute_dtype, acc
+            ctx.fused = (grad_h, grad_w, grad_b) if fuse else None
             return wsum, psum
 
         @staticmethod
         def backward(ctx, g_weighted, g_plain):
+            fused, ctx.fused = ctx.fused, None
             hidden, weight, bias, labels, coef = ctx.saved_tensors
-            chunk, cd, acc = ctx.chunk, ctx.compute_dtype, ctx.acc
-            need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-            scale = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
-            if g_weighted is not None:
-                scale = scale + coef.to(acc) * g_weighted.to(acc)
-            if g_plain is not None:
-                scale = scale + g_plain.to(acc)
-            grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-            grad_b = (
-                torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None else None
-            )
-            wc = weight.to(cd)
-            bc = bias.to(cd) if bias is not None else None
-            rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
-            with torch.autocast(hidden.device.type, enabled=False):
-                for s in range(0, hidden.shape[0], chunk):
-                    hc = hidden[s : s + chunk].to(cd)
-                    z = F.linear(hc, wc, bc).to(acc)
-                    p = torch.softmax(z, dim=-1)
-                    del z
-                    n = p.shape[0]
-                    p[rows[:n], labels[s : s + chunk]] -= 1.0
-                    p *= scale[s : s + chunk, None]
-                    gz = p.to(cd)
-                    if grad_h is not None:
-                        grad_h[s : s + chunk] = (gz @ wc).to(hidden.dtype)
-                    if grad_w is not None:
-                        grad_w += (gz.t() @ hc).to(acc)
-                    if grad_b is not None:
-                        grad_b += p.sum(0)
-                    del p, gz
-            return (
-                grad_h,
-                grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None,
-                None,
-                None,
-                None,
-                None,
-            )
+            if fused is not None and g_plain is None:
+                if g_weighted is None:
+                    return (None,) * 8
+                grad_h, grad_w, grad_b = fused
+                g = g_weighted.to(ctx.acc)
+                return (
+                    (grad_h.to(ctx.acc).mul_(g)).to(hidden.dtype) if grad_h is not None else None,
+                    grad_w.mul_(g).to(weight.dtype) if grad_w is not None else None,
+                    grad_b.mul_(g).to(bias.dtype) if grad_b is not None else None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            return _recompute_backward(ctx, hidden, weight, bias, labels, coef, g_weighted, g_plain)
+
+    def _recompute_backward(ctx, hidden, weight, bias, labels, coef, g_weighted, g_plain):
+        """The gradients with the logits recomputed chunk by chunk (a gradient asked of the plain sum)."""
+        chunk, cd, acc = ctx.chunk, ctx.compute_dtype, ctx.acc
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        scale = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
+        if g_weighted is not None:
+            scale = scale + coef.to(acc) * g_weighted.to(acc)
+        if g_plain is not None:
+            scale = scale + g_plain.to(acc)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None else None
+        wc = weight.to(cd)
+        bc = bias.to(cd) if bias is not None else None
+        rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], chunk):
+                hc = hidden[s : s + chunk].to(cd)
+                p = torch.softmax(F.linear(hc, wc, bc).to(acc), dim=-1)
+                p[rows[: p.shape[0]], labels[s : s + chunk]] -= 1.0
+                p *= scale[s : s + chunk, None]
+                gz = p.to(cd)
+                if grad_h is not None:
+                    grad_h[s : s + chunk] = (gz @ wc).to(hidden.dtype)
+                if grad_w is not None:
+                    grad_w += (gz.t() @ hc).to(acc)
+                if grad_b is not None:
+                    grad_b += p.sum(0)
+                del p, gz
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     return HeadCrossEntropy
 
@@ -197,6 +254,7 @@ def chunked_head_loss(
         coef,
         chunk,
         _compute_dtype(hidden, weight),
+        torch.is_grad_enabled(),
     )
 
 
@@ -218,7 +276,8 @@ def _loss_head_class():
 
     class LossHead(torch.nn.Linear):
         """An ``nn.Linear`` output layer that returns ``[[[sum w*CE, sum CE]]]`` instead of logits while a
-        :class:`LossRequest` is set on it (see :func:`loss_request`); otherwise a plain linear layer."""
+        :class:`LossRequest` is set on it (see :func:`loss_request`; the plain sum without a gradient);
+        otherwise a plain linear layer."""
 
         _longalign_request: LossRequest | None = None
 
@@ -229,7 +288,9 @@ def _loss_head_class():
             weighted, plain = chunked_head_loss(
                 hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows, shift=req.shift
             )
-            return torch.stack([weighted, plain]).view(1, 1, 2)
+            # the plain sum is a statistic: detached, so the backward gets no (zero) gradient for it and keeps
+            # to the gradients the forward formed
+            return torch.stack([weighted, plain.detach()]).view(1, 1, 2)
 
     return LossHead
 
