@@ -22,8 +22,12 @@ from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
 from longalign.llm.base import LLMBudgetExceeded
 from longalign.tokenize import cli as tokenize_cli
-from longalign.train import ablation_cli
+from longalign.train import ablation_cli, allocator
 from longalign.train import cli as train_cli
+
+# commands that train on a CPU in this process start again with the CPU allocator preloaded (longalign train does it
+# in its handler, where its --cpu-allocator is known)
+PRELOAD_COMMANDS = ("demo", "experiment")
 
 COMMANDS = (
     data_cli,  # longalign data corpus|generate|short|mix
@@ -75,6 +79,9 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.from_command_line = argv is None  # only the process's own command line is started again
+    if args.from_command_line and args.command in PRELOAD_COMMANDS:
+        allocator.restart_with_preload()
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as exc:

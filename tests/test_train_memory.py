@@ -283,13 +283,13 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
 
 _FREED_TENSOR_SCRIPT = r"""
 import os, sys, torch
-from longalign.train.model_setup import release_freed_tensors_on_cpu
+from longalign.train.allocator import Decision, apply_in_process
 
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-applied = release_freed_tensors_on_cpu() if sys.argv[1] == "on" else False
+applied = apply_in_process(Decision("lean", "lean")) == "lean" if sys.argv[1] == "on" else False
 mib = 2**20
 for _ in range(3):  # by default, freeing mapped blocks raises glibc's mmap threshold past 16 MiB
     t = torch.ones(24 * mib // 4)
@@ -303,11 +303,11 @@ print(int(applied), (before - rss()) / mib)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
-def test_a_freed_activation_sized_tensor_goes_back_to_the_os_on_cpu():
+def test_with_the_lean_setting_a_freed_activation_sized_tensor_goes_back_to_the_os():
     import subprocess
     import sys
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")}
     env["PYTHONPATH"] = str(ROOT)
 
     def run(mode: str) -> tuple[int, float]:

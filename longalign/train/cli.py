@@ -24,6 +24,7 @@ from typing import Any
 
 from longalign import train
 from longalign.config import add_config_args, add_run_arg, build_config, run_dir_of
+from longalign.train import allocator
 from longalign.train.config import TrainConfig
 
 
@@ -78,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     if args.memory_plan:
         return _memory_plan(cfg, args, run_dir)
+    if getattr(args, "from_command_line", False):  # a preloaded CPU allocator needs a fresh process
+        allocator.restart_with_preload(cfg.cpu_allocator)
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     _close_process_group()

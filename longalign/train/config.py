@@ -15,6 +15,7 @@ from dataclasses import InitVar, dataclass
 from ..batching.loss import LOSS_NORMS
 from ..batching.plans import METHODS, OVERLONG, PACK_ALGOS
 from ..config import Options, deprecated, option
+from .allocator import CHOICES as CPU_ALLOCATORS
 from .head_loss import LOSS_IMPLS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -125,6 +126,14 @@ class TrainConfig(Options):
     precision: str = option("auto", help="auto = bf16 on a GPU that supports it, else fp32", choices=PRECISIONS)
     gradient_checkpointing: bool = option(
         False, help="recompute activations in the backward pass (paper: on); saves memory at about a third more compute"
+    )
+    cpu_allocator: str = option(
+        "auto",
+        choices=CPU_ALLOCATORS,
+        help="memory allocator of CPU training: auto (tcmalloc when installed and no GPU is visible, else glibc), "
+        "tcmalloc, glibc, lean (glibc returning every freed block of 1 MiB or more to the system at once: the "
+        "lowest peak, slower), jemalloc; tcmalloc/jemalloc are preloaded, so `longalign train` starts itself "
+        "again with LD_PRELOAD (also: $LONGALIGN_CPU_ALLOCATOR)",
     )
     deepspeed: str | None = option(
         None,

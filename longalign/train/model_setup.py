@@ -5,17 +5,15 @@ The attention backend must keep packed sequences apart (``longalign.batching.sel
 varlen, flex, the segment-aware CPU kernel, or sdpa with transformers' block-diagonal mask); with sequence
 parallelism (``sp_size`` > 1, :mod:`longalign.train.sequence_parallel`) the model runs the Ulysses wrapper of
 that core. Context extension multiplies the RoPE base (LongAlign: x200, 10,000 -> 2,000,000) and raises
-``max_position_embeddings``. On a CPU, glibc is told to return freed tensors to the system
-(:func:`release_freed_tensors_on_cpu`).
+``max_position_embeddings``. On a CPU, the run's memory allocator setting is applied
+(:func:`setup_cpu_allocator`, :mod:`longalign.train.allocator`).
 
 This module imports torch; it is imported when training starts.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,12 @@ import torch.distributed as dist
 
 from ..batching import select_attention
 from ..models import load_model, load_model_config, load_tokenizer
+from . import allocator
 from . import sequence_parallel as spm
 from .config import TrainConfig
 from .head_loss import install_loss_head
+
+log = logging.getLogger(__name__)
 
 PACKING_SAFE_BACKENDS = (
     "flash_attention_2",
@@ -198,6 +199,7 @@ class ModelSetup:
     core_backend: str
     loss_head: Any  # the chunked loss head, None with loss_impl=full
     layout: spm.SPLayout
+    cpu_allocator: str | None = None  # the allocator setting in force on a CPU (None on a GPU)
 
 
 def setup_model(
@@ -205,8 +207,7 @@ def setup_model(
 ) -> ModelSetup:
     """Build the model on ``device`` for this rank: the CPU allocator setting, DeepSpeed's process group, the
     attention backend (and the sequence-parallel groups), the chunked loss head, gradient checkpointing."""
-    if torch.device(device).type == "cpu":
-        release_freed_tensors_on_cpu()
+    cpu_allocator = setup_cpu_allocator(cfg) if torch.device(device).type == "cpu" else None
     layout = spm.SPLayout(par.world_size, par.sp_size, rank)
     if cfg.deepspeed:
         _bind_deepspeed()
@@ -222,7 +223,7 @@ def setup_model(
     loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return ModelSetup(model, device, half, backend, core_backend, loss_head, layout)
+    return ModelSetup(model, device, half, backend, core_backend, loss_head, layout, cpu_allocator)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,35 +231,10 @@ def setup_model(
 # ------------------------------------------------------------------------------------------------------------
 
 
-# glibc mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
-_M_MMAP_THRESHOLD = -3
-CPU_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this large get their own mapping, returned to the OS when freed
-
-
-def release_freed_tensors_on_cpu(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
-    """Have glibc's malloc give every block of ``threshold`` bytes or more its own ``mmap``, so that the memory of
-    a freed CPU tensor goes back to the operating system at once. Returns whether the setting was applied.
-
-    By default glibc serves a block from its heap unless it is larger than a *dynamic* threshold, which rises
-    to the size of every mapped block freed (up to 32 MiB). After the first few frees, the activations of a
-    long pack (SmolLM2 at 8k tokens: [T, H] float32 = 18 MiB, [T, KV] = 6 MiB) come from the heap, and a freed
-    block there stays part of the process whenever a live block sits above it: the heap fragments and the
-    process holds memory no tensor uses. Measured (``benchmarks/memory.py``, SmolLM2-135M, 8k, chunked loss,
-    gradient checkpointing, two steps): peak RSS 6.1-6.4 GiB by default, 3.2 GiB with this setting, the second
-    step's forward alone growing by 1.3 GiB of freed blocks. ``malloc_trim`` once per step is not enough: the
-    heap fragments within a step.
-
-    Skipped (returns False) off Linux, without glibc's ``mallopt``, or when ``MALLOC_MMAP_THRESHOLD_`` is set
-    in the environment (the user's choice stands). The process keeps the setting; numbers do not change, only
-    where the allocator takes memory from.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+def setup_cpu_allocator(cfg: TrainConfig) -> str:
+    """Apply the run's CPU allocator setting in this process (:mod:`longalign.train.allocator`) and return the
+    setting in force (``glibc``, ``lean``, ``tcmalloc`` or ``jemalloc``)."""
+    decision = allocator.decide(allocator.requested(cfg.cpu_allocator), gpu=allocator.gpu_visible())
+    if decision.note:
+        log.info("CPU allocator: %s", decision.note)
+    return allocator.apply_in_process(decision)

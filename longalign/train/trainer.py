@@ -401,6 +401,7 @@ def _run_meta(
         "steps": 0,
         "resumed_from": resume_from,
         "device": str(setup.device),
+        "cpu_allocator": setup.cpu_allocator,
         "config": to_dict(cfg),
     }
 
