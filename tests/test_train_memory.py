@@ -323,3 +323,15 @@ def test_with_the_lean_setting_a_freed_activation_sized_tensor_goes_back_to_the_
     assert returned >= 15.0  # the 16 MiB block was unmapped when freed
     _, returned_default = run("off")
     assert returned_default < 1.0  # what the setting changes: glibc's heap keeps a freed block by default
+
+
+def test_a_cpu_run_near_the_machines_memory_is_told_about_the_lean_allocator():
+    from longalign.train.memory import GIB, LEAN_ADVICE_SHARE, cpu_allocator_advice
+
+    near = cpu_allocator_advice(9 * GIB, 10 * GIB, "tcmalloc")
+    assert near is not None and "--cpu-allocator lean" in near and "90% of the 10.0 GiB" in near
+    assert cpu_allocator_advice(9 * GIB, 10 * GIB, "lean") is None  # already the leanest
+    assert cpu_allocator_advice(LEAN_ADVICE_SHARE * 10 * GIB - 1, 10 * GIB, "glibc") is None  # room to spare
+    two = cpu_allocator_advice(5 * GIB, 10 * GIB, "glibc", processes=2)
+    assert two is not None and "over 2 processes" in two
+    assert cpu_allocator_advice(9 * GIB, None, "glibc") is None  # the machine's memory is unknown

@@ -119,6 +119,17 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None
     )
     for line in plan.lines():
         print(line)
+    if args.plan_device == "cpu":
+        from longalign.train.allocator import decide, gpu_visible, requested
+        from longalign.train.memory import cpu_allocator_advice, memory_available
+
+        setting = decide(requested(cfg.cpu_allocator), gpu=gpu_visible()).setting
+        available = memory if memory is not None else memory_available()
+        note = cpu_allocator_advice(plan.total, available, setting, max(1, gpus))
+        if note:
+            print(f"  note: {note}")
+        elif setting != "lean":
+            print(f"  note: the plan is the lean CPU allocator's; the {setting} allocator keeps freed blocks for reuse")
     if memory is not None:
         longest = largest_for_config(cfg, plan, memory)
         print(
