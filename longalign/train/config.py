@@ -123,7 +123,12 @@ class TrainConfig(Options):
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = run all epochs)")
     seed: int = option(42, help="seed of model initialisation (random:), batch order and dropout")
     # ---------------------------------------------------------------- hardware
-    precision: str = option("auto", help="auto = bf16 on a GPU that supports it, else fp32", choices=PRECISIONS)
+    precision: str = option(
+        "auto",
+        help="auto = bf16 on a GPU that supports it, else fp32; bf16 also trains on a CPU with native bf16 "
+        "(AVX-512 BF16 or AMX: autocast, float32 master weights and optimizer)",
+        choices=PRECISIONS,
+    )
     gradient_checkpointing: bool = option(
         False, help="recompute activations in the backward pass (paper: on); saves memory at about a third more compute"
     )

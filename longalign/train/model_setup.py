@@ -148,12 +148,40 @@ def setup_parallel(cfg: TrainConfig, model_config: Any, max_len: int, world_size
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """``cfg.precision``; ``auto`` is bf16 on a GPU that supports it, else fp32."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    """``cfg.precision``; ``auto`` is bf16 on a GPU that supports it, else fp32. ``bf16`` for CPU training needs
+    native bf16 instructions (:func:`cpu_bf16_support`): elsewhere it would be emulated and slower than fp32, and
+    is refused with the fix."""
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if cfg.precision == "bf16" and not torch.cuda.is_available() and cpu_bf16_support() is None:
+        raise ValueError(
+            "--precision bf16 on this CPU: it has no native bf16 instructions (avx512_bf16 or amx_bf16 in "
+            "/proc/cpuinfo), so bf16 would be emulated, slower than fp32; use --precision fp32 (or auto)"
+        )
+    return cfg.precision
+
+
+def cpu_bf16_support(cpuinfo: str | None = None) -> str | None:
+    """The native bf16 instructions of this CPU -- ``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (Intel Cooper Lake
+    and later, AMD Zen 4 and later) -- or None. Read from the ``flags`` of /proc/cpuinfo (or the text
+    ``cpuinfo``); where that file does not exist, from torch's own CPU checks."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = None
+    if cpuinfo is not None:
+        flags: set[str] = set()
+        for line in cpuinfo.splitlines():
+            if line.startswith(("flags", "Features")):
+                flags.update(line.split(":", 1)[-1].split())
+        return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+    checks = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for name, fn in checks:
+        check = getattr(torch.cpu, fn, None)
+        if check is not None and check():
+            return name
+    return None
 
 
 def choose_attention(cfg: TrainConfig, device: Any, dtype: Any, sp_size: int) -> str:
