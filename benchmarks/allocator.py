@@ -35,9 +35,7 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,57 +63,11 @@ CASES = train_cases.CASES
 
 
 def child(case: str, setting: str, data: dict, out_json: Path, a) -> None:
-    import torch
-    from transformers import TrainerCallback
+    from longalign.train import allocator
 
-    from longalign.rundir import read_jsonl
-    from longalign.train import allocator, train
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    clock: list[tuple[float, float]] = []  # (user, system) CPU seconds at the start and at every step's end
-
-    class CpuClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            clock.append(os.times()[:2])
-
-        def on_step_end(self, args, state, control, **kw):
-            clock.append(os.times()[:2])
-
-    work = Path(tempfile.mkdtemp(prefix=f"la_alloc_{case}_"))
-    cfg = train_cases.train_config(data, work / "out", seed=a.seed, demo_steps=a.demo_steps)
-    t0 = time.perf_counter()
-    result = train(cfg, callbacks=[CpuClock()])
-    call_s = time.perf_counter() - t0
-    rows = read_jsonl(work / "out" / "metrics.jsonl")
-    real = sum(r["real_tokens"] for r in rows)
-    later = rows[1:]
-    later_s = sum(r["step_s"] for r in later)
-    res = {
-        "case": case,
-        "setting": setting,
-        "in_force": result.run_meta.get("cpu_allocator"),
-        "loaded": allocator.loaded(),
-        "steps": len(rows),
-        "real_tokens": real,
-        "train_s": rows[-1]["wall_s"],
-        "call_s": call_s,
-        "epoch_tokens_per_s": real / rows[-1]["wall_s"],
-        "steady_tokens_per_s": sum(r["real_tokens"] for r in later) / later_s if later_s else None,
-        "last_step_tokens_per_s": rows[-1]["real_tokens"] / rows[-1]["step_s"],
-        "step_s": [round(r["step_s"], 3) for r in rows],
-        "final_loss": rows[-1]["loss"],
-        "threads": torch.get_num_threads(),
-        "cpu_user_s": clock[-1][0] - clock[0][0],
-        "cpu_sys_s": clock[-1][1] - clock[0][1],
-        "steady_cpu_s": sum(clock[-1]) - sum(clock[1]) if len(clock) > 2 else None,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
-    speed_key = {"demo": "steady_tokens_per_s", "peer": "epoch_tokens_per_s", "mem8k": "last_step_tokens_per_s"}
-    res["tokens_per_s"] = res[speed_key[case]]
-    # work per token, robust to other jobs on the machine: real tokens per CPU-second after the first step
-    cpu = res["steady_cpu_s"]
-    res["tokens_per_cpu_s"] = sum(r["real_tokens"] for r in later) / cpu if cpu else None
+    res = train_cases.measure(data, seed=a.seed, demo_steps=a.demo_steps, threads=a.threads)
+    res.update(setting=setting, in_force=res["run_meta"].get("cpu_allocator"), loaded=allocator.loaded())
+    del res["run_meta"]
     out_json.write_text(json.dumps(res))
 
 
@@ -131,35 +83,23 @@ def setting_env(name: str) -> tuple[dict[str, str] | None, str]:
     setting, extra = VARIANTS.get(name, (name, {}))
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_CONF")}
     env.update({allocator.ENV: setting, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT), **extra})
-    env.pop(allocator.REEXEC_ENV, None)
+    env.pop(allocator.RESTARTED_ENV, None)
     if setting in allocator.PRELOADED:
         library = allocator.find_library(setting)
         if library is None:
             return None, f"{setting}: library not found ({', '.join(allocator.LIBRARIES[setting])})"
-        env["LD_PRELOAD"] = library
+        # the environment `longalign train` starts itself again with
+        env = allocator.preload_environment(allocator.Decision(setting, setting, library), env)
         return env, library
     return env, ""
 
 
 def spawn(case: str, setting: str, env: dict[str, str], data: dict, a) -> dict:
-    fd, out = tempfile.mkstemp(suffix=".json", prefix="la_alloc_")
-    os.close(fd)
-    cmd = [sys.executable, __file__, "--child", case, "--setting", setting, "--child-data", json.dumps(data)]
-    cmd += ["--child-out", out, "--seed", str(a.seed), "--demo-steps", str(a.demo_steps), "--threads", str(a.threads)]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
-        err, rc = proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        err, rc = f"{exc.stderr or ''}\ntimed out after {a.timeout} s", None
-    try:
-        res = json.loads(Path(out).read_text())
-        res["ok"] = True
-    except (OSError, json.JSONDecodeError):
-        tail = "\n".join(str(err or "").strip().splitlines()[-6:])
-        res = {"case": case, "setting": setting, "ok": False, "error": f"exit {rc}: {tail[-800:]}"}
-    os.unlink(out)
-    res["subprocess_s"] = round(time.perf_counter() - t0, 1)
+    args = ["--child", case, "--setting", setting, "--child-data", json.dumps(data), "--seed", str(a.seed)]
+    args += ["--demo-steps", str(a.demo_steps), "--threads", str(a.threads)]
+    res = train_cases.spawn(__file__, args, env, a.timeout)
+    res.setdefault("case", case)
+    res.setdefault("setting", setting)
     return res
 
 

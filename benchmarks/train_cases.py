@@ -17,6 +17,12 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +160,94 @@ def train_config(data: dict[str, Any], out: Path, *, seed: int = 0, demo_steps: 
         )
     kw.update(overrides)
     return TrainConfig(**kw)
+
+
+# the speed each case reports: the demo after its first step (start-up excluded), the peer case over its epoch
+# (the harness's measure), the 8k case its second step (memory.py's)
+SPEED = {"demo": "steady_tokens_per_s", "peer": "epoch_tokens_per_s", "mem8k": "last_step_tokens_per_s"}
+
+
+def measure(data: dict[str, Any], *, seed: int = 0, demo_steps: int = 4, threads: int = 0, **overrides: Any):
+    """Train ``data``'s case in this process and return its numbers: tokens/s (the case's measure in
+    ``tokens_per_s``), tokens per CPU-second after the first step (user + system time of the process; the
+    stable measure on a shared machine), the kernel's share of the CPU time, the loss of every step and the
+    peak resident memory (``ru_maxrss``)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from longalign.rundir import read_jsonl
+    from longalign.train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    clock: list[tuple[float, float]] = []  # (user, system) CPU seconds at the start and at every step's end
+
+    class CpuClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock.append(os.times()[:2])
+
+        def on_step_end(self, args, state, control, **kw):
+            clock.append(os.times()[:2])
+
+    work = Path(tempfile.mkdtemp(prefix=f"la_case_{data['case']}_"))
+    cfg = train_config(data, work / "out", seed=seed, demo_steps=demo_steps, **overrides)
+    t0 = time.perf_counter()
+    result = train(cfg, callbacks=[CpuClock()])
+    call_s = time.perf_counter() - t0
+    rows = read_jsonl(work / "out" / "metrics.jsonl")
+    real = sum(r["real_tokens"] for r in rows)
+    later = rows[1:]
+    later_s = sum(r["step_s"] for r in later)
+    steady_cpu = sum(clock[-1]) - sum(clock[1]) if len(clock) > 2 else None
+    res = {
+        "case": data["case"],
+        "precision": cfg.precision,
+        "steps": len(rows),
+        "real_tokens": real,
+        "train_s": rows[-1]["wall_s"],
+        "call_s": call_s,
+        "epoch_tokens_per_s": real / rows[-1]["wall_s"],
+        "steady_tokens_per_s": sum(r["real_tokens"] for r in later) / later_s if later_s else None,
+        "last_step_tokens_per_s": rows[-1]["real_tokens"] / rows[-1]["step_s"],
+        "step_s": [round(r["step_s"], 3) for r in rows],
+        "losses": [r["loss"] for r in rows],
+        "token_mean_losses": [r["loss_token_mean"] for r in rows],
+        "final_loss": rows[-1]["loss"],
+        "threads": torch.get_num_threads(),
+        "cpu_user_s": clock[-1][0] - clock[0][0],
+        "cpu_sys_s": clock[-1][1] - clock[0][1],
+        "steady_cpu_s": steady_cpu,
+        "tokens_per_cpu_s": sum(r["real_tokens"] for r in later) / steady_cpu if steady_cpu else None,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "run_meta": result.run_meta,
+    }
+    res["tokens_per_s"] = res[SPEED[data["case"]]]
+    return res
+
+
+def spawn(script: str, args: list[str], env: dict[str, str], timeout: int) -> dict[str, Any]:
+    """Run ``script args --child-out FILE`` in a fresh process with ``env``; its JSON result with ``ok``, or
+    ``ok: False`` and the end of its error output."""
+    fd, out = tempfile.mkstemp(suffix=".json", prefix="la_case_")
+    os.close(fd)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, *args, "--child-out", out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        err, rc = proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        err, rc = f"{exc.stderr or ''}\ntimed out after {timeout} s", None
+    try:
+        res = json.loads(Path(out).read_text())
+        res["ok"] = True
+    except (OSError, json.JSONDecodeError):
+        tail = "\n".join(str(err or "").strip().splitlines()[-6:])
+        res = {"ok": False, "error": f"exit {rc}: {tail[-800:]}"}
+    os.unlink(out)
+    res["subprocess_s"] = round(time.perf_counter() - t0, 1)
+    return res
