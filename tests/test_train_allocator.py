@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,34 @@ def test_a_real_restart_runs_the_same_command_on_tcmalloc():
     assert "starting again with tcmalloc preloaded" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "running on tcmalloc"
     assert out.stdout.count("running on") == 1  # the first process was replaced, not run to its end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or allocator.find_library("tcmalloc") is None or allocator.gpu_visible(),
+    reason="needs Linux, no GPU, and tcmalloc (apt-get install libtcmalloc-minimal4)",
+)
+def test_longalign_train_starts_itself_again_on_tcmalloc(tmp_path):
+    from test_train import TINY, make_tokens
+
+    make_tokens(tmp_path / "tokens")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.RESTARTED_ENV, allocator.ENV)}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "longalign.cli", "train", "--tokens", str(tmp_path / "tokens"), "--output-dir"]
+    cmd += [str(tmp_path / "out"), "--model", TINY, "--max-len", "64", "--max-steps", "1", "--save-steps", "0"]
+    cmd += ["--save-final", "false", "--progress", "false"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "starting again with tcmalloc preloaded" in out.stderr
+    meta = json.loads((tmp_path / "out" / "run_meta.json").read_text())
+    assert meta["cpu_allocator"] == "tcmalloc"
+    again = subprocess.run(
+        [*cmd[:7], str(tmp_path / "out2"), *cmd[8:], "--cpu-allocator", "lean"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "starting again" not in again.stderr
+    assert json.loads((tmp_path / "out2" / "run_meta.json").read_text())["cpu_allocator"] == "lean"
