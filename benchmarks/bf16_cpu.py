@@ -88,7 +88,10 @@ def main() -> None:
         res["in_force"] = res.pop("run_meta").get("precision")
         Path(a.child_out).write_text(json.dumps(res))
         return
+    from longalign.train import allocator
     from longalign.train.model_setup import cpu_bf16_support
+
+    allocator.restart_with_preload()  # the runs inherit the default CPU allocator (LD_PRELOAD) from this process
 
     support = cpu_bf16_support()
     if support is None:

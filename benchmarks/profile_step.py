@@ -222,6 +222,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "profile_step.json"))
     a = ap.parse_args()
+    from longalign.train import allocator
+
+    allocator.restart_with_preload()  # measure on the default CPU allocator, as `longalign train` runs
     import torch
 
     from longalign.train import train
