@@ -39,12 +39,12 @@ def _remember(src: str, dst: str) -> None:
 
 
 def pick_run(
-    label: str = "Run", state_key: str = "run_name", exclude: str | None = None, allow_none: bool = False
+    label: str = "Run", state_key: str = "run_name", exclude: RunDir | None = None, allow_none: bool = False
 ) -> RunDir | None:
-    """Run picker in the sidebar; the choice survives page changes. Stops the page with a message when the
-    runs folder holds no run."""
+    """Run picker in the sidebar (runs nested one folder down, like runs/notebooks/*, by their path); the choice
+    survives page changes. Stops the page with a message when the runs folder holds no run."""
     root = runs_root()
-    names = [n for n in readers.list_runs(root) if n != exclude]
+    names = [n for n in readers.list_runs(root) if exclude is None or root / n != exclude.root]
     if not names and not allow_none:
         st.info(
             f"No run directories under `{root.resolve()}`. Create one with the pipeline "
@@ -64,12 +64,20 @@ def pick_run(
     return None if choice == "—" else RunDir(root / choice)
 
 
+def run_name(run: RunDir) -> str:
+    """The run's name as the picker lists it (its path under the runs folder)."""
+    try:
+        return run.root.relative_to(runs_root()).as_posix()
+    except ValueError:
+        return run.root.name
+
+
 def guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; on a missing artifact or bad input show the message and stop the page."""
     try:
         return fn(*args, **kwargs)
     except readers.MissingArtifact as exc:
-        st.info(str(exc))
+        st.info(readers.missing_message(exc, runs_root()))
         st.stop()
     except ValueError as exc:
         st.error(str(exc))
@@ -102,6 +110,21 @@ def _comparison(root: str, stamp: float, lengths: tuple) -> pd.DataFrame:
 def method_comparison(run: RunDir, table: pd.DataFrame) -> pd.DataFrame:
     guard(readers.require, run, "batching")
     return guard(_comparison, str(run.root), _mtime(run.batching), tuple(table["length"].tolist()))
+
+
+def metric_with_change(
+    col, label: str, value: str, change: float | None, other: str, help: str | None = None, digits: int = 2
+) -> None:
+    """A metric with its signed change against run ``other`` (green up when higher, red down when lower); a
+    change that rounds to zero reads "same as <other>" with no arrow; no change given, no delta."""
+    if change is None or change != change:
+        col.metric(label, value, help=help)
+        return
+    d = round(float(change), digits)
+    if d == 0:
+        col.metric(label, value, delta=f"same as {other}", delta_color="off", delta_arrow="off", help=help)
+    else:
+        col.metric(label, value, delta=f"{d:+.{digits}f} vs {other}", help=help)
 
 
 def chart(fig, key: str | None = None, **kwargs: Any):

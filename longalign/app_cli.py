@@ -172,13 +172,13 @@ def _handler(args: argparse.Namespace) -> int:
             f"`longalign app` from a clone of the project (pip install -e .)"
         )
     runs = Path(cfg.runs)
+    address = cfg.address.strip() or "0.0.0.0"
+    check_port_free(address, cfg.port)
     if not runs.is_dir():
         print(
             f"note: {runs} does not exist yet; the dashboard will say so until a stage writes a run there",
             file=sys.stderr,
         )
-    address = cfg.address.strip() or "0.0.0.0"
-    check_port_free(address, cfg.port)
     env = dict(os.environ, **{RUNS_ENV: str(runs)})
     cmd = build_command(runs, cfg.port, headless=cfg.headless, address=address)
     if binds_all_interfaces(address):

@@ -16,11 +16,11 @@ import warnings
 
 from longalign import app_cli, demo_cli
 from longalign.batching import cli as batching_cli
-from longalign.config import DeprecatedOption
+from longalign.config import CommandParser, DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
-from longalign.llm.base import LLMBudgetExceeded
+from longalign.llm.base import LLMBudgetExceeded, LLMEndpointDown
 from longalign.tokenize import cli as tokenize_cli
 from longalign.train import ablation_cli, allocator
 from longalign.train import cli as train_cli
@@ -42,7 +42,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="longalign",
         description="LongAlign Workbench: build long instruction data, train with sorted batching or packing "
         "plus loss weighting, and evaluate long-context ability (LongBench-Chat, needle, LongBench).",
@@ -84,11 +84,14 @@ def _main(argv: list[str] | None) -> int:
         allocator.restart_with_preload()
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (LLMBudgetExceeded, JudgeCannotRate) as exc:  # a step that does not report these in its summary
         print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+    except LLMEndpointDown as exc:  # the circuit breaker: one line naming this command's flags
+        print(f"stopped: {exc.line(vars(args))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: work done so far is kept; re-run the same command to resume", file=sys.stderr)

@@ -208,6 +208,14 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
         return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2): what is wrong with which flag,
+    and where the full list of options is, instead of the usage block. Subcommands inherit it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _DeprecatedFlag(argparse.Action):
     """A deprecated flag: stores into the new option's ``dest`` and emits a one-line note."""
 
@@ -347,8 +355,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(
+            f"{where}: not valid YAML ({problem}); fix the file: a mapping of option names (with underscores) to values"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values at the top level")
     return data

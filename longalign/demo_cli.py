@@ -46,16 +46,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         budget = (numbers or {}).get("budget_s")
         if event == "start":
             started[name] = time.perf_counter()
-            print(f"==> {name}" + (f" (budget {budget:.0f}s)" if budget else ""), flush=True)
+            print(f"==> {name}" + (f" (planned {budget:.0f} s)" if budget else ""), flush=True)
         else:
             secs = numbers["stage_seconds"]
             over = budget is not None and secs > budget and not numbers.get("resumed")
-            flag = f"  OVER BUDGET ({secs:.0f}s > {budget:.0f}s)" if over else ""
-            print(f"    done in {secs:.0f}s{flag}: {_fmt(numbers)}", flush=True)
+            print(f"    done in {secs:.0f} s: {_fmt(numbers)}", flush=True)
+            if over:
+                print(f"    {demo.overrun_text(name, secs, budget)}", flush=True)
 
     summary = demo.run_demo(cfg, on_stage=on_stage)
     print()
-    print(f"{'stage':<22}{'seconds':>9}{'budget':>8}  numbers")
+    print(f"{'stage':<22}{'seconds':>9}{'planned':>8}  numbers")
     for name, numbers in summary["stages"].items():
         budget = numbers.get("budget_s")
         print(f"{name:<22}{numbers['stage_seconds']:>9.0f}{budget or 0:>8.0f}  {_fmt(numbers)}")

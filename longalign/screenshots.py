@@ -2,8 +2,8 @@
 
     python -m longalign.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
 
-starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat page compared
-with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
+starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat and Needle pages
+compared with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
 that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
 The README's pictures are made this way from a ``longalign demo`` run.
 """
@@ -33,6 +33,7 @@ PAGES: tuple[tuple[str, str, int], ...] = (
     ("LongBench_Chat", "longbench_chat", 1),
     ("Needle", "needle", 1),
 )
+COMPARED = ("longbench_chat", "needle")  # pages shot with the --compare run beside --run
 LAUNCH_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
@@ -93,7 +94,10 @@ def serve(runs: str | Path, *, cwd: str | Path | None = None, timeout: float = 1
         os.unlink(log.name)
 
 
-def save_full_page(page, path: Path, width: int = 1300, max_height: int = 4200) -> None:
+WIDTH, HEIGHT = 1400, 1000  # the viewport the pages are checked at (no key column clipped at this width)
+
+
+def save_full_page(page, path: Path, width: int = WIDTH, max_height: int = 4200) -> None:
     """Streamlit scrolls inside its main block: grow the viewport to the content, shoot, then shrink the PNG."""
     height = page.evaluate(
         "(() => { const m = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
@@ -102,7 +106,7 @@ def save_full_page(page, path: Path, width: int = 1300, max_height: int = 4200) 
     page.set_viewport_size({"width": width, "height": int(min(max(height, 600), max_height))})
     page.wait_for_timeout(700)
     page.screenshot(path=str(path))
-    page.set_viewport_size({"width": width, "height": 900})
+    page.set_viewport_size({"width": width, "height": HEIGHT})
     try:
         from PIL import Image
     except ImportError:
@@ -134,9 +138,9 @@ def shoot(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=list(LAUNCH_ARGS))
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             for path, name, n_charts in pages:
-                query = f"run={run}" + (f"&compare={compare}" if compare and name == "longbench_chat" else "")
+                query = f"run={run}" + (f"&compare={compare}" if compare and name in COMPARED else "")
                 page.goto(f"{url}/{path}?{query}", wait_until="domcontentloaded")
                 page.wait_for_selector('[data-testid="stApp"]', timeout=180_000)
                 if n_charts:
@@ -167,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m longalign.screenshots", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
     p.add_argument("--run", default="demo", help="run to show on every page")
-    p.add_argument("--compare", default=None, help="run compared with on the LongBench-Chat page (e.g. demo-base)")
+    p.add_argument(
+        "--compare", default=None, help="run compared with on the LongBench-Chat and Needle pages (e.g. demo-base)"
+    )
     p.add_argument("--out", default="docs/screenshots", help="folder for the PNG files")
     args = p.parse_args(argv)
     if not (Path(args.runs) / args.run).is_dir():

@@ -58,7 +58,9 @@ import pandas as pd
 import plotly.io as pio
 from IPython.display import display
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+# inline figures that never open a browser; "notebook" writes plotly.js itself into the first figure's output,
+# so an HTML export of the executed notebook draws its figures offline (no script loaded from a CDN)
+pio.renderers.default = "plotly_mimetype+notebook"
 logging.basicConfig(level=logging.WARNING)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
@@ -309,5 +311,10 @@ fig = px.strip(
 fig.show()
 
 # %% [markdown]
+# **Try this:** set `max_prompt_tokens = 256` in the parameters cell and run the notebook again. The generator
+# then sees only the head and tail of each document, 256 tokens in all (instructions included), so generation
+# is quicker and the questions can only be about those parts; the training record's user turn still carries
+# the whole document (the printed character count of the user turn does not change).
+#
 # Next: `02_tokenize_and_pack.ipynb` tokenizes this mix with the loss on assistant tokens only and
 # compares naive, sorted and packed batching.

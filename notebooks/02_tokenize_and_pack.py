@@ -50,7 +50,9 @@ import pandas as pd
 import plotly.io as pio
 from IPython.display import HTML, display
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+# inline figures that never open a browser; "notebook" writes plotly.js itself into the first figure's output,
+# so an HTML export of the executed notebook draws its figures offline (no script loaded from a CDN)
+pio.renderers.default = "plotly_mimetype+notebook"
 logging.basicConfig(level=logging.WARNING)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
@@ -123,7 +125,20 @@ lengths_view.fig_length_distribution(table, by="kind", split=max(64, max_len // 
 # * **naive** — random batches of `batch_size`, each padded to its longest member;
 # * **sort** — batches of similar lengths (sorted, then the batch order shuffled), little padding;
 # * **pack** — sequences bin-packed into packs of at most `max_len` tokens (first-fit decreasing by
-#   default), one pack per micro-batch, no padding at all.
+#   default), one pack per micro-batch.
+#
+# Two figures describe how much of the work is wasted, and they are easy to confuse
+# (`longalign.batching.figures` defines them once; the batching stage's JSON, the dashboard and this notebook
+# all use them):
+#
+# * **padding** — share of the *computed positions* that hold no token. A padded batch computes B × its longest
+#   sequence; a pack computes only its own tokens (the packed collator is padding-free), so a pack has no
+#   padding at all.
+# * **fill** — share of the *max_len capacity* used: tokens / (rows × max_len), a row being one pack or one
+#   padded sequence. A pack's fill is below 100% when it is not full; fuller packs mean fewer packs, i.e.
+#   fewer steps.
+#
+# **Attention cost** is the causal attention pairs computed per useful pair: 1.00× wastes nothing.
 #
 # A plan is only lists of row indices, made from the `length` column; the tokens are not touched.
 
@@ -137,22 +152,13 @@ for method in ("naive", "sort", "pack"):
     plan_cfg = BatchPlanConfig(method=method, max_len=max_len, batch_size=batch_size, algo=algo, seed=seed)
     batching.run(plan_cfg, run)  # batching/<method>.json + .plan.json, recorded in run.json
     plans[method] = readers.load_plan(run, method, lengths)
-keys = [
-    "n_sequences",
-    "n_tokens",
-    "n_batches",
-    "lower_bound",
-    "computed_tokens",
-    "efficiency",
-    "padding_fraction",
-    "attention_cost_ratio",
-]
-pd.DataFrame({m: {k: p.stats.get(k) for k in keys} for m, p in plans.items()})
+# the batching stage's records (batching/<method>.json), under the names the dashboard gives them
+recorded = packing.recorded_stats(run, list(plans))
+display(recorded)
 
 # %% [markdown]
-# The same plans side by side as the dashboard draws them: padding share of the computed tokens, fill of
-# the `max_len` capacity, attention work relative to the useful (block-diagonal causal) pairs, and how
-# long ranks would sit idle if each micro-batch cost its computed tokens.
+# The same plans side by side as the dashboard's Packing page draws them: padding, fill, attention cost, and
+# how long ranks would sit idle if each micro-batch cost its computed positions (none here: one device).
 
 # %%
 comparison = packing.method_comparison(run, lengths)
@@ -160,19 +166,20 @@ display(
     comparison.set_index("method")[
         [
             "micro-batches",
-            "mean seqs/batch",
-            "real tokens",
-            "tokens computed",
-            "padding fraction",
+            "sequences per micro-batch",
+            "tokens",
+            "positions computed",
+            "padding",
             "fill",
-            "attention cost ×",
+            "attention cost",
         ]
     ]
 )
 packing.fig_method_comparison(comparison).show()
 
 # %% [markdown]
-# **Per-pack fill.** Packing with first-fit decreasing leaves only the last few packs partly empty:
+# **Per-pack fill.** Packing with first-fit decreasing leaves only the last few packs partly empty
+# (no pack has padding; fill is the share of its `max_len` it uses):
 
 # %%
 pack_table = packing.batch_table(plans["pack"].batches, np.minimum(lengths, max_len), True, max_len)
@@ -243,11 +250,21 @@ sim_cfg = SimulateConfig(
 batching.run(sim_cfg, run, lengths=sim_lengths)  # batching/simulate.json
 sim_config, sim_table = simulator.load_simulation(run)
 display(
-    sim_table.set_index("method")[["total_seconds", "idle_fraction", "n_steps", "efficiency", "speed-up vs slowest"]]
+    sim_table.set_index("method")[
+        [simulator.TIME, simulator.IDLE, "optimizer steps", "padding", "fill", simulator.SPEEDUP]
+    ]
 )
 simulator.fig_simulation(sim_table).show()
 
 # %% [markdown]
-# The dashboard (`longalign app`) shows the same figures for any run directory, and the CLI writes the same
-# files: `longalign tokenize --run DIR`, `longalign batch plan --run DIR --method pack`,
-# `longalign batch simulate --run DIR`. Next: `03_loss_weighting.ipynb`.
+# The dashboard (`longalign app`) shows the same figures for any run directory (this one is listed there as
+# `notebooks/02_tokenize_and_pack`), and the CLI writes the same files: `longalign tokenize --run DIR`,
+# `longalign batch plan --run DIR --method pack`, `longalign batch simulate --run DIR`.
+#
+# **Try this:** set `algo = "nextfit"` in the parameters cell and run the notebook again. Next-fit packs in
+# input order and opens a new pack whenever the next sequence does not fit, so the pack count moves above the
+# lower bound and the pack fill drops; the pack padding stays 0% (a pack still computes only its own tokens).
+# Then set `max_len = 512`: longer sequences are cut to fit (the tokenize line counts them) and packing needs
+# more packs, each holding at most 512 tokens, while naive and sorted batching keep their number of batches.
+#
+# Next: `03_loss_weighting.ipynb`.

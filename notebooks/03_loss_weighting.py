@@ -52,7 +52,9 @@ import pandas as pd
 import plotly.io as pio
 from IPython.display import display
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+# inline figures that never open a browser; "notebook" writes plotly.js itself into the first figure's output,
+# so an HTML export of the executed notebook draws its figures offline (no script loaded from a CDN)
+pio.renderers.default = "plotly_mimetype+notebook"
 logging.basicConfig(level=logging.WARNING)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
@@ -235,4 +237,10 @@ split.round(6)
 # the per-micro-batch means depend on which sequences happen to share a micro-batch. The trainer
 # (`longalign.train`) uses exactly these weights (`loss_norm="sequence"` by default, `token` and `pack`
 # for comparison), and its tests check 2 ranks × 1 accumulation step against 1 rank × 2 on a real model.
+#
+# **Try this:** set `long_targets = 500` in the parameters cell and run the notebook again. The long sequence
+# now fits into a pack with four short ones and the fifth short sequence sits alone in the second pack. The
+# sequence normalisation still gives every sequence 1/6; the pack mean now hands about half of the step to
+# that lone *short* sequence: its bias comes from who shares a pack, not from length as such.
+#
 # Next: `04_training.ipynb`.

@@ -44,7 +44,9 @@ import pandas as pd
 import plotly.io as pio
 from IPython.display import HTML, display
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+# inline figures that never open a browser; "notebook" writes plotly.js itself into the first figure's output,
+# so an HTML export of the executed notebook draws its figures offline (no script loaded from a CDN)
+pio.renderers.default = "plotly_mimetype+notebook"
 logging.basicConfig(level=logging.WARNING)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
@@ -262,3 +264,8 @@ fig.show()
 # --judge-base-url URL --out RUN` (predictions, judgments and a summary in `eval/longbench_chat/`), and
 # `longalign eval needle --out RUN` for the paper's 10 × 10 grid. The dashboard's LongBench-Chat and Needle
 # pages read those files.
+#
+# **Try this:** set `judge = ""` in the parameters cell and run the notebook again. The needle cells are then
+# scored by key-phrase recall only: the heatmap is coloured by recall instead of the judge score, the
+# `judge_score` column stays empty, the summary notes that no judge ran, and the needle section is quicker,
+# since no judge request follows each answer.

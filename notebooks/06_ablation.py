@@ -49,7 +49,9 @@ import pandas as pd
 import plotly.io as pio
 from IPython.display import Markdown, display
 
-pio.renderers.default = "plotly_mimetype+notebook_connected"  # inline figures; never opens a browser
+# inline figures that never open a browser; "notebook" writes plotly.js itself into the first figure's output,
+# so an HTML export of the executed notebook draws its figures offline (no script loaded from a CDN)
+pio.renderers.default = "plotly_mimetype+notebook"
 logging.basicConfig(level=logging.WARNING)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
@@ -143,3 +145,9 @@ display(effect)
 # %%
 display(pd.DataFrame(ablation.speed_rows(result)).set_index("arm"))
 display(Markdown(f"Total wall time of the experiment: {result['total_s'] / 60:.1f} min."))
+
+# %% [markdown]
+# **Try this:** set `result_path = "benchmarks/results/not-measured.json"` in the parameters cell and run the
+# notebook again. With no recorded result it runs the smallest configuration itself (`--smoke`, seconds) into
+# `smoke_dir` and shows the same tables for that run: the same arms, rows and columns, but with so few steps the
+# differences between the arms are noise. The full experiment is `python benchmarks/ablation.py`.

@@ -54,7 +54,7 @@ def fixture_runs(tmp_path_factory, make_fixture_run) -> Path:
     """A runs folder for the view tests: fixture and fixture-b (a weaker model), an empty run and a hidden folder."""
     root = tmp_path_factory.mktemp("view_runs")
     make_fixture_run(root, "fixture", 0)
-    make_fixture_run(root, "fixture-b", 1, model="other-model", skill=5.0)
+    make_fixture_run(root, "fixture-b", 1, model="other-model", skill=5.0, older_batching_keys=True)
     (root / "blank").mkdir()
     (root / ".hidden").mkdir()
     return root

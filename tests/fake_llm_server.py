@@ -10,9 +10,16 @@ raw prompt; one ending in ``[[`` is answered with a rating, as a continued chat 
   ``set_responder``; a separate process takes ``--responder name`` or ``--responder module:function`` /
   ``--responder path/to/file.py:function``.
 * Failure injection per attempt, independent of history: a fraction ``fail_rate`` of requests (drawn
-  from ``random.Random(seed)``) is answered 429, 500 or delayed by ``delay_s`` (past the client timeout),
-  mixed by ``fail_kinds``; ``script([...])`` queues exact outcomes (``"429"``, ``"500"``, ``"400"``,
-  ``"timeout"``, ``"ok"``) for the next requests, consumed before random draws.
+  from ``random.Random(seed)``) is answered 429, 500, 503, delayed by ``delay_s`` (past the client timeout) or
+  dropped (``"drop"``: the connection is closed without any answer), mixed by ``fail_kinds``; with
+  ``fail_after=n`` the random failures start only once ``n`` requests were answered (a server that works,
+  then falters). ``script([...])`` queues exact outcomes (``"429"``, ``"500"``, ``"400"``, ``"401"``,
+  ``"403"``, ``"404"``, ``"timeout"``, ``"drop"``, ``"ok"``) for the next requests, consumed before random
+  draws.
+* Endpoint errors: ``require_key`` answers 401 to every request without ``Authorization: Bearer <key>``;
+  ``models`` (a set of names) answers 404 "model does not exist" to a request for any other model, as vLLM
+  does; ``completions_route=False`` serves no ``/v1/completions`` (404 Not Found, as a chat-only server
+  answers). :func:`closed_port` gives a port of 127.0.0.1 that nothing listens on (connection refused).
 * Usage: prompt tokens = words of all message contents + 4 per message; completion tokens = words of the
   reply, which is cut to ``max_tokens`` words (``finish_reason: "length"``).
 * Log-probabilities, in the shape vLLM and llama.cpp return for chat completions: with ``logprobs: true``
@@ -26,18 +33,24 @@ raw prompt; one ending in ``[[`` is answered with a rating, as a continued chat 
   :func:`rating_distribution` (the argmax, then ``]]``), digits one token each as in Llama-style
   tokenizers, and the log-probabilities of that distribution at the rating positions.
 * Request log: ``.requests`` (list) and optionally a jsonl file (one flushed line per request):
-  ``{"n", "time", "key" (SHA-256 of the canonical JSON of messages), "model", "status" (HTTP status sent,
-  or 0 when the reply was abandoned), "outcome" ("ok"|"429"|"500"|"400"|"timeout"|"bad_request"),
+  ``{"n", "time", "key" (SHA-256 of the canonical JSON of messages), "request" (SHA-256 of the canonical JSON of
+  the whole request body: a retry of a request has the same value, a different seed or model does not),
+  "model", "status" (HTTP status sent, or 0 when the reply was abandoned or dropped), "outcome"
+  ("ok"|"429"|"500"|"400"|"401"|"403"|"404"|"timeout"|"drop"|"unauthorized"|"no_model"|"bad_request"),
   "in_flight", "seed", "temperature", "max_tokens", "logprobs" (top_logprobs asked, or null), "prefill"
   (whether a final assistant message was continued)}``. ``max_in_flight`` is the peak concurrency seen.
+
+:func:`paid_twice` and :func:`answered_requests` read the log: a request is paid when the server answered it
+with status 200, and paid twice when the same ``request`` value was answered 200 more than once.
 
 Asserting "nothing was paid twice" after killing a client: a request the server answered in the very
 instant of the kill may be sent again (its answer never reached the client's cache), so compare against
 the client's cache or calls log, or let the server go idle (``in_flight == 0``) before counting.
 
-Run it alone: ``python tests/fake_llm_server.py --port-file F [--fail-rate 0.3] [--log F.jsonl]
-[--responder echo|questions|judge|mod:fn] [--latency 0.05] [--delay 5] [--seed 0]``; it writes its
-port to ``F`` (atomically) once listening and stops on SIGTERM/SIGINT.
+Run it alone: ``python tests/fake_llm_server.py --port-file F [--fail-rate 0.3] [--fail-after 1]
+[--fail-kinds 429,500,drop] [--log F.jsonl] [--responder echo|questions|judge|mod:fn] [--latency 0.05]
+[--delay 5] [--seed 0] [--require-key K] [--models a,b]``; it writes its port to ``F`` (atomically) once
+listening and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,6 +86,37 @@ def _canonical(obj: Any) -> str:
 def messages_key(messages: Any) -> str:
     """Same hash as ``longalign.llm.cache.messages_hash``."""
     return hashlib.sha256(_canonical(messages).encode("utf-8")).hexdigest()
+
+
+def request_hash(req: Any) -> str:
+    """SHA-256 of the canonical JSON of a whole request body (what the request log calls ``request``)."""
+    return hashlib.sha256(_canonical(req).encode("utf-8")).hexdigest()
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nothing listens on: bound, then released at once (connecting to it is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The entries of a request-log file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def answered_requests(entries: list[dict]) -> dict[str, int]:
+    """``request`` hash -> times the server answered it with status 200 (was paid)."""
+    out: dict[str, int] = {}
+    for e in entries:
+        if e.get("status") == 200 and e.get("request"):
+            out[e["request"]] = out.get(e["request"], 0) + 1
+    return out
+
+
+def paid_twice(entries: list[dict]) -> list[str]:
+    """The ``request`` hashes the server answered with status 200 more than once."""
+    return sorted(k for k, n in answered_requests(entries).items() if n > 1)
 
 
 def _last_user(req: dict) -> str:
@@ -185,6 +230,9 @@ class FakeLLMServer:
         model: str = "fake-model",
         retry_after: str | None = None,
         require_key: str | None = None,
+        models: set[str] | list[str] | None = None,
+        fail_after: int = 0,
+        completions_route: bool = True,
         port: int = 0,
         logprobs: bool = True,
         logprobs_shape: str = "chat",
@@ -198,6 +246,10 @@ class FakeLLMServer:
         self.model = model
         self.retry_after = retry_after
         self.require_key = require_key
+        self.models = set(models) if models else None
+        self.fail_after = int(fail_after)
+        self.completions_route = bool(completions_route)
+        self.answered = 0  # requests answered with status 200
         self.log_path = Path(log_path) if log_path else None
         if prefill not in ("vllm", "llamacpp", "none"):
             raise ValueError(f"prefill={prefill!r}: use vllm, llamacpp or none")
@@ -214,6 +266,7 @@ class FakeLLMServer:
         self._lock = threading.Lock()
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
+        self._stopped = False
         self._thread: threading.Thread | None = None
 
     # configuration -----------------------------------------------------------------------------------
@@ -242,6 +295,7 @@ class FakeLLMServer:
 
     def start(self) -> FakeLLMServer:
         server = self
+        self._stopped = False
 
         class Handler(_Handler):
             fake = server
@@ -255,6 +309,9 @@ class FakeLLMServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening; connections kept alive by clients are closed at their next request, unanswered (a
+        stopped server answers nothing more)."""
+        self._stopped = True
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -271,13 +328,15 @@ class FakeLLMServer:
         with self._lock:
             if self._script:
                 return self._script.popleft()
-            if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
+            if self.fail_rate > 0 and self.answered >= self.fail_after and self._rng.random() < self.fail_rate:
                 kinds = sorted(self.fail_kinds)
                 return self._rng.choices(kinds, weights=[self.fail_kinds[k] for k in kinds])[0]
             return "ok"
 
     def _record(self, entry: dict) -> None:
         with self._lock:
+            if entry.get("status") == 200:
+                self.answered += 1
             entry["n"] = len(self.requests)
             self.requests.append(entry)
             if self.log_path is not None:
@@ -325,8 +384,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if fake._stopped:  # a kept-alive connection to a stopped server: closed without an answer
+            self.close_connection = True
+            return
         route = self.path.rstrip("/")
-        if route in ("/v1/completions", "/completions"):
+        if route in ("/v1/completions", "/completions") and fake.completions_route:
             self._text_completion(fake, raw)
             return
         if route not in ("/v1/chat/completions", "/chat/completions"):
@@ -359,6 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         entry.update(
             key=messages_key(messages),
+            request=request_hash(req),
             model=req.get("model"),
             seed=req.get("seed"),
             temperature=req.get("temperature"),
@@ -371,6 +434,12 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record(entry)
             self._send(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
             return
+        if fake.models is not None and req.get("model") not in fake.models:
+            entry.update(status=404, outcome="no_model")
+            fake._record(entry)
+            msg = f"The model `{req.get('model')}` does not exist."
+            self._send(404, {"error": {"message": msg, "type": "NotFoundError", "code": 404}})
+            return
         outcome = fake._draw_outcome()
         if fake.latency_s > 0:
             time.sleep(fake.latency_s)
@@ -380,12 +449,19 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fake.delay_s)
             self._send(200, self._completion(fake, req, "late answer"))
             return
-        if outcome in ("429", "500", "503", "400"):
+        if outcome == "drop":  # close the connection without any answer
+            entry.update(status=0, outcome="drop")
+            fake._record(entry)
+            self.close_connection = True
+            return
+        if outcome in ("429", "500", "503", "400", "401", "403", "404"):
             status = int(outcome)
             entry.update(status=status, outcome=outcome)
             fake._record(entry)
             headers = {"Retry-After": fake.retry_after} if status == 429 and fake.retry_after is not None else {}
-            kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
+            kind = {429: "rate_limit_exceeded", 400: "invalid_request_error", 401: "invalid_request_error"}.get(
+                status, "server_error"
+            )
             self._send(status, {"error": {"message": f"injected {status}", "type": kind}}, headers)
             return
         last = messages[-1] if isinstance(messages[-1], dict) else {}
@@ -417,6 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
         k = req.get("logprobs")
         entry.update(
             key=messages_key(prompt),
+            request=request_hash(req),
             model=req.get("model"),
             seed=req.get("seed"),
             temperature=req.get("temperature"),
@@ -596,7 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file", required=True, help="file that receives the port once listening")
     ap.add_argument("--fail-rate", type=float, default=0.0)
-    ap.add_argument("--fail-kinds", default="429,500,timeout", help="comma list among 429,500,503,timeout")
+    ap.add_argument("--fail-kinds", default="429,500,timeout", help="comma list among 429,500,503,timeout,drop")
+    ap.add_argument("--fail-after", type=int, default=0, help="random failures start after this many answers")
+    ap.add_argument("--require-key", default=None, help="answer 401 to requests without this bearer key")
+    ap.add_argument("--models", default="", help="comma list of served models (others get 404; empty = any)")
     ap.add_argument("--delay", type=float, default=2.0, help="seconds a 'timeout' failure holds the reply")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     ap.add_argument("--seed", type=int, default=0)
@@ -618,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.log,
         model=args.model,
         retry_after=args.retry_after,
+        require_key=args.require_key,
+        models=[m for m in args.models.split(",") if m] or None,
+        fail_after=args.fail_after,
         port=args.port,
         prefill=args.prefill,
         logprobs=not args.no_logprobs,

@@ -1,16 +1,27 @@
 """Every dashboard page under streamlit.testing.v1.AppTest: against a fixture runs folder (key values shown, no
-exception), against an empty run (a message naming the command, no traceback) and against an empty folder."""
+exception), against an empty run (a message naming the command, no traceback) and against an empty folder.
+
+Each page is also read the way a user reads it (:func:`reader_text`: headings, text, metric labels and values,
+table headers and the cells as displayed, chart titles, axis titles, labels and hover texts): no raw statistics
+key (``padding_fraction``, ``total_seconds``, ...) and no number with seven or more decimals may appear there,
+and a metric without a signed change carries no arrow. Expected figures are computed in this file from the run's
+own files (the batching stage's JSON, the plan files, tokens/), never through the view functions the pages call.
+"""
 
 from __future__ import annotations
 
+import html
+import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from longalign.rundir import RunDir
-from longalign.views import needle, readers, simulator, style, training
+from longalign.batching.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = str(ROOT / "app" / "Home.py")
@@ -22,6 +33,42 @@ PAGES = [
     "pages/5_LongBench_Chat.py",
     "pages/6_Needle.py",
 ]
+# keys of the stages' JSON files that must never reach a reader as they are
+RAW_KEYS = {f.key for f in FIGURES if "_" in f.key} | {
+    "efficiency",
+    "attention_cost_ratio",
+    "attention_cost_ratio_dense",
+    "computed_tokens_padding_free",
+    "total_seconds",
+    "busy_device_seconds",
+    "busy_seconds",
+    "idle_fraction",
+    "real_tokens",
+    "real_tokens_per_second",
+    "mean_step_seconds",
+    "n_micro_batches",
+    "speedup_vs_naive",
+    "pack_dense",
+    "loss_token_mean",
+    "tokens_per_s",
+    "padded_tokens",
+    "target_tokens",
+    "step_s",
+    "wall_s",
+    "grad_norm",
+    "judge_score",
+    "recall_norm",
+    "needle_token_pos",
+    "context_length",
+    "depth_percent",
+    "n_target",
+    "n_truncated",
+    "vocab_size",
+    "chat_format",
+    "measured_speedup_vs_naive",
+    "simulated_speedup_vs_naive",
+}
+LONG_DECIMALS = re.compile(r"\d\.\d{7,}")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +76,7 @@ def runs(tmp_path_factory, make_fixture_run) -> Path:
     root = tmp_path_factory.mktemp("runs")
     make_run = make_fixture_run
     make_run(root, "fixture", 0)
-    make_run(root, "fixture-b", 1, model="other-model", skill=5.0)
+    make_run(root, "fixture-b", 1, model="other-model", skill=5.0, older_batching_keys=True)
     return root
 
 
@@ -40,9 +87,11 @@ def blank_runs(tmp_path_factory) -> Path:
     return root
 
 
-def open_page(monkeypatch, root: Path, page: str | None) -> AppTest:
+def open_page(monkeypatch, root: Path, page: str | None, run: str | None = None) -> AppTest:
     monkeypatch.setenv("LONGALIGN_RUNS", str(root))
-    at = AppTest.from_file(HOME, default_timeout=90)
+    at = AppTest.from_file(HOME, default_timeout=120)
+    if run:
+        at.query_params["run"] = run
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     if page:
@@ -61,7 +110,115 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 
 def text_of(at: AppTest) -> str:
-    return "\n".join(str(x.value) for x in [*at.markdown, *at.caption, *at.info, *at.title, *at.subheader])
+    return "\n".join(
+        str(x.value) for x in [*at.markdown, *at.caption, *at.info, *at.title, *at.subheader, *at.text, *at.warning]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- what a user reads
+def _chart_strings(spec: str) -> list[str]:
+    """Titles, axis titles, annotations, trace names, labels, category values and hover templates of a figure."""
+    fig = json.loads(spec)
+    out: list[str] = []
+
+    def walk(node, key=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k != "template":
+                    walk(v, k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and key in ("text", "name", "hovertemplate", "x", "y", "customdata", "title"):
+            out.append(node)
+
+    walk(fig.get("data", []))
+    walk(fig.get("layout", {}))
+    return out
+
+
+def _table_strings(el) -> list[str]:
+    """Headers and cells of a dataframe as displayed: a Styler's display values; otherwise text cells, and float
+    cells unless their column has a display format."""
+    import pyarrow as pa
+
+    config = json.loads(el.proto.columns or "{}")
+    df = el.value
+    out = [str(c) for c in df.columns] + [str(v) for v in (config.get(c, {}).get("label") for c in config) if v]
+    styler = el.proto.arrow_data.styler
+    if styler.display_values:
+        shown = pa.ipc.open_stream(styler.display_values).read_pandas()
+        return out + [str(v) for v in shown.to_numpy().ravel() if v is not None]
+    if not isinstance(df.index, pd.RangeIndex):
+        out += [str(i) for i in df.index]
+    for c in df.columns:
+        col = df[c]
+        if col.dtype == object:
+            out += [str(v) for v in col if v is not None]
+        elif col.dtype.kind == "f" and not (config.get(str(c), {}).get("type_config") or {}).get("format"):
+            vals = [float(v) for v in col if v == v]
+            bad = [v for v in vals if abs(v - round(v, 4)) > 1e-12]
+            out += [repr(v) for v in bad]  # shown with all their decimals
+    return out
+
+
+def reader_text(at: AppTest) -> str:
+    """Everything a user of the page reads, as one text."""
+    parts = [text_of(at)]
+    parts += [str(e.label) for e in at.expander]
+    parts += [re.sub(r"<[^>]+>", " ", html.unescape(h.proto.body)) for h in at.get("html")]
+    for m in at.metric:
+        parts += [m.label, m.value, m.proto.delta]
+    for d in at.dataframe:
+        parts += _table_strings(d)
+    for c in charts(at):
+        parts += _chart_strings(c.proto.spec)
+    for w in [*at.selectbox, *at.radio, *at.number_input, *at.multiselect, *at.toggle, *at.slider]:
+        parts.append(str(w.label))
+    return "\n".join(parts)
+
+
+def assert_readable(at: AppTest) -> str:
+    """No raw statistics key, no number with 7+ decimals, and no arrow on a metric whose delta is not a change."""
+    text = reader_text(at)
+    raw = sorted(k for k in RAW_KEYS if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", text))
+    assert not raw, f"raw keys shown: {raw}"
+    long = LONG_DECIMALS.findall(text)
+    assert not long, f"numbers with 7 or more decimals shown: {long[:5]}"
+    for m in at.metric:
+        if m.proto.delta and not re.match(r"[+\-−]\d", m.proto.delta):
+            direction = m.proto.DESCRIPTOR.fields_by_name["direction"].enum_type.values_by_number[m.proto.direction]
+            assert direction.name == "NONE", f"metric {m.label!r} shows an arrow on {m.proto.delta!r}"
+    return text
+
+
+def values(v) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata" (base64)}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v)
+
+
+# ---------------------------------------------------------------------------------------------- the run's files
+def token_lengths(run: Path) -> np.ndarray:
+    import datasets
+
+    return np.asarray(datasets.load_from_disk(str(run / "tokens"))["length"])
+
+
+def plan_batches(run: Path, method: str) -> list[list[int]]:
+    return json.loads((run / "batching" / f"{method}.plan.json").read_text())["batches"]
+
+
+def padding_from_files(run: Path, method: str) -> float:
+    """Share of computed positions with no token: B x longest per padded batch, the pack's tokens per pack."""
+    lengths = token_lengths(run)
+    batches = plan_batches(run, method)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    computed = real if method == "pack" else sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1 - real / computed
 
 
 # ---------------------------------------------------------------------------------------------- fixture
@@ -72,102 +229,258 @@ def test_home(monkeypatch, runs):
     overview = at.dataframe[0].value
     assert overview["run"].tolist() == ["fixture", "fixture-b"]
     assert "Run `fixture`" in text_of(at)
+    assert [p.proto.page for p in at.get("page_link")] == [p.split("_", 1)[1][:-3] for p in PAGES]
+    assert_readable(at)
     at.sidebar.selectbox[0].set_value("fixture-b").run()
     assert "Run `fixture-b`" in text_of(at) and not at.exception
+
+
+def test_home_shows_the_demo_summary_rounded_and_signed(monkeypatch, tmp_path, make_fixture_run):
+    root = tmp_path / "runs"
+    run = make_fixture_run(root, "demo", 0)
+    summary = {
+        "profile": "quick",
+        "seconds": 441.6,
+        "base_run": str(root / "demo-base"),
+        "methods": {
+            "naive": {"seconds": 100.51234, "real_tokens": 1224, "measured_speedup_vs_naive": 1.0},
+            "pack": {"seconds": 50.2, "real_tokens": 1224, "measured_speedup_vs_naive": 2.0021},
+        },
+        "stages": {
+            "eval:heldout": {"sequence_mean_loss": {"base": 2.51234567, "tuned": 2.1111111, "change": -0.40123456}},
+            "eval:longbench-chat": {"mean_score": {"base": 3.05, "tuned": 2.85, "change": -0.2}},
+        },
+        "explained": ["Held-out loss: *not* Markdown, __kept__ as written."],
+    }
+    (run / "demo_summary.json").write_text(json.dumps(summary))
+    at = open_page(monkeypatch, root, None)
+    text = assert_readable(at)
+    assert "100.51234" not in text and "2.51234567" not in text
+    evals = next(d for d in at.dataframe if "fine-tuned" in d.value.columns).value.set_index("metric")
+    assert evals["change"].tolist() == ["−0.401", "−0.20"]  # signed, rounded to the metric's digits
+    assert any(t.value == "• Held-out loss: *not* Markdown, __kept__ as written." for t in at.text)
+
+
+def test_nested_runs_are_offered(monkeypatch, tmp_path, make_fixture_run):
+    root = tmp_path / "runs"
+    make_fixture_run(root / "notebooks", "02_tokenize_and_pack", 0)
+    at = open_page(monkeypatch, root, PAGES[1])
+    assert at.sidebar.selectbox[0].options == ["notebooks/02_tokenize_and_pack"]
+    assert not at.exception and at.dataframe[0].value["method"].tolist() == ["naive", "sort", "pack"]
 
 
 def test_lengths(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[0])
     m = metrics(at)
-    assert m["sequences"] == "300" and m["long / short"] == "200 / 100"
-    assert m["tokens"] == style.format_count(readers.load_token_table(RunDir(runs / "fixture"))["length"].sum())
+    lengths = token_lengths(runs / "fixture")
+    assert m["sequences"] == f"{len(lengths):,}" and m["long / short"] == "200 / 100"
     assert len(charts(at)) == 2
     assert at.dataframe[0].value["kind"].tolist() == ["long", "short"]
+    assert_readable(at)
     at.radio[0].set_value("lang").run()
     at.toggle[0].set_value(True).run()
     assert not at.exception
     assert set(at.dataframe[1].value["lang"]) == {"en", "zh", "unknown"}
+    assert_readable(at)
+
+
+def test_lengths_of_short_data_draw_one_panel(monkeypatch, runs):
+    at = open_page(monkeypatch, runs, PAGES[0])
+    at.number_input[0].set_value(262144).run()  # no sequence reaches the split
+    fig = json.loads(charts(at)[0].proto.spec)
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert len(titles) == 1 and titles[0].endswith("(300 sequences)")
+    assert "one panel" in text_of(at)
 
 
 def test_packing(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[1])
-    comparison = at.dataframe[0].value
-    assert comparison["method"].tolist() == ["naive", "sort", "pack"]
-    assert comparison.set_index("method").loc["pack", "padding fraction"] == 0
+    comparison = at.dataframe[0].value.set_index("method")
+    assert comparison.index.tolist() == ["naive", "sort", "pack"]
+    for m in ("naive", "sort", "pack"):
+        recorded = json.loads((runs / "fixture" / "batching" / f"{m}.json").read_text())
+        assert comparison.loc[m, "padding"] == pytest.approx(padding_from_files(runs / "fixture", m))
+        assert comparison.loc[m, "padding"] == pytest.approx(recorded["padding_fraction"])
+    assert comparison.loc["pack", "padding"] == 0
     assert len(charts(at)) == 8  # methods, fill, mask + strip, and mask + strip for naive and sort
     assert "pack micro-batch" in text_of(at)
     assert "holds sequence" in text_of(at)
+    assert_readable(at)
     at.number_input(key="batch_pack").set_value(0).run()
     at.selectbox(key="norm").set_value("pack").run()
     assert not at.exception and "pack micro-batch 0" in text_of(at)
     at.selectbox(key="view_m").set_value("naive").run()
     assert not at.exception and "naive micro-batch" in text_of(at)
+    assert_readable(at)
+
+
+def test_packing_reads_older_records_in_todays_words(monkeypatch, runs):
+    """fixture-b's batching JSON is in the older vocabulary (a pack's padding_fraction was its unused capacity):
+    the page still shows a pack padding of 0.0% in both tables, equal to what its plan files give."""
+    at = open_page(monkeypatch, runs, PAGES[1], run="fixture-b")
+    old = json.loads((runs / "fixture-b" / "batching" / "pack.json").read_text())
+    assert old["padding_fraction"] > 0.001
+    comparison = at.dataframe[0].value.set_index("method")
+    assert comparison.loc["pack", "padding"] == padding_from_files(runs / "fixture-b", "pack") == 0
+    recorded = at.dataframe[1].value.set_index("figure")
+    assert recorded.loc["padding", "pack"] == "0.0%"
+    lengths, packs = token_lengths(runs / "fixture-b"), plan_batches(runs / "fixture-b", "pack")
+    fill = sum(int(lengths[b].sum()) for b in packs) / (len(packs) * old["max_len"])
+    assert recorded.loc["fill", "pack"] == f"{fill:.1%}"
+    assert_readable(at)
 
 
 def test_simulator(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[2])
-    recorded = simulator.load_simulation(RunDir(runs / "fixture"))[1]
-    assert at.dataframe[-1].value["total_seconds"].tolist() == recorded["total_seconds"].tolist()
+    recorded = json.loads((runs / "fixture" / "batching" / "simulate.json").read_text())["methods"]
+    shown = at.dataframe[-2].value.set_index("method")
+    for m, r in recorded.items():
+        assert shown.loc[m, "predicted time (s)"] == pytest.approx(r["total_seconds"])
     labels = set(metrics(at))
-    assert {"naive", "sort", "pack"} <= labels
+    assert {"naive", "sort", "pack", "pack, dense mask"} <= labels
     assert len(charts(at)) == 2
-    at.number_input[0].set_value(2)
+    assert "recorded simulation's cost model" in text_of(at)
+    assert_readable(at)
+    at.number_input[0].set_value(1)
     at.button[0].click().run()
     assert not at.exception
+    live = json.loads(charts(at)[0].proto.spec)
+    assert len(live["data"]) == 1  # one device: no idle chart
+    assert "nothing waits" in text_of(at)
+    assert_readable(at)
 
 
 def test_training(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[3])
     m = metrics(at)
     assert list(m) == ["naive", "sort", "pack", "pack-loss-pack"]
-    summary = training.train_summary(RunDir(runs / "fixture"), readers.load_metrics(RunDir(runs / "fixture")))
-    assert m["pack"] == f"{summary.set_index('train').loc['pack', 'tokens/s']:,.0f} tok/s"
+    recs = [json.loads(x) for x in (runs / "fixture" / "train" / "pack" / "metrics.jsonl").read_text().splitlines()]
+    assert m["pack"] == f"{recs[-1]['loss']:.3f}"
     assert len(charts(at)) == 2
+    assert_readable(at)
     at.multiselect[0].set_value(["pack", "pack-loss-pack"]).run()
     at.radio[0].set_value("loss_token_mean").run()
     assert not at.exception and list(metrics(at)) == ["pack", "pack-loss-pack"]
+    assert metrics(at)["pack"] == f"{recs[-1]['loss_token_mean']:.3f}"  # the headline follows the loss switch
+    at.radio[1].set_value("tokens_seen").run()
+    fig = json.loads(charts(at)[0].proto.spec)
+    assert fig["layout"]["xaxis"]["title"]["text"] == "tokens seen"
+    assert values(fig["data"][0]["x"])[-1] == sum(r["real_tokens"] for r in recs)
+    assert_readable(at)
     at.multiselect[0].set_value([]).run()
     assert "Choose at least one training run." in text_of(at)
 
 
 def test_longbench_chat(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[4])
-    df = readers.load_longbench_chat(RunDir(runs / "fixture"))
-    assert metrics(at)["mean score"] == f"{df['score'].mean():.2f}"
+    judged = [json.loads(x) for x in (runs / "fixture/eval/longbench_chat/judgments.jsonl").read_text().splitlines()]
+    scores = [j["score"] for j in judged if j["score"] is not None]
+    assert metrics(at)["mean score"] == f"{sum(scores) / len(scores):.2f}"
     assert metrics(at)["questions"] == "12"
     table = at.dataframe[1].value
     assert len(table) == 12 and "fixture" in table
     assert "#### fixture · score" in text_of(at)
     assert any("judge run 0" in e.label for e in at.expander)
+    assert_readable(at)
     at.sidebar.selectbox(key="_compare_run_picker").set_value("fixture-b").run()
     assert not at.exception
     table = at.dataframe[1].value
-    assert {"fixture", "fixture-b", "Δ"} <= set(table.columns)
+    assert {"fixture", "fixture-b", "change"} <= set(table.columns)
     assert "#### fixture-b · score" in text_of(at)
+    # the headline's change is this run minus the other, coloured by its sign (higher is better)
+    judged_b = [
+        json.loads(x) for x in (runs / "fixture-b/eval/longbench_chat/judgments.jsonl").read_text().splitlines()
+    ]
+    scores_b = [j["score"] for j in judged_b if j["score"] is not None]
+    diff = sum(scores) / len(scores) - sum(scores_b) / len(scores_b)
+    head = next(m for m in at.metric if m.label == "mean score of fixture")
+    assert head.proto.delta == f"{diff:+.2f} vs fixture-b"
+    assert_readable(at)
     at.multiselect[0].set_value(["zh"]).run()
     assert set(at.dataframe[1].value["lang"]) == {"zh"}
     at.selectbox[0].set_value(12).run()
     assert not at.exception and "请概括" in text_of(at)
 
 
+def test_longbench_chat_question_detail(monkeypatch, runs):
+    """The long context is shown as written, an answer cut at max_new_tokens is marked, and a judge scored by
+    its rating probabilities shows them."""
+    at = open_page(monkeypatch, runs, PAGES[4])
+    at.selectbox[0].set_value(3).run()
+    cases = json.loads((runs / "fixture" / "longbench_chat_cases.json").read_text())
+    prompt = next(c["prompt"] for c in cases if c["idx"] == 3)
+    assert prompt in [t.value for t in at.text]
+    assert "cut off at the token limit (max_new_tokens 1,024)" in text_of(at)
+    at.selectbox[0].set_value(2).run()
+    assert any(e.label.startswith("judge run 0: score ") for e in at.expander)
+    assert "expected rating" in text_of(at) and "[[1]]" in [t.value for t in at.text]
+    assert_readable(at)
+
+
 def test_needle(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[5])
-    df = readers.load_needle(RunDir(runs / "fixture"))
+    results = [json.loads(x) for x in (runs / "fixture/eval/needle/results.jsonl").read_text().splitlines()]
     assert metrics(at)["probes"] == "30"
-    assert metrics(at)["mean judge score"] == f"{df['judge_score'].mean():.2f}"
+    assert metrics(at)["mean judge score"] == f"{sum(r['judge_score'] for r in results) / len(results):.2f}"
     assert len(charts(at)) == 1
     at.selectbox(key="needle_len").set_value(16000).run()
     at.selectbox(key="needle_depth").set_value(70.0).run()
-    cell = needle.needle_cell(df, 16000, 70.0)
+    cell = next(r for r in results if r["context_length"] == 16000 and r["depth_percent"] == 70.0)
     assert not at.exception
-    assert f"Judge score {cell['judge_score']}" in text_of(at)
-    assert "<mark>" in text_of(at)
-    assert cell["response"] in [i.value for i in at.info]
+    assert f"judge score {cell['judge_score']:.1f}" in text_of(at)
+    assert f"needle at token {cell['needle_token_pos']:,} of the {cell['context_tokens']:,}-token context" in (
+        text_of(at)
+    )
+    window = at.get("html")[0].proto.body
+    assert "<mark>" in window and "* If __debug__ is set" in html.unescape(window)  # as written, not Markdown
+    assert cell["response"] in [t.value for t in at.text]
+    summary = json.loads((runs / "fixture/eval/needle/summary.json").read_text())
+    assert summary["notes"][0] in [w.value for w in at.warning]
+    assert_readable(at)
     at.radio[0].set_value("recall").run()
     assert not at.exception
     assert "mean normalised recall" in metrics(at)
     at.radio[0].set_value("recall_norm").run()
     assert not at.exception and "normalised recall" in text_of(at)
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("fixture-b").run()
+    assert not at.exception and len(charts(at)) == 2
+    assert_readable(at)
+
+
+def test_no_change_is_said_in_words_without_an_arrow(monkeypatch, tmp_path, make_fixture_run):
+    """Two runs with the same results: the headline says "same as", not a green "↑ +0.00"."""
+    import shutil
+
+    root = tmp_path / "runs"
+    make_fixture_run(root, "a", 0)
+    shutil.copytree(root / "a", root / "b")
+    at = open_page(monkeypatch, root, PAGES[5], run="a")
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("b").run()
+    deltas = [m.proto.delta for m in at.metric if m.proto.delta]
+    assert deltas and all(d == "same as b" for d in deltas)
+    assert_readable(at)  # and none of them carries an arrow
+
+
+def test_readability_check_catches_raw_keys_and_long_decimals(monkeypatch, tmp_path):
+    """The check the page tests rely on fails on a page that shows a raw key or an unrounded float."""
+    page = tmp_path / "bad.py"
+    page.write_text(
+        "import streamlit as st, pandas as pd\n"
+        "st.markdown('padding_fraction 0.10785590277777779')\n"
+        "st.dataframe(pd.DataFrame({'total_seconds': [0.00806879232]}))\n"
+        "st.metric('questions', '12', delta='1 unscored')\n"
+    )
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    with pytest.raises(AssertionError, match="raw keys shown: \\['padding_fraction', 'total_seconds'\\]"):
+        assert_readable(at)
+    page.write_text("import streamlit as st\nst.markdown('padding 0.10785590277777779')\n")
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    with pytest.raises(AssertionError, match="7 or more decimals"):
+        assert_readable(at)
+    page.write_text("import streamlit as st\nst.metric('questions', '12', delta='1 unscored')\n")
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    with pytest.raises(AssertionError, match="shows an arrow"):
+        assert_readable(at)
 
 
 # ---------------------------------------------------------------------------------------------- empty
@@ -180,6 +493,21 @@ def test_empty_run_shows_how_to_create(monkeypatch, blank_runs, page):
     assert not charts(at)
 
 
+def test_evaluation_only_run_is_told_what_it_is(monkeypatch, tmp_path, make_fixture_run):
+    """A base model's evaluation run has no tokens: the Lengths page says so and names the runs that have them,
+    instead of telling the user to tokenize it."""
+    import shutil
+
+    root = tmp_path / "runs"
+    make_fixture_run(root, "demo", 0)
+    base = root / "demo-base"
+    base.mkdir()
+    shutil.copytree(root / "demo" / "eval", base / "eval")
+    at = open_page(monkeypatch, root, PAGES[0], run="demo-base")
+    shown = " ".join(i.value for i in at.info)
+    assert "`demo-base` is an evaluation-only run" in shown and "Runs of this folder that have it: demo." in shown
+
+
 def test_empty_home_and_no_runs(monkeypatch, blank_runs, tmp_path):
     at = open_page(monkeypatch, blank_runs, None)
     assert at.dataframe[0].value["run"].tolist() == ["empty-run"]
@@ -190,6 +518,8 @@ def test_empty_home_and_no_runs(monkeypatch, blank_runs, tmp_path):
 
 def test_partial_run_training_in_progress(monkeypatch, tmp_path):
     """A metrics file with a torn last line (a writer mid-append) and nothing else: the page still renders."""
+    from longalign.rundir import RunDir
+
     run = RunDir(tmp_path / "live")
     run.metrics("pack").parent.mkdir(parents=True)
     run.metrics("pack").write_text(
@@ -197,7 +527,8 @@ def test_partial_run_training_in_progress(monkeypatch, tmp_path):
     )
     at = open_page(monkeypatch, tmp_path, PAGES[3])
     assert list(metrics(at)) == ["pack"] and len(charts(at)) == 2
-    assert math.isclose(float(metrics(at)["pack"].split()[0]), 10.0)
+    assert metrics(at)["pack"] == "2.000"
+    assert math.isclose(float(at.metric[0].proto.delta.split()[0]), 10.0)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -211,3 +542,67 @@ def test_app_command_line():
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == HOME
     assert cmd[cmd.index("--server.port") + 1] == "8600" and "--server.headless" in cmd
     assert cmd[-3:] == ["--", "--runs", "myruns"]
+
+
+# ---------------------------------------------------------------------------------------------- notebook 02
+def html_tables(text: str) -> list[list[list[str]]]:
+    """The cells of every <table> in ``text`` (header and body rows alike), as text."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                self.tables[-1][-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Tables()
+    parser.feed(text)
+    return parser.tables
+
+
+@pytest.mark.slow
+def test_notebook_02_the_packing_page_and_the_stage_json_give_one_padding(monkeypatch, tmp_path):
+    """Notebook 02 run into a runs folder: the padding of every method it displays, the padding the Packing page
+    shows for that run (listed as notebooks/02_tokenize_and_pack) and the batching stage's JSON agree, and equal
+    the padding computed here from the plan files and tokens/."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "02_tokenize_and_pack.ipynb", as_version=4)
+    root = tmp_path / "runs"
+    run_dir = root / "notebooks" / "02_tokenize_and_pack"
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += f"\nrun_dir = {str(run_dir)!r}\ndata_run = {str(tmp_path / 'none')!r}\nsim_sequences = 300\n"
+    nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "recorded = packing.recorded_stats" in c.source)
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+    table = html_tables(shown)[0]
+    header = table[0]
+    row = next(r for r in table[1:] if "padding" in r)
+    notebook = {m: row[header.index(m)] for m in ("naive", "sort", "pack")}
+
+    at = open_page(monkeypatch, root, PAGES[1], run="notebooks/02_tokenize_and_pack")
+    page = at.dataframe[0].value.set_index("method")["padding"]
+    for m in ("naive", "sort", "pack"):
+        recorded = json.loads((run_dir / "batching" / f"{m}.json").read_text())["padding_fraction"]
+        assert page[m] == pytest.approx(padding_from_files(run_dir, m)) == pytest.approx(recorded)
+        assert notebook[m] == f"{recorded:.1%}" == f"{page[m]:.1%}"
+    assert notebook["pack"] == "0.0%" and page["naive"] > 0

@@ -61,21 +61,26 @@ class TestPlanProperties:
             assert all(eff[b].sum() <= max_len for b in plan.batches)
             assert s["lower_bound"] == math.ceil(s["n_tokens"] / max_len)
             assert s["n_batches"] >= s["lower_bound"]
-            computed = s["n_batches"] * max_len
-            dense = sum(float(eff[b].sum()) ** 2 for b in plan.batches)
-            real_sq = float((eff[_flat(plan)].astype(float) ** 2).sum())
-            assert s["attention_cost_ratio"] == (1.0 if plan.batches else 0.0)
-            assert s["attention_cost_ratio_dense"] == pytest.approx(real_sq / dense if dense else 0.0)
+            computed = s["n_tokens"]  # a pack computes its own tokens (padding-free collation)
+            capacity = s["n_batches"] * max_len
+            useful = sum(n * (n + 1) / 2 for n in eff[_flat(plan)].tolist())
+            dense = sum(float(eff[b].sum()) * (float(eff[b].sum()) + 1) / 2 for b in plan.batches)
+            assert s["attention_cost"] == 1.0
+            assert s["attention_cost_dense"] == pytest.approx(dense / useful if useful else 1.0)
+            assert s["padding_fraction"] == 0.0
         else:
             sizes = [len(b) for b in plan.batches]
             assert all(n == batch_size for n in sizes[:-1]) and (not sizes or 1 <= sizes[-1] <= batch_size)
             computed = sum(len(b) * int(eff[b].max()) for b in plan.batches)
+            capacity = s["n_sequences"] * max_len
             if method == "sort":
                 assert all(list(eff[b]) == sorted(eff[b]) for b in plan.batches)
         assert s["computed_tokens"] == computed
-        assert s["efficiency"] == pytest.approx(s["n_tokens"] / computed if computed else 0.0)
-        assert s["padding_fraction"] == pytest.approx(1 - s["efficiency"] if computed else 0.0)
-        assert 0.0 <= s["attention_cost_ratio"] <= 1.0 + 1e-12
+        assert s["capacity_tokens"] == capacity
+        assert s["padding_fraction"] == pytest.approx(1 - s["n_tokens"] / computed if computed else 0.0)
+        assert s["fill"] == pytest.approx(s["n_tokens"] / capacity if capacity else 0.0)
+        assert s["attention_cost"] >= 1.0 - 1e-12
+        assert "efficiency" not in s and "attention_cost_ratio" not in s
         assert s["n_steps"] == math.ceil(len(plan.batches) / (world_size * grad_accum))
 
     @settings(max_examples=60, deadline=None)
@@ -141,15 +146,19 @@ class TestLiteral:
 
     def test_padded_stats(self):
         p = make_plan([4, 2, 3, 1], "sort", max_len=10, batch_size=2)
-        # batches {1,2} and {3,4}: computed 2*2 + 2*4 = 12 tokens; attention 2*4 + 2*16 = 40 vs 1+4+9+16 = 30
-        assert p.stats["computed_tokens"] == 12 and p.stats["efficiency"] == pytest.approx(10 / 12)
-        assert p.stats["attention_cost_ratio"] == pytest.approx(30 / 40)
+        # batches {1,2} and {3,4}: computed 2*2 + 2*4 = 12 positions for 10 tokens; capacity 4 rows x 10;
+        # causal pairs computed 2*3 + 2*10 = 26 against 1+3+6+10 = 20 useful
+        assert p.stats["computed_tokens"] == 12 and p.stats["padding_fraction"] == pytest.approx(2 / 12)
+        assert p.stats["fill"] == pytest.approx(10 / 40)
+        assert p.stats["attention_cost"] == pytest.approx(26 / 20)
 
     def test_pack_stats(self):
         p = make_plan([6, 5, 4, 3, 2], "pack", max_len=10, algo="ffd")
         assert p.stats["n_batches"] == 2 and p.stats["lower_bound"] == 2
-        assert p.stats["efficiency"] == 1.0
-        assert p.stats["attention_cost_ratio_dense"] == pytest.approx((36 + 25 + 16 + 9 + 4) / 200)
+        # packs [6, 4] and [5, 3, 2]: 20 tokens in 2 x 10 capacity, no padding; dense masks 2 x 10*11/2 pairs
+        assert p.stats["padding_fraction"] == 0.0 and p.stats["fill"] == 1.0
+        assert p.stats["attention_cost"] == 1.0
+        assert p.stats["attention_cost_dense"] == pytest.approx(110 / (21 + 15 + 10 + 6 + 3))
 
     def test_bad_inputs(self):
         with pytest.raises(ValueError, match="'naive', 'sort', 'pack'"):

@@ -195,6 +195,29 @@ class TestPrompts:
         cut, was_cut = fit_document(text, CharTok(), 58)
         assert was_cut and cut.startswith("A" * 30) and cut.endswith("B" * 20) and "[...]" in cut
 
+    def test_the_prompt_tokenizer_loads_only_for_a_document_that_may_need_cutting(self, monkeypatch):
+        """An openai: generator on short documents never loads a tokenizer (so a wrong endpoint is reported
+        at once); a long document loads it and is cut as fit_document cuts it."""
+        from longalign.data.selfinstruct.job import _PromptFitter
+        from longalign.data.selfinstruct.prompts import instruction_overhead
+
+        class CharTok:
+            def __call__(self, text, add_special_tokens=False, return_attention_mask=False):
+                return {"input_ids": [ord(c) for c in text]}
+
+            def decode(self, ids):
+                return "".join(chr(i) for i in ids)
+
+        loads = []
+        monkeypatch.setattr("longalign.models.load_tokenizer", lambda spec: loads.append(spec) or CharTok())
+        fitter = _PromptFitter(GenerateConfig(llm="openai:m", max_prompt_tokens=3000))
+        short = "A" * (3000 - instruction_overhead(None))  # fits whatever the tokenizer
+        assert fitter.fit(short) == (short, False) and loads == []
+        long = "A" * 3000 + "B" * 3000
+        budget = max(64, 3000 - instruction_overhead(CharTok()))
+        assert fitter.fit(long) == fit_document(long, CharTok(), budget) and loads == [None]
+        assert fitter.fit(long)[1] is True and loads == [None]  # loaded once
+
 
 # ----------------------------------------------------------------------------------- state machine
 

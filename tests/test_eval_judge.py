@@ -20,7 +20,6 @@ from longalign.eval.judge import (
     EndpointJudge,
     JudgeCannotRate,
     JudgeRequest,
-    JudgeSettings,
     LocalJudge,
     check_judge_spec,
     fill_template,
@@ -31,6 +30,7 @@ from longalign.eval.judge import (
     template_slots,
 )
 from longalign.eval.longbench_chat import ChatCase, build_from_template, example_orders, judge_messages
+from longalign.eval.options import JudgeOptions
 from longalign.llm import make_client
 
 
@@ -186,7 +186,7 @@ class TestEndpointJudge:
 
         fake_llm.set_responder(responder)
         client = make_client("openai:fake-judge", base_url=fake_llm.base_url, max_retries=0)
-        judge = EndpointJudge(client, max_attempts=5, logprobs="off")
+        judge = EndpointJudge(client, JudgeOptions(judge_max_attempts=5, judge_logprobs="off"))
         out = judge.rate(JudgeRequest([{"role": "user", "content": "rate this"}], seed=0))
         assert out.score == 8.0 and out.attempts == 3
         assert out.replies == ["Looks fine overall.", "Looks fine overall.", "Good. Rating: [[8]]"]
@@ -198,7 +198,9 @@ class TestEndpointJudge:
     def test_gives_up_after_five(self, fake_llm):
         fake_llm.set_responder(lambda req: "No rating from me.")
         client = make_client("openai:fake-judge", base_url=fake_llm.base_url, max_retries=0)
-        out = EndpointJudge(client, logprobs="off").rate(JudgeRequest([{"role": "user", "content": "rate"}]))
+        out = EndpointJudge(client, JudgeOptions(judge_logprobs="off")).rate(
+            JudgeRequest([{"role": "user", "content": "rate"}])
+        )
         assert out.score is None and out.attempts == 5 and len(out.replies) == 5
         assert len(fake_llm.requests) == 5
         assert out.prompt_tokens == 5 * (1 + 4)  # usage summed over attempts
@@ -213,7 +215,7 @@ class TestLocalJudge:
         from longalign.llm.local_model import get_local_model
 
         lm = get_local_model(TINY, device="cpu")
-        judge = make_judge(JudgeSettings(spec=f"local:{TINY}"), device="cpu")
+        judge = make_judge(JudgeOptions(judge=f"local:{TINY}"), device="cpu")
         gen = make_generator(f"local:{TINY}", device="cpu")
         client = make_client(f"local:{TINY}", device="cpu", cache_dir=tmp_path)
         assert isinstance(judge, LocalJudge) and judge.lm is gen.lm is client.backend.local_model is lm
@@ -339,11 +341,13 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         reqs = judge_requests(8)
         parsed = dict(
-            EndpointJudge(self.client(fake_llm), logprobs="off", max_attempts=2, give_up_after=0).rate_many(reqs)
+            EndpointJudge(
+                self.client(fake_llm), JudgeOptions(judge_logprobs="off", judge_max_attempts=2, judge_give_up_after=0)
+            ).rate_many(reqs)
         )
         assert all(o.score is None for o in parsed.values()) and len(fake_llm.requests) == 16
         fake_llm.reset_log()
-        outs = dict(EndpointJudge(self.client(fake_llm), max_attempts=2).rate_many(reqs))
+        outs = dict(EndpointJudge(self.client(fake_llm), JudgeOptions(judge_max_attempts=2)).rate_many(reqs))
         assert sorted(outs) == list(range(8))
         peaks = set()
         for i, o in outs.items():
@@ -360,7 +364,9 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         fake_llm.logprobs_shape = "completions"
         reqs = judge_requests(5)
-        judge = EndpointJudge(self.client(fake_llm), logprobs="first", score_mode="argmax", top_logprobs=3)
+        judge = EndpointJudge(
+            self.client(fake_llm), JudgeOptions(judge_logprobs="first", local_score="argmax", judge_top_logprobs=3)
+        )
         outs = dict(judge.rate_many(reqs))
         assert [outs[i].score for i in range(5)] == [expected_from_server(r.messages, "argmax") for r in reqs]
         assert len(fake_llm.requests) == 5 and all(r["logprobs"] == 3 for r in fake_llm.requests)
@@ -369,7 +375,7 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         fake_llm.prefill = "llamacpp"
         req = judge_requests(1)[0]
-        out = EndpointJudge(self.client(fake_llm), logprobs="first").rate(req)
+        out = EndpointJudge(self.client(fake_llm), JudgeOptions(judge_logprobs="first")).rate(req)
         assert out.score == pytest.approx(expected_from_server(req.messages), abs=2e-4)
 
     def test_completions_prefill_renders_the_judges_chat_template(self, fake_llm):
@@ -380,11 +386,15 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         fake_llm.prefill = "none"  # like llama-cpp-python: a final assistant message is not continued
         reqs = judge_requests(4)
-        chat_judge = EndpointJudge(self.client(fake_llm), logprobs="first", max_attempts=1, give_up_after=0)
+        chat_judge = EndpointJudge(
+            self.client(fake_llm), JudgeOptions(judge_logprobs="first", judge_max_attempts=1, judge_give_up_after=0)
+        )
         chat = dict(chat_judge.rate_many(reqs))
         assert all(o.score is None for o in chat.values())
         fake_llm.reset_log()
-        judge = EndpointJudge(self.client(fake_llm), logprobs="first", prefill="completions", tokenizer=tok)
+        judge = EndpointJudge(
+            self.client(fake_llm), JudgeOptions(judge_logprobs="first", judge_prefill="completions"), tokenizer=tok
+        )
         outs = dict(judge.rate_many(reqs))
         for i, o in outs.items():
             prompt = render_chat(tok, reqs[i].messages)
@@ -403,7 +413,7 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         fake_llm.logprobs = False  # a server that ignores logprobs
         got = []
-        judge = EndpointJudge(self.client(fake_llm), give_up_after=3)
+        judge = EndpointJudge(self.client(fake_llm), JudgeOptions(judge_give_up_after=3))
         with pytest.raises(JudgeCannotRate) as err:
             for i, o in judge.rate_many(judge_requests(20)):
                 got.append((i, o.score))
@@ -418,31 +428,60 @@ class TestEndpointLogprobs:
         fake_llm.set_responder("unrated")
         fake_llm.prefill = "none"  # logprobs come back, but for a fresh reply without any rating
         with pytest.raises(JudgeCannotRate, match="did not continue the prefilled"):
-            list(EndpointJudge(self.client(fake_llm), give_up_after=2, max_attempts=1).rate_many(judge_requests(5)))
+            list(
+                EndpointJudge(
+                    self.client(fake_llm), JudgeOptions(judge_give_up_after=2, judge_max_attempts=1)
+                ).rate_many(judge_requests(5))
+            )
         assert len(fake_llm.requests) == 2 * 2
 
     def test_a_rating_in_the_probe_keeps_judging(self, fake_llm):
         fake_llm.logprobs = False
         fake_llm.set_responder(lambda req: "Rating: [[6]]" if "number 1," in req["messages"][0]["content"] else "ok")
-        outs = dict(EndpointJudge(self.client(fake_llm), give_up_after=3, max_attempts=1).rate_many(judge_requests(6)))
+        outs = dict(
+            EndpointJudge(self.client(fake_llm), JudgeOptions(judge_give_up_after=3, judge_max_attempts=1)).rate_many(
+                judge_requests(6)
+            )
+        )
         assert sorted(outs) == list(range(6)) and outs[1].score == 6.0
         assert sum(o.score is None for o in outs.values()) == 5
 
-    def test_settings_reach_the_judge(self, tmp_path, fake_llm):
-        st = JudgeSettings(
-            spec="openai:judge-x",
-            base_url=fake_llm.base_url,
-            logprobs="first",
-            top_logprobs=5,
-            give_up_after=0,
+    def test_options_reach_the_judge_and_its_client(self, fake_llm):
+        from longalign.eval.longbench import LongBenchConfig
+        from longalign.eval.needle import NeedleConfig
+
+        cfg = LongBenchConfig(
+            judge="openai:judge-x",
+            judge_base_url=fake_llm.base_url,
+            judge_max_in_flight=3,
+            judge_logprobs="first",
+            judge_top_logprobs=5,
+            judge_give_up_after=0,
             local_score="argmax",
+            price_in_per_mtok=2.0,
             max_requests=7,
         )
-        judge = make_judge(st)
-        assert (judge.logprobs, judge.top_logprobs, judge.give_up_after, judge.score_mode) == ("first", 5, 0, "argmax")
-        assert judge.client.budget.max_requests == 7
+        judge = make_judge(cfg)
+        assert judge.options is cfg and judge.name == "openai:judge-x"
+        client = judge.client
+        assert (client.max_in_flight, client.price_in, client.price_out, client.budget.max_requests) == (
+            3,
+            2.0,
+            None,
+            7,
+        )
+        assert client.backend.base_url == fake_llm.base_url
+        fake_llm.set_responder("unrated")
+        out = judge.rate(judge_requests(1)[0])
+        assert out.extra["scored_by"] == "logprobs" and out.extra["score_mode"] == "argmax"
+        assert [r["logprobs"] for r in fake_llm.requests] == [5]  # logprobs first, top 5 asked for
+        unpriced = make_judge(NeedleConfig(judge="openai:judge-x", judge_base_url=fake_llm.base_url))
+        assert unpriced.client.price_in is None and not unpriced.client.budget.active
+        assert unpriced.client.max_in_flight == 4  # the judge group's default
+        opts = JudgeOptions()
+        opts.judge_logprobs = "sometimes"  # changed after it was built
         with pytest.raises(ValueError, match="judge_logprobs"):
-            EndpointJudge(judge.client, logprobs="sometimes")
+            EndpointJudge(client, opts)
 
 
 HERE = Path(__file__).resolve()

@@ -264,5 +264,5 @@ def test_grid_stores_both_recalls_and_reads_older_results(fake_llm, tmp_path):
     df = readers.load_needle(RunDir(tmp_path / "run"))
     assert df["recall_norm"].tolist() == [1.0, 1.0]
     assert needle_view.values_in(df) == ["recall", "recall_norm"]  # no judge: its column holds no value
-    assert dict(needle_view.headline(df))["mean normalised recall"] == "1.00"
+    assert {label: value for label, value, _ in needle_view.headline(df)}["mean normalised recall"] == "1.00"
     assert needle_view.needle_grid(df, "recall_norm").to_numpy().tolist() == [[1.0], [1.0]]

@@ -20,6 +20,7 @@ from longalign.llm import (
     ChatResult,
     LLMCancelledError,
     LLMClient,
+    LLMEndpointDown,
     LLMError,
     LLMRequestError,
     LLMUnavailableError,
@@ -232,7 +233,7 @@ def test_api_key_read_from_named_env_var(fake_llm, tmp_path, monkeypatch):
     fake_llm.require_key = "sk-test-123"
     monkeypatch.delenv("LONGALIGN_TEST_KEY", raising=False)
     c = http_client(fake_llm, tmp_path, api_key_env="LONGALIGN_TEST_KEY")
-    with pytest.raises(LLMRequestError, match="HTTP 401.*API key"):
+    with pytest.raises(LLMEndpointDown, match="HTTP 401.*LONGALIGN_TEST_KEY is not set"):
         c.chat(msg("x"), P)
     monkeypatch.setenv("LONGALIGN_TEST_KEY", "sk-test-123")
     c = http_client(fake_llm, tmp_path, api_key_env="LONGALIGN_TEST_KEY")

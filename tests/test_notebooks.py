@@ -13,6 +13,7 @@ Executing the notebooks is a separate, slower check (``pytest notebooks --nbmake
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -132,6 +133,53 @@ def test_opens_with_a_markdown_title(notebook):
     path, nb = notebook
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# "), (
         f"{path.name}: the first cell should be a markdown title"
+    )
+
+
+def test_says_what_to_try(notebook):
+    """One 'Try this' per notebook: a change to make and what to expect from it."""
+    path, nb = notebook
+    tries = [c.source for c in nb.cells if c.cell_type == "markdown" and "**Try this:**" in c.source]
+    assert len(tries) == 1, f"{path.name}: expected one markdown cell with '**Try this:**', found {len(tries)}"
+    text = tries[0].split("**Try this:**", 1)[1]
+    assert re.search(r"\bset `[^`]+ = [^`]+`", text), f"{path.name}: 'Try this' should name a setting to change"
+    assert re.search(r"\b(then|now|stays|rises|drops|quicker|more|fewer|noise)\b", text), (
+        f"{path.name}: 'Try this' should say what to expect"
+    )
+
+
+def offline_problems(source: str) -> list[str]:
+    """Why the figures of a notebook source would not draw in an offline HTML export (plotly.js from a CDN)."""
+    import plotly.io as pio
+
+    problems = []
+    found = re.findall(r"pio\.renderers\.default\s*=\s*[\"']([^\"']+)[\"']", source)
+    if not found:
+        problems.append("sets no plotly renderer (pio.renderers.default)")
+    for spec in found:
+        for name in spec.split("+"):
+            renderer = pio.renderers[name]
+            if getattr(renderer, "connected", False) or getattr(renderer, "include_plotlyjs", None) == "cdn":
+                problems.append(f"renderer {name!r} loads plotly.js from a CDN")
+    if re.search(r"include_plotlyjs\s*=\s*[\"']cdn[\"']", source):
+        problems.append("writes HTML with include_plotlyjs='cdn'")
+    return problems
+
+
+def test_figures_draw_offline_in_an_html_export(notebook):
+    path, _ = notebook
+    problems = offline_problems(path.with_suffix(".py").read_text(encoding="utf-8"))
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+
+
+def test_offline_check_catches_a_cdn_renderer():
+    assert offline_problems('pio.renderers.default = "plotly_mimetype+notebook"') == []
+    assert offline_problems('pio.renderers.default = "plotly_mimetype+notebook_connected"') == [
+        "renderer 'notebook_connected' loads plotly.js from a CDN"
+    ]
+    assert (
+        "include_plotlyjs='cdn'"
+        in offline_problems('pio.renderers.default = "notebook"\nfig.write_html(p, include_plotlyjs="cdn")')[0]
     )
 
 

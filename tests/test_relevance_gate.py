@@ -308,8 +308,8 @@ def test_lengths_view_tables_quality_json(tmp_path):
     ]
     head = dict((label, value) for label, value, _ in lengths.quality_headline(quality))
     assert head["questions accepted"] == "4 of 5 (80%)" and head["answers accepted"] == "1 of 2 (50%)"
-    assert head["relevance gate"] == f"q >= {quality['gate']['min_question_overlap']:g}, a >= " + (
-        f"{quality['gate']['min_answer_overlap']:g}"
+    assert head["relevance gate (question / answer)"] == (
+        f"{quality['gate']['min_question_overlap']:g} / {quality['gate']['min_answer_overlap']:g}"
     )
 
 

@@ -309,6 +309,55 @@ def test_shared_options_are_declared_once():
     assert "per-task budget" in field_meta(LongBenchConfig, "max_new_tokens")["help"]
 
 
+def test_endpoint_options_are_the_client_keywords():
+    """Every LLM endpoint option is a keyword of make_client under its own name, with make_client's default; the
+    judge and the model under test get theirs from their own options, as an endpoint option group."""
+    import inspect
+
+    from longalign.llm import make_client
+    from longalign.options import EndpointOptions
+
+    params = inspect.signature(make_client).parameters
+    defaults = EndpointOptions().client_kwargs()
+    assert len(defaults) == 12 and all(params[k].default == v for k, v in defaults.items())
+    gen = GenerateConfig(
+        base_url="http://127.0.0.1:9/v1", timeout=5.0, max_retries=1, price_out_per_mtok=0.6, max_cost=1
+    )
+    assert gen.client_kwargs() == {
+        **defaults,
+        "base_url": "http://127.0.0.1:9/v1",
+        "timeout": 5.0,
+        "max_retries": 1,
+        "price_out_per_mtok": 0.6,
+        "max_cost": 1,
+    }
+    cfg = LongBenchConfig(
+        judge="openai:j",
+        judge_base_url="http://127.0.0.1:8/v1",
+        judge_api_key_env="JUDGE_KEY",
+        judge_max_in_flight=2,
+        price_in_per_mtok=1.5,
+        max_requests=9,
+        model_base_url="http://127.0.0.1:7/v1",
+        model_api_key_env="MODEL_KEY",
+    )
+    assert cfg.judge_endpoint().client_kwargs() == {
+        **defaults,
+        "base_url": "http://127.0.0.1:8/v1",
+        "api_key_env": "JUDGE_KEY",
+        "max_in_flight": 2,
+        "price_in_per_mtok": 1.5,
+        "max_requests": 9,
+    }
+    assert cfg.model_endpoint().client_kwargs() == {
+        **defaults,
+        "base_url": "http://127.0.0.1:7/v1",
+        "api_key_env": "MODEL_KEY",
+    }
+    unpriced = NeedleConfig(judge="openai:j", judge_base_url="").judge_endpoint().client_kwargs()
+    assert unpriced == {**defaults, "max_in_flight": 4}  # no prices here; an empty base URL means the default
+
+
 def test_help_lists_option_groups(capsys):
     from longalign.cli import main
 

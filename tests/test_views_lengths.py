@@ -57,3 +57,17 @@ def test_headline_and_mix_figure(tokens):
     h = {label: value for label, value, _ in lengths.headline(tokens, {"n_truncated": 3})}
     assert h["sequences"] == "300" and h["long / short"] == "200 / 100" and h["truncated"] == "3"
     assert [t.name for t in lengths.fig_mix(tokens).data] == ["long", "short"]
+
+
+def test_no_empty_panel_when_nothing_reaches_the_split():
+    """The demo's sequences are all under 1,500 tokens: one panel that ends just above the longest, not an
+    empty '8k–16k (0 sequences)' panel beside a 0–8k axis."""
+    df = pd.DataFrame({"length": [120, 480, 1210, 1388], "source": ["a", "b", "a", "b"]})
+    assert lengths.length_panels(df, 8192) == [(0, 1500)]
+    fig = lengths.fig_length_distribution(df, "source", split=8192)
+    assert [a.text for a in fig.layout.annotations] == ["0–1,500 tokens (4 sequences)"]
+    assert lengths.panels_text(lengths.length_panels(df, 8192)) == "0–1,500 tokens"
+    long = pd.DataFrame({"length": [500, 9000, 40000], "source": ["a", "a", "b"]})
+    assert lengths.length_panels(long, 8192) == [(0, 8192), (8192, 65536)]
+    assert lengths.panels_text(lengths.length_panels(long, 8192)) == "0–8k and 8k–64k tokens"
+    assert [lengths.nice_ceiling(x) for x in (1388, 8000, 3, 1)] == [1500, 8000, 3, 1]

@@ -21,8 +21,10 @@ def test_longbench_chat_tables():
         {"idx": [1, 2, 3], "lang": ["en", "zh", "en"], "query": ["q1", "q2", "q3"], "score": [6.0, 5.0, 9.0]}
     )
     t = lbc.compare_longbench_chat({"A": a, "B": b})
-    assert t.columns.tolist() == ["idx", "lang", "query", "A", "B", "Δ"]
-    assert t["Δ"].tolist()[:2] == [-2.0, 1.0]
+    assert t.columns.tolist() == ["idx", "lang", "query", "A", "B", "change"]
+    assert t["change"].tolist()[:2] == [2.0, -1.0]  # A minus B: A did better on question 1
+    shown = lbc.style_comparison(t).to_html()
+    assert "+2.0" in shown and "−1.0" in shown and "#1A7F37" in shown and "#CF222E" in shown
     assert lbc.filter_questions(t, ["en"], (1, 10), True, "A")["idx"].tolist() == [1, 3]
     assert lbc.filter_questions(t, ["en"], (1, 10), False, "A")["idx"].tolist() == [1]
     assert lbc.filter_questions(t, None, (5, 10), False, "B")["idx"].tolist() == [1, 2, 3]
@@ -46,10 +48,30 @@ def test_longbench_chat_fixture(fixture_runs):
     frames, warnings = lbc.load_frames(run, RunDir(fixture_runs / "fixture-b"))
     assert list(frames) == ["fixture", "fixture-b"] and not warnings
     t = lbc.compare_longbench_chat(frames)
-    assert len(t) == 12 and "Δ" in t
+    assert len(t) == 12 and "change" in t
     d = lbc.question_detail(a, 5)
     assert len(d["runs"]) == 2 and d["runs"][1]["score"] is None  # the fixture's unparsed judge reply
-    assert "judge `gpt-4o-2024-08-06`" in lbc.caption(a, summary)
+    assert "judge gpt-4o-2024-08-06" in lbc.caption(a, summary) and "`" not in lbc.caption(a, summary)
     assert len(lbc.fig_score_distribution(frames).data) == 2
     frames, warnings = lbc.load_frames(run, RunDir(fixture_runs / "blank"))
     assert list(frames) == ["fixture"] and "longalign eval longbench-chat" in warnings[0]
+
+
+def test_answer_note_marks_an_answer_cut_at_the_token_limit():
+    row = {"prompt_tokens": 9000, "truncated": True, "completion_tokens": 64, "max_new_tokens": 64, "cut": True}
+    assert lbc.answer_note(row) == (
+        "prompt 9,000 tokens (cut to fit) · answer 64 tokens · the answer was cut off at the token limit "
+        "(max_new_tokens 64)"
+    )
+    assert "cut off" not in lbc.answer_note({"prompt_tokens": 10, "completion_tokens": 5, "cut": False})
+
+
+def test_judge_run_with_rating_probabilities_says_what_its_score_is():
+    title, note, dist = lbc.judge_run_view(
+        {"run": 0, "score": 2.6895, "reply": "[[1]]", "distribution": {"1": 0.6, "3": 0.1, "5": 0.3}, "argmax": 1}
+    )
+    assert title == "judge run 0: score 2.69"
+    assert "expected rating" in note and "most likely: 1" in note
+    assert dist["rating"].tolist() == [1, 3, 5] and math.isclose(dist["probability"].sum(), 1.0)
+    title, note, dist = lbc.judge_run_view({"run": 1, "score": None, "reply": "no rating"})
+    assert title == "judge run 1: no score" and "no rating" in note and dist is None

@@ -3,6 +3,7 @@ loss weights a view shows are the batching stage's ``token_weights`` of the save
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -169,7 +170,8 @@ class TestBatchTable:
 
     def test_padded(self):
         t = packing.batch_table([[0, 1], [2]], self.lengths, packed=False, max_len=8)
-        assert t.loc[0, ["sequences", "real tokens", "longest", "tokens computed", "padding", "capacity"]].tolist() == [
+        cols = ["sequences", "tokens", "longest", "positions computed", "padding positions", "capacity"]
+        assert t.loc[0, cols].tolist() == [
             2,
             6,
             4,
@@ -179,11 +181,11 @@ class TestBatchTable:
         ]
         assert t.loc[0, "fill"] == 6 / 16
         assert t.loc[0, "attention pairs"] == 2 * 4 * 5 / 2 and t.loc[0, "useful attention pairs"] == 10 + 3
-        assert t.loc[1, "padding"] == 0
+        assert t.loc[1, "padding positions"] == 0
 
     def test_packed(self):
         t = packing.batch_table([[0, 1, 2]], self.lengths, packed=True, max_len=10)
-        assert t.loc[0, ["tokens computed", "padding", "capacity"]].tolist() == [9, 0, 10]
+        assert t.loc[0, ["positions computed", "padding positions", "capacity"]].tolist() == [9, 0, 10]
         assert t.loc[0, "fill"] == 0.9
         assert t.loc[0, "attention pairs"] == t.loc[0, "useful attention pairs"] == 10 + 3 + 6
 
@@ -202,19 +204,53 @@ def test_default_batch_prefers_mixed_packs():
 
 
 # ------------------------------------------------------------------------------------------ fixture run
+def _files(run: RunDir) -> tuple[np.ndarray, dict]:
+    """The run's token lengths and plans read straight from its files (not through the views)."""
+    import datasets
+
+    lengths = np.asarray(datasets.load_from_disk(str(run.tokens))["length"])
+    plans = {m: json.loads(run.batch_plan(m).read_text())["batches"] for m in ("naive", "sort", "pack")}
+    return lengths, plans
+
+
 def test_method_comparison(run, tokens):
     t = packing.method_comparison(run, tokens["length"].to_numpy()).set_index("method")
     assert t.index.tolist() == ["naive", "sort", "pack"]
-    assert (t["sequences"] == 300).all() and t["real tokens"].nunique() == 1
-    assert t.loc["pack", "padding fraction"] == 0 and t.loc["pack", "attention cost ×"] == 1.0
-    assert t.loc["naive", "padding fraction"] > t.loc["sort", "padding fraction"] > 0
+    lengths, plans = _files(run)
+    for m, batches in plans.items():
+        real = sum(int(lengths[b].sum()) for b in batches)
+        computed = real if m == "pack" else sum(len(b) * int(lengths[b].max()) for b in batches)
+        rows = len(batches) if m == "pack" else sum(len(b) for b in batches)
+        recorded = json.loads(run.batch_stats(m).read_text())
+        assert t.loc[m, "sequences"] == 300 and t.loc[m, "tokens"] == real
+        assert t.loc[m, "positions computed"] == computed == recorded["computed_tokens"]
+        assert t.loc[m, "padding"] == pytest.approx(1 - real / computed) == recorded["padding_fraction"]
+        assert t.loc[m, "fill"] == pytest.approx(real / (rows * 16384)) == recorded["fill"]
+        assert t.loc[m, "attention cost"] == pytest.approx(recorded["attention_cost"])
+    assert t.loc["pack", "padding"] == 0 and t.loc["pack", "attention cost"] == 1.0
+    assert t.loc["naive", "padding"] > t.loc["sort", "padding"] > 0
     assert t.loc["pack", "fill"] > 0.9 > t.loc["naive", "fill"]
-    recorded = readers.load_batch_stats(run, "naive")
-    assert t.loc["naive", "tokens computed"] == recorded["computed_tokens"]
-    assert ((t["rank idle fraction"] >= 0) & (t["rank idle fraction"] < 1)).all()
+    assert ((t["rank idle"] >= 0) & (t["rank idle"] < 1)).all()
     assert len(packing.fig_method_comparison(t.reset_index()).data) == 4
-    stats = packing.recorded_stats(run, ["naive", "pack"])
-    assert stats.loc["world_size"].tolist() == ["2", "2"]
+    stats = packing.recorded_stats(run, ["naive", "pack"]).set_index("figure")
+    assert stats.loc["devices", "pack"] == "2" and stats.loc["padding", "pack"] == "0.0%"
+
+
+def test_older_records_read_the_same(fixture_runs):
+    """fixture-b's records use the older vocabulary (a pack's padding was its unused capacity): the recorded
+    figures the page shows agree with the figures recomputed from its plans."""
+    run_b = RunDir(fixture_runs / "fixture-b")
+    old = json.loads(run_b.batch_stats("pack").read_text())
+    assert old["padding_fraction"] > 0 and "fill" not in old  # the older meaning
+    lengths, plans = _files(run_b)
+    real = sum(int(lengths[b].sum()) for b in plans["pack"])
+    shown = packing.recorded_stats(run_b, ["sort", "pack"]).set_index("figure")
+    assert shown.loc["padding", "pack"] == "0.0%"
+    assert shown.loc["fill", "pack"] == f"{real / (len(plans['pack']) * 16384):.1%}"
+    t = packing.method_comparison(run_b, lengths).set_index("method")
+    assert t.loc["pack", "padding"] == 0 and shown.loc["positions computed", "pack"] == f"{real:,}"
+    # the older records priced attention in n^2, today's in causal pairs: the same figure within rounding
+    assert abs(float(shown.loc["attention cost", "sort"].rstrip("×")) - t.loc["sort", "attention cost"]) < 0.02
 
 
 def test_method_comparison_missing(fixture_runs):

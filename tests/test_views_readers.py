@@ -21,6 +21,22 @@ def test_runs_listing(fixture_runs):
     assert readers.list_runs(fixture_runs / "nowhere") == []
 
 
+def test_nested_runs_are_listed_by_their_path(tmp_path):
+    """The notebooks write runs/notebooks/NN_name: a folder of runs is listed by the runs inside it."""
+    (tmp_path / "demo" / "tokens").mkdir(parents=True)
+    (tmp_path / "notebooks" / "02_tokenize_and_pack" / "batching").mkdir(parents=True)
+    (tmp_path / "notebooks" / "05_evaluation").mkdir()
+    (tmp_path / "notebooks" / "05_evaluation" / "run.json").write_text("{}")
+    (tmp_path / "notebooks" / "_scratch").mkdir()
+    (tmp_path / "empty").mkdir()
+    assert readers.list_runs(tmp_path) == [
+        "demo",
+        "empty",
+        "notebooks/02_tokenize_and_pack",
+        "notebooks/05_evaluation",
+    ]
+
+
 def test_classify_kind():
     kind = readers.classify_kind(
         pd.Series(["chat", "summary", "", "general"]),

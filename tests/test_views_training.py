@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from longalign.rundir import RunDir
 from longalign.views import readers, training
@@ -11,10 +13,17 @@ from longalign.views import readers, training
 def test_metrics(fixture_runs):
     run = RunDir(fixture_runs / "fixture")
     m = readers.load_metrics(run)
-    s = training.train_summary(run, m).set_index("train")
+    s = training.train_summary(run, m).set_index("training folder")
     assert s.loc["pack", "steps"] == 26 and s.loc["naive", "steps"] == 19
-    assert s.loc["pack-loss-pack", "loss norm"] == "pack" and s.loc["pack", "padding share"] == 0
-    assert s.loc["pack", "tokens/s"] > s.loc["naive", "tokens/s"]
+    assert s.loc["pack-loss-pack", "loss normalisation"] == "pack" and s.loc["pack", "padding"] == 0
+    assert s.loc["pack", "tokens per second"] > s.loc["naive", "tokens per second"]
+    # the final loss follows the loss column chosen (read straight from the metrics file)
+    import json
+
+    last = [json.loads(x) for x in run.metrics("naive").read_text().splitlines()][-1]
+    assert s.loc["naive", "final loss"] == last["loss"]
+    tm = training.train_summary(run, m, y="loss_token_mean").set_index("training folder")
+    assert tm.loc["naive", "final loss"] == last["loss_token_mean"]
     fig = training.fig_loss(m, window=3)
     assert len(fig.data) == 4 and fig.data[3].line.dash == "dash"
     assert len(training.fig_throughput(m).data) == 8
@@ -26,3 +35,18 @@ def test_select_and_step_seconds():
     shown, y = training.select(m, ["a"], "loss_token_mean")
     assert shown["train"].tolist() == ["a", "a"] and y == "loss"
     assert training.step_seconds(shown).tolist() == [1.0, 2.5]
+    assert shown["seconds"].tolist() == [1.0, 3.5] and training.x_axes_in(shown) == ["step", "seconds"]
+
+
+def test_loss_against_tokens_seen_and_time(fixture_runs):
+    run = RunDir(fixture_runs / "fixture")
+    shown, y = training.select(readers.load_metrics(run), ["naive", "pack"], "loss_token_mean")
+    import json
+
+    recs = [json.loads(x) for x in run.metrics("pack").read_text().splitlines()]
+    pack = shown[shown["train"] == "pack"]
+    assert pack["tokens_seen"].tolist() == list(np.cumsum([r["real_tokens"] for r in recs]))
+    assert pack["seconds"].tolist() == pytest.approx(list(np.cumsum([r["step_s"] for r in recs])))
+    fig = training.fig_loss(shown, y=y, x="tokens_seen")
+    assert fig.layout.xaxis.title.text == "tokens seen" and fig.layout.yaxis.title.text == "token-mean loss"
+    assert list(fig.data[1].x) == pack["tokens_seen"].tolist()

@@ -5,11 +5,7 @@ import streamlit as st
 
 from longalign.views import lengths, readers
 
-common.page(
-    "Lengths",
-    "How long the training sequences are (tokens of the target tokenizer), split like the "
-    "paper's length figure: 0–8k and 8k–64k.",
-)
+common.page("Lengths", "How long the training sequences are, in tokens of the target tokenizer.")
 run = common.pick_run()
 table = common.token_table(run)
 
@@ -21,6 +17,15 @@ by = left.radio("Group by", list(lengths.LENGTH_GROUPS), horizontal=True, format
 log_x = mid.toggle("log x axis")
 split = right.number_input("split at (tokens)", min_value=256, max_value=262144, value=8192, step=1024)
 common.chart(common.guard(lengths.fig_length_distribution, table, by, log_x=log_x, split=int(split)), key="lengths")
+panels = lengths.length_panels(table, int(split), log_x=log_x)
+st.caption(
+    f"Shown: {lengths.panels_text(panels)}."
+    + (
+        " Split like the paper's length figure, so the short chats are not squeezed into one bin."
+        if len(panels) == 2
+        else f" No sequence reaches the split at {int(split):,} tokens, so there is one panel."
+    )
+)
 
 st.subheader("Long vs short data")
 st.caption(
@@ -36,7 +41,7 @@ st.dataframe(
     },
 )
 
-st.subheader(f"Per {by}")
+st.subheader(f"Per {lengths.GROUP_LABELS.get(by, by)}")
 st.dataframe(
     lengths.length_summary(table, by),
     hide_index=True,

@@ -4,6 +4,7 @@ import common
 import streamlit as st
 
 from longalign.views import readers, simulator
+from longalign.views.style import format_seconds
 
 common.page(
     "Simulator",
@@ -21,10 +22,27 @@ recorded_config = {}
 if has_recorded:
     recorded_config, recorded = common.guard(simulator.load_simulation, run)
 
+NUMBERS = {
+    simulator.TIME: st.column_config.NumberColumn(format="%.2f"),
+    simulator.IDLE: st.column_config.NumberColumn(format="percent"),
+    simulator.SPEEDUP: st.column_config.NumberColumn(format="%.2f×"),
+    "busy device time (s)": st.column_config.NumberColumn(format="%.2f"),
+    "seconds per step": st.column_config.NumberColumn(format="%.2f"),
+    "tokens per second": st.column_config.NumberColumn(format="%.1f"),
+    "tokens": st.column_config.NumberColumn(format="localized"),
+    "padding": st.column_config.NumberColumn(format="percent"),
+    "fill": st.column_config.NumberColumn(format="percent"),
+}
+
 if has_tokens:
     table = common.token_table(run)
     d = simulator.form_defaults(recorded_config, readers.load_token_meta(run), int(table["length"].max()))
     st.subheader("Try a configuration")
+    st.caption(
+        "Starts from the recorded simulation's settings"
+        if recorded_config
+        else "Starts from paper-scale settings (8 devices, 12 accumulation steps)"
+    )
     with st.form("simulate"):
         c = st.columns(4)
         devices = c[0].number_input("devices", 1, 4096, d["devices"])
@@ -46,18 +64,27 @@ if has_tokens:
         pack_grad_accum=int(pack_accum),
         algo=algo,
         sync=sync,
+        cost=d["cost"],
+        seed=d["seed"],
     )
+    st.caption(f"Priced with {simulator.cost_text(d['cost'])}.")
     for col, (_, r) in zip(st.columns(len(live)), live.iterrows()):
+        idle = f" · idle {r[simulator.IDLE]:.0%}" if int(devices) > 1 else ""
         col.metric(
             f"{r['method']}",
-            f"{r['total_seconds']:,.0f} s",
-            delta=f"{r['speed-up vs slowest']:.2f}× · idle {r['idle_fraction']:.0%}",
+            format_seconds(r[simulator.TIME]),
+            delta=f"{r[simulator.SPEEDUP]:.2f}× the slowest{idle}",
             help="speed-up over the slowest method · share of device time spent waiting",
             delta_color="off",
+            delta_arrow="off",
         )
-    common.chart(simulator.fig_simulation(live), key="sim_live")
+    common.chart(simulator.fig_simulation(live, devices=int(devices)), key="sim_live")
+    if int(devices) == 1:
+        st.caption("With one device nothing waits for a slower device, so there is no idle time to draw.")
+    if any(m.startswith("pack, dense") for m in live["method"]):
+        st.caption(simulator.METHOD_NOTE)
     with st.expander("Numbers"):
-        st.dataframe(live, hide_index=True)
+        st.dataframe(live, hide_index=True, column_config=NUMBERS)
 
 st.subheader("Recorded simulation (batching/simulate.json)")
 if not has_recorded:
@@ -66,14 +93,9 @@ if not has_recorded:
 if recorded.empty:
     st.info("batching/simulate.json lists no methods; run `longalign batch simulate` for this run.")
     st.stop()
-common.chart(simulator.fig_simulation(recorded), key="sim")
-st.dataframe(
-    recorded,
-    hide_index=True,
-    column_config={
-        "idle_fraction": st.column_config.NumberColumn("idle fraction", format="percent"),
-        "speed-up vs slowest": st.column_config.NumberColumn(format="%.2f ×"),
-    },
-)
+recorded_devices = recorded_config.get("world_size") or recorded_config.get("devices")
+st.caption(f"Priced with {simulator.cost_text(simulator.cost_of(recorded_config))}.")
+common.chart(simulator.fig_simulation(recorded, devices=recorded_devices), key="sim")
+st.dataframe(recorded, hide_index=True, column_config=NUMBERS)
 with st.expander("Settings of the recorded simulation"):
-    st.json(recorded_config)
+    st.dataframe(simulator.settings_table(recorded_config), hide_index=True)

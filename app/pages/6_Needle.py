@@ -1,4 +1,4 @@
-"""Needle in a haystack: retrieval score by context length and needle depth."""
+"""Needle in a haystack: retrieval score by context length and depth."""
 
 import common
 import streamlit as st
@@ -12,16 +12,35 @@ common.page(
     "normalising case, punctuation and inflection.",
 )
 run = common.pick_run()
+other = common.pick_run("Compare with", state_key="compare_run", exclude=run, allow_none=True)
 df = common.guard(readers.load_needle, run)
 summary = readers.load_needle_summary(run)
+other_df = None
+if other is not None:
+    try:
+        other_df = readers.load_needle(other)
+    except readers.MissingArtifact as exc:
+        st.warning(f"{other.root.name}: {exc}")
 
-figures = needle.headline(df)
-for col, (label, value) in zip(st.columns(len(figures)), figures):
-    col.metric(label, value)
-st.caption(f"model `{summary.get('model', '—')}` · judge `{summary.get('judge', '—')}`")
+figures = needle.headline(df, other_df)
+for col, (label, value, change) in zip(st.columns(len(figures)), figures):
+    common.metric_with_change(
+        col,
+        label,
+        value,
+        change,
+        other.root.name if other is not None else "",
+        help=f"{run.root.name} minus {other.root.name}; green when higher" if change is not None else None,
+    )
+st.text(f"model {summary.get('model', '—')} · judge {summary.get('judge') or 'none'}")
+for note in summary.get("notes") or []:
+    st.warning(note)
 value = st.radio("colour by", needle.values_in(df), horizontal=True, format_func=needle.VALUE_LABELS.get)
 grid = common.guard(needle.needle_grid, df, value)
 event = common.chart(needle.fig_needle_heatmap(grid, value), key="needle", on_select="rerun", selection_mode="points")
+if other_df is not None and value in needle.values_in(other_df):
+    st.markdown(f"**{other.root.name}**, the same grid")
+    common.chart(needle.fig_needle_heatmap(needle.needle_grid(other_df, value), value), key="needle_other")
 
 st.caption("Click a cell (or pick it below) to read the prompt around the needle and the model's answer.")
 points = (event or {}).get("selection", {}).get("points", []) if event else []
@@ -36,20 +55,23 @@ length = c1.selectbox(
 depth = c2.selectbox("depth", [float(x) for x in grid.index], key="needle_depth", format_func=lambda v: f"{v:g}%")
 cell = common.guard(needle.needle_cell, df, length, depth)
 
-st.markdown(
-    f"**Judge score {cell.get('judge_score', '—')} · recall {cell.get('recall', '—')} · normalised recall "
-    f"{cell.get('recall_norm', '—')}** — needle at "
-    f"token {cell.get('needle_token_pos', '—')} of {cell.get('prompt_tokens', '—')}"
-)
+st.markdown(f"**{needle.score_line(cell)}**")
+st.caption(needle.cell_text(cell, summary.get("buffer")))
 left, right = st.columns(2)
 with left:
     st.markdown("**Prompt around the needle**")
-    marked = needle.highlight(cell.get("window", ""), summary.get("needle"))
-    st.markdown(
-        f"<div style='font-size:0.9em;line-height:1.5;background:#fafafa;padding:0.8em;border-radius:6px'>"
-        f"…{marked}…</div>",
-        unsafe_allow_html=True,
-    )
+    st.html(needle.window_html(cell.get("window", ""), summary.get("needle")))
 with right:
-    st.markdown("**Answer**")
-    st.info(cell.get("response", "") or "—")
+    st.markdown(f"**Answer of {run.root.name}**")
+    st.text(cell.get("response", "") or "—")
+    if other_df is not None:
+        try:
+            o = needle.needle_cell(other_df, length, depth)
+        except ValueError:
+            o = None
+        st.markdown(f"**Answer of {other.root.name}**")
+        if o is None:
+            st.caption("no probe at this cell")
+        else:
+            st.caption(needle.score_line(o))
+            st.text(o.get("response", "") or "—")

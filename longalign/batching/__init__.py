@@ -10,6 +10,8 @@ Public API::
     PaddedCollator(pad_token_id), PackedCollator(max_len)      (longalign.batching.collate)
     select_attention(device, packed) -> attn_implementation    (longalign.batching.attention)
     simulate(lengths, ...), fit_cost_model(measurements)       (longalign.batching.simulate)
+    FIGURES, read_figures(record), format_figure(key, value)   (longalign.batching.figures: what each
+                                                                figure of a plan is called and means)
     run(BatchPlanConfig | SimulateConfig, run_dir) -> PlanSummary | SimulationSummary   (the stage)
 
 Only numpy is imported here; torch and transformers load when a collator, loss or attention function is
@@ -26,6 +28,7 @@ from longalign.batching import plans as _plans
 from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
 from longalign.batching.config import BatchPlanConfig, SimulateConfig
+from longalign.batching.figures import FIGURES, format_figure, read_figures
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (
     LOSS_NORMS,
@@ -97,4 +100,7 @@ __all__ = [
     "simulate",
     "simulate_plan",
     "fit_cost_model",
+    "FIGURES",
+    "read_figures",
+    "format_figure",
 ]

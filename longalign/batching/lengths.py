@@ -14,7 +14,9 @@ def read_lengths_file(path: str | Path) -> np.ndarray:
     """One integer per line (blank lines and #-comments skipped) or a .npy array."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"lengths file {path} does not exist")
+        raise FileNotFoundError(
+            f"lengths file {path} does not exist; check --lengths (one token count per line, or a .npy array)"
+        )
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from longalign.batching.figures import plan_figures, summary_line
 from longalign.batching.lengths import lengths_for
 from longalign.config import check_choice
 from longalign.rundir import RunDir
@@ -585,11 +586,12 @@ def make_plan(
     plan.stats = compute_stats(plan, flat=flat, sizes=sizes, raw_lengths=raw)
     plan.stats["seconds"] = round(time.perf_counter() - t0, 6)
     log.info(
-        "%s plan: %d sequences -> %d micro-batches (efficiency %.4f) in %.3fs",
+        "%s plan: %d sequences -> %d micro-batches (padding %.1f%%, fill %.1f%%) in %.3fs",
         method,
         plan.stats["n_sequences"],
         plan.stats["n_batches"],
-        plan.stats["efficiency"],
+        100 * plan.stats["padding_fraction"],
+        100 * plan.stats["fill"],
         plan.stats["seconds"],
     )
     return plan
@@ -612,15 +614,19 @@ def compute_stats(
     sizes: np.ndarray | None = None,
     raw_lengths: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Statistics of a plan (all counts over the effective lengths).
+    """Statistics of a plan (all counts over the effective lengths), in the words of
+    :mod:`longalign.batching.figures`.
 
-    * ``efficiency`` = real tokens / tokens computed. Padded batches compute ``len(batch) * longest`` tokens;
-      packs are counted as ``max_len`` slots each (a fixed-shape pack; padding-free collation computes only
-      the real tokens, and the packing loss shows up as extra packs, i.e. extra steps).
-    * ``attention_cost_ratio`` = sum of n_i^2 over real sequences / attention work the plan computes:
-      ``len(batch) * longest^2`` per padded batch; for packs with segment-aware (varlen) attention the work
-      is sum n_i^2 per pack, so the ratio is 1; ``attention_cost_ratio_dense`` uses L_k^2 per pack of L_k
-      tokens (one dense block-diagonal mask).
+    * ``padding_fraction``: share of computed positions that hold no token. A padded batch computes
+      ``len(batch) * longest`` positions; a pack computes its own tokens (the packed collator is padding-free),
+      so a pack's padding is 0 and what packing leaves unused shows up as ``fill`` below 1 (extra packs, i.e.
+      extra steps).
+    * ``fill``: share of the max_len capacity used, tokens / (rows x max_len), a row being a pack or a padded
+      sequence.
+    * ``attention_cost``: causal (query, key) pairs computed per useful pair (>= 1): ``len(batch) *
+      L(L+1)/2`` per padded batch against ``sum n(n+1)/2``; a pack with segment-aware (varlen) attention
+      computes only the useful pairs (1.0); ``attention_cost_dense`` prices each pack of L_k tokens as one dense
+      block-diagonal mask, L_k(L_k+1)/2.
     """
     eff = plan.lengths.astype(np.int64)
     if flat is None or sizes is None:
@@ -629,26 +635,22 @@ def compute_stats(
     flat_len = eff[flat]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if n_batches else np.zeros(0, dtype=np.int64)
     tokens_per_batch = np.add.reduceat(flat_len, starts) if n_batches else np.zeros(0, dtype=np.int64)
-    sq = flat_len.astype(np.float64) ** 2
-    real_sq = float(sq.sum())
     n_tokens = int(flat_len.sum())
     n_seq = int(flat.size)
+    packed = plan.method == "pack"
     stats: dict[str, Any] = {
         "n_sequences": n_seq,
         "n_tokens": n_tokens,
         "n_batches": n_batches,
         "n_steps": math.ceil(n_batches / plan.micro_per_step) if n_batches else 0,
     }
-    if plan.method == "pack":
-        computed = n_batches * plan.max_len
+    if packed:
         stats["lower_bound"] = math.ceil(n_tokens / plan.max_len) if n_tokens else 0
         stats["packs_over_lower_bound"] = (n_batches / stats["lower_bound"]) if stats["lower_bound"] else 1.0
-        stats["computed_tokens"] = computed
-        stats["computed_tokens_padding_free"] = n_tokens
-        dense_sq = float((tokens_per_batch.astype(np.float64) ** 2).sum())
-        plan_sq = real_sq
-        stats["attention_cost_ratio"] = 1.0 if n_batches else 0.0
-        stats["attention_cost_ratio_dense"] = real_sq / dense_sq if dense_sq else 0.0
+    else:
+        stats["lower_bound"] = math.ceil(n_seq / plan.batch_size) if n_seq else 0
+    stats.update(plan_figures(flat_len, sizes, packed, plan.max_len))
+    if packed:
         stats["sequences_per_pack"] = {
             "mean": n_seq / n_batches if n_batches else 0.0,
             "max": int(sizes.max()) if n_batches else 0,
@@ -657,17 +659,6 @@ def compute_stats(
             "mean": float(tokens_per_batch.mean()) if n_batches else 0.0,
             "min": int(tokens_per_batch.min()) if n_batches else 0,
         }
-    else:
-        longest = np.maximum.reduceat(flat_len, starts) if n_batches else np.zeros(0, dtype=np.int64)
-        computed = int((sizes * longest).sum())
-        stats["lower_bound"] = math.ceil(n_seq / plan.batch_size) if n_seq else 0
-        stats["computed_tokens"] = computed
-        plan_sq = float((sizes.astype(np.float64) * longest.astype(np.float64) ** 2).sum())
-        stats["attention_cost_ratio"] = real_sq / plan_sq if plan_sq else 0.0
-    stats["efficiency"] = n_tokens / computed if computed else 0.0
-    stats["padding_fraction"] = 1.0 - stats["efficiency"] if computed else 0.0
-    stats["attention_real"] = real_sq
-    stats["attention_computed"] = plan_sq
     stats["truncated"] = int(plan.truncated.size)
     stats["dropped"] = int(plan.dropped.size)
     if raw_lengths is not None:
@@ -707,11 +698,9 @@ class PlanSummary(Summary):
         r = self.stats
         algo = f"/{r['algo']}" if r.get("algo") else ""
         out = [
-            f"{r['method']}{algo}: {r['n_sequences']} sequences, {r['n_tokens']} tokens -> {r['n_batches']} "
-            f"micro-batches (lower bound {r['lower_bound']}), {r['n_steps']} steps",
-            f"  efficiency {r['efficiency']:.4f}  padding {r['padding_fraction']:.4f}  "
-            f"attention cost ratio {r['attention_cost_ratio']:.4f}"
-            + (f" (dense mask {r['attention_cost_ratio_dense']:.4f})" if "attention_cost_ratio_dense" in r else ""),
+            f"{r['method']}{algo}: {r['n_sequences']:,} sequences, {r['n_tokens']:,} tokens -> {r['n_batches']:,} "
+            f"micro-batches (fewest possible {r['lower_bound']:,}), {r['n_steps']:,} optimizer steps",
+            "  " + summary_line(r),
             f"  truncated {r['truncated']}  dropped {r['dropped']}  planned in {r['seconds']:.3f}s",
         ]
         written = [str(p) for p in (self.stats_path, self.plan_path) if p is not None]

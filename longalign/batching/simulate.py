@@ -113,7 +113,8 @@ def step_timeline(costs: np.ndarray, world_size: int, grad_accum: int, sync: str
 def simulate_plan(
     plan: Any, cost: CostModel | None = None, *, attention: str = "varlen", sync: str = "micro"
 ) -> dict[str, Any]:
-    """Simulated run of one plan: total/idle time, throughput, and the plan's efficiency."""
+    """Simulated run of one plan: total/idle time, throughput, and the plan's padding and fill
+    (:mod:`longalign.batching.figures`)."""
     cost = cost or CostModel()
     flat, sizes = plan.arrays()
     tokens, attn = micro_batch_work(plan.lengths, flat, sizes, plan.method == "pack", attention)
@@ -126,7 +127,8 @@ def simulate_plan(
             "real_tokens": int(real),
             "real_tokens_per_second": real / out["total_seconds"] if out["total_seconds"] else 0.0,
             "mean_step_seconds": out["total_seconds"] / out["n_steps"] if out["n_steps"] else 0.0,
-            "efficiency": plan.stats.get("efficiency"),
+            "padding_fraction": plan.stats.get("padding_fraction"),
+            "fill": plan.stats.get("fill"),
             "attention": attention if plan.method == "pack" else "padded",
         }
     )

@@ -108,7 +108,10 @@ class CorpusConfig(InputErrorOptions):
         super().__post_init__()
         check_buckets(self.bucket_edges, self.bucket_weights)
         if self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens}): no document can pass; "
+                "lower --min-tokens or raise --max-tokens"
+            )
 
 
 @dataclass
@@ -255,7 +258,7 @@ def read_folder_documents(
         rel = path.relative_to(folder).as_posix()
         docs.append(_doc(text, rel, folder.name or "folder"))
     if not docs:
-        raise ValueError(f"{folder}: no {'/'.join(suffixes)} files found")
+        raise ValueError(f"{folder}: no {'/'.join(suffixes)} files found; put documents there or name another folder")
     return docs
 
 
@@ -413,7 +416,8 @@ def read_documents(cfg: CorpusConfig, *, skipped: BadRecords | None = None) -> l
     if path.is_file():
         return read_jsonl_documents(path, skipped=skipped)
     raise FileNotFoundError(
-        f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder"
+        f"corpus input {spec!r} is neither 'builtin', hf:<name>, an existing .jsonl file nor a folder; pass --input "
+        "a .jsonl file of {'text': ...} documents, a folder of .txt/.md files, builtin or hf:<name>"
     )
 
 
@@ -524,36 +528,7 @@ def build_corpus(
     raw = docs if docs is not None else read_documents(cfg, skipped=skipped)
     t_read = time.perf_counter() - t0
     dropped: dict[str, int] = {}
-
-    def drop(reason: str) -> None:
-        dropped[reason] = dropped.get(reason, 0) + 1
-
-    candidates = []
-    seen_hash: set[str] = set()
-    max_chars = cfg.max_tokens * cfg.max_chars_per_token
-    for d in raw:
-        text = d["text"]
-        if not text.strip():
-            drop("empty")
-            continue
-        if len(text) > max_chars:
-            drop("too_long")
-            continue
-        if len(text.encode("utf-8")) < cfg.min_tokens:
-            drop("too_short")
-            continue
-        if cfg.dedupe:
-            h = hashlib.sha1(text.encode("utf-8")).hexdigest()
-            if h in seen_hash:
-                drop("duplicate")
-                continue
-            seen_hash.add(h)
-        if not d.get("lang"):
-            d["lang"] = detect_lang(text)
-        if cfg.langs and d["lang"] not in cfg.langs:
-            drop("language")
-            continue
-        candidates.append(d)
+    candidates = _prefilter(raw, cfg, dropped)
 
     t1 = time.perf_counter()
     if tokenizer is None:
@@ -562,54 +537,17 @@ def build_corpus(
         tokenizer = load_tokenizer(cfg.tokenizer)
     t_tok_load = time.perf_counter() - t1
     t2 = time.perf_counter()
-    counts: dict[int, int] = {}
-
-    def tokens_of(indices: list[int]) -> list[int]:
-        missing = [i for i in indices if i not in counts]
-        for i, n in zip(missing, count_tokens([candidates[i]["text"] for i in missing], tokenizer, cfg.batch_size)):
-            counts[i] = n
-        return [counts[i] for i in indices]
-
-    if cfg.n_docs <= 0 or cfg.n_docs >= len(candidates):
-        tokens_of(list(range(len(candidates))))
-        chosen_idx = [i for i in range(len(candidates)) if cfg.min_tokens <= counts[i] <= cfg.max_tokens]
-    else:
-        chosen_idx = _draw_lazily(candidates, cfg, tokens_of)
-    for n in counts.values():
+    tokens_of = _TokenCounts(candidates, tokenizer, cfg.batch_size)
+    chosen_idx = _choose(candidates, cfg, tokens_of)
+    for n in tokens_of.counts.values():
         if n < cfg.min_tokens:
-            drop("too_short")
+            _drop(dropped, "too_short")
         elif n > cfg.max_tokens:
-            drop("too_long")
-    n_tokenized = len(counts)
-    chosen = []
-    for i in chosen_idx:
-        d = candidates[i]
-        chosen.append(
-            {
-                "id": d["id"],
-                "source": d["source"],
-                "lang": d["lang"],
-                "n_tokens": counts[i],
-                "text": d["text"],
-                **{k: v for k, v in d.items() if k not in ("id", "source", "lang", "n_tokens", "text")},
-            }
-        )
+            _drop(dropped, "too_long")
+    chosen = [_corpus_record(candidates[i], tokens_of.counts[i]) for i in chosen_idx]
     t_tokenize = time.perf_counter() - t2
     if cfg.n_docs and len(chosen) < cfg.n_docs:
         log.warning("only %d documents pass the filters (asked for %d); keeping all of them", len(chosen), cfg.n_docs)
-
-    def histogram(items: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for it in items:
-            k = str(key(it))
-            out[k] = out.get(k, 0) + 1
-        return dict(sorted(out.items()))
-
-    def bucket_name(n: int) -> str:
-        b = length_bucket(n, cfg.bucket_edges)
-        lo = cfg.bucket_edges[b - 1] if b > 0 else 0
-        hi = cfg.bucket_edges[b] if b < len(cfg.bucket_edges) else None
-        return f"{lo}-{hi}" if hi is not None else f"{lo}+"
 
     summary = {
         "input": cfg.input,
@@ -617,16 +555,8 @@ def build_corpus(
         "candidates": len(candidates),
         "written": len(chosen),
         "dropped": dict(sorted(dropped.items())),
-        "tokenized": n_tokenized,
-        "by_source": histogram(chosen, lambda d: d["source"]),
-        "by_lang": histogram(chosen, lambda d: d["lang"]),
-        "by_bucket": {
-            k: v
-            for k, v in sorted(
-                histogram(chosen, lambda d: bucket_name(d["n_tokens"])).items(),
-                key=lambda kv: int(kv[0].split("-")[0].rstrip("+")),
-            )
-        },
+        "tokenized": len(tokens_of.counts),
+        **_corpus_histograms(chosen, cfg.bucket_edges),
         "tokens": sum(d["n_tokens"] for d in chosen),
         "seconds": {
             "read": round(t_read, 3),
@@ -641,11 +571,121 @@ def build_corpus(
     log.info(
         "corpus: %d read, %d tokenized, %d written in %.1f s",
         len(raw),
-        n_tokenized,
+        len(tokens_of.counts),
         len(chosen),
         summary["seconds"]["total"],
     )
     return chosen, summary
+
+
+def _drop(dropped: dict[str, int], reason: str) -> None:
+    dropped[reason] = dropped.get(reason, 0) + 1
+
+
+def _prefilter(raw: list[dict[str, Any]], cfg: CorpusConfig, dropped: dict[str, int]) -> list[dict[str, Any]]:
+    """The documents that pass the checks needing no tokenizer, in order; the others are counted in ``dropped``
+    by reason. A document without ``lang`` gets the detected one."""
+    candidates = []
+    seen_hash: set[str] = set()
+    max_chars = cfg.max_tokens * cfg.max_chars_per_token
+    for d in raw:
+        reason = _prefilter_reason(d, cfg, max_chars, seen_hash)
+        if reason is None:
+            candidates.append(d)
+        else:
+            _drop(dropped, reason)
+    return candidates
+
+
+def _prefilter_reason(d: dict[str, Any], cfg: CorpusConfig, max_chars: int, seen_hash: set[str]) -> str | None:
+    """Why ``d`` is dropped before tokenising (None: it is a candidate): empty, more characters than
+    ``max_tokens`` can hold, fewer UTF-8 bytes than ``min_tokens`` (a token covers at least one byte), a
+    duplicate of an earlier text (``dedupe``), or not in ``langs``."""
+    text = d["text"]
+    if not text.strip():
+        return "empty"
+    if len(text) > max_chars:
+        return "too_long"
+    if len(text.encode("utf-8")) < cfg.min_tokens:
+        return "too_short"
+    if cfg.dedupe:
+        h = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        if h in seen_hash:
+            return "duplicate"
+        seen_hash.add(h)
+    if not d.get("lang"):
+        d["lang"] = detect_lang(text)
+    if cfg.langs and d["lang"] not in cfg.langs:
+        return "language"
+    return None
+
+
+class _TokenCounts:
+    """``tokens_of(indices)``: the token counts of those candidates, each tokenised once, when first asked for
+    (``batch_size`` texts per tokenizer call); ``counts`` holds every count taken."""
+
+    def __init__(self, candidates: list[dict[str, Any]], tokenizer: Any, batch_size: int):
+        self.candidates = candidates
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.counts: dict[int, int] = {}
+
+    def __call__(self, indices: list[int]) -> list[int]:
+        missing = [i for i in indices if i not in self.counts]
+        texts = [self.candidates[i]["text"] for i in missing]
+        for i, n in zip(missing, count_tokens(texts, self.tokenizer, self.batch_size)):
+            self.counts[i] = n
+        return [self.counts[i] for i in indices]
+
+
+def _choose(
+    candidates: list[dict[str, Any]], cfg: CorpusConfig, tokens_of: Callable[[list[int]], list[int]]
+) -> list[int]:
+    """Indices of the candidates to keep: all within ``min_tokens..max_tokens`` when ``n_docs`` asks for all of
+    them (or more), else a lazy length-weighted draw of ``n_docs`` (:func:`_draw_lazily`)."""
+    if cfg.n_docs <= 0 or cfg.n_docs >= len(candidates):
+        every = list(range(len(candidates)))
+        return [i for i, n in zip(every, tokens_of(every)) if cfg.min_tokens <= n <= cfg.max_tokens]
+    return _draw_lazily(candidates, cfg, tokens_of)
+
+
+def _corpus_record(d: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+    """A corpus.jsonl record: ``id, source, lang, n_tokens, text`` first, then the document's other fields."""
+    fixed = ("id", "source", "lang", "n_tokens", "text")
+    return {
+        "id": d["id"],
+        "source": d["source"],
+        "lang": d["lang"],
+        "n_tokens": n_tokens,
+        "text": d["text"],
+        **{k: v for k, v in d.items() if k not in fixed},
+    }
+
+
+def _histogram(items: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        k = str(key(it))
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _bucket_name(n: int, edges: list[int]) -> str:
+    """``"lo-hi"`` of the length bucket holding ``n`` tokens (``"lo+"`` for the last one)."""
+    b = length_bucket(n, edges)
+    lo = edges[b - 1] if b > 0 else 0
+    hi = edges[b] if b < len(edges) else None
+    return f"{lo}-{hi}" if hi is not None else f"{lo}+"
+
+
+def _corpus_histograms(chosen: list[dict[str, Any]], edges: list[int]) -> dict[str, dict[str, int]]:
+    """Documents kept by source, by language and by length bucket (buckets in length order)."""
+    by_bucket = _histogram(chosen, lambda d: _bucket_name(d["n_tokens"], edges))
+    return {
+        "by_source": _histogram(chosen, lambda d: d["source"]),
+        "by_lang": _histogram(chosen, lambda d: d["lang"]),
+        "by_bucket": dict(sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))),
+    }
 
 
 def run(cfg: CorpusConfig, run_dir: str | Path | RunDir, *, tokenizer: Any = None) -> CorpusSummary:

@@ -93,7 +93,7 @@ def _iter_file(path: Path, skipped: BadRecords | None = None) -> Iterator[tuple[
     """``(location, record)`` pairs from a .json list or a .jsonl file; errors name file:line. Invalid JSON
     lines of a .jsonl go to ``skipped`` (a .json file that does not parse is one error for the whole file)."""
     if not path.is_file():
-        raise FileNotFoundError(f"short-data file {path} does not exist")
+        raise FileNotFoundError(f"short-data file {path} does not exist; check the path given to --inputs")
     with path.open(encoding="utf-8") as fh:
         head = fh.read(4096).lstrip()
     if head.startswith("["):

@@ -138,7 +138,7 @@ def run(cfg: AgreementConfig, run_dir: str | Path | RunDir, *, judge: Any = None
     pending = [it for it in items if (it.qid, it.k) not in have]
     if pending:
         if judge is None:
-            judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
         requests = []
         for it in pending:
             user = build_judge_user_prompt(it.query, it.reference, it.examples, it.answer)

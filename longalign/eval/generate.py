@@ -228,6 +228,45 @@ def make_generator(
     return LocalGenerator(model_spec, device=device)
 
 
+# --------------------------------------------------------------------------------------------- limits
+def model_limit(model_spec: str | None, generator: Any = None) -> int:
+    """Positions of the model under test, for the length checks that run before any work: the generator's
+    when one is given, else read from the spec's config without loading the model
+    (:func:`longalign.models.model_positions`); 0 when unknown (an endpoint)."""
+    if generator is not None:
+        return int(getattr(generator, "max_positions", None) or 0)
+    if is_endpoint_spec(model_spec):
+        return 0
+    from longalign.llm.client import local_model_spec
+    from longalign.models import model_positions
+
+    return model_positions(local_model_spec(model_spec)) or 0
+
+
+def check_prompt_budget(
+    model_spec: str | None, max_len: int, max_new_tokens: int, *, generator: Any = None, fit_to_model: bool = False
+) -> None:
+    """Before any work: refuse a ``max_len`` whose prompts plus the answer budget (plus the chat template's
+    allowance) cannot fit the model's positions, unless ``fit_to_model``; then :func:`run_predictions`
+    middle-truncates every prompt to what fits, the rule LongBench and LongBench-Chat apply to a model with a
+    shorter window."""
+    from longalign.models import check_length
+
+    if fit_to_model:
+        return
+    positions = model_limit(model_spec, generator)
+    need = max_len + max_new_tokens + TEMPLATE_ALLOWANCE
+    fits = max(16, positions - max_new_tokens - TEMPLATE_ALLOWANCE)
+    check_length(
+        need,
+        asked=f"--max-len {max_len} + {max_new_tokens} new tokens + {TEMPLATE_ALLOWANCE} for the chat template",
+        model=model_spec,
+        positions=positions,
+        shorter=f"lower --max-len to {fits} (longer prompts are middle-truncated to it)",
+        opt_in=f"pass --fit-to-model true to middle-truncate every prompt to {fits} tokens",
+    )
+
+
 # --------------------------------------------------------------------------------------------- runner
 @dataclass
 class PredictionTask:

@@ -46,8 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longalign.llm.base import LLMRequestError, SamplingParams
-from longalign.llm.client import local_model_spec, parse_spec
+from longalign.config import check_choice, validate
+from longalign.eval.generate import truncate_text
+from longalign.eval.options import LOCAL_SCORES, JudgeOptions, check_judge_spec
+from longalign.llm.base import LLMBudgetExceeded, LLMRequestError, SamplingParams
+from longalign.llm.client import local_model_spec, make_client, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,6 @@ def parse_rating(reply: str | None, lo: float = 1, hi: float = 10) -> float | No
 
 _RATING_TOKEN = re.compile(r"\s*(\d+)\s*(\]*)\s*")
 _CONTINUED = re.compile(r"\s*\d+\s*(\]|$)")  # a fresh reply such as "1. The answer ..." does not match
-LOGPROB_MODES = ("off", "fallback", "first")
-PREFILL_MODES = ("chat", "completions")
 
 
 def _rating_start(tokens: Sequence[str]) -> int | None:
@@ -129,21 +130,30 @@ def rating_from_logprobs(
         longer = [int(digits + str(d)) for d in range(10) if lo <= int(digits + str(d)) <= hi]
         if longer and not closed and nxt is not None and tok == chosen:
             # the greedy path went through this digit: the next position says whether the rating ends here
-            more = 0.0
-            for tok2, lp2 in nxt:
-                m2 = re.fullmatch(r"(\d+)", str(tok2).strip())
-                if m2:
-                    more += math.exp(float(lp2))
-                    value = int(digits + m2.group(1))
-                    if lo <= value <= hi:
-                        mass[value] = mass.get(value, 0.0) + p * math.exp(float(lp2))
-            p *= max(0.0, 1.0 - more)
+            p = _split_longer_ratings(digits, p, nxt, lo, hi, mass)
         if lo <= int(digits) <= hi:
             mass[int(digits)] = mass.get(int(digits), 0.0) + p
     total = sum(mass.values())
     if total <= 0:
         return None
     return {r: v / total for r, v in sorted(mass.items())}, total, start
+
+
+def _split_longer_ratings(
+    digits: str, p: float, nxt: Sequence[Sequence[Any]], lo: int, hi: int, mass: dict[int, float]
+) -> float:
+    """Share the probability ``p`` of a rating token ``digits`` that may start a longer rating ("1" of "10")
+    by the next position's alternatives ``nxt``: each digit there continues it (its allowed results are added
+    to ``mass``); returns what is left for ``digits`` as a rating on its own."""
+    more = 0.0
+    for tok2, lp2 in nxt:
+        m2 = re.fullmatch(r"(\d+)", str(tok2).strip())
+        if m2:
+            more += math.exp(float(lp2))
+            value = int(digits + m2.group(1))
+            if lo <= value <= hi:
+                mass[value] = mass.get(value, 0.0) + p * math.exp(float(lp2))
+    return p * max(0.0, 1.0 - more)
 
 
 class JudgeCannotRate(RuntimeError):
@@ -153,8 +163,6 @@ class JudgeCannotRate(RuntimeError):
 def judge_stops() -> tuple[type[BaseException], ...]:
     """The exceptions that end judging early at a clean point (the spending cap, a judge that cannot rate):
     the benchmarks catch them, keep what was judged and report why they stopped."""
-    from longalign.llm.base import LLMBudgetExceeded
-
     return (LLMBudgetExceeded, JudgeCannotRate)
 
 
@@ -274,18 +282,14 @@ def is_local_judge(spec: str | None) -> bool:
     return bool(spec) and parse_spec(spec, require_prefix=True)[0] == "local"
 
 
-def check_judge_spec(spec: str | None) -> None:
-    """A judge must name its backend: ``openai:<model>`` or ``local:<model spec>`` (a bare spec is refused)."""
-    try:
-        parse_spec(spec, require_prefix=True)
-    except ValueError as exc:
-        raise ValueError(
-            f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
-            f"'local:<model spec>' (e.g. local:smollm2): {exc}"
-        ) from None
-
-
 # --------------------------------------------------------------------------------------------- endpoint judge
+def _finished(i: int, out: JudgeOutcome, progress: Callable[[int], None] | None) -> tuple[int, JudgeOutcome]:
+    """``(i, out)`` for a rating that is done, counted on ``progress``."""
+    if progress:
+        progress(1)
+    return i, out
+
+
 class EndpointJudge:
     """A judge behind an OpenAI-compatible endpoint: the free-text reply parsed with :func:`parse_rating`, and
     the rating distribution read from ``top_logprobs`` after a forced ``[[`` where parsing gives nothing
@@ -296,53 +300,35 @@ class EndpointJudge:
     def __init__(
         self,
         client: Any,
+        options: JudgeOptions | None = None,
         *,
-        name: str | None = None,
-        max_tokens: int = 1024,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        max_attempts: int = 5,
-        retry_temperature: float = 0.7,
-        logprobs: str = "fallback",
-        top_logprobs: int = 20,
-        score_mode: str = "expected",
-        give_up_after: int = 3,
-        prefix: str = "[[",
-        prefill: str = "chat",
         tokenizer: Any = None,
+        top_p: float = 1.0,
+        retry_temperature: float = 0.7,
+        prefix: str = "[[",
     ):
-        from longalign.config import check_choice
-        from longalign.eval.options import LOCAL_SCORES
-
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts} must be at least 1")
-        if give_up_after < 0:
-            raise ValueError(f"give_up_after={give_up_after} must be >= 0 (0 = never give up)")
-        if top_logprobs < 1:
-            raise ValueError(f"top_logprobs={top_logprobs} must be at least 1")
-        check_choice("judge_logprobs", logprobs, LOGPROB_MODES)
-        check_choice("judge_prefill", prefill, PREFILL_MODES)
-        check_choice("local_score", score_mode, LOCAL_SCORES)
+        """``options``: the judge's option group, usually the stage config itself (its ``judge_*`` and
+        ``local_score`` fields are read); None = the group's defaults. ``tokenizer`` (loaded) replaces
+        ``options.judge_tokenizer`` for ``--judge-prefill completions``."""
+        self.options = validate(options if options is not None else JudgeOptions())
         self.client = client
-        self.name = name or getattr(client, "model", "judge")
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.name = self.options.judge or getattr(client, "model", "judge")
         self.top_p = top_p
-        self.max_attempts = max_attempts
         self.retry_temperature = retry_temperature
-        self.logprobs = logprobs
-        self.top_logprobs = int(top_logprobs)
-        self.score_mode = score_mode
-        self.give_up_after = int(give_up_after)
         self.prefix = prefix
-        self.prefill = prefill
-        self._tokenizer = tokenizer  # renders the completions prompt (a tokenizer, a model spec, or None)
+        # renders the completions prompt (a tokenizer, a model spec, or None = the embedded model's)
+        self._tokenizer = tokenizer if tokenizer is not None else (self.options.judge_tokenizer or None)
         self.logprobs_unavailable: str | None = None  # why logprob scoring was switched off, once it was
 
     def _params(self, seed: int, attempt: int) -> SamplingParams:
-        temp = self.temperature if attempt == 0 else max(self.temperature, self.retry_temperature)
+        temp = self.options.judge_temperature
+        if attempt > 0:
+            temp = max(temp, self.retry_temperature)
         return SamplingParams(
-            max_tokens=self.max_tokens, temperature=temp, top_p=self.top_p, seed=int(seed) + 1000 * attempt
+            max_tokens=self.options.judge_max_tokens,
+            temperature=temp,
+            top_p=self.top_p,
+            seed=int(seed) + 1000 * attempt,
         )
 
     @property
@@ -360,7 +346,7 @@ class EndpointJudge:
         template and sent to the completions API (``prefill="completions"``)."""
         from longalign.llm.local_model import render_chat
 
-        chat = self.prefill == "chat"
+        chat = self.options.judge_prefill == "chat"
         if chat:
             messages = list(req.messages) + [{"role": "assistant", "content": self.prefix}]
         else:
@@ -370,7 +356,7 @@ class EndpointJudge:
             temperature=0.0,
             top_p=1.0,
             seed=int(req.seed),
-            top_logprobs=self.top_logprobs,
+            top_logprobs=self.options.judge_top_logprobs,
             continue_final=chat,
             raw_prompt=not chat,
         )
@@ -378,10 +364,10 @@ class EndpointJudge:
 
     def _plan(self) -> list[str]:
         """The kinds of request one rating may use, in order ("text" or "logprobs")."""
-        text = ["text"] * self.max_attempts
-        if self.logprobs == "first":
+        text = ["text"] * self.options.judge_max_attempts
+        if self.options.judge_logprobs == "first":
             return ["logprobs"] + text
-        if self.logprobs == "fallback":
+        if self.options.judge_logprobs == "fallback":
             return text[:1] + ["logprobs"] + text[1:]
         return text
 
@@ -396,7 +382,7 @@ class EndpointJudge:
         ``give_up_after`` requests are rated before the others; if none of them gets a rating,
         :class:`JudgeCannotRate` is raised after yielding them."""
         order = list(range(len(requests)))
-        probe = order[: self.give_up_after] if self.give_up_after else []
+        probe = order[: self.options.judge_give_up_after] if self.options.judge_give_up_after else []
         rest = order[len(probe) :]
         if probe:
             finished = []
@@ -410,13 +396,13 @@ class EndpointJudge:
 
     def _cannot_rate(self, outs: Sequence[JudgeOutcome]) -> str:
         n_req = sum(o.attempts for o in outs)
-        if self.logprobs == "off":
+        if self.options.judge_logprobs == "off":
             why = "logprob scoring is off (--judge-logprobs off)"
         elif self.logprobs_unavailable:
             why = f"logprob scoring is unavailable: {self.logprobs_unavailable}"
         else:
             why = (
-                f"no allowed rating was among the top {self.top_logprobs} tokens after a forced "
+                f"no allowed rating was among the top {self.options.judge_top_logprobs} tokens after a forced "
                 f"'{self.prefix}' (or the server did not continue the prefilled '{self.prefix}')"
             )
         return (
@@ -432,67 +418,67 @@ class EndpointJudge:
     def _rate(
         self, requests: Sequence[JudgeRequest], idxs: Sequence[int], progress: Callable[[int], None] | None
     ) -> Iterator[tuple[int, JudgeOutcome]]:
+        """Rate ``requests[i]`` for ``i`` in ``idxs``: rounds of one request per unfinished rating, each the next
+        step of the plan (:meth:`_plan`); a rating is yielded once it has a score or no step is left."""
         plan = self._plan()
         outcomes = {i: JudgeOutcome(reply="", score=None, attempts=0) for i in idxs}
         step = dict.fromkeys(idxs, 0)  # position in the plan
         text_tries = dict.fromkeys(idxs, 0)
         pending = list(idxs)
-
-        def skip_unavailable(i: int) -> bool:
-            """Move past logprob steps once logprob scoring is off; False when the plan is used up."""
-            while step[i] < len(plan) and plan[step[i]] == "logprobs" and self.logprobs_unavailable:
-                step[i] += 1
-            return step[i] < len(plan)
-
         while pending:
-            for i in [i for i in pending if not skip_unavailable(i)]:
+            for i in [i for i in pending if not self._steps_left(plan, step, i)]:
                 pending.remove(i)  # its last planned request was a logprob one, switched off meanwhile
-                if progress:
-                    progress(1)
-                yield i, outcomes[i]
+                yield _finished(i, outcomes[i], progress)
             if not pending:
                 break
             kinds = {i: plan[step[i]] for i in pending}
-            batch = [
-                self.logprob_request(requests[i])
-                if kinds[i] == "logprobs"
-                else (requests[i].messages, self._params(requests[i].seed, text_tries[i]))
-                for i in pending
-            ]
+            batch = [self._request(requests[i], kinds[i], text_tries[i]) for i in pending]
             still = []
             for j, res in self.client.chat_many(batch):
                 i = pending[j]
-                out = outcomes[i]
-                out.attempts += 1
-                kind = kinds[i]
                 step[i] += 1
-                if kind == "text":
+                if kinds[i] == "text":
                     text_tries[i] += 1
-                if isinstance(res, Exception):
-                    log.warning("judge %s request failed: %s", kind, res)
-                    out.replies.append(f"<error: {res}>")
-                    out.extra.setdefault("errors", []).append(str(res))
-                    if kind == "logprobs" and isinstance(res, LLMRequestError) and not self.logprobs_unavailable:
-                        self.logprobs_unavailable = f"the endpoint refused the request ({res})"
-                        log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
-                else:
-                    out.prompt_tokens += int(res.prompt_tokens or 0)
-                    out.completion_tokens += int(res.completion_tokens or 0)
-                    if kind == "text":
-                        out.reply = res.text
-                        out.replies.append(res.text)
-                        out.score = parse_rating(res.text, requests[i].lo, requests[i].hi)
-                        if out.score is not None:
-                            out.extra["scored_by"] = "text"
-                    else:
-                        self._feed_logprobs(out, res, requests[i])
-                if out.score is None and skip_unavailable(i):
+                self._feed(outcomes[i], kinds[i], res, requests[i])
+                if outcomes[i].score is None and self._steps_left(plan, step, i):
                     still.append(i)
                 else:
-                    if progress:
-                        progress(1)
-                    yield i, out
+                    yield _finished(i, outcomes[i], progress)
             pending = sorted(still)
+
+    def _steps_left(self, plan: list[str], step: dict[int, int], i: int) -> bool:
+        """Move rating ``i`` past logprob steps once logprob scoring is off; False when its plan is used up."""
+        while step[i] < len(plan) and plan[step[i]] == "logprobs" and self.logprobs_unavailable:
+            step[i] += 1
+        return step[i] < len(plan)
+
+    def _request(self, req: JudgeRequest, kind: str, text_try: int) -> tuple[Messages, SamplingParams]:
+        """The request of one plan step: a logprob request, or free text (attempt ``text_try`` of it)."""
+        if kind == "logprobs":
+            return self.logprob_request(req)
+        return req.messages, self._params(req.seed, text_try)
+
+    def _feed(self, out: JudgeOutcome, kind: str, res: Any, req: JudgeRequest) -> None:
+        """Add one answer (or the error of a failed request) of a ``kind`` step to its rating."""
+        out.attempts += 1
+        if isinstance(res, Exception):
+            log.warning("judge %s request failed: %s", kind, res)
+            out.replies.append(f"<error: {res}>")
+            out.extra.setdefault("errors", []).append(str(res))
+            if kind == "logprobs" and isinstance(res, LLMRequestError) and not self.logprobs_unavailable:
+                self.logprobs_unavailable = f"the endpoint refused the request ({res})"
+                log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
+            return
+        out.prompt_tokens += int(res.prompt_tokens or 0)
+        out.completion_tokens += int(res.completion_tokens or 0)
+        if kind == "logprobs":
+            self._feed_logprobs(out, res, req)
+            return
+        out.reply = res.text
+        out.replies.append(res.text)
+        out.score = parse_rating(res.text, req.lo, req.hi)
+        if out.score is not None:
+            out.extra["scored_by"] = "text"
 
     def _feed_logprobs(self, out: JudgeOutcome, res: Any, req: JudgeRequest) -> None:
         positions = (res.extra or {}).get("logprobs")
@@ -503,12 +489,12 @@ class EndpointJudge:
                 self.logprobs_unavailable = "the endpoint returned no logprobs"
                 log.warning("logprob scoring switched off: %s", self.logprobs_unavailable)
             return
-        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.prefill == "completions")
+        found = rating_from_logprobs(positions, req.lo, req.hi, continued=self.options.judge_prefill == "completions")
         if found is None:
             out.extra.setdefault("logprob_misses", []).append(text[:200])
             return
         dist, mass, _ = found
-        out.score, extra = distribution_extra(dist, mass, self.score_mode)
+        out.score, extra = distribution_extra(dist, mass, self.options.local_score)
         out.reply = text
         out.extra.update(extra, scored_by="logprobs")
 
@@ -531,8 +517,6 @@ class LocalJudge:
         model: Any = None,
         tokenizer: Any = None,
     ):
-        from longalign.config import check_choice
-        from longalign.eval.options import LOCAL_SCORES
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
 
@@ -557,8 +541,6 @@ class LocalJudge:
 
     def prompt_ids(self, messages: Messages) -> tuple[str, list[int], bool]:
         """The templated prompt ending in the forced prefix; the user turn is middle-truncated to fit."""
-        from longalign.eval.generate import truncate_text
-
         text = self.lm.render(messages, self.prefix)
         ids = self.lm.encode(text)
         if len(ids) <= self.max_length:
@@ -624,99 +606,20 @@ LOCAL_JUDGE_NOTE = (
 )
 
 
-@dataclass
-class JudgeSettings:
-    """How to build a judge (filled from the stage configs)."""
-
-    spec: str
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 1024
-    max_attempts: int = 5
-    timeout: float = 120.0
-    max_in_flight: int = 4
-    price_in_per_mtok: float = 0.0
-    price_out_per_mtok: float = 0.0
-    local_score: str = "expected"
-    logprobs: str = "fallback"
-    top_logprobs: int = 20
-    give_up_after: int = 3
-    prefill: str = "chat"
-    tokenizer: str = ""
-    max_cost: float | None = None
-    max_requests: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> JudgeSettings:
-        """Settings from a stage config's ``judge``, ``judge_*``, ``price_*`` and ``local_score`` fields (those a
-        config lacks keep their defaults); keyword ``overrides`` win."""
-        fields = {
-            "spec": "judge",
-            "base_url": "judge_base_url",
-            "api_key_env": "judge_api_key_env",
-            "temperature": "judge_temperature",
-            "max_tokens": "judge_max_tokens",
-            "max_attempts": "judge_max_attempts",
-            "max_in_flight": "judge_max_in_flight",
-            "price_in_per_mtok": "price_in_per_mtok",
-            "price_out_per_mtok": "price_out_per_mtok",
-            "local_score": "local_score",
-            "logprobs": "judge_logprobs",
-            "top_logprobs": "judge_top_logprobs",
-            "give_up_after": "judge_give_up_after",
-            "prefill": "judge_prefill",
-            "tokenizer": "judge_tokenizer",
-            "max_cost": "max_cost",
-            "max_requests": "max_requests",
-        }
-        values = {name: getattr(cfg, attr) for name, attr in fields.items() if hasattr(cfg, attr)}
-        values["base_url"] = values.get("base_url") or None
-        values.update(overrides)
-        return cls(**values)
-
-
 def make_judge(
-    settings: JudgeSettings,
+    options: JudgeOptions,
     *,
     cache_dir: str | Path | None = None,
     calls_log: str | Path | None = None,
     device: str | None = None,
 ) -> EndpointJudge | LocalJudge:
-    """``openai:<model>`` -> :class:`EndpointJudge` through ``longalign.llm.make_client``; ``local:<spec>`` ->
-    :class:`LocalJudge`."""
-    check_judge_spec(settings.spec)
-    if is_local_judge(settings.spec):
-        return LocalJudge(settings.spec, score_mode=settings.local_score, device=device)
-    from longalign.llm import make_client
-
+    """The judge that ``options`` (a stage config with the judge group) names: ``openai:<model>`` ->
+    :class:`EndpointJudge` through ``longalign.llm.make_client`` at :meth:`JudgeOptions.judge_endpoint`;
+    ``local:<spec>`` -> :class:`LocalJudge`."""
+    check_judge_spec(options.judge)
+    if is_local_judge(options.judge):
+        return LocalJudge(options.judge, score_mode=options.local_score, device=device)
     client = make_client(
-        settings.spec,
-        base_url=settings.base_url,
-        api_key_env=settings.api_key_env,
-        cache_dir=cache_dir,
-        calls_log=calls_log,
-        timeout=settings.timeout,
-        max_in_flight=settings.max_in_flight,
-        price_in_per_mtok=settings.price_in_per_mtok or None,
-        price_out_per_mtok=settings.price_out_per_mtok or None,
-        max_cost=settings.max_cost,
-        max_requests=settings.max_requests,
+        options.judge, cache_dir=cache_dir, calls_log=calls_log, **options.judge_endpoint().client_kwargs()
     )
-    return EndpointJudge(
-        client,
-        name=settings.spec,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        max_attempts=settings.max_attempts,
-        logprobs=settings.logprobs,
-        top_logprobs=settings.top_logprobs,
-        score_mode=settings.local_score,
-        give_up_after=settings.give_up_after,
-        prefill=settings.prefill,
-        tokenizer=settings.tokenizer or None,
-    )
-
-
-def cost_of(prompt_tokens: int, completion_tokens: int, price_in_per_mtok: float, price_out_per_mtok: float) -> float:
-    return round(prompt_tokens * price_in_per_mtok / 1e6 + completion_tokens * price_out_per_mtok / 1e6, 6)
+    return EndpointJudge(client, options)

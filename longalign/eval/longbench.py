@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from longalign.config import check_choice, option, redefault
-from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, cost_of, is_local_judge, judge_stops, make_judge
+from longalign.eval.judge import LOCAL_JUDGE_NOTE, JudgeRequest, is_local_judge, judge_stops, make_judge
 from longalign.eval.options import GenerationOptions, JudgeOptions, ModelOptions
 from longalign.eval.summary import LongBenchSummary
+from longalign.llm.budget import cost_of
 from longalign.options import InputErrorOptions, PriceOptions
 from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
@@ -192,60 +193,77 @@ def load_longbench(
     for t in tasks:
         check_choice("tasks", t, ALL_TASKS)
     bad = skipped if skipped is not None else BadRecords()
-
-    def sample(rec: Any, where: str, task: str | None) -> LBSample | None:
-        try:
-            return _sample(rec, where, task)
-        except BadRecord as err:
-            bad.add(err)
-            return None
-
-    out: list[LBSample] = []
     if data == "hf":
-        import datasets
-
-        for t in tasks:
-            ds = datasets.load_dataset("THUDM/LongBench", t, split="test")
-            n = 0
-            for i, rec in enumerate(ds):
-                if limit_per_task and n >= limit_per_task:
-                    break
-                s = sample(dict(rec), f"THUDM/LongBench/{t}#{i}", t)
-                if s is not None:
-                    out.append(s)
-                    n += 1
-        return out
+        return [s for t in tasks for s in _first_samples(_hf_records(t), t, limit_per_task, bad)]
     path = Path(data)
     if path.is_dir():
-        for t in tasks:
-            f = path / f"{t}.jsonl"
-            if not f.is_file():
-                log.warning("%s: no %s.jsonl, task skipped", path, t)
-                continue
-            n = 0
-            for lineno, rec in iter_jsonl(f, skipped=bad):
-                if limit_per_task and n >= limit_per_task:
-                    break
-                s = sample(rec, f"{f}:{lineno}", t)
-                if s is not None:
-                    out.append(s)
-                    n += 1
+        out = [s for t in tasks for s in _task_file_samples(path, t, limit_per_task, bad)]
     elif path.is_file():
-        counts: dict[str, int] = {}
-        for lineno, rec in iter_jsonl(path, skipped=bad):
-            s = sample(rec, f"{path}:{lineno}", None)
-            if s is None or s.task not in tasks:
-                continue
-            counts[s.task] = counts.get(s.task, 0) + 1
-            if limit_per_task and counts[s.task] > limit_per_task:
-                continue
-            out.append(s)
+        out = _mixed_file_samples(path, tasks, limit_per_task, bad)
     else:
         raise FileNotFoundError(
             f"LongBench data {data!r} not found: give a folder of <task>.jsonl files, a jsonl file, or 'hf'"
         )
     if not out:
-        raise ValueError(f"{data}: no samples for tasks {', '.join(tasks)}")
+        raise ValueError(
+            f"{data}: no samples for tasks {', '.join(tasks)}; point --data at LongBench's data folder "
+            f"({tasks[0]}.jsonl, ...) or a jsonl file whose records name their task in 'dataset', or pick --tasks "
+            "that are there"
+        )
+    return out
+
+
+def _sample_or_none(rec: Any, where: str, task: str | None, bad: BadRecords) -> LBSample | None:
+    """:func:`_sample`, or None when the record is bad (``bad`` raises or counts it, by its ``on_error``)."""
+    try:
+        return _sample(rec, where, task)
+    except BadRecord as err:
+        bad.add(err)
+        return None
+
+
+def _first_samples(records: Iterable[tuple[str, Any]], task: str, limit: int, bad: BadRecords) -> list[LBSample]:
+    """The first ``limit`` good samples (all when 0) of one task's ``(where, record)`` pairs; reading stops there."""
+    out: list[LBSample] = []
+    for where, rec in records:
+        if limit and len(out) >= limit:
+            break
+        s = _sample_or_none(rec, where, task, bad)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _hf_records(task: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    ds = datasets.load_dataset("THUDM/LongBench", task, split="test")
+    for i, rec in enumerate(ds):
+        yield f"THUDM/LongBench/{task}#{i}", dict(rec)
+
+
+def _task_file_samples(folder: Path, task: str, limit: int, bad: BadRecords) -> list[LBSample]:
+    """Samples of ``folder/<task>.jsonl`` (none, with a warning, when the folder has no such file)."""
+    f = folder / f"{task}.jsonl"
+    if not f.is_file():
+        log.warning("%s: no %s.jsonl, task skipped", folder, task)
+        return []
+    return _first_samples(((f"{f}:{lineno}", rec) for lineno, rec in iter_jsonl(f, skipped=bad)), task, limit, bad)
+
+
+def _mixed_file_samples(path: Path, tasks: Sequence[str], limit: int, bad: BadRecords) -> list[LBSample]:
+    """Samples of ``tasks`` from one jsonl file of several tasks (each record names its ``dataset``), at most
+    ``limit`` per task (0 = all)."""
+    out: list[LBSample] = []
+    counts: dict[str, int] = {}
+    for lineno, rec in iter_jsonl(path, skipped=bad):
+        s = _sample_or_none(rec, f"{path}:{lineno}", None, bad)
+        if s is None or s.task not in tasks:
+            continue
+        counts[s.task] = counts.get(s.task, 0) + 1
+        if limit and counts[s.task] > limit:
+            continue
+        out.append(s)
     return out
 
 
@@ -283,13 +301,21 @@ def run(
     ``eval_longbench``."""
     from tqdm.auto import tqdm
 
-    from longalign.eval.generate import PredictionTask, make_generator, run_predictions
+    from longalign.eval.generate import PredictionTask, check_prompt_budget, make_generator, run_predictions
     from longalign.llm.base import SamplingParams
 
     if not cfg.data:
         raise ValueError("data is required: a folder of LongBench <task>.jsonl files, a jsonl file, or 'hf'")
+
+    def check_lengths() -> None:  # before any model is loaded or file written
+        budget = cfg.max_new_tokens or max(TASK_MAX_NEW_TOKENS[t] for t in cfg.tasks)
+        check_prompt_budget(cfg.model, cfg.max_len, budget, generator=generator, fit_to_model=cfg.fit_to_model)
+
+    if cfg.data == "hf":
+        check_lengths()  # before a download
     skipped = BadRecords(cfg.on_error)
     samples = load_longbench(cfg.data, cfg.tasks, cfg.limit_per_task, skipped=skipped)
+    check_lengths()
     templates = json.loads(Path(cfg.prompts).read_text(encoding="utf-8")) if cfg.prompts else None
     run = as_run_dir(run_dir)
     pred_path = run.predictions(BENCHMARK)
@@ -313,10 +339,7 @@ def run(
                 cfg.model,
                 tokenizer_spec=cfg.tokenizer or None,
                 client_kwargs=dict(
-                    base_url=cfg.model_base_url or None,
-                    api_key_env=cfg.model_api_key_env,
-                    cache_dir=run.llm_cache,
-                    calls_log=run.llm_calls,
+                    cfg.model_endpoint().client_kwargs(), cache_dir=run.llm_cache, calls_log=run.llm_calls
                 ),
             )
         with tqdm(total=sum(len(v) for v in by_budget.values()), desc="answers", disable=not cfg.progress) as bar:
@@ -349,7 +372,7 @@ def run(
     pending = [s for s in samples if s.key in preds and s.key not in judged]
     if pending:
         if judge is None:
-            judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+            judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
         reqs = [
             JudgeRequest(judge_messages(s, preds[s.key]["prediction"]), 1, rating_top(s.category), seed=cfg.seed)
             for s in pending
@@ -423,7 +446,7 @@ def summarize_longbench(cfg: LongBenchConfig, run: RunDir, samples: Sequence[LBS
         "judge": cfg.judge,
         "model": recs[0].get("model") if recs and recs[0].get("model") else cfg.model,
         "tokens": {"prompt": p_tok, "completion": c_tok},
-        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "cost": round(cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok), 6),
         "notes": notes,
     }
     atomic_write_json(run.eval_summary(BENCHMARK), summary)

@@ -41,11 +41,11 @@ from typing import Any
 
 from longalign.config import option
 from longalign.data.corpus import detect_lang as corpus_detect_lang
+from longalign.eval.generate import check_prompt_budget
 from longalign.eval.judge import (
     LOCAL_JUDGE_NOTE,
     JudgeRequest,
     check_judge_spec,
-    cost_of,
     fill_template,
     is_local_judge,
     judge_stops,
@@ -55,6 +55,7 @@ from longalign.eval.judge import (
 )
 from longalign.eval.options import GenerationOptions, ModelOptions, SeededJudgeOptions
 from longalign.eval.summary import LongBenchChatSummary
+from longalign.llm.budget import cost_of
 from longalign.options import InputErrorOptions, PriceOptions
 from longalign.rundir import BadRecord, BadRecords, RunDir, append_jsonl, atomic_write_json, iter_jsonl, read_jsonl
 from longalign.stage import as_run_dir, record
@@ -156,6 +157,35 @@ def _case_from(rec: dict[str, Any], where: str, few: list[list[dict]] | None) ->
     return ChatCase(idx, str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), str(lang), examples)
 
 
+def _cases_file(path: Path) -> Path:
+    """The cases file: ``path`` itself, or the ``test_cases.json`` (``.jsonl``) of a folder; it must exist."""
+    if path.is_dir():
+        for name in ("test_cases.json", "test_cases.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; LongBench-Chat is not bundled - point --data at your own copy "
+            "(test_cases.json + few_shots.json)"
+        )
+    return path
+
+
+def _located_cases(path: Path, bad: BadRecords) -> list[tuple[str, Any]]:
+    """``(where, record)`` of every case in a ``.jsonl`` file (bad lines go to ``bad``) or a JSON list (which
+    must parse as a whole)."""
+    if path.suffix == ".jsonl":
+        return [(f"{path}:{lineno}", rec) for lineno, rec in iter_jsonl(path, skipped=bad)]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of cases")
+    return [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+
+
 def load_longbench_chat(
     path: str | Path, few_shots: str | Path | None = None, *, skipped: BadRecords | None = None
 ) -> list[ChatCase]:
@@ -166,34 +196,12 @@ def load_longbench_chat(
     with ``skipped`` in ``on_error="skip"`` mode is counted there and left out; a file that does not parse as
     a whole (``test_cases.json``, ``few_shots.json``) always raises."""
     bad = skipped if skipped is not None else BadRecords()
-    path = Path(path)
-    if path.is_dir():
-        for name in ("test_cases.json", "test_cases.jsonl"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"{path} has no test_cases.json; point --data at the benchmark folder or file")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; LongBench-Chat is not bundled - give your own copy "
-            "(test_cases.json + few_shots.json)"
-        )
+    path = _cases_file(Path(path))
     fs_path = Path(few_shots) if few_shots else path.parent / "few_shots.json"
     few = load_few_shots(fs_path) if fs_path.is_file() else None
     if few_shots and few is None:
         raise FileNotFoundError(f"{fs_path} does not exist")
-    located: list[tuple[str, Any]] = []
-    if path.suffix == ".jsonl":
-        located = [(f"{path}:{lineno}", rec) for lineno, rec in iter_jsonl(path, skipped=bad)]
-    else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of cases")
-        located = [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+    located = _located_cases(path, bad)
     cases: list[ChatCase] = []
     seen: dict[int, str] = {}
     for where, rec in located:
@@ -358,12 +366,7 @@ def predict(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], ge
         generator = make_generator(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            client_kwargs=dict(
-                base_url=cfg.model_base_url or None,
-                api_key_env=cfg.model_api_key_env,
-                cache_dir=run.llm_cache,
-                calls_log=run.llm_calls,
-            ),
+            client_kwargs=dict(cfg.model_endpoint().client_kwargs(), cache_dir=run.llm_cache, calls_log=run.llm_calls),
         )
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     with _bar(len(tasks), "answers", cfg.progress) as bar:
@@ -377,76 +380,14 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
     (the spending cap, a judge that cannot rate) the reason is in ``stopped``."""
     check_judge_spec(cfg.judge)
     preds = {r["idx"]: r for r in read_jsonl(run.predictions(BENCHMARK))}
-    runs_path, judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
     template = load_template(cfg.judge_template) if cfg.judge_template else None
-    done_runs: dict[Any, dict[int, dict]] = {}
-    for rec in read_jsonl(runs_path):
-        if rec.get("judge") == cfg.judge:
-            done_runs.setdefault(rec["idx"], {})[int(rec["run"])] = rec
-    judged = {r["idx"] for r in read_jsonl(judged_path) if r.get("judge") == cfg.judge}
-    by_idx = {c.idx: c for c in cases}
-    jobs: list[tuple[ChatCase, int, list[int]]] = []
-    for c in cases:
-        if c.idx not in preds:
-            continue
-        orders = example_orders(len(c.examples), cfg.judge_runs, cfg.judge_seed, c.idx, cfg.shuffle_examples)
-        for r in range(cfg.judge_runs):
-            if r not in done_runs.get(c.idx, {}):
-                jobs.append((c, r, orders[r]))
-    stats: dict[str, Any] = {
-        "runs_before": sum(len(v) for v in done_runs.values()),
-        "runs_judged": 0,
-        "cases_finished": 0,
-    }
-
-    def finish_ready(idx: Any) -> None:
-        have = done_runs.get(idx, {})
-        if idx in judged or any(r not in have for r in range(cfg.judge_runs)):
-            return
-        c, p = by_idx[idx], preds[idx]
-        runs = [have[r] for r in range(cfg.judge_runs)]
-        scores = [x["score"] for x in runs if x["score"] is not None]
-        rec = {
-            "idx": idx,
-            "query": c.query,
-            "reference": c.answer,
-            "prediction": p["prediction"],
-            "lang": c.lang,
-            "runs": [
-                {
-                    k: x[k]
-                    for k in (
-                        "run",
-                        "order",
-                        "reply",
-                        "score",
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "attempts",
-                        "replies",
-                    )
-                    if k in x
-                }
-                | ({"distribution": x["distribution"]} if "distribution" in x else {})
-                | ({"expected": x["expected"], "argmax": x["argmax"]} if "expected" in x else {})
-                | ({"scored_by": x["scored_by"]} if "scored_by" in x else {})
-                for x in runs
-            ],
-            "score": round(statistics.fmean(scores), 4) if scores else None,
-            "judge": cfg.judge,
-            "model": p.get("model"),
-        }
-        append_jsonl(judged_path, rec)
-        judged.add(idx)
-        stats["cases_finished"] += 1
-
-    for idx in list(done_runs):  # runs finished before a crash whose case record was not yet written
-        if idx in by_idx and idx in preds:
-            finish_ready(idx)
+    book = _JudgeRuns(cfg, run, cases, preds)
+    jobs = book.missing(cases)
+    book.finish_all()  # runs finished before a crash whose case record was not yet written
     if not jobs:
-        return stats
+        return book.stats
     if judge is None:
-        judge = make_judge(cfg.judge_settings(), cache_dir=run.llm_cache, calls_log=run.llm_calls)
+        judge = make_judge(cfg, cache_dir=run.llm_cache, calls_log=run.llm_calls)
     requests = [
         JudgeRequest(
             judge_messages(c, preds[c.idx]["prediction"], order, template, cfg.judge_template),
@@ -459,16 +400,97 @@ def judge_all(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], 
     try:
         with _bar(len(jobs), "judge runs", cfg.progress) as bar:
             for j, outcome in judge.rate_many(requests, progress=bar.update):
-                c, r, order = jobs[j]
-                rec = {"idx": c.idx, "run": r, "order": order, "judge": cfg.judge, **outcome.to_dict()}
-                append_jsonl(runs_path, rec)
-                done_runs.setdefault(c.idx, {})[r] = rec
-                stats["runs_judged"] += 1
-                finish_ready(c.idx)
+                book.add(*jobs[j], outcome)
     except judge_stops() as exc:  # what was judged is on disk; a re-run continues from there
-        stats["stopped"] = str(exc)
+        book.stats["stopped"] = str(exc)
         log.warning("%s", exc)
-    return stats
+    return book.stats
+
+
+_RUN_FIELDS = ("run", "order", "reply", "score", "prompt_tokens", "completion_tokens", "attempts", "replies")
+
+
+class _JudgeRuns:
+    """This judge's runs over the predictions (``judge_runs.jsonl``) and the case records they complete: a case's
+    record, with all its runs and their mean score, goes to ``judgments.jsonl`` once its ``judge_runs`` runs are
+    in. ``stats`` counts runs found, runs judged and cases finished."""
+
+    def __init__(self, cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase], preds: dict[Any, dict]):
+        self.cfg = cfg
+        self.runs_path, self.judged_path = run.judge_runs(BENCHMARK), run.judgments(BENCHMARK)
+        self.preds = preds
+        self.by_idx = {c.idx: c for c in cases}
+        self.done: dict[Any, dict[int, dict]] = {}
+        for rec in read_jsonl(self.runs_path):
+            if rec.get("judge") == cfg.judge:
+                self.done.setdefault(rec["idx"], {})[int(rec["run"])] = rec
+        self.judged = {r["idx"] for r in read_jsonl(self.judged_path) if r.get("judge") == cfg.judge}
+        self.stats: dict[str, Any] = {
+            "runs_before": sum(len(v) for v in self.done.values()),
+            "runs_judged": 0,
+            "cases_finished": 0,
+        }
+
+    def missing(self, cases: Sequence[ChatCase]) -> list[tuple[ChatCase, int, list[int]]]:
+        """``(case, run, example order)`` of every run still to judge, for the cases with a prediction."""
+        cfg = self.cfg
+        jobs = []
+        for c in cases:
+            if c.idx not in self.preds:
+                continue
+            orders = example_orders(len(c.examples), cfg.judge_runs, cfg.judge_seed, c.idx, cfg.shuffle_examples)
+            jobs.extend((c, r, orders[r]) for r in range(cfg.judge_runs) if r not in self.done.get(c.idx, {}))
+        return jobs
+
+    def add(self, case: ChatCase, r: int, order: list[int], outcome: Any) -> None:
+        """Store run ``r`` of ``case`` (a :class:`~longalign.eval.judge.JudgeOutcome`) and finish the case if it
+        was its last."""
+        rec = {"idx": case.idx, "run": r, "order": order, "judge": self.cfg.judge, **outcome.to_dict()}
+        append_jsonl(self.runs_path, rec)
+        self.done.setdefault(case.idx, {})[r] = rec
+        self.stats["runs_judged"] += 1
+        self.finish(case.idx)
+
+    def finish_all(self) -> None:
+        for idx in list(self.done):
+            if idx in self.by_idx and idx in self.preds:
+                self.finish(idx)
+
+    def finish(self, idx: Any) -> None:
+        """Write the record of case ``idx`` once all its runs are in (and only once)."""
+        have = self.done.get(idx, {})
+        n_runs = self.cfg.judge_runs
+        if idx in self.judged or any(r not in have for r in range(n_runs)):
+            return
+        c, p = self.by_idx[idx], self.preds[idx]
+        runs = [have[r] for r in range(n_runs)]
+        scores = [x["score"] for x in runs if x["score"] is not None]
+        rec = {
+            "idx": idx,
+            "query": c.query,
+            "reference": c.answer,
+            "prediction": p["prediction"],
+            "lang": c.lang,
+            "runs": [_run_summary(x) for x in runs],
+            "score": round(statistics.fmean(scores), 4) if scores else None,
+            "judge": self.cfg.judge,
+            "model": p.get("model"),
+        }
+        append_jsonl(self.judged_path, rec)
+        self.judged.add(idx)
+        self.stats["cases_finished"] += 1
+
+
+def _run_summary(x: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a judge run kept in its case record (the rating distribution where there is one)."""
+    out = {k: x[k] for k in _RUN_FIELDS if k in x}
+    if "distribution" in x:
+        out["distribution"] = x["distribution"]
+    if "expected" in x:
+        out.update(expected=x["expected"], argmax=x["argmax"])
+    if "scored_by" in x:
+        out["scored_by"] = x["scored_by"]
+    return out
 
 
 def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] | None = None) -> dict[str, Any]:
@@ -518,7 +540,7 @@ def summarize(cfg: LongBenchChatConfig, run: RunDir, cases: Sequence[ChatCase] |
         "judge_runs": cfg.judge_runs,
         "model": preds[0].get("model") if preds else cfg.model,
         "tokens": {"prompt": p_tok, "completion": c_tok},
-        "cost": cost_of(p_tok, c_tok, cfg.price_in_per_mtok or 0.0, cfg.price_out_per_mtok or 0.0),
+        "cost": round(cost_of(p_tok, c_tok, cfg.price_in_per_mtok, cfg.price_out_per_mtok), 6),
         "notes": notes,
         "dataset": label,
         "scale": "1-10",
@@ -536,11 +558,13 @@ def run(
         raise ValueError(
             "data is required: point --data at your LongBench-Chat copy (test_cases.json + few_shots.json)"
         )
-    run_ = as_run_dir(run_dir)
     skipped = BadRecords(cfg.on_error)
     cases = load_longbench_chat(cfg.data, cfg.few_shots or None, skipped=skipped)
     if cfg.limit:
         cases = cases[: cfg.limit]
+    # before any model is loaded or file written
+    check_prompt_budget(cfg.model, cfg.max_len, cfg.max_new_tokens, generator=generator, fit_to_model=cfg.fit_to_model)
+    run_ = as_run_dir(run_dir)
     pred_stats = predict(cfg, run_, cases, generator)
     judging = scores = None
     if cfg.judge:

@@ -182,7 +182,9 @@ def read_longbench_v2(path: str | Path, *, skipped: BadRecords | None = None, li
     """Items of a LongBench v2 file (a JSON list, or jsonl); see the module docstring for errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LongBench v2 data {path} does not exist; give your copy of the data file")
+        raise FileNotFoundError(
+            f"LongBench v2 data {path} does not exist; point --data at your copy of the data file (JSON list or jsonl)"
+        )
     bad = skipped if skipped is not None else BadRecords()
     text = path.read_text(encoding="utf-8")
     raw: list[tuple[Any, str]] = []
@@ -459,6 +461,17 @@ def run(cfg: LongBenchV2Config, run_dir: str | Path | RunDir, *, chooser: Any = 
         positions = None if endpoint else model_positions(cfg.model)
     else:
         positions = chooser.max_positions
+    if cfg.max_len and positions and cfg.max_len > positions:
+        from longalign.models import check_length
+
+        check_length(
+            cfg.max_len,
+            asked=f"--max-len {cfg.max_len}",
+            model=chooser.name if chooser is not None else cfg.model,
+            positions=positions,
+            shorter="leave --max-len at 0 to fit the model (contexts are middle-truncated to its {positions:,} "
+            "positions, as LongBench v2 does) or give at most --max-len {positions}",
+        )
     window = min(x for x in (cfg.max_len, positions) if x) if (cfg.max_len or positions) else 0
     if not window:
         raise ValueError("the model's window is unknown: give --max-len")
@@ -554,9 +567,8 @@ def _make_chooser(cfg: LongBenchV2Config, run: RunDir, endpoint: bool) -> LocalC
         return EndpointChooser(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            base_url=cfg.model_base_url or None,
-            api_key_env=cfg.model_api_key_env,
             cache_dir=run.llm_cache,
             calls_log=run.llm_calls,
+            **cfg.model_endpoint().client_kwargs(),
         )
     return LocalChooser(cfg.model)

@@ -106,6 +106,12 @@ class NeedleConfig(ModelOptions, SamplingOptions, JudgeOptions):
     buffer: int = option(200, minimum=0, help="tokens left free for the template, question and answer")
     window_tokens: int = option(80, minimum=0, help="tokens of haystack kept either side of the needle in results")
     progress: bool = option(True, help="show progress bars")
+    past_positions: bool = option(
+        False,
+        help="run context lengths beyond the model's positions anyway (refused otherwise): the model then reads "
+        "positions it was never trained on, so recall there measures how it breaks down, and memory grows with "
+        "the length",
+    )
     max_new_tokens: int = redefault(64)
     judge_max_tokens: int = redefault(64)
 
@@ -156,7 +162,10 @@ def load_haystack_texts(spec: str) -> list[str]:
         elif path.is_file() and path.suffix == ".jsonl":
             docs = corpus.read_jsonl_documents(path)
         else:
-            raise FileNotFoundError(f"haystack {spec!r} is neither 'builtin', a folder of text files nor a .jsonl file")
+            raise FileNotFoundError(
+                f"haystack {spec!r} is neither 'builtin', a folder of text files nor a .jsonl file; pass --haystack "
+                "builtin, a folder or a corpus .jsonl"
+            )
     return [d["text"] for d in docs if d["text"].strip()]
 
 
@@ -329,7 +338,7 @@ def needle_judge_messages(question: str, reference: str, response: str) -> list[
 
 # --------------------------------------------------------------------------------------------- heatmap
 HEATMAP_VALUES = {  # result field -> (panel title, colour bar title, zmin, zmax, cell text format)
-    "judge_score": ("judge score (1-10)", "judge", 1, 10, ".0f"),
+    "judge_score": ("judge score (1-10)", "judge", 1, 10, ".1f"),
     "recall": ("key-phrase recall (0-1)", "recall", 0, 1, ".2f"),
     "recall_norm": ("normalised key-phrase recall (0-1)", "recall<br>(norm.)", 0, 1, ".2f"),
 }
@@ -388,11 +397,13 @@ def heatmap_figure(
         rows=n, cols=1, vertical_spacing=0.12, subplot_titles=[HEATMAP_VALUES[k][0] for k in panels] if n > 1 else None
     )
     for row, (key, z) in enumerate(panels.items(), 1):
-        _, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
+        name, bar, zmin, zmax, fmt = HEATMAP_VALUES[key]
+        name = name.split(" (")[0]
         z = [[None if v is None or v != v else float(v) for v in zr] for zr in z]
         text = [["" if v is None else format(v, fmt) for v in zr] for zr in z]
+        exact = [["no probe" if v is None else f"{v:.2f}" for v in zr] for zr in z]
         bar_pos = dict(len=1 / n, y=1 - (row - 0.5) / n) if n > 1 else {}
-        hover = "length %{x} tokens<br>depth %{y}<br>" + key + " %{z}<extra></extra>"
+        hover = "length %{x} tokens<br>depth %{y}<br>" + name + " %{z:.2f}<extra></extra>"
         fig.add_trace(
             go.Heatmap(
                 z=z,
@@ -421,8 +432,8 @@ def heatmap_figure(
                     y=gy,
                     mode="markers",
                     showlegend=False,
-                    customdata=[t for tr in text for t in tr],
-                    hovertemplate="length %{x} tokens<br>depth %{y}<br>" + key + " %{customdata}"
+                    customdata=[t for tr in exact for t in tr],
+                    hovertemplate="length %{x} tokens<br>depth %{y}<br>" + name + " %{customdata}"
                     "<br>click to open<extra></extra>",
                     marker=dict(size=30, opacity=0.01, color="#000000"),
                     selected=dict(marker=dict(opacity=0.01)),
@@ -460,10 +471,21 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
     recorded in run.json as ``eval_needle``."""
     from tqdm.auto import tqdm
 
-    from longalign.eval.generate import build_messages, make_generator
+    from longalign.eval.generate import build_messages, make_generator, model_limit
     from longalign.llm.base import SamplingParams
+    from longalign.models import check_length
 
     lengths, depths = grid_of(cfg)
+    if not cfg.past_positions:
+        flag = "--lengths" if cfg.lengths else "--length-max"
+        check_length(
+            max(lengths),
+            asked=f"{flag} {max(lengths)}",
+            model=cfg.model,
+            positions=model_limit(cfg.model, generator),
+            shorter="ask for context lengths up to {positions:,} (--lengths, or --length-max {positions})",
+            opt_in="pass --past-positions true to run them anyway (positions the model was never trained on)",
+        )
     run_ = as_run_dir(run_dir)
     res_path = run_.needle_results()
     done = {
@@ -474,24 +496,22 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
     cells = [(L, d) for L in lengths for d in depths if (L, float(d)) not in done]
     phrases = list(cfg.key_phrases) or default_key_phrases(cfg.needle, cfg.question)
     if cells:
+        texts = load_haystack_texts(cfg.haystack)  # a wrong --haystack is refused before the model loads
         if generator is None:
             generator = make_generator(
                 cfg.model,
                 tokenizer_spec=cfg.tokenizer or None,
                 client_kwargs=dict(
-                    base_url=cfg.model_base_url or None,
-                    api_key_env=cfg.model_api_key_env,
-                    cache_dir=run_.llm_cache,
-                    calls_log=run_.llm_calls,
+                    cfg.model_endpoint().client_kwargs(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls
                 ),
             )
         if judge is None and cfg.judge:
-            judge = make_judge(cfg.judge_settings(), cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
+            judge = make_judge(cfg, cache_dir=run_.llm_cache, calls_log=run_.llm_calls)
         tok = generator.tokenizer
         limit = getattr(generator, "max_positions", None)
         if limit and max(lengths) > limit:
             log.warning("context lengths up to %d exceed the model's %d positions", max(lengths), limit)
-        hay = Haystack(tok, load_haystack_texts(cfg.haystack), max(lengths))
+        hay = Haystack(tok, texts, max(lengths))
         needle_ids = needle_ids_for(tok, cfg.needle)
         params = SamplingParams(
             max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed

@@ -5,13 +5,25 @@ defaults with :func:`longalign.config.redefault`; ``--help`` lists each group un
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from longalign.config import Options, option, option_of
-from longalign.eval.judge import LOGPROB_MODES, PREFILL_MODES, JudgeSettings, check_judge_spec
-from longalign.options import EndpointOptions
+from longalign.llm.client import parse_spec
+from longalign.options import EndpointOptions, PriceOptions
 
-LOCAL_SCORES = ("expected", "argmax")
+LOCAL_SCORES = ("expected", "argmax")  # the score of a rating distribution: its expected value or its argmax
+LOGPROB_MODES = ("off", "fallback", "first")  # when an endpoint judge reads the rating from top_logprobs
+PREFILL_MODES = ("chat", "completions")  # how an endpoint judge forces the reply to start with "[["
+
+
+def check_judge_spec(spec: str | None) -> None:
+    """A judge must name its backend: ``openai:<model>`` or ``local:<model spec>`` (a bare spec is refused)."""
+    try:
+        parse_spec(spec, require_prefix=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"judge={spec!r} is not accepted; use 'openai:<model>' (with --judge-base-url) or "
+            f"'local:<model spec>' (e.g. local:smollm2): {exc}"
+        ) from None
 
 
 @dataclass
@@ -28,6 +40,11 @@ class ModelOptions(Options):
     tokenizer: str = option(
         "", help="tokenizer that builds and truncates prompts of an endpoint model (default: embedded)"
     )
+
+    def model_endpoint(self) -> EndpointOptions:
+        """The endpoint serving an ``openai:<model>`` under test: ``--model-base-url`` and ``--model-api-key-env``,
+        the other endpoint options at their defaults."""
+        return EndpointOptions(base_url=self.model_base_url or None, api_key_env=self.model_api_key_env)
 
 
 @dataclass
@@ -50,6 +67,11 @@ class GenerationOptions(SamplingOptions):
         minimum=1,
         aliases=("max_length",),
         help="middle-truncate prompts to this many tokens before the chat template",
+    )
+    fit_to_model: bool = option(
+        False,
+        help="when max_len plus the answer budget exceeds the model's positions, middle-truncate every prompt to "
+        "what fits instead of refusing to start",
     )
 
 
@@ -100,9 +122,20 @@ class JudgeOptions(Options):
         if self.judge:
             check_judge_spec(self.judge)
 
-    def judge_settings(self, **overrides: Any) -> JudgeSettings:
-        """How to build this config's judge (:func:`longalign.eval.judge.make_judge`)."""
-        return JudgeSettings.from_config(self, **overrides)
+    def judge_endpoint(self) -> EndpointOptions:
+        """The endpoint of an ``openai:<model>`` judge: the ``judge_*`` connection options, with the prices and
+        spending cap of a config that has them (:class:`longalign.options.PriceOptions`); the other endpoint
+        options at their defaults."""
+        prices = self if isinstance(self, PriceOptions) else PriceOptions()
+        return EndpointOptions(
+            base_url=self.judge_base_url or None,
+            api_key_env=self.judge_api_key_env,
+            max_in_flight=self.judge_max_in_flight,
+            price_in_per_mtok=prices.price_in_per_mtok,
+            price_out_per_mtok=prices.price_out_per_mtok,
+            max_cost=prices.max_cost,
+            max_requests=prices.max_requests,
+        )
 
 
 @dataclass

@@ -170,39 +170,29 @@ def ladder_table(scores: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- lengths
 def model_positions(spec: str | None) -> int | None:
-    """``max_position_embeddings`` of a local model spec's config, read without loading the weights (None for an
-    endpoint, or when the config cannot be read)."""
-    from longalign.eval.generate import is_endpoint_spec
+    """``max_position_embeddings`` of a local model spec, read from its config without loading the weights (None
+    for an endpoint, or when the config does not say): :func:`longalign.eval.generate.model_limit`."""
+    from longalign.eval.generate import model_limit
 
-    if is_endpoint_spec(spec):
-        return None
-    from longalign.llm.client import local_model_spec
-
-    spec = local_model_spec(spec)
-    try:
-        from longalign.models import load_model_config
-
-        config = load_model_config(spec)
-    except (OSError, ValueError) as exc:
-        log.warning("could not read the config of %s (%s): lengths are not checked against its positions", spec, exc)
-        return None
-    value = getattr(config, "max_position_embeddings", None)
-    return int(value) if value else None
+    return model_limit(spec) or None
 
 
-def check_lengths(lengths: Sequence[int], positions: int | None, model: str) -> None:
-    """Refuse lengths beyond the model's positions, naming the fix."""
-    if not positions:
-        return
-    over = [x for x in lengths if x > positions]
+def check_lengths(lengths: Sequence[int], positions: int | None, model: str, *, from_flag: bool = False) -> None:
+    """Refuse lengths beyond the model's positions, naming the fix (:func:`longalign.models.check_length`, the
+    check every long-input command shares)."""
+    from longalign.models import check_length
+
+    over = [x for x in lengths if positions and x > positions]
     if over:
-        from longalign.models import model_display_name
-
-        raise ValueError(
-            f"lengths {', '.join(map(str, over))} exceed the {positions:,} positions of {model_display_name(model)} "
-            f"({LENGTH_COUNTING}): use lengths up to {positions}, or evaluate a model extended for longer inputs "
-            f"(longalign train ... --rope-scale 200 --max-position-embeddings {max(over)}, as the paper does before "
-            "fine-tuning)"
+        check_length(
+            max(over),
+            asked="--lengths " + ",".join(map(str, over)),
+            model=model,
+            positions=positions,
+            shorter=f"use lengths up to {positions} ({LENGTH_COUNTING})",
+            extend="evaluate a model extended for longer inputs (longalign train ... --rope-scale 200 "
+            "--max-position-embeddings {length}, as the paper does before fine-tuning)",
+            source="--max-positions" if from_flag else "max_position_embeddings={positions}",
         )
 
 
@@ -292,10 +282,9 @@ def make_answerer(cfg: RulerConfig, run: RunDir) -> LocalAnswerer | EndpointAnsw
         return EndpointAnswerer(
             cfg.model,
             tokenizer_spec=cfg.tokenizer or None,
-            base_url=cfg.model_base_url or None,
-            api_key_env=cfg.model_api_key_env,
             cache_dir=run.llm_cache,
             calls_log=run.llm_calls,
+            **cfg.model_endpoint().client_kwargs(),
         )
     return LocalAnswerer(cfg.model, prefix_reuse=cfg.prefix_reuse)
 
@@ -384,7 +373,7 @@ def run(
     lengths = sorted({int(x) for x in cfg.lengths})
     tasks = list(dict.fromkeys(cfg.tasks))
     positions = cfg.max_positions or (answerer.max_positions if answerer is not None else model_positions(cfg.model))
-    check_lengths(lengths, positions, cfg.model)  # before any model is loaded
+    check_lengths(lengths, positions, cfg.model, from_flag=bool(cfg.max_positions))  # before any model is loaded
     name = answerer.name if answerer is not None else _model_name(cfg)
     setups = {t: setup_of(cfg, t, name) for t in tasks}
     res_path = run_.ruler_results()

@@ -11,7 +11,8 @@ Build a client::
                          calls_log=run.llm_calls,                # one jsonl line per attempt outcome
                          timeout=120.0, max_retries=6, max_in_flight=8,
                          price_in_per_mtok=0.15, price_out_per_mtok=0.60,
-                         max_cost=2.0, max_requests=500)  # optional spending cap (longalign.llm.budget)
+                         max_cost=2.0, max_requests=500,  # optional spending cap (longalign.llm.budget)
+                         stop_after_failures=5)           # circuit breaker (longalign.llm.breaker)
 
     res = client.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=64, temperature=0.0))
     res.text, res.prompt_tokens, res.completion_tokens, res.cached, res.finish_reason
@@ -40,6 +41,11 @@ Guarantees, the same for both backends (:mod:`longalign.llm.client`):
 * Spending cap: with ``max_cost`` (in the prices' unit) or ``max_requests``, an attempt the cap has no
   room for is not sent: :class:`LLMBudgetExceeded` is raised from ``chat``/``chat_many``. Cache hits are
   free, so a re-run with a higher cap pays only for what was not answered yet.
+* Circuit breaker (:mod:`longalign.llm.breaker`): before the endpoint has answered once, 3 connection
+  failures (refused, DNS, TLS) or one HTTP 401/403/404 stop the job; after it has answered,
+  ``stop_after_failures`` (5) requests failing in a row after all their retries do. The client then raises
+  :class:`LLMEndpointDown` (one line: URL, model, error, what to fix) from ``chat``/``chat_many``. Both stops
+  derive from :class:`LLMJobStop`.
 * Calls log lines: ``{"key", "model", "status": "ok"|"cached"|"retry"|"error", "http_status", "usage":
   {"prompt_tokens", "completion_tokens"} | None, "latency", "attempt", "time", "cached"}`` (+ ``"error"``).
 * ``chat_many`` yields ``(index, ChatResult | LLMError)`` in completion order, at most ``max_in_flight``
@@ -55,7 +61,10 @@ from longalign.llm.base import (  # noqa: F401
     LLMBudgetExceeded,
     LLMCancelledError,
     LLMClient,
+    LLMConnectionError,
+    LLMEndpointDown,
     LLMError,
+    LLMJobStop,
     LLMRequestError,
     LLMRetryableError,
     LLMUnavailableError,
@@ -71,7 +80,10 @@ __all__ = [
     "LLMBudgetExceeded",
     "LLMCancelledError",
     "LLMClient",
+    "LLMConnectionError",
+    "LLMEndpointDown",
     "LLMError",
+    "LLMJobStop",
     "LLMRequestError",
     "LLMRetryableError",
     "LLMUnavailableError",

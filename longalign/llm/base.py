@@ -91,6 +91,17 @@ class LLMRetryableError(LLMError):
         self.retry_after = retry_after
 
 
+class LLMConnectionError(LLMRetryableError):
+    """No HTTP answer at all: the connection was refused or dropped, the host name did not resolve, the TLS
+    handshake failed, or the connection could not be opened in time. ``reason`` is the low-level cause
+    (``[Errno 111] Connection refused``). Retried like any retryable error once the endpoint has answered in
+    this job; before that it counts towards the circuit breaker (:mod:`longalign.llm.breaker`)."""
+
+    def __init__(self, message: str, *, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class LLMUnavailableError(LLMError):
     """Every attempt failed with a retryable error; ``attempts`` says how many were made."""
 
@@ -99,7 +110,12 @@ class LLMUnavailableError(LLMError):
         self.attempts = attempts
 
 
-class LLMBudgetExceeded(LLMError):
+class LLMJobStop(LLMError):
+    """The job must stop: the client sends nothing more. ``chat`` and ``chat_many`` raise it (``chat_many`` never
+    yields it): requests already in flight finish and are cached first, so a re-run continues from there."""
+
+
+class LLMBudgetExceeded(LLMJobStop):
     """The spending cap (``max_cost`` / ``max_requests``) leaves no room for the next request; nothing was sent.
 
     ``chat`` and ``chat_many`` raise it (``chat_many`` does not yield it) so a job stops at a clean point;
@@ -113,3 +129,105 @@ class LLMBudgetExceeded(LLMError):
 
 class LLMCancelledError(LLMError):
     """The client was closed, or the ``chat_many`` generator closed, before the request could finish."""
+
+
+ENDPOINT_FLAG_PREFIXES = {"llm": "", "model": "model_", "judge": "judge_"}  # option holding the spec -> its group
+
+
+class LLMEndpointDown(LLMJobStop):
+    """The circuit breaker opened: the endpoint cannot serve this job (:mod:`longalign.llm.breaker`).
+
+    ``fix`` says what to correct: ``"url"`` (nothing listens there, the name does not resolve, TLS fails),
+    ``"key"`` (HTTP 401/403), ``"model"`` (HTTP 404: no such model or route) or ``"server"`` (it answered
+    before, then failed ``failures`` requests in a row after all their retries). ``str(exc)`` is one line
+    naming the URL, the model, the error and the option or variable to fix; :meth:`line` names the exact flags
+    of a command when given its option values."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        model: str,
+        error: str,
+        fix: str,
+        api_key_env: str | None = None,
+        key_set: bool = True,
+        answered: int = 0,
+        attempts: int = 0,
+        failures: int = 0,
+        http_status: int | None = None,
+    ):
+        self.url = url
+        self.model = model
+        self.error = " ".join(str(error).split())[:300]
+        self.fix = fix
+        self.api_key_env = api_key_env
+        self.key_set = key_set
+        self.answered = answered
+        self.attempts = attempts
+        self.failures = failures
+        super().__init__(self.line(), http_status=http_status)
+
+    def copy(self) -> LLMEndpointDown:
+        """A new exception with the same fields (one per raise, so threads never share a traceback)."""
+        return LLMEndpointDown(
+            url=self.url,
+            model=self.model,
+            error=self.error,
+            fix=self.fix,
+            api_key_env=self.api_key_env,
+            key_set=self.key_set,
+            answered=self.answered,
+            attempts=self.attempts,
+            failures=self.failures,
+            http_status=self.http_status,
+        )
+
+    def flags(self, options: dict[str, Any] | None = None) -> tuple[str, str, str]:
+        """(URL flag, key flag, model flag) of the command whose option values are ``options``: the options
+        whose value is this endpoint's spec or URL; generic names when none matches."""
+        opts = dict(options or {})
+        prefixes = [p for name, p in ENDPOINT_FLAG_PREFIXES.items() if opts.get(name) == f"openai:{self.model}"]
+        prefixes += [
+            k[: -len("base_url")] for k, v in opts.items() if k.endswith("base_url") and _same_url(v, self.url)
+        ]
+        prefixes = list(dict.fromkeys(prefixes))
+        if not prefixes:
+            return (
+                "the base URL (--base-url, --model-base-url or --judge-base-url)",
+                "--api-key-env, --model-api-key-env or --judge-api-key-env",
+                "the openai:<model> spec",
+            )
+        spec_of = {p: n for n, p in ENDPOINT_FLAG_PREFIXES.items()}
+
+        def flag(name: str) -> str:
+            return "/".join("--" + (p + name).replace("_", "-") for p in prefixes)
+
+        return flag("base_url"), flag("api_key_env"), "/".join("--" + spec_of.get(p, "model") for p in prefixes)
+
+    def line(self, options: dict[str, Any] | None = None) -> str:
+        """The one-line report; with a command's option values it names that command's flags."""
+        url_flag, key_flag, model_flag = self.flags(options)
+        where = f"{self.url} (model {self.model})"
+        var = self.api_key_env or "the API key variable"
+        if self.fix == "url":
+            head = f"cannot reach {where}: {self.error} ({self.attempts} attempts, no answer yet)"
+            todo = f"start the server, or correct {url_flag} (host, port, http or https)"
+        elif self.fix == "key":
+            head = f"{where} refused the API key: {self.error}"
+            unset = "" if self.key_set else f"{var} is not set; "
+            todo = f"{unset}put a valid key in the environment variable {var} (or name another one with {key_flag})"
+        elif self.fix == "model":
+            head = f"{where} does not serve this model or route: {self.error}"
+            todo = f"check the model name in {model_flag} and the path in {url_flag} (usually ending in /v1)"
+        else:
+            before = f"it answered {self.answered} before" if self.answered else "it has not answered any"
+            head = f"{where} failed {self.failures} requests in a row after all their retries ({before}): {self.error}"
+            todo = "check the server (or raise --stop-after-failures)"
+        return f"{head}; {todo}. Answers received so far are kept: re-run the same command to resume"
+
+
+def _same_url(a: Any, b: Any) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return a.strip().rstrip("/") == b.strip().rstrip("/")

@@ -32,6 +32,14 @@ FIRST_TOKENS_PER_CHAR = 0.5
 TOKENS_PER_MESSAGE = 4
 
 
+def cost_of(
+    prompt_tokens: int, completion_tokens: int, price_in_per_mtok: float | None, price_out_per_mtok: float | None
+) -> float:
+    """What a request (or a sum of requests) costs at per-million-token prices, in the prices' unit; an unset
+    price counts as 0. The one place that turns token counts and prices into money."""
+    return (prompt_tokens * (price_in_per_mtok or 0.0) + completion_tokens * (price_out_per_mtok or 0.0)) / 1e6
+
+
 def _chars(messages: Messages) -> int:
     return sum(len(str(m.get("content", ""))) for m in messages)
 
@@ -74,7 +82,7 @@ class Budget:
         return self.max_cost is not None or self.max_requests is not None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+        return cost_of(prompt_tokens, completion_tokens, self.price_in, self.price_out)
 
     def _ratio(self) -> float:
         if self._prompt_chars > 0 and self._prompt_tokens > 0:

@@ -21,7 +21,11 @@ wraps it and adds, identically for every backend:
 * ``chat_many``: up to ``max_in_flight`` requests at once on a thread pool (1 for a local model, run in
   the calling thread), answers yielded in completion order. Closing the generator early or Ctrl-C
   cancels queued requests; requests already in flight finish and are cached (the process waits for
-  them, at most ``timeout`` seconds, before it exits), but are no longer retried.
+  them, at most ``timeout`` seconds, before it exits), but are no longer retried;
+* a circuit breaker (:mod:`longalign.llm.breaker`) asked before every attempt and told of every outcome: an
+  endpoint that cannot serve the job (nothing listening, a refused key, no such model; or, once it has
+  answered, ``stop_after_failures`` requests in a row failing after all their retries) stops it in seconds with
+  :class:`LLMEndpointDown`, raised from ``chat`` and ``chat_many`` like the spending cap's refusal.
 """
 
 from __future__ import annotations
@@ -37,16 +41,17 @@ from typing import Any, Protocol
 
 from longalign.llm.base import (
     ChatResult,
-    LLMBudgetExceeded,
     LLMCancelledError,
     LLMError,
+    LLMJobStop,
     LLMRequestError,
     LLMRetryableError,
     LLMUnavailableError,
     Messages,
     SamplingParams,
 )
-from longalign.llm.budget import Budget
+from longalign.llm.breaker import STOP_AFTER_FAILURES, CircuitBreaker
+from longalign.llm.budget import Budget, cost_of
 from longalign.llm.cache import RequestCache, request_key
 from longalign.rundir import append_jsonl
 
@@ -96,6 +101,7 @@ class CachingClient:
         rng_seed: int | None = None,
         max_cost: float | None = None,
         max_requests: int | None = None,
+        stop_after_failures: int = STOP_AFTER_FAILURES,
     ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -119,6 +125,13 @@ class CachingClient:
             max_requests=max_requests,
             price_in_per_mtok=price_in_per_mtok,
             price_out_per_mtok=price_out_per_mtok,
+        )
+        self.breaker = CircuitBreaker(
+            url=str(getattr(backend, "url", None) or getattr(backend, "base_url", None) or backend.describe()),
+            model=self.model,
+            api_key_env=getattr(backend, "api_key_env", None),
+            key_set=bool(getattr(backend, "key_set", True)),
+            stop_after_failures=stop_after_failures,
         )
         self._rng = random.Random(rng_seed)
         self._lock = threading.Lock()
@@ -168,9 +181,7 @@ class CachingClient:
         if self.price_in is None and self.price_out is None:
             out["cost"] = None
         else:
-            out["cost"] = (
-                out["prompt_tokens"] * (self.price_in or 0.0) + out["completion_tokens"] * (self.price_out or 0.0)
-            ) / 1e6
+            out["cost"] = cost_of(out["prompt_tokens"], out["completion_tokens"], self.price_in, self.price_out)
         if self.budget.active:
             out["budget"] = self.budget.to_dict()
         return out
@@ -280,12 +291,14 @@ class CachingClient:
         """Call the backend until success, a non-retryable error, cancellation or ``max_retries`` retries.
 
         ``persist`` stores a success (the cache) before it is counted and logged as ``ok``, so the calls
-        log never shows a paid answer that a crash could lose."""
+        log never shows a paid answer that a crash could lose. The circuit breaker is asked before every
+        attempt and told of every outcome; when it opens, :class:`LLMEndpointDown` is raised instead."""
         attempt = 0
         while True:
             attempt += 1
             if stop.is_set() or self._stop.is_set():
                 raise LLMCancelledError(f"cancelled before attempt {attempt} of a request to {self.backend.describe()}")
+            self.breaker.check()  # raises LLMEndpointDown: nothing sent
             reserved = self.budget.acquire(messages, params)  # raises LLMBudgetExceeded: nothing sent
             start = time.monotonic()
             self._count(attempts=1)
@@ -294,11 +307,15 @@ class CachingClient:
                 result = self.backend.complete(messages, params)
             except LLMRetryableError as exc:
                 latency = time.monotonic() - start
-                if attempt > self.max_retries:
+                down = self.breaker.attempt_failed(exc)
+                if down is not None or attempt > self.max_retries:
                     self._count(errors=1)
                     self._log(
                         key, "error", http_status=exc.http_status, attempt=attempt, latency=latency, error=str(exc)
                     )
+                    down = down or self.breaker.request_failed(exc)
+                    if down is not None:
+                        raise down from exc
                     raise LLMUnavailableError(
                         f"gave up after {attempt} attempts: {exc}", http_status=exc.http_status, attempts=attempt
                     ) from exc
@@ -306,7 +323,8 @@ class CachingClient:
                 self._log(key, "retry", http_status=exc.http_status, attempt=attempt, latency=latency, error=str(exc))
                 delay = self.backoff_delay(attempt, exc.retry_after)
                 log.debug("attempt %d failed (%s); retrying in %.2f s", attempt, exc, delay)
-                if stop.wait(delay) or self._stop.is_set():
+                if self._wait(stop, delay):
+                    self.breaker.check()
                     raise LLMCancelledError(f"cancelled while waiting to retry: {exc}") from exc
                 continue
             except LLMRequestError as exc:
@@ -319,6 +337,9 @@ class CachingClient:
                     latency=time.monotonic() - start,
                     error=str(exc),
                 )
+                down = self.breaker.attempt_failed(exc) or self.breaker.request_failed(exc)
+                if down is not None:
+                    raise down from exc
                 raise
             except LLMError:
                 self._count(errors=1)
@@ -332,6 +353,7 @@ class CachingClient:
                 self.budget.settle(reserved, result, messages)
             if persist is not None:
                 persist(result)
+            self.breaker.succeeded()
             self._count(requests=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
             self._log(
                 key,
@@ -343,6 +365,17 @@ class CachingClient:
             )
             return result
 
+    def _wait(self, stop: threading.Event, delay: float) -> bool:
+        """Sleep ``delay`` seconds before a retry; True as soon as the wait should end early (``stop`` or
+        ``close()``, or the circuit breaker opened meanwhile)."""
+        deadline = time.monotonic() + delay
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if stop.wait(min(left, 0.1)) or self._stop.is_set() or self.breaker.is_open:
+                return True
+
     # ---------------------------------------------------------------------------------------------
     def chat_many(
         self,
@@ -352,8 +385,9 @@ class CachingClient:
     ) -> Iterator[tuple[int, ChatResult | Exception]]:
         """Answer many requests; yields ``(index, ChatResult | LLMError)`` in completion order.
 
-        When the spending cap refuses a request, :class:`LLMBudgetExceeded` is raised (not yielded): queued
-        requests are dropped, those already being sent finish and are yielded (and cached) first.
+        When the job must stop (:class:`LLMJobStop`: the spending cap refuses a request, or the circuit breaker
+        opens with :class:`LLMEndpointDown`), that error is raised (not yielded): queued requests are dropped,
+        those already being sent finish and are yielded (and cached) first.
 
         ``requests`` may be a lazy iterable: at most ``2 * concurrency`` are read ahead. ``progress(1)`` is
         called after each finished request (answer or error), so a tqdm bar's ``update`` fits directly.
@@ -370,7 +404,7 @@ class CachingClient:
                 messages, params = _unpack(item)
                 try:
                     res: ChatResult | Exception = self._chat(messages, params, stop)
-                except LLMBudgetExceeded:
+                except LLMJobStop:
                     raise
                 except LLMError as exc:
                     res = exc
@@ -382,7 +416,7 @@ class CachingClient:
         pending: dict[cf.Future, int] = {}
         it = iter(enumerate(requests))
         exhausted = False
-        stopping: LLMBudgetExceeded | None = None
+        stopping: LLMJobStop | None = None
         try:
             while True:
                 while stopping is None and not exhausted and len(pending) < 2 * workers:
@@ -399,9 +433,9 @@ class CachingClient:
                 for fut in ready:
                     i = pending.pop(fut)
                     exc = fut.exception()
-                    if isinstance(exc, LLMBudgetExceeded):
-                        # the cap is reached: drop the queued requests, let those being sent finish (they are
-                        # cached and yielded below), then raise
+                    if isinstance(exc, LLMJobStop):
+                        # the cap is reached or the endpoint is down: drop the queued requests, let those being
+                        # sent finish (they are cached and yielded below), then raise
                         if stopping is None:
                             stopping = exc
                             for queued in [f for f in pending if f.cancel()]:
@@ -490,6 +524,7 @@ def make_client(
     max_requests: int | None = None,
     prefix_reuse: bool = True,
     local_batch_size: int = 1,
+    stop_after_failures: int = STOP_AFTER_FAILURES,
 ) -> CachingClient:
     """Build a client for ``spec``; see :mod:`longalign.llm` for the spec forms and the guarantees.
 
@@ -527,4 +562,5 @@ def make_client(
         price_out_per_mtok=price_out_per_mtok,
         max_cost=max_cost,
         max_requests=max_requests,
+        stop_after_failures=stop_after_failures,
     )

@@ -8,7 +8,11 @@ invisible to our calls log and usage counters and would stack with ours (6 x 3 a
 
 Outcomes: a :class:`ChatResult`; :class:`LLMRetryableError` for 408, 429, 5xx, timeouts and connection
 errors (with the server's ``Retry-After`` when sent); :class:`LLMRequestError` for every other 4xx, with
-the server's message, since sending the same request again cannot succeed.
+the server's message, since sending the same request again cannot succeed. A failure to get any HTTP answer
+(refused or dropped connection, unresolvable host, TLS failure, no connection within the timeout) is the
+retryable subclass :class:`LLMConnectionError`, which the client's circuit breaker counts before the endpoint
+has answered once (:mod:`longalign.llm.breaker`). Every error carries ``reason``: the short cause
+(``HTTP 401: invalid API key``, ``[Errno 111] Connection refused``) without the URL and hint around it.
 
 The API key is read from the environment variable named by ``api_key_env`` when the backend is built; it
 is passed to the HTTP client only and is never logged, cached or written anywhere. Local servers (vLLM,
@@ -23,12 +27,20 @@ import os
 import time
 from typing import Any
 
-from longalign.llm.base import ChatResult, LLMRequestError, LLMRetryableError, Messages, SamplingParams
+from longalign.llm.base import (
+    ChatResult,
+    LLMConnectionError,
+    LLMRequestError,
+    LLMRetryableError,
+    Messages,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 DUMMY_API_KEY = "EMPTY"
+DEFAULT_URL = "https://api.openai.com/v1"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -47,6 +59,21 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def connection_reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, as the operating system or TLS library put it
+    (``[Errno 111] Connection refused``, ``[Errno -2] Name or service not known``)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    text = ""
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        msg = " ".join(str(cause).split())
+        if msg and msg not in ("Connection error.", "Request timed out."):
+            text = msg
+        cause = cause.__cause__ or cause.__context__
+    return text or type(exc).__name__
 
 
 def _retry_after_from_headers(headers: Any) -> float | None:
@@ -76,6 +103,31 @@ def _plain(obj: Any) -> Any:
         return obj
     dump = getattr(obj, "model_dump", None)
     return dump() if callable(dump) else obj
+
+
+def _endpoint_fix(status: int, message: str, model: str, raw_prompt: bool) -> str | None:
+    """What a refusal says about the endpoint as a whole (the circuit breaker's ``fix``): ``"key"`` for 401/403,
+    ``"model"`` for a 404 of the chat route (no such model, or a base URL without ``/v1``) or one naming the
+    model, None for a refusal of this one request. A 404 of ``/v1/completions`` alone only means that the
+    server lacks that optional route (the judge then scores without logprobs)."""
+    if status in (401, 403):
+        return "key"
+    if status == 404 and (not raw_prompt or model in message or "model" in message.lower()):
+        return "model"
+    return None
+
+
+def _connect_timeout(exc: BaseException) -> bool:
+    """True when a timeout happened while opening the connection (``httpx.ConnectTimeout``), not while waiting
+    for the answer."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__name__ == "ConnectTimeout":
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def token_logprobs(raw: Any) -> list[dict[str, Any]] | None:
@@ -128,9 +180,12 @@ class OpenAIBackend:
             raise ValueError("an openai: spec needs a model name, e.g. openai:gpt-4o-mini")
         self.model = model
         self.base_url = base_url
+        self.url = base_url or DEFAULT_URL
         self.timeout = float(timeout)
         self._openai = openai
+        self.api_key_env = api_key_env
         api_key = os.environ.get(api_key_env) or DUMMY_API_KEY
+        self.key_set = api_key != DUMMY_API_KEY
         if api_key == DUMMY_API_KEY:
             log.info(
                 "environment variable %s is not set: sending the dummy key %r (fine for local "
@@ -179,24 +234,38 @@ class OpenAIBackend:
         try:
             resp = create(**kwargs)
         except openai.APITimeoutError as exc:
-            raise LLMRetryableError(f"timed out after {self.timeout:g} s talking to {self.describe()}") from exc
+            if _connect_timeout(exc):  # no connection at all within the timeout: nothing answers at this address
+                reason = f"no connection within {self.timeout:g} s"
+                err: LLMRetryableError = LLMConnectionError(
+                    f"cannot connect to {self.describe()}: {reason}", reason=reason
+                )
+            else:
+                err = LLMRetryableError(f"timed out after {self.timeout:g} s talking to {self.describe()}")
+                err.reason = f"no answer within {self.timeout:g} s"  # type: ignore[attr-defined]
+            raise err from exc
         except openai.APIConnectionError as exc:
-            raise LLMRetryableError(f"cannot connect to {self.describe()}: {exc}") from exc
+            reason = connection_reason(exc)
+            raise LLMConnectionError(f"cannot connect to {self.describe()}: {reason}", reason=reason) from exc
         except openai.APIStatusError as exc:
             status = exc.status_code
             msg = _error_message(exc)
             if status in RETRYABLE_STATUSES or status >= 500:
-                raise LLMRetryableError(
+                err = LLMRetryableError(
                     f"HTTP {status} from {self.describe()}: {msg}",
                     http_status=status,
                     retry_after=_retry_after_from_headers(exc.response.headers),
-                ) from exc
+                )
+                err.reason = f"HTTP {status}: {msg}"  # type: ignore[attr-defined]
+                raise err from exc
             hint = {
-                401: "check the API key environment variable",
-                403: "check the API key's permissions",
+                401: f"check the API key in the environment variable {self.api_key_env}",
+                403: f"check the permissions of the API key in {self.api_key_env}",
                 404: "check --base-url and the model name",
             }.get(status, "check the request parameters")
-            raise LLMRequestError(f"HTTP {status} from {self.describe()}: {msg} ({hint})", http_status=status) from exc
+            refused = LLMRequestError(f"HTTP {status} from {self.describe()}: {msg} ({hint})", http_status=status)
+            refused.reason = f"HTTP {status}: {msg}"  # type: ignore[attr-defined]
+            refused.fix = _endpoint_fix(status, msg, self.model, params.raw_prompt)  # type: ignore[attr-defined]
+            raise refused from exc
         latency = time.monotonic() - start
         if not getattr(resp, "choices", None):
             raise LLMRetryableError(f"{self.describe()} answered without any choice", http_status=200)

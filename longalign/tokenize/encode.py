@@ -525,13 +525,42 @@ def tokenize_file(
     each chunk of rows. Returns the summary; raises ``ValueError`` naming ``file:line`` for a bad row when
     ``config.on_error == "raise"`` (nothing is written then).
     """
-    import pyarrow as pa
     from tqdm.auto import tqdm
-
-    from longalign.rundir import atomic_write_json, atomic_write_text
 
     cfg = (config or TokenizeConfig()).validate()
     input_path, out = Path(input_path), Path(out)
+    _check_paths(input_path, out)
+    tokenizer, name = _prepare_tokenizer(cfg, tokenizer)
+
+    t0 = time.perf_counter()
+    tmp_out, staging = _work_folders(out)
+    result = TokenizeResult(out=str(out), input=str(input_path))
+    total_lines = _count_lines(input_path)
+    bar = tqdm(total=total_lines, unit="row", desc="tokenize", disable=not show_progress)
+    try:
+        rows = _RowWriter(staging / "rows.arrow", input_path, cfg, result)
+        advance = _progress_counter(bar, progress, total_lines)
+
+        def written(encoded: list[tuple], n: int) -> None:
+            rows.write(encoded)
+            advance(n)
+
+        init_args = (tokenizer, cfg.format, cfg.verify, int(cfg.max_len), cfg.truncation)
+        _encode_chunks(_chunks(input_path, cfg.chunk_size, rows), int(cfg.num_proc), init_args, written)
+        rows.close()
+        bar.close()
+        meta = _finish(rows.path, tmp_out, out, cfg, tokenizer, name, result, t0, show_progress)
+        _write_skipped_and_meta(input_path, out, rows.skipped, result, meta, t0)
+        log.info("tokenized %d rows (%d tokens) into %s in %.1f s", result.n_rows, result.n_tokens, out, result.seconds)
+        return result
+    finally:
+        bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(tmp_out, ignore_errors=True)
+
+
+def _check_paths(input_path: Path, out: Path) -> None:
+    """The input must exist, and ``out`` must be absent, empty or a tokens folder (which is replaced)."""
     if not input_path.is_file():
         raise FileNotFoundError(
             f"input file {input_path} does not exist; run the data stage first "
@@ -541,6 +570,11 @@ def tokenize_file(
         raise ValueError(
             f"refusing to replace {out}: it is not a tokens folder (no {META_FILE}); choose another --out or remove it"
         )
+
+
+def _prepare_tokenizer(cfg: TokenizeConfig, tokenizer: Any) -> tuple[Any, str]:
+    """The tokenizer (``cfg.model``'s unless one is given), with a pad token, and its display name; warns when
+    the chat format's markers are not single tokens of it."""
     if tokenizer is None:
         from longalign.models import load_tokenizer
 
@@ -552,8 +586,12 @@ def tokenize_file(
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token
     _check_markers(cfg.format, tokenizer)
+    return tokenizer, name
 
-    t0 = time.perf_counter()
+
+def _work_folders(out: Path) -> tuple[Path, Path]:
+    """Fresh temporary folders next to ``out`` for this process: the dataset before its rename, and the staged
+    rows (folders left by runs that died are removed first)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     pid = os.getpid()
@@ -562,137 +600,167 @@ def tokenize_file(
     for p in (tmp_out, staging):
         shutil.rmtree(p, ignore_errors=True)
     staging.mkdir(parents=True)
-    result = TokenizeResult(out=str(out), input=str(input_path))
-    skipped: list[dict[str, Any]] = []
-    warned: list[bool] = []
-    total_lines = _count_lines(input_path)
-    bar = tqdm(total=total_lines, unit="row", desc="tokenize", disable=not show_progress)
-    pool = None
-    try:
-        arrow_path = staging / "rows.arrow"
-        sink = pa.OSFile(str(arrow_path), "wb")
-        writer = pa.ipc.new_stream(sink, _row_schema())
+    return tmp_out, staging
 
-        def fail_or_skip(line: int, message: str, raw: str | None) -> None:
-            text = f"{input_path}:{line}: {message}"
-            if cfg.on_error == "raise":
-                raise ValueError(text + " (or pass --on-error skip to skip such rows)")
-            log.warning("skipping %s", text)
-            skipped.append({"line": line, "error": message, "text": raw})
 
-        def consume(results: list[tuple]) -> None:
-            good = []
-            for line, row, fields in results:
-                if fields is None:
-                    fail_or_skip(line, row, None)
-                    continue
-                result.n_boundary_mismatch += int(row.boundary_mismatch)
-                result.n_truncated_total += int(row.truncated)
-                n_target = row.n_target
-                if n_target == 0:
-                    if row.n_target_before == 0:
-                        result.n_no_target += 1
-                    else:
-                        result.n_no_target_after_truncation += 1
-                    if cfg.drop_no_target:
-                        result.n_dropped += 1
-                        continue
+class _RowWriter:
+    """The Arrow stream of staged rows: counts every encoded row into the summary, writes the kept ones in input
+    order, and raises or records (``on_error``) the bad ones."""
+
+    def __init__(self, path: Path, input_path: Path, cfg: TokenizeConfig, result: TokenizeResult):
+        import pyarrow as pa
+
+        self.path = path
+        self.input_path = input_path
+        self.on_error = cfg.on_error
+        self.drop_no_target = bool(cfg.drop_no_target)
+        self.result = result
+        self.skipped: list[dict[str, Any]] = []
+        self._warned = False
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, _row_schema())
+
+    def fail_or_skip(self, line: int, message: str, raw: str | None) -> None:
+        text = f"{self.input_path}:{line}: {message}"
+        if self.on_error == "raise":
+            raise ValueError(text + " (or pass --on-error skip to skip such rows)")
+        log.warning("skipping %s", text)
+        self.skipped.append({"line": line, "error": message, "text": raw})
+
+    def write(self, encoded: list[tuple]) -> None:
+        """One encoded chunk: ``(line, TokenizedRow, fields)``, or ``(line, error message, None)`` for a row the
+        worker could not encode."""
+        good = []
+        for line, row, fields in encoded:
+            if fields is None:
+                self.fail_or_skip(line, row, None)
+            elif self._count(row):
                 good.append((line, row, fields))
-                result.n_truncated += int(row.truncated)
-                result.n_tokens += len(row.input_ids)
-                result.n_target_tokens += n_target
-                result.max_length = max(result.max_length, len(row.input_ids))
-            if good:
-                writer.write_batch(_record_batch(good))
-                result.n_rows += len(good)
-            if not warned and result.n_boundary_mismatch:
-                warned.append(True)
-                first = next((ln for ln, r, f in results if f is not None and r.boundary_mismatch), "?")
-                log.warning(
-                    "%s:%s: reply pieces tokenize differently from the whole conversation; labels "
-                    "of such rows come from character offsets (counted in n_boundary_mismatch)",
-                    input_path,
-                    first,
-                )
+        if good:
+            self._writer.write_batch(_record_batch(good))
+            self.result.n_rows += len(good)
+        if not self._warned and self.result.n_boundary_mismatch:
+            self._warned = True
+            first = next((ln for ln, r, f in encoded if f is not None and r.boundary_mismatch), "?")
+            log.warning(
+                "%s:%s: reply pieces tokenize differently from the whole conversation; labels "
+                "of such rows come from character offsets (counted in n_boundary_mismatch)",
+                self.input_path,
+                first,
+            )
 
-        def chunks() -> Iterator[list]:
-            chunk: list = []
-            for line, raw, item in _read_records(input_path):
-                result.n_input_rows += 1
-                if isinstance(item, RowError):
-                    fail_or_skip(line, str(item), raw)
-                    continue
-                chunk.append((line, item[0], item[1]))
-                if len(chunk) >= cfg.chunk_size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+    def _count(self, row: TokenizedRow) -> bool:
+        """Count ``row`` into the summary; False when it is dropped (no target tokens, ``drop_no_target``)."""
+        result = self.result
+        result.n_boundary_mismatch += int(row.boundary_mismatch)
+        result.n_truncated_total += int(row.truncated)
+        n_target = row.n_target
+        if n_target == 0:
+            if row.n_target_before == 0:
+                result.n_no_target += 1
+            else:
+                result.n_no_target_after_truncation += 1
+            if self.drop_no_target:
+                result.n_dropped += 1
+                return False
+        result.n_truncated += int(row.truncated)
+        result.n_tokens += len(row.input_ids)
+        result.n_target_tokens += n_target
+        result.max_length = max(result.max_length, len(row.input_ids))
+        return True
 
-        init_args = (tokenizer, cfg.format, cfg.verify, int(cfg.max_len), cfg.truncation)
-        done = 0
+    def close(self) -> None:
+        import pyarrow as pa
 
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            bar.update(n)
-            if progress:
-                progress(done, total_lines)
+        if self.result.n_rows == 0:  # an empty stream has no batch, which datasets cannot open
+            self._writer.write_batch(pa.RecordBatch.from_pylist([], schema=_row_schema()))
+        self._writer.close()
+        self._sink.close()
 
-        if cfg.num_proc <= 1:
-            _init_worker_local(*init_args)
-            for chunk in chunks():
-                consume(_work_chunk(chunk))
-                advance(len(chunk))
-        else:
-            import multiprocessing as mp
 
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = mp.get_context(method).Pool(int(cfg.num_proc), initializer=_init_worker, initargs=init_args)
-            pending: collections.deque = collections.deque()
-            window = 2 * int(cfg.num_proc)
-            for chunk in chunks():
-                pending.append((len(chunk), pool.apply_async(_work_chunk, (chunk,))))
-                while len(pending) >= window:
-                    n, fut = pending.popleft()
-                    consume(fut.get())
-                    advance(n)
-            while pending:
+def _chunks(input_path: Path, chunk_size: int, rows: _RowWriter) -> Iterator[list]:
+    """Chunks of ``chunk_size`` valid records ``(line, messages, fields)``; every line read is counted, and a bad
+    one goes to ``rows.fail_or_skip``."""
+    chunk: list = []
+    for line, raw, item in _read_records(input_path):
+        rows.result.n_input_rows += 1
+        if isinstance(item, RowError):
+            rows.fail_or_skip(line, str(item), raw)
+            continue
+        chunk.append((line, item[0], item[1]))
+        if len(chunk) >= chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress_counter(bar: Any, progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """``advance(n)``: ``n`` more input lines done, shown on ``bar`` and reported to ``progress(done, total)``."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        bar.update(n)
+        if progress:
+            progress(done, total)
+
+    return advance
+
+
+def _encode_chunks(
+    chunks: Iterator[list], num_proc: int, init_args: tuple, written: Callable[[list[tuple], int], None]
+) -> None:
+    """Encode each chunk, in this process or on ``num_proc`` worker processes with at most ``2 * num_proc``
+    chunks in flight, and hand the encoded rows and the chunk's size to ``written`` in input order."""
+    if num_proc <= 1:
+        _init_worker_local(*init_args)
+        for chunk in chunks:
+            written(_work_chunk(chunk), len(chunk))
+        return
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = mp.get_context(method).Pool(num_proc, initializer=_init_worker, initargs=init_args)
+    try:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append((len(chunk), pool.apply_async(_work_chunk, (chunk,))))
+            while len(pending) >= 2 * num_proc:
                 n, fut = pending.popleft()
-                consume(fut.get())
-                advance(n)
-            pool.close()
-            pool.join()
-            pool = None
-        if result.n_rows == 0:  # an empty stream has no batch, which datasets cannot open
-            writer.write_batch(pa.RecordBatch.from_pylist([], schema=_row_schema()))
-        writer.close()
-        sink.close()
-        bar.close()
-
-        meta = _finish(arrow_path, tmp_out, out, cfg, tokenizer, name, result, t0, show_progress)
-        result.meta = meta
-        spath = skipped_path_for(out)
-        if skipped:
-            _fill_raw_lines(input_path, skipped)
-            atomic_write_text(spath, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
-            result.skipped_path = str(spath)
-        elif spath.exists():
-            spath.unlink()
-        result.n_skipped = len(skipped)
-        meta.update(n_skipped=result.n_skipped, skipped_path=result.skipped_path)
-        result.seconds = round(time.perf_counter() - t0, 3)
-        meta["seconds"] = result.seconds
-        atomic_write_json(out / META_FILE, meta)
-        log.info("tokenized %d rows (%d tokens) into %s in %.1f s", result.n_rows, result.n_tokens, out, result.seconds)
-        return result
+                written(fut.get(), n)
+        while pending:
+            n, fut = pending.popleft()
+            written(fut.get(), n)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(tmp_out, ignore_errors=True)
+        pool.join()
+
+
+def _write_skipped_and_meta(
+    input_path: Path, out: Path, skipped: list[dict[str, Any]], result: TokenizeResult, meta: dict[str, Any], t0: float
+) -> None:
+    """The skipped rows (with their raw lines) next to ``out``, or no such file; the final counts and time in
+    ``result`` and in the meta file."""
+    from longalign.rundir import atomic_write_json, atomic_write_text
+
+    result.meta = meta
+    spath = skipped_path_for(out)
+    if skipped:
+        _fill_raw_lines(input_path, skipped)
+        atomic_write_text(spath, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
+        result.skipped_path = str(spath)
+    elif spath.exists():
+        spath.unlink()
+    result.n_skipped = len(skipped)
+    meta.update(n_skipped=result.n_skipped, skipped_path=result.skipped_path)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    meta["seconds"] = result.seconds
+    atomic_write_json(out / META_FILE, meta)
 
 
 def _init_worker_local(tokenizer: Any, chat_format: str, verify: bool, max_len: int, truncation: str) -> None:

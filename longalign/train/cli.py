@@ -147,9 +147,6 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None
 
 def model_positions(spec: str) -> int:
     """``max_position_embeddings`` of a model spec's config (0 when it cannot be read)."""
-    from longalign.models import load_model_config
+    from longalign.models import model_positions as positions_of
 
-    try:
-        return int(getattr(load_model_config(spec), "max_position_embeddings", 0) or 0)
-    except (OSError, ValueError):
-        return 0
+    return positions_of(spec) or 0

@@ -110,16 +110,16 @@ class TrainConfig(Options):
     grad_accum: int = option(1, minimum=1, help="micro-batches accumulated per rank before each optimizer step")
     limit: int = option(0, minimum=0, help="train on the first N rows of the tokens folder only (0 = all)")
     # ---------------------------------------------------------------- optimisation
-    learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5)")
+    learning_rate: float = option(2e-5, minimum=0, help="peak learning rate (paper: 2e-5)")
     lr_scheduler: str = option("cosine", help="learning-rate schedule after warm-up", choices=SCHEDULERS)
     warmup_ratio: float = option(
         0.03, minimum=0, maximum=1, help="fraction of the optimizer steps spent warming up (paper: 0.03)"
     )
-    adam_beta1: float = option(0.9, help="AdamW beta1 (paper: 0.9)")
-    adam_beta2: float = option(0.95, help="AdamW beta2 (paper: 0.95)")
-    weight_decay: float = option(0.0, help="AdamW weight decay (paper: 0)")
-    max_grad_norm: float = option(1.0, help="gradient clipping norm (0 disables clipping)")
-    epochs: float = option(2.0, help="passes over the data (paper: 2)")
+    adam_beta1: float = option(0.9, minimum=0, maximum=1, help="AdamW beta1 (paper: 0.9)")
+    adam_beta2: float = option(0.95, minimum=0, maximum=1, help="AdamW beta2 (paper: 0.95)")
+    weight_decay: float = option(0.0, minimum=0, help="AdamW weight decay (paper: 0)")
+    max_grad_norm: float = option(1.0, minimum=0, help="gradient clipping norm (0 disables clipping)")
+    epochs: float = option(2.0, minimum=0, help="passes over the data (paper: 2)")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = run all epochs)")
     seed: int = option(42, help="seed of model initialisation (random:), batch order and dropout")
     # ---------------------------------------------------------------- hardware

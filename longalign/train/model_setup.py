@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..batching import select_attention
-from ..models import load_model, load_model_config, load_tokenizer
+from ..models import check_length, load_model, load_model_config, load_tokenizer
 from . import allocator
 from . import sequence_parallel as spm
 from .config import TrainConfig
@@ -106,13 +106,14 @@ def setup_config(cfg: TrainConfig, meta: dict[str, Any], tokens_dir: str | Path)
         raise ValueError(f"max_len is not set: pass --max-len (the tokens {tokens_dir} record none)")
     target_pos = cfg.max_position_embeddings or (max_len if cfg.rope_scale != 1.0 else 0)
     apply_context_extension(model_config, cfg.rope_scale, target_pos)
-    model_max = int(getattr(model_config, "max_position_embeddings", 0) or 0)
-    if model_max and max_len > model_max:
-        raise ValueError(
-            f"max_len={max_len} exceeds the model's max_position_embeddings={model_max}; lower "
-            f"--max-len, or extend the context with --rope-scale (paper: 200) and "
-            f"--max-position-embeddings {max_len}"
-        )
+    check_length(
+        max_len,
+        asked=f"max_len={max_len}",
+        model=cfg.model,
+        positions=int(getattr(model_config, "max_position_embeddings", 0) or 0),
+        shorter="lower --max-len",
+        extend="extend the context with --rope-scale (paper: 200) and --max-position-embeddings {length}",
+    )
     return model_config, max_len
 
 

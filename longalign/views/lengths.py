@@ -9,6 +9,7 @@ long-tail mix (median ~6k, max 64k) squeezes the short chat data into one bin.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,8 @@ def headline(df: pd.DataFrame, meta: dict) -> list[tuple[str, str, str | None]]:
     """The page's key figures as (label, value, help): sequences, tokens, target tokens, long/short, truncated."""
     return [
         ("sequences", f"{len(df):,}", None),
-        ("tokens", format_count(df["length"].sum()), None),
-        ("target tokens", format_count(df["n_target"].sum()), None),
+        ("tokens", _count(df["length"].sum()), None),
+        ("target tokens", _count(df["n_target"].sum()), None),
         ("long / short", f"{(df.kind == 'long').sum():,} / {(df.kind == 'short').sum():,}", None),
         (
             "truncated",
@@ -39,6 +40,11 @@ def headline(df: pd.DataFrame, meta: dict) -> list[tuple[str, str, str | None]]:
             f"max_len {meta.get('max_len', '—')}, truncation {meta.get('truncation', '—')}",
         ),
     ]
+
+
+def _count(n: float) -> str:
+    """Counts in full up to 99,999 (1,224), shortened above (1.64M)."""
+    return f"{int(n):,}" if abs(n) < 100_000 else format_count(n)
 
 
 def length_edges(lo: float, hi: float, nbins: int = 40, log: bool = False) -> np.ndarray:
@@ -63,6 +69,33 @@ def length_histogram(df: pd.DataFrame, by: str, edges: np.ndarray) -> pd.DataFra
     return pd.DataFrame(rows, columns=["group", "lo", "hi", "count"])
 
 
+def nice_ceiling(x: float) -> int:
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= ``x`` (an axis end)."""
+    if x <= 1:
+        return 1
+    power = 10 ** math.floor(math.log10(x))
+    return int(next(m * power for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * power >= x))
+
+
+def length_panels(
+    df: pd.DataFrame, split: int = 8192, upper: int | None = None, log_x: bool = False
+) -> list[tuple[float, float]]:
+    """The x ranges of the length figure: [0, split) and [split, upper] like the paper's figure when some
+    sequence reaches ``split``; else one panel that ends just above the longest sequence (no empty panel)."""
+    longest = int(df["length"].max()) if len(df) else 0
+    shortest = int(df["length"].min()) if len(df) else 1
+    low = 10 ** math.floor(math.log10(max(min(shortest, split - 1), 1))) if log_x else 0
+    if longest < split:
+        return [(low, min(int(upper), nice_ceiling(longest)) if upper else nice_ceiling(longest))]
+    top = int(upper) if upper else max(2 * split, 2 ** math.ceil(math.log2(max(longest, 1))))
+    return [(low, split), (split, top)]
+
+
+def panels_text(panels: Sequence[tuple[float, float]]) -> str:
+    """'0–8k and 8k–64k tokens' / '0–1.5k tokens': the ranges the figure shows, for its caption."""
+    return " and ".join(f"{format_tokens(a)}–{format_tokens(b)}" for a, b in panels) + " tokens"
+
+
 def fig_length_distribution(
     df: pd.DataFrame,
     by: str = "source",
@@ -71,23 +104,21 @@ def fig_length_distribution(
     upper: int | None = None,
     nbins: int = 32,
 ) -> go.Figure:
-    """Two panels like the paper's length figure: [0, split) and [split, upper] tokens, stacked by ``by``."""
+    """Like the paper's length figure, [0, split) and [split, upper] tokens side by side, stacked by ``by``; one
+    panel up to just above the longest sequence when none reaches ``split`` (see :func:`length_panels`)."""
     _check_by(df, by)
-    longest = int(df["length"].max()) if len(df) else 0
-    top = int(upper) if upper else max(2 * split, 2 ** math.ceil(math.log2(max(longest, 1))))
-    shortest = int(df["length"].min()) if len(df) else 1
-    low = 10 ** math.floor(math.log10(max(min(shortest, split - 1), 1))) if log_x else 0
-    panels = [(low, split), (split, top)]
+    panels = length_panels(df, split, upper, log_x)
 
     def n_in(a: float, b: float, last: bool) -> int:
         return int(((df.length >= a) & ((df.length <= b) if last else (df.length < b))).sum())
 
     fig = make_subplots(
         rows=1,
-        cols=2,
+        cols=len(panels),
         horizontal_spacing=0.07,
         subplot_titles=[
-            f"{format_tokens(a)}–{format_tokens(b)} tokens (n={n_in(a, b, i == 1)})" for i, (a, b) in enumerate(panels)
+            f"{format_tokens(a)}–{format_tokens(b)} tokens ({n_in(a, b, i == len(panels) - 1):,} sequences)"
+            for i, (a, b) in enumerate(panels)
         ],
     )
     groups = sorted(df[by].astype(str).unique())
@@ -133,12 +164,15 @@ def fig_length_distribution(
                 )
         fig.update_xaxes(type="log" if log_x else "linear", title_text="tokens", row=1, col=col)
     fig.update_yaxes(title_text="sequences", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", tickformat=",d")
+    if len(df) <= 10:
+        fig.update_yaxes(dtick=1)  # a handful of sequences: whole counts only
     fig.update_layout(
         template=TEMPLATE,
         barmode="stack",
         bargap=0,
         height=380,
-        legend_title_text=by,
+        legend_title_text=GROUP_LABELS.get(by, by),
         margin=dict(l=50, r=20, t=50, b=40),
     )
     return fig
@@ -225,8 +259,8 @@ def quality_headline(quality: dict) -> list[tuple[str, str, str | None]]:
             "answers that were non-empty, not an echo and grounded in the document or the question",
         ),
         (
-            "relevance gate",
-            (f"q >= {gate['min_question_overlap']:g}, a >= {gate['min_answer_overlap']:g}" if gate else "off"),
+            "relevance gate (question / answer)",
+            (f"{gate['min_question_overlap']:g} / {gate['min_answer_overlap']:g}" if gate else "off"),
             "minimum share of content words a question shares with its document (q) and an answer with the "
             "document or question (a); set with --min-question-overlap / --min-answer-overlap",
         ),

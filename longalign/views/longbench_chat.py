@@ -35,7 +35,7 @@ def load_frames(run: RunDir, other: RunDir | None = None) -> tuple[dict[str, pd.
 def caption(df: pd.DataFrame, summary: Mapping) -> str:
     """Model, judge, dataset and the summary's notes on one line."""
     judge = summary.get("judge") or (df["judge"].iloc[0] if len(df) else "—")
-    return f"model `{summary.get('model', '—')}` · judge `{judge}` · dataset {summary.get('dataset', '—')}" + "".join(
+    return f"model {summary.get('model', '—')} · judge {judge} · dataset {summary.get('dataset', '—')}" + "".join(
         f" · {n}" for n in summary.get("notes", [])
     )
 
@@ -61,8 +61,12 @@ def filter_questions(
     return out[keep]
 
 
+CHANGE = "change"
+
+
 def compare_longbench_chat(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Questions × runs: idx, lang, query and one score column per run (plus Δ when there are two)."""
+    """Questions × runs: idx, lang, query and one score column per run, plus, when there are two, ``change``:
+    the first run's score minus the second's (positive = the first run did better)."""
     base = None
     for name, df in frames.items():
         part = df[["idx", "lang", "query", "score"]].rename(columns={"score": name})
@@ -79,8 +83,65 @@ def compare_longbench_chat(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame(columns=["idx", "lang", "query"])
     names = list(frames)
     if len(names) == 2:
-        base["Δ"] = base[names[1]] - base[names[0]]
+        base[CHANGE] = base[names[0]] - base[names[1]]
     return base.sort_values("idx").reset_index(drop=True)
+
+
+def style_comparison(table: pd.DataFrame):
+    """The question table for display: scores with one decimal, the change signed with two and coloured green
+    where the first run scored higher, red where lower."""
+    from longalign.views.style import change_color, signed
+
+    styler = table.style.format(precision=1, na_rep="—")
+    if CHANGE in table:
+        styler = styler.format(lambda v: signed(v, 1), subset=[CHANGE]).map(
+            lambda v: change_color(v, "higher"), subset=[CHANGE]
+        )
+    return styler
+
+
+def answer_note(row: Mapping) -> str:
+    """How the answer was produced: prompt tokens (and whether the prompt was cut to fit), answer tokens, and
+    whether the answer stopped at max_new_tokens."""
+    parts = []
+    if row.get("prompt_tokens") is not None:
+        parts.append(f"prompt {int(row['prompt_tokens']):,} tokens" + (" (cut to fit)" if row.get("truncated") else ""))
+    if row.get("completion_tokens") is not None and row.get("completion_tokens") == row.get("completion_tokens"):
+        parts.append(f"answer {int(row['completion_tokens']):,} tokens")
+    if row.get("cut"):
+        limit = row.get("max_new_tokens")
+        parts.append(
+            "the answer was cut off at the token limit"
+            + (f" (max_new_tokens {int(limit):,})" if limit is not None and limit == limit else "")
+        )
+    return " · ".join(parts) or "—"
+
+
+def judge_run_view(r: Mapping) -> tuple[str, str, pd.DataFrame | None]:
+    """(title, note, distribution) of one judge run: the score it gave; for a judge scored by its rating
+    probabilities, what the score is (the expected rating) and the probabilities behind it."""
+    score = r.get("score")
+    head = f"judge run {r.get('run', '?')}: " + (f"score {float(score):.2f}" if score is not None else "no score")
+    tokens = (
+        f"{r.get('prompt_tokens'):,} prompt / {r.get('completion_tokens'):,} reply tokens"
+        if isinstance(r.get("prompt_tokens"), int) and isinstance(r.get("completion_tokens"), int)
+        else ""
+    )
+    dist = r.get("distribution")
+    if isinstance(dist, Mapping) and dist:
+        table = pd.DataFrame(
+            sorted(((int(k), float(v)) for k, v in dist.items()), key=lambda kv: kv[0]),
+            columns=["rating", "probability"],
+        )
+        most = r.get("argmax", int(table.loc[table["probability"].idxmax(), "rating"]))
+        note = (
+            f"The score is the expected rating under the judge's probabilities for each rating (most likely: "
+            f"{most}); the reply below is the rating the judge wrote."
+        )
+        return head, " · ".join(x for x in (note, tokens) if x), table
+    if score is None:
+        return head, " · ".join(x for x in ("the judge's reply held no rating", tokens) if x), None
+    return head, tokens, None
 
 
 def longbench_chat_by_lang(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -98,15 +159,17 @@ def fig_score_distribution(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     """How many questions got each score (rounded to the nearest integer), one bar group per run."""
     fig = go.Figure()
     colors = colors_for(list(frames))
+    top = 0
     for name, df in frames.items():
         counts = df["score"].dropna().round().astype(int).value_counts().reindex(range(1, 11), fill_value=0)
+        top = max(top, int(counts.max()))
         fig.add_trace(go.Bar(x=list(counts.index), y=counts.values, name=name, marker_color=colors[name]))
     fig.update_layout(
         template=TEMPLATE,
         barmode="group",
         height=280,
         xaxis=dict(title="score", dtick=1),
-        yaxis_title="questions",
+        yaxis=dict(title="questions", rangemode="tozero", tickformat=",d", dtick=1 if top <= 10 else None),
         margin=dict(l=50, r=20, t=30, b=40),
         legend_title_text="run",
     )

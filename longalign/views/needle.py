@@ -83,16 +83,61 @@ def highlight(text: str, needle: str | None) -> str:
     return html.escape(text)
 
 
-def headline(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, value) of the page's key figures: mean judge score, mean recall (strict and normalised),
-    probes."""
+def window_html(text: str, needle: str | None) -> str:
+    """The prompt window as a block of plain text (HTML-escaped, line breaks and spaces kept, never read as
+    Markdown) with the needle marked."""
+    return (
+        "<div style='white-space:pre-wrap;font-size:0.9em;line-height:1.5;background:#fafafa;padding:0.8em;"
+        f"border-radius:6px'>…{highlight(text, needle)}…</div>"
+    )
 
-    def mean(col: str) -> str:
-        return f"{df[col].mean():.2f}" if col in df and df[col].notna().any() else "—"
 
-    return [
-        ("mean judge score", mean("judge_score")),
-        ("mean recall", mean("recall")),
-        ("mean normalised recall", mean("recall_norm")),
-        ("probes", f"{len(df)}"),
-    ]
+def cell_text(cell: dict, buffer: int | None = None) -> str:
+    """Where the needle sits, in words: its token position in the haystack context the cell built, the cell's
+    nominal length (and the tokens kept free for the question), and the whole prompt's length."""
+    pos, ctx, length = cell.get("needle_token_pos"), cell.get("context_tokens"), cell.get("context_length")
+    parts = []
+    if pos is not None:
+        where = f"needle at token {int(pos):,}"
+        if ctx is not None:
+            where += f" of the {int(ctx):,}-token context"
+        target = cell.get("target_token_pos")
+        if target is not None and int(target) != int(pos):
+            where += f" (the depth aims at token {int(target):,}; the needle goes to the start of the sentence there)"
+        parts.append(where)
+    if length is not None:
+        kept = f", {int(buffer):,} of them kept free for the question and answer" if buffer else ""
+        parts.append(f"cell of {int(length):,} tokens{kept}")
+    if cell.get("prompt_tokens") is not None:
+        parts.append(f"whole prompt {int(cell['prompt_tokens']):,} tokens")
+    return " · ".join(parts)
+
+
+def score_line(cell: dict) -> str:
+    """The cell's judge score and recalls, rounded."""
+
+    def num(key: str, digits: int) -> str:
+        v = cell.get(key)
+        return "—" if v is None or v != v else f"{float(v):.{digits}f}"
+
+    return (
+        f"judge score {num('judge_score', 1)} · recall {num('recall', 2)} · normalised recall {num('recall_norm', 2)}"
+    )
+
+
+HEADLINE = (("judge_score", "mean judge score"), ("recall", "mean recall"), ("recall_norm", "mean normalised recall"))
+
+
+def headline(df: pd.DataFrame, other: pd.DataFrame | None = None) -> list[tuple[str, str, float | None]]:
+    """(label, value, change) of the page's key figures: mean judge score, mean recall (strict and normalised),
+    probes; ``change`` is this run's mean minus ``other``'s (None without ``other``)."""
+
+    def mean(frame: pd.DataFrame | None, col: str) -> float:
+        return float(frame[col].mean()) if frame is not None and col in frame and frame[col].notna().any() else np.nan
+
+    out = []
+    for col, label in HEADLINE:
+        a, b = mean(df, col), mean(other, col)
+        out.append((label, f"{a:.2f}" if a == a else "—", a - b if other is not None and a == a and b == b else None))
+    out.append(("probes", f"{len(df)}", None))
+    return out

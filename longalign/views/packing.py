@@ -7,12 +7,13 @@ here re-derives a formula of the batching stage.
 
 Trade-offs:
 
-* Batching costs are recomputed from the plan and the token lengths (the stage's own statistics dict is shown
-  verbatim beside them), so two runs written by different versions of the batching stage compare on one
-  definition: tokens computed = B x longest for a padded batch and the real tokens for a pack; attention cost
-  = causal (query, key) pairs the kernel evaluates, B x L(L+1)/2 padded vs sum l(l+1)/2 for a block-diagonal
-  (varlen) pack. The rank idle share prices each micro-batch at its tokens computed, ranks waiting once per
-  optimizer step.
+* Batching figures are recomputed from the plan and the token lengths by the batching stage's own statistics
+  (:meth:`longalign.batching.Plan.from_batches`), in the words of :mod:`longalign.batching.figures`: padding
+  is the share of computed positions that hold no token (0 for a padding-free pack), fill the share of the
+  max_len capacity used, attention cost the causal pairs computed per useful pair. The stage's record is shown
+  beside them through :func:`longalign.batching.figures.read_figures`, so a record written in the older
+  vocabulary reads the same. The rank idle share prices each micro-batch at its positions computed, ranks
+  waiting once per optimizer step.
 * Attention masks and token strips are downsampled to at most a few hundred cells per axis before they reach
   the browser: a 64k-token pack has 4.3e9 mask entries; the heatmap shows each cell as the fraction of
   allowed (query, key) pairs in its block, which keeps a 200 x 200 figure exact in area.
@@ -30,7 +31,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from longalign import IGNORE_INDEX
-from longalign.batching import token_weights
+from longalign.batching import Plan, token_weights
+from longalign.batching.figures import BY_KEY, SETTING_LABELS, causal_pairs, format_figure, label, read_figures
 from longalign.batching.simulate import step_timeline
 from longalign.rundir import RunDir
 from longalign.views.readers import (
@@ -43,8 +45,18 @@ from longalign.views.readers import (
 )
 from longalign.views.style import PALETTE, TEMPLATE, colors_for
 
-
 # --------------------------------------------------------------------------------------------- methods
+PADDING, FILL, ATTENTION = label("padding_fraction"), label("fill"), label("attention_cost")
+IDLE = "rank idle"
+COMPARISON_HELP = {
+    PADDING: BY_KEY["padding_fraction"].meaning,
+    FILL: BY_KEY["fill"].meaning,
+    ATTENTION: BY_KEY["attention_cost"].meaning,
+    IDLE: "share of device time spent waiting for the slowest device of a step (0 with one device)",
+    label("computed_tokens"): BY_KEY["computed_tokens"].meaning,
+}
+
+
 def batch_table(
     batches: Sequence[Sequence[int]],
     lengths: np.ndarray,
@@ -53,9 +65,9 @@ def batch_table(
     world_size: int = 1,
     grad_accum: int = 1,
 ) -> pd.DataFrame:
-    """One row per micro-batch: step, rank, sequences, real tokens, longest, tokens computed (B x longest
-    padded, real for a pack), padding, fill of the capacity (max_len per pack row, B x max_len padded),
-    attention pairs computed and useful (causal)."""
+    """One row per micro-batch: step, rank, sequences, tokens, longest, positions computed (B x longest padded,
+    the tokens of a pack), padding positions, capacity (max_len per pack, B x max_len padded), fill, attention
+    pairs computed and useful (causal)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     per_step = max(1, world_size * grad_accum)
     rows = []
@@ -63,22 +75,22 @@ def batch_table(
         ls = lengths[list(b)].astype(np.float64) if len(b) else np.zeros(0)
         real = float(ls.sum())
         longest = float(ls.max()) if len(ls) else 0.0
-        useful = float((ls * (ls + 1) / 2).sum())
+        useful = float(causal_pairs(ls).sum()) if len(ls) else 0.0
         if packed:
             computed, pairs, capacity = real, useful, float(max_len)
         else:
-            computed, pairs = len(ls) * longest, len(ls) * longest * (longest + 1) / 2
+            computed, pairs = len(ls) * longest, len(ls) * causal_pairs(longest)
             capacity = float(max_len) * len(ls)
         rows.append(
             {
-                "batch": k,
+                "micro-batch": k,
                 "step": k // per_step,
                 "rank": (k % per_step) % max(world_size, 1),
                 "sequences": len(ls),
-                "real tokens": int(real),
+                "tokens": int(real),
                 "longest": int(longest),
-                "tokens computed": int(computed),
-                "padding": int(computed - real),
+                "positions computed": int(computed),
+                "padding positions": int(computed - real),
                 "capacity": int(capacity),
                 "fill": real / capacity if capacity else 0.0,
                 "attention pairs": pairs,
@@ -89,9 +101,9 @@ def batch_table(
 
 
 def method_comparison(run: RunDir, lengths: np.ndarray | None = None) -> pd.DataFrame:
-    """Per batching method with a plan file: micro-batches, steps, tokens computed, padding fraction, fill,
-    attention cost relative to the useful (block-diagonal causal) pairs, and the idle share of data-parallel
-    ranks when every micro-batch costs its tokens computed."""
+    """Per batching method with a plan file: micro-batches, steps, tokens, positions computed, padding, fill,
+    attention cost (the batching stage's statistics of the saved plan) and the idle share of data-parallel ranks
+    when every micro-batch costs its positions computed."""
     require(run, "batching")
     if lengths is None:
         lengths = load_token_table(run)["length"].to_numpy()
@@ -102,11 +114,11 @@ def method_comparison(run: RunDir, lengths: np.ndarray | None = None) -> pd.Data
         stats = load_batch_stats(run, m)
         plan = load_plan(run, m, lengths)
         packed = plan.method == "pack"
+        f = plan.stats
         t = batch_table(plan.batches, plan.lengths, packed, plan.max_len, plan.world_size, plan.grad_accum)
-        real, computed = int(t["real tokens"].sum()), int(t["tokens computed"].sum())
         idle = (
             step_timeline(
-                t["tokens computed"].to_numpy(dtype=np.float64), plan.world_size, plan.grad_accum, sync="step"
+                t["positions computed"].to_numpy(dtype=np.float64), plan.world_size, plan.grad_accum, sync="step"
             )["idle_fraction"]
             if len(t)
             else 0.0
@@ -114,20 +126,20 @@ def method_comparison(run: RunDir, lengths: np.ndarray | None = None) -> pd.Data
         rows.append(
             {
                 "method": m,
-                "algo": stats.get("algo") or ("—" if not packed else ""),
                 "layout": "pack" if packed else "padded",
-                "micro-batches": len(plan.batches),
-                "steps": int(t["step"].max() + 1) if len(t) else 0,
-                "sequences": int(t["sequences"].sum()),
-                "mean seqs/batch": round(float(t["sequences"].mean()), 2) if len(t) else 0.0,
-                "real tokens": real,
-                "tokens computed": computed,
-                "padding fraction": 1 - real / computed if computed else 0.0,
-                "fill": real / int(t["capacity"].sum()) if len(t) and t["capacity"].sum() else 0.0,
-                "attention cost ×": float(t["attention pairs"].sum() / max(t["useful attention pairs"].sum(), 1.0)),
-                "rank idle fraction": float(idle),
-                "world size": plan.world_size,
-                "grad accum": plan.grad_accum,
+                "algorithm": stats.get("algo") or plan.algo or "—",
+                label("n_batches"): f["n_batches"],
+                label("n_steps"): f["n_steps"],
+                label("n_sequences"): f["n_sequences"],
+                "sequences per micro-batch": round(f["n_sequences"] / f["n_batches"], 1) if f["n_batches"] else 0.0,
+                label("n_tokens"): f["n_tokens"],
+                label("computed_tokens"): f["computed_tokens"],
+                PADDING: f["padding_fraction"],
+                FILL: f["fill"],
+                ATTENTION: f["attention_cost"],
+                IDLE: float(idle),
+                "devices": plan.world_size,
+                "accumulation steps": plan.grad_accum,
                 "max_len": plan.max_len,
             }
         )
@@ -135,8 +147,40 @@ def method_comparison(run: RunDir, lengths: np.ndarray | None = None) -> pd.Data
 
 
 def recorded_stats(run: RunDir, methods: Sequence[str]) -> pd.DataFrame:
-    """The batching stage's statistics records side by side (one column per method, values as text)."""
-    return pd.DataFrame({m: load_batch_stats(run, m) for m in methods}).astype(str)
+    """The batching stage's records side by side, one column per method, in the words of
+    :mod:`longalign.batching.figures` (values as text; a record in the older vocabulary converted), then the
+    settings that produced them, and a last column saying what each figure means."""
+    records = {m: read_figures(load_batch_stats(run, m)) for m in methods}
+    rows = []
+    for f in BY_KEY.values():
+        if any(f.key in r for r in records.values()):
+            rows.append(
+                {"figure": f.label, **{m: format_figure(f.key, r.get(f.key)) for m, r in records.items()}}
+                | {"meaning": f.meaning}
+            )
+    for key, name in SETTING_LABELS.items():
+        if key != "method" and any(r.get(key) is not None for r in records.values()):
+            rows.append(
+                {"figure": name, **{m: _setting(r.get(key)) for m, r in records.items()}} | {"meaning": "setting"}
+            )
+    return pd.DataFrame(rows, columns=["figure", *methods, "meaning"])
+
+
+def _setting(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def weights_note(plan: Plan) -> str | None:
+    """Why two loss normalisations give the same weights for this plan, when they do."""
+    if plan.method == "pack" and plan.micro_per_step == 1:
+        return (
+            "Each optimizer step of this plan holds one pack (one device, no accumulation), so `pack` and `token` "
+            "normalisation give the same weights: both divide by the step's target tokens. They differ when a "
+            "step holds several packs."
+        )
+    return None
 
 
 def default_batch(batches: Sequence[Sequence[int]], lengths: np.ndarray) -> int:
@@ -160,14 +204,15 @@ def batch_holding(batches: Sequence[Sequence[int]], idx: int) -> int:
 
 
 def fig_method_comparison(table: pd.DataFrame) -> go.Figure:
-    """Side-by-side bars: padding fraction, fill, attention cost and rank idle fraction per method."""
+    """Side-by-side bars: padding, fill, attention cost and (with several devices) rank idle share per method."""
     metrics = [
-        ("padding fraction", "Padding (share of computed tokens)", ".0%"),
-        ("fill", "Fill of max_len capacity", ".0%"),
-        ("attention cost ×", "Attention pairs / useful pairs", ".2f"),
-        ("rank idle fraction", "Idle share of rank time", ".0%"),
+        (PADDING, "Padding (computed positions with no token)", ".1%"),
+        (FILL, "Fill (share of max_len capacity used)", ".1%"),
+        (ATTENTION, "Attention cost (pairs computed per useful pair)", ".2f"),
     ]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.06)
+    if "devices" not in table or int(table["devices"].max()) > 1:
+        metrics.append((IDLE, "Rank idle (share of device time waiting)", ".1%"))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.07)
     colors = colors_for(list(table["method"]))
     for c, (col, _, fmt) in enumerate(metrics, 1):
         fig.add_trace(
@@ -175,7 +220,7 @@ def fig_method_comparison(table: pd.DataFrame) -> go.Figure:
                 x=table["method"],
                 y=table[col],
                 marker_color=[colors[m] for m in table["method"]],
-                text=[format(v, fmt) for v in table[col]],
+                text=[format(v, fmt) + ("×" if not fmt.endswith("%") else "") for v in table[col]],
                 textposition="outside",
                 showlegend=False,
                 cliponaxis=False,
@@ -187,39 +232,60 @@ def fig_method_comparison(table: pd.DataFrame) -> go.Figure:
         if fmt.endswith("%"):
             fig.update_yaxes(tickformat=".0%", range=[0, max(1.0, float(table[col].max()) * 1.15)], row=1, col=c)
         else:
-            fig.update_yaxes(range=[0, float(table[col].max()) * 1.2 + 0.01], row=1, col=c)
+            fig.update_yaxes(range=[0, float(table[col].max()) * 1.2 + 0.01], ticksuffix="×", row=1, col=c)
     fig.update_layout(template=TEMPLATE, height=330, margin=dict(l=40, r=20, t=60, b=30))
     fig.update_annotations(font_size=12)
     return fig
 
 
 def fig_batch_fill(t: pd.DataFrame, packed: bool, sort: bool = False) -> go.Figure:
-    """Fill of each micro-batch (real tokens / capacity), coloured by how many sequences it holds."""
-    t = t.sort_values("fill", ascending=False) if sort else t
-    x = np.arange(len(t)) if sort else t["batch"]
+    """Fill of each micro-batch (tokens / max_len capacity), coloured by how many sequences it holds. The x axis
+    names each micro-batch by its number (sorted by fill when ``sort``), so a clicked bar opens that one; its
+    number is the point's ``customdata[0]``."""
+    t = t.sort_values(["fill", "micro-batch"], ascending=[False, True]) if sort else t
+    x = [str(k) for k in t["micro-batch"]]
     fig = go.Figure(
         go.Bar(
             x=x,
             y=t["fill"],
             marker=dict(
-                color=t["sequences"], colorscale="Viridis", showscale=True, colorbar=dict(title="seqs", thickness=12)
+                color=t["sequences"],
+                colorscale="Viridis",
+                showscale=True,
+                colorbar=dict(title="sequences", thickness=12),
             ),
-            customdata=np.c_[t["batch"], t["sequences"], t["real tokens"], t["padding"]],
-            hovertemplate="batch %{customdata[0]}<br>%{customdata[1]} sequences<br>%{customdata[2]} real tokens"
-            "<br>%{customdata[3]} padding<br>fill %{y:.1%}<extra></extra>",
+            customdata=np.c_[t["micro-batch"], t["sequences"], t["tokens"], t["padding positions"]],
+            hovertemplate="micro-batch %{customdata[0]}<br>%{customdata[1]} sequences<br>%{customdata[2]:,} tokens"
+            "<br>%{customdata[3]:,} padding positions<br>fill %{y:.1%}<extra>click to open</extra>",
         )
     )
-    title = f"{'Pack' if packed else 'Batch'} fill, mean {t['fill'].mean():.1%}"
+    title = f"{'Pack' if packed else 'Batch'} fill (share of max_len used), mean {t['fill'].mean():.1%}"
     fig.update_layout(
         template=TEMPLATE,
         height=280,
         bargap=0.05,
         yaxis=dict(tickformat=".0%", range=[0, 1.02], title="fill"),
-        xaxis_title="micro-batches sorted by fill" if sort else "micro-batch (plan order)",
+        xaxis=dict(
+            type="category",
+            categoryorder="array",
+            categoryarray=x,
+            title="micro-batch, sorted by fill (click a bar to open it)" if sort else "micro-batch (click to open)",
+        ),
         margin=dict(l=50, r=20, t=30, b=40),
         title=dict(text=title, font_size=14),
     )
     return fig
+
+
+def clicked_batch(points: Sequence[dict]) -> int | None:
+    """The micro-batch number of the first clicked bar of :func:`fig_batch_fill` (None when nothing is)."""
+    for p in points or ():
+        data = p.get("customdata")
+        try:
+            return int(data[0]) if data is not None else int(str(p["x"]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+    return None
 
 
 def fig_method_fill(run: RunDir, method: str, lengths: np.ndarray, sort: bool = False) -> go.Figure:
@@ -284,7 +350,7 @@ def batch_view(
     tab["length"] = [len(labels[i]) for i in members]
     tab.insert(0, "slot", np.arange(len(members)))
     tab["token weight"] = [w[i] for i in members]
-    tab["sequence weight (w·N)"] = tab["token weight"] * tab["n_target"]
+    tab["step loss share"] = tab["token weight"] * tab["n_target"]
     return BatchView(
         method=method,
         batch=batch,
@@ -295,6 +361,22 @@ def batch_view(
         weights={i: float(w[i]) for i in members},
         table=tab.reset_index(drop=True),
     )
+
+
+VIEW_COLUMNS = {  # the key columns first, so they show in a half-width column
+    "idx": "sequence",
+    "length": "tokens",
+    "n_target": "target tokens",
+    "step loss share": "share of the step's loss",
+    "token weight": "weight per token",
+    "slot": "slot",
+    "source": "source",
+}
+
+
+def view_table(view: BatchView) -> pd.DataFrame:
+    """The opened micro-batch's sequences as the page shows them (friendly column names)."""
+    return view.table[list(VIEW_COLUMNS)].rename(columns=VIEW_COLUMNS)
 
 
 def same_sequence_views(
@@ -468,36 +550,25 @@ def fig_attention_mask(view: BatchView, cells: int = 200) -> go.Figure:
             hovertemplate="query %{y}<br>key %{x}<br>attended %{z:.0%}<extra></extra>",
         )
     )
-    useful = sum(n * (n + 1) / 2 for row in row_lens for n in row)
+    useful = float(sum(causal_pairs(n) for row in row_lens for n in row))
     if view.packed:
         computed = useful
         title = (
             f"Block-diagonal causal mask of pack {view.batch}: {sum(len(r) for r in row_lens)} sequences, "
-            f"{total} tokens"
+            f"{total:,} tokens"
         )
     else:
         longest = max(sum(r) for r in row_lens)
-        computed = len(row_lens) * longest * (longest + 1) / 2
-        title = f"Causal masks of batch {view.batch}: {len(row_lens)} rows padded to {longest} (grey = padding)"
+        computed = len(row_lens) * causal_pairs(longest)
+        title = f"Causal masks of batch {view.batch}: {len(row_lens)} rows padded to {longest:,} (grey = padding)"
+    cost = f"{format_figure('attention_cost', computed / useful if useful else 1.0)} the useful pairs"
     fig.update_layout(
         template=TEMPLATE,
         height=460,
         width=480,
-        title=dict(text=title, font_size=13),
+        title=dict(text=f"{title}<br><sup>attention cost {cost}</sup>", font_size=13),
         xaxis=dict(title="key position", showgrid=False),
-        margin=dict(l=60, r=20, t=50, b=50),
+        margin=dict(l=60, r=20, t=70, b=50),
         yaxis=dict(title="query position", autorange="reversed", scaleanchor="x", showgrid=False),
-        annotations=[
-            dict(
-                text=f"useful / computed pairs: {useful / computed:.0%}",
-                showarrow=False,
-                xref="paper",
-                yref="paper",
-                x=1,
-                y=0.02,
-                xanchor="right",
-                font=dict(size=12, color="#444"),
-            )
-        ],
     )
     return fig

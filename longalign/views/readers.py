@@ -103,6 +103,7 @@ class MissingArtifact(FileNotFoundError):
     def __init__(self, run: RunDir, key: str, detail: str = ""):
         art = ARTIFACTS[key]
         self.key = key
+        self.run = run
         self.command = art.command.format(run=run.root)
         words = self.command.split()
         base = " ".join(words[: 3 if words[1] in ("batch", "eval") else 2])
@@ -112,6 +113,26 @@ class MissingArtifact(FileNotFoundError):
         if detail:
             msg = f"{msg} {detail}"
         super().__init__(msg)
+
+
+EVAL_ARTIFACTS = ("longbench_chat", "needle")
+
+
+def missing_message(exc: MissingArtifact, root: str | Path | None = None) -> str:
+    """What to do about a missing artifact, for the page that needs it: an evaluation-only run is said to be one
+    (and the runs of the folder that have the artifact are named) before the command that creates it."""
+    run, key = exc.run, exc.key
+    held = [k for k in ARTIFACTS if k != key and present(run, k)]
+    if not held:
+        return str(exc)
+    label = ARTIFACTS[key].label
+    others = []
+    if root is not None:
+        others = [n for n in list_runs(root) if (Path(root) / n) != run.root and present(RunDir(Path(root) / n), key)]
+    where = f" Runs of this folder that have it: {', '.join(others[:6])}." if others else ""
+    kind = "an evaluation-only run" if set(held) <= set(EVAL_ARTIFACTS) else "a run"
+    holds = ", ".join(ARTIFACTS[k].label for k in held)
+    return f"`{run.root.name}` is {kind} (it holds {holds}) without {label}, which this page reads.{where} {exc}"
 
 
 def present(run: RunDir, key: str) -> bool:
@@ -156,12 +177,28 @@ def _methods_first(names: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- runs
-def list_runs(root: str | Path) -> list[str]:
-    """Names of the run directories under ``root`` (every sub-folder not starting with '.' or '_'), sorted."""
+RUN_ENTRIES = ("run.json", "demo_summary.json", "data", "tokens", "batching", "train", "eval")
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` holds anything a stage writes (run.json, data/, tokens/, batching/, train/, eval/, ...)."""
+    return any((path / entry).exists() for entry in RUN_ENTRIES)
+
+
+def list_runs(root: str | Path, depth: int = 3) -> list[str]:
+    """Names of the run directories under ``root``, sorted: every sub-folder not starting with '.' or '_'; a
+    folder that holds no stage output but holds runs itself (``runs/notebooks/02_tokenize_and_pack``) is
+    listed by the paths of those runs ("notebooks/02_tokenize_and_pack"), up to ``depth`` levels down."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith((".", "_")):
+            continue
+        nested = [] if is_run(p) or depth <= 1 else [n for n in list_runs(p, depth - 1) if is_run(p / n)]
+        out.extend(f"{p.name}/{n}" for n in nested) if nested else out.append(p.name)
+    return out
 
 
 def read_run_info(run: RunDir) -> dict:
@@ -326,7 +363,8 @@ def load_metrics(run: RunDir) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- evaluation
 def load_longbench_chat(run: RunDir) -> pd.DataFrame:
     """One row per question: idx, lang, query, reference, prediction, score (mean of judge runs), runs (list),
-    judge, prompt_tokens, truncated. Predictions without judgments get score NaN."""
+    judge, prompt_tokens, truncated (the prompt was cut to fit), completion_tokens, max_new_tokens and cut (the
+    answer stopped at max_new_tokens). Predictions without judgments get score NaN."""
     require(run, "longbench_chat")
     judg = {int(r["idx"]): r for r in read_jsonl(run.judgments(LONGBENCH_CHAT)) if "idx" in r}
     preds = {int(r["idx"]): r for r in read_jsonl(run.predictions(LONGBENCH_CHAT)) if "idx" in r}
@@ -346,6 +384,9 @@ def load_longbench_chat(run: RunDir) -> pd.DataFrame:
                 "judge": j.get("judge", ""),
                 "prompt_tokens": p.get("prompt_tokens"),
                 "truncated": p.get("truncated"),
+                "completion_tokens": p.get("completion_tokens"),
+                "max_new_tokens": (p.get("sampling") or {}).get("max_tokens"),
+                "cut": p.get("finish_reason") == "length",
             }
         )
     return pd.DataFrame(
@@ -361,8 +402,29 @@ def load_longbench_chat(run: RunDir) -> pd.DataFrame:
             "judge",
             "prompt_tokens",
             "truncated",
+            "completion_tokens",
+            "max_new_tokens",
+            "cut",
         ],
     )
+
+
+def load_longbench_chat_prompts(run: RunDir) -> dict[int, str]:
+    """{idx: the whole prompt (long context and question)} of the cases this run answered, read from the data
+    file its evaluation recorded in run.json; {} when that file is gone or was never recorded."""
+    from longalign.eval.longbench_chat import load_longbench_chat as load_cases
+
+    cfg = ((read_run_info(run).get("stages") or {}).get("eval_longbench_chat") or {}).get("config") or {}
+    data = cfg.get("data")
+    if not data or not Path(data).exists():
+        return {}
+    try:
+        from longalign.rundir import BadRecords
+
+        cases = load_cases(data, cfg.get("few_shots") or None, skipped=BadRecords(on_error="skip"))
+    except (OSError, ValueError):
+        return {}
+    return {int(c.idx): c.prompt for c in cases}
 
 
 def load_longbench_chat_summary(run: RunDir) -> dict:
@@ -371,8 +433,9 @@ def load_longbench_chat_summary(run: RunDir) -> dict:
 
 
 def load_needle(run: RunDir) -> pd.DataFrame:
-    """Needle results, one row per (context length, depth) probe; ``recall_norm`` is computed from the stored
-    response (with the summary's key phrases) for results written before the stage stored it."""
+    """Needle results, one row per (context length, depth) probe, of the judge the summary names (as the stage
+    summarises them); ``recall_norm`` is computed from the stored response (with the summary's key phrases)
+    for results written before the stage stored it."""
     from longalign.eval.needle import PAPER_NEEDLE, PAPER_QUESTION, default_key_phrases, with_normalised_recall
 
     require(run, "needle")
@@ -380,7 +443,11 @@ def load_needle(run: RunDir) -> pd.DataFrame:
     phrases = summary.get("key_phrases") or default_key_phrases(
         summary.get("needle") or PAPER_NEEDLE, summary.get("question") or PAPER_QUESTION
     )
-    df = pd.DataFrame(with_normalised_recall(read_jsonl(run.needle_results()), phrases))
+    records = read_jsonl(run.needle_results())
+    if "judge" in summary:  # results of other judges (an earlier run of the stage) are not this summary's
+        judge = summary.get("judge") or ""
+        records = [r for r in records if (r.get("judge") or "") == judge or "judge" not in r]
+    df = pd.DataFrame(with_normalised_recall(records, phrases))
     if df.empty:
         raise MissingArtifact(run, "needle", "(results.jsonl holds no probes yet)")
     return df

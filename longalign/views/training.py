@@ -21,13 +21,48 @@ from longalign.views.readers import load_train_meta
 from longalign.views.style import TEMPLATE, colors_for
 
 LOSS_COLUMNS = {"loss": "as optimised", "loss_token_mean": "token mean"}
+LOSS_TITLES = {"loss": "loss (each run's own normalisation)", "loss_token_mean": "token-mean loss"}
+X_AXES = {"step": "optimizer step", "tokens_seen": "tokens seen", "seconds": "wall time (s)"}
+STEP_COLUMNS = {
+    "train": "training folder",
+    "step": "step",
+    "epoch": "epoch",
+    "loss": "loss",
+    "loss_token_mean": "token-mean loss",
+    "loss_norm": "loss normalisation",
+    "method": "method",
+    "lr": "learning rate",
+    "grad_norm": "gradient norm",
+    "sequences": "sequences",
+    "packs": "micro-batches",
+    "micro_batches": "micro-batches per device",
+    "real_tokens": "tokens",
+    "padded_tokens": "positions computed",
+    "target_tokens": "target tokens",
+    "tokens_per_s": "tokens per second",
+    "step_s": "step time (s)",
+    "wall_s": "wall time (s)",
+    "tokens_seen": "tokens seen",
+    "seconds": "time (s)",
+}
 
 
 def select(metrics: pd.DataFrame, chosen: Sequence[str], y: str) -> tuple[pd.DataFrame, str]:
-    """The steps of the ``chosen`` training folders and the loss column to plot (``loss`` when the chosen
-    runs did not log ``y``)."""
-    shown = metrics[metrics["train"].isin(list(chosen))]
-    return shown, y if y in shown else "loss"
+    """The steps of the ``chosen`` training folders, with the cumulative x axes ``tokens_seen`` and ``seconds``
+    per folder, and the loss column to plot (``loss`` when the chosen runs did not log ``y``)."""
+    shown = metrics[metrics["train"].isin(list(chosen))].copy()
+    order = {name: i for i, name in enumerate(dict.fromkeys(shown["train"]))}  # folders keep their order
+    shown = shown.sort_values("step", kind="stable").sort_values("train", key=lambda t: t.map(order), kind="stable")
+    if len(shown):
+        groups = shown.groupby("train", sort=False)
+        shown["tokens_seen"] = groups["real_tokens"].cumsum() if "real_tokens" in shown else np.nan
+        shown["seconds"] = pd.concat([step_seconds(g).cumsum() for _, g in groups]) if len(shown) else np.nan
+    return shown, y if y in shown and shown[y].notna().any() else "loss"
+
+
+def x_axes_in(shown: pd.DataFrame) -> list[str]:
+    """The x axes of :data:`X_AXES` the selected steps have values for."""
+    return [x for x in X_AXES if x in shown and shown[x].notna().any()]
 
 
 def step_seconds(g: pd.DataFrame) -> pd.Series:
@@ -41,35 +76,43 @@ def step_seconds(g: pd.DataFrame) -> pd.Series:
     return pd.Series(np.nan, index=g.index)
 
 
-def train_summary(run: RunDir, metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per training folder: method, loss normalisation, attention backend, steps, final/min loss, mean
-    tokens/s, total wall time, padding share."""
+def train_summary(run: RunDir, metrics: pd.DataFrame, y: str = "loss") -> pd.DataFrame:
+    """Per training folder: method, loss normalisation, attention backend, steps, final and lowest value of the
+    loss column ``y``, mean tokens per second, total wall time, padding (share of computed positions that hold
+    no token)."""
     rows = []
     for name, g in metrics.groupby("train", sort=False):
         meta = load_train_meta(run, name)
         g = g.sort_values("step")
+        col = y if y in g and g[y].notna().any() else "loss"
         real = g["real_tokens"].sum() if "real_tokens" in g else np.nan
         padded = g["padded_tokens"].sum() if "padded_tokens" in g else np.nan
         wall = float(step_seconds(g).sum())
         rows.append(
             {
-                "train": name,
-                "method": meta.get("method", g["method"].iloc[0] if "method" in g else ""),
-                "loss norm": meta.get("loss_norm", g["loss_norm"].iloc[0]),
-                "attention": meta.get("attention_backend", ""),
-                "steps": int(g["step"].max()),
-                "final loss": float(g["loss"].iloc[-1]),
-                "min loss": float(g["loss"].min()),
-                "tokens/s": float(real / wall)
+                "training folder": name,
+                "final loss": float(g[col].iloc[-1]),
+                "lowest loss": float(g[col].min()),
+                "tokens per second": float(real / wall)
                 if np.isfinite(real) and np.isfinite(wall) and wall > 0
                 else float(g["tokens_per_s"].mean())
                 if "tokens_per_s" in g
                 else np.nan,
-                "wall s": float(wall),
-                "padding share": float(1 - real / padded) if padded and padded > 0 else np.nan,
+                "padding": float(1 - real / padded) if padded and padded > 0 else np.nan,
+                "steps": int(g["step"].max()),
+                "wall time (s)": float(wall),
+                "method": meta.get("method", g["method"].iloc[0] if "method" in g else ""),
+                "loss normalisation": meta.get("loss_norm", g["loss_norm"].iloc[0]),
+                "attention": meta.get("attention_backend", ""),
             }
         )
     return pd.DataFrame(rows)
+
+
+def steps_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every logged step under readable column names (the ``label`` helper column left out)."""
+    out = metrics.drop(columns=[c for c in ("label",) if c in metrics])
+    return out.rename(columns={k: v for k, v in STEP_COLUMNS.items() if k in out})
 
 
 def smooth(values: pd.Series, window: int) -> pd.Series:
@@ -78,9 +121,13 @@ def smooth(values: pd.Series, window: int) -> pd.Series:
 
 
 def fig_loss(metrics: pd.DataFrame, y: str = "loss", window: int = 1, x: str = "step") -> go.Figure:
-    """Loss curves overlaid, one line per training folder (dashed = a ``pack`` loss normalisation)."""
+    """Loss curves overlaid, one line per training folder (dashed = a ``pack`` loss normalisation), against
+    optimizer steps, tokens seen or wall time (``x``: one of :data:`X_AXES`; the cumulative ones come from
+    :func:`select`)."""
     if y not in metrics:
         raise ValueError(f"y={y!r} is not a metrics column; use one of {', '.join(map(repr, LOSS_COLUMNS))}")
+    if x not in metrics:
+        raise ValueError(f"x={x!r} is not a column of the selected steps; use one of {', '.join(X_AXES)}")
     fig = go.Figure()
     colors = colors_for(list(dict.fromkeys(metrics["train"])))
     for name, g in metrics.groupby("train", sort=False):
@@ -90,19 +137,24 @@ def fig_loss(metrics: pd.DataFrame, y: str = "loss", window: int = 1, x: str = "
             go.Scatter(
                 x=g[x],
                 y=smooth(g[y], window),
-                mode="lines",
+                mode="lines+markers" if len(g) <= 30 else "lines",
                 name=g["label"].iloc[0],
                 line=dict(color=colors[name], dash=dash, width=2),
+                hovertemplate=f"{X_AXES.get(x, x)} %{{x:,.4~g}}<br>{LOSS_TITLES.get(y, y)} %{{y:.3f}}<extra>"
+                + str(g["label"].iloc[0])
+                + "</extra>",
             )
         )
+    if x == "step" and len(metrics) and metrics["step"].max() <= 30:
+        fig.update_xaxes(dtick=1)  # a handful of steps: whole steps only
     title = {"loss": "Training loss (each run's own normalisation)", "loss_token_mean": "Token-mean loss"}.get(y, y)
     fig.update_layout(
         template=TEMPLATE,
         height=360,
         title=dict(text=title, font_size=14),
-        xaxis_title=x,
-        yaxis_title=y,
-        legend_title_text="train · loss norm",
+        xaxis_title=X_AXES.get(x, x),
+        yaxis_title=LOSS_TITLES.get(y, y),
+        legend_title_text="training folder · loss normalisation",
         margin=dict(l=50, r=20, t=50, b=40),
     )
     return fig
@@ -146,6 +198,8 @@ def fig_throughput(metrics: pd.DataFrame, window: int = 1) -> go.Figure:
                 1,
                 2,
             )
-    fig.update_xaxes(title_text="step")
+    fig.update_xaxes(
+        title_text="optimizer step", **({"dtick": 1} if len(metrics) and metrics["step"].max() <= 30 else {})
+    )
     fig.update_layout(template=TEMPLATE, height=340, margin=dict(l=50, r=20, t=50, b=40))
     return fig

@@ -42,8 +42,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -480,21 +480,11 @@ def make_generator_client(cfg: GenerateConfig, run: RunDir):
 
     return make_client(
         cfg.llm,
-        base_url=cfg.base_url,
-        api_key_env=cfg.api_key_env,
         cache_dir=run.llm_cache,
         calls_log=run.llm_calls,
-        max_in_flight=cfg.max_in_flight,
-        max_retries=cfg.max_retries,
-        timeout=cfg.timeout,
-        price_in_per_mtok=cfg.price_in_per_mtok,
-        price_out_per_mtok=cfg.price_out_per_mtok,
-        backoff_base=cfg.backoff_base,
-        backoff_max=cfg.backoff_max,
-        max_cost=cfg.max_cost,
-        max_requests=cfg.max_requests,
         prefix_reuse=cfg.prefix_reuse,
         local_batch_size=cfg.local_batch_size,
+        **cfg.client_kwargs(),
     )
 
 
@@ -508,6 +498,31 @@ def gate_of(cfg: GenerateConfig) -> RelevanceGate | None:
 def check_generate_config(cfg: GenerateConfig) -> None:
     """The checks :class:`GenerateConfig` runs when built, again (for a config changed after it was built)."""
     cfg.__post_init__()
+
+
+class _PromptFitter:
+    """Cuts documents to ``max_prompt_tokens`` for the generator (:func:`fit_document`). The tokenizer is loaded
+    at the first document that may need cutting: one whose UTF-8 bytes fit the budget cannot (a token covers at
+    least one byte), so a corpus of short documents never loads it, and an unreachable endpoint is reported
+    without waiting for it."""
+
+    def __init__(self, cfg: GenerateConfig, tokenizer: Any = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.budget: int | None = None
+
+    def fit(self, text: str) -> tuple[str, bool]:
+        limit = self.cfg.max_prompt_tokens
+        if limit <= 0 or len(text.encode("utf-8")) <= max(64, limit - instruction_overhead(None)):
+            return text, False
+        if self.tokenizer is None:
+            from longalign.llm import local_model_spec
+            from longalign.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.cfg.prompt_tokenizer or local_model_spec(self.cfg.llm))
+        if self.budget is None:
+            self.budget = max(64, limit - instruction_overhead(self.tokenizer))
+        return fit_document(text, self.tokenizer, self.budget)
 
 
 def generate_long_data(
@@ -526,12 +541,61 @@ def generate_long_data(
     """
     from tqdm.auto import tqdm
 
-    from longalign.data.corpus import read_corpus
     from longalign.llm import LLMBudgetExceeded
 
     check_generate_config(cfg)
     run = RunDir(run) if not isinstance(run, RunDir) else run
     start = time.monotonic()
+    docs, pending_docs = _documents_to_generate(cfg, run, docs)
+    already = len(docs) - len(pending_docs)
+    log.info("%d documents, %d already in %s, %d to generate", len(docs), already, run.long, len(pending_docs))
+
+    # chosen questions of the records already written: a new record must not repeat one of them
+    out = _JobOutcomes(run, [str(r["question"]) for r in read_jsonl(run.long) if r.get("question")])
+    own_client = client is None
+    if own_client:
+        client = make_generator_client(cfg, run)
+    model_name = getattr(client, "spec", None) or getattr(client, "model", "") or cfg.llm
+    try:
+        fitter = _PromptFitter(cfg, prompt_tokenizer)
+        gate = gate_of(cfg)
+
+        def new_job(doc: dict[str, Any]) -> DocumentJob:
+            text, cut = fitter.fit(doc["text"])
+            return DocumentJob(
+                doc,
+                cfg,
+                model=model_name,
+                prompt_doc=text,
+                prompt_truncated=cut,
+                gate=gate,
+                earlier_questions=out.earlier,
+            )
+
+        concurrency = getattr(client, "concurrency", cfg.max_in_flight)
+        window = cfg.window or (1 if concurrency == 1 else 4 * cfg.max_in_flight)
+        bar = tqdm(total=len(docs), initial=already, desc="long data", unit="doc", disable=not progress)
+        try:
+            _run_jobs(client, pending_docs, new_job, window, out, bar)
+        except LLMBudgetExceeded as exc:  # the spending cap: unfinished documents are left for a re-run
+            out.stopped = str(exc)
+            log.warning("%s", exc)
+        finally:
+            bar.close()
+        usage = client.usage() if hasattr(client, "usage") else {}
+    finally:
+        if own_client:
+            client.close()
+    return _generate_summary(cfg, run, docs, already, out, usage, model_name, start)
+
+
+def _documents_to_generate(
+    cfg: GenerateConfig, run: RunDir, docs: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The documents of this job (``docs``, else the run's corpus; the first ``n_docs``) and those of them not
+    in ``long.jsonl`` yet; document ids must be unique."""
+    from longalign.data.corpus import read_corpus
+
     if docs is None:
         docs = read_corpus(run.corpus)
     if cfg.n_docs > 0:
@@ -541,78 +605,78 @@ def generate_long_data(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"document id {dup!r} appears more than once in the corpus; ids must be unique")
     done_ids = {str(r.get("doc_id")) for r in read_jsonl(run.long)}
-    pending_docs = [d for d in docs if str(d["id"]) not in done_ids]
-    already = len(docs) - len(pending_docs)
-    log.info("%d documents, %d already in %s, %d to generate", len(docs), already, run.long, len(pending_docs))
+    return docs, [d for d in docs if str(d["id"]) not in done_ids]
 
-    own_client = client is None
-    if own_client:
-        client = make_generator_client(cfg, run)
-    model_name = getattr(client, "spec", None) or getattr(client, "model", "") or cfg.llm
-    written = failed = rejected_q = 0
-    failed_ids: list[str] = []
+
+@dataclass
+class _JobOutcomes:
+    """What one :func:`generate_long_data` call finished: records written to ``long.jsonl`` (their questions
+    join ``earlier``, which every job checks new questions against), documents failed into ``failed.jsonl``,
+    and why the job stopped early, if it did."""
+
+    run: RunDir
+    earlier: list[str]
+    written: int = 0
+    failed: int = 0
+    rejected_questions: int = 0
+    failed_ids: list[str] = field(default_factory=list)
     stopped: str | None = None
-    try:
-        if pending_docs and cfg.max_prompt_tokens > 0 and prompt_tokenizer is None:
-            from longalign.llm import local_model_spec
-            from longalign.models import load_tokenizer
 
-            prompt_tokenizer = load_tokenizer(cfg.prompt_tokenizer or local_model_spec(cfg.llm))
-        doc_budget = cfg.max_prompt_tokens
-        if pending_docs and cfg.max_prompt_tokens > 0:
-            doc_budget = max(64, cfg.max_prompt_tokens - instruction_overhead(prompt_tokenizer))
+    def finish(self, job: DocumentJob) -> bool:
+        """Store a finished job's record or failure; False while the job is still active."""
+        if job.status == "done":
+            rec = job.record()
+            append_jsonl(self.run.long, rec)
+            self.earlier.append(str(rec["question"]))
+            self.written += 1
+            self.rejected_questions += sum(1 for r in job.rejected if r.get("level") == "question")
+            return True
+        if job.status == "failed":
+            append_jsonl(failed_path(self.run), job.failure())
+            self.failed += 1
+            self.failed_ids.append(job.doc_id)
+            log.warning("document %s failed: %s", job.doc_id, job.error)
+            return True
+        return False
 
-        gate = gate_of(cfg)
-        # chosen questions of the records already written: a new record must not repeat one of them
-        earlier = [str(r["question"]) for r in read_jsonl(run.long) if r.get("question")]
 
-        def new_job(doc: dict[str, Any]) -> DocumentJob:
-            text, cut = (
-                fit_document(doc["text"], prompt_tokenizer, doc_budget)
-                if cfg.max_prompt_tokens > 0
-                else (doc["text"], False)
-            )
-            return DocumentJob(
-                doc, cfg, model=model_name, prompt_doc=text, prompt_truncated=cut, gate=gate, earlier_questions=earlier
-            )
+def _run_jobs(
+    client: Any,
+    pending_docs: list[dict[str, Any]],
+    new_job: Callable[[dict[str, Any]], DocumentJob],
+    window: int,
+    out: _JobOutcomes,
+    bar: Any,
+) -> None:
+    """Work on up to ``window`` documents at once, in input order: each round sends the next request of every
+    active job through ``client.chat_many`` and feeds the answers back; finished jobs go to ``out``."""
+    queue = list(reversed(pending_docs))
+    active: list[DocumentJob] = []
+    while queue or active:
+        while queue and len(active) < window:
+            active.append(new_job(queue.pop()))
+        requests = [job.next_request() for job in active]
+        for i, res in client.chat_many(requests):
+            job = active[i]
+            job.feed(res)
+            if out.finish(job):
+                bar.update(1)
+        active = [j for j in active if j.status == "active"]
+        bar.set_postfix(failed=out.failed)
 
-        concurrency = getattr(client, "concurrency", cfg.max_in_flight)
-        window = cfg.window or (1 if concurrency == 1 else 4 * cfg.max_in_flight)
-        queue = list(reversed(pending_docs))
-        active: list[DocumentJob] = []
-        bar = tqdm(total=len(docs), initial=already, desc="long data", unit="doc", disable=not progress)
-        try:
-            while queue or active:
-                while queue and len(active) < window:
-                    active.append(new_job(queue.pop()))
-                requests = [job.next_request() for job in active]
-                for i, res in client.chat_many(requests):
-                    job = active[i]
-                    job.feed(res)
-                    if job.status == "done":
-                        rec = job.record()
-                        append_jsonl(run.long, rec)
-                        earlier.append(str(rec["question"]))
-                        written += 1
-                        rejected_q += sum(1 for r in job.rejected if r.get("level") == "question")
-                        bar.update(1)
-                    elif job.status == "failed":
-                        append_jsonl(failed_path(run), job.failure())
-                        failed += 1
-                        failed_ids.append(job.doc_id)
-                        log.warning("document %s failed: %s", job.doc_id, job.error)
-                        bar.update(1)
-                active = [j for j in active if j.status == "active"]
-                bar.set_postfix(failed=failed)
-        except LLMBudgetExceeded as exc:  # the spending cap: unfinished documents are left for a re-run
-            stopped = str(exc)
-            log.warning("%s", exc)
-        finally:
-            bar.close()
-        usage = client.usage() if hasattr(client, "usage") else {}
-    finally:
-        if own_client:
-            client.close()
+
+def _generate_summary(
+    cfg: GenerateConfig,
+    run: RunDir,
+    docs: list[dict[str, Any]],
+    already: int,
+    out: _JobOutcomes,
+    usage: dict[str, Any],
+    model_name: str,
+    start: float,
+) -> GenerateSummary:
+    """The job's summary, with the quality report of every record and failure so far (written to
+    ``quality.json``); ``start`` is the job's start on ``time.monotonic``."""
     records = read_jsonl(run.long)
     records_total = len({str(r.get("doc_id")) for r in records})
     quality = quality_report(records, read_jsonl(failed_path(run)), gate=gate_of(cfg))
@@ -620,21 +684,21 @@ def generate_long_data(
     summary = GenerateSummary(
         documents=len(docs),
         already_done=already,
-        written=written,
-        failed=failed,
+        written=out.written,
+        failed=out.failed,
         records_total=records_total,
         usage=usage,
         seconds=round(time.monotonic() - start, 2),
-        failed_ids=failed_ids,
-        rejected_questions=rejected_q,
+        failed_ids=out.failed_ids,
+        rejected_questions=out.rejected_questions,
         model=model_name,
         records_file=run.long,
         failed_file=failed_path(run),
-        stopped=stopped,
+        stopped=out.stopped,
         quality=quality,
         quality_file=run.quality,
     )
-    log.info("generated %d records (%d failed) in %.1f s", written, failed, summary.seconds)
+    log.info("generated %d records (%d failed) in %.1f s", out.written, out.failed, summary.seconds)
     return summary
 
 

@@ -79,39 +79,13 @@ def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
     fewer than two questions, inline numbering ("1: … 2: …" on one line) is tried. More than ``expected``
     questions keep the first ``expected``; fewer are recorded in ``issues``.
     """
-    items: list[list[Any]] = []  # [number, text]
-    prose: list[str] = []
-    last_blank = True
-    for raw in (reply or "").splitlines():
-        line = raw.strip()
-        if not line:
-            last_blank = True
-            continue
-        hit = _match_item(line)
-        if hit is not None and hit[1].strip():
-            items.append([hit[0], hit[1]])
-        elif hit is not None:  # "1:" alone on a line: the question follows on the next line
-            items.append([hit[0], ""])
-        elif items and not last_blank and (not items[-1][1] or not items[-1][1].rstrip().endswith(("?", "？"))):
-            items[-1][1] = (items[-1][1] + " " + line).strip()
-        else:
-            prose.append(line)
-        last_blank = False
+    text = reply or ""
+    items, prose = _numbered_lines(text)
     issues: list[str] = []
     if len(items) < 2:
-        inline = list(_INLINE_RE.finditer(reply or ""))
-        seq = []
-        want = 1
-        for m in inline:
-            if int(m.group("num")) == want:
-                seq.append(m)
-                want += 1
-        if len(seq) >= 2:
-            items = []
-            for j, m in enumerate(seq):
-                end = seq[j + 1].start() if j + 1 < len(seq) else len(reply)
-                items.append([int(m.group("num")), reply[m.end() : end]])
-            prose = [p for p in (reply[: seq[0].start()].strip(),) if p]
+        inline = _inline_items(text)
+        if inline is not None:
+            items, prose = inline
             issues.append("questions written on one line")
     if not items:  # no numbering at all: lines that end with a question mark still count
         asked = [p for p in prose if clean_question(p.strip("`")).endswith(("?", "？"))]
@@ -119,9 +93,55 @@ def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
             items = [[k + 1, p.strip("`")] for k, p in enumerate(asked)]
             prose = [p for p in prose if p not in asked]
             issues.append("questions without numbers")
+    questions, numbers = _kept_questions(items, expected, issues)
+    if prose:
+        issues.append(f"{len(prose)} line(s) of extra text")
+    return ParsedQuestions(questions=questions, numbers=numbers, prose=prose, issues=issues)
+
+
+def _numbered_lines(reply: str) -> tuple[list[list[Any]], list[str]]:
+    """``[number, text]`` of each numbered line (continued by the unnumbered lines right after it until it ends
+    with a question mark), and the other lines as prose."""
+    items: list[list[Any]] = []
+    prose: list[str] = []
+    last_blank = True
+    for raw in reply.splitlines():
+        line = raw.strip()
+        if not line:
+            last_blank = True
+            continue
+        hit = _match_item(line)
+        if hit is not None:  # "1:" alone on a line: the question follows on the next line
+            items.append([hit[0], hit[1] if hit[1].strip() else ""])
+        elif items and not last_blank and not items[-1][1].rstrip().endswith(("?", "？")):
+            items[-1][1] = (items[-1][1] + " " + line).strip()
+        else:
+            prose.append(line)
+        last_blank = False
+    return items, prose
+
+
+def _inline_items(reply: str) -> tuple[list[list[Any]], list[str]] | None:
+    """Questions numbered 1, 2, ... within running text, and the text before the first as prose; None when
+    fewer than two are found."""
+    seq = []
+    want = 1
+    for m in _INLINE_RE.finditer(reply):
+        if int(m.group("num")) == want:
+            seq.append(m)
+            want += 1
+    if len(seq) < 2:
+        return None
+    ends = [m.start() for m in seq[1:]] + [len(reply)]
+    items = [[int(m.group("num")), reply[m.end() : end]] for m, end in zip(seq, ends)]
+    return items, [p for p in (reply[: seq[0].start()].strip(),) if p]
+
+
+def _kept_questions(items: list[list[Any]], expected: int, issues: list[str]) -> tuple[list[str], list[int]]:
+    """The cleaned, non-empty questions (at most ``expected``) and their numbers; what is wrong with them is
+    added to ``issues``."""
     questions = [clean_question(t) for _, t in items]
-    numbers = [n for n, _ in items]
-    kept = [(n, q) for n, q in zip(numbers, questions) if q]
+    kept = [(n, q) for (n, _), q in zip(items, questions) if q]
     if len(kept) < len(questions):
         issues.append(f"{len(questions) - len(kept)} empty numbered item(s)")
     numbers = [n for n, _ in kept]
@@ -133,9 +153,7 @@ def parse_questions(reply: str, expected: int = N_QUESTIONS) -> ParsedQuestions:
         questions, numbers = questions[:expected], numbers[:expected]
     if len(questions) < expected:
         issues.append(f"fewer than {expected} questions ({len(questions)})")
-    if prose:
-        issues.append(f"{len(prose)} line(s) of extra text")
-    return ParsedQuestions(questions=questions, numbers=numbers, prose=prose, issues=issues)
+    return questions, numbers
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -218,6 +236,20 @@ def question_problem(
     if _TEMPLATE_RE.search(q):
         return "template"
     zh = is_zh(lang) or sum("\u4e00" <= ch <= "\u9fff" for ch in q) > len(q) / 4
+    length = _length_problem(q, zh, lim)
+    if length:
+        return length
+    norm = _normalize(q)
+    if not norm:
+        return "template"
+    return (
+        _echo_problem(q, norm, instruction, lim)
+        or _duplicate_problem(norm, accepted, lim)
+        or (_form_problem(q, zh) if lim.require_question_form else None)
+    )
+
+
+def _length_problem(q: str, zh: bool, lim: ValidationLimits) -> str | None:
     if zh:
         if len(re.sub(r"\s", "", q)) < lim.min_chars_zh:
             return "too_short"
@@ -225,33 +257,43 @@ def question_problem(
         return "too_short"
     if len(q) > lim.max_chars:
         return "too_long"
-    norm = _normalize(q)
-    if not norm:
-        return "template"
+    return None
+
+
+def _echo_problem(q: str, norm: str, instruction: str, lim: ValidationLimits) -> str | None:
+    """``instruction_echo`` when the question repeats the instruction: a phrase of it, the whole question inside
+    it, or a sentence of it nearly word for word."""
     low = q.lower()
     if any(p in low for p in _ECHO_PHRASES):
         return "instruction_echo"
-    norm_instr = _normalize(instruction)
-    if len(norm) >= 8 and norm in norm_instr:
+    if len(norm) >= 8 and norm in _normalize(instruction):
         return "instruction_echo"
     for sentence in re.split(r"(?<=[.!?。！？:：])\s*", instruction):
         ns = _normalize(sentence)
         if len(ns) >= 8 and _similar(norm, ns) >= lim.echo_similarity:
             return "instruction_echo"
+    return None
+
+
+def _duplicate_problem(norm: str, accepted: list[str], lim: ValidationLimits) -> str | None:
     for prev in accepted:
         pn = _normalize(prev)
         if pn == norm:
             return "duplicate"
         if _similar(pn, norm) >= lim.near_duplicate:
             return "near_duplicate"
-    if lim.require_question_form:
-        if zh:
-            if not any(m in q for m in _ZH_MARKERS):
-                return "not_a_question"
-        else:
-            first = re.sub(r"[^a-z']", "", low.split()[0]) if low.split() else ""
-            if not q.rstrip().endswith("?") and first not in _EN_STARTS:
-                return "not_a_question"
+    return None
+
+
+def _form_problem(q: str, zh: bool) -> str | None:
+    """``not_a_question``: no question word or mark (Chinese), or neither a question mark nor a question or
+    instruction word first (English)."""
+    if zh:
+        return None if any(m in q for m in _ZH_MARKERS) else "not_a_question"
+    words = q.lower().split()
+    first = re.sub(r"[^a-z']", "", words[0]) if words else ""
+    if not q.rstrip().endswith("?") and first not in _EN_STARTS:
+        return "not_a_question"
     return None
 
 

@@ -139,10 +139,17 @@ def fit_document(text: str, tokenizer: Any, max_tokens: int) -> tuple[str, bool]
     return (tokenizer.decode(ids[:head]).rstrip() + _CUT_MARKER + tokenizer.decode(ids[-tail:]).lstrip()), True
 
 
-def instruction_overhead(tokenizer: Any) -> int:
+def instruction_overhead(tokenizer: Any | None) -> int:
+    """Tokens of the longest question prompt around an empty document, plus 32 for the chat template; with no
+    tokenizer, an upper bound of it in UTF-8 bytes (a token covers at least one byte)."""
     longest = 0
     for t in TASK_TYPES:
         for lang in ("en", "zh"):
             prompt = question_prompt("", t, lang, ["template", "duplicate", "instruction_echo", "too_few"])
-            longest = max(longest, len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+            n = (
+                len(prompt.encode("utf-8"))
+                if tokenizer is None
+                else len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            )
+            longest = max(longest, n)
     return longest + 32  # chat-template tokens
