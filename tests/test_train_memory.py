@@ -279,6 +279,13 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
     assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out
     assert "the model has 4,096 positions" in out
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+    # a CPU plan names the allocator it is for; one far from the 24 GB says no more than that
+    assert "note: the plan is the lean CPU allocator's" in out and "--cpu-allocator lean" not in out
+    rc = main(
+        ["train", "--model", tiny, "--max-len", "8192", "--memory-plan", "--device-memory", "1GB"]
+        + ["--plan-device", "cpu", "--loss-impl", "full", "--cpu-allocator", "glibc"]
+    )
+    assert rc == 0 and "--cpu-allocator lean" in capsys.readouterr().out  # the peak is past 80% of 1 GB
 
 
 _FREED_TENSOR_SCRIPT = r"""
