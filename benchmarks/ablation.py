@@ -5,8 +5,10 @@ do sorting and packing reach the same quality sooner than naive batching? (CPU, 
 Five arms train a small random-init Llama on the same rows, with the same epochs and seeds, through
 ``longalign.train``: naive+token, sort+sequence, pack+pack (eq. 3), pack+token, pack+sequence (eq. 4). The mix
 puts needle questions over 300-1,500-token documents (~8-token answers) beside continuation rows with ~250-token
-answers; held-out rows of each kind are scored during training. See ``longalign/train/ablation.py`` for the
+answers; held-out rows of each kind are scored during training. See ``longalign/recipes/ablation/`` for the
 design. Writes benchmarks/results/ablation.json and ablation.html (ablation.png when kaleido is installed).
+This script is ``longalign experiment ablation`` with ``--out benchmarks/results`` (from any directory); every
+option of the command applies (``--help``).
 
     python benchmarks/ablation.py            # 3 seeds x 5 arms, ~20 minutes on a quiet 2-core machine
     python benchmarks/ablation.py --smoke    # seconds: the smallest end-to-end run
@@ -15,8 +17,6 @@ design. Writes benchmarks/results/ablation.json and ablation.html (ablation.png 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -27,20 +27,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longalign.config import add_config_args, build_config
-    from longalign.train import ablation
+    from longalign.cli import main as longalign
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p, ablation.AblationConfig)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = build_config(ablation.AblationConfig, args)
-    if not getattr(args, "out", None):
-        cfg.out = str(ROOT / "benchmarks" / "results")
-    summary = ablation.run(cfg, progress=lambda msg: print(msg, flush=True))
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", str(ROOT / "benchmarks" / "results")]
+    return longalign(["experiment", "ablation", *args])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Every stage package -- :mod:`longalign.data`, :mod:`longalign.tokenize`, :mod:`l
 stage in ``run.json`` (its config and ``summary.to_dict()``) and returns a :class:`Summary`. A stage with
 several steps (data: corpus / generate / short / mix; batching: plan / simulate; eval: one per benchmark)
 dispatches on the type of ``cfg``; each step also has its own ``run`` in its module. The stage's ``cli.py``
-only parses flags into the config, calls ``run`` and prints ``summary.lines()``; the demo, the notebooks and
-the app call ``run`` too, so no caller repeats the glue.
+only parses flags into the config, calls ``run`` and returns the summary, whose ``lines()`` the ``longalign``
+command prints (:func:`longalign.cli.finish`); the recipes, the notebooks and the app call ``run`` too, so no
+caller repeats the glue.
 
 The library never prints: progress goes to tqdm (``progress=False`` hides it) and to the ``logging`` module.
 """

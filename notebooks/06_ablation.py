@@ -57,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
 pd.set_option("display.max_colwidth", 60)
 
-from longalign.train import ablation
+from longalign.recipes import ablation
 
 path = ROOT / result_path
 if not path.is_file():

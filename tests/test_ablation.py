@@ -1,4 +1,4 @@
-"""The ablation experiment (longalign.train.ablation): its smallest configuration end to end, the JSON schema
+"""The ablation experiment (longalign.recipes.ablation): its smallest configuration end to end, the JSON schema
 it writes, and the pieces of analysis on literal inputs."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from longalign.train import ablation
-from longalign.train.ablation import ARMS, AblationConfig, analyse, spread, time_to_reach
+from longalign.recipes import ablation
+from longalign.recipes.ablation import ARMS, AblationConfig, analyse, spread, time_to_reach
 
 ARM_METRICS = {
     "needle_exact_match",

@@ -533,7 +533,7 @@ def test_partial_run_training_in_progress(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def test_app_command_line():
-    from longalign import app_cli
+    from longalign.cli import app as app_cli
     from longalign.cli import build_parser
 
     args = build_parser().parse_args(["app", "--runs", "myruns", "--port", "8600", "--headless"])

@@ -1,5 +1,5 @@
 """The dashboard in a real browser: ``streamlit run`` (headless, free port) on a fixture runs folder, every page
-opened in headless Chromium through playwright (:mod:`longalign.screenshots`), plotly charts checked as drawn,
+opened in headless Chromium through playwright (:mod:`longalign.recipes.screenshots`), plotly charts checked as drawn,
 no exception shown, screenshots saved to $LONGALIGN_SCREENSHOT_DIR (default: a temporary folder). The README's
 pictures come from a real demo run instead. Skips when Debian's chromium or playwright is missing."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from longalign.screenshots import PAGES, find_chromium, serve, shoot
+from longalign.recipes.screenshots import PAGES, find_chromium, serve, shoot
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from longalign import app_cli
+from longalign.cli import app as app_cli
 from longalign.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

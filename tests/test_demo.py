@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from longalign import demo
 from longalign.eval.longbench_chat import load_longbench_chat
+from longalign.recipes import demo
 from longalign.rundir import RunDir, append_jsonl, read_jsonl
 
 

@@ -20,14 +20,13 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from longalign import IGNORE_INDEX  # noqa: E402
 from longalign.batching import PackedCollator, PaddedCollator, make_plan, plan_features, token_weights  # noqa: E402
-from longalign.batching.loss import LOSS_NORMS, weighted_and_plain_ce  # noqa: E402
-from longalign.train.head_loss import (  # noqa: E402
+from longalign.batching.head_loss import (  # noqa: E402
     chunked_head_loss,
-    default_chunk_rows,
     install_loss_head,
     loss_request,
     read_loss_output,
 )
+from longalign.batching.loss import LOSS_NORMS, default_chunk_rows, weighted_and_plain_ce  # noqa: E402
 
 torch.set_num_threads(1)
 VOCAB = 320

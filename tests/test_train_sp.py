@@ -92,8 +92,8 @@ def test_target_of_a_shards_first_token_lives_on_the_previous_shard():
 
 
 def test_loss_functions_take_shifted_labels():
+    from longalign.batching.head_loss import chunked_head_loss
     from longalign.batching.loss import weighted_and_plain_ce
-    from longalign.train.head_loss import chunked_head_loss
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, 11, 8, dtype=torch.float64, generator=gen)

@@ -20,6 +20,7 @@ used, so planning stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from longalign import stage
 from longalign.batching import plans as _plans
 from longalign.batching import simulate as _simulate_module
 from longalign.batching.collate import PackedCollator, PaddedCollator, plan_features
-from longalign.batching.config import BatchPlanConfig, SimulateConfig
+from longalign.batching.config import METHODS, OVERLONG, PACK_ALGOS, BatchPlanConfig, SimulateConfig
 from longalign.batching.figures import FIGURES, format_figure, read_figures
 from longalign.batching.lengths import read_lengths_file, read_token_lengths
 from longalign.batching.loss import (
+    LOSS_IMPLS,
     LOSS_NORMS,
     StepTotals,
     count_targets,
@@ -40,9 +42,6 @@ from longalign.batching.loss import (
     weights_from_totals,
 )
 from longalign.batching.plans import (
-    METHODS,
-    OVERLONG,
-    PACK_ALGOS,
     Plan,
     PlanSummary,
     compute_stats,
@@ -53,7 +52,10 @@ from longalign.batching.plans import (
 from longalign.batching.simulate import CostModel, SimulationSummary, fit_cost_model, simulate, simulate_plan
 from longalign.rundir import RunDir
 
-STEPS = {BatchPlanConfig: _plans.run, SimulateConfig: _simulate_module.run}
+STEPS: dict[type, Callable[..., stage.Summary]] = {
+    BatchPlanConfig: _plans.run,
+    SimulateConfig: _simulate_module.run,
+}
 
 
 def run(cfg: BatchPlanConfig | SimulateConfig, run_dir: str | Path | RunDir, **kwargs: Any) -> stage.Summary:
@@ -81,6 +83,7 @@ __all__ = [
     "PACK_ALGOS",
     "OVERLONG",
     "LOSS_NORMS",
+    "LOSS_IMPLS",
     "Plan",
     "make_plan",
     "pack_lengths",

@@ -43,22 +43,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _emit(summary: Any, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(summary.to_dict()))
-    else:
-        for line in summary.lines():
-            print(line)
+def _emit(summary: Any, as_json: bool) -> Any:
+    """The summary as JSON on stdout (``--json``), else the summary itself, whose lines ``longalign`` prints."""
+    if not as_json:
+        return summary
+    print(json.dumps(summary.to_dict()))
     return summary.exit_code
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace) -> Any:
     cfg = build_config(BatchPlanConfig, args)
     run_dir = run_dir_of(args)
     return _emit(batching.run(cfg, run_dir) if run_dir else plan_lengths(cfg), args.json)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def cmd_simulate(args: argparse.Namespace) -> Any:
     cfg = build_config(SimulateConfig, args)
     run_dir = run_dir_of(args)
     return _emit(batching.run(cfg, run_dir) if run_dir else simulate_config(cfg), args.json)

@@ -1,14 +1,17 @@
 """Options of the batching stage: a batch plan (``longalign batch plan``) and the training-time simulator
-(``longalign batch simulate``). Nothing here imports torch, transformers or datasets: the CLI builds these
-for ``--help``."""
+(``longalign batch simulate``), with the choices they accept (the planner and the simulator check the same
+tuples). Nothing here imports torch, transformers or datasets: the CLI builds these for ``--help``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longalign.batching.plans import METHODS, OVERLONG, PACK_ALGOS
-from longalign.batching.simulate import SYNC_MODES
 from longalign.config import Options, option, redefault
+
+METHODS = ("naive", "sort", "pack")
+PACK_ALGOS = ("nextfit", "ffd", "bfd")
+OVERLONG = ("truncate", "drop", "error")
+SYNC_MODES = ("micro", "step")
 
 
 @dataclass

@@ -47,6 +47,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from longalign.batching.plans import Plan
 
 LOSS_NORMS = ("sequence", "token", "pack")
+# how the loss is computed: from hidden states in chunks (longalign.batching.head_loss) or from the full logits
+LOSS_IMPLS = ("chunked", "full")
+CHUNK_ELEMENTS = 2**25  # rows x vocab of one chunk's logits in the chunked loss
+
+
+def default_chunk_rows(vocab: int) -> int:
+    """Rows per chunk of the chunked loss, so that one ``[rows, vocab]`` float32 buffer holds about 128 MB."""
+    return max(16, CHUNK_ELEMENTS // max(1, int(vocab)))
 
 
 def count_targets(labels: Sequence[int] | np.ndarray, max_len: int | None = None) -> int:
@@ -57,7 +65,9 @@ def count_targets(labels: Sequence[int] | np.ndarray, max_len: int | None = None
     return int((arr[1:] != IGNORE_INDEX).sum())
 
 
-def _micro_weights(n_target_lists: Sequence[np.ndarray], loss_norm: str, M: int, T: int, K: int) -> list[np.ndarray]:
+def _micro_weights(
+    n_target_lists: Sequence[Sequence[int] | np.ndarray], loss_norm: str, M: int, T: int, K: int
+) -> list[np.ndarray]:
     out = []
     for nt in n_target_lists:
         nt = np.asarray(nt, dtype=np.float64)

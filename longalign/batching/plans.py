@@ -43,24 +43,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from longalign.batching.config import METHODS, OVERLONG, PACK_ALGOS, BatchPlanConfig
 from longalign.batching.figures import plan_figures, summary_line
 from longalign.batching.lengths import lengths_for
 from longalign.config import check_choice
 from longalign.rundir import RunDir
 from longalign.stage import Summary, as_run_dir, record
 
-if TYPE_CHECKING:  # pragma: no cover
-    from longalign.batching.config import BatchPlanConfig
-
 log = logging.getLogger(__name__)
-
-METHODS = ("naive", "sort", "pack")
-PACK_ALGOS = ("nextfit", "ffd", "bfd")
-OVERLONG = ("truncate", "drop", "error")
 
 # ----------------------------------------------------------------------------------------------------------
 # Placement kernels. Inputs: int64 sizes (already in processing order), capacity; output: pack id per item.

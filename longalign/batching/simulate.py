@@ -27,21 +27,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from longalign.batching.config import METHODS, SYNC_MODES, SimulateConfig
 from longalign.batching.lengths import lengths_for
-from longalign.batching.plans import METHODS, make_plan
+from longalign.batching.plans import make_plan
 from longalign.config import check_choice, deprecated
 from longalign.rundir import RunDir, atomic_write_json
 from longalign.stage import Summary, as_run_dir, record
 
-if TYPE_CHECKING:  # pragma: no cover
-    from longalign.batching.config import SimulateConfig
-
 ATTENTION_MODES = ("varlen", "dense")
-SYNC_MODES = ("micro", "step")
 
 
 @dataclass(frozen=True)
@@ -93,9 +90,9 @@ def step_timeline(costs: np.ndarray, world_size: int, grad_accum: int, sync: str
     per_step = world_size * grad_accum
     n = costs.size
     n_steps = -(-n // per_step) if n else 0
-    grid = np.zeros(n_steps * per_step)
-    grid[:n] = costs
-    grid = grid.reshape(n_steps, grad_accum, world_size)  # micro-batch j -> (j // G, j % G)
+    flat_grid = np.zeros(n_steps * per_step)
+    flat_grid[:n] = costs
+    grid = flat_grid.reshape(n_steps, grad_accum, world_size)  # micro-batch j -> (j // G, j % G)
     if sync == "micro":
         total = float(grid.max(axis=2).sum())
     else:
@@ -119,7 +116,7 @@ def simulate_plan(
     flat, sizes = plan.arrays()
     tokens, attn = micro_batch_work(plan.lengths, flat, sizes, plan.method == "pack", attention)
     costs = cost.seconds(tokens, attn)
-    out = step_timeline(costs, plan.world_size, plan.grad_accum, sync)
+    out: dict[str, Any] = dict(step_timeline(costs, plan.world_size, plan.grad_accum, sync))
     real = float(plan.stats.get("n_tokens", 0))
     out.update(
         {

@@ -2,7 +2,8 @@
 
 Each subcommand takes ``--run DIR`` (the run directory), ``--config FILE`` (YAML whose keys are the option
 names) and one flag per option; flags typed on the command line override the file. The handlers parse the
-flags into the step's config, call its ``run`` (:func:`longalign.data.run`) and print the summary.
+flags into the step's config, call its ``run`` (:func:`longalign.data.run`) and return the summary, which
+``longalign`` prints.
 """
 
 from __future__ import annotations
@@ -84,12 +85,9 @@ def register(subparsers: Any) -> None:
 
 
 def _handler(cls: type, progress: bool = False):
-    def handle(args: argparse.Namespace) -> int:
+    def handle(args: argparse.Namespace) -> Any:
         cfg = build_config(cls, args)
         kwargs = {"progress": not args.no_progress} if progress else {}
-        summary = data.run(cfg, run_dir_of(args), **kwargs)
-        for line in summary.lines():
-            print(line)
-        return summary.exit_code
+        return data.run(cfg, run_dir_of(args), **kwargs)
 
     return handle

@@ -58,11 +58,8 @@ def register(subparsers: Any) -> None:
 
 
 def _handler(cls: type):
-    def handle(args: argparse.Namespace) -> int:
+    def handle(args: argparse.Namespace) -> Any:
         cfg = build_config(cls, args)
-        summary = evaluation.run(cfg, run_dir_of(args))
-        for line in summary.lines():
-            print(line)
-        return summary.exit_code
+        return evaluation.run(cfg, run_dir_of(args))
 
     return handle

@@ -4,8 +4,9 @@ The cheapest and most sensitive check that fine-tuning changed a model: a few fo
 no judge, and a number that moves after a handful of optimizer steps long before a judged score does. Each
 conversation is tokenized exactly as ``longalign tokenize`` would (same chat format, truncation and
 ``max_len``; loss only on assistant tokens), run through the model without gradients, and scored with the
-training loss's own head (:func:`longalign.train.head_loss.chunked_head_loss`, so the ``[L, V]`` logits of a
-long prompt never exist whole). Two means are reported, as in training:
+training loss's own arithmetic (:func:`longalign.batching.head_loss.score_targets`: the head runs on the
+target positions only, chunk by chunk, so the ``[L, V]`` logits of a long prompt never exist whole). Two means
+are reported, as in training:
 
 * ``token_mean`` -- total cross-entropy / total target tokens (long answers weigh more);
 * ``sequence_mean`` -- the mean over conversations of each one's token-mean (every conversation counts the
@@ -86,12 +87,11 @@ def score_conversations(
     model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg: HeldOutConfig, *, source: Path | None = None
 ) -> list[dict[str, Any]]:
     """One row per conversation: ``n_tokens``, ``n_target``, ``loss_sum``, ``loss_mean`` (and ``truncated``)."""
-    import torch
     from tqdm.auto import tqdm
 
+    from longalign.batching.head_loss import score_targets
     from longalign.tokenize.encode import tokenize_conversation
     from longalign.tokenize.formats import RowError
-    from longalign.train.head_loss import chunked_head_loss
 
     head = model.get_output_embeddings()
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -118,23 +118,17 @@ def score_conversations(
                 }
             )
             continue
-        ids = torch.as_tensor(tok.input_ids, dtype=torch.long)[None]
-        labels = torch.as_tensor(tok.labels, dtype=torch.long)[None]  # position t predicts labels[t + 1]
-        with torch.no_grad():
-            hidden = body(input_ids=ids).last_hidden_state
-            ones = torch.ones_like(labels, dtype=hidden.dtype)
-            loss_sum, _ = chunked_head_loss(hidden, head.weight, getattr(head, "bias", None), labels, ones)
-        n_target = int((labels[0, 1:] != -100).sum())
+        scored = score_targets(model, tok.input_ids, tok.labels)
         rows.append(
             {
                 "index": k,
                 "kind": str(rec.get("kind") or "all"),
                 "doc_id": rec.get("doc_id"),
-                "n_tokens": int(ids.shape[1]),
-                "n_target": n_target,
+                "n_tokens": int(tok.input_ids.size),
+                "n_target": scored.n_target,
                 "truncated": bool(tok.truncated),
-                "loss_sum": float(loss_sum),
-                "loss_mean": float(loss_sum) / n_target,
+                "loss_sum": scored.loss_sum,
+                "loss_mean": scored.loss_mean,
             }
         )
     return rows

@@ -12,7 +12,10 @@ different lengths would mostly pad. The prompt is the tokenizer's chat template 
 appended (:meth:`LocalModel.render`; a tokenizer without a template gets a plain ``User:/Assistant:``
 layout, logged once). ``temperature > 0`` samples with ``top_p`` and no top-k cut (as an OpenAI-compatible
 endpoint does); ``temperature == 0`` decodes greedily. A request with a ``seed`` calls
-``torch.manual_seed(seed)`` right before generating, so it reproduces exactly on the same machine. Token
+``torch.manual_seed(seed)`` right before generating, so it reproduces exactly on the same machine when it runs
+the same way (with int4 decoding, the CPU default, a prompt read partly from the prefix cache may sample other
+tokens than the same prompt read whole: the bfloat16 rounding of decoding turns float32 rounding differences
+into visible ones; ``LONGALIGN_LOCAL_DTYPE=float32`` samples the same either way in practice). Token
 counts are exact: prompt tokens fed to the model and new tokens generated (EOS included).
 
 ``prefix_reuse`` (default on) keeps the KV cache of each prompt in the model's

@@ -13,8 +13,13 @@ returns a fresh copy whose weights the trainer may change).
 Specs are model specs (:mod:`longalign.models`): ``smollm2`` (or empty), an HF id, a folder, or
 ``random:<config>``. Spellings of the same model share one entry (``""``/``smollm2``/``embedded``; a
 relative and an absolute path of one folder). Device defaults to CUDA when available, else CPU; dtype to
-bfloat16 on CUDA (half the memory of float32, the precision the released chat models are tuned in) and
-float32 on CPU (bfloat16 matmuls on CPU are several times slower).
+``$LONGALIGN_LOCAL_DTYPE`` when set, else bfloat16 on CUDA (half the memory of float32, the precision the
+released chat models are tuned in), and on CPU to ``int4`` where the CPU has AVX-512 (float32 elsewhere;
+bfloat16 matmuls on CPU are several times slower). ``int4`` is the float32 model whose linear layers with
+weights on a 4-bit or 8-bit group grid (every one of the embedded Q4_1/Q8_0 model's) decode from that grid
+through PyTorch's int4 kernel, about half a byte (one for the head) per weight instead of four, and whose decoding
+steps attend with two plain products (:mod:`longalign.llm.int4_decode`); prompts are prefilled in exact float32,
+and ``LONGALIGN_LOCAL_DTYPE=float32`` (or ``dtype="float32"``) is the exact float32 path throughout.
 
 :class:`LocalModel` exposes what the users need: the chat prompt (:meth:`~LocalModel.render`), the ids
 that end a turn (:attr:`~LocalModel.eos_ids`), batched generation (:meth:`~LocalModel.generate`) and the
@@ -30,7 +35,9 @@ next single prompt that shares a token prefix with a kept one starts from a copy
 longest common prefix, so only the differing tail is prefilled. The result is the same computation split in
 two (prefix, then tail) instead of one pass; in float32 on CPU the greedy outputs of the benchmark and the
 tests are token-for-token identical with and without reuse. Sampling draws its random numbers only while
-decoding, so a seeded request samples the same tokens too. A batch of several prompts with ``reuse_prefix``
+decoding, so a seeded request samples the same tokens too (in float32; int4 decoding rounds its decoding steps
+to bfloat16, which can turn the split's float32 rounding differences into a different sampled token).
+A batch of several prompts with ``reuse_prefix``
 prefills each prompt alone, from and into the prefix cache, and decodes them together from the stacked,
 left-padded caches (:meth:`LocalModel._prefilled_batch_cache`); without it a batch is one left-padded
 ``generate`` over the padded prompts. At most 4 prompts and 1 GiB are kept (SmolLM2-135M in float32 needs
@@ -40,6 +47,7 @@ prompt whose cache alone exceeds the budget is not kept).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -57,6 +65,11 @@ DEFAULT_SPEC = "smollm2"
 # end-of-turn markers chat templates use besides the tokenizer's eos (looked up by text, never by id)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
+# the environment variable that sets the local models' default dtype (``float32``: the exact float32 path)
+LOCAL_DTYPE_ENV = "LONGALIGN_LOCAL_DTYPE"
+# the dtype name of a float32 model whose 4-bit-grid linear layers decode from int4 (:mod:`longalign.llm.int4_decode`)
+INT4_DECODE = "int4"
+
 _load_lock = threading.Lock()
 _models: dict[tuple[str, str, str], LocalModel] = {}
 
@@ -71,6 +84,41 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_local_dtype(device: str = "cpu") -> str:
+    """The local models' dtype when none is given: ``$LONGALIGN_LOCAL_DTYPE`` when set, else ``bfloat16`` on CUDA,
+    :data:`INT4_DECODE` on a CPU with AVX-512 where PyTorch has the int4 kernel, and ``float32`` elsewhere."""
+    import os
+
+    chosen = os.environ.get(LOCAL_DTYPE_ENV, "").strip()
+    if chosen:
+        return chosen
+    if str(device).startswith("cuda"):
+        return "bfloat16"
+    import torch
+
+    from longalign.llm.int4_decode import int4_kernel_available
+
+    if str(device) == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        if int4_kernel_available():
+            return INT4_DECODE
+    return "float32"
+
+
+def resolve_precision(dtype: Any = None, device: str = "cpu") -> tuple[Any, bool]:
+    """``(torch dtype, int4 decoding)`` of a local model: :data:`INT4_DECODE` is a float32 model whose 4-bit-grid
+    layers decode through :mod:`longalign.llm.int4_decode`; anything else is a plain model of that dtype (see
+    :func:`resolve_dtype`, :func:`default_local_dtype` for the default)."""
+    import torch
+
+    if dtype is None:
+        dtype = default_local_dtype(device)
+    if isinstance(dtype, str) and dtype.strip().lower() == INT4_DECODE:
+        if not str(device).startswith("cpu"):
+            raise ValueError(f"dtype={INT4_DECODE!r} runs on a CPU only (device={device!r}); use bfloat16 there")
+        return torch.float32, True
+    return resolve_dtype(dtype, device), False
+
+
 def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
     """A ``torch.dtype`` from a dtype or its name (``bfloat16``); default bfloat16 on CUDA, float32 elsewhere."""
     import torch
@@ -81,7 +129,9 @@ def resolve_dtype(dtype: Any = None, device: str = "cpu") -> Any:
         return dtype
     value = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        raise ValueError(
+            f"dtype={dtype!r} is not a torch dtype; use float32, bfloat16, float16 or {INT4_DECODE} (CPU decoding)"
+        )
     return value
 
 
@@ -365,6 +415,8 @@ class LocalModel:
         self._warned_template = False
         self._cache_kw: str | None = None
         self.prefix_cache = PrefixCache()
+        # how the weights compute: the model's dtype, or INT4_DECODE (set by get_local_model)
+        self.precision = str(getattr(model, "dtype", "")).removeprefix("torch.")
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r}, device={self.device!r})"
@@ -450,7 +502,7 @@ class LocalModel:
         with self.lock:
             past = None
             if reuse_prefix and len(prompts) > 1:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._reading():
                     past = self._prefilled_batch_cache(prompts)
                 if past is not None:
                     kwargs[self._cache_keyword()] = past
@@ -465,7 +517,7 @@ class LocalModel:
             if seed is not None:
                 torch.manual_seed(int(seed))
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._reading_first_forward():
                     out = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
                     )
@@ -505,7 +557,7 @@ class LocalModel:
         if any(len(c) == 0 for c in continuations):
             raise ValueError("every continuation needs at least one token")
         out_lp: list[float] = []
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), self._reading():
             out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             cache = _output_cache(out)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -581,6 +633,26 @@ class LocalModel:
             batched.update(torch.cat(keys), torch.cat(values), layer)
         return batched
 
+    def _packed(self) -> bool:
+        return self.precision == INT4_DECODE
+
+    def _reading(self) -> Any:
+        """Context in which the model reads tokens as the float32 model does (int4 decoding: see
+        :func:`longalign.llm.int4_decode.float_reading`; nothing to do otherwise)."""
+        if not self._packed():
+            return contextlib.nullcontext()
+        from longalign.llm.int4_decode import float_reading
+
+        return float_reading()
+
+    def _reading_first_forward(self) -> Any:
+        """Context in which the model's next forward (a ``generate`` call's prompt) reads as the float32 model."""
+        if not self._packed():
+            return contextlib.nullcontext()
+        from longalign.llm.int4_decode import first_forward_reads
+
+        return first_forward_reads(self.model)
+
     def _new_cache(self) -> Any:
         """An empty ``DynamicCache`` for this model (None where transformers has none), its plain full-attention
         layers replaced by :func:`appending_layer_class` layers."""
@@ -630,12 +702,15 @@ def _output_cache(out: Any) -> Any:
 def get_local_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LocalModel:
     """The process-wide :class:`LocalModel` for a model spec, loaded on first use (see module docstring).
 
-    Thread-safe: concurrent first calls load once (loads are serialised; a cached model is returned without
-    waiting for another model's load).
+    ``dtype`` (default :func:`default_local_dtype`) is a torch dtype or its name, or :data:`INT4_DECODE`: the
+    float32 model with its 4-bit-grid layers packed for decoding (:mod:`longalign.llm.int4_decode`). Thread-safe:
+    concurrent first calls load once (loads are serialised; a cached model is returned without waiting for
+    another model's load).
     """
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    key = (_spec_key(spec), device, str(torch_dtype))
+    torch_dtype, int4 = resolve_precision(dtype, device)
+    precision = INT4_DECODE if int4 else str(torch_dtype).removeprefix("torch.")
+    key = (_spec_key(spec), device, precision)
     hit = _models.get(key)
     if hit is not None:
         return hit
@@ -648,15 +723,18 @@ def get_local_model(spec: str | None = None, *, device: str | None = None, dtype
         start = time.monotonic()
         tokenizer = load_tokenizer(spec)
         model = load_model(spec, dtype=torch_dtype)
+        packed = ""
+        if int4:
+            from longalign.llm.int4_decode import pack_grid_layers, use_decode_attention
+
+            stats = pack_grid_layers(model)
+            packed = f", {stats['layers']} of {stats['layers'] + stats['kept']} linear layers decode from int4"
+            if stats["layers"] and use_decode_attention(model):  # nothing packed: the float32 model as it is
+                packed += ", decoding attention as two products"
         lm = LocalModel(model, tokenizer, spec=spec, device=device)
+        lm.precision = precision
         _models[key] = lm
-        log.info(
-            "loaded %s on %s (%s) in %.1f s",
-            lm.name,
-            device,
-            str(torch_dtype).removeprefix("torch."),
-            time.monotonic() - start,
-        )
+        log.info("loaded %s on %s (%s%s) in %.1f s", lm.name, device, precision, packed, time.monotonic() - start)
         return lm
 
 

@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_cmd_tokenize)
 
 
-def _cmd_tokenize(args: argparse.Namespace) -> int:
+def _cmd_tokenize(args: argparse.Namespace) -> Any:
     cfg = build_config(TokenizeConfig, args)
     run_dir = run_dir_of(args)
     progress = not args.no_progress
@@ -41,6 +41,4 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
         raise ValueError(
             "say what to tokenize: --run RUN (reads RUN/data/mixed.jsonl, writes RUN/tokens) or --input FILE --out DIR"
         )
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code
+    return summary

@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> Any:
     cfg = build_config(TrainConfig, args)
     run_dir = run_dir_of(args)
     if args.memory_plan:
@@ -84,10 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     _close_process_group()
-    if result.rank == 0:
-        for line in result.lines():
-            print(line)
-    return result.exit_code
+    return result if result.rank == 0 else result.exit_code  # rank 0 prints the summary
 
 
 def _close_process_group() -> None:

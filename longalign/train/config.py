@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import InitVar, dataclass
 
-from ..batching.loss import LOSS_NORMS
-from ..batching.plans import METHODS, OVERLONG, PACK_ALGOS
+from ..batching.config import METHODS, OVERLONG, PACK_ALGOS
+from ..batching.loss import LOSS_IMPLS, LOSS_NORMS
 from ..config import Options, deprecated, option
 from .allocator import CHOICES as CPU_ALLOCATORS
-from .head_loss import LOSS_IMPLS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..batching.head_loss import loss_request, read_loss_output
 from ..batching.loss import weighted_and_plain_ce
-from .head_loss import loss_request, read_loss_output
 
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 

@@ -186,7 +186,7 @@ def _check(
     device: str,
     target_fraction: float,
 ) -> None:
-    from longalign.train.head_loss import LOSS_IMPLS
+    from longalign.batching.loss import LOSS_IMPLS
 
     check_choice("precision", precision, PRECISIONS)
     check_choice("offload", offload, OFFLOAD)
@@ -345,7 +345,7 @@ def _logits_loss(
     shape: ModelShape, T: int, N: int, half: bool, loss_impl: str, chunk_rows: int, zero_stage: int | None
 ) -> float:
     """Bytes of the logits and the loss (module docstring, third item): ``T`` tokens, ``N`` of them targets."""
-    from longalign.train.head_loss import default_chunk_rows
+    from longalign.batching.loss import default_chunk_rows
 
     logit_b = 2.0 if half else 4.0
     b = 2.0 if half else 4.0

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 
 from ..batching import select_attention
+from ..batching.head_loss import install_loss_head
 from ..models import check_length, load_model, load_model_config, load_tokenizer
 from . import allocator
 from . import sequence_parallel as spm
 from .config import TrainConfig
-from .head_loss import install_loss_head
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from .. import IGNORE_INDEX
+from ..batching.head_loss import loss_request, read_loss_output
 from ..batching.loss import weighted_and_plain_ce
 from . import sequence_parallel as spm
 from .forward import model_inputs
-from .head_loss import loss_request, read_loss_output
 from .model_setup import ModelSetup
 
 log = logging.getLogger(__name__)

@@ -64,7 +64,7 @@ def _build(config: Any, attn: str, dtype: Any, device: Any, seed: int, checkpoin
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .head_loss import install_loss_head
+    from ..batching.head_loss import install_loss_head
 
     torch.manual_seed(seed)
     # from_config writes the attention name into the config: each model gets its own copy

@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from longalign.batching import METHODS, simulate
-from longalign.batching.plans import PACK_ALGOS
-from longalign.batching.simulate import SYNC_MODES, CostModel
+from longalign.batching.config import PACK_ALGOS, SYNC_MODES
+from longalign.batching.simulate import CostModel
 from longalign.rundir import RunDir
 from longalign.views.readers import read_simulation
 from longalign.views.style import TEMPLATE, colors_for, format_seconds

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from longalign.config import add_config_args, build_config
-from longalign.train import ablation
-from longalign.train.ablation import AblationConfig
+from longalign.recipes import ablation
+from longalign.recipes.ablation import AblationConfig
 
 
 def register(subparsers: Any) -> None:
@@ -30,9 +30,6 @@ def register(subparsers: Any) -> None:
     exp.set_defaults(func=lambda args: exp.print_help() or 2)
 
 
-def _cmd_ablation(args: argparse.Namespace) -> int:
+def _cmd_ablation(args: argparse.Namespace) -> ablation.AblationSummary:
     cfg = build_config(AblationConfig, args)
-    summary = ablation.run(cfg, progress=lambda msg: print(msg, flush=True))
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code
+    return ablation.run(cfg, progress=lambda msg: print(msg, flush=True))

@@ -1,16 +1,16 @@
 """Screenshots of the dashboard's pages for a real run, taken in headless Chromium (playwright + Debian's chromium).
 
-    python -m longalign.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
+    python -m longalign.recipes.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
 
 starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat and Needle pages
 compared with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
 that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
-The README's pictures are made this way from a ``longalign demo`` run.
+The README's pictures are made this way from a ``longalign demo`` run. The command is :mod:`.__main__`; the
+dashboard runs as its own command in a child process, as a user starts it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -57,18 +57,13 @@ def free_port() -> int:
 
 @contextmanager
 def serve(runs: str | Path, *, cwd: str | Path | None = None, timeout: float = 120.0) -> Iterator[str]:
-    """Run the dashboard on 127.0.0.1 (a free port) for the runs folder ``runs``; yields its URL."""
-    from longalign.app_cli import build_command
-
+    """Run the dashboard with ``longalign app`` on 127.0.0.1 (a free port) for the runs folder ``runs``; yields
+    its URL."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        build_command(str(runs), port, headless=True, address="127.0.0.1"),
-        cwd=cwd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, LONGALIGN_RUNS=str(runs)),
-    )
+    command = [sys.executable, "-m", "longalign.cli", "app", "--runs", str(runs), "--port", str(port)]
+    command += ["--headless", "true", "--address", "127.0.0.1"]
+    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -165,25 +160,3 @@ def shoot(
         finally:
             browser.close()
     return saved
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longalign.screenshots", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
-    p.add_argument("--run", default="demo", help="run to show on every page")
-    p.add_argument(
-        "--compare", default=None, help="run compared with on the LongBench-Chat and Needle pages (e.g. demo-base)"
-    )
-    p.add_argument("--out", default="docs/screenshots", help="folder for the PNG files")
-    args = p.parse_args(argv)
-    if not (Path(args.runs) / args.run).is_dir():
-        print(f"{Path(args.runs) / args.run}: no such run; run `longalign demo` first", file=sys.stderr)
-        return 2
-    with serve(args.runs) as url:
-        for path in shoot(url, args.run, args.out, compare=args.compare):
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``longalign demo``: the whole recipe at small scale (:mod:`longalign.demo`) on the command line."""
+"""``longalign demo``: the whole recipe at small scale (:mod:`longalign.recipes.demo`) on the command line."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from longalign import demo
 from longalign.config import add_config_args, build_config
-from longalign.demo import DemoConfig
+from longalign.recipes import demo
+from longalign.recipes.demo import DemoConfig
 
 
 def register(subparsers: Any) -> None:

@@ -23,7 +23,7 @@ The base model's evaluation goes to a sibling run directory ``<run>-base`` so th
 (the LongBench-Chat page's "Compare with"). Re-running resumes: finished stages are skipped, generation and
 judging reuse the request cache, a finished training run is kept (an interrupted one, a minute or two
 of work, starts again). The command is
-:mod:`longalign.demo_cli`.
+:mod:`longalign.recipes.demo_cli`.
 """
 
 from __future__ import annotations
@@ -38,15 +38,10 @@ from typing import Any
 from longalign import batching, tokenize, train
 from longalign.batching import METHODS, BatchPlanConfig, SimulateConfig, read_token_lengths
 from longalign.config import Options, option, to_dict
-from longalign.data import corpus, mix, selfinstruct, short
-from longalign.data.corpus import CorpusConfig, read_corpus
-from longalign.data.mix import MixConfig
-from longalign.data.selfinstruct import GenerateConfig
-from longalign.data.short import ShortConfig
-from longalign.eval import heldout, longbench_chat, needle
-from longalign.eval.heldout import HeldOutConfig
-from longalign.eval.longbench_chat import LongBenchChatConfig
-from longalign.eval.needle import NeedleConfig
+from longalign.data import CorpusConfig, GenerateConfig, MixConfig, ShortConfig, corpus, mix, selfinstruct, short
+from longalign.data.corpus import read_corpus
+from longalign.data.short import SHORT_SAMPLE
+from longalign.eval import HeldOutConfig, LongBenchChatConfig, NeedleConfig, heldout, longbench_chat, needle
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
 from longalign.stage import record
 from longalign.tokenize import TokenizeConfig, load_tokens
@@ -54,7 +49,6 @@ from longalign.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SHORT_SAMPLE = Path(__file__).parent / "resources" / "short_chat_sample.json"
 MINI_SET_LABEL = "LongBench-Chat-format mini set (held-out built-in documents, generated references)"
 
 
@@ -370,7 +364,7 @@ def stage_tokenize(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any
 def cost_model_for(model: str) -> dict[str, float]:
     """Simulator coefficients for ``model`` on one device from its config's FLOP count (6 x parameters per
     token, 6 x hidden x layers per n^2). The absolute rate is nominal; the demo compares only ratios."""
-    from longalign.batching.simulate import CostModel
+    from longalign.batching import CostModel
     from longalign.models import load_model_config
 
     c = load_model_config(str(model))

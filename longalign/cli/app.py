@@ -49,7 +49,7 @@ class AppConfig(Options):
 
 def app_script() -> Path:
     """``app/Home.py`` next to the package (the app ships with the source tree)."""
-    return Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    return Path(__file__).resolve().parents[2] / "app" / "Home.py"
 
 
 def build_command(

@@ -1,10 +1,13 @@
-"""``longalign`` command line: one subcommand per stage.
+"""``longalign`` command line: one subcommand per stage and per recipe (the surfaces floor).
 
-Each command module is imported here by name and adds its parser with ``register(subparsers)``; a module's
-config classes are imported at its top, and none of them imports torch, transformers or datasets, so
+Each command module -- a stage's ``cli.py`` beside its stage, a recipe's beside its recipe, ``longalign app`` in
+:mod:`.app` -- is imported here by name and adds its parser with ``register(subparsers)``; a module's config
+classes are imported at its top, and none of them imports torch, transformers or datasets, so
 ``longalign --help`` stays fast (heavy libraries load when a stage runs). A handler parses the flags into the
-stage's config, calls the stage's ``run`` and prints ``summary.lines()``; the exit code is the summary's.
-Deprecated spellings of options print one ``deprecated: ...`` line on stderr.
+stage's config, calls the stage's ``run`` and returns its summary; :func:`finish` prints ``summary.lines()``
+and returns the summary's exit code (a handler that prints something else returns its exit code itself).
+Deprecated spellings of options print one ``deprecated: ...`` line on stderr. ``python -m longalign.cli`` is
+the same command (the form the torchrun, deepspeed and accelerate launchers take).
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import argparse
 import logging
 import sys
 import warnings
+from typing import Any
 
-from longalign import app_cli, demo_cli
 from longalign.batching import cli as batching_cli
+from longalign.cli import app as app_cli
 from longalign.config import CommandParser, DeprecatedOption
 from longalign.data import cli as data_cli
 from longalign.eval import cli as eval_cli
 from longalign.eval.judge import JudgeCannotRate
 from longalign.llm.base import LLMBudgetExceeded, LLMEndpointDown
+from longalign.recipes import demo_cli
+from longalign.recipes.ablation import cli as ablation_cli
 from longalign.tokenize import cli as tokenize_cli
-from longalign.train import ablation_cli, allocator
+from longalign.train import allocator
 from longalign.train import cli as train_cli
 
 # commands that train on a CPU in this process start again with the CPU allocator preloaded (longalign train does it
@@ -54,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def finish(result: Any) -> int:
+    """How every command ends: a summary's lines are printed on stdout and its exit code returned; an exit code
+    (or None, for 0) is returned as it is."""
+    if result is None or isinstance(result, int):
+        return int(result or 0)
+    for line in result.lines():
+        print(line)
+    return result.exit_code
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, DeprecatedOption):
         print(f"deprecated: {message}", file=sys.stderr)
@@ -83,7 +99,7 @@ def _main(argv: list[str] | None) -> int:
     if args.from_command_line and args.command in PRELOAD_COMMANDS:
         allocator.restart_with_preload()
     try:
-        result = args.func(args)
+        return finish(args.func(args))
     except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,8 +112,3 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted: work done so far is kept; re-run the same command to resume", file=sys.stderr)
         return 130
-    return int(result or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
