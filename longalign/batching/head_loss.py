@@ -336,7 +336,8 @@ class LossRequest:
 
 class LossHead(torch.nn.Linear):
     """An ``nn.Linear`` output layer that returns ``[[[sum w*CE, sum CE]]]`` instead of logits while a
-    :class:`LossRequest` is set on it (see :func:`loss_request`); otherwise a plain linear layer."""
+    :class:`LossRequest` is set on it (see :func:`loss_request`; the plain sum without a gradient); otherwise a
+    plain linear layer."""
 
     _longalign_request: LossRequest | None = None
 
@@ -347,7 +348,9 @@ class LossHead(torch.nn.Linear):
         weighted, plain = chunked_head_loss(
             hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows, shift=req.shift
         )
-        return torch.stack([weighted, plain]).view(1, 1, 2)
+        # the plain sum is a statistic: detached, so the backward gets no (zero) gradient for it and keeps to the
+        # gradients the forward formed
+        return torch.stack([weighted, plain.detach()]).view(1, 1, 2)
 
 
 def install_loss_head(model: Any) -> Any:
