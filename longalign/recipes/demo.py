@@ -138,9 +138,10 @@ PROFILES = {
         needle_depths=(10.0, 50.0, 90.0),
         eval_max_new_tokens=64,
         judge_runs=1,
-        # chosen by measurement (tokens the prompts prefill after prefix reuse and the answers' lengths on the
-        # embedded model, priced at the quiet machine's float32 rates): ~31-36 s a model; 1,024 tokens is inside
-        # the fine-tune's 1,536-token window; needle tasks with one value score 1.0 for both models there
+        # chosen by measurement: per model 10,509 prompt tokens prefilled after prefix reuse and 354-480 answer
+        # tokens (the 40-token cap bounds the rambling ones), at the quiet machine's float32 rates (1-1.5 ms a
+        # prefilled token, ~50 ms a decoded one) ~30-40 s a model plus its load; 1,024 tokens is inside the
+        # fine-tune's 1,536-token window; the one-value needle tasks score 1.0 for both models there
         ladder_tasks=("niah_multivalue", "vt"),
         ladder_lengths=(1024,),
         ladder_samples=6,
