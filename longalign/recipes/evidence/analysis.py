@@ -108,7 +108,7 @@ def model_matrix(
 
 def comparisons(arms: Sequence[str]) -> list[tuple[str, str, bool]]:
     """(a, b, paired seeds) of the reported differences: every arm - base; pack+sequence - pack+pack and
-    pack+sequence - pack+token where those arms ran."""
+    pack+sequence - pack+token where those arms ran (paired over the seeds both finished)."""
     out = [(a, "base", False) for a in arms]
     for other in ("pack+pack", "pack+token"):
         if "pack+sequence" in arms and other in arms:
@@ -142,17 +142,26 @@ def analyse(
     accuracy: dict[str, dict[str, Any]] = {m: {} for m in models}
     answer_loss: dict[str, dict[str, Any]] = {m: {} for m in models}
     differences: dict[str, dict[str, Any]] = {}
+    # (a, b, paired) -> the two matrices, over the seeds both finished when the seeds are paired
+    pairs: dict[tuple[str, str, bool], tuple[dict[str, Any], ...]] = {}
+    for a, b, paired in comparisons(arms):
+        common = sorted({e["seed"] for e in evals[a]} & {e["seed"] for e in evals[b]}) if paired else None
+        if common == []:
+            continue
+        pick = {m: [e for e in evals[m] if common is None or e["seed"] in common] for m in (a, b)}
+        pairs[(a, b, paired)] = tuple(
+            {f: model_matrix(pick[m], keys, f) for f in ("correct", "answer_loss")} for m in (a, b)
+        )
     for j, (fam, pos) in enumerate(fams.items()):
         strata = strata_of([samples[i]["task"] for i in pos])
         for m in models:
             accuracy[m][fam] = bootstrap_mean(mats[m]["correct"][:, pos], strata, n_boot, seed=j)
             answer_loss[m][fam] = bootstrap_mean(mats[m]["answer_loss"][:, pos], strata, n_boot, seed=j)
-        for a, b, paired in comparisons(arms):
-            name = f"{a} - {b}"
-            d = differences.setdefault(name, {"accuracy": {}, "answer_loss": {}})
+        for (a, b, paired), (ma, mb) in pairs.items():
+            d = differences.setdefault(f"{a} - {b}", {"accuracy": {}, "answer_loss": {}})
             for field, out in (("correct", "accuracy"), ("answer_loss", "answer_loss")):
                 d[out][fam] = bootstrap_diff(
-                    mats[a][field][:, pos], mats[b][field][:, pos], strata, n_boot, seed=j, paired_seeds=paired
+                    ma[field][:, pos], mb[field][:, pos], strata, n_boot, seed=j, paired_seeds=paired
                 )
     return {
         "families": {f: len(p) for f, p in fams.items()},

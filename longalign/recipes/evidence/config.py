@@ -68,8 +68,8 @@ class EvidenceConfig(Options):
     learning_rate: float = option(1e-4, minimum=0, help="peak learning rate (cosine decay, no warm-up)")
     analyse_only: bool = option(
         False,
-        help="write evidence.json from the models finished so far and train nothing (a seed is left out unless "
-        "every arm of it is finished)",
+        help="write evidence.json from the models finished so far and train nothing (each arm with the seeds it "
+        "finished)",
     )
     bootstrap: int = option(2000, minimum=100, help="bootstrap replicates of each interval")
     threads: int = option(2, minimum=1, help="torch threads")

@@ -239,16 +239,17 @@ def run(cfg: EvidenceConfig, *, progress: Callable[[str], None] | None = None) -
         f"{len(data.held_short)} held-out chats"
     )
     evals = run_models(cfg, data, tokenizer, out, say)
-    done = [s for s in cfg.seeds if all(any(e["seed"] == s for e in evals[a]) for a in cfg.arms)]
-    if not done:
-        raise ValueError(f"{out}: no seed has every arm finished; run without --analyse-only first")
-    complete = done == list(cfg.seeds)
+    complete = all(len(evals[a]) == len(cfg.seeds) for a in cfg.arms)
     if not complete:
-        say(f"seeds with every arm finished: {done} of {cfg.seeds}; the result covers those")
-        evals = {k: [e for e in v if k == BASE or e["seed"] in done] for k, v in evals.items()}
-        cfg = dataclasses.replace(cfg, seeds=done)
+        arms = [a for a in cfg.arms if evals[a]]
+        if not arms:
+            raise ValueError(f"{out}: no trained arm has finished; run without --analyse-only first")
+        say("finished seeds per arm: " + ", ".join(f"{a} {[e['seed'] for e in evals[a]]}" for a in cfg.arms))
+        evals = {k: v for k, v in evals.items() if k == BASE or k in arms}
+        cfg = dataclasses.replace(cfg, arms=arms)
     result = assemble_result(cfg, data, evals, time.perf_counter() - t0)
     result["complete"] = complete
+    result["seeds_by_arm"] = {a: [e["seed"] for e in evals[a]] for a in cfg.arms}
     path = out / RESULT_FILE
     atomic_write_json(path, result)
     return EvidenceSummary.from_result(path, result)
