@@ -7,9 +7,7 @@ processes that import torch and transformers, so these tests take about a minute
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from installed import require  # noqa: E402
 from test_train import LENGTHS, TINY, cfg_for, make_tokens  # noqa: E402
 
 from longalign.rundir import read_jsonl  # noqa: E402
@@ -173,14 +172,11 @@ def test_ddp_two_ranks_equal_one_rank_with_accumulation(tmp_path, launcher):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
-    reason="deepspeed is not installed",
-)
 @pytest.mark.parametrize("zero,loss_impl", [("zero2", "chunked"), ("zero3", "chunked"), ("zero3", "full")])
 def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, loss_impl):
     from longalign.batching import make_plan
 
+    launcher = require("deepspeed")
     tokens = make_tokens(tmp_path / "tokens")
     # max_len 40 packs the 8 sequences into 4 packs: 2 optimizer steps of 2 packs. The plan for 2 ranks
     # pairs packs of similar cost, so both runs read that one plan file (same packs in each step)
@@ -204,7 +200,7 @@ def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, lo
         )
     )
     cmd = [
-        "deepspeed",
+        launcher,
         "--no_local_rank",
         "--num_gpus",
         "2",

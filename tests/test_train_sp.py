@@ -12,10 +12,8 @@ DP = 2 x SP = 1 against DP = 1 x SP = 2 (torchrun), and SP = 2 under ZeRO-2 / Ze
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from installed import require  # noqa: E402
 from test_train import LENGTHS, cfg_for, make_tokens  # noqa: E402
 from test_train_dist import COMMON, free_port, launch, saved_initial_model, weights  # noqa: E402
 
@@ -309,17 +308,14 @@ def test_dp2_sp1_equals_dp1_sp2(tmp_path, packed_plan):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
-    reason="deepspeed is not installed",
-)
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_sp2_under_zero_equals_dp2(tmp_path, packed_plan, zero):
+    launcher = require("deepspeed")
     tokens, plan = packed_plan
     init = saved_initial_model(tmp_path / "init")  # ZeRO-3 initialises shard by shard: start from saved weights
     model = ["--model", str(init), "--tokenizer", "smollm2"]
     launch(_train_cmd(_torchrun(), tokens, tmp_path / "dp2", plan, 1, model))
-    start = ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module"]
+    start = [launcher, "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module"]
     extra = ["--sp-size", "2", "--deepspeed", f"configs/deepspeed/{zero}.json", *model]
     launch(_train_cmd(start, tokens, tmp_path / zero, plan, 2, extra))
     _same_run(tmp_path / "dp2", tmp_path / zero)
