@@ -30,11 +30,14 @@ import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a config class: a dataclass
 
 RUN_KEY = "run"
 _RUN_DEFAULT = "_run_default"  # argparse namespace attributes set by add_run_arg
@@ -97,7 +100,7 @@ def option_of(group: type, name: str, *, default: Any = dataclasses.MISSING, sub
         meta["help"] = f"{subject}: {meta.get('help', '')}"
     if default is not dataclasses.MISSING:
         return dataclasses.field(default=default, metadata=meta)
-    f = group.__dataclass_fields__[name]
+    f = {g.name: g for g in dataclasses.fields(group)}[name]
     if f.default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=f.default_factory, metadata=meta)
     return dataclasses.field(default=f.default, metadata=meta)

@@ -9,4 +9,6 @@ bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # lint and format check first (seconds): a style slip fails here, before the long test run
 .venv/bin/ruff check . && .venv/bin/ruff format --check . >/dev/null || { echo "ruff: run .venv/bin/ruff check --fix . && .venv/bin/ruff format ."; exit 1; }
+# types of the typed core (config, stage, rundir, batching: [tool.mypy] in pyproject.toml)
+.venv/bin/mypy --no-error-summary || { echo "mypy: the typed core has type errors (above)"; exit 1; }
 exec .venv/bin/python -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q "$@"

@@ -20,6 +20,7 @@ used, so planning stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,10 @@ from longalign.batching.plans import (
 from longalign.batching.simulate import CostModel, SimulationSummary, fit_cost_model, simulate, simulate_plan
 from longalign.rundir import RunDir
 
-STEPS = {BatchPlanConfig: _plans.run, SimulateConfig: _simulate_module.run}
+STEPS: dict[type, Callable[..., stage.Summary]] = {
+    BatchPlanConfig: _plans.run,
+    SimulateConfig: _simulate_module.run,
+}
 
 
 def run(cfg: BatchPlanConfig | SimulateConfig, run_dir: str | Path | RunDir, **kwargs: Any) -> stage.Summary:

@@ -204,6 +204,7 @@ def segment_attention_forward(
                 query, key, value, attn_mask=mask, dropout_p=drop, scale=scaling, enable_gqa=gqa
             )
         return out.transpose(1, 2).contiguous(), None
+    assert segs is not None  # packed
     rows = []
     for b, row in enumerate(segs):
         # Consecutive sequences of equal length run as one batched call on a view (fewer kernel launches and
@@ -241,6 +242,7 @@ class _FlexState:
 
     compiled: Any = None
     last_key: Any = None
+    last_anchor: Any = None
     last_mask: Any = None
 
 
@@ -301,9 +303,6 @@ def flex_attention_forward(
             warnings.simplefilter("ignore", UserWarning)
         out = kernel(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None
-
-
-_FlexState.last_anchor = None
 
 
 def flex_kernel(device: Any):
@@ -381,6 +380,8 @@ def varlen_attention_forward(
         rep = heads // key.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **extra)
+    if isinstance(out, tuple):  # (output, log-sum-exp) when asked for it
+        out = out[0]
     return out.reshape(batch, q_len, heads, -1), None
 
 

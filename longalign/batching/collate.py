@@ -145,7 +145,9 @@ class PackedCollator:
         }
 
 
-def plan_features(dataset: Any, batch: Sequence[int], weights: np.ndarray | None = None) -> list[dict[str, Any]]:
+def plan_features(
+    dataset: Any, batch: Sequence[int], weights: Sequence[float] | np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """Rows ``batch`` of a tokens dataset as collator features (input_ids, labels, token_weight)."""
     rows = dataset[list(batch)] if hasattr(dataset, "column_names") else None
     if rows is not None:

@@ -174,7 +174,7 @@ def plan_figures(flat_lengths: Any, sizes: Any, packed: bool, max_len: int) -> d
 def batch_list_figures(batch_lengths: Sequence[Sequence[int]], packed: bool, max_len: int) -> dict[str, float]:
     """:func:`plan_figures` of micro-batches given as one list of token lengths each."""
     sizes = [len(b) for b in batch_lengths]
-    flat = np.concatenate([np.asarray(b, dtype=np.float64) for b in batch_lengths]) if batch_lengths else []
+    flat = np.concatenate([np.asarray(b, dtype=np.float64) for b in batch_lengths]) if batch_lengths else np.zeros(0)
     return plan_figures(flat, sizes, packed, max_len)
 
 

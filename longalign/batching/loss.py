@@ -65,7 +65,9 @@ def count_targets(labels: Sequence[int] | np.ndarray, max_len: int | None = None
     return int((arr[1:] != IGNORE_INDEX).sum())
 
 
-def _micro_weights(n_target_lists: Sequence[np.ndarray], loss_norm: str, M: int, T: int, K: int) -> list[np.ndarray]:
+def _micro_weights(
+    n_target_lists: Sequence[Sequence[int] | np.ndarray], loss_norm: str, M: int, T: int, K: int
+) -> list[np.ndarray]:
     out = []
     for nt in n_target_lists:
         nt = np.asarray(nt, dtype=np.float64)

@@ -90,9 +90,9 @@ def step_timeline(costs: np.ndarray, world_size: int, grad_accum: int, sync: str
     per_step = world_size * grad_accum
     n = costs.size
     n_steps = -(-n // per_step) if n else 0
-    grid = np.zeros(n_steps * per_step)
-    grid[:n] = costs
-    grid = grid.reshape(n_steps, grad_accum, world_size)  # micro-batch j -> (j // G, j % G)
+    flat_grid = np.zeros(n_steps * per_step)
+    flat_grid[:n] = costs
+    grid = flat_grid.reshape(n_steps, grad_accum, world_size)  # micro-batch j -> (j // G, j % G)
     if sync == "micro":
         total = float(grid.max(axis=2).sum())
     else:
@@ -116,7 +116,7 @@ def simulate_plan(
     flat, sizes = plan.arrays()
     tokens, attn = micro_batch_work(plan.lengths, flat, sizes, plan.method == "pack", attention)
     costs = cost.seconds(tokens, attn)
-    out = step_timeline(costs, plan.world_size, plan.grad_accum, sync)
+    out: dict[str, Any] = dict(step_timeline(costs, plan.world_size, plan.grad_accum, sync))
     real = float(plan.stats.get("n_tokens", 0))
     out.update(
         {

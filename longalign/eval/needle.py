@@ -471,21 +471,11 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
     recorded in run.json as ``eval_needle``."""
     from tqdm.auto import tqdm
 
-    from longalign.eval.generate import build_messages, make_generator, model_limit
+    from longalign.eval.generate import make_generator
     from longalign.llm.base import SamplingParams
-    from longalign.models import check_length
 
     lengths, depths = grid_of(cfg)
-    if not cfg.past_positions:
-        flag = "--lengths" if cfg.lengths else "--length-max"
-        check_length(
-            max(lengths),
-            asked=f"{flag} {max(lengths)}",
-            model=cfg.model,
-            positions=model_limit(cfg.model, generator),
-            shorter="ask for context lengths up to {positions:,} (--lengths, or --length-max {positions})",
-            opt_in="pass --past-positions true to run them anyway (positions the model was never trained on)",
-        )
+    _check_lengths(cfg, lengths, generator)
     run_ = as_run_dir(run_dir)
     res_path = run_.needle_results()
     done = {
@@ -518,36 +508,7 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
         )
         for L, d in tqdm(cells, desc="needle cells", disable=not cfg.progress):
             ctx = insert_needle(hay, needle_ids, L, d, cfg.buffer)
-            text = tok.decode(ctx.ids, skip_special_tokens=True)
-            w0 = max(0, ctx.needle_token_pos - cfg.window_tokens)
-            w1 = ctx.needle_token_pos + ctx.needle_len + cfg.window_tokens
-            window = tok.decode(ctx.ids[w0:w1], skip_special_tokens=True)
-            msgs = build_messages(build_user_prompt(text, cfg.question), SYSTEM_PROMPT)
-            gen = generator.generate([msgs], params)[0]
-            rec: dict[str, Any] = {
-                "context_length": L,
-                "depth_percent": float(d),
-                "needle_token_pos": ctx.needle_token_pos,
-                "target_token_pos": ctx.target_pos,
-                "needle_tokens": ctx.needle_len,
-                "context_tokens": len(ctx.ids),
-                "prompt_tokens": gen.prompt_tokens,
-                "response": gen.text,
-                "recall": key_phrase_recall(gen.text, phrases),
-                "recall_norm": normalised_recall(gen.text, phrases),
-                "judge_score": None,
-                "window": window,
-                "model": generator.name,
-                "judge": cfg.judge or "",
-            }
-            if judge is not None:
-                out = judge.rate(
-                    JudgeRequest(needle_judge_messages(cfg.question, cfg.needle, gen.text), 1, 10, seed=cfg.seed)
-                )
-                rec["judge_score"] = out.score
-                rec["judge_reply"] = out.reply
-                rec["judge_detail"] = {k: v for k, v in out.to_dict().items() if k not in ("reply", "score")}
-            append_jsonl(res_path, rec)
+            append_jsonl(res_path, _answer_cell(cfg, generator, judge, ctx, L, d, params, phrases))
     results = [
         r
         for r in with_normalised_recall(read_jsonl(res_path), phrases)
@@ -555,6 +516,92 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
         and int(r["context_length"]) in lengths
         and float(r["depth_percent"]) in depths
     ]
+    scores = _grid_scores(cfg, results, lengths, depths, phrases)
+    if results:
+        write_heatmap(results, run_.needle_heatmap(), title=f"Needle in a haystack: {scores['model']}")
+    atomic_write_json(run_.eval_summary("needle"), scores)
+    summary = NeedleSummary(
+        "needle",
+        run_.eval("needle"),
+        scores,
+        summary_path=run_.eval_summary("needle"),
+        results=res_path,
+        heatmap=run_.needle_heatmap() if results else None,
+    )
+    record(run_, "eval_needle", cfg, summary)
+    return summary
+
+
+def _check_lengths(cfg: NeedleConfig, lengths: Sequence[int], generator: Any) -> None:
+    """Refuse context lengths past the model's positions before any work, unless ``--past-positions``."""
+    from longalign.eval.generate import model_limit
+    from longalign.models import check_length
+
+    if cfg.past_positions:
+        return
+    flag = "--lengths" if cfg.lengths else "--length-max"
+    check_length(
+        max(lengths),
+        asked=f"{flag} {max(lengths)}",
+        model=cfg.model,
+        positions=model_limit(cfg.model, generator),
+        shorter="ask for context lengths up to {positions:,} (--lengths, or --length-max {positions})",
+        opt_in="pass --past-positions true to run them anyway (positions the model was never trained on)",
+    )
+
+
+def _answer_cell(
+    cfg: NeedleConfig,
+    generator: Any,
+    judge: Any,
+    ctx: Any,
+    length: int,
+    depth: float,
+    params: Any,
+    phrases: Sequence[str],
+) -> dict[str, Any]:
+    """One cell of the grid: the model's answer to the question over the haystack ``ctx``, its recalls, the
+    text window around the needle and, with a judge, its rating."""
+    from longalign.eval.generate import build_messages
+
+    tok = generator.tokenizer
+    text = tok.decode(ctx.ids, skip_special_tokens=True)
+    w0 = max(0, ctx.needle_token_pos - cfg.window_tokens)
+    w1 = ctx.needle_token_pos + ctx.needle_len + cfg.window_tokens
+    msgs = build_messages(build_user_prompt(text, cfg.question), SYSTEM_PROMPT)
+    gen = generator.generate([msgs], params)[0]
+    rec: dict[str, Any] = {
+        "context_length": length,
+        "depth_percent": float(depth),
+        "needle_token_pos": ctx.needle_token_pos,
+        "target_token_pos": ctx.target_pos,
+        "needle_tokens": ctx.needle_len,
+        "context_tokens": len(ctx.ids),
+        "prompt_tokens": gen.prompt_tokens,
+        "response": gen.text,
+        "recall": key_phrase_recall(gen.text, phrases),
+        "recall_norm": normalised_recall(gen.text, phrases),
+        "judge_score": None,
+        "window": tok.decode(ctx.ids[w0:w1], skip_special_tokens=True),
+        "model": generator.name,
+        "judge": cfg.judge or "",
+    }
+    if judge is not None:
+        out = judge.rate(JudgeRequest(needle_judge_messages(cfg.question, cfg.needle, gen.text), 1, 10, seed=cfg.seed))
+        rec["judge_score"] = out.score
+        rec["judge_reply"] = out.reply
+        rec["judge_detail"] = {k: v for k, v in out.to_dict().items() if k not in ("reply", "score")}
+    return rec
+
+
+def _grid_scores(
+    cfg: NeedleConfig,
+    results: list[dict[str, Any]],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    phrases: Sequence[str],
+) -> dict[str, Any]:
+    """``summary.json`` of the grid: means of the judge scores and both recalls over the cells asked for."""
     judged = [r["judge_score"] for r in results if r.get("judge_score") is not None]
     norm = [r["recall_norm"] for r in results if r.get("recall_norm") is not None]
     notes = []
@@ -562,7 +609,7 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
         notes.append(LOCAL_JUDGE_NOTE)
     if not cfg.judge:
         notes.append("no judge: only the key-phrase recall was computed")
-    scores = {
+    return {
         "lengths": lengths,
         "depths": depths,
         "n": len(results),
@@ -578,16 +625,3 @@ def run(cfg: NeedleConfig, run_dir: str | Path | RunDir, *, generator: Any = Non
         "buffer": cfg.buffer,
         "notes": notes,
     }
-    if results:
-        write_heatmap(results, run_.needle_heatmap(), title=f"Needle in a haystack: {scores['model']}")
-    atomic_write_json(run_.eval_summary("needle"), scores)
-    summary = NeedleSummary(
-        "needle",
-        run_.eval("needle"),
-        scores,
-        summary_path=run_.eval_summary("needle"),
-        results=res_path,
-        heatmap=run_.needle_heatmap() if results else None,
-    )
-    record(run_, "eval_needle", cfg, summary)
-    return summary
