@@ -350,13 +350,33 @@ def test_simulator(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_training(monkeypatch, runs):
+def metrics_file(run: Path, name: str) -> list[dict]:
+    return [json.loads(x) for x in (run / "train" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_page_shows_each_runs_losses_and_throughput_as_its_metrics_file_gives_them(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[3])
     m = metrics(at)
     assert list(m) == ["naive", "sort", "pack", "pack-loss-pack"]
-    recs = [json.loads(x) for x in (runs / "fixture" / "train" / "pack" / "metrics.jsonl").read_text().splitlines()]
+    recs = metrics_file(runs / "fixture", "pack")
     assert m["pack"] == f"{recs[-1]['loss']:.3f}"
-    assert len(charts(at)) == 2
+    # expected figures from each metrics.jsonl: real tokens over the summed step times, padding over the summed
+    # padded positions, the last and lowest loss, the per-step tokens/s the throughput chart draws
+    summary = next(d.value for d in at.dataframe if "tokens per second" in d.value.columns).set_index("training folder")
+    deltas = {x.label: x.proto.delta for x in at.metric}
+    charts_now = [json.loads(c.proto.spec) for c in charts(at)]
+    assert len(charts_now) == 2
+    throughput = {t["name"]: t for t in charts_now[1]["data"] if t.get("xaxis", "x") == "x"}
+    for name in m:
+        rs = metrics_file(runs / "fixture", name)
+        real, seconds = sum(r["real_tokens"] for r in rs), sum(r["step_s"] for r in rs)
+        assert summary.loc[name, "tokens per second"] == pytest.approx(real / seconds, rel=1e-9)
+        assert deltas[name] == f"{real / seconds:,.0f} tokens/s"
+        assert summary.loc[name, "padding"] == pytest.approx(1 - real / sum(r["padded_tokens"] for r in rs))
+        assert summary.loc[name, "final loss"] == rs[-1]["loss"]
+        assert summary.loc[name, "lowest loss"] == min(r["loss"] for r in rs)
+        assert summary.loc[name, "steps"] == len(rs) and summary.loc[name, "wall time (s)"] == pytest.approx(seconds)
+        assert values(throughput[name]["y"]).tolist() == pytest.approx([r["tokens_per_s"] for r in rs])
     assert_readable(at)
     at.multiselect[0].set_value(["pack", "pack-loss-pack"]).run()
     at.radio[0].set_value("loss_token_mean").run()
