@@ -241,11 +241,12 @@ split.round(6)
 # and token normalisations do not.
 
 # %%
+assert [trace.name for trace in fig_shares.data] == list(norms)  # one bar group per normalisation
 for trace in fig_shares.data:  # one bar per sequence of section 1: its share of the step under that normalisation
     assert np.allclose(trace.y, effective[trace.name], rtol=1e-12) and np.isclose(sum(trace.y), 1.0)
 assert np.allclose(effective["sequence"], 1 / len(effective))  # every sequence 1/M of the step
 assert effective["pack"].iloc[0] > 1 / len(effective) and effective["token"].iloc[0] > 1 / len(effective)
-assert np.allclose(fig_steps.data[0].y, [direct[k] for k in norms], rtol=1e-12)
+assert len(fig_steps.data) == 1 and np.allclose(fig_steps.data[0].y, [direct[k] for k in norms], rtol=1e-12)
 assert np.all(np.isfinite(fig_steps.data[0].y)) and direct["token"] < direct["sequence"]
 assert direct["pack"] < direct["sequence"]
 assert split["per-batch token mean (eq. 3)"].nunique() > 1 and split["per-batch sequence mean"].nunique() > 1
