@@ -222,7 +222,7 @@ def padding_from_files(run: Path, method: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- fixture
-def test_home(monkeypatch, runs):
+def test_home_lists_the_runs_and_links_every_page(monkeypatch, runs):
     at = open_page(monkeypatch, runs, None)
     assert at.sidebar.selectbox[0].value == "fixture"
     assert at.sidebar.selectbox[0].options == ["fixture", "fixture-b"]
@@ -269,7 +269,7 @@ def test_nested_runs_are_offered(monkeypatch, tmp_path, make_fixture_run):
     assert not at.exception and at.dataframe[0].value["method"].tolist() == ["naive", "sort", "pack"]
 
 
-def test_lengths(monkeypatch, runs):
+def test_lengths_page_counts_the_sequences_of_the_tokens_folder(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[0])
     m = metrics(at)
     lengths = token_lengths(runs / "fixture")
@@ -293,7 +293,7 @@ def test_lengths_of_short_data_draw_one_panel(monkeypatch, runs):
     assert "one panel" in text_of(at)
 
 
-def test_packing(monkeypatch, runs):
+def test_packing_page_padding_equals_the_plan_files_and_the_stage_json(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[1])
     comparison = at.dataframe[0].value.set_index("method")
     assert comparison.index.tolist() == ["naive", "sort", "pack"]
@@ -330,7 +330,7 @@ def test_packing_reads_older_records_in_todays_words(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_simulator(monkeypatch, runs):
+def test_simulator_page_times_equal_simulate_json(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[2])
     recorded = json.loads((runs / "fixture" / "batching" / "simulate.json").read_text())["methods"]
     shown = at.dataframe[-2].value.set_index("method")
@@ -391,7 +391,7 @@ def test_training_page_shows_each_runs_losses_and_throughput_as_its_metrics_file
     assert "Choose at least one training run." in text_of(at)
 
 
-def test_longbench_chat(monkeypatch, runs):
+def test_longbench_chat_page_mean_score_and_change_from_the_judgments(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[4])
     judged = [json.loads(x) for x in (runs / "fixture/eval/longbench_chat/judgments.jsonl").read_text().splitlines()]
     scores = [j["score"] for j in judged if j["score"] is not None]
@@ -437,7 +437,7 @@ def test_longbench_chat_question_detail(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_needle(monkeypatch, runs):
+def test_needle_page_scores_and_cell_from_results_jsonl(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[5])
     results = [json.loads(x) for x in (runs / "fixture/eval/needle/results.jsonl").read_text().splitlines()]
     assert metrics(at)["probes"] == "30"

@@ -10,7 +10,7 @@ from longalign.rundir import RunDir
 from longalign.views import readers, training
 
 
-def test_metrics(fixture_runs):
+def test_summary_gives_steps_normalisation_and_final_loss_of_each_run(fixture_runs):
     run = RunDir(fixture_runs / "fixture")
     m = readers.load_metrics(run)
     s = training.train_summary(run, m).set_index("training folder")
