@@ -167,8 +167,9 @@ def child(case: dict, out: Path) -> None:
         seed=0,
     )
     result = {"ok": False}
+    in_force = None
     try:
-        train(cfg)
+        in_force = train(cfg).run_meta.get("cpu_allocator")
         rows = read_jsonl(work / "out" / "metrics.jsonl")
         last = rows[-1]
         result = {
@@ -182,6 +183,7 @@ def child(case: dict, out: Path) -> None:
     except (RuntimeError, MemoryError) as exc:  # an allocation beyond the address-space limit
         result = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["cpu_allocator"] = in_force
     result["rss_before_train_bytes"] = rss_before
     out.write_text(json.dumps(result))
 
@@ -194,7 +196,7 @@ def mem_available() -> float:
     return 8 * GIB
 
 
-def run_case(case: dict, reserve_gib: float, timeout: int) -> dict:
+def run_case(case: dict, reserve_gib: float, timeout: int, cpu_allocator: str = "auto") -> dict:
     time.sleep(2)  # the previous child's pages are returned before MemAvailable is read
     limit = int(max(2 * GIB, mem_available() - reserve_gib * GIB))
     fd, out = tempfile.mkstemp(suffix=".json", prefix="la_mem_")
@@ -204,6 +206,8 @@ def run_case(case: dict, reserve_gib: float, timeout: int) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    if cpu_allocator != "auto":  # glibc or lean, applied in the child (a preloaded one comes from this process)
+        env["LONGALIGN_CPU_ALLOCATOR"] = cpu_allocator
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(case), "--child-out", out],
@@ -250,10 +254,20 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per case")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--cpu-allocator",
+        default="auto",
+        choices=("auto", "tcmalloc", "glibc", "lean", "jemalloc"),
+        help="allocator of the training steps (longalign.train.allocator; the planner's runtime term is lean's)",
+    )
     a = ap.parse_args()
     if a.child:
         child(json.loads(a.child), Path(a.child_out))
         return
+    from longalign.train import allocator
+
+    # the children inherit a preloaded allocator (LD_PRELOAD) from this process, as `longalign train` runs them
+    allocator.restart_with_preload(a.cpu_allocator if a.cpu_allocator in allocator.PRELOADED else "auto")
     names = [c for c in a.cases.split(",") if c] or (QUICK_CASES if a.quick else DEFAULT_CASES)
     cases = [parse_case(c) for c in names]
     import torch
@@ -261,7 +275,7 @@ def main() -> None:
     results = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for case in cases:
-        res = run_case(case, a.reserve_gib, a.timeout)
+        res = run_case(case, a.reserve_gib, a.timeout, a.cpu_allocator)
         pred = predicted(case)
         res["predicted_gib"] = pred["total_gib"]
         res["predicted_components_gib"] = pred["components_gib"]

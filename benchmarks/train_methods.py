@@ -273,6 +273,9 @@ def predictions(inputs: dict, runs: dict, a) -> dict:
 
 
 def main() -> int:
+    from longalign.train import allocator
+
+    allocator.restart_with_preload()  # the runs inherit the default CPU allocator (LD_PRELOAD), as longalign train
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--budget", type=int, default=6000, help="real tokens per epoch (same sequences for all)")

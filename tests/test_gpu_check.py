@@ -327,7 +327,7 @@ def test_a_part_past_its_budget_is_stopped_and_the_next_one_runs(tmp_path):
     def slow(ctx):
         ctx.out["first_unit"] = "done"
         ctx.save()
-        time.sleep(30)
+        time.sleep(300)
 
     def broken(ctx):
         import numpy as np  # noqa: F401
@@ -342,7 +342,7 @@ def test_a_part_past_its_budget_is_stopped_and_the_next_one_runs(tmp_path):
     rep.part("broken", broken, None, dev, check.Budget(10, math.inf))
     rep.part("fine", fine, None, dev, check.Budget(10, math.inf))
     rep.part("late", fine, None, dev, check.Budget(10, time.perf_counter()))  # the check's deadline has passed
-    assert time.perf_counter() - t < 10
+    assert time.perf_counter() - t < 120  # stopped long before its 300 s sleep, with room for a busy machine
     parts = json.loads((tmp_path / "r.json").read_text())["parts"]
     assert parts["slow"]["ok"] is False and "PartTimeout" in parts["slow"]["error"]
     assert parts["slow"]["first_unit"] == "done"  # what it finished is kept

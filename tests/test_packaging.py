@@ -19,7 +19,7 @@ def _name(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r): r.replace(" ", "") for r in meta["dependencies"]}
-    for extra in ("deepspeed", "notebooks", "test"):
+    for extra in ("deepspeed", "notebooks", "test", "bench"):
         wanted.update({_name(r): r.replace(" ", "") for r in meta["optional-dependencies"][extra]})
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

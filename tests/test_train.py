@@ -530,10 +530,12 @@ def test_plan_file_is_checked_against_the_tokens(tmp_path, tokens):
             plan_from_file(bad, lengths, cfg_for(tmp_path, "x"), 40, 1)
 
 
-def test_cpu_training_returns_freed_tensor_memory_to_the_os(tmp_path, tokens, monkeypatch):
+def test_cpu_training_applies_and_records_its_allocator_setting(tmp_path, tokens, monkeypatch):
     import longalign.train.model_setup as model_setup
 
-    calls = []
-    monkeypatch.setattr(model_setup, "release_freed_tensors_on_cpu", lambda: calls.append(1) or True)
-    train(cfg_for(tmp_path, "mmap", max_steps=1))
-    assert calls == [1]
+    asked = []
+    monkeypatch.setattr(model_setup.allocator, "apply_in_process", lambda d, environ=None: asked.append(d) or "lean")
+    result = train(cfg_for(tmp_path, "alloc", max_steps=1, cpu_allocator="lean"))
+    assert [(d.requested, d.setting) for d in asked] == [("lean", "lean")]
+    assert result.run_meta["cpu_allocator"] == "lean"
+    assert json.loads((tmp_path / "alloc" / "run_meta.json").read_text())["cpu_allocator"] == "lean"

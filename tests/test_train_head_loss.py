@@ -187,6 +187,87 @@ class TestChunkedEqualsFull:
         assert head.weight.grad.dtype == torch.float32
 
 
+class TestFusedGradient:
+    """The trainer's path forms the head's gradients in the forward; a gradient of the plain sum recomputes."""
+
+    @staticmethod
+    def head_products(fn) -> tuple[int, int]:
+        """``(forward, backward)`` matrix products whose output has a vocabulary-sized dimension."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts = {"phase": "forward", "forward": 0, "backward": 0}
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = str(func.overloadpacket).split(".")[-1]
+                if name in ("mm", "addmm", "addmm_", "bmm", "linear") and VOCAB in tuple(out.shape):
+                    counts[counts["phase"]] += 1
+                return out
+
+        with Count():
+            fn(counts)
+        return counts["forward"], counts["backward"]
+
+    def test_the_backward_recomputes_no_logits(self):
+        model = tiny_model(False, torch.float32)
+        head = install_loss_head(model)
+        batch = step_micro_batches("pack", "sequence")[0]
+        n_rows = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        chunk = 4
+
+        def step(counts):
+            with loss_request(head, batch["labels"], batch["loss_weights"], chunk):
+                loss, _ = read_loss_output(model(**forward_kwargs(batch)).logits)
+            counts["phase"] = "backward"
+            (loss * 2.0).backward()
+
+        fwd, bwd = self.head_products(step)
+        chunks = -(-n_rows // chunk)
+        assert (fwd, bwd) == (2 * chunks, 0)  # per chunk: the logits and the head weight's gradient
+
+    def test_without_gradients_the_forward_forms_no_gradient(self):
+        model = tiny_model(False, torch.float32)
+        head = install_loss_head(model)
+        batch = step_micro_batches("pack", "sequence")[0]
+        n_rows = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+        def forward(counts):
+            with torch.no_grad(), loss_request(head, batch["labels"], batch["loss_weights"], 4):
+                model(**forward_kwargs(batch))
+
+        assert self.head_products(forward) == (-(-n_rows // 4), 0)
+
+    @pytest.mark.parametrize("which", ["plain", "both"])
+    def test_a_gradient_of_the_plain_sum_matches_the_full_path(self, which):
+        batch = step_micro_batches("pack", "token")[0]
+        grads = []
+        for chunked in (False, True):
+            model = tiny_model(False, torch.float64)
+            hidden = model.model(**forward_kwargs(batch)).last_hidden_state
+            weight = model.get_output_embeddings().weight
+            if chunked:
+                weighted, plain = chunked_head_loss(hidden, weight, None, batch["labels"], batch["loss_weights"], 3)
+            else:  # the reference, with a differentiable plain sum
+                logits = (hidden @ weight.t())[0, :-1]
+                ce = torch.nn.functional.cross_entropy(logits, batch["labels"][0, 1:], reduction="none")
+                weighted = (ce * batch["loss_weights"][0, 1:].double()).sum()
+                plain = ce.sum()
+            (plain if which == "plain" else weighted + 0.5 * plain).backward()
+            grads.append(model)
+        assert_same_grads(*grads, 1e-10)
+
+    def test_the_head_module_returns_the_plain_sum_without_a_gradient(self):
+        model = tiny_model(False, torch.float32)
+        head = install_loss_head(model)
+        batch = step_micro_batches("pack", "sequence")[0]
+        with loss_request(head, batch["labels"], batch["loss_weights"]):
+            weighted, plain = read_loss_output(model(**forward_kwargs(batch)).logits)
+        assert weighted.requires_grad and plain.grad_fn is not None  # a view of the head's output
+        plain.backward()  # the detached element: every parameter's gradient is zero (or absent)
+        assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+
+
 class TestMemory:
     def test_no_tensor_of_positions_times_vocab_is_ever_built(self):
         """Every tensor any op produces in forward + backward is recorded; the largest stays O(chunk x V)."""

@@ -279,17 +279,24 @@ def test_cli_memory_plan_prints_and_trains_nothing(tmp_path, capsys):
     assert "loss full" in out and "logits_loss" in out and "longest max_len that fits 24GB" in out
     assert "the model has 4,096 positions" in out
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+    # a CPU plan names the allocator it is for; one far from the 24 GB says no more than that
+    assert "note: the plan is the lean CPU allocator's" in out and "--cpu-allocator lean" not in out
+    rc = main(
+        ["train", "--model", tiny, "--max-len", "8192", "--memory-plan", "--device-memory", "1GB"]
+        + ["--plan-device", "cpu", "--loss-impl", "full", "--cpu-allocator", "glibc"]
+    )
+    assert rc == 0 and "--cpu-allocator lean" in capsys.readouterr().out  # the peak is past 80% of 1 GB
 
 
 _FREED_TENSOR_SCRIPT = r"""
 import os, sys, torch
-from longalign.train.model_setup import release_freed_tensors_on_cpu
+from longalign.train.allocator import Decision, apply_in_process
 
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-applied = release_freed_tensors_on_cpu() if sys.argv[1] == "on" else False
+applied = apply_in_process(Decision("lean", "lean")) == "lean" if sys.argv[1] == "on" else False
 mib = 2**20
 for _ in range(3):  # by default, freeing mapped blocks raises glibc's mmap threshold past 16 MiB
     t = torch.ones(24 * mib // 4)
@@ -303,11 +310,11 @@ print(int(applied), (before - rss()) / mib)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
-def test_a_freed_activation_sized_tensor_goes_back_to_the_os_on_cpu():
+def test_with_the_lean_setting_a_freed_activation_sized_tensor_goes_back_to_the_os():
     import subprocess
     import sys
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")}
     env["PYTHONPATH"] = str(ROOT)
 
     def run(mode: str) -> tuple[int, float]:
@@ -323,3 +330,15 @@ def test_a_freed_activation_sized_tensor_goes_back_to_the_os_on_cpu():
     assert returned >= 15.0  # the 16 MiB block was unmapped when freed
     _, returned_default = run("off")
     assert returned_default < 1.0  # what the setting changes: glibc's heap keeps a freed block by default
+
+
+def test_a_cpu_run_near_the_machines_memory_is_told_about_the_lean_allocator():
+    from longalign.train.memory import GIB, LEAN_ADVICE_SHARE, cpu_allocator_advice
+
+    near = cpu_allocator_advice(9 * GIB, 10 * GIB, "tcmalloc")
+    assert near is not None and "--cpu-allocator lean" in near and "90% of the 10.0 GiB" in near
+    assert cpu_allocator_advice(9 * GIB, 10 * GIB, "lean") is None  # already the leanest
+    assert cpu_allocator_advice(LEAN_ADVICE_SHARE * 10 * GIB - 1, 10 * GIB, "glibc") is None  # room to spare
+    two = cpu_allocator_advice(5 * GIB, 10 * GIB, "glibc", processes=2)
+    assert two is not None and "over 2 processes" in two
+    assert cpu_allocator_advice(9 * GIB, None, "glibc") is None  # the machine's memory is unknown

@@ -11,17 +11,23 @@ gradient.
 
 1. keeps only the positions that predict a target (shifted label != -100): in LongAlign's data a 30k-token
    document is followed by a few hundred answer tokens, so the head runs on N rows instead of L;
-2. computes head -> float32 cross-entropy x per-token weight over chunks of C rows, accumulating the weighted
-   sum (what the optimizer sees) and the plain sum (the token-mean statistic of metrics.jsonl) from the same
-   chunks;
-3. saves nothing per chunk: the backward recomputes each chunk's logits, forms
-   ``(softmax - onehot) x weight x upstream gradient`` and accumulates the gradients of the hidden rows and of
-   the head's weight (in float32, or float64 for float64 inputs).
+2. computes head -> float32 log-softmax -> cross-entropy x per-token weight over chunks of C rows, accumulating
+   the weighted sum (what the optimizer sees) and the plain sum (the token-mean statistic of metrics.jsonl) from
+   the same chunks;
+3. while a chunk's logits exist, also forms its share of the weighted sum's gradients -- ``(softmax - onehot)``
+   from the log-softmax in place, times the hidden rows (scaled by their weights) for the head's weight, times
+   the weight (then scaled) for the hidden rows -- and keeps only those: the hidden rows' gradient ``[N, H]``
+   and the head's ``[V, H]`` (in float32, or float64 for float64 inputs). The backward multiplies them by the
+   upstream gradient it receives, a scalar (the trainer's world-size factor, a loss scale), so every outer
+   factor still reaches them. A gradient asked of the plain sum (never by the trainer; the head module returns
+   it detached) makes the backward recompute the logits chunk by chunk instead.
 
-Extra peak memory is O(C x V) -- three ``[C, V]`` float32 buffers in the backward -- independent of L; head
-FLOPs are 4 N H V (forward, recompute, two gradient products) instead of 6 L H V. The chunk defaults to
-``2**25 / V`` rows (682 for V = 49,152, 256 for V = 128,256; 128 MB per float32 buffer;
-:func:`longalign.batching.loss.default_chunk_rows`, which the memory planner reads without torch).
+Extra peak memory is O(C x V) -- two ``[C, V]`` float32 buffers in the forward -- independent of L. Head
+multiply-adds are 3 N H V (the logits and the two gradient products; 4 N H V when the backward recomputes the
+logits, 3 L H V for the full path), with one pass of exponentials per chunk. The chunk defaults to ``2**25 / V``
+rows (682 for V = 49,152, 256 for V = 128,256; 128 MB per float32 buffer;
+:func:`longalign.batching.loss.default_chunk_rows`, which the memory planner reads without torch). Without
+gradients (``torch.no_grad``, the start-up probe) the forward computes the sums only.
 
 Numerics follow the ``full`` path: the matrix products run in the dtype the head would use (the autocast dtype
 when autocast is on for the device, else the inputs' dtype) and the cross-entropy in float32 (float64 for
@@ -45,8 +51,8 @@ trainer's start-up probe compares the two implementations on the real model and 
 Maintained kernels: Liger's fused linear cross-entropy (CUDA) weighs classes, not tokens; DeepSpeed's
 ``TiledFusedLogitsLoss`` takes any loss function but accumulates the weight gradient inside its forward with a
 fixed upstream gradient, so an outer factor (the trainer's world-size factor, an fp16 loss scale) would not reach
-it; TRL's chunked NLL is a token mean. None carries the per-token weights of the LongAlign ``sequence``
-normalisation, so this module is used on every device.
+it (here the backward applies it); TRL's chunked NLL is a token mean. None carries the per-token weights of the
+LongAlign ``sequence`` normalisation, so this module is used on every device.
 
 The same arithmetic scores held-out rows without gradients (:func:`score_targets`): the held-out loss of
 ``longalign eval heldout`` and the held-out metrics of the ablation recipe are one computation.
@@ -94,64 +100,131 @@ def _chunk_losses(hidden, weight, bias, labels, chunk, compute_dtype, acc) -> It
             yield s, z, torch.logsumexp(z, dim=-1) - z.gather(1, y[:, None]).squeeze(1)
 
 
+def _chunk_probs(hc, wc, bc, y, acc):
+    """Float ``[n, V]`` log-softmax of one chunk's logits and its rows' cross-entropy."""
+    logp = F.log_softmax(F.linear(hc, wc, bc).to(acc), dim=-1)
+    return logp, -logp.gather(1, y[:, None]).squeeze(1)
+
+
 class HeadCrossEntropy(torch.autograd.Function):
     """``(sum_r coef_r * CE_r, sum_r CE_r)`` over rows r of ``hidden`` [N, H] with targets ``labels`` [N],
-    head ``weight`` [V, H] (+ ``bias`` [V]); logits are recomputed chunk by chunk in the backward."""
+    head ``weight`` [V, H] (+ ``bias`` [V]).
+
+    With ``fuse`` (gradients wanted) the forward also forms, chunk by chunk while the logits exist, the
+    gradients of the weighted sum for an upstream gradient of 1, and the backward multiplies them by the
+    upstream gradient it receives (a scalar: the trainer's world-size factor, a loss scale): three matrix
+    products per chunk instead of four, and one pass of exponentials. A gradient asked of the plain sum
+    (never by the trainer) recomputes each chunk's logits in the backward instead."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, coef, chunk, compute_dtype):
+    def forward(ctx, hidden, weight, bias, labels, coef, chunk, compute_dtype, fuse):
+        ctx.set_materialize_grads(False)
         acc = _acc_dtype(hidden, weight)
+        wc = weight.to(compute_dtype)
+        bc = bias.to(compute_dtype) if bias is not None else None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        fuse = bool(fuse) and (need_h or need_w or need_b)
         wsum = torch.zeros((), dtype=acc, device=hidden.device)
         psum = torch.zeros((), dtype=acc, device=hidden.device)
-        for s, _, ce in _chunk_losses(hidden, weight, bias, labels, chunk, compute_dtype, acc):
-            wsum += (ce * coef[s : s + chunk].to(acc)).sum()
-            psum += ce.sum()
+        grad_h = torch.empty_like(hidden) if fuse and need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if fuse and need_w else None
+        grad_b = (
+            torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+            if fuse and need_b and bias is not None
+            else None
+        )
+        rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], chunk):
+                hc = hidden[s : s + chunk].to(compute_dtype)
+                y = labels[s : s + chunk]
+                c = coef[s : s + chunk].to(acc)
+                logp, ce = _chunk_probs(hc, wc, bc, y, acc)
+                wsum += (ce * c).sum()
+                psum += ce.sum()
+                if not fuse:
+                    continue
+                # d(sum c * CE) / d logits = c * (softmax - onehot); c is applied on the [n, H] side
+                p = logp.exp_()
+                p[rows[: p.shape[0]], y] -= 1.0
+                gz = p.to(compute_dtype)
+                if grad_h is not None:
+                    grad_h[s : s + chunk] = ((gz @ wc).to(acc) * c[:, None]).to(hidden.dtype)
+                if grad_w is not None:
+                    scaled = (hc.to(acc) * c[:, None]).to(compute_dtype)
+                    if grad_w.dtype == gz.dtype:
+                        grad_w.addmm_(gz.t(), scaled)
+                    else:
+                        grad_w += (gz.t() @ scaled).to(acc)
+                if grad_b is not None:
+                    grad_b += c @ p
+                del logp, p, gz
         ctx.save_for_backward(hidden, weight, bias, labels, coef)
         ctx.chunk, ctx.compute_dtype, ctx.acc = chunk, compute_dtype, acc
+        ctx.fused = (grad_h, grad_w, grad_b) if fuse else None
         return wsum, psum
 
     @staticmethod
     def backward(ctx, g_weighted, g_plain):
+        fused, ctx.fused = ctx.fused, None
         hidden, weight, bias, labels, coef = ctx.saved_tensors
-        chunk, cd, acc = ctx.chunk, ctx.compute_dtype, ctx.acc
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        scale = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
-        if g_weighted is not None:
-            scale = scale + coef.to(acc) * g_weighted.to(acc)
-        if g_plain is not None:
-            scale = scale + g_plain.to(acc)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None else None
-        wc = weight.to(cd)
-        bc = bias.to(cd) if bias is not None else None
-        rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
-        with torch.autocast(hidden.device.type, enabled=False):
-            for s in range(0, hidden.shape[0], chunk):
-                hc = hidden[s : s + chunk].to(cd)
-                z = F.linear(hc, wc, bc).to(acc)
-                p = torch.softmax(z, dim=-1)
-                del z
-                n = p.shape[0]
-                p[rows[:n], labels[s : s + chunk]] -= 1.0
-                p *= scale[s : s + chunk, None]
-                gz = p.to(cd)
-                if grad_h is not None:
-                    grad_h[s : s + chunk] = (gz @ wc).to(hidden.dtype)
-                if grad_w is not None:
-                    grad_w += (gz.t() @ hc).to(acc)
-                if grad_b is not None:
-                    grad_b += p.sum(0)
-                del p, gz
-        return (
-            grad_h,
-            grad_w.to(weight.dtype) if grad_w is not None else None,
-            grad_b.to(bias.dtype) if grad_b is not None else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        if fused is not None and g_plain is None:
+            if g_weighted is None:
+                return (None,) * 8
+            grad_h, grad_w, grad_b = fused
+            g = g_weighted.to(ctx.acc)
+            return (
+                (grad_h.to(ctx.acc).mul_(g)).to(hidden.dtype) if grad_h is not None else None,
+                grad_w.mul_(g).to(weight.dtype) if grad_w is not None else None,
+                grad_b.mul_(g).to(bias.dtype) if grad_b is not None else None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        return _recompute_backward(ctx, hidden, weight, bias, labels, coef, g_weighted, g_plain)
+
+
+def _recompute_backward(ctx, hidden, weight, bias, labels, coef, g_weighted, g_plain):
+    """The gradients with the logits recomputed chunk by chunk (a gradient asked of the plain sum)."""
+    chunk, cd, acc = ctx.chunk, ctx.compute_dtype, ctx.acc
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    scale = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
+    if g_weighted is not None:
+        scale = scale + coef.to(acc) * g_weighted.to(acc)
+    if g_plain is not None:
+        scale = scale + g_plain.to(acc)
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b and bias is not None else None
+    wc = weight.to(cd)
+    bc = bias.to(cd) if bias is not None else None
+    rows = torch.arange(min(chunk, max(1, hidden.shape[0])), device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for s in range(0, hidden.shape[0], chunk):
+            hc = hidden[s : s + chunk].to(cd)
+            p = torch.softmax(F.linear(hc, wc, bc).to(acc), dim=-1)
+            p[rows[: p.shape[0]], labels[s : s + chunk]] -= 1.0
+            p *= scale[s : s + chunk, None]
+            gz = p.to(cd)
+            if grad_h is not None:
+                grad_h[s : s + chunk] = (gz @ wc).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w += (gz.t() @ hc).to(acc)
+            if grad_b is not None:
+                grad_b += p.sum(0)
+            del p, gz
+    return (
+        grad_h,
+        grad_w.to(weight.dtype) if grad_w is not None else None,
+        grad_b.to(bias.dtype) if grad_b is not None else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _target_rows(hidden: Any, labels: Any, shift: bool) -> tuple[Any, Any, Any]:
@@ -187,7 +260,9 @@ def chunked_head_loss(
     acc = _acc_dtype(hidden, weight)
     coef = w.index_select(0, rows).to(acc)
     chunk = int(chunk_rows) if chunk_rows and chunk_rows > 0 else default_chunk_rows(weight.shape[0])
-    return HeadCrossEntropy.apply(h, weight, bias, y, coef, chunk, _compute_dtype(hidden, weight))
+    return HeadCrossEntropy.apply(
+        h, weight, bias, y, coef, chunk, _compute_dtype(hidden, weight), torch.is_grad_enabled()
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -261,7 +336,8 @@ class LossRequest:
 
 class LossHead(torch.nn.Linear):
     """An ``nn.Linear`` output layer that returns ``[[[sum w*CE, sum CE]]]`` instead of logits while a
-    :class:`LossRequest` is set on it (see :func:`loss_request`); otherwise a plain linear layer."""
+    :class:`LossRequest` is set on it (see :func:`loss_request`; the plain sum without a gradient); otherwise a
+    plain linear layer."""
 
     _longalign_request: LossRequest | None = None
 
@@ -272,7 +348,9 @@ class LossHead(torch.nn.Linear):
         weighted, plain = chunked_head_loss(
             hidden, self.weight, self.bias, req.labels, req.loss_weights, req.chunk_rows, shift=req.shift
         )
-        return torch.stack([weighted, plain]).view(1, 1, 2)
+        # the plain sum is a statistic: detached, so the backward gets no (zero) gradient for it and keeps to the
+        # gradients the forward formed
+        return torch.stack([weighted, plain.detach()]).view(1, 1, 2)
 
 
 def install_loss_head(model: Any) -> Any:

@@ -28,7 +28,12 @@ from longalign.llm.base import LLMBudgetExceeded, LLMEndpointDown
 from longalign.recipes import demo_cli
 from longalign.recipes.ablation import cli as ablation_cli
 from longalign.tokenize import cli as tokenize_cli
+from longalign.train import allocator
 from longalign.train import cli as train_cli
+
+# commands that train on a CPU in this process start again with the CPU allocator preloaded (longalign train does it
+# in its handler, where its --cpu-allocator is known)
+PRELOAD_COMMANDS = ("demo", "experiment")
 
 COMMANDS = (
     data_cli,  # longalign data corpus|generate|short|mix
@@ -90,6 +95,9 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.from_command_line = argv is None  # only the process's own command line is started again
+    if args.from_command_line and args.command in PRELOAD_COMMANDS:
+        allocator.restart_with_preload()
     try:
         return finish(args.func(args))
     except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file

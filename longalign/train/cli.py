@@ -24,6 +24,7 @@ from typing import Any
 
 from longalign import train
 from longalign.config import add_config_args, add_run_arg, build_config, run_dir_of
+from longalign.train import allocator
 from longalign.train.config import TrainConfig
 
 
@@ -78,6 +79,8 @@ def _run(args: argparse.Namespace) -> Any:
     run_dir = run_dir_of(args)
     if args.memory_plan:
         return _memory_plan(cfg, args, run_dir)
+    if getattr(args, "from_command_line", False):  # a preloaded CPU allocator needs a fresh process
+        allocator.restart_with_preload(cfg.cpu_allocator)
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     _close_process_group()
@@ -113,6 +116,17 @@ def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None
     )
     for line in plan.lines():
         print(line)
+    if args.plan_device == "cpu":
+        from longalign.train.allocator import decide, gpu_visible, requested
+        from longalign.train.memory import cpu_allocator_advice, memory_available
+
+        setting = decide(requested(cfg.cpu_allocator), gpu=gpu_visible()).setting
+        available = memory if memory is not None else memory_available()
+        note = cpu_allocator_advice(plan.total, available, setting, max(1, gpus))
+        if note:
+            print(f"  note: {note}")
+        elif setting != "lean":
+            print(f"  note: the plan is the lean CPU allocator's; the {setting} allocator keeps freed blocks for reuse")
     if memory is not None:
         longest = largest_for_config(cfg, plan, memory)
         print(

@@ -15,6 +15,7 @@ from dataclasses import InitVar, dataclass
 from ..batching.config import METHODS, OVERLONG, PACK_ALGOS
 from ..batching.loss import LOSS_IMPLS, LOSS_NORMS
 from ..config import Options, deprecated, option
+from .allocator import CHOICES as CPU_ALLOCATORS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial")
@@ -121,9 +122,22 @@ class TrainConfig(Options):
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = run all epochs)")
     seed: int = option(42, help="seed of model initialisation (random:), batch order and dropout")
     # ---------------------------------------------------------------- hardware
-    precision: str = option("auto", help="auto = bf16 on a GPU that supports it, else fp32", choices=PRECISIONS)
+    precision: str = option(
+        "auto",
+        help="auto = bf16 on a GPU that supports it, else fp32; bf16 also trains on a CPU with native bf16 "
+        "(AVX-512 BF16 or AMX: autocast, float32 master weights and optimizer)",
+        choices=PRECISIONS,
+    )
     gradient_checkpointing: bool = option(
         False, help="recompute activations in the backward pass (paper: on); saves memory at about a third more compute"
+    )
+    cpu_allocator: str = option(
+        "auto",
+        choices=CPU_ALLOCATORS,
+        help="memory allocator of CPU training: auto (tcmalloc when installed and no GPU is visible, else glibc), "
+        "tcmalloc, glibc, lean (glibc returning every freed block of 1 MiB or more to the system at once: the "
+        "lowest peak, slower), jemalloc; tcmalloc/jemalloc are preloaded, so `longalign train` starts itself "
+        "again with LD_PRELOAD (also: $LONGALIGN_CPU_ALLOCATOR)",
     )
     deepspeed: str | None = option(
         None,

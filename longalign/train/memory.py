@@ -38,9 +38,10 @@ h = heads, d = head width, V = vocabulary, b = bytes of an activation):
 * **runtime** -- a CUDA context and allocator slack (1.0 GiB per GPU, a typical H100 figure); on a CPU the
   interpreter with torch, transformers and datasets imported plus the Trainer's bookkeeping and the data (0.65
   GiB: the resident size of the benchmark's step process at the start of the first step less the weights, 0.62
-  GiB, measured for SmolLM2-135M on this project's 2-core machine with the trainer's CPU allocator setting,
-  :func:`longalign.train.model_setup.release_freed_tensors_on_cpu`; without it glibc keeps freed activations in
-  its heap and a SmolLM2 step at 8k tokens holds 1.9-2.9 GiB more than its tensors).
+  GiB, measured for SmolLM2-135M on this project's 2-core machine with the ``lean`` CPU allocator setting of
+  :mod:`longalign.train.allocator`, which returns freed blocks to the system at once; the others keep freed
+  blocks for reuse and can hold more -- glibc's heap 1.9-2.9 GiB more for a SmolLM2 step at 8k tokens --
+  so :func:`cpu_allocator_advice` names ``lean`` when a CPU run's peak comes near the machine's memory).
 * **not at the peak** (a negative term) -- the transient terms do not all exist at one moment, and the peak
   is the largest of three: (1) the loss -- the saved activations (with gradient checkpointing, the layer
   inputs only: no layer is being recomputed yet) and the logits/loss term, before any parameter gradient
@@ -426,6 +427,40 @@ def parse_memory(text: str | float | int) -> float:
         return float(s)
     except ValueError:
         raise ValueError(f"device memory {text!r} is not understood; write e.g. 80GB, 24GiB or 512MB") from None
+
+
+# a CPU run whose predicted peak passes this share of the memory it may use is told about the lean allocator
+LEAN_ADVICE_SHARE = 0.8
+
+
+def memory_available() -> float | None:
+    """Bytes of memory this machine can still give (``MemAvailable`` of /proc/meminfo), or None off Linux."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_allocator_advice(predicted: float, available: float | None, setting: str, processes: int = 1) -> str | None:
+    """What to tell a CPU run whose predicted peak (``predicted`` bytes per process, ``processes`` on the machine)
+    comes near the ``available`` memory while it runs on an allocator that keeps freed blocks (anything but
+    ``lean``): the planner's figure is the lean allocator's, the others can hold more. None when there is
+    nothing to say."""
+    if available is None or available <= 0 or setting == "lean":
+        return None
+    need = predicted * max(1, int(processes))
+    if need <= LEAN_ADVICE_SHARE * available:
+        return None
+    return (
+        f"the predicted peak ({need / GIB:.1f} GiB{f' over {processes} processes' if processes > 1 else ''}) is "
+        f"{need / available:.0%} of the {available / GIB:.1f} GiB this machine has available, and the {setting} "
+        "allocator keeps freed blocks for reuse: --cpu-allocator lean (or LONGALIGN_CPU_ALLOCATOR=lean) returns "
+        "them to the system at once, for the lowest peak at some speed"
+    )
 
 
 def deepspeed_settings(path: str | Path | None) -> tuple[int | None, str]:

@@ -5,17 +5,15 @@ The attention backend must keep packed sequences apart (``longalign.batching.sel
 varlen, flex, the segment-aware CPU kernel, or sdpa with transformers' block-diagonal mask); with sequence
 parallelism (``sp_size`` > 1, :mod:`longalign.train.sequence_parallel`) the model runs the Ulysses wrapper of
 that core. Context extension multiplies the RoPE base (LongAlign: x200, 10,000 -> 2,000,000) and raises
-``max_position_embeddings``. On a CPU, glibc is told to return freed tensors to the system
-(:func:`release_freed_tensors_on_cpu`).
+``max_position_embeddings``. On a CPU, the run's memory allocator setting is applied
+(:func:`setup_cpu_allocator`, :mod:`longalign.train.allocator`).
 
 This module imports torch; it is imported when training starts.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,11 @@ import torch.distributed as dist
 from ..batching import select_attention
 from ..batching.head_loss import install_loss_head
 from ..models import check_length, load_model, load_model_config, load_tokenizer
+from . import allocator
 from . import sequence_parallel as spm
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 PACKING_SAFE_BACKENDS = (
     "flash_attention_2",
@@ -148,12 +149,40 @@ def setup_parallel(cfg: TrainConfig, model_config: Any, max_len: int, world_size
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """``cfg.precision``; ``auto`` is bf16 on a GPU that supports it, else fp32."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    """``cfg.precision``; ``auto`` is bf16 on a GPU that supports it, else fp32. ``bf16`` for CPU training needs
+    native bf16 instructions (:func:`cpu_bf16_support`): elsewhere it would be emulated and slower than fp32, and
+    is refused with the fix."""
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if cfg.precision == "bf16" and not torch.cuda.is_available() and cpu_bf16_support() is None:
+        raise ValueError(
+            "--precision bf16 on this CPU: it has no native bf16 instructions (avx512_bf16 or amx_bf16 in "
+            "/proc/cpuinfo), so bf16 would be emulated, slower than fp32; use --precision fp32 (or auto)"
+        )
+    return cfg.precision
+
+
+def cpu_bf16_support(cpuinfo: str | None = None) -> str | None:
+    """The native bf16 instructions of this CPU -- ``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (Intel Cooper Lake
+    and later, AMD Zen 4 and later) -- or None. Read from the ``flags`` of /proc/cpuinfo (or the text
+    ``cpuinfo``); where that file does not exist, from torch's own CPU checks."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = None
+    if cpuinfo is not None:
+        flags: set[str] = set()
+        for line in cpuinfo.splitlines():
+            if line.startswith(("flags", "Features")):
+                flags.update(line.split(":", 1)[-1].split())
+        return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+    checks = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for name, fn in checks:
+        check = getattr(torch.cpu, fn, None)
+        if check is not None and check():
+            return name
+    return None
 
 
 def choose_attention(cfg: TrainConfig, device: Any, dtype: Any, sp_size: int) -> str:
@@ -199,6 +228,7 @@ class ModelSetup:
     core_backend: str
     loss_head: Any  # the chunked loss head, None with loss_impl=full
     layout: spm.SPLayout
+    cpu_allocator: str | None = None  # the allocator setting in force on a CPU (None on a GPU)
 
 
 def setup_model(
@@ -206,8 +236,7 @@ def setup_model(
 ) -> ModelSetup:
     """Build the model on ``device`` for this rank: the CPU allocator setting, DeepSpeed's process group, the
     attention backend (and the sequence-parallel groups), the chunked loss head, gradient checkpointing."""
-    if torch.device(device).type == "cpu":
-        release_freed_tensors_on_cpu()
+    cpu_allocator = setup_cpu_allocator(cfg) if torch.device(device).type == "cpu" else None
     layout = spm.SPLayout(par.world_size, par.sp_size, rank)
     if cfg.deepspeed:
         _bind_deepspeed()
@@ -223,7 +252,7 @@ def setup_model(
     loss_head = install_loss_head(model) if cfg.loss_impl == "chunked" else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return ModelSetup(model, device, half, backend, core_backend, loss_head, layout)
+    return ModelSetup(model, device, half, backend, core_backend, loss_head, layout, cpu_allocator)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -231,35 +260,10 @@ def setup_model(
 # ------------------------------------------------------------------------------------------------------------
 
 
-# glibc mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
-_M_MMAP_THRESHOLD = -3
-CPU_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this large get their own mapping, returned to the OS when freed
-
-
-def release_freed_tensors_on_cpu(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
-    """Have glibc's malloc give every block of ``threshold`` bytes or more its own ``mmap``, so that the memory of
-    a freed CPU tensor goes back to the operating system at once. Returns whether the setting was applied.
-
-    By default glibc serves a block from its heap unless it is larger than a *dynamic* threshold, which rises
-    to the size of every mapped block freed (up to 32 MiB). After the first few frees, the activations of a
-    long pack (SmolLM2 at 8k tokens: [T, H] float32 = 18 MiB, [T, KV] = 6 MiB) come from the heap, and a freed
-    block there stays part of the process whenever a live block sits above it: the heap fragments and the
-    process holds memory no tensor uses. Measured (``benchmarks/memory.py``, SmolLM2-135M, 8k, chunked loss,
-    gradient checkpointing, two steps): peak RSS 6.1-6.4 GiB by default, 3.2 GiB with this setting, the second
-    step's forward alone growing by 1.3 GiB of freed blocks. ``malloc_trim`` once per step is not enough: the
-    heap fragments within a step.
-
-    Skipped (returns False) off Linux, without glibc's ``mallopt``, or when ``MALLOC_MMAP_THRESHOLD_`` is set
-    in the environment (the user's choice stands). The process keeps the setting; numbers do not change, only
-    where the allocator takes memory from.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+def setup_cpu_allocator(cfg: TrainConfig) -> str:
+    """Apply the run's CPU allocator setting in this process (:mod:`longalign.train.allocator`) and return the
+    setting in force (``glibc``, ``lean``, ``tcmalloc`` or ``jemalloc``)."""
+    decision = allocator.decide(allocator.requested(cfg.cpu_allocator), gpu=allocator.gpu_visible())
+    if decision.note:
+        log.info("CPU allocator: %s", decision.note)
+    return allocator.apply_in_process(decision)

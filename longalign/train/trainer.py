@@ -164,6 +164,8 @@ def train(
     args = _training_args(cfg, paths.out, total_steps, precision, world_size)
     rank = _check_launch(args, world_size)
     setup = model_setup.setup_model(cfg, model_config, par, args.device, rank, precision)
+    if setup.cpu_allocator is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        _advise_cpu_memory(cfg, paths.tokens, max_len, setup.cpu_allocator)
 
     # data loader, start-up probes, trainer
     collator = feed.make_collator(packed, max_len, tokenizer)
@@ -294,6 +296,34 @@ def _training_args(cfg: TrainConfig, out: TrainDir, total_steps: int, precision:
     return TrainingArguments(**{k: v for k, v in kw.items() if k in names})
 
 
+def _advise_cpu_memory(cfg: TrainConfig, tokens: Path, max_len: int, setting: str) -> str | None:
+    """Log the memory planner's advice for a CPU run whose predicted peak comes near the machine's available
+    memory on an allocator that keeps freed blocks (:func:`longalign.train.memory.cpu_allocator_advice`)."""
+    from .memory import cpu_allocator_advice, memory_available, plan_for_config
+
+    try:
+        plan = plan_for_config(dataclasses.replace(cfg, tokens=str(tokens)), device="cpu", max_len=max_len)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:  # a model the planner cannot read
+        log.debug("no memory plan for this run: %s", exc)
+        return None
+    available = memory_available()
+    if available is not None:
+        available += _resident_bytes()  # what this process already holds is part of the predicted peak
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    note = cpu_allocator_advice(plan.total, available, setting, processes)
+    if note:
+        log.warning("memory plan: %s", note)
+    return note
+
+
+def _resident_bytes() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return float(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The output folder: plan, resume, run_meta.json, the final model
 # ------------------------------------------------------------------------------------------------------------
@@ -401,6 +431,7 @@ def _run_meta(
         "steps": 0,
         "resumed_from": resume_from,
         "device": str(setup.device),
+        "cpu_allocator": setup.cpu_allocator,
         "config": to_dict(cfg),
     }
 
