@@ -23,6 +23,7 @@ for page, label, what in (
     ("pages/4_Training.py", "Training", "loss curves and throughput per method and loss normalisation."),
     ("pages/5_LongBench_Chat.py", "LongBench-Chat", "judged answers per question, side by side for two runs."),
     ("pages/6_Needle.py", "Needle", "retrieval by context length and depth, with the prompt around each needle."),
+    ("pages/7_Ladder.py", "Ladder", "synthetic tasks by length, the effective context length, base vs fine-tuned."),
 ):
     link, text = st.columns([1, 5])
     link.page_link(page, label=label)

@@ -24,6 +24,9 @@
 #    with expert scores, and the answer to rate, and replies with `[[rating]]` (`longalign.eval.longbench_chat`,
 #    `longalign.eval.judge`). A small local model cannot follow that format, so the local judge reads the
 #    rating from its next-token probabilities instead.
+#
+# and, beyond the paper, one task of the **synthetic ladder** (`longalign.eval.ruler`, after RULER): how a
+# sample is built to an exact length, where its needles go, and how an answer is scored.
 
 # %% tags=["parameters"]
 run_dir = "runs/notebooks/05_evaluation"
@@ -32,6 +35,8 @@ lengths = [600, 1000]  # needle grid: context lengths (tokens)
 depths = [40.0, 80.0]  # needle grid: depths (percent)
 max_new_tokens = 24
 judge = "local:smollm2"  # needle judge: "" = key-phrase recall only, or openai:<model>
+ladder_task = "niah_multivalue"  # section 5: one task of the synthetic ladder (longalign eval ruler --tasks)
+ladder_length = 1024  # section 5: its length in tokens, prompt + answer budget
 seed = 42
 
 # %%
@@ -260,10 +265,94 @@ fig.update_layout(
 fig.show()
 
 # %% [markdown]
+# ## 5. One task of the synthetic ladder, and how it is scored
+#
+# `longalign eval ruler` follows the task definitions of RULER (Hsieh et al., 2024): needles with distractors,
+# several values per key, variable tracking, word counts. Every task is built to an **exact length in the
+# evaluated model's tokens**, chat template and answer prefix included: the prompt takes `length − budget`
+# tokens and the answer may take the task's budget, so a ladder of lengths 1k, 2k, 4k… really measures those
+# lengths. Scoring needs no judge: it is the share of the expected values found in the answer.
+#
+# Here one sample of `niah_multivalue`: one key, four sentences that each give it a value, spread over real
+# documents (the built-in corpus); the question asks for every value of the key, so all four are expected.
+
+# %%
+from longalign.eval import ruler
+from longalign.eval.ruler_tasks import TASKS, TaskContext, score_output
+from longalign.llm.base import SamplingParams
+from longalign.views import ladder as ladder_view
+
+answerer = ruler.LocalAnswerer(model, model=generator.model, tokenizer=tokenizer)  # the weights loaded above
+fmt = answerer.prompt_format()
+ctx = TaskContext(fmt, seed=seed)
+sample = ctx.build(ladder_task, ladder_length, 0)
+print(f"{ladder_task}: {TASKS[ladder_task].description}")
+print(
+    f"prompt {sample.prompt_tokens} tokens + answer budget {sample.max_new_tokens} = {ladder_length}; "
+    f"counted again here: {fmt.count(sample.user, sample.answer_prefix)}"
+)
+print("question:", sample.question)
+print("expected:", sample.expected)
+pd.DataFrame({"inserted sentence": sample.inserts, "depth (%)": sample.depths})
+
+# %% [markdown]
+# The inserts go at sentence ends at or before their depth, in context order. Below the whole prompt as the
+# model reads it (the user turn, then the forced start of the answer), with the expected values marked yellow
+# and the asked-for key blue — as the dashboard's Ladder page shows a sample.
+
+# %%
+record = {"task": ladder_task, "expected": sample.expected, "info": sample.info}
+body, marks = ladder_view.prompt_html(sample.user, sample.answer_prefix, ladder_view.marks_for(record))
+print(f"{marks} marks placed")
+display(HTML(body))
+
+# %% [markdown]
+# The scorer is RULER's string match: each expected value counts when it appears in the answer, ignoring case,
+# and the score is the share found. Literal answers show what that does and does not reward — including that a
+# value found inside a longer number still counts (a substring test, as in RULER), and that naming values
+# nobody asked for costs nothing.
+
+# %%
+e = sample.expected
+literal = {
+    "all four, in a sentence": f"The values are {e[0]}, {e[1]}, {e[2]} and {e[3]}.",
+    "two of them": f"{e[2]} and {e[0]}",
+    "one, inside a longer number": f"9{e[1]}9",
+    "all four and an invented one": f"{', '.join(e)}, 1234567",
+    "none": "I could not find the key in the text.",
+}
+scored = pd.DataFrame(
+    {"answer": list(literal.values()), "score": [score_output(a, e, "all") for a in literal.values()]},
+    index=list(literal),
+)
+display(scored)
+
+# %%
+answer = answerer.answer(sample, SamplingParams(max_tokens=1, temperature=0.0, top_p=1.0, seed=seed))
+model_score = score_output(answer.text, sample.expected, "all")
+print(f"{answerer.name} answered {answer.completion_tokens} tokens: {answer.text.strip()[:200]!r}")
+print(ladder_view.score_line({**record, "output": answer.text, "score": model_score}))
+
+# %% [markdown]
+# What this section shows, checked: the prompt has exactly the promised number of tokens; every expected value
+# sits in the prompt once, inside its inserted sentence, and the depths rise through the context; the score is
+# the share of expected values found, whatever else the answer says.
+
+# %%
+assert sample.prompt_tokens == fmt.count(sample.user, sample.answer_prefix) == ladder_length - sample.max_new_tokens
+assert all(sample.user.count(v) == 1 for v in sample.expected)
+assert all(any(v in text for text in sample.inserts) for v in sample.expected)
+assert sample.depths == sorted(sample.depths) and all(0 <= d <= 100 for d in sample.depths)
+assert marks >= len(sample.expected)
+assert scored["score"].tolist() == [1.0, 0.5, 0.25, 1.0, 0.0]
+assert 0.0 <= model_score <= 1.0
+
+# %% [markdown]
 # The full benchmark runs from the CLI: `longalign eval longbench-chat --data DIR --judge openai:<model>
 # --judge-base-url URL --out RUN` (predictions, judgments and a summary in `eval/longbench_chat/`), and
-# `longalign eval needle --out RUN` for the paper's 10 × 10 grid. The dashboard's LongBench-Chat and Needle
-# pages read those files.
+# `longalign eval needle --out RUN` for the paper's 10 × 10 grid, and `longalign eval ruler --run RUN` for the
+# ladder (`--tasks`, `--lengths 1024,2048,4096`, `--samples`; `--dtype float32` when two models are compared).
+# The dashboard's LongBench-Chat, Needle and Ladder pages read those files.
 #
 # **Try this:** set `judge = ""` in the parameters cell and run the notebook again. The needle cells are then
 # scored by key-phrase recall only: the heatmap is coloured by recall instead of the judge score, the

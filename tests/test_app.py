@@ -32,6 +32,7 @@ PAGES = [
     "pages/4_Training.py",
     "pages/5_LongBench_Chat.py",
     "pages/6_Needle.py",
+    "pages/7_Ladder.py",
 ]
 # keys of the stages' JSON files that must never reach a reader as they are
 RAW_KEYS = {f.key for f in FIGURES if "_" in f.key} | {
@@ -464,6 +465,125 @@ def test_needle_page_scores_and_cell_from_results_jsonl(monkeypatch, runs):
     assert not at.exception and "normalised recall" in text_of(at)
     at.sidebar.selectbox(key="_compare_run_picker").set_value("fixture-b").run()
     assert not at.exception and len(charts(at)) == 2
+    assert_readable(at)
+
+
+@pytest.fixture(scope="module")
+def ladder_runs(tmp_path_factory) -> Path:
+    """tuned / base / other-seed: the real ladder stage answered by scripted answerers (tests/fixtures)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "longalign_fixture_make_ladder", ROOT / "tests/fixtures/make_ladder.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_ladders(tmp_path_factory.mktemp("ladders"))
+
+
+def ladder_results(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "eval/ruler/results.jsonl").read_text().splitlines()]
+
+
+def cell_means(results: list[dict]) -> dict[tuple[str, int], float]:
+    cells: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        cells.setdefault((r["task"], r["length"]), []).append(r["score"])
+    return {k: 100 * sum(v) / len(v) for k, v in cells.items()}
+
+
+def test_ladder(monkeypatch, ladder_runs):
+    at = open_page(monkeypatch, ladder_runs, PAGES[6], run="base")
+    results = ladder_results(ladder_runs / "base")
+    cells = cell_means(results)
+    lengths = sorted({x for _, x in cells})
+    tasks = json.loads((ladder_runs / "base/eval/ruler/summary.json").read_text())["tasks"]  # the rows' order
+    by_length = {x: sum(cells[t, x] for t in tasks) / len(tasks) for x in lengths}
+    held = [x for x in lengths if all(by_length[y] > 85.6 for y in lengths if y <= x)]
+    assert metrics(at)["effective length"] == (f"{held[-1]:,} tokens" if held else "none")
+    assert metrics(at)["ladder score"] == f"{sum(cells.values()) / len(cells):.1f}"
+    assert metrics(at)["samples"] == str(len(results))
+    heat = json.loads(charts(at)[0].proto.spec)["data"][0]
+    z = [list(values(row)) if not isinstance(row, list) else row for row in heat["z"]]
+    for i, t in enumerate(tasks):
+        assert [round(v, 2) for v in z[i]] == [round(cells[t, x], 2) for x in lengths]
+    assert [round(v, 2) for v in z[len(tasks)]] == [round(by_length[x], 2) for x in lengths]  # as summary.json rounds
+    assert "no effective length" in reader_text(at)
+    assert_readable(at)
+
+    # one sample opened: the prompt with every expected value marked, the answer, the score
+    at.selectbox(key="ladder_task").set_value("vt").run()
+    at.selectbox(key="ladder_len").set_value(800).run()
+    at.selectbox(key="ladder_sample").set_value(2).run()
+    assert not at.exception
+    rec = next(r for r in results if r["task"] == "vt" and r["length"] == 800 and r["index"] == 2)
+    prompt = next(
+        json.loads(x)
+        for x in (ladder_runs / "base/eval/ruler/prompts.jsonl").read_text().splitlines()
+        if json.loads(x)["key"] == rec["key"]
+    )
+    body = at.get("html")[0].proto.body
+    marked = re.findall(r"<mark[^>]*>([^<]*)</mark>", body)
+    for value in rec["expected"]:
+        assert marked.count(value) == len(re.findall(rf"(?<![A-Za-z0-9]){value}(?![A-Za-z0-9])", prompt["user"]))
+    assert html.unescape(re.sub(r"<[^>]+>", "", body)).startswith(prompt["user"][:200])
+    found = sum(v.lower() in rec["output"].lower() for v in rec["expected"])
+    assert f"score {rec['score']:.2f}: {found} of {len(rec['expected'])} expected values in the answer" in (text_of(at))
+    assert rec["output"].strip() in html.unescape(re.sub(r"<[^>]+>", "", at.get("html")[1].proto.body))
+    assert_readable(at)
+
+
+def test_ladder_against_a_second_run(monkeypatch, ladder_runs):
+    from longalign.eval.intervals import independent_difference, paired_difference
+
+    at = open_page(monkeypatch, ladder_runs, PAGES[6], run="tuned")
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("base").run()
+    assert not at.exception
+    tuned, base = ladder_results(ladder_runs / "tuned"), ladder_results(ladder_runs / "base")
+    by_key = {r["key"]: r for r in base}
+    pairs = [(r["score"], by_key[r["key"]]["score"]) for r in tuned]
+    overall = paired_difference([a for a, _ in pairs], [b for _, b in pairs], 100.0)
+    change = 100 * sum(a - b for a, b in pairs) / len(pairs)
+    assert at.metric[1].proto.delta == f"{change:+.1f} vs base"
+    table = next(d for d in at.dataframe if "verdict" in d.value.columns).value
+    assert table["length"].tolist() == ["500 tokens", "800 tokens", "all lengths"]
+    last = table.iloc[-1]
+    assert last["samples compared"] == len(pairs)
+    assert last["95% interval"] == f"+{overall['lo']:.1f} to +{overall['hi']:.1f}"
+    assert last["verdict"] == ("tuned higher" if overall["lo"] > 0 else "no resolved difference")
+    for x, (_, row) in zip((500, 800), table.iterrows()):
+        sel = [(r["score"], by_key[r["key"]]["score"]) for r in tuned if r["length"] == x]
+        d = paired_difference([a for a, _ in sel], [b for _, b in sel], 100.0)
+        assert row["difference"] == f"+{d['diff']:.1f}" and row["tuned"] == round(
+            100 * sum(a for a, _ in sel) / len(sel), 1
+        )
+    assert len(charts(at)) == 2  # the ladder and the difference heatmap
+    assert_readable(at)
+
+    # another seed: other samples, so the two means are compared, not pairs
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("other-seed").run()
+    assert not at.exception
+    other = ladder_results(ladder_runs / "other-seed")
+    table = next(d for d in at.dataframe if "verdict" in d.value.columns).value
+    last = table.iloc[-1]
+    d = independent_difference([r["score"] for r in tuned], [r["score"] for r in other], 100.0)
+    assert last["samples compared"] == "different samples"
+    assert last["difference"] == f"+{d['diff']:.1f}"
+    assert_readable(at)
+
+
+def test_ladder_difference_without_a_resolved_change_says_so(monkeypatch, ladder_runs, tmp_path):
+    """The same results under two names: every pair ties, the interval contains zero, and the page says so."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(ladder_runs / "base", root / "a")
+    shutil.copytree(ladder_runs / "base", root / "b")
+    at = open_page(monkeypatch, root, PAGES[6], run="a")
+    at.sidebar.selectbox(key="_compare_run_picker").set_value("b").run()
+    table = next(d for d in at.dataframe if "verdict" in d.value.columns).value
+    assert set(table["verdict"]) == {"no resolved difference"} and set(table["difference"]) == {"0.0"}
+    assert "scored the same in both runs" in text_of(at) and len(charts(at)) == 1
     assert_readable(at)
 
 

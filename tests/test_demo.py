@@ -187,3 +187,110 @@ def test_command_line_says_what_an_overrun_means(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "generate took 84 s, planned 80 s: the machine is slower or busier than the reference" in out
     assert "corpus took" not in out and "OVER BUDGET" not in out
+
+
+# ---------------------------------------------------------------------------------------------- the ladder
+def _load_make_ladder():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "fixtures" / "make_ladder.py"
+    spec = importlib.util.spec_from_file_location("longalign_fixture_make_ladder", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ladder_stage_pairs_the_two_models_samples_and_says_whether_the_difference_is_resolved(tmp_path, monkeypatch):
+    """Scripted answers (the fine-tune names every expected value, the base the first one on even samples): the
+    stage's difference is the mean of the paired differences, with the interval of the paired scores."""
+    from longalign.eval import ruler
+    from longalign.eval.intervals import paired_difference
+    from longalign.models import load_tokenizer
+
+    fx = _load_make_ladder()
+    tok = load_tokenizer(None)
+    run = RunDir(tmp_path / "demo")
+    base = demo.base_run_dir(run)
+    monkeypatch.setattr(demo, "_models", lambda r, c: [("base", "smollm2", base), ("tuned", "tuned-model", run)])
+    real_run = ruler.run
+    styles = {base.root: ("base", "first-even"), run.root: ("tuned", "all")}
+
+    def scripted(cfg, where):
+        name, style = styles[where.root]
+        assert cfg.dtype == "float32" and cfg.seed == 42
+        return real_run(cfg, where, answerer=fx.ScriptedAnswerer(tok, name, style))
+
+    monkeypatch.setattr(ruler, "run", scripted)
+    prof = demo.replace(
+        demo.PROFILES["full"], ladder_tasks=("niah_single_noise", "vt"), ladder_lengths=(500, 800), ladder_samples=3
+    )
+    numbers = demo.stage_ladder(run, demo.DemoConfig(run=str(run.root)), prof)
+
+    def scores(r: RunDir) -> dict[str, float]:
+        return {x["key"]: x["score"] for x in read_jsonl(r.ruler_results())}
+
+    tuned, based = scores(run), scores(base)
+    assert set(tuned) == set(based) and len(tuned) == 2 * 2 * 3
+    keys = sorted(tuned)
+    expect = paired_difference([tuned[k] for k in keys], [based[k] for k in keys], 100.0)
+    d = numbers["difference"]
+    assert d["pairs"] == 12 and d["paired"]
+    assert d["diff"] == pytest.approx(100 * sum(tuned[k] - based[k] for k in keys) / 12)
+    assert (d["lo"], d["hi"]) == pytest.approx((expect["lo"], expect["hi"]))
+    assert numbers["score"]["base"] == pytest.approx(100 * sum(based.values()) / 12)
+    line = demo.ladder_line(numbers)
+    assert f"difference {d['diff']:+.1f} (95% interval {d['lo']:+.1f} to {d['hi']:+.1f}, 12 samples both answered)" in (
+        line
+    )
+    assert ("the fine-tuned model scores higher" in line) == (expect["lo"] > 0) and d["resolved"] == (expect["lo"] > 0)
+    assert "no resolved difference" not in line or not d["resolved"]
+
+
+def test_ladder_line_says_no_resolved_difference_when_the_interval_contains_zero():
+    numbers = {
+        "tasks": ["niah_single_noise"],
+        "lengths": [1024, 2048],
+        "samples": 10,
+        "dtype": "float32",
+        "score": {"base": 80.0, "tuned": 85.0, "change": 5.0},
+        "difference": {"diff": 5.0, "lo": -3.2, "hi": 13.1, "pairs": 20, "paired": True, "resolved": False},
+    }
+    line = demo.ladder_line(numbers)
+    assert "base 80.0 -> fine-tuned 85.0, difference +5.0 (95% interval -3.2 to +13.1, 20 samples both answered)" in (
+        line
+    )
+    assert line.endswith("no resolved difference (the interval contains zero).")
+    assert demo.ladder_line({}) is None
+    summary = {"stages": {"eval:ladder": numbers}, "methods": {}, "overruns": []}
+    assert line in demo.explain(summary)
+
+
+@pytest.mark.slow
+def test_ladder_stage_on_a_tiny_model_decodes_both_in_float32(tmp_path, monkeypatch):
+    """The real stage on a random tiny model for both: every answer decoded in float32, identical answers, so
+    every pair ties and the line says there is no resolved difference."""
+    from pathlib import Path
+
+    tiny = f"random:{Path(__file__).resolve().parents[1] / 'configs' / 'models' / 'tiny-llama'}"
+    run = RunDir(tmp_path / "demo")
+    monkeypatch.setattr(demo, "_models", lambda r, c: [("base", tiny, demo.base_run_dir(run)), ("tuned", tiny, run)])
+    prof = demo.replace(
+        demo.PROFILES["full"], ladder_tasks=("niah_single_noise",), ladder_lengths=(400,), ladder_samples=3
+    )
+    numbers = demo.stage_ladder(run, demo.DemoConfig(run=str(run.root)), prof)
+    for r in (run, demo.base_run_dir(run)):
+        assert {x["precision"] for x in read_jsonl(r.ruler_results())} == {"float32"}
+    assert numbers["difference"]["diff"] == 0 and numbers["difference"]["pairs"] == 3
+    assert "no resolved difference" in demo.ladder_line(numbers)
+
+
+def test_command_line_prints_the_ladder_difference_with_its_interval():
+    from longalign.recipes.demo_cli import _fmt
+
+    numbers = {
+        "samples": 6,
+        "score": {"base": 40.0, "tuned": 45.0},
+        "difference": {"diff": 5.0, "lo": -2.5, "hi": 12.25},
+    }
+    assert _fmt(numbers) == "samples=6, score=40->45, difference=+5.0 (95% interval -2.5 to +12.2)"

@@ -590,3 +590,14 @@ def test_cli_refusals_and_an_endpoint_run(tmp_path, fake_llm, capsys, monkeypatc
     s = json.loads((tmp_path / "r" / "eval" / "ruler" / "summary.json").read_text())
     assert s["cells"]["niah_single_noise"]["800"]["score"] == 100.0
     assert any("local tokenizer" in n for n in s["notes"])
+
+
+def test_the_numeric_path_is_part_of_the_setup():
+    """A local model's decoding path (``--dtype``) makes a result what it is: answers on another path are neither
+    resumed nor summarised; an endpoint has no path."""
+    cfg = RulerConfig(model=TINY, dtype="float32")
+    assert ruler.requested_precision(cfg) == "float32"
+    assert ruler.requested_precision(RulerConfig(model="openai:m")) is None
+    on_float32 = ruler.setup_of(cfg, "vt", "m", "float32")
+    assert on_float32 != ruler.setup_of(cfg, "vt", "m", "int4") and on_float32 != ruler.setup_of(cfg, "vt", "m")
+    assert on_float32 == ruler.setup_of(RulerConfig(model=TINY, dtype="float32"), "vt", "m", "float32")

@@ -19,6 +19,14 @@ interval (:mod:`longalign.eval.intervals`); a length reports the mean of its tas
 effective context length is the longest length up to which every length's average stays above ``--threshold``
 (RULER's 85.6, Llama-2-7B's score at 4k).
 
+Numeric path. A local model decodes on the path ``--dtype`` names (default: ``$LONGALIGN_LOCAL_DTYPE``, else int4
+decoding on an AVX-512 CPU, :mod:`longalign.llm.int4_decode`): int4 decoding reads the layers whose weights lie on
+the 4-bit grid of the embedded model's release, which a fine-tuned model's weights have left, so with the
+default the base model decodes from int4 and its fine-tune in float32. A comparison of two models therefore runs
+both with ``--dtype float32``. Every result records the path its answer was decoded on (``precision``: int4 only
+where layers actually decode from int4), the path asked for is part of the setup (results of another path are
+neither skipped nor summarised) and ``summary.json`` names it.
+
 Local models reuse shared prompt prefixes (``--prefix-reuse``, :class:`~longalign.llm.local_model.PrefixCache`):
 all pending samples are built first and answered in the lexicographic order of their token ids, so each prompt
 follows the one it shares the longest prefix with and only the rest is prefilled (the header and the haystack
@@ -36,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import option, redefault
-from longalign.eval.intervals import mean_interval, pooled_interval
+from longalign.eval.intervals import independent_difference, mean_interval, paired_difference, pooled_interval
 from longalign.eval.options import ModelOptions, SamplingOptions
 from longalign.eval.ruler_tasks import (
     ALL_TASKS,
@@ -102,6 +111,12 @@ class RulerConfig(ModelOptions, SamplingOptions, InputErrorOptions):
         minimum=0,
         help="the model's context window, to refuse longer lengths (0 = from a local model's config; an endpoint "
         "is then not checked)",
+    )
+    dtype: str = option(
+        "",
+        help="local models: float32 (exact), bfloat16, or int4 (decoding from int4 where weights lie on the "
+        "4-bit grid; a fine-tuned model's do not); empty = $LONGALIGN_LOCAL_DTYPE, else int4 on AVX-512 CPUs. "
+        "Compare two models on one path: float32",
     )
     progress: bool = option(True, help="show progress bars")
     max_new_tokens: int = redefault(0, note="0 = each task's own budget")
@@ -212,17 +227,27 @@ class LocalAnswerer:
 
     kind = "local"
 
-    def __init__(self, spec: str | None, *, prefix_reuse: bool = True, model: Any = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        spec: str | None,
+        *,
+        prefix_reuse: bool = True,
+        dtype: Any = None,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
         from longalign.llm.client import local_model_spec
         from longalign.llm.local_model import local_model_for
         from longalign.models import model_display_name
 
         spec = local_model_spec(spec)
-        self.lm = local_model_for(spec, model=model, tokenizer=tokenizer)
+        self.lm = local_model_for(spec, dtype=dtype or None, model=model, tokenizer=tokenizer)
         self.name = model_display_name(spec)
         self.tokenizer = self.lm.tokenizer
         self.max_positions = self.lm.max_positions
         self.prefix_reuse = prefix_reuse
+        self.requested_precision = str(getattr(self.lm, "precision", "") or "") or None  # part of the setup
+        self.precision = decoding_precision(self.lm)  # the path answers are actually decoded on
 
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.tokenizer, self.lm.render)
@@ -286,13 +311,40 @@ def make_answerer(cfg: RulerConfig, run: RunDir) -> LocalAnswerer | EndpointAnsw
             calls_log=run.llm_calls,
             **cfg.model_endpoint().client_kwargs(),
         )
-    return LocalAnswerer(cfg.model, prefix_reuse=cfg.prefix_reuse)
+    return LocalAnswerer(cfg.model, prefix_reuse=cfg.prefix_reuse, dtype=cfg.dtype or None)
+
+
+def requested_precision(cfg: RulerConfig) -> str | None:
+    """The numeric path ``cfg`` asks a local model to decode on (``cfg.dtype`` or the local default, resolved
+    without loading anything: ``int4``, ``float32``, ``bfloat16``...); None for an endpoint."""
+    from longalign.eval.generate import is_endpoint_spec
+    from longalign.llm.local_model import INT4_DECODE, resolve_device, resolve_precision
+
+    if is_endpoint_spec(cfg.model):
+        return None
+    device = resolve_device(None)
+    dtype, int4 = resolve_precision(cfg.dtype or None, device)
+    return INT4_DECODE if int4 else str(dtype).removeprefix("torch.")
+
+
+def decoding_precision(lm: Any) -> str:
+    """The path a loaded local model's answers are decoded on: ``int4`` only when some of its layers decode from
+    int4 (a fine-tuned model asked for int4 has none on the grid and decodes in float32), else its dtype."""
+    from longalign.llm.local_model import INT4_DECODE
+
+    precision = str(getattr(lm, "precision", "") or "")
+    if precision == INT4_DECODE:
+        from longalign.llm.int4_decode import Int4Linear, Int8GridLinear
+
+        if not any(isinstance(m, (Int4Linear, Int8GridLinear)) for m in lm.model.modules()):
+            return str(getattr(lm.model, "dtype", "float32")).removeprefix("torch.")
+    return precision
 
 
 # --------------------------------------------------------------------------------------------- results
-def setup_of(cfg: RulerConfig, task: str, model_name: str) -> str:
-    """A short hash of everything that makes a sample of ``task`` what it is (results with another setup are
-    neither skipped nor summarised)."""
+def setup_of(cfg: RulerConfig, task: str, model_name: str, precision: str | None = None) -> str:
+    """A short hash of everything that makes a sample of ``task`` what it is, the numeric path a local model
+    decodes on included (results with another setup are neither skipped nor summarised)."""
     spec = TASKS[task]
     parts: dict[str, Any] = {
         "version": GENERATOR_VERSION,
@@ -303,6 +355,8 @@ def setup_of(cfg: RulerConfig, task: str, model_name: str) -> str:
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
     }
+    if precision:
+        parts["precision"] = precision
     if spec.context == "docs":
         parts["haystack"] = cfg.haystack
     if spec.context == "passages":
@@ -358,6 +412,85 @@ def summarise(
     }
 
 
+def summarised_results(run_dir: str | Path | RunDir, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The samples ``summary.json`` summarises (``summary``: that file's content, read when not given), one per key
+    (its last answer): the summary's setup per task, its lengths and its first ``samples`` indices. Every sample of
+    results.jsonl when there is no summary."""
+    from longalign.rundir import read_json
+
+    run_ = as_run_dir(run_dir)
+    if summary is None:
+        summary = read_json(run_.eval_summary(BENCHMARK), default={}) or {}
+    records = read_jsonl(run_.ruler_results())
+    if summary:
+        tasks = set(summary.get("tasks") or [])
+        lengths = {int(x) for x in summary.get("lengths") or []}
+        samples = int(summary.get("samples") or 0)
+        setups = summary.get("setups") or {}
+
+        def keep(r: dict[str, Any]) -> bool:
+            if r.get("task") not in tasks or int(r.get("length", -1)) not in lengths:
+                return False
+            if samples and int(r.get("index", 0)) >= samples:
+                return False
+            if setups:
+                return r.get("setup") == setups.get(r["task"])
+            return r.get("model") == summary.get("model") and r.get("seed") == summary.get("seed")
+
+        records = [r for r in records if keep(r)]
+    return list({r["key"]: r for r in records if "key" in r and "score" in r}.values())
+
+
+def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two results are answers to the same sample: same key, expected values, depths, prompt size and
+    seed (the same seed and settings build the same prompt, so two models' scores on it pair up)."""
+
+    def norm(x: Any) -> str:
+        return json.dumps(x, sort_keys=True, default=str)
+
+    return (
+        a.get("key") == b.get("key")
+        and norm(a.get("expected")) == norm(b.get("expected"))
+        and norm(a.get("depths")) == norm(b.get("depths"))
+        and a.get("prompt_tokens") == b.get("prompt_tokens")
+        and a.get("seed") == b.get("seed")
+    )
+
+
+def compare(results_a: Sequence[dict[str, Any]], results_b: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Run a minus run b (scores x 100) over the tasks and lengths both answered: ``{"cells": {task: {length: d}},
+    "by_length": {length: d}, "overall": d}``. Each ``d`` is :func:`~longalign.eval.intervals.paired_difference`
+    over the samples that pair up (:func:`same_sample`), with ``a`` and ``b`` (both runs' means over them) and
+    ``paired`` True; where none pairs up, :func:`~longalign.eval.intervals.independent_difference` over both runs'
+    samples (``n`` 0, ``paired`` False). A length's average and the overall difference pool the pairs of every
+    task (each weighs the same: equal weight per task when, as usual, every cell has as many samples)."""
+    tasks = [t for t in dict.fromkeys(r["task"] for r in results_a) if t in {r["task"] for r in results_b}]
+    lengths = sorted({int(r["length"]) for r in results_a} & {int(r["length"]) for r in results_b})
+    a_in = [r for r in results_a if r["task"] in tasks and int(r["length"]) in lengths]
+    b_in = [r for r in results_b if r["task"] in tasks and int(r["length"]) in lengths]
+    by_key = {r["key"]: r for r in b_in}
+    pairs = [(r, by_key[r["key"]]) for r in a_in if r["key"] in by_key and same_sample(r, by_key[r["key"]])]
+
+    def mean(v: list[float]) -> float | None:
+        return 100.0 * math.fsum(v) / len(v) if v else None
+
+    def diff(where: Any) -> dict[str, Any]:
+        sel = [(x, y) for x, y in pairs if where(x)]
+        if sel:
+            sa, sb = [float(x["score"]) for x, _ in sel], [float(y["score"]) for _, y in sel]
+            return {**paired_difference(sa, sb, 100.0), "a": mean(sa), "b": mean(sb), "paired": True}
+        sa = [float(r["score"]) for r in a_in if where(r)]
+        sb = [float(r["score"]) for r in b_in if where(r)]
+        out = independent_difference(sa, sb, 100.0)
+        return {**out, "n": 0, "a": mean(sa), "b": mean(sb), "paired": False}
+
+    cells = {
+        t: {str(x): diff(lambda r, t=t, x=x: r["task"] == t and int(r["length"]) == x) for x in lengths} for t in tasks
+    }
+    by_length = {str(x): diff(lambda r, x=x: int(r["length"]) == x) for x in lengths}
+    return {"cells": cells, "by_length": by_length, "overall": diff(lambda r: True)}
+
+
 # --------------------------------------------------------------------------------------------- runner
 def run(
     cfg: RulerConfig, run_dir: str | Path | RunDir, *, answerer: Any = None, progress_cb: Any = None
@@ -375,7 +508,8 @@ def run(
     positions = cfg.max_positions or (answerer.max_positions if answerer is not None else model_positions(cfg.model))
     check_lengths(lengths, positions, cfg.model, from_flag=bool(cfg.max_positions))  # before any model is loaded
     name = answerer.name if answerer is not None else _model_name(cfg)
-    setups = {t: setup_of(cfg, t, name) for t in tasks}
+    asked = requested_precision(cfg) if answerer is None else getattr(answerer, "requested_precision", None)
+    setups = {t: setup_of(cfg, t, name, asked) for t in tasks}
     res_path = run_.ruler_results()
     done = {r["key"] for r in read_jsonl(res_path) if r.get("setup") == setups.get(r.get("task"))}
     wanted = [(t, length, i) for t in tasks for length in lengths for i in range(cfg.samples)]
@@ -410,7 +544,9 @@ def run(
                 {"key": s.key, "setup": setups[s.task], "user": s.user, "answer_prefix": s.answer_prefix},
                 fsync=False,
             )
-            append_jsonl(res_path, _record(s, spec.category, ans, seconds, setups[s.task], name, cfg.seed))
+            rec = _record(s, spec.category, ans, seconds, setups[s.task], name, cfg.seed)
+            rec["precision"] = getattr(answerer, "precision", None)
+            append_jsonl(res_path, rec)
             answered += 1
             if progress_cb is not None:
                 progress_cb(answered, len(samples))
@@ -430,6 +566,8 @@ def run(
         "length_counting": LENGTH_COUNTING,
         "answer_prefix": cfg.answer_prefix,
         "categories": {t: TASKS[t].category for t in tasks},
+        "precision": _precisions(latest.values()),
+        "setups": setups,  # per task: the setup hash of the results summarised here
         **summarise(list(latest.values()), tasks, lengths, cfg.threshold),
         "notes": _notes(cfg, answerer),
     }
@@ -474,6 +612,13 @@ def _record(
         "seed": seed,
         "setup": setup,
     }
+
+
+def _precisions(results: Any) -> str | None:
+    """The numeric path(s) the summarised answers were decoded on: one name, several joined by '+', or None
+    (endpoints, or results written before the path was recorded)."""
+    found = sorted({str(r["precision"]) for r in results if r.get("precision")})
+    return "+".join(found) if found else None
 
 
 def _notes(cfg: RulerConfig, answerer: Any) -> list[str]:

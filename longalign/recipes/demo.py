@@ -6,7 +6,8 @@ directory (and recording themselves in its run.json)::
     built-in corpus ─► Self-Instruct (embedded SmolLM2) ─► + short chat sample ─► mix ─► tokenize
       ─► plans naive | sort | pack + the simulator's prediction for exactly these sequences
       ─► one epoch per method over the same sequences (sequence loss weighting): measured time per method
-      ─► base model vs the pack-trained model: held-out loss, needle grid, LongBench-Chat-format mini set
+      ─► base model vs the pack-trained model: held-out loss, needle grid, LongBench-Chat-format mini set,
+         a small synthetic ladder (``longalign eval ruler``) with the difference and its interval
 
 What it can show on two cores. SmolLM2-135M trains at roughly 100-300 tokens/s here, so the training subset is
 small (a few long Self-Instruct records and a dozen short chats, 1-2k tokens each) and every method trains on
@@ -16,14 +17,18 @@ loss on held-out conversations (long records of documents never trained on, and 
 moves measurably after a few optimizer steps -- mostly on the short chats, since the long records' answers were
 written by the base model itself; the needle grid and the mini LongBench-Chat set (generated references,
 judged by the same 135M model) are printed base vs fine-tuned but are too small and too noisy to show an
-effect -- the summary says so. Each stage has a time budget (the profile's, for a quiet 2-core machine); the
-progress output shows it and names the stage that overran.
+effect -- the summary says so. The full profile also scores both models on a small synthetic ladder (RULER's
+needle and variable-tracking tasks, judged by string match, so no judge model's noise) on the same samples, in
+float32 for both (the base model would otherwise decode from int4 on AVX-512 CPUs and its fine-tune in float32,
+and the difference would measure the arithmetic), and prints the difference with its paired 95% interval: "no
+resolved difference" when the interval contains zero. The quick profile leaves the ladder out. Each stage has a
+time budget (the profile's, for a quiet 2-core machine); the progress output shows it and names the stage that
+overran.
 
 The base model's evaluation goes to a sibling run directory ``<run>-base`` so the dashboard can compare the two
-(the LongBench-Chat page's "Compare with"). Re-running resumes: finished stages are skipped, generation and
-judging reuse the request cache, a finished training run is kept (an interrupted one, a minute or two
-of work, starts again). The command is
-:mod:`longalign.recipes.demo_cli`.
+(the "Compare with" of the LongBench-Chat, Needle and Ladder pages). Re-running resumes: finished stages are
+skipped, generation and judging reuse the request cache, a finished training run is kept (an interrupted one, a
+minute or two of work, starts again). The command is :mod:`longalign.recipes.demo_cli`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,17 @@ from longalign.config import Options, option, to_dict
 from longalign.data import CorpusConfig, GenerateConfig, MixConfig, ShortConfig, corpus, mix, selfinstruct, short
 from longalign.data.corpus import read_corpus
 from longalign.data.short import SHORT_SAMPLE
-from longalign.eval import HeldOutConfig, LongBenchChatConfig, NeedleConfig, heldout, longbench_chat, needle
+from longalign.eval import (
+    HeldOutConfig,
+    LongBenchChatConfig,
+    NeedleConfig,
+    RulerConfig,
+    heldout,
+    longbench_chat,
+    needle,
+    ruler,
+)
+from longalign.eval.intervals import resolved
 from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
 from longalign.stage import record
 from longalign.tokenize import TokenizeConfig, load_tokens
@@ -91,6 +106,11 @@ class Profile:
     needle_depths: tuple[float, ...]
     eval_max_new_tokens: int
     judge_runs: int
+    # the synthetic ladder both models are scored on (no ladder when ladder_samples is 0)
+    ladder_tasks: tuple[str, ...] = ()
+    ladder_lengths: tuple[int, ...] = ()
+    ladder_samples: int = 0
+    ladder_max_new_tokens: int = 0  # answer budget of every ladder task (0 = each task's own)
     # seconds each stage should take on a quiet 2-core machine (measured; the progress output names overruns)
     budgets: tuple[tuple[str, float], ...] = ()
 
@@ -118,6 +138,14 @@ PROFILES = {
         needle_depths=(10.0, 50.0, 90.0),
         eval_max_new_tokens=64,
         judge_runs=1,
+        # chosen by measurement: per model 10,509 prompt tokens prefilled after prefix reuse and 354-480 answer
+        # tokens (the 40-token cap bounds the rambling ones), at the quiet machine's float32 rates (1-1.5 ms a
+        # prefilled token, ~50 ms a decoded one) ~30-40 s a model plus its load; 1,024 tokens is inside the
+        # fine-tune's 1,536-token window; the one-value needle tasks score 1.0 for both models there
+        ladder_tasks=("niah_multivalue", "vt"),
+        ladder_lengths=(1024,),
+        ladder_samples=6,
+        ladder_max_new_tokens=40,
         budgets=(
             ("corpus", 15),
             ("generate", 240),
@@ -130,6 +158,7 @@ PROFILES = {
             ("eval:heldout", 15),
             ("eval:needle", 70),
             ("eval:longbench-chat", 45),
+            ("eval:ladder", 80),
         ),
     ),
     "quick": Profile(
@@ -565,6 +594,51 @@ def stage_longbench_chat(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[st
     return {"cases": per["base"].get("n"), "mean_score": _pair(per, "mean"), "dataset": MINI_SET_LABEL}
 
 
+LADDER_DTYPE = "float32"  # both models on one numeric path (int4 decoding applies to the base model only)
+
+
+def ladder_config(cfg: DemoConfig, prof: Profile, model: str) -> RulerConfig:
+    """The demo's ladder for ``model``: the profile's tasks, lengths, samples and answer budget, the demo's seed
+    (so both models answer the same prompts and their scores pair up), float32 decoding."""
+    return RulerConfig(
+        model=model,
+        tasks=list(prof.ladder_tasks),
+        lengths=list(prof.ladder_lengths),
+        samples=prof.ladder_samples,
+        max_new_tokens=prof.ladder_max_new_tokens,
+        seed=cfg.seed,
+        dtype=LADDER_DTYPE,
+        progress=False,
+    )
+
+
+def stage_ladder(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
+    """Both models on the profile's ladder; the fine-tuned model minus the base over the samples both answered,
+    with the paired 95% interval (x 100)."""
+    results, effective = {}, {}
+    for label, model, where in _models(run, cfg):
+        summary = ruler.run(ladder_config(cfg, prof, model), where)
+        results[label] = ruler.summarised_results(where, summary.scores)
+        effective[label] = {"effective_length": summary.scores.get("effective_length")}
+    d = ruler.compare(results["tuned"], results["base"])["overall"]
+    return {
+        "tasks": list(prof.ladder_tasks),
+        "lengths": list(prof.ladder_lengths),
+        "samples": prof.ladder_samples,
+        "dtype": LADDER_DTYPE,
+        "score": _pair({"base": {"s": d["b"]}, "tuned": {"s": d["a"]}}, "s"),
+        "effective_length": _pair(effective, "effective_length"),
+        "difference": {
+            "diff": d["diff"],
+            "lo": d["lo"],
+            "hi": d["hi"],
+            "pairs": d["n"],
+            "paired": d["paired"],
+            "resolved": resolved(d),
+        },
+    }
+
+
 # ------------------------------------------------------------------------------------------------ orchestration
 
 
@@ -583,6 +657,8 @@ def stages(cfg: DemoConfig, prof: Profile) -> list[tuple[str, Callable[[RunDir, 
         ("eval:needle", stage_needle),
         ("eval:longbench-chat", stage_longbench_chat),
     ]
+    if prof.ladder_samples:
+        out.append(("eval:ladder", stage_ladder))
     return out
 
 
@@ -669,6 +745,9 @@ def explain(summary: dict[str, Any]) -> list[str]:
             f"same 135M model): base {sc.get('base')} -> fine-tuned {sc.get('tuned')} (1-10); too few cases and too "
             "weak a judge to show an effect."
         )
+    ladder = ladder_line(st.get("eval:ladder") or {})
+    if ladder:
+        lines.append(ladder)
     over = summary.get("overruns") or []
     lines.append(
         "Time budgets: every stage took no longer than planned."
@@ -678,6 +757,28 @@ def explain(summary: dict[str, Any]) -> list[str]:
         + ". The plan is the time this stage took on the reference machine; the results are not affected."
     )
     return lines
+
+
+def ladder_line(numbers: dict[str, Any]) -> str | None:
+    """The ladder's difference in words: both scores, the difference with its 95% interval, and "no resolved
+    difference" when the interval contains zero (None when the ladder did not run)."""
+    sc, d = numbers.get("score") or {}, numbers.get("difference") or {}
+    if sc.get("base") is None or d.get("diff") is None:
+        return None
+    lengths = ", ".join(f"{int(x):,}" for x in numbers.get("lengths") or [])
+    pairs = f"{d['pairs']} samples both answered" if d.get("paired") else "different samples"
+    if not d.get("resolved"):
+        verdict = "no resolved difference (the interval contains zero)"
+    else:
+        verdict = (
+            "the fine-tuned model scores " + ("higher" if d["lo"] > 0 else "lower") + " (the interval excludes zero)"
+        )
+    return (
+        f"Ladder ({', '.join(numbers.get('tasks') or [])} at {lengths} tokens, {numbers.get('samples')} samples "
+        f"each, both models in {numbers.get('dtype')}; string-match score 0-100): base {sc['base']:.1f} -> "
+        f"fine-tuned {sc['tuned']:.1f}, difference {d['diff']:+.1f} (95% interval {d['lo']:+.1f} to {d['hi']:+.1f}, "
+        f"{pairs}): {verdict}."
+    )
 
 
 def overrun_text(stage: str, seconds: float, budget: float) -> str:

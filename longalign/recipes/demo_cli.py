@@ -32,6 +32,9 @@ def _fmt(numbers: dict[str, Any]) -> str:
             b, t = (f"{x:.3g}" if isinstance(x, float) else str(x) for x in (v["base"], v["tuned"]))
             parts.append(f"{k}={b}->{t}")
             continue
+        if isinstance(v, dict) and v.get("diff") is not None and v.get("lo") is not None:  # with its interval
+            parts.append(f"{k}={v['diff']:+.1f} (95% interval {v['lo']:+.1f} to {v['hi']:+.1f})")
+            continue
         if k in skip or isinstance(v, (dict, list)):
             continue
         parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")

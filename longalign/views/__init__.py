@@ -1,8 +1,8 @@
 """What the dashboard shows, computed from a run directory: pandas tables and plotly figures.
 
 One module per dashboard page -- :mod:`.home` (runs overview), :mod:`.lengths`, :mod:`.packing`,
-:mod:`.simulator`, :mod:`.training`, :mod:`.longbench_chat`, :mod:`.needle` -- over one module of readers
-(:mod:`.readers`: the artifact registry, :class:`~.readers.MissingArtifact`, and every read of a run-directory
+:mod:`.simulator`, :mod:`.training`, :mod:`.longbench_chat`, :mod:`.needle`, :mod:`.ladder` -- over one module of
+readers (:mod:`.readers`: the artifact registry, :class:`~.readers.MissingArtifact`, and every read of a run-directory
 file, through the :class:`~longalign.rundir.RunDir` accessors) and one of style (:mod:`.style`: template,
 palette, method colours). Every function is a pure function of the files a run directory holds or of the
 tables derived from them, so the Streamlit pages stay thin (inputs -> guard -> one call here -> render) and
@@ -15,13 +15,25 @@ a view. The token table never materialises the ragged token columns and masks ar
 reach the browser (see :mod:`.readers` and :mod:`.packing`).
 """
 
-from longalign.views import home, lengths, longbench_chat, needle, packing, readers, simulator, style, training  # noqa: F401
+from longalign.views import (  # noqa: F401
+    home,
+    ladder,
+    lengths,
+    longbench_chat,
+    needle,
+    packing,
+    readers,
+    simulator,
+    style,
+    training,
+)
 from longalign.views.readers import ARTIFACTS, MissingArtifact
 
 __all__ = [
     "ARTIFACTS",
     "MissingArtifact",
     "home",
+    "ladder",
     "lengths",
     "longbench_chat",
     "needle",

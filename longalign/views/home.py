@@ -23,6 +23,7 @@ OVERVIEW_LABELS = {  # short column names of the runs overview (one column per a
     "train": "training",
     "longbench_chat": "LongBench-Chat",
     "needle": "needle",
+    "ruler": "ladder",
 }
 
 
@@ -157,6 +158,7 @@ DEMO_EVAL_ROWS = (
     ("eval:needle", "mean_recall_norm", "needle recall, normalised (0–1)", 2, "higher"),
     ("eval:needle", "mean_judge", "needle judge score (1–10)", 2, "higher"),
     ("eval:longbench-chat", "mean_score", "mini LongBench-Chat score (1–10)", 2, "higher"),
+    ("eval:ladder", "score", "synthetic ladder score (0–100)", 1, "higher"),
 )
 
 

@@ -1,8 +1,8 @@
 """Every read of a run directory the dashboard makes, through the :class:`~longalign.rundir.RunDir` accessors.
 
 The page modules (:mod:`.home`, :mod:`.lengths`, :mod:`.packing`, :mod:`.simulator`, :mod:`.training`,
-:mod:`.longbench_chat`, :mod:`.needle`) shape what these functions return and never open a file themselves,
-so a change of the run-directory layout is a change of ``longalign/rundir.py`` and nothing here. A missing
+:mod:`.longbench_chat`, :mod:`.needle`, :mod:`.ladder`) shape what these functions return and never open a file
+themselves, so a change of the run-directory layout is a change of ``longalign/rundir.py`` and nothing here. A missing
 artifact raises :class:`MissingArtifact`, whose message names the command that creates it; the pages show
 that message instead of a traceback.
 
@@ -34,6 +34,7 @@ from longalign.rundir import RunDir, read_json, read_jsonl
 
 LONGBENCH_CHAT = "longbench_chat"  # benchmark folder names under eval/ (RunDir.eval)
 NEEDLE = "needle"
+RULER = "ruler"
 SHORT_SOURCES = ("sharegpt", "short")
 EXAMPLE = "<method>"  # how artifact paths with one file per method are written (batching/<method>.json)
 
@@ -93,6 +94,13 @@ ARTIFACTS: dict[str, Artifact] = {
             "longalign eval needle --out {run}",
             "Needle",
         ),
+        Artifact(
+            "ruler",
+            "Synthetic ladder",
+            lambda r: (r.ruler_results(), r.eval_summary(RULER)),
+            "longalign eval ruler --run {run}",
+            "Ladder",
+        ),
     )
 }
 
@@ -115,7 +123,7 @@ class MissingArtifact(FileNotFoundError):
         super().__init__(msg)
 
 
-EVAL_ARTIFACTS = ("longbench_chat", "needle")
+EVAL_ARTIFACTS = ("longbench_chat", "needle", "ruler")
 
 
 def missing_message(exc: MissingArtifact, root: str | Path | None = None) -> str:
@@ -149,6 +157,8 @@ def present(run: RunDir, key: str) -> bool:
         return run.judgments(LONGBENCH_CHAT).is_file() or run.predictions(LONGBENCH_CHAT).is_file()
     if key == "needle":
         return run.needle_results().is_file()
+    if key == "ruler":
+        return run.ruler_results().is_file()
     raise ValueError(f"unknown artifact {key!r}; use one of {', '.join(ARTIFACTS)}")
 
 
@@ -456,3 +466,67 @@ def load_needle(run: RunDir) -> pd.DataFrame:
 def load_needle_summary(run: RunDir) -> dict:
     """eval/needle/summary.json ({} when absent)."""
     return read_json(run.eval_summary(NEEDLE), default={}) or {}
+
+
+RULER_COLUMNS = (
+    "key",
+    "task",
+    "category",
+    "length",
+    "index",
+    "depths",
+    "expected",
+    "metric",
+    "output",
+    "score",
+    "prompt_tokens",
+    "max_new_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "seconds",
+    "info",
+    "model",
+    "seed",
+    "setup",
+    "precision",
+)
+
+
+def load_ruler_summary(run: RunDir) -> dict:
+    """eval/ruler/summary.json ({} when absent)."""
+    return read_json(run.eval_summary(RULER), default={}) or {}
+
+
+def load_ruler(run: RunDir) -> pd.DataFrame:
+    """The ladder's samples that its summary.json summarises (the stage's
+    :func:`~longalign.eval.ruler.summarised_results`: the summary's setup per task, its lengths and samples), one
+    row per sample; every sample of results.jsonl when there is no summary yet."""
+    from longalign.eval.ruler import summarised_results
+
+    require(run, "ruler")
+    records = summarised_results(run, load_ruler_summary(run))
+    if not records:
+        raise MissingArtifact(run, "ruler", "(results.jsonl holds no sample of the summarised setup yet)")
+    df = pd.DataFrame(records)
+    for c in RULER_COLUMNS:
+        if c not in df:
+            df[c] = None
+    df["length"] = df["length"].astype(int)
+    df["index"] = df["index"].astype(int)
+    df["score"] = df["score"].astype(float)
+    return df[list(RULER_COLUMNS)].sort_values(["task", "length", "index"]).reset_index(drop=True)
+
+
+def load_ruler_prompt(run: RunDir, key: str, setup: str | None = None) -> dict | None:
+    """The user turn and answer prefix of ladder sample ``key`` (of ``setup`` when given) from prompts.jsonl: the
+    last one written, or None when the file does not hold it."""
+    from longalign.rundir import iter_jsonl
+
+    found = None
+    path = run.ruler_prompts()
+    if not path.is_file():
+        return None
+    for _, rec in iter_jsonl(path):
+        if rec.get("key") == key and (setup is None or rec.get("setup") == setup):
+            found = rec
+    return found

@@ -2,9 +2,9 @@
 
     python -m longalign.recipes.screenshots --runs runs --run demo --compare demo-base --out docs/screenshots
 
-starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat and Needle pages
-compared with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses a page
-that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
+starts ``longalign app`` on a free local port, opens every page for ``--run`` (the LongBench-Chat, Needle and Ladder
+pages compared with ``--compare``), waits until its plotly charts are drawn and the script run has finished, refuses
+a page that shows an exception, and saves one PNG per page (reduced to a 256-colour palette when Pillow is present).
 The README's pictures are made this way from a ``longalign demo`` run. The command is :mod:`.__main__`; the
 dashboard runs as its own command in a child process, as a user starts it.
 """
@@ -32,8 +32,9 @@ PAGES: tuple[tuple[str, str, int], ...] = (
     ("Training", "training", 2),
     ("LongBench_Chat", "longbench_chat", 1),
     ("Needle", "needle", 1),
+    ("Ladder", "ladder", 1),
 )
-COMPARED = ("longbench_chat", "needle")  # pages shot with the --compare run beside --run
+COMPARED = ("longbench_chat", "needle", "ladder")  # pages shot with the --compare run beside --run
 LAUNCH_ARGS = (
     "--no-sandbox",
     "--disable-gpu",

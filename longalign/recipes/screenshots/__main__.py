@@ -18,7 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="runs folder the dashboard serves")
     p.add_argument("--run", default="demo", help="run to show on every page")
     p.add_argument(
-        "--compare", default=None, help="run compared with on the LongBench-Chat and Needle pages (e.g. demo-base)"
+        "--compare",
+        default=None,
+        help="run compared with on the LongBench-Chat, Needle and Ladder pages (e.g. demo-base)",
     )
     p.add_argument("--out", default="docs/screenshots", help="folder for the PNG files")
     args = p.parse_args(argv)
