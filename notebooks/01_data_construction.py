@@ -118,7 +118,7 @@ pd.Series({k: v for k, v in corpus_summary.to_dict().items() if not isinstance(v
 display(pd.DataFrame({"dropped": corpus_summary.dropped}))
 import plotly.express as px
 
-fig = px.bar(
+fig_docs = px.bar(
     pd.DataFrame(docs),
     x="id",
     y="n_tokens",
@@ -127,8 +127,8 @@ fig = px.bar(
     template="plotly_white",
     height=330,
 )
-fig.update_layout(xaxis_title="", margin=dict(b=120))
-fig.show()
+fig_docs.update_layout(xaxis_title="", margin=dict(b=120))
+fig_docs.show()
 
 # %% [markdown]
 # **Language.** Prompts are chosen by the document's language (the paper keeps ~10% Chinese). Detection
@@ -299,7 +299,7 @@ mix_summary = data.run(MixConfig(n_long=str(n_long) if long_records else "0", se
 print("\n".join(mix_summary.lines()))
 mixed = pd.DataFrame(read_jsonl(run.mixed))
 mixed["characters"] = [sum(len(m["content"]) for m in ms) for ms in mixed["messages"]]
-fig = px.strip(
+fig_mix = px.strip(
     mixed,
     x="characters",
     color="kind",
@@ -308,7 +308,35 @@ fig = px.strip(
     height=260,
     title="Mixed data: long examples vs short chats (characters per example)",
 )
-fig.show()
+fig_mix.show()
+
+# %% [markdown]
+# ## What this notebook showed, checked
+#
+# The figures above draw what the stages wrote and recorded in `run.json`; the parsing table shows what
+# validation accepts and rejects; the mix holds every kept short chat and the long examples asked for.
+
+# %%
+import json
+
+stages = json.loads(run.run_json.read_text())["stages"]
+corpus_json, mix_json = stages["data.corpus"]["summary"], stages["data.mix"]["summary"]
+# the corpus: every sampled document inside the token range, the bar chart draws exactly their token counts
+assert docs and len(docs) == corpus_json["written"] <= n_docs
+assert all(min_tokens <= d["n_tokens"] <= max_tokens for d in docs)
+drawn = {x: y for trace in fig_docs.data for x, y in zip(trace.x, trace.y)}
+assert drawn == {d["id"]: d["n_tokens"] for d in docs}, drawn
+assert sum(drawn.values()) == corpus_json["tokens"]
+# parsing: the well-formed reply gives five accepted questions, the placeholder echo none
+table = pd.DataFrame(rows).set_index("reply")
+assert (table.loc["well formed", "parsed"], table.loc["well formed", "accepted"]) == (5, 5)
+assert table.loc["placeholder echo", "accepted"] == 0 and table.loc["repeated", "accepted"] < 5
+# the mix: every kept short chat, the long examples available, and the strip chart draws one point per example
+kinds = mixed["kind"].value_counts().to_dict()
+assert kinds.get("short", 0) == short_report.kept == mix_json["short"] > 0
+assert kinds.get("long", 0) == mix_json["long"] == (len(long_records) if n_long == "all" else mix_json["long"])
+assert len(mixed) == mix_json["total"] == sum(len(t.x) for t in fig_mix.data)
+print("checked: corpus", len(docs), "documents; mix", kinds)
 
 # %% [markdown]
 # **Try this:** set `max_prompt_tokens = 256` in the parameters cell and run the notebook again. The generator

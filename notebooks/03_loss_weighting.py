@@ -102,20 +102,20 @@ effective = pd.DataFrame({norm: w[norm] * n_target for norm in norms})
 effective.insert(0, "targets", n_target)
 effective.insert(0, "in pack", reference.batch_index(plan.batches, len(data)))
 display(effective.round(4))
-fig = go.Figure(
+fig_shares = go.Figure(
     [
         go.Bar(name=norm, x=[f"seq {i} ({n} targets)" for i, n in enumerate(n_target)], y=effective[norm])
         for norm in norms
     ]
 )
-fig.update_layout(
+fig_shares.update_layout(
     barmode="group",
     template="plotly_white",
     height=340,
     yaxis_title="share of the step loss",
     title="Effective weight per sequence under each normalisation",
 )
-fig.show()
+fig_shares.show()
 
 # %% [markdown]
 # The formulas behind the table, checked exactly: sequence $1/(N_i M)$, token $1/T$, pack $1/(N_k K)$.
@@ -164,7 +164,7 @@ pd.DataFrame({"direct formula": direct, "token_weights + weighted_causal_lm_loss
 per_seq = pd.DataFrame({"L_i / N_i": L / n_target, "targets": n_target})
 display(per_seq.T.round(4))
 names = {"sequence": "sequence (eq. 2)", "token": "token mean", "pack": "pack mean (eq. 3)"}
-fig = go.Figure(
+fig_steps = go.Figure(
     go.Bar(
         x=[names[k] for k in norms],
         y=[direct[k] for k in norms],
@@ -173,10 +173,10 @@ fig = go.Figure(
         textposition="outside",
     )
 )
-fig.update_layout(
+fig_steps.update_layout(
     template="plotly_white", height=300, yaxis_title="step loss", title="The same step under three normalisations"
 )
-fig.show()
+fig_steps.show()
 
 # %% [markdown]
 # ## 3. The same loss across gradient accumulation × data parallelism
@@ -231,6 +231,26 @@ assert np.allclose(split["sequence norm (eq. 2/4)"], eq2, rtol=1e-12)
 assert np.allclose(split["token norm"], token_mean, rtol=1e-12)
 print(f"eq. 2 computed directly: {eq2:.6f}   token mean: {token_mean:.6f}")
 split.round(6)
+
+# %% [markdown]
+# ## What this notebook showed, checked
+#
+# The two charts draw the weights and step losses computed above; under the sequence normalisation every
+# sequence owns the same share of the step, while the pack and token means hand the well-predicted long
+# sequence more and so give a lower step loss; the per-micro-batch means move with the layout, the sequence
+# and token normalisations do not.
+
+# %%
+assert [trace.name for trace in fig_shares.data] == list(norms)  # one bar group per normalisation
+for trace in fig_shares.data:  # one bar per sequence of section 1: its share of the step under that normalisation
+    assert np.allclose(trace.y, effective[trace.name], rtol=1e-12) and np.isclose(sum(trace.y), 1.0)
+assert np.allclose(effective["sequence"], 1 / len(effective))  # every sequence 1/M of the step
+assert effective["pack"].iloc[0] > 1 / len(effective) and effective["token"].iloc[0] > 1 / len(effective)
+assert len(fig_steps.data) == 1 and np.allclose(fig_steps.data[0].y, [direct[k] for k in norms], rtol=1e-12)
+assert np.all(np.isfinite(fig_steps.data[0].y)) and direct["token"] < direct["sequence"]
+assert direct["pack"] < direct["sequence"]
+assert split["per-batch token mean (eq. 3)"].nunique() > 1 and split["per-batch sequence mean"].nunique() > 1
+print("checked: the charts, the bias and the layouts")
 
 # %% [markdown]
 # The sequence and token normalisations reproduce their formulas to machine precision in every layout;

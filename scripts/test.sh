@@ -2,7 +2,8 @@
 # Set up (idempotent) and run the test suite: unit and integration tests, the app (AppTest and, where Debian's
 # chromium is installed, a real headless browser), and the notebooks executed top to bottom.
 #   bash scripts/test.sh                 # default suite (slow tests excluded)
-#   bash scripts/test.sh -m slow         # the slow tests (real model runs, multi-process training)
+#   bash scripts/test.sh -m ci           # the CI tier: the slow tests .ci/run adds to the default suite
+#   bash scripts/test.sh -m slow         # all slow tests (real model runs, multi-process training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -223,7 +223,7 @@ def padding_from_files(run: Path, method: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- fixture
-def test_home(monkeypatch, runs):
+def test_home_lists_the_runs_and_links_every_page(monkeypatch, runs):
     at = open_page(monkeypatch, runs, None)
     assert at.sidebar.selectbox[0].value == "fixture"
     assert at.sidebar.selectbox[0].options == ["fixture", "fixture-b"]
@@ -270,7 +270,7 @@ def test_nested_runs_are_offered(monkeypatch, tmp_path, make_fixture_run):
     assert not at.exception and at.dataframe[0].value["method"].tolist() == ["naive", "sort", "pack"]
 
 
-def test_lengths(monkeypatch, runs):
+def test_lengths_page_counts_the_sequences_of_the_tokens_folder(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[0])
     m = metrics(at)
     lengths = token_lengths(runs / "fixture")
@@ -294,7 +294,7 @@ def test_lengths_of_short_data_draw_one_panel(monkeypatch, runs):
     assert "one panel" in text_of(at)
 
 
-def test_packing(monkeypatch, runs):
+def test_packing_page_padding_equals_the_plan_files_and_the_stage_json(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[1])
     comparison = at.dataframe[0].value.set_index("method")
     assert comparison.index.tolist() == ["naive", "sort", "pack"]
@@ -331,7 +331,7 @@ def test_packing_reads_older_records_in_todays_words(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_simulator(monkeypatch, runs):
+def test_simulator_page_times_equal_simulate_json(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[2])
     recorded = json.loads((runs / "fixture" / "batching" / "simulate.json").read_text())["methods"]
     shown = at.dataframe[-2].value.set_index("method")
@@ -351,13 +351,33 @@ def test_simulator(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_training(monkeypatch, runs):
+def metrics_file(run: Path, name: str) -> list[dict]:
+    return [json.loads(x) for x in (run / "train" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_page_shows_each_runs_losses_and_throughput_as_its_metrics_file_gives_them(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[3])
     m = metrics(at)
     assert list(m) == ["naive", "sort", "pack", "pack-loss-pack"]
-    recs = [json.loads(x) for x in (runs / "fixture" / "train" / "pack" / "metrics.jsonl").read_text().splitlines()]
+    recs = metrics_file(runs / "fixture", "pack")
     assert m["pack"] == f"{recs[-1]['loss']:.3f}"
-    assert len(charts(at)) == 2
+    # expected figures from each metrics.jsonl: real tokens over the summed step times, padding over the summed
+    # padded positions, the last and lowest loss, the per-step tokens/s the throughput chart draws
+    summary = next(d.value for d in at.dataframe if "tokens per second" in d.value.columns).set_index("training folder")
+    deltas = {x.label: x.proto.delta for x in at.metric}
+    charts_now = [json.loads(c.proto.spec) for c in charts(at)]
+    assert len(charts_now) == 2
+    throughput = {t["name"]: t for t in charts_now[1]["data"] if t.get("xaxis", "x") == "x"}
+    for name in m:
+        rs = metrics_file(runs / "fixture", name)
+        real, seconds = sum(r["real_tokens"] for r in rs), sum(r["step_s"] for r in rs)
+        assert summary.loc[name, "tokens per second"] == pytest.approx(real / seconds, rel=1e-9)
+        assert deltas[name] == f"{real / seconds:,.0f} tokens/s"
+        assert summary.loc[name, "padding"] == pytest.approx(1 - real / sum(r["padded_tokens"] for r in rs))
+        assert summary.loc[name, "final loss"] == rs[-1]["loss"]
+        assert summary.loc[name, "lowest loss"] == min(r["loss"] for r in rs)
+        assert summary.loc[name, "steps"] == len(rs) and summary.loc[name, "wall time (s)"] == pytest.approx(seconds)
+        assert values(throughput[name]["y"]).tolist() == pytest.approx([r["tokens_per_s"] for r in rs])
     assert_readable(at)
     at.multiselect[0].set_value(["pack", "pack-loss-pack"]).run()
     at.radio[0].set_value("loss_token_mean").run()
@@ -372,7 +392,7 @@ def test_training(monkeypatch, runs):
     assert "Choose at least one training run." in text_of(at)
 
 
-def test_longbench_chat(monkeypatch, runs):
+def test_longbench_chat_page_mean_score_and_change_from_the_judgments(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[4])
     judged = [json.loads(x) for x in (runs / "fixture/eval/longbench_chat/judgments.jsonl").read_text().splitlines()]
     scores = [j["score"] for j in judged if j["score"] is not None]
@@ -418,7 +438,7 @@ def test_longbench_chat_question_detail(monkeypatch, runs):
     assert_readable(at)
 
 
-def test_needle(monkeypatch, runs):
+def test_needle_page_scores_and_cell_from_results_jsonl(monkeypatch, runs):
     at = open_page(monkeypatch, runs, PAGES[5])
     results = [json.loads(x) for x in (runs / "fixture/eval/needle/results.jsonl").read_text().splitlines()]
     assert metrics(at)["probes"] == "30"

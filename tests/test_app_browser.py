@@ -1,18 +1,23 @@
 """The dashboard in a real browser: ``streamlit run`` (headless, free port) on a fixture runs folder, every page
 opened in headless Chromium through playwright (:mod:`longalign.recipes.screenshots`), plotly charts checked as drawn,
 no exception shown, screenshots saved to $LONGALIGN_SCREENSHOT_DIR (default: a temporary folder). The README's
-pictures come from a real demo run instead. Skips when Debian's chromium or playwright is missing."""
+pictures come from a real demo run instead. Skips when Debian's chromium or playwright is missing (a failure under
+``CI=true``, where ``.ci/run`` installs both: ``tests/installed.py``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from longalign.recipes.screenshots import PAGES, find_chromium, serve, shoot
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from installed import require  # noqa: E402
+
+from longalign.recipes.screenshots import PAGES, find_chromium, serve, shoot  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -30,9 +35,8 @@ def _load_make_run():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    require("chromium")
+    require("playwright")
     work = tmp_path_factory.mktemp("browser")
     runs = work / "runs"  # served as the relative path "runs", as a user would type it
     make_run = _load_make_run()

@@ -12,10 +12,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from installed import require  # the tests folder is on sys.path (conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 120
@@ -58,13 +57,7 @@ def long_functions(root: Path, limit: int = MAX_LINES) -> list[tuple[str, str, i
 
 
 def ruff_executable() -> list[str]:
-    exe = Path(sys.executable).parent / "ruff"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("ruff")
-    if found is None:
-        pytest.skip("ruff is not installed (scripts/setup.sh installs it with the test extra)")
-    return [found]
+    return [require("ruff")]
 
 
 def over_complexity(root: Path) -> dict[str, set[str]]:

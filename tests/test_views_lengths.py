@@ -44,7 +44,7 @@ def test_length_and_mix_summary():
         lengths.length_summary(df, "colour")
 
 
-def test_length_figure(tokens):
+def test_length_figure_puts_every_sequence_in_one_bin(tokens):
     fig = lengths.fig_length_distribution(tokens, "source")
     assert len(fig.data) == 2 * tokens["source"].nunique()
     assert sum(int(np.sum(t.y)) for t in fig.data) == len(tokens)  # every sequence in exactly one panel bin

@@ -18,7 +18,7 @@ def run(fixture_runs) -> RunDir:
     return RunDir(fixture_runs / "fixture")
 
 
-def test_simulation(run):
+def test_recorded_and_live_simulations_put_pack_ahead_of_naive(run):
     config, table = simulator.load_simulation(run)
     assert config["world_size"] == 8 and table["method"].tolist() == ["naive", "sort", "pack"]
     assert table["speed-up vs slowest"].min() == 1.0

@@ -10,7 +10,7 @@ from longalign.rundir import RunDir
 from longalign.views import readers, training
 
 
-def test_metrics(fixture_runs):
+def test_summary_gives_steps_normalisation_and_final_loss_of_each_run(fixture_runs):
     run = RunDir(fixture_runs / "fixture")
     m = readers.load_metrics(run)
     s = training.train_summary(run, m).set_index("training folder")
@@ -50,3 +50,26 @@ def test_loss_against_tokens_seen_and_time(fixture_runs):
     fig = training.fig_loss(shown, y=y, x="tokens_seen")
     assert fig.layout.xaxis.title.text == "tokens seen" and fig.layout.yaxis.title.text == "token-mean loss"
     assert list(fig.data[1].x) == pack["tokens_seen"].tolist()
+
+
+def test_summary_and_throughput_figure_equal_what_each_metrics_file_gives(fixture_runs):
+    """Expected figures computed here from each training folder's metrics.jsonl, not through the view."""
+    import json
+
+    run = RunDir(fixture_runs / "fixture")
+    m = readers.load_metrics(run)
+    s = training.train_summary(run, m).set_index("training folder")
+    fig = training.fig_throughput(m)
+    per_step = {t.name: t for t in fig.data if t.xaxis in (None, "x")}
+    clock = {t.name: t for t in fig.data if t.xaxis == "x2"}
+    assert set(s.index) == set(per_step) == set(clock) == {"naive", "sort", "pack", "pack-loss-pack"}
+    for name in s.index:
+        recs = [json.loads(x) for x in run.metrics(name).read_text().splitlines()]
+        real = sum(r["real_tokens"] for r in recs)
+        seconds = sum(r["step_s"] for r in recs)
+        assert s.loc[name, "tokens per second"] == pytest.approx(real / seconds, rel=1e-12)
+        assert s.loc[name, "wall time (s)"] == pytest.approx(seconds, rel=1e-12)
+        assert s.loc[name, "padding"] == pytest.approx(1 - real / sum(r["padded_tokens"] for r in recs), rel=1e-12)
+        assert s.loc[name, "lowest loss"] == min(r["loss"] for r in recs)
+        assert list(per_step[name].y) == [r["tokens_per_s"] for r in recs]
+        assert list(clock[name].y) == pytest.approx(np.cumsum([r["step_s"] for r in recs]).tolist(), rel=1e-12)
