@@ -39,6 +39,8 @@
 # %% tags=["parameters"]
 result_path = "benchmarks/results/ablation.json"  # relative to the repository root
 smoke_dir = "runs/notebooks/06_ablation"  # used only when result_path does not exist
+evidence_path = "runs/evidence/evidence.json"  # `longalign experiment evidence --out runs/evidence`
+evidence_quick_dir = "runs/notebooks/06_evidence"  # used only when evidence_path does not exist
 
 # %%
 import logging
@@ -151,3 +153,99 @@ display(Markdown(f"Total wall time of the experiment: {result['total_s'] / 60:.1
 # notebook again. With no recorded result it runs the smallest configuration itself (`--smoke`, seconds) into
 # `smoke_dir` and shows the same tables for that run: the same arms, rows and columns, but with so few steps the
 # differences between the arms are noise. The full experiment is `python benchmarks/ablation.py`.
+
+# %% [markdown]
+# # Evidence on the pretrained model: does the recipe move what it can do on long inputs?
+#
+# The ablation above trains a random-init model that never learns to read its document, so it can only show the
+# recipe's direction on loss. `longalign experiment evidence` asks the question on the embedded
+# SmolLM2-135M-Instruct, which can already look facts up at 1k tokens: fine-tune it with the recipe
+# (pack+pack, pack+token, pack+sequence; three seeds each; the same records and tokens) and score the held-out
+# ladder tasks of `longalign eval ruler` and the loss of held-out short chats, against the base model.
+#
+# * **Training records** come only from training documents (the installed packages' documentation) and training
+#   templates ("Note: the access code of Tovarilen is QF-482.", its own question and reply), mixed with short
+#   chats. The ladder's documents, needles, keys and templates never appear in them (checked before training
+#   and by `tests/test_evidence.py`).
+# * **Evaluation**: `niah_single_docs` is the trained kind of task (one fact looked up in a document) on other
+#   documents, wording and values; `niah_multikey` (distractor facts under other keys) is a transfer task.
+#   Each sample is scored in one teacher-forced forward pass: correct iff the argmax at every answer position is
+#   the expected token, which is exactly "greedy decoding emits the expected value first" (a lower bound of the
+#   ladder's string match). The answer's cross-entropy is the finer measure beside it.
+#
+# This part reads `evidence_path`; without it, it runs the quick configuration (one arm, one seed, a few samples,
+# a few minutes) into `evidence_quick_dir`, whose numbers only show the shape of the result.
+
+# %%
+from longalign.recipes import evidence
+
+evidence_file = ROOT / evidence_path
+if not evidence_file.is_file():
+    quick_out = ROOT / evidence_quick_dir
+    evidence.run(evidence.EvidenceConfig(quick=True, out=str(quick_out)))
+    evidence_file = quick_out / evidence.RESULT_FILE
+ev = evidence.load_result(evidence_file)
+cfg = ev["config"]
+print(f"{evidence_file}: {ev['date']}, quick={cfg['quick']}, arms {cfg['arms']}, seeds {cfg['seeds']}")
+print(f"lengths {cfg['lengths']}, {cfg['samples']} samples per task, learning rate {cfg['learning_rate']}")
+
+# %% [markdown]
+# ## What every arm trains on, and what every model is scored on
+
+# %%
+display(pd.DataFrame(ev["data"]["by_kind"]).T)
+samples = pd.DataFrame(ev["samples"])
+display(samples.groupby(["task", "family", "length"]).size().rename("samples").to_frame())
+
+# %% [markdown]
+# ## Accuracy per model and task family
+#
+# 95% bootstrap intervals over samples x seeds (the base model is one deterministic row). "minus base" is the
+# paired difference (the same samples for both); a `*` marks an interval that excludes 0. `kind:trained` pools
+# the tasks of the trained kind, `kind:transfer` those never trained on.
+
+# %%
+display(Markdown("\n".join(evidence.accuracy_table(ev))))
+
+# %% [markdown]
+# ## The loss-weighting comparisons
+#
+# pack+sequence (eq. 4) against pack+pack (eq. 3) and pack+token, paired by seed and sample.
+
+# %%
+display(Markdown("\n".join(evidence.weighting_table(ev))))
+
+# %% [markdown]
+# ## Short chats kept out of training, and training time
+#
+# The held-out short-chat loss is the paper's "keeps short proficiency" check. Each run is scored when its
+# training ends, so a target accuracy is either reached by then (the run's training seconds) or not.
+
+# %%
+display(Markdown("\n".join(evidence.short_table(ev))))
+display(Markdown("\n".join(evidence.time_table(ev))))
+secs = ev["seconds"]
+display(
+    Markdown(
+        f"Training {secs['train'] / 60:.1f} min, scoring {secs['eval'] / 60:.1f} min, all models "
+        f"{secs['wall_of_models'] / 60:.1f} min of wall time ({secs['cpu_of_models'] / 60:.1f} CPU min); load "
+        f"average at the end {ev['machine']['load_avg_at_end']} on {ev['machine']['cpus']} cores."
+    )
+)
+
+# %% [markdown]
+# ## One sample at a time
+#
+# Each model's per-sample results are in `models/<name>/samples.jsonl` beside `evidence.json`: the base model's
+# and one trained arm's answers side by side.
+
+# %%
+models_dir = evidence_file.parent / "models"
+arm_dir = next((p for p in sorted(models_dir.glob("*")) if p.name != "base"), None)
+if arm_dir is not None and (models_dir / "base" / "samples.jsonl").is_file():
+    base_rows = pd.read_json(models_dir / "base" / "samples.jsonl", lines=True).set_index("key")
+    arm_rows = pd.read_json(arm_dir / "samples.jsonl", lines=True).set_index("key")
+    side = base_rows[["correct", "answer_loss", "predicted"]].join(
+        arm_rows[["correct", "answer_loss", "predicted"]], rsuffix=f" ({arm_dir.name})"
+    )
+    display(side.head(12))

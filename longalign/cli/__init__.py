@@ -27,6 +27,7 @@ from longalign.eval.judge import JudgeCannotRate
 from longalign.llm.base import LLMBudgetExceeded, LLMEndpointDown
 from longalign.recipes import demo_cli
 from longalign.recipes.ablation import cli as ablation_cli
+from longalign.recipes.evidence import cli as evidence_cli
 from longalign.tokenize import cli as tokenize_cli
 from longalign.train import allocator
 from longalign.train import cli as train_cli
@@ -41,6 +42,7 @@ COMMANDS = (
     batching_cli,  # longalign batch plan|simulate
     train_cli,  # longalign train
     ablation_cli,  # longalign experiment ablation
+    evidence_cli,  # longalign experiment evidence
     eval_cli,  # longalign eval longbench-chat|needle|longbench|judge-agreement
     demo_cli,  # longalign demo
     app_cli,  # longalign app

@@ -10,15 +10,23 @@ from longalign.recipes import ablation
 from longalign.recipes.ablation import AblationConfig
 
 
+def experiments(subparsers: Any) -> Any:
+    """The subcommands of ``longalign experiment`` (the ``experiment`` command is added by the first caller)."""
+    exp = subparsers.choices.get("experiment")
+    if exp is None:
+        exp = subparsers.add_parser(
+            "experiment",
+            help="controlled experiments that train several arms and compare them",
+            description="Controlled experiments built on the train stage.",
+        )
+        exp.set_defaults(func=lambda args: exp.print_help() or 2)
+        exp.set_defaults(_experiments=exp.add_subparsers(dest="experiment", metavar="EXPERIMENT"))
+    return exp.get_default("_experiments")
+
+
 def register(subparsers: Any) -> None:
     """Add ``longalign experiment ablation``."""
-    exp = subparsers.add_parser(
-        "experiment",
-        help="controlled experiments that train several arms and compare them",
-        description="Controlled experiments built on the train stage.",
-    )
-    sub = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")
-    p = sub.add_parser(
+    p = experiments(subparsers).add_parser(
         "ablation",
         help="naive/sort/pack batching x token/sequence/pack loss on a mix of long-input short-answer "
         "and short-input long-answer rows; writes ablation.json and a figure",
@@ -27,7 +35,6 @@ def register(subparsers: Any) -> None:
     )
     add_config_args(p, AblationConfig)
     p.set_defaults(func=_cmd_ablation)
-    exp.set_defaults(func=lambda args: exp.print_help() or 2)
 
 
 def _cmd_ablation(args: argparse.Namespace) -> ablation.AblationSummary:
