@@ -42,6 +42,7 @@ from typing import Any
 from longalign.config import option, redefault
 from longalign.eval.intervals import mean_interval
 from longalign.eval.options import ModelOptions, SamplingOptions
+from longalign.eval.ruler import TokenizedEndpoint
 from longalign.eval.summary import EvalSummary
 from longalign.options import InputErrorOptions
 from longalign.rundir import BadRecords, RunDir, append_jsonl, atomic_write_json, read_jsonl, skipped_lines
@@ -368,25 +369,9 @@ class LocalChooser:
         }
 
 
-class EndpointChooser:
+class EndpointChooser(TokenizedEndpoint):
     """An OpenAI-compatible endpoint: a reply (generate mode) or the ``top_logprobs`` of the first token after an
     assistant message "The answer is (" the server continues (logprob mode)."""
-
-    kind = "endpoint"
-
-    def __init__(self, spec: str, *, tokenizer: Any = None, tokenizer_spec: str | None = None, **client_kwargs: Any):
-        from longalign.llm import make_client
-        from longalign.models import load_tokenizer
-
-        self.client = make_client(spec, **client_kwargs)
-        self.name = spec
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_spec or None)
-        self.max_positions = None
-
-    def prompt_format(self) -> Any:
-        from longalign.eval.ruler_tasks import PromptFormat
-
-        return PromptFormat(self.tokenizer)
 
     def choose(self, prep: Prepared, mode: str, params: Any, fmt: Any) -> dict[str, Any]:
         from dataclasses import replace

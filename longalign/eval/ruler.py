@@ -271,9 +271,9 @@ class LocalAnswerer:
         return Answer(out.text, out.prompt_tokens, out.content_tokens, out.finish_reason, reused)
 
 
-class EndpointAnswerer:
-    """An OpenAI-compatible endpoint (request cache, retries); prompts are counted with a local tokenizer and its
-    chat template, and the answer prefix goes as an assistant message to continue."""
+class TokenizedEndpoint:
+    """An OpenAI-compatible endpoint (request cache, retries) whose prompts are counted with a local tokenizer and
+    its chat template; its window is unknown (``max_positions`` None)."""
 
     kind = "endpoint"
 
@@ -288,6 +288,10 @@ class EndpointAnswerer:
 
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.tokenizer)
+
+
+class EndpointAnswerer(TokenizedEndpoint):
+    """A ladder answerer on an endpoint: the answer prefix goes as an assistant message to continue."""
 
     def answer(self, sample: RulerSample, params: Any) -> Answer:
         from dataclasses import replace

@@ -85,6 +85,13 @@ class StartupProbes:
             )
 
 
+def _probe_autocast(device: Any, dtype: Any) -> Any:
+    """Autocast in the run's reduced precision on its device, or a context that keeps float32."""
+    if dtype is not None and dtype != torch.float32:
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
 def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int, backend: str) -> dict[str, float]:
     """Check that a pack of two sequences gives the logits the sequences give alone.
 
@@ -99,11 +106,7 @@ def packing_probe(model: Any, collator: Any, device: Any, dtype: Any, vocab: int
     pack = collator(feats)
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-        if dtype is not None and dtype != torch.float32
-        else torch.autocast("cpu", enabled=False)
-    )
+    autocast = _probe_autocast(device, dtype)
     try:
         with torch.no_grad(), autocast:
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in pack.items()}
@@ -141,11 +144,7 @@ def loss_probe(model: Any, head: Any, device: Any, dtype: Any, vocab: int) -> di
     weights = torch.rand(ids.shape, generator=gen, dtype=torch.float64).to(device)
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-        if dtype is not None and dtype != torch.float32
-        else torch.autocast("cpu", enabled=False)
-    )
+    autocast = _probe_autocast(device, dtype)
     try:
         with torch.no_grad(), autocast:
             full, _ = weighted_and_plain_ce(model(input_ids=ids, use_cache=False).logits, labels, weights)
