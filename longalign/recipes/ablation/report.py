@@ -3,7 +3,6 @@ notebook tables, and the figure of the held-out curves."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.recipes.ablation.config import FIGURE_FILE, FIGURE_PNG, SCHEMA_VERSION
+from longalign.recipes.results import load_versioned_json
 from longalign.stage import Summary
 
 log = logging.getLogger(__name__)
@@ -18,16 +18,7 @@ log = logging.getLogger(__name__)
 
 def load_result(path: str | Path) -> dict[str, Any]:
     """Read an ``ablation.json``; a clear error when it is missing or of another schema."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; create it with `python benchmarks/ablation.py`")
-    data = json.loads(path.read_text())
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path} has schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}; re-run "
-            "`python benchmarks/ablation.py`"
-        )
-    return data
+    return load_versioned_json(path, SCHEMA_VERSION, "python benchmarks/ablation.py", "python benchmarks/ablation.py")
 
 
 TABLE_COLUMNS = (

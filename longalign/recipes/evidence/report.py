@@ -3,27 +3,20 @@ tables of the README and the notebook."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from longalign.recipes.evidence.config import SCHEMA_VERSION
+from longalign.recipes.results import load_versioned_json
 from longalign.stage import Summary
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
     """Read an ``evidence.json``; a clear error when it is missing or of another schema."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; create it with `longalign experiment evidence --out DIR`")
-    data = json.loads(path.read_text())
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path} has schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}; re-run "
-            "`longalign experiment evidence`"
-        )
-    return data
+    return load_versioned_json(
+        path, SCHEMA_VERSION, "longalign experiment evidence --out DIR", "longalign experiment evidence"
+    )
 
 
 def pct(x: dict[str, Any] | None, key: str = "mean") -> str:
