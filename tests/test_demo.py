@@ -131,6 +131,31 @@ def test_explanation_names_each_number_and_the_overrun():
     assert "no longer than planned" in demo.explain(summary)[-1]
 
 
+def test_trainings_run_in_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
+    import torch
+
+    from longalign.train import model_setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(model_setup, "cpu_bf16_support", lambda: "avx512_bf16")
+    assert demo.demo_precision(demo.DemoConfig()) == "bf16"
+    assert demo.demo_precision(demo.DemoConfig(precision="fp32")) == "fp32"
+    monkeypatch.setattr(model_setup, "cpu_bf16_support", lambda: None)
+    assert demo.demo_precision(demo.DemoConfig()) == "auto"  # the trainer's auto: fp32 on this CPU
+    assert demo.demo_precision(demo.DemoConfig(precision="bf16")) == "bf16"  # the trainer refuses it, with the fix
+
+
+def test_batching_line_names_the_trainings_precision_when_they_share_one():
+    results = _results()
+    for m in ("naive", "sort", "pack"):
+        results[f"train:{m}"]["precision"] = "bf16"
+    summary = {"stages": results, "methods": demo.compare_methods(results), "overruns": []}
+    text = "\n".join(demo.explain(summary))
+    assert "(5000 real tokens) per method in bf16: naive 120 s" in text
+    results["train:pack"]["precision"] = "fp32"
+    assert "per method: naive" in "\n".join(demo.explain(summary))
+
+
 def test_pair_reports_the_change_only_for_two_numbers():
     assert demo._pair({"base": {"x": 1.0}, "tuned": {"x": 1.5}}, "x") == {"base": 1.0, "tuned": 1.5, "change": 0.5}
     assert demo._pair({"base": {"x": None}, "tuned": {"x": 1.5}}, "x") == {"base": None, "tuned": 1.5}

@@ -245,8 +245,8 @@ def test_quick_run_resumes_and_reproduces_an_arm(tmp_path):
     assert "| base |" in evidence.markdown(result)
 
 
-def _fake_eval(model, seed, correct, losses, train_s=10.0):
-    keys = [f"t{i // 3}/1024/{i % 3}" for i in range(6)]
+def _fake_eval(model, seed, correct, losses, train_s=10.0, keys=None):
+    keys = keys or [f"t{i // 3}/1024/{i % 3}" for i in range(6)]
     rows = [{"key": k, "correct": c, "answer_loss": x} for k, c, x in zip(keys, correct, losses)]
     return {"model": model, "seed": seed, "rows": rows, "short": [{"index": 1, "loss_mean": 2.0}], "train_s": train_s}
 
@@ -275,3 +275,40 @@ def test_analyse_on_literal_records():
     evals["pack+pack"][0]["rows"] = evals["pack+pack"][0]["rows"][:-1]
     with pytest.raises(ValueError, match="lacks 1 items"):
         analyse(samples, evals, ["pack+pack"], n_boot=100, reference="pack+pack")
+
+
+def test_several_lengths_add_a_group_per_length_and_per_task_at_each_length():
+    from longalign.recipes.evidence import analyse
+    from longalign.recipes.evidence.report import family_names
+
+    samples = [
+        {"key": f"t{t}/{n}/{i}", "task": f"t{t}", "family": "trained", "length": n}
+        for t in (0, 1)
+        for n in (1024, 8192)
+        for i in range(2)
+    ]
+    base = [1, 1, 0, 0, 1, 1, 1, 0]  # t0: 1k right, 8k wrong; t1: 1k right, 8k one of two
+    tuned = [1, 1, 1, 1, 1, 1, 1, 1]
+    keys = [s["key"] for s in samples]
+    evals = {
+        "base": [_fake_eval("base", None, base, [0.1] * 8, 0.0, keys)],
+        "pack+sequence": [_fake_eval("ps", s, tuned, [0.05] * 8, 12.0, keys) for s in (0, 1)],
+    }
+    out = analyse(samples, evals, ["pack+sequence"], n_boot=200, reference="pack+sequence")
+    assert out["families"]["length:8192"] == 4 and out["families"]["t0@8192"] == 2 and out["families"]["all"] == 8
+    acc = out["accuracy"]["base"]
+    assert (acc["length:1024"]["mean"], acc["length:8192"]["mean"], acc["t1@8192"]["mean"]) == (1.0, 0.25, 0.5)
+    assert out["differences"]["pack+sequence - base"]["accuracy"]["t0@8192"]["diff"] == 1.0
+    names = family_names({"families": out["families"], "samples": samples})
+    assert names == [
+        "t0",
+        "t1",
+        "kind:trained",
+        "all",
+        "length:1024",
+        "length:8192",
+        "t0@1024",
+        "t0@8192",
+        "t1@1024",
+        "t1@8192",
+    ]

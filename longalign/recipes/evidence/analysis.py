@@ -117,11 +117,17 @@ def comparisons(arms: Sequence[str]) -> list[tuple[str, str, bool]]:
 
 
 def families(samples: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
-    """Sample positions of each task, of each family kind (trained, transfer) and of ``all``."""
+    """Sample positions of each task, of each family kind (trained, transfer) and of ``all``; with more than one
+    length, also of each length (``length:8192``) and each task at each length (``niah_multikey@8192``)."""
     out: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
         for name in (s["task"], f"kind:{s['family']}", "all"):
             out.setdefault(name, []).append(i)
+    if len({s.get("length") for s in samples}) > 1:
+        for i, s in enumerate(samples):
+            out.setdefault(f"length:{s['length']}", []).append(i)
+        for i, s in enumerate(samples):
+            out.setdefault(f"{s['task']}@{s['length']}", []).append(i)
     return out
 
 

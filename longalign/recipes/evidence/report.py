@@ -33,13 +33,16 @@ def num(x: dict[str, Any] | None, key: str = "mean", digits: int = 3) -> str:
 
 
 def family_names(result: dict[str, Any]) -> list[str]:
-    """The tasks, then the family kinds that pool more than one task, then ``all``."""
+    """The tasks, then the family kinds that pool more than one task, then ``all``; with several lengths, then
+    each length and each task at each length."""
     fams = list(result["families"])
     tasks_of: dict[str, set[str]] = {}
     for s in result["samples"]:
         tasks_of.setdefault(f"kind:{s['family']}", set()).add(s["task"])
-    kinds = [f for f in fams if ":" in f and len(tasks_of.get(f, ())) > 1]
-    return [f for f in fams if ":" not in f and f != "all"] + kinds + ["all"]
+    kinds = [f for f in fams if f.startswith("kind:") and len(tasks_of.get(f, ())) > 1]
+    tasks = [f for f in fams if ":" not in f and "@" not in f and f != "all"]
+    lengths = [f for f in fams if f.startswith("length:")]
+    return tasks + kinds + ["all"] + lengths + [f for f in fams if "@" in f]
 
 
 def accuracy_table(result: dict[str, Any]) -> list[str]:

@@ -46,6 +46,19 @@ LAUNCH_ARGS = (
 )
 
 
+def select_pages(names: str) -> tuple[tuple[str, str, int], ...]:
+    """The :data:`PAGES` named in the comma list ``names`` (file names: ``ladder,needle``), in the dashboard's order;
+    all of them for an empty list. An unknown name is refused with the valid ones."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        return PAGES
+    valid = [name for _, name, _ in PAGES]
+    unknown = [n for n in wanted if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown page(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return tuple(p for p in PAGES if p[1] in wanted)
+
+
 def find_chromium() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -120,8 +133,10 @@ def shoot(
     compare: str | None = None,
     pages: Sequence[tuple[str, str, int]] = PAGES,
     chromium: str | None = None,
+    suffix: str = "",
 ) -> list[Path]:
-    """Open every page of the dashboard at ``url`` for ``run`` and save ``<out>/<name>.png``; returns the files.
+    """Open every page of the dashboard at ``url`` for ``run`` and save ``<out>/<name>.png`` (``<name>_<suffix>.png``
+    with a suffix); returns the files.
     Raises RuntimeError when a page shows an exception or draws fewer charts than expected."""
     from playwright.sync_api import sync_playwright
 
@@ -156,8 +171,9 @@ def shoot(
                     plots.nth(i).locator(".main-svg").count() < 1 for i in range(plots.count())
                 ):
                     raise RuntimeError(f"page {name}: {plots.count()} charts drawn, expected {n_charts}")
-                save_full_page(page, out / f"{name}.png")
-                saved.append(out / f"{name}.png")
+                target = out / (f"{name}_{suffix}.png" if suffix else f"{name}.png")
+                save_full_page(page, target)
+                saved.append(target)
         finally:
             browser.close()
     return saved
