@@ -41,6 +41,9 @@ result_path = "benchmarks/results/ablation.json"  # relative to the repository r
 smoke_dir = "runs/notebooks/06_ablation"  # used only when result_path does not exist
 evidence_path = "runs/evidence/evidence.json"  # `longalign experiment evidence --out runs/evidence`
 evidence_quick_dir = "runs/notebooks/06_evidence"  # used only when evidence_path does not exist
+# the same experiment at 1k-8k tokens (read when it exists; the notebook never runs it):
+# `longalign experiment evidence --config configs/experiments/evidence_long.yaml`
+evidence_long_path = "runs/evidence-long/evidence.json"
 
 # %%
 import logging
@@ -249,3 +252,24 @@ if arm_dir is not None and (models_dir / "base" / "samples.jsonl").is_file():
         arm_rows[["correct", "answer_loss", "predicted"]], rsuffix=f" ({arm_dir.name})"
     )
     display(side.head(12))
+
+# %% [markdown]
+# ## At 1k-8k tokens: where the base model's retrieval falls off
+#
+# At 1,024 tokens the base model already answers every lookup, so accuracy cannot rise there.
+# `configs/experiments/evidence_long.yaml` runs the same experiment with longer training records (1,000-3,000
+# document tokens in 4,096-token packs) and scores the ladder at 1,024, 2,048, 4,096 and 8,192 tokens, where the
+# base model starts to miss, for the recipe's arm (pack + sequence weighting) against the base, three seeds.
+# With several lengths the result has a group per length (`length:8192`) and per task and length
+# (`niah_multikey@8192`). It takes about an hour on two cores, so this cell only reads its result.
+
+# %%
+long_file = ROOT / evidence_long_path
+if long_file.is_file():
+    ev_long = evidence.load_result(long_file)
+    print(f"{long_file}: {ev_long['date']}, arms {ev_long['config']['arms']}, seeds {ev_long['config']['seeds']}")
+    display(Markdown("\n".join(evidence.accuracy_table(ev_long))))
+    display(Markdown("\n".join(evidence.short_table(ev_long))))
+else:
+    print(f"{long_file} does not exist; to make it (about an hour on two cores):")
+    print("longalign experiment evidence --config configs/experiments/evidence_long.yaml")

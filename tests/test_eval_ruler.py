@@ -601,3 +601,56 @@ def test_the_numeric_path_is_part_of_the_setup():
     on_float32 = ruler.setup_of(cfg, "vt", "m", "float32")
     assert on_float32 != ruler.setup_of(cfg, "vt", "m", "int4") and on_float32 != ruler.setup_of(cfg, "vt", "m")
     assert on_float32 == ruler.setup_of(RulerConfig(model=TINY, dtype="float32"), "vt", "m", "float32")
+
+
+class AllValuesAnswerer(FlakyAnswerer):
+    """Answers with every expected value."""
+
+    name = "fake-tuned"
+
+    def answer(self, sample, params):
+        self.keys.append(sample.key)
+        return ruler.Answer(", ".join(sample.expected), sample.prompt_tokens, 3, "stop")
+
+
+def test_compare_gives_the_paired_difference_per_cell_and_writes_it(tmp_path, smol, haystack_dir, capsys):
+    cfg = RulerConfig(
+        tasks=["niah_single_noise", "niah_multivalue"],
+        lengths=[500, 800],
+        samples=3,
+        haystack=str(haystack_dir),
+        progress=False,
+    )
+    ruler.run(cfg, tmp_path / "base", answerer=FlakyAnswerer(smol))  # first value only: multivalue scores 25
+    summary = ruler.run(
+        RulerConfig(**{**cfg.__dict__, "compare": str(tmp_path / "base")}),
+        tmp_path / "tuned",
+        answerer=AllValuesAnswerer(smol),
+    )
+    c = summary.comparison
+    assert c["other"] == str(tmp_path / "base") and c["other_model"] == "fake-model" and c["model"] == "fake-tuned"
+    mv = c["cells"]["niah_multivalue"]["800"]
+    assert (mv["diff"], mv["n"], mv["paired"], mv["higher"]) == (75.0, 3, True, 3) and mv["lo"] < 75.0 < mv["hi"]
+    assert c["cells"]["niah_single_noise"]["500"]["diff"] == 0.0
+    assert c["overall"]["diff"] == pytest.approx(37.5) and c["overall"]["n"] == 12
+    assert (
+        json.loads((tmp_path / "tuned/eval/ruler/compare.json").read_text())["overall"]["diff"] == c["overall"]["diff"]
+    )
+    text = "\n".join(summary.lines())
+    assert c["overall"]["lo"] > 0 and "over 12 paired samples: resolved" in text
+    assert f"+75.0 [{mv['lo']:+.0f},{mv['hi']:+.0f}]" in text and "difference to" in text
+
+
+def test_compare_with_a_run_without_a_ladder_is_refused_before_any_answer(tmp_path, smol, haystack_dir):
+    cfg = RulerConfig(
+        tasks=["niah_single_noise"],
+        lengths=[500],
+        samples=2,
+        haystack=str(haystack_dir),
+        progress=False,
+        compare=str(tmp_path / "nothing"),
+    )
+    answerer = FlakyAnswerer(smol)
+    with pytest.raises(FileNotFoundError, match="nothing/eval/ruler/summary.json does not exist"):
+        ruler.run(cfg, tmp_path / "r", answerer=answerer)
+    assert answerer.keys == []

@@ -66,7 +66,7 @@ from longalign.eval.ruler_tasks import (
 )
 from longalign.eval.summary import EvalSummary
 from longalign.options import InputErrorOptions
-from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl, skipped_lines
+from longalign.rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl, skipped_lines
 from longalign.stage import as_run_dir, record
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,12 @@ class RulerConfig(ModelOptions, SamplingOptions, InputErrorOptions):
         "Compare two models on one path: float32",
     )
     progress: bool = option(True, help="show progress bars")
+    compare: str = option(
+        "",
+        help="another run directory with a ladder on the same samples (same tasks, lengths and seed; e.g. the base "
+        "model's): this run minus that one per task x length with paired 95%% intervals, printed and written to "
+        "<run>/eval/ruler/compare.json",
+    )
     max_new_tokens: int = redefault(0, note="0 = each task's own budget")
     seed: int = redefault(42, note="also draws the samples")
 
@@ -143,6 +149,7 @@ class RulerSummary(EvalSummary):
     answered: int = 0  # samples answered by this call
     done_before: int = 0  # samples found in results.jsonl
     skipped: dict[str, Any] | None = None  # bad QA records skipped (on_error=skip)
+    comparison: dict[str, Any] | None = None  # compare.json's content (with --compare)
 
     def lines(self) -> list[str]:
         s = self.scores or {}
@@ -161,7 +168,42 @@ class RulerSummary(EvalSummary):
             out.append(f"effective context length: {eff} (average above {thr} up to there){more}")
         out += self.note_lines()
         out.append(f"results: {self.results}")
+        if self.comparison:
+            out += comparison_lines(self.comparison)
         return out
+
+
+def comparison_lines(c: dict[str, Any]) -> list[str]:
+    """The text of a ladder comparison (:func:`compare_runs`): this run minus the other per task x length and per
+    length, each with its paired 95% interval and whether it is resolved (the interval excludes zero)."""
+
+    def fmt(d: dict[str, Any] | None) -> str:
+        if not d or d.get("diff") is None:
+            return "-"
+        mark = "*" if resolved_difference(d) else " "
+        return f"{d['diff']:+.1f} [{d['lo']:+.0f},{d['hi']:+.0f}]{mark}"
+
+    lengths = list(c["by_length"])
+    width = max([len("average")] + [len(t) for t in c["cells"]]) + 2
+    out = [
+        f"difference to {c['other']} ({c['other_model']}), points [paired 95% interval], * = resolved "
+        "(the interval excludes 0):",
+        "".ljust(width) + "".join(f"{x:>20}" for x in lengths),
+    ]
+    for task, by_len in c["cells"].items():
+        out.append(task.ljust(width) + "".join(f"{fmt(by_len.get(x)):>20}" for x in lengths))
+    out.append("average".ljust(width) + "".join(f"{fmt(c['by_length'].get(x)):>20}" for x in lengths))
+    o = c["overall"]
+    verdict = "resolved" if resolved_difference(o) else "no resolved difference (the interval contains 0)"
+    out.append(f"overall {fmt(o).strip().rstrip('*')} over {o.get('n')} paired samples: {verdict}")
+    out.append(f"comparison: {c['path']}")
+    return out
+
+
+def resolved_difference(d: dict[str, Any]) -> bool:
+    """Whether a difference's 95% interval excludes zero."""
+    lo, hi = d.get("lo"), d.get("hi")
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
 
 def ladder_table(scores: dict[str, Any]) -> list[str]:
@@ -511,6 +553,11 @@ def run(
     tasks = list(dict.fromkeys(cfg.tasks))
     positions = cfg.max_positions or (answerer.max_positions if answerer is not None else model_positions(cfg.model))
     check_lengths(lengths, positions, cfg.model, from_flag=bool(cfg.max_positions))  # before any model is loaded
+    if cfg.compare and not as_run_dir(cfg.compare).eval_summary(BENCHMARK).is_file():
+        raise FileNotFoundError(
+            f"--compare {cfg.compare}: {as_run_dir(cfg.compare).eval_summary(BENCHMARK)} does not exist; run "
+            f"`longalign eval ruler --run {cfg.compare}` with the same tasks, lengths and seed first"
+        )
     name = answerer.name if answerer is not None else _model_name(cfg)
     asked = requested_precision(cfg) if answerer is None else getattr(answerer, "requested_precision", None)
     setups = {t: setup_of(cfg, t, name, asked) for t in tasks}
@@ -586,8 +633,41 @@ def run(
         done_before=len(wanted) - len(pending),
         skipped=ctx.skipped.to_dict() if ctx is not None else None,
     )
+    if cfg.compare:
+        summary.comparison = compare_runs(run_, scores, cfg.compare)
     record(run_, "eval_ruler", cfg, summary)
     return summary
+
+
+def compare_runs(run_: RunDir, scores: dict[str, Any], other: str | Path) -> dict[str, Any]:
+    """This run's ladder (``scores``: its summary) minus the ladder in run directory ``other``
+    (:func:`compare`), written to ``<run>/eval/ruler/compare.json``; refused when ``other`` has no ladder or no
+    sample pairs up with this run's."""
+    other_run = as_run_dir(other)
+    other_summary = read_json(other_run.eval_summary(BENCHMARK), default=None)
+    if not other_summary:
+        raise FileNotFoundError(
+            f"{other_run.eval_summary(BENCHMARK)}: no ladder to compare with; run `longalign eval ruler --run {other}` "
+            "with the same tasks, lengths and seed first"
+        )
+    mine, theirs = summarised_results(run_, scores), summarised_results(other_run, other_summary)
+    c = compare(mine, theirs)
+    if not c["overall"].get("paired"):
+        raise ValueError(
+            f"no sample of {run_.root} pairs up with one of {other_run.root} (tasks, lengths, seed or answer budget "
+            "differ); run both with the same --tasks, --lengths, --samples and --seed"
+        )
+    path = run_.eval(BENCHMARK) / "compare.json"
+    out = {
+        "this": str(run_.root),
+        "model": scores.get("model"),
+        "other": str(other_run.root),
+        "other_model": other_summary.get("model"),
+        "path": str(path),
+        **c,
+    }
+    atomic_write_json(path, out)
+    return out
 
 
 def _record(
