@@ -149,8 +149,10 @@ def test_a_missing_completions_route_is_not_the_endpoints_fault(tmp_path):
 def test_random_failures_after_the_first_answer_lose_nothing_and_pay_nothing_twice(tmp_path):
     log = tmp_path / "server.jsonl"
     kinds = {"429": 1.0, "500": 1.0, "503": 1.0, "drop": 1.0, "timeout": 1.0}
-    with FakeLLMServer(fail_rate=0.3, fail_after=1, fail_kinds=kinds, delay_s=1.0, seed=5, log_path=log) as server:
-        c = client_at(server.base_url, tmp_path, timeout=0.5, max_retries=10, max_in_flight=8)
+    # the client's timeout leaves a busy machine's answers time to arrive (an answer that came after the client gave
+    # up would be paid twice); the injected timeouts outlast it
+    with FakeLLMServer(fail_rate=0.3, fail_after=1, fail_kinds=kinds, delay_s=3.0, seed=5, log_path=log) as server:
+        c = client_at(server.base_url, tmp_path, timeout=2.0, max_retries=10, max_in_flight=8)
         assert c.chat(msg("first"), P).text == "first"
         got = drain(c, 60)
         entries = list(server.requests)
