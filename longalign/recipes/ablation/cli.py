@@ -24,19 +24,27 @@ def experiments(subparsers: Any) -> Any:
     return exp.get_default("_experiments")
 
 
+def add_experiment(subparsers: Any, name: str, help_text: str, module: Any, cls: type) -> None:
+    """Add ``longalign experiment NAME``: the options of ``cls`` (a config dataclass), the recipe module's docstring
+    as its description, and ``module.run(cfg, progress=print)`` as its command."""
+    p = experiments(subparsers).add_parser(
+        name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_args(p, cls)
+
+    def command(args: argparse.Namespace) -> Any:
+        return module.run(build_config(cls, args), progress=lambda msg: print(msg, flush=True))
+
+    p.set_defaults(func=command)
+
+
 def register(subparsers: Any) -> None:
     """Add ``longalign experiment ablation``."""
-    p = experiments(subparsers).add_parser(
+    add_experiment(
+        subparsers,
         "ablation",
-        help="naive/sort/pack batching x token/sequence/pack loss on a mix of long-input short-answer "
+        "naive/sort/pack batching x token/sequence/pack loss on a mix of long-input short-answer "
         "and short-input long-answer rows; writes ablation.json and a figure",
-        description=ablation.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        ablation,
+        AblationConfig,
     )
-    add_config_args(p, AblationConfig)
-    p.set_defaults(func=_cmd_ablation)
-
-
-def _cmd_ablation(args: argparse.Namespace) -> ablation.AblationSummary:
-    cfg = build_config(AblationConfig, args)
-    return ablation.run(cfg, progress=lambda msg: print(msg, flush=True))
