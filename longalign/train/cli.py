@@ -83,13 +83,18 @@ def _run(args: argparse.Namespace) -> Any:
         allocator.restart_with_preload(cfg.cpu_allocator)
     # on an error the rank exits at once and the launcher stops the others
     result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
-    _close_process_group()
-    return result if result.rank == 0 else result.exit_code  # rank 0 prints the summary
+    distributed = _close_process_group()
+    outcome = result if result.rank == 0 else result.exit_code  # rank 0 prints the summary
+    if distributed and getattr(args, "from_command_line", False):
+        from longalign.cli import finish
+
+        _end_rank(finish(outcome))
+    return outcome
 
 
-def _close_process_group() -> None:
+def _close_process_group() -> bool:
     """Wait for every rank (rank 0 may still be writing the model), then tear the process group down, so no
-    rank exits while gloo/NCCL threads are still attached to it."""
+    rank exits while gloo/NCCL threads are still attached to it. True if there was a process group."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -97,6 +102,23 @@ def _close_process_group() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+        return True
+    return False
+
+
+def _end_rank(code: int) -> None:
+    """End a rank of a distributed launch once everything is written and every rank has passed the final
+    barrier: the process exits without the interpreter's teardown, in which a communication library's
+    leftover thread can abort a rank that has finished (SIGABRT, "terminate called without an active
+    exception"), and the launcher would then report a finished run as failed."""
+    import logging
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None) -> int:
