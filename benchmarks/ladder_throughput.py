@@ -18,6 +18,15 @@ Results go to benchmarks/results/ladder_throughput.json (``--out``). The ratio m
 config keeps the KV cache on (``use_cache``, as SmolLM2's does): prefix reuse always decodes with a cache, while a
 config with ``use_cache: false`` (the random test model's) decodes without one when reuse is off, which inflates
 the speed-up; ``model_use_cache`` in the JSON says which case a run was.
+
+``--batch-size N`` adds a third setting, prefix reuse with ``N`` samples answered together (``longalign eval ruler
+--batch-size``: each prompt prefilled alone, the answers decoded as one batch), timed in the same rounds; reported:
+its speed-up over reuse alone, how many outputs differ from the one-by-one answers (batched products may round
+differently) and the mean score of each setting. ``--dtype float32`` measures the numeric path the demo's ladder
+uses (the default is the local default: int4 decoding on AVX-512 CPUs).
+
+    python benchmarks/ladder_throughput.py --tasks niah_multivalue,vt --lengths 1024 --samples 6 \
+        --max-new-tokens 40 --dtype float32 --batch-size 12 --rounds 2      # the demo's ladder
 """
 
 from __future__ import annotations
@@ -75,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=0, help="0 = each task's own budget")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--rounds", type=int, default=1, help="pairs of runs (the second pair in reverse order)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of runs (every second round in reverse order)")
+    ap.add_argument("--batch-size", type=int, default=1, help="also answer this many samples together (1 = not)")
+    ap.add_argument("--dtype", default="", help="float32, bfloat16 or int4 (default: the local default)")
     ap.add_argument("--out", default=str(HERE / "results" / "ladder_throughput.json"))
     args = ap.parse_args(argv)
 
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from longalign.eval.ruler import LocalAnswerer, RulerConfig
 
-    answerer = LocalAnswerer(args.model)
+    answerer = LocalAnswerer(args.model, dtype=args.dtype or None)
     lm = answerer.lm  # the first generate call of a process is slower: warm up outside the timed runs
     lm.generate([lm.encode(lm.render([{"role": "user", "content": "Say hello."}]))], max_new_tokens=4)
     base = dict(
@@ -95,14 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         progress=False,
     )
+    settings = {"no_reuse": (False, 1), "reuse": (True, 1)}
+    if args.batch_size > 1:
+        settings["batched"] = (True, args.batch_size)
     order = []
     for r in range(args.rounds):
-        order += [False, True] if r % 2 == 0 else [True, False]
-    runs: dict[str, list[dict]] = {"no_reuse": [], "reuse": []}
+        order += list(settings) if r % 2 == 0 else list(reversed(settings))
+    runs: dict[str, list[dict]] = {label: [] for label in settings}
     with tempfile.TemporaryDirectory(prefix="ladder-bench-") as tmp:
-        for k, reuse in enumerate(order):
-            label = "reuse" if reuse else "no_reuse"
-            cfg = RulerConfig(**base, prefix_reuse=reuse)
+        for k, label in enumerate(order):
+            reuse, batch = settings[label]
+            cfg = RulerConfig(**base, prefix_reuse=reuse, batch_size=batch, dtype=args.dtype)
             res = run_once(cfg, Path(tmp), f"{label}-{k}", answerer)
             runs[label].append(res)
             print(
@@ -118,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         for key, out in reference.items()
         if res["outputs"].get(key) != out
     ]
+    batched_differ = [
+        {"key": key, "one_by_one": out, "batched": res["outputs"].get(key)}
+        for res in runs.get("batched", [])
+        for key, out in reference.items()
+        if res["outputs"].get(key) != out
+    ]
 
     def pooled(label: str) -> dict:
         rs = runs[label]
@@ -127,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"runs": [{k: r[k] for k in keep} for r in rs], "prompts_per_s": round(n / secs, 4) if secs else None}
 
     off, on = pooled("no_reuse"), pooled("reuse")
+    batched = pooled("batched") if "batched" in runs else None
     out = {
         "benchmark": "ladder_throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -147,7 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         else None,
         "identical_outputs": not mismatches,
         "mismatches": mismatches[:20],
+        "mean_score": {label: [r["mean_score"] for r in rs] for label, rs in runs.items()},
     }
+    if batched is not None:
+        out["batch_size"] = args.batch_size
+        out["batched"] = batched
+        out["batched_speedup_over_reuse"] = (
+            round(batched["prompts_per_s"] / on["prompts_per_s"], 3)
+            if batched["prompts_per_s"] and on["prompts_per_s"]
+            else None
+        )
+        out["batched_outputs_differing"] = len(batched_differ)
+        out["batched_differences"] = batched_differ[:20]
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -155,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         f"speed-up with prefix reuse: {out['speedup']}x ({off['prompts_per_s']} -> {on['prompts_per_s']} prompts/s); "
         f"outputs identical: {out['identical_outputs']}; written to {path}"
     )
+    if batched is not None:
+        print(
+            f"batches of {args.batch_size}: {out['batched_speedup_over_reuse']}x over reuse alone "
+            f"({on['prompts_per_s']} -> {batched['prompts_per_s']} prompts/s); outputs differing from one-by-one: "
+            f"{len(batched_differ)} of {sum(r['samples'] for r in runs['batched'])}; mean scores {out['mean_score']}"
+        )
     return 0 if not mismatches else 1
 
 

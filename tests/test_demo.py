@@ -244,6 +244,7 @@ def test_ladder_stage_pairs_the_two_models_samples_and_says_whether_the_differen
     def scripted(cfg, where):
         name, style = styles[where.root]
         assert cfg.dtype == "float32" and cfg.seed == 42
+        assert cfg.batch_size == 2 * 2 * 3  # every sample of a model in one batch
         return real_run(cfg, where, answerer=fx.ScriptedAnswerer(tok, name, style))
 
     monkeypatch.setattr(ruler, "run", scripted)
@@ -306,6 +307,7 @@ def test_ladder_stage_on_a_tiny_model_decodes_both_in_float32(tmp_path, monkeypa
     numbers = demo.stage_ladder(run, demo.DemoConfig(run=str(run.root)), prof)
     for r in (run, demo.base_run_dir(run)):
         assert {x["precision"] for x in read_jsonl(r.ruler_results())} == {"float32"}
+        assert {x["batch"] for x in read_jsonl(r.ruler_results())} == {3}  # decoded together
     assert numbers["difference"]["diff"] == 0 and numbers["difference"]["pairs"] == 3
     assert "no resolved difference" in demo.ladder_line(numbers)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -468,6 +469,65 @@ def test_run_on_a_random_tiny_model_reuses_prefixes(tmp_path, haystack_dir):
     assert info["config"]["lengths"] == [320, 600]
     again = ruler.run(cfg, tmp_path / "r")
     assert again.answered == 0 and again.done_before == 16
+
+
+def test_batched_answers_equal_one_by_one_on_a_random_tiny_model(tmp_path, haystack_dir):
+    from longalign.llm.local_model import release_local_models
+
+    cfg = RulerConfig(
+        model=TINY,
+        tasks=["niah_single_noise", "vt", "niah_single_docs"],
+        lengths=[320, 600],
+        samples=2,
+        max_new_tokens=6,
+        haystack=str(haystack_dir),
+        progress=False,
+        dtype="float32",
+    )
+    ruler.run(cfg, tmp_path / "one")
+    release_local_models()
+    batched = ruler.run(replace(cfg, batch_size=5), tmp_path / "batched")
+    one = {r["key"]: r for r in read_jsonl(RunDir(tmp_path / "one").ruler_results())}
+    many = {r["key"]: r for r in read_jsonl(RunDir(tmp_path / "batched").ruler_results())}
+    assert set(one) == set(many) and len(many) == 12 and batched.answered == 12
+    # 12 samples with one answer budget in groups of up to 5: 5, 5, 2
+    assert sorted(r["batch"] for r in many.values()) == [2, 2] + [5] * 10
+    for key, r in many.items():
+        assert r["prompt_tokens"] == one[key]["prompt_tokens"]
+        assert r["output"] == one[key]["output"] and r["score"] == one[key]["score"]
+    # each prompt of a batch still starts from the kept prefix it shares with the one before
+    assert sum(r["reused_prompt_tokens"] for r in many.values()) > 1000
+    assert sum(r["reused_prompt_tokens"] for r in many.values()) == sum(r["reused_prompt_tokens"] for r in one.values())
+
+
+def test_ladder_benchmark_times_batched_answers_beside_one_by_one(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "ladder_throughput.py"
+    spec = importlib.util.spec_from_file_location("ladder_throughput_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "ladder.json"
+    code = bench.main(
+        [
+            "--model", TINY, "--tasks", "niah_single_noise,vt", "--lengths", "320", "--samples", "2",
+            "--max-new-tokens", "4", "--batch-size", "4", "--dtype", "float32", "--out", str(out),
+        ]
+    )  # fmt: skip
+    res = json.loads(out.read_text())
+    assert code == 0 and res["identical_outputs"] and res["batch_size"] == 4
+    assert [r["samples"] for r in res["batched"]["runs"]] == [4]
+    assert res["batched_speedup_over_reuse"] > 0 and res["batched_outputs_differing"] == 0
+    assert set(res["mean_score"]) == {"no_reuse", "reuse", "batched"}
+
+
+def test_answer_groups_keep_the_order_and_one_budget_per_group():
+    from types import SimpleNamespace
+
+    samples = [SimpleNamespace(key=str(i), max_new_tokens=b) for i, b in enumerate([8, 8, 8, 16, 16, 8])]
+    groups = ruler.answer_groups(samples, 2)
+    assert [[s.key for s in g] for g in groups] == [["0", "1"], ["2"], ["3", "4"], ["5"]]
+    assert [[s.key for s in g] for g in ruler.answer_groups(samples, 1)] == [[str(i)] for i in range(6)]
 
 
 class FlakyAnswerer:

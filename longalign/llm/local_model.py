@@ -415,6 +415,7 @@ class LocalModel:
         self._warned_template = False
         self._cache_kw: str | None = None
         self.prefix_cache = PrefixCache()
+        self.last_reused: list[int] = []  # prompt tokens each prompt of the last generate took from prefix_cache
         # how the weights compute: the model's dtype, or INT4_DECODE (set by get_local_model)
         self.precision = str(getattr(model, "dtype", "")).removeprefix("torch.")
 
@@ -501,14 +502,17 @@ class LocalModel:
         reuse = reuse_prefix and len(prompts) == 1 and width > 0
         with self.lock:
             past = None
+            self.last_reused = [0] * len(prompts)
             if reuse_prefix and len(prompts) > 1:
                 with torch.inference_mode(), self._reading():
                     past = self._prefilled_batch_cache(prompts)
                 if past is not None:
                     kwargs[self._cache_keyword()] = past
                     kwargs["use_cache"] = True
+                else:  # prefilled as one padded batch: nothing taken from the cache
+                    self.last_reused = [0] * len(prompts)
             if reuse:
-                _, past = self.prefix_cache.lookup(prompts[0])
+                self.last_reused[0], past = self.prefix_cache.lookup(prompts[0])
                 if past is None:
                     past = self._new_cache()
                 if past is not None:  # generate fills it in place; it is kept for the next prompt
@@ -599,13 +603,14 @@ class LocalModel:
         if any(len(p) < 2 for p in prompts):
             return None
         rows = []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             head = list(p[:-1])
             n, past = self.prefix_cache.lookup(p)
             if past is None:
                 n, past = 0, self._new_cache()
             if past is None:
                 return None
+            self.last_reused[i] = n
             if n < len(head):
                 self.model(
                     input_ids=torch.tensor([head[n:]], device=self.device),

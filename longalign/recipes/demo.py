@@ -623,7 +623,8 @@ LADDER_DTYPE = "float32"  # both models on one numeric path (int4 decoding appli
 
 def ladder_config(cfg: DemoConfig, prof: Profile, model: str) -> RulerConfig:
     """The demo's ladder for ``model``: the profile's tasks, lengths, samples and answer budget, the demo's seed
-    (so both models answer the same prompts and their scores pair up), float32 decoding."""
+    (so both models answer the same prompts and their scores pair up), float32 decoding, all samples decoded in
+    one batch."""
     return RulerConfig(
         model=model,
         tasks=list(prof.ladder_tasks),
@@ -633,7 +634,14 @@ def ladder_config(cfg: DemoConfig, prof: Profile, model: str) -> RulerConfig:
         seed=cfg.seed,
         dtype=LADDER_DTYPE,
         progress=False,
+        batch_size=ladder_batch(prof),
     )
+
+
+def ladder_batch(prof: Profile) -> int:
+    """Every ladder sample of a model answered in one batch: the prompts are 1k tokens, so the rows' caches are
+    small, and the batch decodes for the longest answer (the profile's budget) once instead of once a sample."""
+    return max(1, len(prof.ladder_tasks) * len(prof.ladder_lengths) * prof.ladder_samples)
 
 
 def stage_ladder(run: RunDir, cfg: DemoConfig, prof: Profile) -> dict[str, Any]:
