@@ -261,7 +261,7 @@ if arm_dir is not None and (models_dir / "base" / "samples.jsonl").is_file():
 # document tokens in 4,096-token packs) and scores the ladder at 1,024, 2,048, 4,096 and 8,192 tokens, where the
 # base model starts to miss, for the recipe's arm (pack + sequence weighting) against the base, three seeds.
 # With several lengths the result has a group per length (`length:8192`) and per task and length
-# (`niah_multikey@8192`). It takes about an hour on two cores, so this cell only reads its result.
+# (`niah_multikey@8192`). It takes about 40 minutes on two cores, so this cell only reads its result.
 
 # %%
 long_file = ROOT / evidence_long_path
@@ -271,5 +271,5 @@ if long_file.is_file():
     display(Markdown("\n".join(evidence.accuracy_table(ev_long))))
     display(Markdown("\n".join(evidence.short_table(ev_long))))
 else:
-    print(f"{long_file} does not exist; to make it (about an hour on two cores):")
+    print(f"{long_file} does not exist; to make it (about 40 minutes on two cores):")
     print("longalign experiment evidence --config configs/experiments/evidence_long.yaml")
