@@ -146,29 +146,29 @@ PROFILES = {
         eval_max_new_tokens=64,
         judge_runs=1,
         # chosen by measurement: per model 10,509 prompt tokens prefilled after prefix reuse and 354-480 answer
-        # tokens (the 40-token cap bounds the rambling ones): ~53 s a model with its load on 2026-12-06's quiet
-        # machine (bfloat16 decoding saved only 14%: 53 vs 62 s for the base, same scores, so both stay in
-        # float32); 1,024 tokens is inside the fine-tune's 1,536-token window; the one-value needle tasks score
-        # 1.0 for both models there
+        # tokens (the 40-token cap bounds the rambling ones): ~53 s a model answering one sample at a time on
+        # 2026-12-06's quiet machine, ~25 s with all 12 decoded in one batch (the same 24 outputs; bfloat16
+        # decoding saved only 14%, so both stay in float32); 1,024 tokens is inside the fine-tune's 1,536-token
+        # window; the one-value needle tasks score 1.0 for both models there
         ladder_tasks=("niah_multivalue", "vt"),
         ladder_lengths=(1024,),
         ladder_samples=6,
         ladder_max_new_tokens=40,
-        # a fresh clone's run on a quiet 2-core machine of this kind (2026-12-06, load 1.3-1.9, 450 s in all,
-        # trainings in bf16): each stage's seconds plus about a fifth, at least 5 s
+        # a fresh clone's run on a quiet 2-core machine of this kind (2026-12-06 18:11 UTC, load 1.2-2.0, 271 s in
+        # all, trainings in bf16, the ladder batched): each stage's seconds plus about a fifth, at least 5 s
         budgets=(
-            ("corpus", 10),
-            ("generate", 135),
+            ("corpus", 5),
+            ("generate", 76),
             ("mix", 5),
             ("tokenize", 5),
             ("batching", 5),
-            ("train:naive", 80),
-            ("train:sort", 50),
-            ("train:pack", 45),
+            ("train:naive", 46),
+            ("train:sort", 29),
+            ("train:pack", 23),
             ("eval:heldout", 15),
-            ("eval:needle", 60),
-            ("eval:longbench-chat", 40),
-            ("eval:ladder", 130),
+            ("eval:needle", 44),
+            ("eval:longbench-chat", 30),
+            ("eval:ladder", 58),
         ),
     ),
     "quick": Profile(
