@@ -333,3 +333,41 @@ def test_deepspeed_two_ranks_equal_one_rank_with_accumulation(tmp_path, zero, lo
     ]
     launch(cmd)
     compare(tmp_path / "single", tmp_path / zero)
+
+
+def test_a_command_that_asks_ends_its_process_after_printing_its_summary(monkeypatch, capsys):
+    """A launched training rank sets ``end_process``: the CLI prints the summary, flushes and exits at once with
+    the summary's code (os._exit, no interpreter teardown); other commands return normally."""
+    import argparse
+
+    import longalign.cli as cli
+
+    class Summary:
+        exit_code = 3
+
+        def lines(self):
+            return ["trained 2 steps"]
+
+    def command(args):
+        args.end_process = args.end
+        return Summary()
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("fake")
+    p.add_argument("--end", action="store_true")
+    p.set_defaults(func=command)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    ended: list[int] = []
+
+    def fake_exit(code):
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    assert cli.main(["fake"]) == 3 and ended == []
+    with pytest.raises(SystemExit):
+        cli.main(["fake", "--end"])
+    assert ended == [3]
+    assert capsys.readouterr().out.count("trained 2 steps") == 2

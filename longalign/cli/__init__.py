@@ -72,6 +72,18 @@ def finish(result: Any) -> int:
     return result.exit_code
 
 
+def end_process(code: int) -> None:
+    """Exit at once with ``code`` after flushing stdout, stderr and the logs, skipping the interpreter's teardown
+    (atexit handlers and object finalisation): for a process whose work is written and whose last threads belong
+    to libraries that may abort while being torn down."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, DeprecatedOption):
         print(f"deprecated: {message}", file=sys.stderr)
@@ -101,7 +113,10 @@ def _main(argv: list[str] | None) -> int:
     if args.from_command_line and args.command in PRELOAD_COMMANDS:
         allocator.restart_with_preload()
     try:
-        return finish(args.func(args))
+        code = finish(args.func(args))
+        if getattr(args, "end_process", False):  # set by a command that must not reach the interpreter's teardown
+            end_process(code)
+        return code
     except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -85,10 +85,10 @@ def _run(args: argparse.Namespace) -> Any:
     result = train.run(cfg, run_dir) if run_dir else train.train(cfg)
     distributed = _close_process_group()
     outcome = result if result.rank == 0 else result.exit_code  # rank 0 prints the summary
-    if distributed and getattr(args, "from_command_line", False):
-        from longalign.cli import finish
-
-        _end_rank(finish(outcome))
+    # a rank of a distributed launch ends without the interpreter's teardown once its outcome is printed: a
+    # communication library's leftover thread can abort a finished rank there (SIGABRT, "terminate called
+    # without an active exception"), and the launcher would report a finished run as failed
+    args.end_process = distributed and getattr(args, "from_command_line", False)
     return outcome
 
 
@@ -104,21 +104,6 @@ def _close_process_group() -> bool:
             dist.destroy_process_group()
         return True
     return False
-
-
-def _end_rank(code: int) -> None:
-    """End a rank of a distributed launch once everything is written and every rank has passed the final
-    barrier: the process exits without the interpreter's teardown, in which a communication library's
-    leftover thread can abort a rank that has finished (SIGABRT, "terminate called without an active
-    exception"), and the launcher would then report a finished run as failed."""
-    import logging
-    import os
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def _memory_plan(cfg: TrainConfig, args: argparse.Namespace, run_dir: str | None) -> int:
