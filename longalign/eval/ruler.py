@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.config import option, redefault
-from longalign.eval.intervals import independent_difference, mean_interval, paired_difference, pooled_interval
+from longalign.eval.intervals import independent_difference, mean_interval, paired_difference, pooled_interval, resolved
 from longalign.eval.options import ModelOptions, SamplingOptions
 from longalign.eval.ruler_tasks import (
     ALL_TASKS,
@@ -187,7 +187,7 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
     def fmt(d: dict[str, Any] | None) -> str:
         if not d or d.get("diff") is None:
             return "-"
-        mark = "*" if resolved_difference(d) else " "
+        mark = "*" if resolved(d) else " "
         return f"{d['diff']:+.1f} [{d['lo']:+.0f},{d['hi']:+.0f}]{mark}"
 
     lengths = list(c["by_length"])
@@ -201,16 +201,10 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
         out.append(task.ljust(width) + "".join(f"{fmt(by_len.get(x)):>20}" for x in lengths))
     out.append("average".ljust(width) + "".join(f"{fmt(c['by_length'].get(x)):>20}" for x in lengths))
     o = c["overall"]
-    verdict = "resolved" if resolved_difference(o) else "no resolved difference (the interval contains 0)"
+    verdict = "resolved" if resolved(o) else "no resolved difference (the interval contains 0)"
     out.append(f"overall {fmt(o).strip().rstrip('*')} over {o.get('n')} paired samples: {verdict}")
     out.append(f"comparison: {c['path']}")
     return out
-
-
-def resolved_difference(d: dict[str, Any]) -> bool:
-    """Whether a difference's 95% interval excludes zero."""
-    lo, hi = d.get("lo"), d.get("hi")
-    return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
 
 def ladder_table(scores: dict[str, Any]) -> list[str]:
